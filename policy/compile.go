@@ -1,0 +1,297 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"go.yaml.in/yaml/v3"
+)
+
+// DefaultMinAge is freshness.minAge when the policy leaves it out.
+const DefaultMinAge = 10 * time.Minute
+
+// DefaultMaxClockSkew is freshness.maxClockSkew when the policy leaves it out.
+const DefaultMaxClockSkew = time.Minute
+
+// maxPolicyBytes bounds a policy file; a larger one is a mistake.
+const maxPolicyBytes = 4 << 20
+
+// FieldError is a policy that does not validate. Field is the path of the
+// offending field, e.g. "exceptions[1].expires".
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// File is a policy file: a versioned header and a Spec.
+type File struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Spec       `yaml:",inline"`
+}
+
+// Policy is a compiled, validated Spec. It is immutable and safe for
+// concurrent use. The zero value is not usable; use Compile.
+type Policy struct {
+	spec         Spec
+	mode         Mode
+	failure      FailurePolicy
+	allow        []glob
+	insecure     []glob
+	sources      Sources
+	actions      map[RuleID]Action
+	minAge       time.Duration
+	maxClockSkew time.Duration
+	exceptions   []exception
+}
+
+type exception struct {
+	name       string
+	reason     string
+	approvedBy string
+	expires    time.Time
+	digests    []digestRef
+	globs      []glob
+}
+
+type digestRef struct {
+	repo   string // registry/repository
+	digest string
+}
+
+// ReadFile reads and compiles the policy file at path.
+func ReadFile(path string) (*Policy, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPolicyBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", path, err)
+	}
+	p, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// Parse decodes a policy file strictly (an unknown field is an error that
+// names the field and its line) and compiles it.
+func Parse(data []byte) (*Policy, error) {
+	if len(data) > maxPolicyBytes {
+		return nil, fmt.Errorf("larger than %d bytes", maxPolicyBytes)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var f File
+	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty policy file")
+		}
+		return nil, fmt.Errorf("decode: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document; a policy file holds exactly one")
+	}
+	if f.APIVersion != APIVersion {
+		return nil, &FieldError{Field: "apiVersion", Msg: fmt.Sprintf("%q is not supported; use %q", f.APIVersion, APIVersion)}
+	}
+	if f.Kind != Kind {
+		return nil, &FieldError{Field: "kind", Msg: fmt.Sprintf("%q is not supported; use %q", f.Kind, Kind)}
+	}
+	return Compile(f.Spec)
+}
+
+// Compile validates s and prepares it for Decide. Every problem is a
+// *FieldError naming the field.
+func Compile(s Spec) (*Policy, error) {
+	p := &Policy{spec: s, mode: s.Mode, failure: s.FailurePolicy}
+	if p.mode == "" {
+		p.mode = ModeEnforce
+	}
+	if !p.mode.Valid() {
+		return nil, &FieldError{Field: "mode", Msg: fmt.Sprintf("%q is not one of enforce, warn, audit", s.Mode)}
+	}
+	if p.failure == "" {
+		p.failure = FailDeny
+	}
+	if p.failure != FailDeny && p.failure != FailAllow {
+		return nil, &FieldError{Field: "failurePolicy", Msg: fmt.Sprintf("%q is not one of deny, allow", s.FailurePolicy)}
+	}
+	var err error
+	if p.allow, err = compileGlobs("registries.allow", s.Registries.Allow); err != nil {
+		return nil, err
+	}
+	if p.insecure, err = compileGlobs("registries.insecure", s.Registries.Insecure); err != nil {
+		return nil, err
+	}
+	if p.sources, err = ParseSources(s.TrustedSources); err != nil {
+		return nil, &FieldError{Field: "trustedSources", Msg: err.Error()}
+	}
+	p.minAge, p.maxClockSkew = s.Freshness.MinAge.Duration, s.Freshness.MaxClockSkew.Duration
+	if p.minAge < 0 {
+		return nil, &FieldError{Field: "freshness.minAge", Msg: "must not be negative"}
+	}
+	if p.maxClockSkew < 0 {
+		return nil, &FieldError{Field: "freshness.maxClockSkew", Msg: "must not be negative"}
+	}
+	if p.minAge == 0 {
+		p.minAge = DefaultMinAge
+	}
+	if p.maxClockSkew == 0 {
+		p.maxClockSkew = DefaultMaxClockSkew
+	}
+	p.actions = make(map[RuleID]Action, len(defaultActions))
+	for r, a := range defaultActions {
+		p.actions[r] = a
+	}
+	for r, a := range s.Rules {
+		if _, ok := defaultActions[r]; !ok {
+			return nil, &FieldError{Field: "rules." + string(r), Msg: fmt.Sprintf("unknown rule; known rules are %s", joinRules(Rules()))}
+		}
+		if a != ActionDeny && a != ActionWarn && a != ActionIgnore {
+			return nil, &FieldError{Field: "rules." + string(r), Msg: fmt.Sprintf("%q is not one of deny, warn, ignore", a)}
+		}
+		p.actions[r] = a
+	}
+	for i, e := range s.Exceptions {
+		ce, err := compileException(fmt.Sprintf("exceptions[%d]", i), e)
+		if err != nil {
+			return nil, err
+		}
+		p.exceptions = append(p.exceptions, ce)
+	}
+	return p, nil
+}
+
+func joinRules(rs []RuleID) string {
+	s := make([]string, len(rs))
+	for i, r := range rs {
+		s[i] = string(r)
+	}
+	return strings.Join(s, ", ")
+}
+
+func compileException(field string, e Exception) (exception, error) {
+	ce := exception{name: e.Name, reason: strings.TrimSpace(e.Reason), approvedBy: e.ApprovedBy}
+	if ce.name == "" {
+		ce.name = field
+	}
+	if len(e.Images) == 0 {
+		return ce, &FieldError{Field: field + ".images", Msg: "required: at least one digest reference or glob"}
+	}
+	if ce.reason == "" {
+		return ce, &FieldError{Field: field + ".reason", Msg: "required"}
+	}
+	if e.Expires == "" {
+		return ce, &FieldError{Field: field + ".expires", Msg: "required, in RFC 3339 (e.g. 2026-12-01T00:00:00Z)"}
+	}
+	t, err := time.Parse(time.RFC3339, e.Expires)
+	if err != nil {
+		return ce, &FieldError{Field: field + ".expires", Msg: fmt.Sprintf("%q is not RFC 3339 (e.g. 2026-12-01T00:00:00Z)", e.Expires)}
+	}
+	ce.expires = t
+	for j, img := range e.Images {
+		f := fmt.Sprintf("%s.images[%d]", field, j)
+		if strings.Contains(img, "@") {
+			d, err := name.NewDigest(img)
+			if err != nil {
+				return ce, &FieldError{Field: f, Msg: fmt.Sprintf("%q is not a valid digest reference: %v", img, err)}
+			}
+			ce.digests = append(ce.digests, digestRef{repo: d.Context().Name(), digest: d.DigestStr()})
+			continue
+		}
+		g, err := compileGlob(img)
+		if err != nil {
+			return ce, &FieldError{Field: f, Msg: err.Error()}
+		}
+		ce.globs = append(ce.globs, g)
+	}
+	return ce, nil
+}
+
+// Spec returns the spec the policy was compiled from.
+func (p *Policy) Spec() Spec { return p.spec }
+
+// Mode returns the policy's mode.
+func (p *Policy) Mode() Mode { return p.mode }
+
+// FailurePolicy returns the policy's failure policy.
+func (p *Policy) FailurePolicy() FailurePolicy { return p.failure }
+
+// Action returns the action the policy takes on rule's findings.
+func (p *Policy) Action(rule RuleID) Action {
+	if rule == RuleRegistryUnavailable {
+		if p.failure == FailAllow {
+			return ActionWarn
+		}
+		return ActionDeny
+	}
+	if rule == RuleInvalidModeLabel {
+		return ActionWarn
+	}
+	if a, ok := p.actions[rule]; ok {
+		return a
+	}
+	return ActionDeny
+}
+
+// RegistryAllowed reports whether repo ("registry/repository", as
+// name.Repository.Name returns it) may be used and contacted. A registry
+// on a link-local or cloud-metadata address is never allowed, whatever
+// registries.allow says.
+func (p *Policy) RegistryAllowed(repo name.Repository) bool {
+	if ForbiddenHost(repo.RegistryStr()) {
+		return false
+	}
+	_, ok := matchAny(p.allow, repo.Name())
+	return ok
+}
+
+// Insecure reports whether registry (host[:port]) is to be reached over
+// plain HTTP.
+func (p *Policy) Insecure(registry string) bool {
+	_, ok := matchAny(p.insecure, registry)
+	return ok
+}
+
+// ForbiddenHost reports whether host (a registry host, optionally with a
+// port) names an address buildguard must never contact: link-local
+// addresses (169.254.0.0/16, fe80::/10), where cloud metadata services
+// live, and the AWS IPv6 metadata address fd00:ec2::254. Host names are
+// checked again at dial time, when they have resolved.
+func ForbiddenHost(host string) bool {
+	h := strings.ToLower(host)
+	if ap, err := netip.ParseAddrPort(h); err == nil {
+		return ForbiddenAddr(ap.Addr())
+	}
+	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
+	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[:i], ":") {
+		h = h[:i]
+	}
+	if a, err := netip.ParseAddr(h); err == nil {
+		return ForbiddenAddr(a)
+	}
+	h = strings.TrimSuffix(h, ".")
+	return h == "metadata.google.internal" || h == "metadata" || h == "instance-data" || strings.HasSuffix(h, ".metadata.google.internal")
+}
+
+var awsMetadataV6 = netip.MustParseAddr("fd00:ec2::254")
+
+// ForbiddenAddr reports whether a is link-local or a cloud metadata address.
+func ForbiddenAddr(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a == awsMetadataV6
+}

@@ -1,0 +1,443 @@
+package policy
+
+import (
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+)
+
+// Outcome is what the rules decide for an image or a workload, before the
+// mode is applied: allow, warn or deny.
+type Outcome string
+
+const (
+	OutcomeAllow Outcome = "allow"
+	OutcomeWarn  Outcome = "warn"
+	OutcomeDeny  Outcome = "deny"
+)
+
+func outcomeOf(a Action) Outcome {
+	switch a {
+	case ActionDeny:
+		return OutcomeDeny
+	case ActionWarn:
+		return OutcomeWarn
+	}
+	return OutcomeAllow
+}
+
+func (o Outcome) rank() int {
+	switch o {
+	case OutcomeDeny:
+		return 2
+	case OutcomeWarn:
+		return 1
+	}
+	return 0
+}
+
+// Verdict is the decision on one workload.
+type Verdict struct {
+	// Mode is the mode in force for the workload's namespace.
+	Mode Mode `json:"mode"`
+	// Outcome is what the rules decide, before the mode is applied. In
+	// audit mode a deny Outcome is a "would deny".
+	Outcome Outcome `json:"verdict"`
+	// Allowed is false only when Outcome is deny and Mode is enforce.
+	Allowed bool `json:"allowed"`
+	// Images has one entry per container, in pod spec order.
+	Images []ImageVerdict `json:"images"`
+	// Findings are about the workload rather than one image.
+	Findings []Finding `json:"findings,omitempty"`
+}
+
+// ImageVerdict is the decision on one container's image.
+type ImageVerdict struct {
+	Container     string        `json:"container,omitempty"`
+	ContainerKind ContainerKind `json:"containerKind,omitempty"`
+	Image         string        `json:"image"`
+	Digest        string        `json:"digest,omitempty"`
+	Outcome       Outcome       `json:"verdict"`
+	Findings      []Finding     `json:"findings"`
+	// Exception is the exception that admitted the image despite its
+	// findings, if any.
+	Exception *ExceptionUse `json:"exception,omitempty"`
+}
+
+// ExceptionUse records an exception that applied to an image.
+type ExceptionUse struct {
+	Name       string    `json:"name"`
+	Reason     string    `json:"reason"`
+	Expires    time.Time `json:"expires"`
+	ApprovedBy string    `json:"approvedBy,omitempty"`
+}
+
+// Finding is one signal raised against an image or a workload.
+type Finding struct {
+	Rule     RuleID   `json:"rule"`
+	Severity Severity `json:"severity"`
+	// Action is what the policy does with the finding.
+	Action  Action `json:"action"`
+	Message string `json:"message"`
+	// Evidence holds the facts behind the finding; keys are stable.
+	Evidence map[string]any `json:"evidence,omitempty"`
+}
+
+// Decide judges a workload. It is a pure function of p and f.
+func Decide(p *Policy, f Facts) Verdict {
+	v := Verdict{Mode: p.mode, Outcome: OutcomeAllow}
+	if f.NamespaceMode != "" {
+		if m := Mode(f.NamespaceMode); m.Valid() {
+			v.Mode = m
+		} else {
+			// Fail closed: a typo in a label must not switch enforcement off.
+			v.Mode = ModeEnforce
+			v.Findings = append(v.Findings, p.finding(RuleInvalidModeLabel, SeverityMedium,
+				fmt.Sprintf("namespace %s has buildguard.dev/mode=%q, which is not enforce, warn or audit; enforcing", f.Namespace, f.NamespaceMode),
+				map[string]any{"namespace": f.Namespace, "label": f.NamespaceMode}))
+		}
+	}
+	hostPaths := make(map[string]string, len(f.HostPaths))
+	for _, h := range f.HostPaths {
+		hostPaths[h.Volume] = h.Path
+	}
+	for _, c := range f.Containers {
+		iv := p.decideImage(c, f.Now, hostPaths)
+		if iv.Outcome.rank() > v.Outcome.rank() {
+			v.Outcome = iv.Outcome
+		}
+		v.Images = append(v.Images, iv)
+	}
+	for _, fd := range v.Findings {
+		if o := outcomeOf(fd.Action); o.rank() > v.Outcome.rank() {
+			v.Outcome = o
+		}
+	}
+	v.Allowed = !(v.Outcome == OutcomeDeny && v.Mode == ModeEnforce)
+	return v
+}
+
+func (p *Policy) finding(rule RuleID, sev Severity, msg string, ev map[string]any) Finding {
+	return Finding{Rule: rule, Severity: sev, Action: p.Action(rule), Message: msg, Evidence: ev}
+}
+
+func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]string) ImageVerdict {
+	iv := ImageVerdict{Container: c.Name, ContainerKind: c.Kind, Image: c.Image, Outcome: OutcomeAllow, Findings: []Finding{}}
+	if c.Resolved != nil {
+		iv.Digest = c.Resolved.Digest
+	}
+	iv.Findings = append(iv.Findings, p.socketFindings(c, hostPaths)...)
+
+	ref, err := name.ParseReference(c.Image)
+	switch {
+	case err != nil:
+		iv.Findings = append(iv.Findings, p.finding(RuleUnresolvableImage, SeverityHigh,
+			fmt.Sprintf("image reference %q does not parse: %v", c.Image, err),
+			map[string]any{"reason": string(ErrInvalidReference)}))
+	case !p.RegistryAllowed(ref.Context()):
+		iv.Findings = append(iv.Findings, p.unapproved(ref))
+	case c.Err != nil:
+		iv.Findings = append(iv.Findings, p.lookupFailure(c, ref))
+	case c.Resolved != nil:
+		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now)...)
+		iv.Findings = append(iv.Findings, p.buildSteps(c.Resolved)...)
+	}
+
+	if err == nil {
+		if use, ok := p.exceptionFor(ref, iv.Digest, now); ok {
+			iv.Exception = &use
+		}
+	}
+	for _, fd := range iv.Findings {
+		if o := outcomeOf(fd.Action); o.rank() > iv.Outcome.rank() {
+			iv.Outcome = o
+		}
+	}
+	if iv.Exception != nil {
+		iv.Outcome = OutcomeAllow
+	}
+	return iv
+}
+
+func (p *Policy) unapproved(ref name.Reference) Finding {
+	repo := ref.Context()
+	msg := fmt.Sprintf("registry/repository %s is not in registries.allow", repo.Name())
+	ev := map[string]any{"repository": repo.Name()}
+	if ForbiddenHost(repo.RegistryStr()) {
+		msg = fmt.Sprintf("registry %s is a link-local or cloud-metadata address and is never contacted", repo.RegistryStr())
+		ev["forbiddenAddress"] = true
+	}
+	return p.finding(RuleUnapprovedRegistry, SeverityHigh, msg, ev)
+}
+
+func (p *Policy) lookupFailure(c Container, ref name.Reference) Finding {
+	ev := map[string]any{"reason": string(c.Err.Kind), "registry": ref.Context().RegistryStr(), "error": c.Err.Message}
+	switch c.Err.Kind {
+	case ErrNotFound, ErrInvalidImage:
+		policy := effectivePullPolicy(c.PullPolicy, ref)
+		ev["imagePullPolicy"] = policy
+		sev := SeverityMedium
+		msg := fmt.Sprintf("image %s does not exist in registry %s", ref.String(), ref.Context().RegistryStr())
+		if c.Err.Kind == ErrInvalidImage {
+			msg = fmt.Sprintf("registry %s serves no valid image for %s", ref.Context().RegistryStr(), ref.String())
+		}
+		if policy == "Never" || policy == "IfNotPresent" {
+			sev = SeverityHigh
+			msg += fmt.Sprintf("; with imagePullPolicy %s a node runs it from its local store, the mark of an image built on that node", policy)
+		}
+		return p.finding(RuleUnresolvableImage, sev, msg, ev)
+	default:
+		msg := fmt.Sprintf("registry %s could not be asked about %s in time (%s); failurePolicy is %s", ref.Context().RegistryStr(), ref.String(), c.Err.Kind, p.failure)
+		return p.finding(RuleRegistryUnavailable, SeverityMedium, msg, ev)
+	}
+}
+
+// effectivePullPolicy applies the Kubernetes default: Always for :latest
+// or no tag, IfNotPresent otherwise.
+func effectivePullPolicy(set string, ref name.Reference) string {
+	if set != "" {
+		return set
+	}
+	if t, ok := ref.(name.Tag); ok && t.TagStr() == "latest" {
+		return "Always"
+	}
+	return "IfNotPresent"
+}
+
+// freshness flags every platform created less than minAge before now, or
+// further than maxClockSkew in the future. One fresh child of an index is
+// enough: the node that pulls it runs that child.
+func (p *Policy) freshness(img *Image, now time.Time) []Finding {
+	var out []Finding
+	for _, pl := range img.Platforms {
+		if pl.Created.IsZero() || pl.Created.Unix() <= 0 {
+			continue // reproducible builds write epoch zero: unknown, not fresh
+		}
+		age := now.Sub(pl.Created)
+		ev := map[string]any{
+			"created":      pl.Created.UTC().Format(time.RFC3339),
+			"ageSeconds":   int64(age / time.Second),
+			"minAge":       human(p.minAge),
+			"configDigest": pl.ConfigDigest,
+		}
+		if pl.Platform != "" {
+			ev["platform"] = pl.Platform
+		}
+		on := ""
+		if pl.Platform != "" {
+			on = " (" + pl.Platform + ")"
+		}
+		switch {
+		case -age > p.maxClockSkew:
+			ev["maxClockSkew"] = human(p.maxClockSkew)
+			out = append(out, p.finding(RuleFreshImage, SeverityHigh,
+				fmt.Sprintf("image%s claims to be created at %s, %s in the future (more than maxClockSkew %s)", on, ev["created"], human((-age).Round(time.Second)), human(p.maxClockSkew)),
+				ev))
+		case age < p.minAge:
+			if age < 0 {
+				age = 0
+			}
+			out = append(out, p.finding(RuleFreshImage, SeverityHigh,
+				fmt.Sprintf("image%s was created %s before admission (%s), less than freshness.minAge %s", on, human(age.Round(time.Second)), ev["created"], human(p.minAge)),
+				ev))
+		}
+	}
+	return out
+}
+
+// human formats a duration without zero units: "10m", not "10m0s".
+func human(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// maxQuotedStep bounds how much of a build step a finding quotes.
+const maxQuotedStep = 160
+
+// buildSteps analyses every history entry of every platform and reports
+// each suspicious step once, listing the platforms it appears in.
+func (p *Policy) buildSteps(img *Image) []Finding {
+	var out []Finding
+	seen := map[string]int{} // step text → index in out
+	for _, pl := range img.Platforms {
+		for i, h := range pl.History {
+			if h.CreatedBy == "" {
+				continue
+			}
+			if j, ok := seen[h.CreatedBy]; ok {
+				if pl.Platform != "" {
+					out[j].Evidence["platforms"] = append(out[j].Evidence["platforms"].([]string), pl.Platform)
+				}
+				continue
+			}
+			sfs := AnalyzeStep(h.CreatedBy, p.sources)
+			if len(sfs) == 0 {
+				continue
+			}
+			var kinds, hosts, urls []string
+			sev := SeverityMedium
+			for _, sf := range sfs {
+				kinds = appendUnique(kinds, string(sf.Kind))
+				if sf.Host != "" {
+					hosts = appendUnique(hosts, sf.Host)
+				}
+				if sf.URL != "" {
+					urls = appendUnique(urls, sf.URL)
+				}
+				if sf.Kind == StepRawIPDownload || sf.Kind == StepBase64Exec {
+					sev = SeverityHigh
+				}
+			}
+			step := shorten(h.CreatedBy, maxQuotedStep)
+			ev := map[string]any{"step": step, "stepIndex": i, "kinds": kinds, "platforms": []string{}}
+			if len(hosts) > 0 {
+				ev["hosts"] = hosts
+			}
+			if len(urls) > 0 {
+				ev["urls"] = urls
+			}
+			if !h.Created.IsZero() && h.Created.Unix() > 0 {
+				ev["created"] = h.Created.UTC().Format(time.RFC3339)
+			}
+			if pl.Platform != "" {
+				ev["platforms"] = []string{pl.Platform}
+			}
+			msg := sfs[0].Detail
+			if len(sfs) > 1 {
+				rest := make([]string, 0, len(sfs)-1)
+				for _, sf := range sfs[1:] {
+					rest = append(rest, sf.Detail)
+				}
+				msg += "; " + strings.Join(rest, "; ")
+			}
+			seen[h.CreatedBy] = len(out)
+			out = append(out, p.finding(RuleSuspiciousBuildStep, sev, fmt.Sprintf("build step %d %s: %q", i, msg, step), ev))
+		}
+	}
+	for _, f := range out {
+		if pls := f.Evidence["platforms"].([]string); len(pls) == 0 {
+			delete(f.Evidence, "platforms")
+		} else {
+			sort.Strings(pls)
+		}
+	}
+	return out
+}
+
+func appendUnique(s []string, v string) []string {
+	for _, x := range s {
+		if x == v {
+			return s
+		}
+	}
+	return append(s, v)
+}
+
+// shorten cuts s to at most n bytes on a rune boundary, marking the cut.
+func shorten(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && !utf8RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }
+
+// runtimeSockets are the sockets through which a container can build or
+// run images on its node.
+var runtimeSockets = []string{
+	"/var/run/docker.sock", "/run/docker.sock",
+	"/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock",
+	"/run/k3s/containerd/containerd.sock",
+	"/run/crio/crio.sock", "/var/run/crio/crio.sock",
+	"/run/buildkit/buildkitd.sock", "/var/run/buildkit/buildkitd.sock",
+	"/run/podman/podman.sock", "/var/run/podman/podman.sock",
+}
+
+var socketNames = []string{"docker.sock", "containerd.sock", "crio.sock", "buildkitd.sock", "podman.sock"}
+
+// socketFindings flags mounts of hostPath volumes that are a runtime
+// socket, or a directory holding one.
+func (p *Policy) socketFindings(c Container, hostPaths map[string]string) []Finding {
+	var out []Finding
+	for _, m := range c.Mounts {
+		hp, ok := hostPaths[m.Volume]
+		if !ok {
+			continue
+		}
+		eff := path.Clean("/" + hp)
+		if m.SubPath != "" {
+			eff = path.Join(eff, m.SubPath)
+		}
+		sock := exposedSocket(eff)
+		if sock == "" {
+			continue
+		}
+		msg := fmt.Sprintf("%s %s mounts host path %s", c.Kind, c.Name, eff)
+		if sock != eff {
+			msg += ", which holds the runtime socket " + sock
+		} else {
+			msg += ", a container runtime socket"
+		}
+		msg += ": the means to build and run images on the node"
+		out = append(out, p.finding(RuleRuntimeSocketMount, SeverityHigh, msg,
+			map[string]any{"volume": m.Volume, "hostPath": hp, "socket": sock}))
+	}
+	return out
+}
+
+func exposedSocket(hostPath string) string {
+	for _, n := range socketNames {
+		if path.Base(hostPath) == n {
+			return hostPath
+		}
+	}
+	for _, s := range runtimeSockets {
+		if hostPath == "/" || strings.HasPrefix(s, hostPath+"/") {
+			return s
+		}
+	}
+	return ""
+}
+
+// exceptionFor returns the first live exception matching ref (or the
+// digest it resolved to).
+func (p *Policy) exceptionFor(ref name.Reference, digest string, now time.Time) (ExceptionUse, bool) {
+	repo := ref.Context().Name()
+	if d, ok := ref.(name.Digest); ok && digest == "" {
+		digest = d.DigestStr()
+	}
+	for _, e := range p.exceptions {
+		if !now.Before(e.expires) {
+			continue
+		}
+		matched := false
+		for _, d := range e.digests {
+			if d.repo == repo && d.digest == digest && digest != "" {
+				matched = true
+			}
+		}
+		if _, ok := matchAny(e.globs, repo); ok {
+			matched = true
+		}
+		if matched {
+			return ExceptionUse{Name: e.name, Reason: e.reason, Expires: e.expires, ApprovedBy: e.approvedBy}, true
+		}
+	}
+	return ExceptionUse{}, false
+}

@@ -1,0 +1,114 @@
+package policy
+
+import "time"
+
+// Facts is everything Decide needs to know about one workload at one
+// moment. Gathering facts is the caller's business (see package engine);
+// Decide only reads them.
+type Facts struct {
+	// Now is the time of admission.
+	Now time.Time
+	// Namespace is the workload's namespace.
+	Namespace string
+	// NamespaceMode is the value of the namespace's buildguard.dev/mode
+	// label, or "" when there is none.
+	NamespaceMode string
+	// Containers lists every container of the pod spec: containers,
+	// initContainers and ephemeralContainers.
+	Containers []Container
+	// HostPaths are the pod's hostPath volumes.
+	HostPaths []HostPathVolume
+}
+
+// ContainerKind says which list of the pod spec a container is in.
+type ContainerKind string
+
+const (
+	KindContainer          ContainerKind = "container"
+	KindInitContainer      ContainerKind = "initContainer"
+	KindEphemeralContainer ContainerKind = "ephemeralContainer"
+)
+
+// Container is one container of a pod spec and what is known of its image.
+type Container struct {
+	Name       string
+	Kind       ContainerKind
+	Image      string // as written in the pod spec
+	PullPolicy string // Always, IfNotPresent, Never, or "" for the default
+	Mounts     []Mount
+	// Resolved is the image as found in its registry; nil when it was not
+	// looked up (unapproved registry, invalid reference) or the lookup
+	// failed (see Err).
+	Resolved *Image
+	// Err is why the lookup failed, or nil.
+	Err *ResolveError
+}
+
+// Mount is a volume mount of a container.
+type Mount struct {
+	Volume  string
+	SubPath string
+}
+
+// HostPathVolume is a pod volume backed by a path on the node.
+type HostPathVolume struct {
+	Volume string
+	Path   string
+}
+
+// Image is an image as its registry describes it.
+type Image struct {
+	// Digest is the digest of the manifest or index the reference names.
+	Digest string
+	// Index is true for a multi-platform image index.
+	Index bool
+	// Platforms has one entry for a single image, one per child for an
+	// index (attestation manifests excluded).
+	Platforms []Platform
+}
+
+// Platform is one image manifest and its config.
+type Platform struct {
+	// Platform is "os/arch[/variant]", or "" when the manifest is not part
+	// of an index.
+	Platform     string
+	Digest       string // manifest digest
+	ConfigDigest string // the Docker image ID
+	Created      time.Time
+	History      []History
+	Labels       map[string]string
+}
+
+// History is one entry of an image config's history: one Dockerfile step.
+type History struct {
+	Created    time.Time
+	CreatedBy  string
+	EmptyLayer bool
+}
+
+// ErrorKind classifies a failed image lookup.
+type ErrorKind string
+
+const (
+	// ErrNotFound: the registry answered that the tag, digest or
+	// repository does not exist.
+	ErrNotFound ErrorKind = "not-found"
+	// ErrUnavailable: the registry could not be reached, answered with a
+	// server error, or did not answer in time.
+	ErrUnavailable ErrorKind = "unavailable"
+	// ErrUnauthorized: the registry refused the credentials buildguard has.
+	ErrUnauthorized ErrorKind = "unauthorized"
+	// ErrInvalidReference: the image reference does not parse.
+	ErrInvalidReference ErrorKind = "invalid-reference"
+	// ErrInvalidImage: the registry served something that is not a valid
+	// image (bad manifest or config).
+	ErrInvalidImage ErrorKind = "invalid-image"
+)
+
+// ResolveError says why an image could not be looked up.
+type ResolveError struct {
+	Kind    ErrorKind
+	Message string
+}
+
+func (e *ResolveError) Error() string { return string(e.Kind) + ": " + e.Message }

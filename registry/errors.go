@@ -1,0 +1,77 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"buildguard.dev/buildguard/policy"
+)
+
+// classify sorts a lookup error into the kinds the policy knows.
+func classify(err error) policy.ErrorKind {
+	var re *policy.ResolveError
+	if errors.As(err, &re) {
+		return re.Kind
+	}
+	var te *transport.Error
+	if errors.As(err, &te) {
+		for _, d := range te.Errors {
+			switch d.Code {
+			case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode:
+				return policy.ErrNotFound
+			case transport.UnauthorizedErrorCode, transport.DeniedErrorCode:
+				return policy.ErrUnauthorized
+			}
+		}
+		switch {
+		case te.StatusCode == http.StatusNotFound:
+			return policy.ErrNotFound
+		case te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden:
+			return policy.ErrUnauthorized
+		case te.StatusCode >= 500 || te.StatusCode == http.StatusTooManyRequests:
+			return policy.ErrUnavailable
+		}
+		return policy.ErrInvalidImage
+	}
+	var ne net.Error
+	var fe *forbiddenError
+	switch {
+	case errors.As(err, &fe):
+		return policy.ErrUnavailable
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.As(err, &ne):
+		return policy.ErrUnavailable
+	}
+	// Decoding errors from go-containerregistry are plain errors; a bad
+	// manifest or config is the registry serving no valid image.
+	msg := err.Error()
+	if strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such host") || strings.Contains(msg, "EOF") {
+		return policy.ErrUnavailable
+	}
+	return policy.ErrInvalidImage
+}
+
+// resolveError turns any lookup error into a *policy.ResolveError.
+func resolveError(err error) error {
+	var re *policy.ResolveError
+	if errors.As(err, &re) {
+		return re
+	}
+	return &policy.ResolveError{Kind: classify(err), Message: redact(err.Error())}
+}
+
+// redact drops query strings from URLs in messages: registries put
+// short-lived credentials in redirect URLs.
+func redact(s string) string {
+	fields := strings.Fields(s)
+	for i, f := range fields {
+		if (strings.HasPrefix(f, "http://") || strings.HasPrefix(f, "https://") || strings.HasPrefix(f, "\"http")) && strings.Contains(f, "?") {
+			fields[i] = f[:strings.Index(f, "?")] + "?REDACTED"
+		}
+	}
+	return strings.Join(fields, " ")
+}

@@ -1,0 +1,131 @@
+package registry
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"buildguard.dev/buildguard/policy"
+)
+
+// forbiddenError is a request buildguard refused to send.
+type forbiddenError struct{ msg string }
+
+func (e *forbiddenError) Error() string { return e.msg }
+
+// newSafeTransport returns the default base transport: short timeouts,
+// TLS 1.2 or later, and a dialer that refuses link-local and metadata
+// addresses after name resolution, so neither a registry host name nor a
+// redirect can lead to them.
+func newSafeTransport() *http.Transport {
+	d := &net.Dialer{
+		Timeout:   2 * time.Second,
+		KeepAlive: 30 * time.Second,
+		Control: func(network, address string, _ syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return &forbiddenError{msg: fmt.Sprintf("unparsable dial address %q", address)}
+			}
+			if policy.ForbiddenAddr(ap.Addr()) {
+				return &forbiddenError{msg: fmt.Sprintf("refusing to dial %s: link-local or cloud-metadata address", ap.Addr())}
+			}
+			return nil
+		},
+	}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           d.DialContext,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   3 * time.Second,
+		ResponseHeaderTimeout: 5 * time.Second,
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   DefaultPerRegistry,
+		ForceAttemptHTTP2:     true,
+	}
+}
+
+type insecureKey struct{}
+
+func withInsecure(ctx context.Context, ok bool) context.Context {
+	return context.WithValue(ctx, insecureKey{}, ok)
+}
+
+// guardTransport bounds concurrent requests per registry host, refuses
+// plain HTTP unless the lookup allowed it, and reports every request.
+// go-containerregistry falls back to HTTP on its own for loopback and
+// RFC 1918 registries; this is where buildguard says no.
+type guardTransport struct {
+	inner http.RoundTripper
+	per   int
+	obs   Observer
+
+	mu   sync.Mutex
+	sems map[string]chan struct{}
+}
+
+func (t *guardTransport) sem(host string) chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s, ok := t.sems[host]
+	if !ok {
+		s = make(chan struct{}, t.per)
+		t.sems[host] = s
+	}
+	return s
+}
+
+func (t *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	if req.URL.Scheme == "http" {
+		if ok, _ := ctx.Value(insecureKey{}).(bool); !ok {
+			return nil, &forbiddenError{msg: fmt.Sprintf("refusing plain HTTP to %s: not in registries.insecure", req.URL.Host)}
+		}
+	}
+	s := t.sem(req.URL.Host)
+	select {
+	case s <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	start := time.Now()
+	resp, err := t.inner.RoundTrip(req)
+	status := 0
+	if resp != nil {
+		status = resp.StatusCode
+	}
+	t.obs.Request(req.URL.Host, req.Method, status, time.Since(start))
+	if err != nil {
+		<-s
+		return nil, err
+	}
+	b := &releaseBody{ReadCloser: resp.Body}
+	b.release = func() { b.once.Do(func() { <-s }) }
+	// A body nobody closes must not hold the slot past its request.
+	b.stop = context.AfterFunc(ctx, b.release)
+	resp.Body = b
+	return resp, nil
+}
+
+// releaseBody gives the registry's slot back when the body is closed or
+// the request's context ends, whichever comes first.
+type releaseBody struct {
+	io.ReadCloser
+	once    sync.Once
+	release func()
+	stop    func() bool
+}
+
+func (b *releaseBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.stop()
+	b.release()
+	return err
+}

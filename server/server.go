@@ -1,0 +1,144 @@
+// Package server runs buildguard's HTTPS listener: TLS 1.2+ with the
+// certificate and key reloaded from disk when they change (as cert-manager
+// rotates them), health and readiness endpoints, bounded timeouts and a
+// graceful shutdown.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
+	"github.com/go-logr/logr"
+)
+
+// Defaults of Server's fields.
+const (
+	DefaultCertReloadInterval = 10 * time.Second
+	DefaultShutdownTimeout    = 10 * time.Second
+)
+
+// Server serves handlers over HTTPS.
+type Server struct {
+	// Listener to serve on. Required.
+	Listener net.Listener
+	// CertFile and KeyFile are PEM files, re-read every ReloadInterval.
+	CertFile, KeyFile string
+	// ReloadInterval is how often the files are checked. The default is
+	// DefaultCertReloadInterval.
+	ReloadInterval time.Duration
+	// Handler serves everything but /healthz and /readyz.
+	Handler http.Handler
+	// Ready reports readiness for /readyz beyond having a certificate.
+	// The default is always ready.
+	Ready func() error
+	// Log is the logger. The default discards.
+	Log *slog.Logger
+}
+
+// CheckFiles reports a clear error when the certificate or key file is
+// missing or does not hold a matching pair, before anything is served.
+func CheckFiles(certFile, keyFile string) error {
+	for _, f := range []struct{ flag, path string }{{"--tls-cert-file", certFile}, {"--tls-private-key-file", keyFile}} {
+		if f.path == "" {
+			return fmt.Errorf("%s is required", f.flag)
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("%s: %w", f.flag, err)
+		}
+	}
+	if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+		return fmt.Errorf("TLS certificate %s and key %s: %w", certFile, keyFile, err)
+	}
+	return nil
+}
+
+// Run serves until ctx ends, then shuts down gracefully.
+func (s *Server) Run(ctx context.Context) error {
+	log := s.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := CheckFiles(s.CertFile, s.KeyFile); err != nil {
+		return err
+	}
+	interval := s.ReloadInterval
+	if interval <= 0 {
+		interval = DefaultCertReloadInterval
+	}
+	src := &certtls.FileCertificateSource{CertPath: s.CertFile, KeyPath: s.KeyFile, UpdateInterval: interval}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srcErr := make(chan error, 1)
+	go func() {
+		srcErr <- src.Start(logr.NewContext(ctx, logr.FromSlogHandler(log.Handler())))
+	}()
+	// The source reads the files at once; wait for the first certificate.
+	deadline := time.Now().Add(5 * time.Second)
+	for !src.Healthy() {
+		if time.Now().After(deadline) {
+			return errors.New("TLS certificate was not loaded within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !src.Healthy() {
+			http.Error(w, "no TLS certificate", http.StatusServiceUnavailable)
+			return
+		}
+		if s.Ready != nil {
+			if err := s.Ready(); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/", s.Handler)
+
+	hs := &http.Server{
+		Handler: mux,
+		TLSConfig: &tls.Config{
+			MinVersion:     tls.VersionTLS12,
+			GetCertificate: src.GetCertificate,
+		},
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.ServeTLS(s.Listener, "", "") }()
+	log.Info("serving", "address", s.Listener.Addr().String())
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	case err = <-srcErr:
+		if err != nil {
+			err = fmt.Errorf("TLS certificate source: %w", err)
+		}
+	}
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultShutdownTimeout)
+	defer scancel()
+	if serr := hs.Shutdown(sctx); serr != nil && err == nil {
+		err = serr
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}

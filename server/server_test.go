@@ -1,0 +1,131 @@
+package server_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"buildguard.dev/buildguard/internal/selfsigned"
+	"buildguard.dev/buildguard/server"
+)
+
+func start(t *testing.T, dir string, files selfsigned.Files) (addr string, stop func() error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	s := &server.Server{
+		Listener: ln, CertFile: files.Cert, KeyFile: files.Key, ReloadInterval: 50 * time.Millisecond,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }),
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	return ln.Addr().String(), func() error { cancel(); return <-done }
+}
+
+func client(caPEM []byte) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"},
+		DisableKeepAlives: true,
+	}}
+}
+
+func get(t *testing.T, c *http.Client, url string) (int, string, *x509.Certificate) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.TLS.PeerCertificates[0]
+}
+
+func TestServeAndReload(t *testing.T) {
+	dir := t.TempDir()
+	files, err := selfsigned.Write(dir, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, stop := start(t, dir, files)
+	c := client(files.CAPEM)
+	for path, want := range map[string]string{"/healthz": "ok\n", "/readyz": "ok\n", "/validate": "hello"} {
+		if code, body, _ := get(t, c, "https://"+addr+path); code != 200 || body != want {
+			t.Errorf("GET %s = %d %q, want 200 %q", path, code, body, want)
+		}
+	}
+	_, _, first := get(t, c, "https://"+addr+"/healthz")
+
+	// Rotate, as cert-manager does: a new CA and certificate in place.
+	dir2 := t.TempDir()
+	rotated, err := selfsigned.Write(dir2, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range [][2]string{{rotated.Cert, files.Cert}, {rotated.Key, files.Key}} {
+		b, err := os.ReadFile(p[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p[1], b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c2 := client(rotated.CAPEM)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := c2.Get("https://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.TLS.PeerCertificates[0].SerialNumber.Cmp(first.SerialNumber) != 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rotated certificate was not served within 5s (last error %v)", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Errorf("Run returned %v after cancel, want nil", err)
+	}
+}
+
+func TestCheckFiles(t *testing.T) {
+	dir := t.TempDir()
+	files, err := selfsigned.Write(dir, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := filepath.Join(dir, "garbage.pem")
+	os.WriteFile(garbage, []byte("not a pem"), 0o600)
+	tests := []struct {
+		name, cert, key, want string
+	}{
+		{"no cert flag", "", files.Key, "--tls-cert-file is required"},
+		{"missing cert", filepath.Join(dir, "nope.crt"), files.Key, "--tls-cert-file: stat"},
+		{"missing key", files.Cert, filepath.Join(dir, "nope.key"), "--tls-private-key-file: stat"},
+		{"garbage key", files.Cert, garbage, "TLS certificate"},
+		{"key of another cert", files.CA, files.Key, "TLS certificate"},
+	}
+	for _, tt := range tests {
+		if err := server.CheckFiles(tt.cert, tt.key); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("CheckFiles(%s) = %v, want an error containing %q", tt.name, err, tt.want)
+		}
+	}
+	if err := server.CheckFiles(files.Cert, files.Key); err != nil {
+		t.Errorf("CheckFiles(valid) = %v", err)
+	}
+}

@@ -1,0 +1,132 @@
+// Package webhook speaks admission.k8s.io/v1 AdmissionReview over HTTP:
+// it decodes the review, hands the workload to an Evaluator, and turns the
+// verdict into an admission response. It knows nothing of registries.
+package webhook
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+)
+
+// DefaultMaxBodyBytes caps an AdmissionReview body. The API server stores
+// objects up to 1.5 MiB; an UPDATE carries two of them.
+const DefaultMaxBodyBytes = 7 << 20
+
+// Handler serves POST /validate.
+type Handler struct {
+	// Evaluator judges workloads. Required.
+	Evaluator Evaluator
+	// Metrics records reviews. Optional.
+	Metrics *Metrics
+	// Log receives one line per decision. The default discards.
+	Log *slog.Logger
+	// MaxBodyBytes caps the request body. The default is DefaultMaxBodyBytes.
+	MaxBodyBytes int64
+	// ExceptionHelp ends every denial message. The default is
+	// DefaultExceptionHelp.
+	ExceptionHelp string
+}
+
+func (h *Handler) log() *slog.Logger {
+	if h.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return h.Log
+}
+
+// RequestError is an HTTP request that is not an AdmissionReview.
+type RequestError struct {
+	Code int
+	Msg  string
+}
+
+func (e *RequestError) Error() string { return e.Msg }
+
+// ServeHTTP decodes an AdmissionReview, reviews it, and answers with an
+// AdmissionReview. A body that is not a valid v1 AdmissionReview gets a
+// 4xx status with the reason as plain text.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	review, err := h.decode(w, r)
+	if err != nil {
+		var re *RequestError
+		if !errors.As(err, &re) {
+			re = &RequestError{Code: http.StatusBadRequest, Msg: err.Error()}
+		}
+		h.log().Warn("bad admission request", "error", re.Msg, "remote", r.RemoteAddr)
+		if h.Metrics != nil {
+			h.Metrics.badRequests.Inc()
+		}
+		http.Error(w, re.Msg, re.Code)
+		return
+	}
+	resp, v := h.review(r.Context(), review.Request)
+	if h.Metrics != nil {
+		h.Metrics.observe(resp, v, time.Since(start))
+	}
+	out := admissionv1.AdmissionReview{TypeMeta: review.TypeMeta, Response: resp}
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(&out); err != nil {
+		http.Error(w, "encoding response: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(buf.Bytes())
+}
+
+func (h *Handler) decode(w http.ResponseWriter, r *http.Request) (*admissionv1.AdmissionReview, error) {
+	if r.Method != http.MethodPost {
+		return nil, &RequestError{Code: http.StatusMethodNotAllowed, Msg: "use POST with an admission.k8s.io/v1 AdmissionReview"}
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || mt != "application/json" {
+			return nil, &RequestError{Code: http.StatusUnsupportedMediaType, Msg: fmt.Sprintf("content type %q: want application/json", ct)}
+		}
+	}
+	limit := h.MaxBodyBytes
+	if limit <= 0 {
+		limit = DefaultMaxBodyBytes
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, &RequestError{Code: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("body larger than %d bytes", limit)}
+		}
+		return nil, &RequestError{Code: http.StatusBadRequest, Msg: "reading body: " + err.Error()}
+	}
+	return DecodeReview(body)
+}
+
+// DecodeReview parses an admission.k8s.io/v1 AdmissionReview carrying a
+// request. Errors are *RequestError.
+func DecodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil, &RequestError{Code: http.StatusBadRequest, Msg: "empty body: want an admission.k8s.io/v1 AdmissionReview"}
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(body, &review); err != nil {
+		return nil, &RequestError{Code: http.StatusBadRequest, Msg: "body is not an AdmissionReview: " + err.Error()}
+	}
+	if review.APIVersion != "admission.k8s.io/v1" || review.Kind != "AdmissionReview" {
+		return nil, &RequestError{Code: http.StatusBadRequest,
+			Msg: fmt.Sprintf("got apiVersion %q kind %q: want admission.k8s.io/v1 AdmissionReview (set admissionReviewVersions: [v1])", review.APIVersion, review.Kind)}
+	}
+	if review.Request == nil {
+		return nil, &RequestError{Code: http.StatusBadRequest, Msg: "AdmissionReview has no request"}
+	}
+	if review.Request.UID == "" {
+		return nil, &RequestError{Code: http.StatusBadRequest, Msg: "AdmissionReview request has no uid"}
+	}
+	return &review, nil
+}

@@ -1,0 +1,249 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/policy"
+)
+
+// Evaluator judges a workload. *engine.Engine is one.
+type Evaluator interface {
+	Evaluate(ctx context.Context, w engine.Workload) (policy.Verdict, error)
+}
+
+// maxWarning is the longest warning the API server shows unshortened.
+const maxWarning = 120
+
+// DefaultExceptionHelp is the last line of a denial message.
+const DefaultExceptionHelp = "To admit it anyway, rebuild the image in an approved pipeline, or ask your platform team for a time-boxed exception for this digest."
+
+// Review answers one admission request. It never fails: a request it
+// cannot judge gets a response that says why.
+func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	resp, _ := h.review(ctx, req)
+	return resp
+}
+
+// review also returns the verdict, when there is one, for metrics.
+func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, *policy.Verdict) {
+	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
+		return allowed(req.UID), nil
+	}
+	// Only the ephemeralcontainers subresource changes images; status,
+	// scale and binding updates carry nothing to judge.
+	if req.SubResource != "" && req.SubResource != "ephemeralcontainers" {
+		return allowed(req.UID), nil
+	}
+	obj, err := podSpecOf(req)
+	if err != nil {
+		// *UnsupportedKindError or *DecodeError: the request is at fault.
+		return errored(req.UID, http.StatusBadRequest, err), nil
+	}
+	name := obj.name
+	if name == "" {
+		name = req.Name
+	}
+	v, err := h.Evaluator.Evaluate(ctx, engine.Workload{Namespace: req.Namespace, Kind: req.Kind.Kind, Name: name, Spec: obj.spec})
+	if err != nil {
+		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil
+	}
+	h.log().Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", name,
+		"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(ruleIDs(v), ","))
+	return h.respond(req, name, v), &v
+}
+
+func allowed(uid types.UID) *admissionv1.AdmissionResponse {
+	return &admissionv1.AdmissionResponse{UID: uid, Allowed: true}
+}
+
+func errored(uid types.UID, code int32, err error) *admissionv1.AdmissionResponse {
+	reason := metav1.StatusReasonBadRequest
+	if code >= 500 {
+		reason = metav1.StatusReasonInternalError
+	}
+	return &admissionv1.AdmissionResponse{
+		UID:     uid,
+		Allowed: false,
+		Result:  &metav1.Status{Status: metav1.StatusFailure, Code: code, Message: err.Error(), Reason: reason},
+	}
+}
+
+// respond turns a verdict into the admission response.
+func (h *Handler) respond(req *admissionv1.AdmissionRequest, name string, v policy.Verdict) *admissionv1.AdmissionResponse {
+	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: v.Allowed, AuditAnnotations: auditAnnotations(v)}
+	if !v.Allowed {
+		resp.Result = &metav1.Status{
+			Status:  metav1.StatusFailure,
+			Code:    http.StatusForbidden,
+			Reason:  metav1.StatusReasonForbidden,
+			Message: h.denyMessage(req, name, v),
+		}
+		return resp
+	}
+	resp.Warnings = warnings(v)
+	return resp
+}
+
+// denyMessage is what a person sees from kubectl: what was denied, which
+// container and image, which rule, the evidence, and what to do.
+func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v policy.Verdict) string {
+	var b strings.Builder
+	denied := 0
+	for _, iv := range v.Images {
+		if iv.Outcome == policy.OutcomeDeny {
+			denied++
+		}
+	}
+	fmt.Fprintf(&b, "buildguard denied %s %q in namespace %q: %d of %d images failed policy.", req.Kind.Kind, name, req.Namespace, denied, len(v.Images))
+	for _, iv := range v.Images {
+		if iv.Outcome != policy.OutcomeDeny {
+			continue
+		}
+		digest := ""
+		if iv.Digest != "" {
+			digest = " (" + iv.Digest + ")"
+		}
+		fmt.Fprintf(&b, "\n- %s %q image %s%s:", iv.ContainerKind, iv.Container, iv.Image, digest)
+		for _, f := range iv.Findings {
+			if f.Action != policy.ActionDeny {
+				continue
+			}
+			fmt.Fprintf(&b, "\n  [%s] %s", f.Rule, f.Message)
+		}
+	}
+	for _, f := range v.Findings {
+		if f.Action == policy.ActionDeny {
+			fmt.Fprintf(&b, "\n- [%s] %s", f.Rule, f.Message)
+		}
+	}
+	help := h.ExceptionHelp
+	if help == "" {
+		help = DefaultExceptionHelp
+	}
+	b.WriteString("\n")
+	b.WriteString(help)
+	return b.String()
+}
+
+// warnings are one line per finding that did not deny, and, outside
+// enforce mode, per finding that would have; each fits in maxWarning.
+func warnings(v policy.Verdict) []string {
+	var out []string
+	prefix := "buildguard: "
+	if v.Outcome == policy.OutcomeDeny {
+		prefix = fmt.Sprintf("buildguard (%s mode, would deny): ", v.Mode)
+	}
+	for _, iv := range v.Images {
+		for _, f := range iv.Findings {
+			if f.Action == policy.ActionIgnore {
+				continue
+			}
+			w := fmt.Sprintf("%s%s %s: [%s] %s", prefix, iv.ContainerKind, iv.Container, f.Rule, f.Message)
+			if iv.Exception != nil {
+				w = fmt.Sprintf("buildguard: %s %s: [%s] admitted by exception %s (%s)", iv.ContainerKind, iv.Container, f.Rule, iv.Exception.Name, iv.Exception.Reason)
+			}
+			out = appendWarning(out, w)
+		}
+	}
+	for _, f := range v.Findings {
+		out = appendWarning(out, fmt.Sprintf("%s[%s] %s", prefix, f.Rule, f.Message))
+	}
+	return out
+}
+
+func appendWarning(ws []string, w string) []string {
+	w = shorten(w, maxWarning)
+	for _, x := range ws {
+		if x == w {
+			return ws
+		}
+	}
+	return append(ws, w)
+}
+
+// shorten cuts s to at most n bytes on a rune boundary, marking the cut.
+func shorten(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len("…")
+	for cut > 0 && s[cut]&0xC0 == 0x80 {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// Audit annotation keys; the API server prefixes them with the webhook's
+// name, e.g. "validate.buildguard.dev/verdict".
+const (
+	AnnotationVerdict    = "verdict"
+	AnnotationMode       = "mode"
+	AnnotationDigests    = "digests"
+	AnnotationRules      = "rules"
+	AnnotationExceptions = "exceptions"
+)
+
+// auditAnnotations record every decision: verdict ("would-deny" in audit
+// and warn modes), mode, the digest of each container's image, the rule
+// IDs found, and the exceptions used.
+func auditAnnotations(v policy.Verdict) map[string]string {
+	verdict := string(v.Outcome)
+	if v.Outcome == policy.OutcomeDeny && v.Allowed {
+		verdict = "would-deny"
+	}
+	a := map[string]string{AnnotationVerdict: verdict, AnnotationMode: string(v.Mode)}
+	digests := map[string]string{}
+	var exceptions []string
+	for _, iv := range v.Images {
+		if iv.Digest != "" {
+			digests[iv.Container] = iv.Digest
+		}
+		if iv.Exception != nil {
+			exceptions = append(exceptions, fmt.Sprintf("%s=%s", iv.Container, iv.Exception.Name))
+		}
+	}
+	if len(digests) > 0 {
+		b, _ := json.Marshal(digests) // map[string]string always marshals
+		a[AnnotationDigests] = string(b)
+	}
+	if rules := ruleIDs(v); len(rules) > 0 {
+		a[AnnotationRules] = strings.Join(rules, ",")
+	}
+	if len(exceptions) > 0 {
+		a[AnnotationExceptions] = strings.Join(exceptions, ",")
+	}
+	return a
+}
+
+// ruleIDs are the distinct rules of all findings that were not ignored,
+// sorted.
+func ruleIDs(v policy.Verdict) []string {
+	set := map[string]bool{}
+	for _, iv := range v.Images {
+		for _, f := range iv.Findings {
+			if f.Action != policy.ActionIgnore {
+				set[string(f.Rule)] = true
+			}
+		}
+	}
+	for _, f := range v.Findings {
+		set[string(f.Rule)] = true
+	}
+	out := make([]string, 0, len(set))
+	for r := range set {
+		out = append(out, r)
+	}
+	sort.Strings(out)
+	return out
+}
