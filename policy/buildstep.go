@@ -1,10 +1,12 @@
 package policy
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"path"
 	"strings"
+	"unicode"
 )
 
 // StepKind names a suspicious behaviour of a build step.
@@ -131,10 +133,13 @@ func runCommand(s string) string {
 // execForm parses a JSON-ish exec form leniently; history text is not
 // always valid JSON.
 func execForm(s string) []string {
+	var words []string
+	if err := json.Unmarshal([]byte(s), &words); err == nil {
+		return words
+	}
 	s = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(s), "["), "]")
 	var out []string
-	for _, w := range lex(s, 0).words() {
-		w = strings.Trim(w, ", ")
+	for _, w := range lex(strings.ReplaceAll(s, ",", " "), 0).words() {
 		if w != "" {
 			out = append(out, w)
 		}
@@ -184,7 +189,14 @@ func (a *stepAnalysis) add(args string) {
 func (a *stepAnalysis) download(tool, host, rawURL string) {
 	canon, ip, ok := canonicalHost(host)
 	if !ok {
-		canon = host
+		// Not a name or an address a client could reach, but still what the
+		// step asked for: report it printable.
+		canon = strings.Map(func(r rune) rune {
+			if unicode.IsSpace(r) || unicode.IsControl(r) {
+				return '?'
+			}
+			return r
+		}, host)
 	}
 	if a.trusted.Trusted(canon) {
 		return

@@ -1,0 +1,116 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/testregistry"
+	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/registry"
+)
+
+var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+type labels map[string]map[string]string
+
+func (l labels) Labels(_ context.Context, ns string) (map[string]string, error) {
+	if m, ok := l[ns]; ok {
+		return m, nil
+	}
+	return nil, errors.New("namespace not found")
+}
+
+func newEngine(t *testing.T, allow ...string) *engine.Engine {
+	t.Helper()
+	p, err := policy.Compile(policy.Spec{Registries: policy.Registries{Allow: allow, Insecure: []string{"127.0.0.1:*"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := testclock.New(now)
+	return &engine.Engine{
+		Policy:     func() *policy.Policy { return p },
+		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Now:        clock.Now,
+		Namespaces: labels{"audited": {engine.ModeLabel: "audit"}},
+	}
+}
+
+// TestUnapprovedRegistryNeverContacted: an image reference is attacker
+// input; a registry outside the allow list sees no request at all.
+func TestUnapprovedRegistryNeverContacted(t *testing.T) {
+	good := testregistry.New(t)
+	evil := testregistry.New(t)
+	good.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Hour * 24)}))
+	evil.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Hour * 24)}))
+	evil.Reset()
+	e := newEngine(t, good.Host+"/acme/*")
+	spec := &corev1.PodSpec{Containers: []corev1.Container{
+		{Name: "good", Image: good.Host + "/acme/shop:1"},
+		{Name: "evil", Image: evil.Host + "/acme/shop:1"},
+	}}
+	v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Name: "p", Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Allowed || v.Images[0].Outcome != policy.OutcomeAllow || v.Images[1].Findings[0].Rule != policy.RuleUnapprovedRegistry {
+		t.Errorf("Evaluate = %+v, want the good image allowed and the evil one unapproved", v)
+	}
+	if n := evil.Count(); n != 0 {
+		t.Errorf("the unapproved registry received %d requests (%q), want 0", n, evil.Requests())
+	}
+}
+
+func TestNamespaceMode(t *testing.T) {
+	reg := testregistry.New(t)
+	reg.Push(t, "acme/fresh:1", testregistry.Build(t, testregistry.Image{Created: now.Add(-5 * time.Second)}))
+	e := newEngine(t, reg.Host+"/acme/*")
+	spec := &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/fresh:1"}}}
+	for ns, want := range map[string]policy.Mode{"audited": policy.ModeAudit, "unknown": policy.ModeEnforce} {
+		v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: ns, Kind: "Pod", Spec: spec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Mode != want || v.Outcome != policy.OutcomeDeny {
+			t.Errorf("Evaluate in %s = mode %s outcome %s, want %s deny", ns, v.Mode, v.Outcome, want)
+		}
+	}
+}
+
+func TestSameImageLookedUpOnce(t *testing.T) {
+	reg := testregistry.New(t)
+	reg.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Hour * 24)}))
+	reg.Reset()
+	e := newEngine(t, reg.Host+"/acme/*")
+	img := reg.Host + "/acme/shop:1"
+	spec := &corev1.PodSpec{
+		InitContainers: []corev1.Container{{Name: "init", Image: img}},
+		Containers:     []corev1.Container{{Name: "a", Image: img}, {Name: "b", Image: img}},
+	}
+	if _, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	// ping, HEAD tag, GET manifest, GET config.
+	if n := reg.Count(); n != 4 {
+		t.Errorf("registry requests = %d (%q), want 4", n, reg.Requests())
+	}
+}
+
+func TestContainers(t *testing.T) {
+	spec := &corev1.PodSpec{
+		InitContainers:      []corev1.Container{{Name: "i", Image: "a", VolumeMounts: []corev1.VolumeMount{{Name: "v", SubPath: "s"}}}},
+		Containers:          []corev1.Container{{Name: "c", Image: "b", ImagePullPolicy: corev1.PullNever}},
+		EphemeralContainers: []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "e", Image: "c"}}},
+	}
+	got := engine.Containers(spec)
+	if len(got) != 3 || got[0].Kind != policy.KindInitContainer || got[0].Mounts[0].SubPath != "s" ||
+		got[1].PullPolicy != "Never" || got[2].Kind != policy.KindEphemeralContainer {
+		t.Errorf("Containers = %+v, want init, container, ephemeral in order", got)
+	}
+}

