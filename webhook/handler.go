@@ -5,6 +5,7 @@ package webhook
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,10 @@ import (
 // DefaultMaxBodyBytes caps an AdmissionReview body. The API server stores
 // objects up to 1.5 MiB; an UPDATE carries two of them.
 const DefaultMaxBodyBytes = 7 << 20
+
+// Headroom is kept free of the API server's webhook timeout, for the
+// answer to travel back.
+const Headroom = 500 * time.Millisecond
 
 // Handler serves POST /validate.
 type Handler struct {
@@ -69,7 +74,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, re.Msg, re.Code)
 		return
 	}
-	resp, v := h.review(r.Context(), review.Request)
+	ctx := r.Context()
+	// The API server says how long it waits (?timeout=10s); answer with
+	// headroom to spare rather than be cut off.
+	if t, err := time.ParseDuration(r.URL.Query().Get("timeout")); err == nil && t > 2*Headroom {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t-Headroom)
+		defer cancel()
+	}
+	resp, v := h.review(ctx, review.Request)
 	if h.Metrics != nil {
 		h.Metrics.observe(resp, v, time.Since(start))
 	}

@@ -59,7 +59,7 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 	if *namespaceMode != "" {
 		e.Namespaces = fixedLabels{engine.ModeLabel: *namespaceMode}
 	}
-	code := exitOK
+	denied, registryErr := false, false
 	enc := json.NewEncoder(stdout)
 	for _, img := range fs.Args() {
 		v, err := e.Evaluate(ctx, checkWorkload(img, *namespaceMode))
@@ -70,15 +70,11 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 		res := checkResult{Image: img, Digest: iv.Digest, Verdict: iv.Outcome, Mode: v.Mode, Admitted: v.Allowed,
 			Findings: append(iv.Findings, v.Findings...), Exception: iv.Exception, CheckedAt: time.Now().UTC()}
 		for _, f := range res.Findings {
-			// A registry we could not ask is an error of this run, not an
-			// answer about the image.
-			if f.Rule == policy.RuleRegistryUnavailable && code != exitDenied {
-				code = exitError
+			if f.Rule == policy.RuleRegistryUnavailable {
+				registryErr = true
 			}
 		}
-		if !v.Allowed {
-			code = exitDenied
-		}
+		denied = denied || !v.Allowed
 		if *output == "json" {
 			if err := enc.Encode(res); err != nil {
 				return exitError, err
@@ -87,7 +83,15 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 		}
 		printText(stdout, res)
 	}
-	return code, nil
+	switch {
+	case registryErr:
+		// A registry that could not be asked leaves the answer unknown: an
+		// error of this run, whatever else was found.
+		return exitError, nil
+	case denied:
+		return exitDenied, nil
+	}
+	return exitOK, nil
 }
 
 // checkWorkload is a Pod with one container running img, as `check`
