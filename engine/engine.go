@@ -45,14 +45,42 @@ type Workload struct {
 	Namespace string
 	Kind      string
 	Name      string
-	Spec      *corev1.PodSpec
+	// Labels are the object's own labels, for policies' objectSelector.
+	Labels map[string]string
+	Spec   *corev1.PodSpec
+}
+
+// Policies chooses the policies that govern a workload, and the
+// exceptions that apply to it besides the policies' own.
+type Policies interface {
+	Select(namespace string, namespaceLabels, objectLabels map[string]string) (Selection, error)
+}
+
+// Selection is what Policies chose. No policy means the workload is not
+// governed: it is admitted without a lookup.
+type Selection struct {
+	Policies   []*policy.Policy
+	Exceptions policy.Exceptions
+}
+
+// PolicyFunc is a Policies that governs everything with one policy, such
+// as a policy file's.
+type PolicyFunc func() *policy.Policy
+
+// Select implements Policies.
+func (f PolicyFunc) Select(string, map[string]string, map[string]string) (Selection, error) {
+	p := f()
+	if p == nil {
+		return Selection{}, errors.New("no policy loaded")
+	}
+	return Selection{Policies: []*policy.Policy{p}}, nil
 }
 
 // Engine evaluates workloads. Policy, Resolver and Now are required.
 type Engine struct {
-	// Policy returns the policy in force; it is called once per
-	// evaluation so a new policy applies without a restart.
-	Policy func() *policy.Policy
+	// Policies chooses the policies in force; it is asked once per
+	// evaluation, so a new policy applies without a restart.
+	Policies Policies
 	// Resolver looks images up.
 	Resolver Resolver
 	// Keychains gives the pod's pull credentials. When nil, registries are
@@ -83,22 +111,28 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := e.Policy()
-	if p == nil {
-		return policy.Verdict{}, errors.New("no policy loaded")
-	}
 	facts := policy.Facts{Now: e.Now(), Namespace: w.Namespace}
-	if w.Spec == nil {
-		return policy.Decide(p, facts), nil
-	}
+	var nsLabels map[string]string
 	if e.Namespaces != nil && w.Namespace != "" {
-		labels, err := e.Namespaces.Labels(ctx, w.Namespace)
+		var err error
+		nsLabels, err = e.Namespaces.Labels(ctx, w.Namespace)
 		if err != nil {
 			log.Warn("namespace labels unavailable; using the policy's mode", "namespace", w.Namespace, "error", err)
 		}
-		facts.NamespaceMode = labels[ModeLabel]
+		facts.NamespaceMode = nsLabels[ModeLabel]
+	}
+	sel, err := e.Policies.Select(w.Namespace, nsLabels, w.Labels)
+	if err != nil {
+		return policy.Verdict{}, err
+	}
+	facts.Exceptions = sel.Exceptions
+	if w.Spec == nil {
+		return decideAll(sel.Policies, facts), nil
 	}
 	facts.Containers = Containers(w.Spec)
+	if len(sel.Policies) == 0 {
+		return decideAll(nil, facts), nil
+	}
 	for _, v := range w.Spec.Volumes {
 		if v.HostPath != nil {
 			facts.HostPaths = append(facts.HostPaths, policy.HostPathVolume{Volume: v.Name, Path: v.HostPath.Path})
@@ -118,8 +152,8 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 			continue
 		}
 		ref, err := name.ParseReference(c.Image)
-		if err != nil || !p.RegistryAllowed(ref.Context()) {
-			continue // never contact a registry the policy does not allow
+		if err != nil || !anyAllows(sel.Policies, ref) {
+			continue // never contact a registry no policy allows
 		}
 		if auth == nil {
 			a, err := e.auth(ctx, w)
@@ -130,7 +164,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 		}
 		res := &result{}
 		results[c.Image] = res
-		req := registry.Request{Ref: ref, Auth: *auth, Insecure: p.Insecure(ref.Context().RegistryStr())}
+		req := registry.Request{Ref: ref, Auth: *auth, Insecure: anyInsecure(sel.Policies, ref)}
 		if req.Insecure {
 			// Re-parse so go-containerregistry speaks plain HTTP to it.
 			if r2, err := name.ParseReference(c.Image, name.Insecure); err == nil {
@@ -159,7 +193,42 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 			facts.Containers[i].Resolved, facts.Containers[i].Err = r.img, r.err
 		}
 	}
-	return policy.Decide(p, facts), nil
+	return decideAll(sel.Policies, facts), nil
+}
+
+// decideAll decides under every policy; the strictest verdict wins. With
+// no policy, every image is admitted without findings.
+func decideAll(ps []*policy.Policy, f policy.Facts) policy.Verdict {
+	if len(ps) == 0 {
+		v := policy.Verdict{Outcome: policy.OutcomeAllow, Allowed: true}
+		for _, c := range f.Containers {
+			v.Images = append(v.Images, policy.ImageVerdict{Container: c.Name, ContainerKind: c.Kind, Image: c.Image, Outcome: policy.OutcomeAllow, Findings: []policy.Finding{}})
+		}
+		return v
+	}
+	vs := make([]policy.Verdict, len(ps))
+	for i, p := range ps {
+		vs[i] = policy.Decide(p, f)
+	}
+	return policy.Combine(vs)
+}
+
+func anyAllows(ps []*policy.Policy, ref name.Reference) bool {
+	for _, p := range ps {
+		if p.RegistryAllowed(ref.Context()) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyInsecure(ps []*policy.Policy, ref name.Reference) bool {
+	for _, p := range ps {
+		if p.Insecure(ref.Context().RegistryStr()) {
+			return true
+		}
+	}
+	return false
 }
 
 func (e *Engine) auth(ctx context.Context, w Workload) (registry.Auth, error) {

@@ -35,7 +35,7 @@ func newEngine(t *testing.T, allow ...string) *engine.Engine {
 	}
 	clock := testclock.New(now)
 	return &engine.Engine{
-		Policy:     func() *policy.Policy { return p },
+		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
 		Now:        clock.Now,
 		Namespaces: labels{"audited": {engine.ModeLabel: "audit"}},

@@ -42,6 +42,7 @@ type File struct {
 // Policy is a compiled, validated Spec. It is immutable and safe for
 // concurrent use. The zero value is not usable; use Compile.
 type Policy struct {
+	name         string
 	spec         Spec
 	mode         Mode
 	failure      FailurePolicy
@@ -116,8 +117,12 @@ func Parse(data []byte) (*Policy, error) {
 
 // Compile validates s and prepares it for Decide. Every problem is a
 // *FieldError naming the field.
-func Compile(s Spec) (*Policy, error) {
-	p := &Policy{spec: s, mode: s.Mode, failure: s.FailurePolicy}
+func Compile(s Spec) (*Policy, error) { return CompileNamed("", s) }
+
+// CompileNamed is Compile for a policy with a name, such as a
+// ClusterBuildPolicy's; findings then say which policy raised them.
+func CompileNamed(name string, s Spec) (*Policy, error) {
+	p := &Policy{name: name, spec: s, mode: s.Mode, failure: s.FailurePolicy}
 	if p.mode == "" {
 		p.mode = ModeEnforce
 	}
@@ -166,15 +171,39 @@ func Compile(s Spec) (*Policy, error) {
 		}
 		p.actions[r] = a
 	}
-	for i, e := range s.Exceptions {
-		ce, err := compileException(fmt.Sprintf("exceptions[%d]", i), e)
-		if err != nil {
-			return nil, err
-		}
-		p.exceptions = append(p.exceptions, ce)
+	x, err := CompileExceptions("exceptions", s.Exceptions)
+	if err != nil {
+		return nil, err
 	}
+	p.exceptions = x.list
 	return p, nil
 }
+
+// Exceptions is a compiled list of exceptions, such as the
+// BuildPolicyExceptions of a namespace. The zero value is empty.
+type Exceptions struct{ list []exception }
+
+// CompileExceptions validates es; field prefixes error paths
+// ("exceptions" gives "exceptions[1].expires").
+func CompileExceptions(field string, es []Exception) (Exceptions, error) {
+	var x Exceptions
+	for i, e := range es {
+		ce, err := compileException(fmt.Sprintf("%s[%d]", field, i), e)
+		if err != nil {
+			return Exceptions{}, err
+		}
+		x.list = append(x.list, ce)
+	}
+	return x, nil
+}
+
+// Join returns the exceptions of x and y.
+func (x Exceptions) Join(y Exceptions) Exceptions {
+	return Exceptions{list: append(append([]exception(nil), x.list...), y.list...)}
+}
+
+// Len returns the number of exceptions.
+func (x Exceptions) Len() int { return len(x.list) }
 
 func joinRules(rs []RuleID) string {
 	s := make([]string, len(rs))
@@ -221,6 +250,9 @@ func compileException(field string, e Exception) (exception, error) {
 	}
 	return ce, nil
 }
+
+// Name returns the policy's name, "" for a policy file.
+func (p *Policy) Name() string { return p.name }
 
 // Spec returns the spec the policy was compiled from.
 func (p *Policy) Spec() Spec { return p.spec }

@@ -85,6 +85,9 @@ type Finding struct {
 	Message string `json:"message"`
 	// Evidence holds the facts behind the finding; keys are stable.
 	Evidence map[string]any `json:"evidence,omitempty"`
+	// Policy names the ClusterBuildPolicy that raised the finding; empty
+	// for a policy file.
+	Policy string `json:"policy,omitempty"`
 }
 
 // Decide judges a workload. It is a pure function of p and f.
@@ -106,7 +109,7 @@ func Decide(p *Policy, f Facts) Verdict {
 		hostPaths[h.Volume] = h.Path
 	}
 	for _, c := range f.Containers {
-		iv := p.decideImage(c, f.Now, hostPaths)
+		iv := p.decideImage(c, f.Now, hostPaths, f.Exceptions)
 		if iv.Outcome.rank() > v.Outcome.rank() {
 			v.Outcome = iv.Outcome
 		}
@@ -122,10 +125,10 @@ func Decide(p *Policy, f Facts) Verdict {
 }
 
 func (p *Policy) finding(rule RuleID, sev Severity, msg string, ev map[string]any) Finding {
-	return Finding{Rule: rule, Severity: sev, Action: p.Action(rule), Message: msg, Evidence: ev}
+	return Finding{Rule: rule, Severity: sev, Action: p.Action(rule), Message: msg, Evidence: ev, Policy: p.name}
 }
 
-func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]string) ImageVerdict {
+func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]string, extra Exceptions) ImageVerdict {
 	iv := ImageVerdict{Container: c.Name, ContainerKind: c.Kind, Image: c.Image, Outcome: OutcomeAllow, Findings: []Finding{}}
 	if c.Resolved != nil {
 		iv.Digest = c.Resolved.Digest
@@ -148,7 +151,9 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 	}
 
 	if err == nil {
-		if use, ok := p.exceptionFor(ref, iv.Digest, now); ok {
+		if use, ok := exceptionFor(p.exceptions, ref, iv.Digest, now); ok {
+			iv.Exception = &use
+		} else if use, ok := exceptionFor(extra.list, ref, iv.Digest, now); ok {
 			iv.Exception = &use
 		}
 	}
@@ -417,12 +422,12 @@ func exposedSocket(hostPath string) string {
 
 // exceptionFor returns the first live exception matching ref (or the
 // digest it resolved to).
-func (p *Policy) exceptionFor(ref name.Reference, digest string, now time.Time) (ExceptionUse, bool) {
+func exceptionFor(es []exception, ref name.Reference, digest string, now time.Time) (ExceptionUse, bool) {
 	repo := ref.Context().Name()
 	if d, ok := ref.(name.Digest); ok && digest == "" {
 		digest = d.DigestStr()
 	}
-	for _, e := range p.exceptions {
+	for _, e := range es {
 		if !now.Before(e.expires) {
 			continue
 		}

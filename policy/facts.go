@@ -18,6 +18,9 @@ type Facts struct {
 	Containers []Container
 	// HostPaths are the pod's hostPath volumes.
 	HostPaths []HostPathVolume
+	// Exceptions apply besides the policy's own, such as the
+	// BuildPolicyExceptions of the namespace.
+	Exceptions Exceptions
 }
 
 // ContainerKind says which list of the pod spec a container is in.

@@ -25,7 +25,7 @@ func FuzzDecodeReview(f *testing.F) {
 		f.Fatal(err)
 	}
 	h := &webhook.Handler{Evaluator: &engine.Engine{
-		Policy:   func() *policy.Policy { return p },
+		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(),
 		Now:      func() time.Time { return time.Unix(1_800_000_000, 0) },
 		Timeout:  time.Second,

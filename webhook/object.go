@@ -56,8 +56,9 @@ func (e *DecodeError) Error() string {
 
 // workloadObject is the part of any workload object buildguard reads.
 type workloadObject struct {
-	name string
-	spec *corev1.PodSpec
+	name   string
+	labels map[string]string
+	spec   *corev1.PodSpec
 }
 
 // podSpecOf decodes the object of an admission request as its kind and
@@ -80,52 +81,52 @@ func podSpecOf(req *admissionv1.AdmissionRequest) (workloadObject, error) {
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, &o.Spec}, nil
+		return workloadObject{o.Name, o.Labels, &o.Spec}, nil
 	case Kinds[1]:
 		var o corev1.ReplicationController
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
 		if o.Spec.Template == nil {
-			return workloadObject{o.Name, nil}, nil
+			return workloadObject{o.Name, o.Labels, nil}, nil
 		}
-		return workloadObject{o.Name, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
 	case Kinds[2]:
 		var o appsv1.Deployment
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
 	case Kinds[3]:
 		var o appsv1.ReplicaSet
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
 	case Kinds[4]:
 		var o appsv1.StatefulSet
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
 	case Kinds[5]:
 		var o appsv1.DaemonSet
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
 	case Kinds[6]:
 		var o batchv1.Job
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
 	case Kinds[7]:
 		var o batchv1.CronJob
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, &o.Spec.JobTemplate.Spec.Template.Spec}, nil
+		return workloadObject{o.Name, o.Labels, &o.Spec.JobTemplate.Spec.Template.Spec}, nil
 	}
 	return workloadObject{}, &UnsupportedKindError{GVK: gvk}
 }

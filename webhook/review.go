@@ -53,7 +53,7 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if name == "" {
 		name = req.Name
 	}
-	v, err := h.Evaluator.Evaluate(ctx, engine.Workload{Namespace: req.Namespace, Kind: req.Kind.Kind, Name: name, Spec: obj.spec})
+	v, err := h.Evaluator.Evaluate(ctx, engine.Workload{Namespace: req.Namespace, Kind: req.Kind.Kind, Name: name, Labels: obj.labels, Spec: obj.spec})
 	if err != nil {
 		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil
 	}

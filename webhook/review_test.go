@@ -59,7 +59,7 @@ func newFixture(t *testing.T, policyYAML string) *fixture {
 	}
 	clock := testclock.New(now)
 	f.handler = &webhook.Handler{Evaluator: &engine.Engine{
-		Policy:   func() *policy.Policy { return p },
+		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
 		Now:      clock.Now,
 	}}

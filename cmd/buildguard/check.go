@@ -50,7 +50,7 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 		return exitError, err
 	}
 	e := &engine.Engine{
-		Policy:    func() *policy.Policy { return p },
+		Policies:  engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver:  rf.client(nil),
 		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig},
 		Now:       time.Now,

@@ -73,7 +73,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	metrics := webhook.NewMetrics()
 	e := &engine.Engine{
-		Policy:    pf.current,
+		Policies:  engine.PolicyFunc(pf.current),
 		Resolver:  rf.client(metrics),
 		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig},
 		Now:       time.Now,

@@ -1,0 +1,89 @@
+package policy
+
+// Combine merges the verdicts several policies reached on the same facts:
+// the strictest wins. The workload is denied when any verdict denies it;
+// each image's outcome is the most severe any policy gave it; every
+// finding is kept once (the same rule and message from two policies is
+// one finding, with the stricter action). The mode is that of the
+// deciding verdict: a denying one, else the one with the most severe
+// outcome, else the strictest mode. Combine of one verdict is that
+// verdict; of none, an empty allow.
+func Combine(vs []Verdict) Verdict {
+	switch len(vs) {
+	case 0:
+		return Verdict{Outcome: OutcomeAllow, Allowed: true}
+	case 1:
+		return vs[0]
+	}
+	decider := vs[0]
+	for _, v := range vs[1:] {
+		if stricter(v, decider) {
+			decider = v
+		}
+	}
+	out := Verdict{Mode: decider.Mode, Outcome: decider.Outcome, Allowed: true}
+	for _, v := range vs {
+		out.Allowed = out.Allowed && v.Allowed
+		out.Findings = mergeFindings(out.Findings, v.Findings)
+	}
+	out.Images = make([]ImageVerdict, len(decider.Images))
+	for i := range decider.Images {
+		iv := vs[0].Images[i]
+		iv.Findings = append([]Finding{}, iv.Findings...)
+		for _, v := range vs[1:] {
+			other := v.Images[i]
+			if other.Outcome.rank() > iv.Outcome.rank() {
+				iv.Outcome = other.Outcome
+			}
+			if iv.Digest == "" {
+				iv.Digest = other.Digest
+			}
+			if iv.Exception == nil {
+				iv.Exception = other.Exception
+			}
+			iv.Findings = mergeFindings(iv.Findings, other.Findings)
+		}
+		out.Images[i] = iv
+	}
+	return out
+}
+
+func modeRank(m Mode) int {
+	switch m {
+	case ModeEnforce:
+		return 2
+	case ModeWarn:
+		return 1
+	}
+	return 0
+}
+
+// stricter reports whether a decides over b.
+func stricter(a, b Verdict) bool {
+	if a.Allowed != b.Allowed {
+		return !a.Allowed
+	}
+	if a.Outcome.rank() != b.Outcome.rank() {
+		return a.Outcome.rank() > b.Outcome.rank()
+	}
+	return modeRank(a.Mode) > modeRank(b.Mode)
+}
+
+func mergeFindings(into, from []Finding) []Finding {
+	for _, f := range from {
+		merged := false
+		for i, g := range into {
+			if g.Rule == f.Rule && g.Message == f.Message {
+				if f.Action.rank() > g.Action.rank() {
+					into[i] = f
+				}
+				merged = true
+				break
+			}
+		}
+		if !merged {
+			into = append(into, f)
+		}
+	}
+	return into
+}
