@@ -30,7 +30,12 @@ type Server struct {
 	// Listener to serve on. Required.
 	Listener net.Listener
 	// CertFile and KeyFile are PEM files, re-read every ReloadInterval.
+	// They are used when Certificates is nil.
 	CertFile, KeyFile string
+	// Certificates, when set, provides the serving certificate instead of
+	// the files, such as cert-manager's DynamicSource for a self-managed
+	// CA.
+	Certificates certtls.CertificateSource
 	// ReloadInterval is how often the files are checked. The default is
 	// DefaultCertReloadInterval.
 	ReloadInterval time.Duration
@@ -66,27 +71,37 @@ func (s *Server) Run(ctx context.Context) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := CheckFiles(s.CertFile, s.KeyFile); err != nil {
-		return err
+	src := s.Certificates
+	if src == nil {
+		if err := CheckFiles(s.CertFile, s.KeyFile); err != nil {
+			return err
+		}
+		interval := s.ReloadInterval
+		if interval <= 0 {
+			interval = DefaultCertReloadInterval
+		}
+		src = &certtls.FileCertificateSource{CertPath: s.CertFile, KeyPath: s.KeyFile, UpdateInterval: interval}
 	}
-	interval := s.ReloadInterval
-	if interval <= 0 {
-		interval = DefaultCertReloadInterval
-	}
-	src := &certtls.FileCertificateSource{CertPath: s.CertFile, KeyPath: s.KeyFile, UpdateInterval: interval}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	srcErr := make(chan error, 1)
 	go func() {
 		srcErr <- src.Start(logr.NewContext(ctx, logr.FromSlogHandler(log.Handler())))
 	}()
-	// The source reads the files at once; wait for the first certificate.
-	deadline := time.Now().Add(5 * time.Second)
+	// Wait for the first certificate: a file source reads at once, a
+	// self-managed CA may first have to create its Secret.
+	deadline := time.Now().Add(60 * time.Second)
 	for !src.Healthy() {
-		if time.Now().After(deadline) {
-			return errors.New("TLS certificate was not loaded within 5s")
+		select {
+		case err := <-srcErr:
+			return fmt.Errorf("TLS certificate source: %v", err)
+		case <-ctx.Done():
+			return nil
+		case <-time.After(10 * time.Millisecond):
 		}
-		time.Sleep(10 * time.Millisecond)
+		if time.Now().After(deadline) {
+			return errors.New("no TLS certificate within 60s")
+		}
 	}
 
 	mux := http.NewServeMux()

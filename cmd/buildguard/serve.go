@@ -11,16 +11,22 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
+	"github.com/cert-manager/cert-manager/pkg/server/tls/authority"
+
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"buildguard.dev/buildguard/cluster"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
@@ -38,14 +44,28 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for namespace labels and pull secrets; in a cluster the pod's service account is used")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	reload := fs.Duration("policy-reload-interval", 5*time.Second, "how often the policy file is checked for changes")
+	source := fs.String("policy-source", "", `where policies come from: "file" (--config) or "crd" (ClusterBuildPolicy and BuildPolicyException resources); the default is file when --config is set`)
+	caSecret := fs.String("self-managed-ca-secret", "", "instead of TLS files, keep a CA in this Secret ([namespace/]name) and serve certificates it signs for --tls-dns-names")
+	dnsNames := fs.String("tls-dns-names", "", "comma-separated DNS names of the serving certificate with --self-managed-ca-secret")
+	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the ValidatingWebhookConfiguration whose caBundle is kept current")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return &usageError{msg: fmt.Sprintf("unexpected arguments %q", fs.Args())}
 	}
-	if rf.config == "" {
-		return &usageError{msg: "--config is required"}
+	if *source == "" {
+		*source = "file"
+	}
+	switch {
+	case *source != "file" && *source != "crd":
+		return &usageError{msg: fmt.Sprintf("--policy-source %q: want file or crd", *source)}
+	case *source == "file" && rf.config == "":
+		return &usageError{msg: "--config is required (or --policy-source=crd)"}
+	case *caSecret != "" && (*certFile != "" || *keyFile != ""):
+		return &usageError{msg: "--self-managed-ca-secret and --tls-cert-file/--tls-private-key-file exclude each other"}
+	case *caSecret != "" && *dnsNames == "":
+		return &usageError{msg: "--self-managed-ca-secret needs --tls-dns-names"}
 	}
 	var handler slog.Handler
 	switch *logFormat {
@@ -59,28 +79,74 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	log := slog.New(handler)
 
 	// Validate everything before serving anything.
-	if err := server.CheckFiles(*certFile, *keyFile); err != nil {
-		return err
+	if *caSecret == "" {
+		if err := server.CheckFiles(*certFile, *keyFile); err != nil {
+			return err
+		}
 	}
-	pf := &policyFile{path: rf.config, log: log}
-	if err := pf.load(); err != nil {
-		return err
-	}
-	kube, err := kubeClient(*kubeconfig)
+	cfg, err := kubeConfig(*kubeconfig)
 	if err != nil {
 		return err
+	}
+	if cfg == nil && (*source == "crd" || *caSecret != "") {
+		return &usageError{msg: "--policy-source=crd and --self-managed-ca-secret need a cluster: run inside one or pass --kubeconfig"}
+	}
+	var kube kubernetes.Interface
+	if cfg != nil {
+		if kube, err = kubernetes.NewForConfig(cfg); err != nil {
+			return err
+		}
 	}
 
 	metrics := webhook.NewMetrics()
 	e := &engine.Engine{
-		Policies:  engine.PolicyFunc(pf.current),
 		Resolver:  rf.client(metrics),
 		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig},
 		Now:       time.Now,
 		Timeout:   rf.timeout,
 		Log:       log,
 	}
-	ready := func() error { return nil }
+	var checks []func() error
+	switch *source {
+	case "file":
+		pf := &policyFile{path: rf.config, log: log}
+		if err := pf.load(); err != nil {
+			return err
+		}
+		e.Policies = engine.PolicyFunc(pf.current)
+		go pf.watch(ctx, *reload)
+	case "crd":
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		src := &cluster.Source{Client: dyn, Log: log}
+		synced := src.Start(ctx)
+		e.Policies = src
+		checks = append(checks, func() error {
+			if !synced() {
+				return errors.New("policy informers not synced")
+			}
+			return nil
+		})
+	}
+	var certs certtls.CertificateSource
+	if *caSecret != "" {
+		ns, name, err := secretRef(*caSecret)
+		if err != nil {
+			return err
+		}
+		certs = &certtls.DynamicSource{
+			DNSNames: strings.Split(*dnsNames, ","),
+			Authority: &authority.DynamicAuthority{
+				SecretNamespace: ns, SecretName: name, RESTConfig: cfg, CommonName: "buildguard-ca",
+			},
+		}
+		if *webhookConfig != "" {
+			inj := &cluster.CABundle{Client: kube, SecretNamespace: ns, SecretName: name, Webhook: *webhookConfig, Log: log}
+			go inj.Run(ctx)
+		}
+	}
 	if kube != nil {
 		factory := informers.NewSharedInformerFactory(kube, 10*time.Minute)
 		nsInformer := factory.Core().V1().Namespaces()
@@ -88,14 +154,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		e.Keychains = &registry.KubernetesKeychains{Client: kube}
 		synced := nsInformer.Informer().HasSynced
 		factory.Start(ctx.Done())
-		ready = func() error {
+		checks = append(checks, func() error {
 			if !synced() {
 				return errors.New("namespace informer not synced")
 			}
 			return nil
-		}
+		})
 	}
-	go pf.watch(ctx, *reload)
+	ready := func() error {
+		for _, c := range checks {
+			if err := c(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log})
@@ -104,13 +177,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Handler: mux, Ready: ready, Log: log}
+	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Certificates: certs, Handler: mux, Ready: ready, Log: log}
 	return s.Run(ctx)
 }
 
-// kubeClient returns a client from --kubeconfig, or the pod's service
-// account inside a cluster, or nil outside one.
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+// kubeConfig returns the configuration of --kubeconfig, or of the pod's
+// service account inside a cluster, or nil outside one.
+func kubeConfig(kubeconfig string) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	switch {
@@ -124,9 +197,21 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	// Calls to the API server happen inside an admission review.
-	cfg.Timeout = 3 * time.Second
-	return kubernetes.NewForConfig(cfg)
+	cfg.UserAgent = "buildguard/" + version
+	return cfg, nil
+}
+
+// secretRef parses "[namespace/]name"; the namespace defaults to the
+// pod's own.
+func secretRef(s string) (ns, name string, err error) {
+	if ns, name, ok := strings.Cut(s, "/"); ok {
+		return ns, name, nil
+	}
+	b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+	if err != nil {
+		return "", "", fmt.Errorf("--self-managed-ca-secret %q: give namespace/name outside a pod (%v)", s, err)
+	}
+	return strings.TrimSpace(string(b)), s, nil
 }
 
 // namespaceLabels reads namespace labels from an informer's cache.

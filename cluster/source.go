@@ -1,0 +1,339 @@
+// Package cluster reads buildguard's policies and exceptions from the
+// Kubernetes API — ClusterBuildPolicy and BuildPolicyException resources
+// in group buildguard.dev, version v1alpha1 — keeps them compiled in
+// memory through informers, and reports in each resource's status whether
+// it was accepted.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/tools/cache"
+
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/policy"
+)
+
+// Group and version of buildguard's resources.
+const (
+	Group   = "buildguard.dev"
+	Version = "v1alpha1"
+)
+
+var (
+	// PolicyResource is the ClusterBuildPolicy resource.
+	PolicyResource = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "clusterbuildpolicies"}
+	// ExceptionResource is the BuildPolicyException resource.
+	ExceptionResource = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "buildpolicyexceptions"}
+)
+
+// PolicySpec is the spec of a ClusterBuildPolicy: the fields of a policy
+// file and the selectors of what it governs.
+type PolicySpec struct {
+	policy.Spec `json:",inline"`
+	// NamespaceSelector chooses the namespaces the policy governs, by
+	// their labels. The default is every namespace.
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	// ObjectSelector chooses the workloads the policy governs, by their
+	// own labels. The default is every workload.
+	ObjectSelector *metav1.LabelSelector `json:"objectSelector,omitempty"`
+}
+
+// ExceptionSpec is the spec of a BuildPolicyException. It applies to
+// workloads in its own namespace only.
+type ExceptionSpec struct {
+	Images     []string `json:"images"`
+	Reason     string   `json:"reason"`
+	Expires    string   `json:"expires"`
+	ApprovedBy string   `json:"approvedBy,omitempty"`
+}
+
+// ConditionAccepted is the status condition saying whether buildguard
+// accepted a resource; its reason is Valid or Invalid.
+const ConditionAccepted = "Accepted"
+
+// Source keeps ClusterBuildPolicies and BuildPolicyExceptions compiled
+// and selects them for workloads. It implements engine.Policies.
+type Source struct {
+	// Client reads the resources and writes their status. Required.
+	Client dynamic.Interface
+	// Log is the logger. The default discards.
+	Log *slog.Logger
+	// Now is the clock for condition times. The default is time.Now.
+	Now func() time.Time
+	// Resync is the informers' resync period. The default is 10m.
+	Resync time.Duration
+
+	mu         sync.RWMutex
+	policies   map[string]*compiledPolicy           // by name
+	exceptions map[string]map[string]compiledExcept // namespace → name →
+}
+
+type compiledPolicy struct {
+	p          *policy.Policy
+	ns, obj    labels.Selector
+	generation int64
+}
+
+type compiledExcept struct {
+	x policy.Exceptions
+}
+
+// Start starts the informers; the returned function reports whether both
+// have synced.
+func (s *Source) Start(ctx context.Context) func() bool {
+	s.mu.Lock()
+	s.policies = map[string]*compiledPolicy{}
+	s.exceptions = map[string]map[string]compiledExcept{}
+	s.mu.Unlock()
+	resync := s.Resync
+	if resync <= 0 {
+		resync = 10 * time.Minute
+	}
+	f := dynamicinformer.NewDynamicSharedInformerFactory(s.Client, resync)
+	pi := f.ForResource(PolicyResource).Informer()
+	ei := f.ForResource(ExceptionResource).Informer()
+	pi.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { s.policyChanged(ctx, o) },
+		UpdateFunc: func(_, o any) { s.policyChanged(ctx, o) },
+		DeleteFunc: func(o any) { s.policyDeleted(o) },
+	})
+	ei.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { s.exceptionChanged(ctx, o) },
+		UpdateFunc: func(_, o any) { s.exceptionChanged(ctx, o) },
+		DeleteFunc: func(o any) { s.exceptionDeleted(o) },
+	})
+	f.Start(ctx.Done())
+	return func() bool { return pi.HasSynced() && ei.HasSynced() }
+}
+
+func (s *Source) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+func (s *Source) now() time.Time {
+	if s.Now == nil {
+		return time.Now()
+	}
+	return s.Now()
+}
+
+// Select implements engine.Policies: the policies whose selectors match,
+// in name order, and the live exceptions of the namespace.
+func (s *Source) Select(namespace string, nsLabels, objLabels map[string]string) (engine.Selection, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var sel engine.Selection
+	names := make([]string, 0, len(s.policies))
+	for n := range s.policies {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		cp := s.policies[n]
+		if cp.ns.Matches(labels.Set(nsLabels)) && cp.obj.Matches(labels.Set(objLabels)) {
+			sel.Policies = append(sel.Policies, cp.p)
+		}
+	}
+	enames := make([]string, 0, len(s.exceptions[namespace]))
+	for n := range s.exceptions[namespace] {
+		enames = append(enames, n)
+	}
+	sort.Strings(enames)
+	for _, n := range enames {
+		sel.Exceptions = sel.Exceptions.Join(s.exceptions[namespace][n].x)
+	}
+	return sel, nil
+}
+
+// compilePolicy turns a ClusterBuildPolicy into a policy and selectors.
+func compilePolicy(u *unstructured.Unstructured) (*compiledPolicy, error) {
+	var spec PolicySpec
+	if err := decodeSpec(u, &spec); err != nil {
+		return nil, err
+	}
+	p, err := policy.CompileNamed(u.GetName(), spec.Spec)
+	if err != nil {
+		return nil, err
+	}
+	cp := &compiledPolicy{p: p, generation: u.GetGeneration()}
+	if cp.ns, err = selector(spec.NamespaceSelector); err != nil {
+		return nil, &policy.FieldError{Field: "namespaceSelector", Msg: err.Error()}
+	}
+	if cp.obj, err = selector(spec.ObjectSelector); err != nil {
+		return nil, &policy.FieldError{Field: "objectSelector", Msg: err.Error()}
+	}
+	return cp, nil
+}
+
+func selector(ls *metav1.LabelSelector) (labels.Selector, error) {
+	if ls == nil {
+		return labels.Everything(), nil
+	}
+	return metav1.LabelSelectorAsSelector(ls)
+}
+
+func decodeSpec(u *unstructured.Unstructured, into any) error {
+	raw, ok := u.Object["spec"]
+	if !ok {
+		return &policy.FieldError{Field: "spec", Msg: "required"}
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(into); err != nil {
+		return &policy.FieldError{Field: "spec", Msg: err.Error()}
+	}
+	return nil
+}
+
+func (s *Source) policyChanged(ctx context.Context, o any) {
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	cp, err := compilePolicy(u)
+	s.mu.Lock()
+	prev := s.policies[u.GetName()]
+	if err == nil {
+		s.policies[u.GetName()] = cp
+	}
+	s.mu.Unlock()
+	if err != nil {
+		// Never half-applied: the last accepted generation stays in force.
+		msg := err.Error()
+		if prev != nil {
+			msg += fmt.Sprintf("; generation %d stays in force", prev.generation)
+		}
+		s.log().Error("ClusterBuildPolicy rejected", "policy", u.GetName(), "generation", u.GetGeneration(), "error", err)
+		s.setAccepted(ctx, PolicyResource, u, false, "Invalid", msg)
+		return
+	}
+	if prev == nil || prev.generation != cp.generation {
+		s.log().Info("ClusterBuildPolicy applied", "policy", u.GetName(), "generation", u.GetGeneration(), "mode", string(cp.p.Mode()))
+	}
+	s.setAccepted(ctx, PolicyResource, u, true, "Valid", fmt.Sprintf("generation %d is in force", u.GetGeneration()))
+}
+
+func (s *Source) policyDeleted(o any) {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = d.Obj
+	}
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	delete(s.policies, u.GetName())
+	s.mu.Unlock()
+	s.log().Info("ClusterBuildPolicy removed", "policy", u.GetName())
+}
+
+func (s *Source) exceptionChanged(ctx context.Context, o any) {
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	var spec ExceptionSpec
+	err := decodeSpec(u, &spec)
+	var x policy.Exceptions
+	if err == nil {
+		x, err = policy.CompileExceptions("spec", []policy.Exception{{
+			Images: spec.Images, Reason: spec.Reason, Expires: spec.Expires, ApprovedBy: spec.ApprovedBy,
+			Name: u.GetNamespace() + "/" + u.GetName(),
+		}})
+		if err != nil {
+			err = fmt.Errorf("%s", strings.Replace(err.Error(), "spec[0].", "spec.", 1))
+		}
+	}
+	if err != nil {
+		s.mu.Lock()
+		delete(s.exceptions[u.GetNamespace()], u.GetName())
+		s.mu.Unlock()
+		s.log().Error("BuildPolicyException rejected", "namespace", u.GetNamespace(), "exception", u.GetName(), "error", err)
+		s.setAccepted(ctx, ExceptionResource, u, false, "Invalid", err.Error())
+		return
+	}
+	s.mu.Lock()
+	if s.exceptions[u.GetNamespace()] == nil {
+		s.exceptions[u.GetNamespace()] = map[string]compiledExcept{}
+	}
+	s.exceptions[u.GetNamespace()][u.GetName()] = compiledExcept{x: x}
+	s.mu.Unlock()
+	s.setAccepted(ctx, ExceptionResource, u, true, "Valid", "applies until "+spec.Expires)
+}
+
+func (s *Source) exceptionDeleted(o any) {
+	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+		o = d.Obj
+	}
+	u, ok := o.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	s.mu.Lock()
+	delete(s.exceptions[u.GetNamespace()], u.GetName())
+	s.mu.Unlock()
+}
+
+// setAccepted writes the Accepted condition unless it already says the
+// same for this generation, so status writes do not feed back into
+// endless updates.
+func (s *Source) setAccepted(ctx context.Context, gvr schema.GroupVersionResource, u *unstructured.Unstructured, ok bool, reason, msg string) {
+	status := metav1.ConditionFalse
+	if ok {
+		status = metav1.ConditionTrue
+	}
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		if m["type"] == ConditionAccepted && m["status"] == string(status) && m["reason"] == reason && m["message"] == msg &&
+			fmt.Sprint(m["observedGeneration"]) == fmt.Sprint(u.GetGeneration()) {
+			return
+		}
+	}
+	cond := map[string]any{
+		"type":               ConditionAccepted,
+		"status":             string(status),
+		"reason":             reason,
+		"message":            msg,
+		"observedGeneration": u.GetGeneration(),
+		"lastTransitionTime": s.now().UTC().Format(time.RFC3339),
+	}
+	c := u.DeepCopy()
+	if err := unstructured.SetNestedSlice(c.Object, []any{cond}, "status", "conditions"); err != nil {
+		return
+	}
+	_ = unstructured.SetNestedField(c.Object, u.GetGeneration(), "status", "observedGeneration")
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var err error
+	if u.GetNamespace() == "" {
+		_, err = s.Client.Resource(gvr).UpdateStatus(ctx, c, metav1.UpdateOptions{})
+	} else {
+		_, err = s.Client.Resource(gvr).Namespace(u.GetNamespace()).UpdateStatus(ctx, c, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		// Another replica may have written it first; the next event retries.
+		s.log().Info("status not written", "resource", gvr.Resource, "name", u.GetName(), "error", err)
+	}
+}
