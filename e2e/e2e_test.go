@@ -14,59 +14,6 @@ import (
 	"buildguard.dev/buildguard/internal/testregistry"
 )
 
-// webhookTemplate mirrors the ValidatingWebhookConfiguration of
-// manifests/base with a URL on loopback instead of a Service: the same
-// rules, exclusions and failure policy.
-const webhookTemplate = `apiVersion: admissionregistration.k8s.io/v1
-kind: ValidatingWebhookConfiguration
-metadata:
-  name: buildguard
-webhooks:
-- name: validate.buildguard.dev
-  clientConfig:
-    url: %s
-  rules:
-  - apiGroups: [""]
-    apiVersions: ["v1"]
-    operations: ["CREATE", "UPDATE"]
-    resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
-    scope: Namespaced
-  - apiGroups: ["apps"]
-    apiVersions: ["v1"]
-    operations: ["CREATE", "UPDATE"]
-    resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
-    scope: Namespaced
-  - apiGroups: ["batch"]
-    apiVersions: ["v1"]
-    operations: ["CREATE", "UPDATE"]
-    resources: ["jobs", "cronjobs"]
-    scope: Namespaced
-  failurePolicy: Fail
-  sideEffects: None
-  admissionReviewVersions: ["v1"]
-  timeoutSeconds: 5
-  matchPolicy: Equivalent
-  namespaceSelector:
-    matchExpressions:
-    - key: kubernetes.io/metadata.name
-      operator: NotIn
-      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
-`
-
-const policyTemplate = `apiVersion: buildguard.dev/v1alpha1
-kind: ClusterBuildPolicy
-metadata:
-  name: default
-spec:
-  mode: enforce
-  failurePolicy: deny
-  registries:
-    allow: ["%s/e2e/*"]
-  freshness:
-    minAge: %s
-  trustedSources: ["deb.debian.org"]
-`
-
 type env struct {
 	t    *testing.T
 	ctx  context.Context
@@ -191,7 +138,7 @@ func TestEndToEnd(t *testing.T) {
 		_, err := e.kubectl("", "wait", "--for=condition=Established", "crd/clusterbuildpolicies.buildguard.dev", "crd/buildpolicyexceptions.buildguard.dev", "--timeout=5s")
 		return err
 	})
-	e.mustKubectl(fmt.Sprintf(policyTemplate, reg.Host, "10m"), "apply", "-f", "-")
+	e.mustKubectl(PolicyYAML(reg.Host, "10m"), "apply", "-f", "-")
 
 	bin, err := BuildBuildguard(ctx, dir)
 	if err != nil {
@@ -208,7 +155,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Logf("--- buildguard log tail:\n%s", bg.Proc.Tail(5000))
 		}
 	})
-	e.mustKubectl(fmt.Sprintf(webhookTemplate, bg.URL), "apply", "-f", "-")
+	e.mustKubectl(WebhookYAML(bg.URL), "apply", "-f", "-")
 	e.eventually(30*time.Second, "buildguard injects its CA into the webhook configuration", func() error {
 		out, err := e.kubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
 		if err != nil || len(out) < 100 {
@@ -314,7 +261,7 @@ spec:
 
 	t.Run("policy edited with kubectl applies without a restart", func(t *testing.T) {
 		pid := bg.Proc.cmd.Process.Pid
-		e.mustKubectl(fmt.Sprintf(policyTemplate, reg.Host, "1s"), "apply", "-f", "-")
+		e.mustKubectl(PolicyYAML(reg.Host, "1s"), "apply", "-f", "-")
 		e.eventually(30*time.Second, "fresh image admitted once minAge is 1s", func() error {
 			_, err := e.kubectl(podYAML("shop", "fresh-now-ok", e.imgs["fresh:1"]), "apply", "-f", "-")
 			return err
@@ -340,7 +287,7 @@ spec:
 		if _, err := e.kubectl(podYAML("shop", "fresh-still-ok", e.imgs["fresh:1"]), "apply", "-f", "-"); err != nil {
 			t.Errorf("the last accepted generation is not in force: %v", err)
 		}
-		e.mustKubectl(fmt.Sprintf(policyTemplate, reg.Host, "10m"), "apply", "-f", "-")
+		e.mustKubectl(PolicyYAML(reg.Host, "10m"), "apply", "-f", "-")
 		e.eventually(30*time.Second, "policy accepted again", func() error {
 			out, err := e.kubectl("", "get", "clusterbuildpolicy", "default", "-o", "jsonpath={.status.conditions[0].status}")
 			if err != nil || out != "True" {

@@ -1,0 +1,66 @@
+package e2e
+
+import "fmt"
+
+// webhookTemplate mirrors the ValidatingWebhookConfiguration of
+// manifests/base with a URL on loopback instead of a Service: the same
+// rules, exclusions and failure policy.
+const webhookTemplate = `apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: buildguard
+webhooks:
+- name: validate.buildguard.dev
+  clientConfig:
+    url: %s
+  rules:
+  - apiGroups: [""]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
+    scope: Namespaced
+  - apiGroups: ["apps"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
+    scope: Namespaced
+  - apiGroups: ["batch"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["jobs", "cronjobs"]
+    scope: Namespaced
+  failurePolicy: Fail
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+  timeoutSeconds: 5
+  matchPolicy: Equivalent
+  namespaceSelector:
+    matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
+`
+
+const policyTemplate = `apiVersion: buildguard.dev/v1alpha1
+kind: ClusterBuildPolicy
+metadata:
+  name: default
+spec:
+  mode: enforce
+  failurePolicy: deny
+  registries:
+    allow: ["%s/e2e/*"]
+  freshness:
+    minAge: %s
+  trustedSources: ["deb.debian.org"]
+`
+
+// WebhookYAML is the ValidatingWebhookConfiguration "buildguard" calling
+// buildguard at url.
+func WebhookYAML(url string) string { return fmt.Sprintf(webhookTemplate, url) }
+
+// PolicyYAML is the ClusterBuildPolicy "default": enforce, images only
+// from registryHost's e2e/ repositories, fresh below minAge.
+func PolicyYAML(registryHost, minAge string) string {
+	return fmt.Sprintf(policyTemplate, registryHost, minAge)
+}
