@@ -269,7 +269,7 @@ func StartControlPlane(ctx context.Context, dir string) (_ *ControlPlane, err er
 		"--service-cluster-ip-range=10.96.0.0/24", "--authorization-mode=RBAC",
 		"--audit-policy-file="+policyPath, "--audit-log-path="+cp.AuditLog,
 		"--audit-log-mode=blocking", "--cert-dir="+filepath.Join(dir, "apiserver-certs"),
-		"--allow-privileged=true", "--profiling=false", "--enable-priority-and-fairness=false",
+		"--allow-privileged=true", "--profiling=false", "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false",
 	)
 	if err != nil {
 		return nil, err
@@ -287,7 +287,6 @@ func StartControlPlane(ctx context.Context, dir string) (_ *ControlPlane, err er
 		"--kubeconfig="+cp.Kubeconfig, "--leader-elect=false",
 		"--service-account-private-key-file="+saKey, "--root-ca-file="+certs.CA,
 		"--use-service-account-credentials=false", "--secure-port=0",
-		"--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-ephemeral-volume,-pv-protection,-pvc-protection",
 	)
 	if err != nil {
 		return nil, err
