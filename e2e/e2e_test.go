@@ -222,7 +222,7 @@ func TestEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.Contains(out, "Warning: buildguard (audit mode, would deny)") {
+		if !strings.Contains(out, "Warning: buildguard would deny (audit mode): app: [fresh-image] created") {
 			t.Errorf("kubectl output %q has no buildguard warning", out)
 		}
 		e.eventually(20*time.Second, "audit log annotation", func() error {

@@ -83,6 +83,8 @@ type Finding struct {
 	// Action is what the policy does with the finding.
 	Action  Action `json:"action"`
 	Message string `json:"message"`
+	// Summary is the finding in a few words.
+	Summary string `json:"summary"`
 	// Evidence holds the facts behind the finding; keys are stable.
 	Evidence map[string]any `json:"evidence,omitempty"`
 	// Policy names the ClusterBuildPolicy that raised the finding; empty
@@ -125,7 +127,34 @@ func Decide(p *Policy, f Facts) Verdict {
 }
 
 func (p *Policy) finding(rule RuleID, sev Severity, msg string, ev map[string]any) Finding {
-	return Finding{Rule: rule, Severity: sev, Action: p.Action(rule), Message: msg, Evidence: ev, Policy: p.name}
+	return Finding{Rule: rule, Severity: sev, Action: p.Action(rule), Message: msg, Summary: summary(rule, msg, ev), Evidence: ev, Policy: p.name}
+}
+
+// summary is a finding in a few words, for places as narrow as an
+// admission warning (120 bytes, container and rule included).
+func summary(rule RuleID, msg string, ev map[string]any) string {
+	switch rule {
+	case RuleFreshImage:
+		if _, future := ev["maxClockSkew"]; future {
+			return fmt.Sprintf("created in the future (%v)", ev["created"])
+		}
+		return fmt.Sprintf("created %ds before admission, minAge %v", ev["ageSeconds"], ev["minAge"])
+	case RuleSuspiciousBuildStep:
+		s := fmt.Sprintf("step %v: %s", ev["stepIndex"], strings.Join(ev["kinds"].([]string), ", "))
+		if hosts, ok := ev["hosts"].([]string); ok {
+			s += " from " + strings.Join(hosts, ", ")
+		}
+		return s
+	case RuleUnapprovedRegistry:
+		return fmt.Sprintf("%v is not in registries.allow", ev["repository"])
+	case RuleUnresolvableImage:
+		return fmt.Sprintf("%v in its registry", ev["reason"])
+	case RuleRegistryUnavailable:
+		return fmt.Sprintf("registry %v %v", ev["registry"], ev["reason"])
+	case RuleRuntimeSocketMount:
+		return fmt.Sprintf("mounts %v", ev["socket"])
+	}
+	return msg
 }
 
 func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]string, extra Exceptions) ImageVerdict {

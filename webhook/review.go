@@ -141,22 +141,22 @@ func warnings(v policy.Verdict) []string {
 	var out []string
 	prefix := "buildguard: "
 	if v.Outcome == policy.OutcomeDeny {
-		prefix = fmt.Sprintf("buildguard (%s mode, would deny): ", v.Mode)
+		prefix = fmt.Sprintf("buildguard would deny (%s mode): ", v.Mode)
 	}
 	for _, iv := range v.Images {
 		for _, f := range iv.Findings {
 			if f.Action == policy.ActionIgnore {
 				continue
 			}
-			w := fmt.Sprintf("%s%s %s: [%s] %s", prefix, iv.ContainerKind, iv.Container, f.Rule, f.Message)
+			w := fmt.Sprintf("%s%s: [%s] %s", prefix, iv.Container, f.Rule, f.Summary)
 			if iv.Exception != nil {
-				w = fmt.Sprintf("buildguard: %s %s: [%s] admitted by exception %s (%s)", iv.ContainerKind, iv.Container, f.Rule, iv.Exception.Name, iv.Exception.Reason)
+				w = fmt.Sprintf("buildguard: %s: [%s] admitted by exception %s (%s)", iv.Container, f.Rule, iv.Exception.Name, iv.Exception.Reason)
 			}
 			out = appendWarning(out, w)
 		}
 	}
 	for _, f := range v.Findings {
-		out = appendWarning(out, fmt.Sprintf("%s[%s] %s", prefix, f.Rule, f.Message))
+		out = appendWarning(out, fmt.Sprintf("%s[%s] %s", prefix, f.Rule, f.Summary))
 	}
 	return out
 }

@@ -195,8 +195,8 @@ func TestReviewModes(t *testing.T) {
 		wantWarning string
 	}{
 		{"enforce", false, "deny", ""},
-		{"warn", true, "would-deny", "buildguard (warn mode, would deny): container app: [fresh-image]"},
-		{"audit", true, "would-deny", "buildguard (audit mode, would deny): container app: [fresh-image]"},
+		{"warn", true, "would-deny", "buildguard would deny (warn mode): app: [fresh-image] created 12s before admission, minAge 10m"},
+		{"audit", true, "would-deny", "buildguard would deny (audit mode): app: [fresh-image] created 12s before admission, minAge 10m"},
 	} {
 		t.Run(tt.mode, func(t *testing.T) {
 			f := newFixture(t, "apiVersion: buildguard.dev/v1alpha1\nkind: Policy\nmode: "+tt.mode+"\nregistries:\n  allow: [\"127.0.0.1:*/acme/*\"]\n  insecure: [\"127.0.0.1:*\"]\n")
@@ -205,8 +205,8 @@ func TestReviewModes(t *testing.T) {
 			if resp.Allowed != tt.allowed || resp.AuditAnnotations["verdict"] != tt.wantVerdict || resp.AuditAnnotations["mode"] != tt.mode {
 				t.Errorf("Review = allowed %v annotations %v, want %v verdict %s mode %s", resp.Allowed, resp.AuditAnnotations, tt.allowed, tt.wantVerdict, tt.mode)
 			}
-			if tt.wantWarning != "" && (len(resp.Warnings) != 1 || !strings.HasPrefix(resp.Warnings[0], tt.wantWarning)) {
-				t.Errorf("warnings = %q, want one starting %q", resp.Warnings, tt.wantWarning)
+			if tt.wantWarning != "" && (len(resp.Warnings) != 1 || resp.Warnings[0] != tt.wantWarning) {
+				t.Errorf("warnings = %q, want one equal to %q", resp.Warnings, tt.wantWarning)
 			}
 			for _, w := range resp.Warnings {
 				if len(w) > 120 {
