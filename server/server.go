@@ -91,7 +91,7 @@ func (s *Server) Run(ctx context.Context) error {
 	// Wait for the first certificate: a file source reads at once, a
 	// self-managed CA may first have to create its Secret.
 	deadline := time.Now().Add(60 * time.Second)
-	for !src.Healthy() {
+	for !hasCertificate(src) {
 		select {
 		case err := <-srcErr:
 			return fmt.Errorf("TLS certificate source: %v", err)
@@ -107,7 +107,7 @@ func (s *Server) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !src.Healthy() {
+		if !hasCertificate(src) {
 			http.Error(w, "no TLS certificate", http.StatusServiceUnavailable)
 			return
 		}
@@ -156,4 +156,13 @@ func (s *Server) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// hasCertificate reports whether src has a certificate to serve. It asks
+// GetCertificate, which holds the source's lock, rather than Healthy,
+// which in cert-manager v1.21's FileCertificateSource reads the cached
+// certificate without it (a data race under -race).
+func hasCertificate(src certtls.CertificateSource) bool {
+	c, err := src.GetCertificate(nil)
+	return err == nil && c != nil
 }
