@@ -48,6 +48,41 @@ type Workload struct {
 	// Labels are the object's own labels, for policies' objectSelector.
 	Labels map[string]string
 	Spec   *corev1.PodSpec
+	// Operation is CREATE or UPDATE; "" is taken as CREATE.
+	Operation string
+	// OldSpec is the pod spec before an UPDATE.
+	OldSpec *corev1.PodSpec
+	// Annotations are the object's and its pod template's annotations
+	// (the object's win), where change IDs are found.
+	Annotations map[string]string
+	// Controlled is true when a controller owns the object (a Pod of a
+	// ReplicaSet, a Job of a CronJob): the change was judged at the owner.
+	Controlled bool
+}
+
+// ImageChange reports whether w changes what runs: a CREATE, or an UPDATE
+// whose images differ from the old object's, of an object no controller
+// owns. Scaling, relabelling or restarting changes no image.
+func (w Workload) ImageChange() bool {
+	if w.Controlled || w.Spec == nil {
+		return false
+	}
+	if w.Operation != "UPDATE" || w.OldSpec == nil {
+		return true
+	}
+	return !equalImages(Containers(w.Spec), Containers(w.OldSpec))
+}
+
+func equalImages(a, b []policy.Container) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Name != b[i].Name || a[i].Kind != b[i].Kind || a[i].Image != b[i].Image {
+			return false
+		}
+	}
+	return true
 }
 
 // Policies chooses the policies that govern a workload, and the
@@ -111,7 +146,8 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	facts := policy.Facts{Now: e.Now(), Namespace: w.Namespace}
+	facts := policy.Facts{Now: e.Now(), Namespace: w.Namespace,
+		Change: policy.ChangeFacts{ImageChange: w.ImageChange(), Annotations: w.Annotations}}
 	var nsLabels map[string]string
 	if e.Namespaces != nil && w.Namespace != "" {
 		var err error

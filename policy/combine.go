@@ -25,6 +25,9 @@ func Combine(vs []Verdict) Verdict {
 	for _, v := range vs {
 		out.Allowed = out.Allowed && v.Allowed
 		out.Findings = mergeFindings(out.Findings, v.Findings)
+		if out.ChangeID == "" {
+			out.ChangeID = v.ChangeID
+		}
 	}
 	out.Images = make([]ImageVerdict, len(decider.Images))
 	for i := range decider.Images {

@@ -53,6 +53,8 @@ type Policy struct {
 	minAge       time.Duration
 	maxClockSkew time.Duration
 	exceptions   []exception
+	changes      *changeControl
+	prov         provenanceSettings
 }
 
 type exception struct {
@@ -176,6 +178,12 @@ func CompileNamed(name string, s Spec) (*Policy, error) {
 		return nil, err
 	}
 	p.exceptions = x.list
+	if p.changes, err = compileChangeControl(s.ChangeControl); err != nil {
+		return nil, err
+	}
+	if p.prov, err = compileProvenance(s.Signatures, s.Provenance); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 

@@ -53,6 +53,9 @@ type Verdict struct {
 	Images []ImageVerdict `json:"images"`
 	// Findings are about the workload rather than one image.
 	Findings []Finding `json:"findings,omitempty"`
+	// ChangeID is the change ID that allowed an image change outside the
+	// release windows or during a freeze, if one did.
+	ChangeID string `json:"changeID,omitempty"`
 }
 
 // ImageVerdict is the decision on one container's image.
@@ -117,6 +120,7 @@ func Decide(p *Policy, f Facts) Verdict {
 		}
 		v.Images = append(v.Images, iv)
 	}
+	p.applyChangeControl(f, &v)
 	for _, fd := range v.Findings {
 		if o := outcomeOf(fd.Action); o.rank() > v.Outcome.rank() {
 			v.Outcome = o
@@ -153,6 +157,8 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		return fmt.Sprintf("registry %v %v", ev["registry"], ev["reason"])
 	case RuleRuntimeSocketMount:
 		return fmt.Sprintf("mounts %v", ev["socket"])
+	case RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource:
+		return provenanceSummary(rule, ev)
 	}
 	return msg
 }
@@ -175,8 +181,9 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 	case c.Err != nil:
 		iv.Findings = append(iv.Findings, p.lookupFailure(c, ref))
 	case c.Resolved != nil:
-		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now)...)
+		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now, p.attestedTimes(c, c.Resolved))...)
 		iv.Findings = append(iv.Findings, p.buildSteps(c.Resolved)...)
+		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved)...)
 	}
 
 	if err == nil {
@@ -245,21 +252,32 @@ func effectivePullPolicy(set string, ref name.Reference) string {
 // freshness flags every platform created less than minAge before now, or
 // further than maxClockSkew in the future. One fresh child of an index is
 // enough: the node that pulls it runs that child.
-func (p *Policy) freshness(img *Image, now time.Time) []Finding {
+//
+// attested holds, per platform digest, a build finish time signed in a
+// verified provenance attestation; it is used instead of config created,
+// which the build writes itself, and the evidence says so (timeSource).
+func (p *Policy) freshness(img *Image, now time.Time, attested map[string]time.Time) []Finding {
 	var out []Finding
 	for _, pl := range img.Platforms {
-		if pl.Created.IsZero() || pl.Created.Unix() <= 0 {
+		created, source := pl.Created, ""
+		if t, ok := attested[pl.Digest]; ok {
+			created, source = t, "attestation"
+		}
+		if created.IsZero() || created.Unix() <= 0 {
 			continue // reproducible builds write epoch zero: unknown, not fresh
 		}
-		age := now.Sub(pl.Created)
+		age := now.Sub(created)
 		ev := map[string]any{
-			"created":      pl.Created.UTC().Format(time.RFC3339),
+			"created":      created.UTC().Format(time.RFC3339),
 			"ageSeconds":   int64(age / time.Second),
 			"minAge":       human(p.minAge),
 			"configDigest": pl.ConfigDigest,
 		}
 		if pl.Platform != "" {
 			ev["platform"] = pl.Platform
+		}
+		if source != "" {
+			ev["timeSource"] = source
 		}
 		on := ""
 		if pl.Platform != "" {

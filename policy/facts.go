@@ -21,6 +21,8 @@ type Facts struct {
 	// Exceptions apply besides the policy's own, such as the
 	// BuildPolicyExceptions of the namespace.
 	Exceptions Exceptions
+	// Change describes the admitted change, for change control.
+	Change ChangeFacts
 }
 
 // ContainerKind says which list of the pod spec a container is in.
@@ -45,6 +47,64 @@ type Container struct {
 	Resolved *Image
 	// Err is why the lookup failed, or nil.
 	Err *ResolveError
+	// Provenance holds what was verified of the image's signatures and
+	// attestations, per policy name ("" for a policy file), for the
+	// policies that ask for it.
+	Provenance map[string]*Provenance
+}
+
+// Provenance is what verification found for one image under one policy's
+// trust settings (keys, keyless identities, trusted root).
+type Provenance struct {
+	// Signatures are the signatures found, verified or not, on the image's
+	// digest and, for an index, on its children.
+	Signatures []Signature
+	// Attestations are the in-toto attestations found, verified or not.
+	Attestations []Attestation
+	// Err is set when verification could not run (the registry could not
+	// be asked, say); it follows failurePolicy like a lookup failure.
+	Err *ResolveError
+}
+
+// Signature is one signature and what verifying it showed.
+type Signature struct {
+	// On is the digest the signature signs: the index's or a child's.
+	On       string
+	Platform string // of the child it signs, when it signs one
+	// Verified is true when it verified against one of the policy's keys
+	// or keyless identities, with its transparency-log proof unless the
+	// policy ignores the log.
+	Verified bool
+	// KeyFingerprint is the SHA-256 of the public key that verified it (or
+	// of the key in its certificate).
+	KeyFingerprint string
+	// Issuer and Subject identify a keyless signer (Fulcio certificate).
+	Issuer, Subject string
+	// Source says where it was found: "tag" (sha256-….sig), "referrers"
+	// (OCI 1.1) or "bundle" (Sigstore bundle v0.3).
+	Source string
+	// Error says why it did not verify.
+	Error string
+}
+
+// Attestation is one in-toto statement with SLSA provenance.
+type Attestation struct {
+	Verified      bool
+	PredicateType string
+	BuilderID     string
+	// Sources are the source repositories it names (v0.2
+	// invocation.configSource.uri and materials, v1 externalParameters and
+	// resolvedDependencies).
+	Sources []string
+	// SubjectDigests are the digests of the statement's subjects.
+	SubjectDigests []string
+	// FinishedOn is the attested end of the build; zero when unknown.
+	FinishedOn     time.Time
+	KeyFingerprint string
+	Issuer         string
+	Subject        string
+	Source         string
+	Error          string
 }
 
 // Mount is a volume mount of a container.

@@ -82,11 +82,18 @@ const (
 
 // DefaultActions are the actions of rules the policy's rules map omits.
 var defaultActions = map[RuleID]Action{
-	RuleUnapprovedRegistry:  ActionDeny,
-	RuleUnresolvableImage:   ActionDeny,
-	RuleFreshImage:          ActionDeny,
-	RuleSuspiciousBuildStep: ActionDeny,
-	RuleRuntimeSocketMount:  ActionWarn,
+	RuleUnapprovedRegistry:   ActionDeny,
+	RuleUnresolvableImage:    ActionDeny,
+	RuleFreshImage:           ActionDeny,
+	RuleSuspiciousBuildStep:  ActionDeny,
+	RuleRuntimeSocketMount:   ActionWarn,
+	RuleOutsideReleaseWindow: ActionDeny,
+	RuleEmergencyChange:      ActionWarn,
+	RuleUnsigned:             ActionDeny,
+	RuleUntrustedSigner:      ActionDeny,
+	RuleMissingProvenance:    ActionDeny,
+	RuleUnapprovedBuilder:    ActionDeny,
+	RuleUnapprovedSource:     ActionDeny,
 }
 
 // DefaultAction returns the action of rule when a policy does not set one,
@@ -98,7 +105,9 @@ func DefaultAction(rule RuleID) (Action, bool) {
 
 // Rules lists the configurable rule IDs in a stable order.
 func Rules() []RuleID {
-	return []RuleID{RuleUnapprovedRegistry, RuleUnresolvableImage, RuleFreshImage, RuleSuspiciousBuildStep, RuleRuntimeSocketMount}
+	return []RuleID{RuleUnapprovedRegistry, RuleUnresolvableImage, RuleFreshImage, RuleSuspiciousBuildStep, RuleRuntimeSocketMount,
+		RuleOutsideReleaseWindow, RuleEmergencyChange,
+		RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource}
 }
 
 // Severity grades a finding independently of the action the policy takes.
@@ -129,6 +138,13 @@ type Spec struct {
 	Rules map[RuleID]Action `json:"rules,omitempty" yaml:"rules,omitempty"`
 	// Exceptions admit matching images whatever the rules find.
 	Exceptions []Exception `json:"exceptions,omitempty" yaml:"exceptions,omitempty"`
+	// ChangeControl says when image changes may roll out. The default is
+	// at any time.
+	ChangeControl *ChangeControl `json:"changeControl,omitempty" yaml:"changeControl,omitempty"`
+	// Signatures says which cosign signatures an image must carry.
+	Signatures Signatures `json:"signatures,omitempty" yaml:"signatures,omitempty"`
+	// Provenance says which SLSA provenance an image must carry.
+	Provenance ProvenanceRequirements `json:"provenance,omitempty" yaml:"provenance,omitempty"`
 }
 
 // Registries says which registries and repositories may be used.

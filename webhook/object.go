@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
@@ -56,19 +57,51 @@ func (e *DecodeError) Error() string {
 
 // workloadObject is the part of any workload object buildguard reads.
 type workloadObject struct {
-	name   string
-	labels map[string]string
-	spec   *corev1.PodSpec
+	meta     metav1.ObjectMeta
+	template *metav1.ObjectMeta // the pod template's, for workloads
+	spec     *corev1.PodSpec
+}
+
+// annotations are the template's annotations overlaid with the object's.
+func (o workloadObject) annotations() map[string]string {
+	out := map[string]string{}
+	if o.template != nil {
+		for k, v := range o.template.Annotations {
+			out[k] = v
+		}
+	}
+	for k, v := range o.meta.Annotations {
+		out[k] = v
+	}
+	return out
+}
+
+// controlled reports whether a controller owns the object.
+func (o workloadObject) controlled() bool {
+	for _, r := range o.meta.OwnerReferences {
+		if r.Controller != nil && *r.Controller {
+			return true
+		}
+	}
+	return false
+}
+
+func gvkOf(req *admissionv1.AdmissionRequest) schema.GroupVersionKind {
+	return schema.GroupVersionKind{Group: req.Kind.Group, Version: req.Kind.Version, Kind: req.Kind.Kind}
 }
 
 // podSpecOf decodes the object of an admission request as its kind and
 // returns the pod spec it carries (the pod's own, or its template's).
 func podSpecOf(req *admissionv1.AdmissionRequest) (workloadObject, error) {
-	gvk := schema.GroupVersionKind{Group: req.Kind.Group, Version: req.Kind.Version, Kind: req.Kind.Kind}
-	raw := req.Object.Raw
-	if len(raw) == 0 {
+	gvk := gvkOf(req)
+	if len(req.Object.Raw) == 0 {
 		return workloadObject{}, &DecodeError{GVK: gvk, Err: fmt.Errorf("request.object is empty")}
 	}
+	return decodeWorkload(gvk, req.Object.Raw)
+}
+
+// decodeWorkload decodes raw as a workload of kind gvk.
+func decodeWorkload(gvk schema.GroupVersionKind, raw []byte) (workloadObject, error) {
 	decode := func(v any) error {
 		if err := json.Unmarshal(raw, v); err != nil {
 			return &DecodeError{GVK: gvk, Err: err}
@@ -81,52 +114,52 @@ func podSpecOf(req *admissionv1.AdmissionRequest) (workloadObject, error) {
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, o.Labels, &o.Spec}, nil
+		return workloadObject{o.ObjectMeta, nil, &o.Spec}, nil
 	case Kinds[1]:
 		var o corev1.ReplicationController
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
 		if o.Spec.Template == nil {
-			return workloadObject{o.Name, o.Labels, nil}, nil
+			return workloadObject{o.ObjectMeta, nil, nil}, nil
 		}
-		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
 	case Kinds[2]:
 		var o appsv1.Deployment
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
 	case Kinds[3]:
 		var o appsv1.ReplicaSet
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
 	case Kinds[4]:
 		var o appsv1.StatefulSet
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
 	case Kinds[5]:
 		var o appsv1.DaemonSet
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
 	case Kinds[6]:
 		var o batchv1.Job
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, o.Labels, &o.Spec.Template.Spec}, nil
+		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
 	case Kinds[7]:
 		var o batchv1.CronJob
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.Name, o.Labels, &o.Spec.JobTemplate.Spec.Template.Spec}, nil
+		return workloadObject{o.ObjectMeta, &o.Spec.JobTemplate.Spec.Template.ObjectMeta, &o.Spec.JobTemplate.Spec.Template.Spec}, nil
 	}
 	return workloadObject{}, &UnsupportedKindError{GVK: gvk}
 }

@@ -49,11 +49,22 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 		// *UnsupportedKindError or *DecodeError: the request is at fault.
 		return errored(req.UID, http.StatusBadRequest, err), nil
 	}
-	name := obj.name
+	name := obj.meta.Name
 	if name == "" {
 		name = req.Name
 	}
-	v, err := h.Evaluator.Evaluate(ctx, engine.Workload{Namespace: req.Namespace, Kind: req.Kind.Kind, Name: name, Labels: obj.labels, Spec: obj.spec})
+	w := engine.Workload{
+		Namespace: req.Namespace, Kind: req.Kind.Kind, Name: name, Labels: obj.meta.Labels, Spec: obj.spec,
+		Operation: string(req.Operation), Annotations: obj.annotations(), Controlled: obj.controlled(),
+	}
+	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
+		old, err := decodeWorkload(gvkOf(req), req.OldObject.Raw)
+		if err != nil {
+			return errored(req.UID, http.StatusBadRequest, fmt.Errorf("old object: %w", err)), nil
+		}
+		w.OldSpec = old.spec
+	}
+	v, err := h.Evaluator.Evaluate(ctx, w)
 	if err != nil {
 		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil
 	}
@@ -192,6 +203,7 @@ const (
 	AnnotationDigests    = "digests"
 	AnnotationRules      = "rules"
 	AnnotationExceptions = "exceptions"
+	AnnotationChangeID   = "change-id"
 )
 
 // auditAnnotations record every decision: verdict ("would-deny" in audit
@@ -222,6 +234,9 @@ func auditAnnotations(v policy.Verdict) map[string]string {
 	}
 	if len(exceptions) > 0 {
 		a[AnnotationExceptions] = strings.Join(exceptions, ",")
+	}
+	if v.ChangeID != "" {
+		a[AnnotationChangeID] = v.ChangeID
 	}
 	return a
 }

@@ -16,6 +16,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	// Release windows name IANA time zones; a distroless image has no
+	// zoneinfo of its own.
+	_ "time/tzdata"
 )
 
 // version is stamped in with -ldflags "-X main.version=...".
