@@ -4,24 +4,27 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 )
 
-// CABundle keeps the caBundle of every webhook in a
-// ValidatingWebhookConfiguration equal to the CA certificate ("ca.crt")
-// in a Secret: what cert-manager's CA injector does, for clusters that
-// run buildguard's self-managed CA instead of cert-manager.
+// CABundle keeps the caBundle of every webhook in the Validating- and
+// MutatingWebhookConfiguration of one name equal to the CA certificate
+// ("ca.crt") in a Secret: what cert-manager's CA injector does, for
+// clusters that run buildguard's self-managed CA instead of cert-manager.
+// A configuration that does not exist is skipped.
 type CABundle struct {
 	Client          kubernetes.Interface
 	SecretNamespace string
 	SecretName      string
-	// Webhook is the ValidatingWebhookConfiguration's name.
+	// Webhook is the webhook configurations' name.
 	Webhook string
 	// Interval is how often the two are compared. The default is 5s.
 	Interval time.Duration
@@ -63,10 +66,47 @@ func (c *CABundle) sync(ctx context.Context) error {
 	if len(ca) == 0 {
 		return fmt.Errorf("secret %s/%s has no ca.crt yet", c.SecretNamespace, c.SecretName)
 	}
-	vwc, err := c.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, c.Webhook, metav1.GetOptions{})
-	if err != nil {
-		return err
+	arv1 := c.Client.AdmissionregistrationV1()
+	var errs []error
+	found := false
+	if vwc, err := arv1.ValidatingWebhookConfigurations().Get(ctx, c.Webhook, metav1.GetOptions{}); err == nil {
+		found = true
+		var have [][]byte
+		var names []string
+		for _, w := range vwc.Webhooks {
+			names, have = append(names, w.Name), append(have, w.ClientConfig.CABundle)
+		}
+		if body := bundlePatch(names, have, ca); body != nil {
+			_, err := arv1.ValidatingWebhookConfigurations().Patch(ctx, c.Webhook, types.StrategicMergePatchType, body, metav1.PatchOptions{})
+			errs = append(errs, err)
+		}
+	} else if !apierrors.IsNotFound(err) {
+		errs = append(errs, err)
 	}
+	if mwc, err := arv1.MutatingWebhookConfigurations().Get(ctx, c.Webhook, metav1.GetOptions{}); err == nil {
+		found = true
+		var have [][]byte
+		var names []string
+		for _, w := range mwc.Webhooks {
+			names, have = append(names, w.Name), append(have, w.ClientConfig.CABundle)
+		}
+		if body := bundlePatch(names, have, ca); body != nil {
+			_, err := arv1.MutatingWebhookConfigurations().Patch(ctx, c.Webhook, types.StrategicMergePatchType, body, metav1.PatchOptions{})
+			errs = append(errs, err)
+		}
+	} else if !apierrors.IsNotFound(err) {
+		errs = append(errs, err)
+	}
+	if !found && len(errs) == 0 {
+		return fmt.Errorf("no webhook configuration named %s", c.Webhook)
+	}
+	return errors.Join(errs...)
+}
+
+// bundlePatch is a strategic merge patch setting caBundle on the named
+// webhooks whose bundle differs from ca, or nil when none does. Webhooks
+// merge by name, so nothing else of the configuration changes.
+func bundlePatch(names []string, have [][]byte, ca []byte) []byte {
 	type clientConfig struct {
 		CABundle []byte `json:"caBundle"`
 	}
@@ -75,20 +115,14 @@ func (c *CABundle) sync(ctx context.Context) error {
 		ClientConfig clientConfig `json:"clientConfig"`
 	}
 	var patch []hook
-	for _, w := range vwc.Webhooks {
-		if !bytes.Equal(w.ClientConfig.CABundle, ca) {
-			patch = append(patch, hook{Name: w.Name, ClientConfig: clientConfig{CABundle: ca}})
+	for i, n := range names {
+		if !bytes.Equal(have[i], ca) {
+			patch = append(patch, hook{Name: n, ClientConfig: clientConfig{CABundle: ca}})
 		}
 	}
 	if len(patch) == 0 {
 		return nil
 	}
-	// A strategic merge patch merges webhooks by name and leaves
-	// everything else of the configuration alone.
-	body, err := json.Marshal(map[string]any{"webhooks": patch})
-	if err != nil {
-		return err
-	}
-	_, err = c.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, c.Webhook, types.StrategicMergePatchType, body, metav1.PatchOptions{})
-	return err
+	body, _ := json.Marshal(map[string]any{"webhooks": patch}) // plain structs always marshal
+	return body
 }

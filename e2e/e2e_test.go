@@ -193,6 +193,62 @@ func TestEndToEnd(t *testing.T) {
 		})
 	})
 
+	t.Run("tags are pinned to the judged digest and the pods annotated", func(t *testing.T) {
+		img, err := testregistry.MakeImage(testregistry.Image{Created: time.Now().Add(-96 * time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		judged, err := reg.Push("e2e/pinned:1", img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.mustKubectl("", "create", "deployment", "pinned", "-n", "shop", "--image="+reg.Host+"/e2e/pinned:1", "--replicas=1")
+		want := reg.Host + "/e2e/pinned:1@" + judged.String()
+		podImages := func() (string, error) {
+			return e.kubectl("", "get", "pods", "-n", "shop", "-l", "app=pinned", "-o", `jsonpath={range .items[*]}{.spec.containers[0].image} {.metadata.annotations.buildguard\.dev/verdict}{"\n"}{end}`)
+		}
+		e.eventually(60*time.Second, "a pinned, annotated pod", func() error {
+			out, err := podImages()
+			if err != nil || strings.TrimSpace(out) != want+" allow" {
+				return fmt.Errorf("pods: %q (%v), want %q", out, err, want+" allow")
+			}
+			return nil
+		})
+
+		// The tag moves after admission: what the pods run does not.
+		moved, err := testregistry.MakeImage(testregistry.Image{Created: time.Now().Add(-96 * time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.Push("e2e/pinned:1", moved); err != nil {
+			t.Fatal(err)
+		}
+		before := reg.Requests()
+		// A second ReplicaSet of the same Deployment: its pinned images are
+		// in buildguard's cache, so the registry is not asked again.
+		e.mustKubectl("", "rollout", "restart", "deployment/pinned", "-n", "shop")
+		e.eventually(60*time.Second, "a second ReplicaSet's pod", func() error {
+			out, err := e.kubectl("", "get", "replicasets", "-n", "shop", "-l", "app=pinned", "-o", "name")
+			if err != nil || len(strings.Fields(out)) != 2 {
+				return fmt.Errorf("replicasets %q (%v)", out, err)
+			}
+			out, err = podImages()
+			if err != nil || len(strings.Fields(out)) < 4 {
+				return fmt.Errorf("pods: %q (%v)", out, err)
+			}
+			return nil
+		})
+		out, _ := podImages()
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			if !strings.HasPrefix(line, want+" ") {
+				t.Errorf("pod runs %q after the tag moved, want %s", line, want)
+			}
+		}
+		if n := reg.Requests() - before; n != 0 {
+			t.Errorf("the second ReplicaSet cost %d registry requests, want 0", n)
+		}
+	})
+
 	t.Run("pod with an image created seconds ago is denied", func(t *testing.T) {
 		out, err := e.kubectl(podYAML("shop", "fresh", e.imgs["fresh:1"]), "apply", "-f", "-")
 		if err == nil {

@@ -1,10 +1,13 @@
 package e2e
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
-// webhookTemplate mirrors the ValidatingWebhookConfiguration of
-// manifests/base with a URL on loopback instead of a Service: the same
-// rules, exclusions and failure policy.
+// webhookTemplate mirrors the webhook configurations of manifests/base
+// with URLs on loopback instead of a Service: the same rules, exclusions
+// and failure policies.
 const webhookTemplate = `apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingWebhookConfiguration
 metadata:
@@ -39,6 +42,42 @@ webhooks:
     - key: kubernetes.io/metadata.name
       operator: NotIn
       values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata:
+  name: buildguard
+webhooks:
+- name: mutate.buildguard.dev
+  clientConfig:
+    url: %s
+  rules:
+  - apiGroups: [""]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
+    scope: Namespaced
+  - apiGroups: ["apps"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
+    scope: Namespaced
+  - apiGroups: ["batch"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["jobs", "cronjobs"]
+    scope: Namespaced
+  failurePolicy: Ignore
+  reinvocationPolicy: IfNeeded
+  sideEffects: None
+  admissionReviewVersions: ["v1"]
+  timeoutSeconds: 5
+  matchPolicy: Equivalent
+  namespaceSelector:
+    matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
 `
 
 const policyTemplate = `apiVersion: buildguard.dev/v1alpha1
@@ -55,9 +94,12 @@ spec:
   trustedSources: ["deb.debian.org"]
 `
 
-// WebhookYAML is the ValidatingWebhookConfiguration "buildguard" calling
-// buildguard at url.
-func WebhookYAML(url string) string { return fmt.Sprintf(webhookTemplate, url) }
+// WebhookYAML is the Validating- and MutatingWebhookConfiguration
+// "buildguard" calling buildguard at validateURL (…/validate) and the
+// same server's /mutate.
+func WebhookYAML(validateURL string) string {
+	return fmt.Sprintf(webhookTemplate, validateURL, strings.TrimSuffix(validateURL, "/validate")+"/mutate")
+}
 
 // PolicyYAML is the ClusterBuildPolicy "default": enforce, images only
 // from registryHost's e2e/ repositories, fresh below minAge.

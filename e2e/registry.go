@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -27,6 +28,7 @@ type Registry struct {
 	CAFile string // PEM of the CA that signed its certificate
 	srv    *http.Server
 	pool   *x509.CertPool
+	reqs   atomic.Int64
 }
 
 // StartRegistry serves a registry over TLS on 127.0.0.1, with its
@@ -53,11 +55,15 @@ func StartRegistry(dir string) (*Registry, error) {
 		CAFile: certs.CA,
 		pool:   x509.NewCertPool(),
 		srv: &http.Server{
-			Handler:           ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))),
 			ReadHeaderTimeout: 5 * time.Second,
 			TLSConfig:         &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12},
 		},
 	}
+	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	r.srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.reqs.Add(1)
+		inner.ServeHTTP(w, req)
+	})
 	r.pool.AppendCertsFromPEM(certs.CAPEM)
 	go r.srv.ServeTLS(ln, "", "")
 	return r, nil
@@ -76,6 +82,9 @@ func (r *Registry) Push(repoAndTag string, img v1.Image) (v1.Hash, error) {
 	}
 	return img.Digest()
 }
+
+// Requests returns how many requests the registry has served.
+func (r *Registry) Requests() int64 { return r.reqs.Load() }
 
 // Close stops the registry.
 func (r *Registry) Close() error { return r.srv.Close() }

@@ -28,6 +28,7 @@ func Combine(vs []Verdict) Verdict {
 		if out.ChangeID == "" {
 			out.ChangeID = v.ChangeID
 		}
+		out.Pin = out.Pin || v.Pin
 	}
 	out.Images = make([]ImageVerdict, len(decider.Images))
 	for i := range decider.Images {

@@ -268,6 +268,9 @@ func (p *Policy) Spec() Spec { return p.spec }
 // Mode returns the policy's mode.
 func (p *Policy) Mode() Mode { return p.mode }
 
+// PinDigests reports whether images are to be pinned to their digests.
+func (p *Policy) PinDigests() bool { return p.spec.PinDigests == nil || *p.spec.PinDigests }
+
 // FailurePolicy returns the policy's failure policy.
 func (p *Policy) FailurePolicy() FailurePolicy { return p.failure }
 

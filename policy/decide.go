@@ -56,6 +56,8 @@ type Verdict struct {
 	// ChangeID is the change ID that allowed an image change outside the
 	// release windows or during a freeze, if one did.
 	ChangeID string `json:"changeID,omitempty"`
+	// Pin is true when a policy in force wants images pinned to digests.
+	Pin bool `json:"-"`
 }
 
 // ImageVerdict is the decision on one container's image.
@@ -97,7 +99,7 @@ type Finding struct {
 
 // Decide judges a workload. It is a pure function of p and f.
 func Decide(p *Policy, f Facts) Verdict {
-	v := Verdict{Mode: p.mode, Outcome: OutcomeAllow}
+	v := Verdict{Mode: p.mode, Outcome: OutcomeAllow, Pin: p.PinDigests()}
 	if f.NamespaceMode != "" {
 		if m := Mode(f.NamespaceMode); m.Valid() {
 			v.Mode = m

@@ -141,6 +141,10 @@ type Spec struct {
 	// ChangeControl says when image changes may roll out. The default is
 	// at any time.
 	ChangeControl *ChangeControl `json:"changeControl,omitempty" yaml:"changeControl,omitempty"`
+	// PinDigests makes the mutating webhook rewrite each image to the
+	// digest that was judged (repo:tag@sha256:…), so the tag cannot move
+	// between admission and pull. The default is true.
+	PinDigests *bool `json:"pinDigests,omitempty" yaml:"pinDigests,omitempty"`
 	// Signatures says which cosign signatures an image must carry.
 	Signatures Signatures `json:"signatures,omitempty" yaml:"signatures,omitempty"`
 	// Provenance says which SLSA provenance an image must carry.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
+
+	"buildguard.dev/buildguard/policy"
 )
 
 // DefaultMaxBodyBytes caps an AdmissionReview body. The API server stores
@@ -60,16 +62,23 @@ func (e *RequestError) Error() string { return e.Msg }
 // AdmissionReview. A body that is not a valid v1 AdmissionReview gets a
 // 4xx status with the reason as plain text.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	serveReview(w, r, h.MaxBodyBytes, h.log(), h.Metrics, h.review)
+}
+
+// serveReview decodes an AdmissionReview, answers it with review within
+// the API server's timeout, and writes the AdmissionReview back.
+func serveReview(w http.ResponseWriter, r *http.Request, limit int64, log *slog.Logger, m *Metrics,
+	review func(context.Context, *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, *policy.Verdict)) {
 	start := time.Now()
-	review, err := h.decode(w, r)
+	in, err := readReview(w, r, limit)
 	if err != nil {
 		var re *RequestError
 		if !errors.As(err, &re) {
 			re = &RequestError{Code: http.StatusBadRequest, Msg: err.Error()}
 		}
-		h.log().Warn("bad admission request", "error", re.Msg, "remote", r.RemoteAddr)
-		if h.Metrics != nil {
-			h.Metrics.badRequests.Inc()
+		log.Warn("bad admission request", "error", re.Msg, "remote", r.RemoteAddr, "path", r.URL.Path)
+		if m != nil {
+			m.badRequests.Inc()
 		}
 		http.Error(w, re.Msg, re.Code)
 		return
@@ -82,11 +91,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithTimeout(ctx, t-Headroom)
 		defer cancel()
 	}
-	resp, v := h.review(ctx, review.Request)
-	if h.Metrics != nil {
-		h.Metrics.observe(resp, v, time.Since(start))
+	resp, v := review(ctx, in.Request)
+	if m != nil {
+		m.observe(resp, v, time.Since(start))
 	}
-	out := admissionv1.AdmissionReview{TypeMeta: review.TypeMeta, Response: resp}
+	out := admissionv1.AdmissionReview{TypeMeta: in.TypeMeta, Response: resp}
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(&out); err != nil {
 		http.Error(w, "encoding response: "+err.Error(), http.StatusInternalServerError)
@@ -96,7 +105,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(buf.Bytes())
 }
 
-func (h *Handler) decode(w http.ResponseWriter, r *http.Request) (*admissionv1.AdmissionReview, error) {
+func readReview(w http.ResponseWriter, r *http.Request, limit int64) (*admissionv1.AdmissionReview, error) {
 	if r.Method != http.MethodPost {
 		return nil, &RequestError{Code: http.StatusMethodNotAllowed, Msg: "use POST with an admission.k8s.io/v1 AdmissionReview"}
 	}
@@ -106,7 +115,6 @@ func (h *Handler) decode(w http.ResponseWriter, r *http.Request) (*admissionv1.A
 			return nil, &RequestError{Code: http.StatusUnsupportedMediaType, Msg: fmt.Sprintf("content type %q: want application/json", ct)}
 		}
 	}
-	limit := h.MaxBodyBytes
 	if limit <= 0 {
 		limit = DefaultMaxBodyBytes
 	}

@@ -60,6 +60,12 @@ type workloadObject struct {
 	meta     metav1.ObjectMeta
 	template *metav1.ObjectMeta // the pod template's, for workloads
 	spec     *corev1.PodSpec
+	// specPath and metaPath are the JSON pointers of the pod spec and of
+	// the metadata that describes the pods (the pod's, or its template's).
+	specPath, metaPath string
+	// metaMissing is set by the mutator when the request's JSON has no
+	// object at metaPath.
+	metaMissing bool
 }
 
 // annotations are the template's annotations overlaid with the object's.
@@ -114,52 +120,53 @@ func decodeWorkload(gvk schema.GroupVersionKind, raw []byte) (workloadObject, er
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.ObjectMeta, nil, &o.Spec}, nil
+		return workloadObject{meta: o.ObjectMeta, spec: &o.Spec, specPath: "/spec", metaPath: "/metadata"}, nil
 	case Kinds[1]:
 		var o corev1.ReplicationController
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
 		if o.Spec.Template == nil {
-			return workloadObject{o.ObjectMeta, nil, nil}, nil
+			return workloadObject{meta: o.ObjectMeta}, nil
 		}
-		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
+		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
 	case Kinds[2]:
 		var o appsv1.Deployment
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
+		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
 	case Kinds[3]:
 		var o appsv1.ReplicaSet
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
+		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
 	case Kinds[4]:
 		var o appsv1.StatefulSet
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
+		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
 	case Kinds[5]:
 		var o appsv1.DaemonSet
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
+		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
 	case Kinds[6]:
 		var o batchv1.Job
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.ObjectMeta, &o.Spec.Template.ObjectMeta, &o.Spec.Template.Spec}, nil
+		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
 	case Kinds[7]:
 		var o batchv1.CronJob
 		if err := decode(&o); err != nil {
 			return workloadObject{}, err
 		}
-		return workloadObject{o.ObjectMeta, &o.Spec.JobTemplate.Spec.Template.ObjectMeta, &o.Spec.JobTemplate.Spec.Template.Spec}, nil
+		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.JobTemplate.Spec.Template.ObjectMeta, spec: &o.Spec.JobTemplate.Spec.Template.Spec,
+			specPath: "/spec/jobTemplate/spec/template/spec", metaPath: "/spec/jobTemplate/spec/template/metadata"}, nil
 	}
 	return workloadObject{}, &UnsupportedKindError{GVK: gvk}
 }

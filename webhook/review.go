@@ -36,18 +36,34 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 
 // review also returns the verdict, when there is one, for metrics.
 func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, *policy.Verdict) {
+	w, _, resp := workloadOf(req)
+	if resp != nil {
+		return resp, nil
+	}
+	v, err := h.Evaluator.Evaluate(ctx, w)
+	if err != nil {
+		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil
+	}
+	h.log().Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
+		"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(ruleIDs(v), ","))
+	return h.respond(req, w.Name, v), &v
+}
+
+// workloadOf decodes what an admission request admits. A request with
+// nothing to judge, or one that is at fault, gets its response instead.
+func workloadOf(req *admissionv1.AdmissionRequest) (engine.Workload, workloadObject, *admissionv1.AdmissionResponse) {
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
-		return allowed(req.UID), nil
+		return engine.Workload{}, workloadObject{}, allowed(req.UID)
 	}
 	// Only the ephemeralcontainers subresource changes images; status,
 	// scale and binding updates carry nothing to judge.
 	if req.SubResource != "" && req.SubResource != "ephemeralcontainers" {
-		return allowed(req.UID), nil
+		return engine.Workload{}, workloadObject{}, allowed(req.UID)
 	}
 	obj, err := podSpecOf(req)
 	if err != nil {
 		// *UnsupportedKindError or *DecodeError: the request is at fault.
-		return errored(req.UID, http.StatusBadRequest, err), nil
+		return engine.Workload{}, obj, errored(req.UID, http.StatusBadRequest, err)
 	}
 	name := obj.meta.Name
 	if name == "" {
@@ -60,17 +76,11 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
 		old, err := decodeWorkload(gvkOf(req), req.OldObject.Raw)
 		if err != nil {
-			return errored(req.UID, http.StatusBadRequest, fmt.Errorf("old object: %w", err)), nil
+			return engine.Workload{}, obj, errored(req.UID, http.StatusBadRequest, fmt.Errorf("old object: %w", err))
 		}
 		w.OldSpec = old.spec
 	}
-	v, err := h.Evaluator.Evaluate(ctx, w)
-	if err != nil {
-		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil
-	}
-	h.log().Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", name,
-		"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(ruleIDs(v), ","))
-	return h.respond(req, name, v), &v
+	return w, obj, nil
 }
 
 func allowed(uid types.UID) *admissionv1.AdmissionResponse {

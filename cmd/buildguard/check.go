@@ -31,6 +31,8 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	var rf registryFlags
 	rf.register(fs)
+	var pvf provenanceFlags
+	pvf.register(fs)
 	output := fs.String("output", "text", "output format: text or json (one JSON object per image)")
 	namespaceMode := fs.String("mode", "", "evaluate as in a namespace labelled buildguard.dev/mode=MODE")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -56,6 +58,7 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 		Now:       time.Now,
 		Timeout:   rf.timeout,
 	}
+	e.Verifier = pvf.verifier(e.Resolver)
 	if *namespaceMode != "" {
 		e.Namespaces = fixedLabels{engine.ModeLabel: *namespaceMode}
 	}

@@ -38,6 +38,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	var rf registryFlags
 	rf.register(fs)
+	var pvf provenanceFlags
+	pvf.register(fs)
 	listen := fs.String("listen", ":8443", "address to serve HTTPS on")
 	certFile := fs.String("tls-cert-file", "", "PEM certificate (chain); reloaded when it changes (required)")
 	keyFile := fs.String("tls-private-key-file", "", "PEM private key; reloaded when it changes (required)")
@@ -47,7 +49,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	source := fs.String("policy-source", "", `where policies come from: "file" (--config) or "crd" (ClusterBuildPolicy and BuildPolicyException resources); the default is file when --config is set`)
 	caSecret := fs.String("self-managed-ca-secret", "", "instead of TLS files, keep a CA in this Secret ([namespace/]name) and serve certificates it signs for --tls-dns-names")
 	dnsNames := fs.String("tls-dns-names", "", "comma-separated DNS names of the serving certificate with --self-managed-ca-secret")
-	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the ValidatingWebhookConfiguration whose caBundle is kept current")
+	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the name of the Validating- and MutatingWebhookConfiguration whose caBundle is kept current")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -106,6 +108,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Timeout:   rf.timeout,
 		Log:       log,
 	}
+	e.Verifier = pvf.verifier(e.Resolver)
 	var checks []func() error
 	switch *source {
 	case "file":
@@ -172,6 +175,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	mux := http.NewServeMux()
 	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log})
+	mux.Handle("/mutate", &webhook.Mutator{Evaluator: e, Log: log})
 	mux.Handle("/metrics", metrics.Handler())
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
