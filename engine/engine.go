@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	corev1 "k8s.io/api/core/v1"
 
+	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
 )
@@ -24,6 +25,12 @@ const DefaultTimeout = 9500 * time.Millisecond
 
 // ModeLabel is the namespace label that overrides the policy's mode.
 const ModeLabel = "buildguard.dev/mode"
+
+// Verifier checks an image's signatures and attestations against a
+// policy's trust settings. *provenance.Verifier is one.
+type Verifier interface {
+	Verify(ctx context.Context, req registry.Request, img *policy.Image, p *policy.Policy) *policy.Provenance
+}
 
 // Resolver looks an image up in its registry. *registry.Client is one.
 type Resolver interface {
@@ -121,6 +128,8 @@ type Engine struct {
 	// Keychains gives the pod's pull credentials. When nil, registries are
 	// accessed anonymously.
 	Keychains Keychains
+	// Evidence holds node reports. When nil, node evidence is not used.
+	Evidence Evidence
 	// Namespaces gives namespace labels. When nil, the policy's mode
 	// applies everywhere.
 	Namespaces Namespaces
@@ -130,6 +139,10 @@ type Engine struct {
 	Timeout time.Duration
 	// Log receives lookup failures. The default discards them.
 	Log *slog.Logger
+	// Verifier checks signatures and attestations for the policies that
+	// ask for them (Policy.NeedsProvenance). When nil, no provenance is
+	// verified and such policies find every image unsigned.
+	Verifier Verifier
 }
 
 // Evaluate judges w. An error means the facts could not be gathered at
@@ -179,6 +192,10 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	type result struct {
 		img *policy.Image
 		err *policy.ResolveError
+		// prov is the provenance verified per policy name.
+		prov map[string]*policy.Provenance
+		// builds are the builds nodes reported of the image.
+		builds []policy.BuildEvidence
 	}
 	results := map[string]*result{}
 	var auth *registry.Auth
@@ -221,15 +238,115 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 				return
 			}
 			res.img = img
+			if e.Verifier != nil {
+				res.prov = e.verify(ctx, req, img, sel.Policies)
+			}
+			if e.Evidence != nil {
+				if w := buildWindow(sel.Policies); w > 0 {
+					res.builds = e.builds(ctx, log, req.Ref, img, w)
+				}
+			}
 		}()
 	}
 	wg.Wait()
 	for i := range facts.Containers {
 		if r, ok := results[facts.Containers[i].Image]; ok {
 			facts.Containers[i].Resolved, facts.Containers[i].Err = r.img, r.err
+			facts.Containers[i].Provenance = r.prov
+			facts.Containers[i].Builds = r.builds
 		}
 	}
 	return decideAll(sel.Policies, facts), nil
+}
+
+// Evidence is where node reports of image builds and connections are
+// kept. *evidence.SQLite and *evidence.Postgres are.
+type Evidence interface {
+	BuildsByImageID(ctx context.Context, imageID string) ([]evidence.Build, error)
+	BuildsByTag(ctx context.Context, tag string, limit int) ([]evidence.Build, error)
+	Connections(ctx context.Context, node string, from, to time.Time, limit int) ([]evidence.Connection, error)
+}
+
+// maxBuildsPerImage and maxConnectionsPerBuild bound what one admission
+// reads from the store.
+const (
+	maxBuildsPerImage      = 8
+	maxConnectionsPerBuild = 500
+)
+
+// buildWindow is the widest build window of the policies using node
+// evidence; zero when none does.
+func buildWindow(ps []*policy.Policy) time.Duration {
+	var w time.Duration
+	for _, p := range ps {
+		w = max(w, p.BuildWindow())
+	}
+	return w
+}
+
+// builds finds the builds nodes reported of img — by config digest, the
+// Docker image ID, for each platform; by tag only when no digest matched —
+// with their nodes' connections around them. A store that fails is
+// logged and yields no evidence: it never blocks admission by itself.
+func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Reference, img *policy.Image, window time.Duration) []policy.BuildEvidence {
+	var out []policy.BuildEvidence
+	for _, pl := range img.Platforms {
+		if pl.ConfigDigest == "" {
+			continue
+		}
+		bs, err := e.Evidence.BuildsByImageID(ctx, pl.ConfigDigest)
+		if err != nil {
+			log.Warn("node evidence unavailable", "image", ref.String(), "digest", pl.ConfigDigest, "error", err)
+			return nil
+		}
+		for _, b := range bs[:min(len(bs), maxBuildsPerImage)] {
+			out = append(out, toBuildEvidence(b, "image-id", pl.Platform))
+		}
+	}
+	if t, ok := ref.(name.Tag); ok && len(out) == 0 {
+		// Nodes report tags as docker wrote them: "nginx:1" as well as
+		// "index.docker.io/library/nginx:1".
+		var bs []evidence.Build
+		for _, tag := range []string{t.String(), t.Name()} {
+			found, err := e.Evidence.BuildsByTag(ctx, tag, maxBuildsPerImage)
+			if err != nil {
+				log.Warn("node evidence unavailable", "image", ref.String(), "error", err)
+				return nil
+			}
+			if bs = found; len(bs) > 0 || t.String() == t.Name() {
+				break
+			}
+		}
+		for _, b := range bs {
+			out = append(out, toBuildEvidence(b, "tag", ""))
+		}
+	}
+	for i := range out {
+		b := &out[i]
+		end := b.Finished
+		if end.IsZero() {
+			end = b.Started
+		}
+		cs, err := e.Evidence.Connections(ctx, b.Node, b.Started.Add(-window), end.Add(window), maxConnectionsPerBuild)
+		if err != nil {
+			log.Warn("node evidence unavailable", "image", ref.String(), "error", err)
+			continue
+		}
+		for _, c := range cs {
+			b.Connections = append(b.Connections, policy.ConnectionEvidence{
+				Source: c.Source, Node: c.Node, Time: c.Time, Process: c.Process, PID: c.PID, Cmdline: c.Cmdline,
+				ContainerID: c.ContainerID, DestIP: c.DestIP, DestPort: c.DestPort, DestName: c.DestName,
+			})
+		}
+	}
+	return out
+}
+
+func toBuildEvidence(b evidence.Build, matchedBy, platform string) policy.BuildEvidence {
+	return policy.BuildEvidence{
+		Source: b.Source, Node: b.Node, Tool: b.Tool, ImageID: b.ImageID, Tags: b.Tags, Started: b.Started, Finished: b.Finished,
+		MatchedBy: matchedBy, Platform: platform, PIDs: b.PIDs, ContainerIDs: b.ContainerIDs,
+	}
 }
 
 // decideAll decides under every policy; the strictest verdict wins. With
@@ -303,5 +420,29 @@ func Containers(spec *corev1.PodSpec) []policy.Container {
 	for _, c := range spec.EphemeralContainers {
 		add(policy.KindEphemeralContainer, c.Name, c.Image, c.ImagePullPolicy, c.VolumeMounts)
 	}
+	return out
+}
+
+// verify asks the verifier about img once per policy that needs it, in
+// parallel; the verifier caches what policies with the same trust
+// settings share.
+func (e *Engine) verify(ctx context.Context, req registry.Request, img *policy.Image, ps []*policy.Policy) map[string]*policy.Provenance {
+	out := map[string]*policy.Provenance{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		if !p.NeedsProvenance() || !p.RegistryAllowed(req.Ref.Context()) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pv := e.Verifier.Verify(ctx, req, img, p)
+			mu.Lock()
+			out[p.Name()] = pv
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
 	return out
 }

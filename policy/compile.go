@@ -54,6 +54,7 @@ type Policy struct {
 	maxClockSkew time.Duration
 	exceptions   []exception
 	changes      *changeControl
+	evidence     *nodeEvidence
 	prov         provenanceSettings
 }
 
@@ -178,6 +179,9 @@ func CompileNamed(name string, s Spec) (*Policy, error) {
 		return nil, err
 	}
 	p.exceptions = x.list
+	if p.evidence, err = compileNodeEvidence(s.NodeEvidence); err != nil {
+		return nil, err
+	}
 	if p.changes, err = compileChangeControl(s.ChangeControl); err != nil {
 		return nil, err
 	}

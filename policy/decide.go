@@ -66,8 +66,11 @@ type ImageVerdict struct {
 	ContainerKind ContainerKind `json:"containerKind,omitempty"`
 	Image         string        `json:"image"`
 	Digest        string        `json:"digest,omitempty"`
-	Outcome       Outcome       `json:"verdict"`
-	Findings      []Finding     `json:"findings"`
+	// ConfigDigests are the config digests (Docker image IDs) of every
+	// platform of the image, the key node reports of builds use.
+	ConfigDigests []string  `json:"configDigests,omitempty"`
+	Outcome       Outcome   `json:"verdict"`
+	Findings      []Finding `json:"findings"`
 	// Exception is the exception that admitted the image despite its
 	// findings, if any.
 	Exception *ExceptionUse `json:"exception,omitempty"`
@@ -159,6 +162,12 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		return fmt.Sprintf("registry %v %v", ev["registry"], ev["reason"])
 	case RuleRuntimeSocketMount:
 		return fmt.Sprintf("mounts %v", ev["socket"])
+	case RuleHostBuilt:
+		return fmt.Sprintf("built on node %v", ev["node"])
+	case RuleUntrustedEgress:
+		if cs, ok := ev["connections"].([]map[string]any); ok && len(cs) > 0 {
+			return fmt.Sprintf("build on %v connected to %v:%v", cs[0]["node"], cs[0]["destIP"], cs[0]["destPort"])
+		}
 	case RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource:
 		return provenanceSummary(rule, ev)
 	}
@@ -169,6 +178,11 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 	iv := ImageVerdict{Container: c.Name, ContainerKind: c.Kind, Image: c.Image, Outcome: OutcomeAllow, Findings: []Finding{}}
 	if c.Resolved != nil {
 		iv.Digest = c.Resolved.Digest
+		for _, pl := range c.Resolved.Platforms {
+			if pl.ConfigDigest != "" {
+				iv.ConfigDigests = append(iv.ConfigDigests, pl.ConfigDigest)
+			}
+		}
 	}
 	iv.Findings = append(iv.Findings, p.socketFindings(c, hostPaths)...)
 
@@ -185,6 +199,7 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 	case c.Resolved != nil:
 		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now, p.attestedTimes(c, c.Resolved))...)
 		iv.Findings = append(iv.Findings, p.buildSteps(c.Resolved)...)
+		iv.Findings = append(iv.Findings, p.nodeFindings(c.Builds)...)
 		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved)...)
 	}
 

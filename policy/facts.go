@@ -47,6 +47,9 @@ type Container struct {
 	Resolved *Image
 	// Err is why the lookup failed, or nil.
 	Err *ResolveError
+	// Builds are the builds of the image that nodes reported, with their
+	// nodes' connections around them.
+	Builds []BuildEvidence
 	// Provenance holds what was verified of the image's signatures and
 	// attestations, per policy name ("" for a policy file), for the
 	// policies that ask for it.

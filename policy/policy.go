@@ -87,6 +87,8 @@ var defaultActions = map[RuleID]Action{
 	RuleFreshImage:           ActionDeny,
 	RuleSuspiciousBuildStep:  ActionDeny,
 	RuleRuntimeSocketMount:   ActionWarn,
+	RuleHostBuilt:            ActionDeny,
+	RuleUntrustedEgress:      ActionDeny,
 	RuleOutsideReleaseWindow: ActionDeny,
 	RuleEmergencyChange:      ActionWarn,
 	RuleUnsigned:             ActionDeny,
@@ -107,7 +109,7 @@ func DefaultAction(rule RuleID) (Action, bool) {
 func Rules() []RuleID {
 	return []RuleID{RuleUnapprovedRegistry, RuleUnresolvableImage, RuleFreshImage, RuleSuspiciousBuildStep, RuleRuntimeSocketMount,
 		RuleOutsideReleaseWindow, RuleEmergencyChange,
-		RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource}
+		RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource, RuleHostBuilt, RuleUntrustedEgress}
 }
 
 // Severity grades a finding independently of the action the policy takes.
@@ -145,6 +147,9 @@ type Spec struct {
 	// digest that was judged (repo:tag@sha256:…), so the tag cannot move
 	// between admission and pull. The default is true.
 	PinDigests *bool `json:"pinDigests,omitempty" yaml:"pinDigests,omitempty"`
+	// NodeEvidence says what node reports of image builds and their
+	// connections mean. The default is to not use them.
+	NodeEvidence *NodeEvidence `json:"nodeEvidence,omitempty" yaml:"nodeEvidence,omitempty"`
 	// Signatures says which cosign signatures an image must carry.
 	Signatures Signatures `json:"signatures,omitempty" yaml:"signatures,omitempty"`
 	// Provenance says which SLSA provenance an image must carry.

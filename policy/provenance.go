@@ -384,8 +384,17 @@ func (p *Policy) signatureFindings(pv *Provenance, img *Image) []Finding {
 	if len(missing) == 0 {
 		return nil
 	}
+	onMissing := map[string]bool{}
+	for _, m := range missing {
+		onMissing[strings.Fields(m)[0]] = true
+	}
 	var found, errs []string
+	n := 0
 	for _, s := range pv.Signatures {
+		if !onMissing[s.On] && s.On != "" {
+			continue
+		}
+		n++
 		found = appendUnique(found, signerOf(s.KeyFingerprint, s.Issuer, s.Subject))
 		if s.Error != "" {
 			errs = appendUnique(errs, s.Error)
@@ -399,7 +408,7 @@ func (p *Policy) signatureFindings(pv *Provenance, img *Image) []Finding {
 	if pv.Err != nil {
 		errs = appendUnique(errs, pv.Err.Message)
 	}
-	if len(pv.Signatures) == 0 && pv.Err == nil {
+	if n == 0 && pv.Err == nil {
 		return []Finding{p.finding(RuleUnsigned, SeverityHigh,
 			fmt.Sprintf("no signature found for %s (signatures.on %s); an approved pipeline signs what it builds", strings.Join(missing, ", "), p.prov.on), ev)}
 	}
@@ -407,10 +416,16 @@ func (p *Policy) signatureFindings(pv *Provenance, img *Image) []Finding {
 	if len(errs) > 0 {
 		ev["errors"] = errs
 	}
-	ev["signatures"] = len(pv.Signatures)
-	return []Finding{p.finding(RuleUntrustedSigner, SeverityHigh,
-		fmt.Sprintf("no trusted signature for %s: found %d signature(s) by %s, none from %s (%s)",
-			strings.Join(missing, ", "), len(pv.Signatures), strings.Join(found, ", "), strings.Join(p.expectedSigners(), ", "), strings.Join(errs, "; ")), ev)}
+	ev["signatures"] = n
+	msg := fmt.Sprintf("no trusted signature for %s: found %d signature(s) by %s, none from %s",
+		strings.Join(missing, ", "), n, strings.Join(found, ", "), strings.Join(p.expectedSigners(), ", "))
+	if n == 0 {
+		msg = fmt.Sprintf("no trusted signature for %s: none from %s", strings.Join(missing, ", "), strings.Join(p.expectedSigners(), ", "))
+	}
+	if len(errs) > 0 {
+		msg += " (" + strings.Join(errs, "; ") + ")"
+	}
+	return []Finding{p.finding(RuleUntrustedSigner, SeverityHigh, msg, ev)}
 }
 
 func signerOf(fp, issuer, subject string) string {

@@ -17,6 +17,7 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 
+	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -41,6 +42,10 @@ type Handler struct {
 	// ExceptionHelp ends every denial message. The default is
 	// DefaultExceptionHelp.
 	ExceptionHelp string
+	// OnDecision, when set, is told of every decision after it is made,
+	// for records and for judging evidence that arrives later. It must
+	// not block: the API server is waiting.
+	OnDecision func(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict)
 }
 
 func (h *Handler) log() *slog.Logger {

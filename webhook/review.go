@@ -46,6 +46,9 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	}
 	h.log().Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
 		"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(ruleIDs(v), ","))
+	if h.OnDecision != nil {
+		h.OnDecision(ctx, req, w, v)
+	}
 	return h.respond(req, w.Name, v), &v
 }
 

@@ -35,6 +35,8 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 	pvf.register(fs)
 	output := fs.String("output", "text", "output format: text or json (one JSON object per image)")
 	namespaceMode := fs.String("mode", "", "evaluate as in a namespace labelled buildguard.dev/mode=MODE")
+	var sf storeFlags
+	sf.register(fs)
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return exitError, err
 	}
@@ -61,6 +63,14 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 	e.Verifier = pvf.verifier(e.Resolver)
 	if *namespaceMode != "" {
 		e.Namespaces = fixedLabels{engine.ModeLabel: *namespaceMode}
+	}
+	store, err := sf.open(ctx)
+	if err != nil {
+		return exitError, err
+	}
+	if store != nil {
+		defer store.Close()
+		e.Evidence = store
 	}
 	denied, registryErr := false, false
 	enc := json.NewEncoder(stdout)

@@ -18,6 +18,7 @@ import (
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	"github.com/cert-manager/cert-manager/pkg/server/tls/authority"
 
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
@@ -28,6 +29,8 @@ import (
 
 	"buildguard.dev/buildguard/cluster"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/ingest"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
 	"buildguard.dev/buildguard/server"
@@ -49,6 +52,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	source := fs.String("policy-source", "", `where policies come from: "file" (--config) or "crd" (ClusterBuildPolicy and BuildPolicyException resources); the default is file when --config is set`)
 	caSecret := fs.String("self-managed-ca-secret", "", "instead of TLS files, keep a CA in this Secret ([namespace/]name) and serve certificates it signs for --tls-dns-names")
 	dnsNames := fs.String("tls-dns-names", "", "comma-separated DNS names of the serving certificate with --self-managed-ca-secret")
+	var sf storeFlags
+	sf.register(fs)
+	reporters := fs.String("reporters", "system:serviceaccount:buildguard-system:buildguard-node-agent", "comma-separated users (service accounts) that may post node reports")
+	reportAudience := fs.String("report-audience", "buildguard", "audience node reporters' tokens must be bound to")
+	retention := fs.Duration("retention", 7*24*time.Hour, "how long node evidence and decision records are kept")
+	retentionRows := fs.Int("retention-rows", 5_000_000, "at most this many rows per store table (0: no cap)")
 	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the name of the Validating- and MutatingWebhookConfiguration whose caBundle is kept current")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
@@ -173,8 +182,40 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return nil
 	}
 
+	store, err := sf.open(ctx)
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log})
+	var onDecision func(context.Context, *admissionv1.AdmissionRequest, engine.Workload, policy.Verdict)
+	if store != nil {
+		defer store.Close()
+		e.Evidence = store
+		go prune(ctx, store, *retention, *retentionRows, log)
+		if kube == nil {
+			log.Warn("node reports are not accepted outside a cluster: they are authenticated with TokenReview")
+		} else {
+			var sink ingest.EventSink
+			ev := cluster.NewEvents(kube)
+			defer ev.Shutdown()
+			sink = ev
+			retro := ingest.NewRetro(e, sink, metrics.Registry(), log)
+			onDecision = func(_ context.Context, _ *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
+				retro.Admitted(w, v)
+			}
+			ih := &ingest.Handler{
+				Store:    store,
+				Auth:     &ingest.TokenReviewer{Client: kube, Audiences: []string{*reportAudience}, Allowed: splitList(*reporters)},
+				Formats:  ingest.Formats(),
+				OnReport: retro.Report,
+				Log:      log,
+			}
+			for path := range ih.Formats {
+				mux.Handle(path, ih)
+			}
+		}
+	}
+	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, OnDecision: onDecision})
 	mux.Handle("/mutate", &webhook.Mutator{Evaluator: e, Log: log})
 	mux.Handle("/metrics", metrics.Handler())
 	ln, err := net.Listen("tcp", *listen)
@@ -282,6 +323,35 @@ func (f *policyFile) watch(ctx context.Context, every time.Duration) {
 			if err := f.load(); err != nil {
 				f.log.Error("policy not reloaded; the previous policy stays in force", "error", err)
 			}
+		}
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// prune applies retention every hour.
+func prune(ctx context.Context, st evidence.Store, keep time.Duration, rows int, log *slog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		n, err := st.Prune(ctx, time.Now().Add(-keep), rows)
+		if err != nil {
+			log.Warn("store retention failed", "error", err)
+		} else if n > 0 {
+			log.Info("store retention", "deleted", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

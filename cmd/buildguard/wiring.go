@@ -1,8 +1,13 @@
 package main
 
 import (
+	"context"
 	"flag"
+	"fmt"
+	"os"
 	"time"
+
+	"buildguard.dev/buildguard/evidence"
 
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/registry"
@@ -35,4 +40,45 @@ func (r *registryFlags) client(obs registry.Observer) *registry.Client {
 		opts = append(opts, registry.WithObserver(obs))
 	}
 	return registry.New(opts...)
+}
+
+// storeFlags choose the evidence store: SQLite at a path (embedded, one
+// replica), or PostgreSQL (several replicas share it).
+type storeFlags struct {
+	sqlite      string
+	postgresDSN string
+}
+
+// postgresDSNEnv keeps the DSN, which holds a password, out of the
+// process's arguments.
+const postgresDSNEnv = "BUILDGUARD_STORE_POSTGRES_DSN"
+
+func (s *storeFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&s.sqlite, "store-sqlite", "", "SQLite file of node evidence and decision records (the embedded store)")
+	fs.StringVar(&s.postgresDSN, "store-postgres-dsn", "", "PostgreSQL DSN of the store, for several replicas (store.postgres.dsn; or $"+postgresDSNEnv+")")
+}
+
+// open returns the configured store, or nil when none is.
+func (s *storeFlags) open(ctx context.Context) (evidence.Store, error) {
+	dsn := s.postgresDSN
+	if dsn == "" {
+		dsn = os.Getenv(postgresDSNEnv)
+	}
+	switch {
+	case dsn != "" && s.sqlite != "":
+		return nil, &usageError{msg: "--store-sqlite and --store-postgres-dsn exclude each other"}
+	case dsn != "":
+		st, err := evidence.OpenPostgres(ctx, dsn)
+		if err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+		return st, nil
+	case s.sqlite != "":
+		st, err := evidence.OpenSQLite(ctx, s.sqlite)
+		if err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+		return st, nil
+	}
+	return nil, nil
 }

@@ -1,0 +1,438 @@
+package evidence
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // the "sqlite" database/sql driver, pure Go
+)
+
+// SQLite is the embedded Store: one database file, in WAL mode, written by
+// one connection and read by a small pool. Several processes may open the
+// same file (SQLite's locks serialise their writes); it does not suit
+// several replicas on different machines: use Postgres for that.
+type SQLite struct {
+	path string
+	w    *sql.DB // a single connection: every write, in BEGIN IMMEDIATE transactions
+	r    *sql.DB // read-only connections
+	now  func() time.Time
+
+	insBuild, insTag, insConn           *sql.Stmt // on w
+	insDecision, insRule, insImage      *sql.Stmt // on w
+	byImage, byTag, conns, decisionByID *sql.Stmt // on r
+}
+
+// SQLite settings. busy_timeout is how long a connection waits for another
+// process's lock before it gives up with SQLITE_BUSY.
+const (
+	sqliteBusyTimeout = 10 * time.Second
+	sqliteReaders     = 4
+)
+
+// OpenSQLite opens or creates the database file at path and brings its
+// schema up to date. A new file is created readable by its owner only.
+//
+// Writes are durable when AddReport or AddDecision returns: the file is in
+// WAL mode with synchronous=FULL, so every commit is fsynced to the WAL
+// before it is acknowledged and survives a crash of the process, the
+// kernel or the machine (NORMAL, SQLite's usual WAL setting, survives a
+// process crash but may lose the last commits on power loss).
+func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
+	fail := func(err error) (*SQLite, error) { return nil, &Error{Backend: "sqlite", Op: "open", Err: err} }
+	switch {
+	case path == "":
+		return fail(errors.New("empty path"))
+	case path == ":memory:" || strings.HasPrefix(path, "file:"):
+		return fail(fmt.Errorf("path %q: want a file name, not a URI or :memory:", path))
+	case strings.ContainsAny(path, "?#"):
+		return fail(fmt.Errorf("path %q contains ? or #", path))
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fail(err)
+	}
+	f.Close()
+
+	pragmas := func(p ...string) string {
+		q := url.Values{"_pragma": p}
+		return path + "?" + q.Encode()
+	}
+	busy := fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeout.Milliseconds())
+	w, err := sql.Open("sqlite", pragmas(busy, "foreign_keys(1)", "journal_mode(WAL)", "synchronous(FULL)")+"&_txlock=immediate")
+	if err != nil {
+		return fail(err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	r, err := sql.Open("sqlite", pragmas(busy, "foreign_keys(1)", "query_only(1)"))
+	if err != nil {
+		w.Close()
+		return fail(err)
+	}
+	r.SetMaxOpenConns(sqliteReaders)
+	r.SetMaxIdleConns(sqliteReaders)
+	r.SetConnMaxLifetime(0)
+	r.SetConnMaxIdleTime(0)
+	s := &SQLite{path: path, w: w, r: r, now: time.Now}
+	// The writer's first connection switches the file to WAL before any
+	// reader opens it.
+	if err := w.PingContext(ctx); err != nil {
+		s.Close()
+		return fail(err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		s.Close()
+		return nil, &Error{Backend: "sqlite", Op: "migrate", Err: err}
+	}
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return fail(err)
+	}
+	return s, nil
+}
+
+func (s *SQLite) migrate(ctx context.Context) error {
+	ms, err := loadMigrations(migrationFiles, "migrations/sqlite")
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if err := s.apply(ctx, m); err != nil {
+			return &MigrationError{Version: m.version, Name: m.name, Err: err}
+		}
+	}
+	return nil
+}
+
+// apply runs m unless it has been: BEGIN IMMEDIATE takes the write lock
+// first, so a second process opening the same file waits and then sees the
+// migration recorded.
+func (s *SQLite) apply(ctx context.Context, m migration) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, createMigrationsTable); err != nil {
+		return err
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM schema_migrations WHERE version = ?", m.version).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+		m.version, m.name, s.now().UnixMicro()); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+const sqliteConnColumns = "c.source, c.event_id, c.node, c.time, c.process, c.pid, c.cmdline, c.container_id, c.cgroup_id, c.dest_ip, c.dest_port, c.dest_name"
+
+func (s *SQLite) prepare(ctx context.Context) error {
+	for _, p := range []struct {
+		db   *sql.DB
+		stmt **sql.Stmt
+		sql  string
+	}{
+		{s.w, &s.insBuild, `INSERT INTO builds (source, event_id, node, tool, image_id, started, finished, at, pids, container_ids, cgroup_id, steps, tags)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, event_id) DO NOTHING RETURNING id`},
+		{s.w, &s.insTag, `INSERT INTO build_tags (build_id, tag, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`},
+		{s.w, &s.insConn, `INSERT INTO connections (source, event_id, node, time, process, pid, cmdline, container_id, cgroup_id, dest_ip, dest_port, dest_name)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, event_id) DO NOTHING`},
+		{s.w, &s.insDecision, `INSERT INTO decisions (id, time, operation, namespace, kind, name, username, user_groups, mode, verdict, rules, images, exceptions)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`},
+		{s.w, &s.insRule, `INSERT INTO decision_rules (decision_id, rule) VALUES (?, ?) ON CONFLICT DO NOTHING`},
+		{s.w, &s.insImage, `INSERT INTO decision_images (decision_id, image) VALUES (?, ?) ON CONFLICT DO NOTHING`},
+		{s.r, &s.byImage, "SELECT " + buildColumns + " FROM builds b WHERE b.image_id = ? ORDER BY b.at DESC, b.id DESC LIMIT ?"},
+		{s.r, &s.byTag, "SELECT " + buildColumns + ` FROM build_tags t JOIN builds b ON b.id = t.build_id
+			WHERE t.tag = ? ORDER BY t.at DESC, t.build_id DESC LIMIT ?`},
+		{s.r, &s.conns, "SELECT " + sqliteConnColumns + ` FROM connections c
+			WHERE c.node = ? AND c.time >= ? AND c.time <= ? ORDER BY c.time, c.id LIMIT ?`},
+		{s.r, &s.decisionByID, "SELECT " + decisionColumns + " FROM decisions d WHERE d.id = ?"},
+	} {
+		st, err := p.db.PrepareContext(ctx, p.sql)
+		if err != nil {
+			return fmt.Errorf("prepare %q: %w", p.sql, err)
+		}
+		*p.stmt = st
+	}
+	return nil
+}
+
+func (s *SQLite) fail(op string, err error) error {
+	return &Error{Backend: "sqlite", Op: op, Err: err}
+}
+
+// AddReport implements Store.
+func (s *SQLite) AddReport(ctx context.Context, r Report) (builds, conns int, err error) {
+	p, err := prepareReport(r)
+	if err != nil {
+		return 0, 0, err
+	}
+	if len(p.builds) == 0 && len(p.conns) == 0 {
+		return 0, 0, nil
+	}
+	builds, conns, err = s.addReport(ctx, p)
+	if err != nil {
+		return 0, 0, s.fail("AddReport", err)
+	}
+	return builds, conns, nil
+}
+
+func (s *SQLite) addReport(ctx context.Context, p prepared) (builds, conns int, err error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer tx.Rollback()
+	now := s.now()
+	insBuild, insTag, insConn := tx.StmtContext(ctx, s.insBuild), tx.StmtContext(ctx, s.insTag), tx.StmtContext(ctx, s.insConn)
+	for _, b := range p.builds {
+		at := unixMicro(buildTime(b, now))
+		var id int64
+		err := insBuild.QueryRowContext(ctx, b.Source, b.EventID, b.Node, b.Tool, b.ImageID,
+			microArg(b.Started), microArg(b.Finished), at,
+			jsonList(b.PIDs), jsonList(b.ContainerIDs), b.CgroupID, jsonList(b.Steps), jsonList(b.Tags)).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue // stored before
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+		builds++
+		for _, tag := range b.Tags {
+			if _, err := insTag.ExecContext(ctx, id, tag, at); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+	for _, c := range p.conns {
+		res, err := insConn.ExecContext(ctx, c.Source, c.EventID, c.Node, unixMicro(c.Time), c.Process, c.PID,
+			c.Cmdline, c.ContainerID, c.CgroupID, addrArg(c.DestIP), c.DestPort, c.DestName)
+		if err != nil {
+			return 0, 0, err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, 0, err
+		}
+		conns += int(n)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, 0, err
+	}
+	return builds, conns, nil
+}
+
+// microArg is a nullable time column's value: NULL for the zero time.
+func microArg(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMicro()
+}
+
+func sqliteTime(us *int64) time.Time {
+	if us == nil {
+		return time.Time{}
+	}
+	return time.UnixMicro(*us).UTC()
+}
+
+// BuildsByImageID implements Store.
+func (s *SQLite) BuildsByImageID(ctx context.Context, imageID string) ([]Build, error) {
+	if imageID == "" {
+		return nil, nil
+	}
+	bs, err := queryAll(ctx, s.byImage, func(sc scanner) (Build, error) { return scanBuild(sc, sqliteTime) }, imageID, DefaultLimit)
+	if err != nil {
+		return nil, s.fail("BuildsByImageID", err)
+	}
+	return bs, nil
+}
+
+// BuildsByTag implements Store.
+func (s *SQLite) BuildsByTag(ctx context.Context, tag string, limit int) ([]Build, error) {
+	if tag == "" {
+		return nil, nil
+	}
+	bs, err := queryAll(ctx, s.byTag, func(sc scanner) (Build, error) { return scanBuild(sc, sqliteTime) }, tag, limitOr(limit, DefaultLimit))
+	if err != nil {
+		return nil, s.fail("BuildsByTag", err)
+	}
+	return bs, nil
+}
+
+// Connections implements Store.
+func (s *SQLite) Connections(ctx context.Context, node string, from, to time.Time, limit int) ([]Connection, error) {
+	if node == "" || to.Before(from) {
+		return nil, nil
+	}
+	cs, err := queryAll(ctx, s.conns, func(sc scanner) (Connection, error) { return scanConnection(sc, sqliteTime) },
+		node, microTime(from).UnixMicro(), microTime(to).UnixMicro(), limitOr(limit, DefaultLimit))
+	if err != nil {
+		return nil, s.fail("Connections", err)
+	}
+	return cs, nil
+}
+
+// AddDecision implements Store.
+func (s *SQLite) AddDecision(ctx context.Context, d Decision) error {
+	refs, err := checkDecision(d)
+	if err != nil {
+		return err
+	}
+	if err := s.addDecision(ctx, d, refs); err != nil {
+		return s.fail("AddDecision", err)
+	}
+	return nil
+}
+
+func (s *SQLite) addDecision(ctx context.Context, d Decision, refs []string) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	res, err := tx.StmtContext(ctx, s.insDecision).ExecContext(ctx, d.ID, d.Time.UnixMicro(), d.Operation, d.Namespace,
+		d.Kind, d.Name, d.User, jsonList(d.Groups), d.Mode, d.Verdict, jsonList(d.Rules), rawArg(d.Images), jsonList(d.Exceptions))
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return err // recorded before
+	}
+	insRule, insImage := tx.StmtContext(ctx, s.insRule), tx.StmtContext(ctx, s.insImage)
+	for _, r := range d.Rules {
+		if _, err := insRule.ExecContext(ctx, d.ID, r); err != nil {
+			return err
+		}
+	}
+	for _, ref := range refs {
+		if _, err := insImage.ExecContext(ctx, d.ID, ref); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+var sqliteDialect = dialect{
+	placeholder: func(n int) string { return "?" + strconv.Itoa(n) },
+	timeArg:     func(t time.Time) any { return t.UnixMicro() },
+}
+
+// Decisions implements Store.
+func (s *SQLite) Decisions(ctx context.Context, q DecisionQuery) ([]Decision, error) {
+	query, args := decisionsSQL(q, sqliteDialect)
+	rows, err := s.r.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, s.fail("Decisions", err)
+	}
+	ds, err := collect(rows, func(sc scanner) (Decision, error) { return scanDecision(sc, sqliteTime) })
+	if err != nil {
+		return nil, s.fail("Decisions", err)
+	}
+	return ds, nil
+}
+
+// Decision implements Store.
+func (s *SQLite) Decision(ctx context.Context, id string) (Decision, error) {
+	d, err := scanDecision(s.decisionByID.QueryRowContext(ctx, id), sqliteTime)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Decision{}, fmt.Errorf("%w: decision %q", ErrNotFound, id)
+	}
+	if err != nil {
+		return Decision{}, s.fail("Decision", err)
+	}
+	return d, nil
+}
+
+// Prune implements Store. It deletes in batches, each its own transaction,
+// so that writers wait for at most one batch. The file does not shrink:
+// SQLite reuses the freed pages for new rows.
+func (s *SQLite) Prune(ctx context.Context, before time.Time, maxRows int) (int, error) {
+	n, err := prune(ctx, sqliteRunner{s.w}, sqliteDialect, before, maxRows)
+	if err != nil {
+		return n, s.fail("Prune", err)
+	}
+	return n, nil
+}
+
+type sqliteRunner struct{ db *sql.DB }
+
+func (r sqliteRunner) execCount(ctx context.Context, q string, args ...any) (int64, error) {
+	res, err := r.db.ExecContext(ctx, q, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (r sqliteRunner) queryPair(ctx context.Context, q string, args ...any) (a, b any, ok bool, err error) {
+	err = r.db.QueryRowContext(ctx, q, args...).Scan(&a, &b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil, false, nil
+	}
+	return a, b, err == nil, err
+}
+
+// Close implements Store. The last connection to close checkpoints the WAL
+// into the database file.
+func (s *SQLite) Close() error {
+	for _, st := range []*sql.Stmt{s.insBuild, s.insTag, s.insConn, s.insDecision, s.insRule, s.insImage,
+		s.byImage, s.byTag, s.conns, s.decisionByID} {
+		if st != nil {
+			st.Close()
+		}
+	}
+	return errors.Join(s.r.Close(), s.w.Close())
+}
+
+// schemaVersions returns the applied migrations' versions, for tests.
+func (s *SQLite) schemaVersions(ctx context.Context) ([]int, error) {
+	rows, err := s.r.QueryContext(ctx, "SELECT version FROM schema_migrations ORDER BY version")
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, func(sc scanner) (int, error) {
+		var v int
+		return v, sc.Scan(&v)
+	})
+}
+
+func queryAll[T any](ctx context.Context, st *sql.Stmt, scan func(scanner) (T, error), args ...any) ([]T, error) {
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	return collect(rows, scan)
+}
+
+func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}

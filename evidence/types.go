@@ -1,0 +1,48 @@
+package evidence
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Build is an image build a node reported.
+type Build struct {
+	Source  string // sensor or format: "agent", "falco", "tetragon", "docker"
+	EventID string // idempotency key within Source; a retried report is not stored twice
+	Node    string
+	Tool    string // docker, buildkit, buildah, kaniko, …
+	// ImageID is the image's config digest ("sha256:…"): a Docker image ID
+	// equals the config digest of the image pushed from it.
+	ImageID      string
+	Tags         []string
+	Started      time.Time
+	Finished     time.Time
+	PIDs         []int    // the build's process tree, when known
+	ContainerIDs []string // containers the build ran steps in (RUN)
+	CgroupID     string
+	Steps        []string // created_by of the build steps, when known
+}
+
+// Connection is an outbound network connection a node reported.
+type Connection struct {
+	Source      string
+	EventID     string
+	Node        string
+	Time        time.Time
+	Process     string
+	PID         int
+	Cmdline     string
+	ContainerID string
+	CgroupID    string
+	DestIP      netip.Addr
+	DestPort    int
+	DestName    string // resolved name, when known
+}
+
+// Report is what one node sends at once.
+type Report struct {
+	Node        string
+	Sensor      string // which sensor made it: "ebpf", "procfs", "falco", "tetragon", "docker-events"
+	Builds      []Build
+	Connections []Connection
+}

@@ -1,0 +1,199 @@
+package ingest
+
+import (
+	"container/list"
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/policy"
+)
+
+// DefaultRetroWorkloads bounds how many admitted workloads Retro
+// remembers.
+const DefaultRetroWorkloads = 20000
+
+// Evaluator judges a workload. *engine.Engine is one.
+type Evaluator interface {
+	Evaluate(ctx context.Context, w engine.Workload) (policy.Verdict, error)
+}
+
+// EventSink posts a Kubernetes Event about a workload.
+type EventSink interface {
+	Event(w engine.Workload, reason, message string)
+}
+
+// Retro keeps detection going after admission: it remembers which
+// admitted workloads run which images (by config digest, the key build
+// reports use), and when a node reports a build of one of them later, it
+// judges the workload again with the new evidence. A finding it did not
+// have at admission — host-built or untrusted-egress — is logged, counted
+// in buildguard_retroactive_findings_total, and posted as a Warning Event
+// on the workload.
+type Retro struct {
+	Evaluator Evaluator
+	// Events posts Events; nil posts none.
+	Events EventSink
+	// Max bounds the remembered workloads. The default is
+	// DefaultRetroWorkloads.
+	Max int
+	Log *slog.Logger
+
+	mu      sync.Mutex
+	ll      *list.List                 // of *admitted, most recent first
+	byKey   map[string]*list.Element   // namespace/kind/name →
+	byImage map[string]map[string]bool // config digest → keys
+	found   *prometheus.CounterVec
+}
+
+type admitted struct {
+	key     string
+	w       engine.Workload
+	digests []string
+	rules   map[string]bool // rule IDs already found at admission
+}
+
+// NewRetro returns a Retro registering its metric on reg.
+func NewRetro(ev Evaluator, events EventSink, reg prometheus.Registerer, log *slog.Logger) *Retro {
+	r := &Retro{Evaluator: ev, Events: events, Log: log,
+		found: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildguard_retroactive_findings_total",
+			Help: "Findings raised after admission, when node evidence arrived late, by rule and namespace.",
+		}, []string{"rule", "namespace"}),
+	}
+	if reg != nil {
+		reg.MustRegister(r.found)
+	}
+	return r
+}
+
+func (r *Retro) log() *slog.Logger {
+	if r.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.Log
+}
+
+// Admitted remembers an admitted workload and the config digests of its
+// images. Workloads a controller owns are remembered through their owner.
+func (r *Retro) Admitted(w engine.Workload, v policy.Verdict) {
+	if !v.Allowed || w.Controlled || w.Spec == nil {
+		return
+	}
+	a := &admitted{key: w.Namespace + "/" + w.Kind + "/" + w.Name, w: w, rules: map[string]bool{}}
+	for _, iv := range v.Images {
+		a.digests = append(a.digests, iv.ConfigDigests...)
+		for _, f := range iv.Findings {
+			a.rules[string(f.Rule)] = true
+		}
+	}
+	if len(a.digests) == 0 {
+		return
+	}
+	max := r.Max
+	if max <= 0 {
+		max = DefaultRetroWorkloads
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ll == nil {
+		r.ll, r.byKey, r.byImage = list.New(), map[string]*list.Element{}, map[string]map[string]bool{}
+	}
+	if e, ok := r.byKey[a.key]; ok {
+		r.forget(e)
+	}
+	r.byKey[a.key] = r.ll.PushFront(a)
+	for _, d := range a.digests {
+		if r.byImage[d] == nil {
+			r.byImage[d] = map[string]bool{}
+		}
+		r.byImage[d][a.key] = true
+	}
+	for r.ll.Len() > max {
+		r.forget(r.ll.Back())
+	}
+}
+
+func (r *Retro) forget(e *list.Element) {
+	a := e.Value.(*admitted)
+	r.ll.Remove(e)
+	delete(r.byKey, a.key)
+	for _, d := range a.digests {
+		delete(r.byImage[d], a.key)
+		if len(r.byImage[d]) == 0 {
+			delete(r.byImage, d)
+		}
+	}
+}
+
+// Report judges the workloads that run an image a stored report says was
+// built, again. It runs in the background of the report's request.
+func (r *Retro) Report(ctx context.Context, rep evidence.Report) {
+	var todo []*admitted
+	r.mu.Lock()
+	seen := map[string]bool{}
+	for _, b := range rep.Builds {
+		for key := range r.byImage[b.ImageID] {
+			if !seen[key] {
+				seen[key] = true
+				todo = append(todo, r.byKey[key].Value.(*admitted))
+			}
+		}
+	}
+	r.mu.Unlock()
+	if len(todo) == 0 {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		for _, a := range todo {
+			r.judge(ctx, a)
+		}
+	}()
+}
+
+func (r *Retro) judge(ctx context.Context, a *admitted) {
+	w := a.w
+	w.Operation = "UPDATE" // a re-judgement, not a new change
+	w.OldSpec = w.Spec
+	v, err := r.Evaluator.Evaluate(ctx, w)
+	if err != nil {
+		r.log().Warn("late evidence not judged", "namespace", w.Namespace, "kind", w.Kind, "name", w.Name, "error", err)
+		return
+	}
+	for _, iv := range v.Images {
+		for _, f := range iv.Findings {
+			if f.Rule != policy.RuleHostBuilt && f.Rule != policy.RuleUntrustedEgress {
+				continue
+			}
+			if a.rules[string(f.Rule)] || f.Action == policy.ActionIgnore {
+				continue
+			}
+			a.rules[string(f.Rule)] = true
+			r.found.WithLabelValues(string(f.Rule), w.Namespace).Inc()
+			r.log().Warn("late evidence: finding after admission", "namespace", w.Namespace, "kind", w.Kind, "name", w.Name,
+				"image", iv.Image, "digest", iv.Digest, "rule", string(f.Rule), "verdict", string(f.Action), "message", f.Message)
+			if r.Events != nil {
+				r.Events.Event(w, "BuildguardLateEvidence", shortMessage(fmt.Sprintf("[%s] %s %s: %s (found after admission)", f.Rule, iv.Container, iv.Image, f.Message)))
+			}
+		}
+	}
+}
+
+// shortMessage keeps an Event message within what the API server stores
+// comfortably.
+func shortMessage(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 1000 {
+		s = s[:997] + "..."
+	}
+	return s
+}

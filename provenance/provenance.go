@@ -1,0 +1,675 @@
+// Package provenance verifies the cosign signatures and SLSA provenance
+// attestations of images against a policy's trust settings, and returns
+// what it found as policy facts.
+//
+// Signatures and attestations are discovered with the OCI 1.1 referrers
+// API and the cosign tag scheme (sha256-<hex>.sig, .att) for what the
+// referrers do not hold. Everything is verified offline: keys and the
+// Sigstore trusted root (Fulcio CAs, Rekor keys, CT logs) are
+// configuration, and nothing is ever fetched from a TUF repository or a
+// transparency log.
+//
+// Two caches keep the cost of admission low: the raw material fetched for
+// a digest (bounded LRU; an empty answer is kept briefly), and the result
+// of verifying it under one policy's trust settings. The material is
+// fetched once however many keys and identities a policy trusts.
+package provenance
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/sigstore/cosign/v2/pkg/cosign"
+	"github.com/sigstore/cosign/v2/pkg/cosign/bundle"
+	"github.com/sigstore/cosign/v2/pkg/oci"
+	"github.com/sigstore/cosign/v2/pkg/oci/static"
+	"github.com/sigstore/sigstore-go/pkg/root"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
+	"golang.org/x/sync/singleflight"
+	"k8s.io/apimachinery/pkg/util/cache"
+
+	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/registry"
+)
+
+// Defaults of the options.
+const (
+	DefaultNegativeTTL   = 30 * time.Second
+	DefaultMaterialTTL   = 10 * time.Minute
+	DefaultMaxDigests    = 10000
+	DefaultMaxConcurrent = 32
+	maxArtifacts         = 32 // signatures or attestations per digest
+	maxTrustSettings     = 256
+)
+
+// Artifact types of cosign's OCI 1.1 referrers and of Sigstore bundles.
+const (
+	ArtifactTypeSignature   = "application/vnd.dev.cosign.artifact.sig.v1+json"
+	ArtifactTypeAttestation = "application/vnd.dev.cosign.artifact.att.v1+json"
+	ArtifactTypeBundle      = "application/vnd.dev.sigstore.bundle.v0.3+json"
+)
+
+// Cosign's layer annotations.
+const (
+	annSignature   = "dev.cosignproject.cosign/signature"
+	annCertificate = "dev.sigstore.cosign/certificate"
+	annChain       = "dev.sigstore.cosign/chain"
+	annBundle      = "dev.sigstore.cosign/bundle"
+)
+
+// Registry gives a puller for an image's registry; *registry.Client is
+// one.
+type Registry interface {
+	Puller(ctx context.Context, r registry.Request) (context.Context, *remote.Puller, error)
+}
+
+// Option configures a Verifier.
+type Option func(*Verifier)
+
+// WithNegativeTTL sets how long an answer that found no trusted signature
+// or attestation for a digest is reused, so that a signature added later
+// is seen soon. The default is 30s.
+func WithNegativeTTL(d time.Duration) Option { return func(v *Verifier) { v.negTTL = d } }
+
+// WithMaterialTTL sets how long signatures and attestations fetched for a
+// digest, and a positive verification result, are reused. The default is
+// 10m.
+func WithMaterialTTL(d time.Duration) Option { return func(v *Verifier) { v.matTTL = d } }
+
+// WithMaxDigests bounds the digests whose material and results are kept.
+// The default is 10000.
+func WithMaxDigests(n int) Option { return func(v *Verifier) { v.maxDigests = n } }
+
+// WithMaxConcurrent bounds concurrent verifications. The default is 32.
+func WithMaxConcurrent(n int) Option { return func(v *Verifier) { v.maxConcurrent = n } }
+
+// WithClock sets the clock of the caches. The default is time.Now.
+func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now = now } }
+
+// Verifier verifies signatures and attestations. It is safe for
+// concurrent use.
+type Verifier struct {
+	reg           Registry
+	negTTL        time.Duration
+	matTTL        time.Duration
+	maxDigests    int
+	maxConcurrent int
+	now           func() time.Time
+
+	material *cache.LRUExpireCache // repo@digest → *material
+	results  *cache.LRUExpireCache // trust fingerprint, repo@digest → *result
+	trusts   *cache.LRUExpireCache // trust fingerprint → *trust
+	flight   singleflight.Group
+	sem      chan struct{}
+}
+
+type clockFunc func() time.Time
+
+func (f clockFunc) Now() time.Time { return f() }
+
+// New returns a Verifier that fetches through reg.
+func New(reg Registry, opts ...Option) *Verifier {
+	v := &Verifier{reg: reg, negTTL: DefaultNegativeTTL, matTTL: DefaultMaterialTTL, maxDigests: DefaultMaxDigests, maxConcurrent: DefaultMaxConcurrent, now: time.Now}
+	for _, o := range opts {
+		o(v)
+	}
+	if v.maxDigests < 1 {
+		v.maxDigests = 1
+	}
+	if v.maxConcurrent < 1 {
+		v.maxConcurrent = 1
+	}
+	clk := clockFunc(func() time.Time { return v.now() })
+	v.material = cache.NewLRUExpireCacheWithClock(v.maxDigests, clk)
+	v.results = cache.NewLRUExpireCacheWithClock(v.maxDigests, clk)
+	v.trusts = cache.NewLRUExpireCacheWithClock(maxTrustSettings, clk)
+	v.sem = make(chan struct{}, v.maxConcurrent)
+	return v
+}
+
+// artifact is one signature or attestation as fetched.
+type artifact struct {
+	sig    oci.Signature
+	source string // tag, referrers, bundle
+	err    string // set when it could not be read
+}
+
+type material struct {
+	sigs, atts []artifact
+	fetched    time.Time
+}
+
+type result struct {
+	sigs []policy.Signature
+	atts []policy.Attestation
+}
+
+func (r *result) positive() bool {
+	for _, s := range r.sigs {
+		if s.Verified {
+			return true
+		}
+	}
+	for _, a := range r.atts {
+		if a.Verified {
+			return true
+		}
+	}
+	return false
+}
+
+// Verify checks the signatures and attestations of img (resolved from
+// req) against p's trust settings. For an index, the children are
+// checked too when the index's own signatures or attestations do not
+// settle the question. It never returns nil.
+func (v *Verifier) Verify(ctx context.Context, req registry.Request, img *policy.Image, p *policy.Policy) *policy.Provenance {
+	ts := p.Trust()
+	tr, err := v.trust(ts)
+	if err != nil {
+		return &policy.Provenance{Err: &policy.ResolveError{Kind: policy.ErrTrustConfig, Message: err.Error()}}
+	}
+	repo := req.Ref.Context()
+	out := &policy.Provenance{}
+	top, rerr := v.digest(ctx, req, tr, repo.Digest(img.Digest), "")
+	if rerr != nil {
+		return &policy.Provenance{Err: rerr}
+	}
+	out.Signatures, out.Attestations = append(out.Signatures, top.sigs...), append(out.Attestations, top.atts...)
+	if !img.Index {
+		return out
+	}
+	sigDone := ts.On == policy.SignaturesOnIndex || (ts.On != policy.SignaturesOnEach && anyVerifiedSig(top.sigs))
+	attDone := !ts.Attestations || anyVerifiedAtt(top.atts, img.Digest)
+	if sigDone && attDone {
+		return out
+	}
+	children := make([]*result, len(img.Platforms))
+	errs := make([]*policy.ResolveError, len(img.Platforms))
+	var wg sync.WaitGroup
+	for i, pl := range img.Platforms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			children[i], errs[i] = v.digest(ctx, req, tr, repo.Digest(pl.Digest), pl.Platform)
+		}()
+	}
+	wg.Wait()
+	for i := range children {
+		if errs[i] != nil {
+			return &policy.Provenance{Err: errs[i]}
+		}
+		out.Signatures = append(out.Signatures, children[i].sigs...)
+		out.Attestations = append(out.Attestations, children[i].atts...)
+	}
+	return out
+}
+
+func anyVerifiedSig(s []policy.Signature) bool {
+	for _, x := range s {
+		if x.Verified {
+			return true
+		}
+	}
+	return false
+}
+
+func anyVerifiedAtt(as []policy.Attestation, digest string) bool {
+	for _, a := range as {
+		if a.Verified {
+			for _, d := range a.SubjectDigests {
+				if d == digest {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// digest verifies the material of one digest, from the result cache when
+// it can. A negative result is recomputed from freshly fetched material
+// when the material is older than the negative TTL.
+func (v *Verifier) digest(ctx context.Context, req registry.Request, tr *trust, d name.Digest, platform string) (*result, *policy.ResolveError) {
+	key := tr.fingerprint + "\x00" + d.Name()
+	if r, ok := v.results.Get(key); ok {
+		return r.(*result), nil
+	}
+	m, err := v.fetch(ctx, req, d, false)
+	if err != nil {
+		return nil, err
+	}
+	r, cerr := v.judge(ctx, tr, m, d, platform)
+	if cerr != nil {
+		return nil, cerr
+	}
+	if !r.positive() && v.now().Sub(m.fetched) > v.negTTL {
+		if m, err = v.fetch(ctx, req, d, true); err != nil {
+			return nil, err
+		}
+		if r, cerr = v.judge(ctx, tr, m, d, platform); cerr != nil {
+			return nil, cerr
+		}
+	}
+	ttl := v.negTTL
+	if r.positive() {
+		ttl = v.matTTL
+	}
+	v.results.Add(key, r, ttl)
+	return r, nil
+}
+
+// judge verifies every signature and attestation of m under tr. The
+// material is in memory: N keys × M signatures cost N×M signature checks
+// and no request.
+func (v *Verifier) judge(ctx context.Context, tr *trust, m *material, d name.Digest, platform string) (*result, *policy.ResolveError) {
+	select {
+	case v.sem <- struct{}{}:
+		defer func() { <-v.sem }()
+	case <-ctx.Done():
+		return nil, &policy.ResolveError{Kind: policy.ErrUnavailable, Message: "verification did not start in time: " + ctx.Err().Error()}
+	}
+	h, err := v1.NewHash(d.DigestStr())
+	if err != nil {
+		return nil, &policy.ResolveError{Kind: policy.ErrInvalidImage, Message: err.Error()}
+	}
+	r := &result{}
+	for _, a := range m.sigs {
+		s := policy.Signature{On: d.DigestStr(), Platform: platform, Source: a.source, Error: a.err}
+		if a.sig != nil {
+			id, err := tr.verify(ctx, a.sig, h, false)
+			s.KeyFingerprint, s.Issuer, s.Subject = id.fingerprint, id.issuer, id.subject
+			if err != nil {
+				s.Error = err.Error()
+			} else {
+				s.Verified = true
+			}
+		}
+		r.sigs = append(r.sigs, s)
+	}
+	for _, a := range m.atts {
+		at := policy.Attestation{Source: a.source, Error: a.err}
+		if a.sig != nil {
+			at = judgeAttestation(ctx, tr, a, h)
+		}
+		r.atts = append(r.atts, at)
+	}
+	return r, nil
+}
+
+func judgeAttestation(ctx context.Context, tr *trust, a artifact, h v1.Hash) policy.Attestation {
+	at := policy.Attestation{Source: a.source}
+	payload, err := a.sig.Payload()
+	if err != nil {
+		at.Error = err.Error()
+		return at
+	}
+	st, perr := ParseEnvelope(payload)
+	if st != nil {
+		at.PredicateType, at.BuilderID, at.Sources, at.SubjectDigests, at.FinishedOn = st.PredicateType, st.BuilderID, st.Sources, st.SubjectDigests, st.FinishedOn
+	}
+	id, verr := tr.verify(ctx, a.sig, h, true)
+	at.KeyFingerprint, at.Issuer, at.Subject = id.fingerprint, id.issuer, id.subject
+	switch {
+	case verr != nil:
+		at.Error = verr.Error()
+	case perr != nil:
+		at.Error = perr.Error()
+	case !st.IsSLSA():
+		at.Error = fmt.Sprintf("predicate type %q is not SLSA provenance", st.PredicateType)
+	case !contains(st.SubjectDigests, h.String()):
+		at.Error = fmt.Sprintf("statement is about %s, not %s", strings.Join(st.SubjectDigests, ", "), h)
+	default:
+		at.Verified = true
+	}
+	return at
+}
+
+func contains(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// fetch returns the signatures and attestations stored for d: from the
+// cache, or discovered with the referrers API (one request, for both) and
+// the cosign tag scheme for the kinds the referrers do not hold.
+// Concurrent fetches of one digest are coalesced.
+func (v *Verifier) fetch(ctx context.Context, req registry.Request, d name.Digest, force bool) (*material, *policy.ResolveError) {
+	key := d.Name()
+	if !force {
+		if m, ok := v.material.Get(key); ok {
+			return m.(*material), nil
+		}
+	}
+	ch := v.flight.DoChan(key, func() (any, error) {
+		m, err := v.discover(ctx, req, d)
+		if err != nil {
+			return nil, err
+		}
+		ttl := v.matTTL
+		if len(m.sigs) == 0 && len(m.atts) == 0 {
+			ttl = v.negTTL
+		}
+		v.material.Add(key, m, ttl)
+		return m, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			re := registry.ErrorOf(res.Err)
+			if re == nil {
+				re = &policy.ResolveError{Kind: policy.ErrUnavailable, Message: res.Err.Error()}
+			}
+			return nil, re
+		}
+		return res.Val.(*material), nil
+	case <-ctx.Done():
+		return nil, &policy.ResolveError{Kind: policy.ErrUnavailable, Message: ctx.Err().Error()}
+	}
+}
+
+func (v *Verifier) discover(ctx context.Context, req registry.Request, d name.Digest) (*material, error) {
+	req.Ref = d
+	ctx, p, err := v.reg.Puller(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	m := &material{fetched: v.now()}
+	idx, err := remote.Referrers(d, remote.Reuse(p), remote.WithContext(ctx))
+	if err != nil && !notFound(err) {
+		return nil, err
+	}
+	if idx != nil {
+		im, err := idx.IndexManifest()
+		if err != nil {
+			return nil, err
+		}
+		for _, desc := range im.Manifests {
+			if len(m.sigs)+len(m.atts) >= 2*maxArtifacts {
+				break
+			}
+			switch desc.ArtifactType {
+			case ArtifactTypeSignature:
+				arts, err := artifacts(ctx, p, d.Context().Digest(desc.Digest.String()), "referrers", false)
+				if err != nil {
+					return nil, err
+				}
+				m.sigs = append(m.sigs, arts...)
+			case ArtifactTypeAttestation:
+				arts, err := artifacts(ctx, p, d.Context().Digest(desc.Digest.String()), "referrers", true)
+				if err != nil {
+					return nil, err
+				}
+				m.atts = append(m.atts, arts...)
+			case ArtifactTypeBundle:
+				m.sigs = append(m.sigs, artifact{source: "bundle", err: "Sigstore bundle v0.3 is not verified by this version of buildguard"})
+			}
+		}
+	}
+	prefix := strings.Replace(d.DigestStr(), ":", "-", 1)
+	if len(m.sigs) == 0 {
+		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".sig"), "tag", false)
+		if err != nil && !notFound(err) {
+			return nil, err
+		}
+		m.sigs = arts
+	}
+	if len(m.atts) == 0 {
+		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".att"), "tag", true)
+		if err != nil && !notFound(err) {
+			return nil, err
+		}
+		m.atts = arts
+	}
+	return m, nil
+}
+
+func notFound(err error) bool {
+	re := registry.ErrorOf(err)
+	return re != nil && re.Kind == policy.ErrNotFound
+}
+
+// artifacts reads a cosign signature or attestation manifest: one layer
+// per signature, its payload in the blob, the signature, certificate,
+// chain and Rekor bundle in annotations.
+func artifacts(ctx context.Context, p *remote.Puller, ref name.Reference, source string, att bool) ([]artifact, error) {
+	desc, err := p.Get(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, err
+	}
+	mf, err := img.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	var out []artifact
+	for i, l := range mf.Layers {
+		if i >= maxArtifacts {
+			break
+		}
+		a := artifact{source: source}
+		if l.Size > maxPayloadBytes {
+			a.err = fmt.Sprintf("payload of %d bytes, more than %d", l.Size, maxPayloadBytes)
+			out = append(out, a)
+			continue
+		}
+		payload, err := readBlob(ctx, p, ref.Context().Digest(l.Digest.String()))
+		if err != nil {
+			return nil, err
+		}
+		ann := l.Annotations
+		var opts []static.Option
+		if c := ann[annCertificate]; c != "" {
+			opts = append(opts, static.WithCertChain([]byte(c), []byte(ann[annChain])))
+		}
+		if b := ann[annBundle]; b != "" {
+			var rb bundle.RekorBundle
+			if err := jsonUnmarshal([]byte(b), &rb); err != nil {
+				a.err = "unreadable Rekor bundle: " + err.Error()
+				out = append(out, a)
+				continue
+			}
+			opts = append(opts, static.WithBundle(&rb))
+		}
+		if att {
+			a.sig, err = static.NewAttestation(payload, opts...)
+		} else {
+			a.sig, err = static.NewSignature(payload, ann[annSignature], opts...)
+		}
+		if err != nil {
+			a.err = err.Error()
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+func readBlob(ctx context.Context, p *remote.Puller, d name.Digest) ([]byte, error) {
+	l, err := p.Layer(ctx, d)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, maxPayloadBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxPayloadBytes {
+		return nil, fmt.Errorf("blob %s is larger than %d bytes", d.DigestStr(), maxPayloadBytes)
+	}
+	return b, nil
+}
+
+// trust is a policy's trust settings made ready: key verifiers and the
+// trusted root, read once per settings.
+type trust struct {
+	fingerprint string
+	keys        []keyVerifier
+	keyless     []cosign.Identity
+	material    root.TrustedMaterial
+	ignoreTlog  bool
+}
+
+type keyVerifier struct {
+	fingerprint string
+	verifier    signature.Verifier
+}
+
+func (v *Verifier) trust(ts policy.TrustSettings) (*trust, error) {
+	if t, ok := v.trusts.Get(ts.Fingerprint); ok {
+		return t.(*trust), nil
+	}
+	t, err := LoadTrust(ts)
+	if err != nil {
+		return nil, err
+	}
+	v.trusts.Add(ts.Fingerprint, t, v.matTTL)
+	return t, nil
+}
+
+// LoadTrust reads the key files and the trusted root of ts; serve calls
+// it at start to report a bad path before serving.
+func LoadTrust(ts policy.TrustSettings) (*trust, error) {
+	t := &trust{fingerprint: ts.Fingerprint, ignoreTlog: ts.IgnoreTlog}
+	for _, k := range ts.Keys {
+		pemKey := k.PEM
+		if k.Path != "" {
+			b, err := os.ReadFile(k.Path)
+			if err != nil {
+				return nil, fmt.Errorf("signatures.keys: %v", err)
+			}
+			pemKey = b
+		}
+		pub, err := cryptoutils.UnmarshalPEMToPublicKey(pemKey)
+		if err != nil {
+			return nil, fmt.Errorf("signatures.keys %s: %v", k.Path, err)
+		}
+		sv, err := signature.LoadVerifier(pub, crypto.SHA256)
+		if err != nil {
+			return nil, fmt.Errorf("signatures.keys %s: %v", k.Path, err)
+		}
+		der, err := x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			return nil, err
+		}
+		t.keys = append(t.keys, keyVerifier{fingerprint: policy.DERFingerprint(der), verifier: sv})
+	}
+	for _, id := range ts.Keyless {
+		t.keyless = append(t.keyless, cosign.Identity{Issuer: id.Issuer, IssuerRegExp: id.IssuerRegExp, Subject: id.Subject, SubjectRegExp: id.SubjectRegExp})
+	}
+	if ts.TrustedRoot != "" {
+		tr, err := root.NewTrustedRootFromPath(ts.TrustedRoot)
+		if err != nil {
+			return nil, fmt.Errorf("signatures.trustedRoot: %v", err)
+		}
+		t.material = tr
+	}
+	return t, nil
+}
+
+type identity struct{ fingerprint, issuer, subject string }
+
+// verify checks one signature or attestation against every key and, when
+// it carries a certificate, the keyless identities. It reports who signed
+// it whether or not that signer is trusted.
+func (t *trust) verify(ctx context.Context, s oci.Signature, h v1.Hash, att bool) (identity, error) {
+	var id identity
+	cert, err := s.Cert()
+	if err != nil {
+		return id, fmt.Errorf("unreadable certificate: %v", err)
+	}
+	if cert != nil {
+		id.fingerprint = policy.DERFingerprint(cert.RawSubjectPublicKeyInfo)
+		ce := cosign.CertExtensions{Cert: cert}
+		id.issuer = ce.GetIssuer()
+		id.subject = strings.Join(cryptoutils.GetSubjectAlternateNames(cert), ",")
+	}
+	base := cosign.CheckOpts{
+		TrustedMaterial: t.material,
+		IgnoreTlog:      t.ignoreTlog,
+		Offline:         true,
+		IgnoreSCT:       t.material == nil || len(t.material.CTLogs()) == 0,
+	}
+	if !att {
+		base.ClaimVerifier = cosign.SimpleClaimVerifier
+	}
+	check := func(co *cosign.CheckOpts) error {
+		if att {
+			_, err := cosign.VerifyBlobAttestation(ctx, s, h, co)
+			return err
+		}
+		_, err := cosign.VerifyImageSignature(ctx, s, h, co)
+		return err
+	}
+	var errs []string
+	for _, k := range t.keys {
+		co := base
+		co.SigVerifier = k.verifier
+		if err := check(&co); err == nil {
+			id.fingerprint = k.fingerprint
+			return id, nil
+		} else {
+			errs = append(errs, err.Error())
+		}
+	}
+	if cert != nil && len(t.keyless) > 0 {
+		co := base
+		co.Identities = t.keyless
+		if err := check(&co); err == nil {
+			return id, nil
+		} else {
+			errs = append(errs, err.Error())
+		}
+	}
+	if len(errs) == 0 {
+		if cert != nil {
+			return id, errors.New("signed by a certificate; no keyless identity is trusted")
+		}
+		return id, errors.New("signed with a key; no key is trusted")
+	}
+	if id.fingerprint == "" {
+		if pk := publicKeyOf(s); pk != "" {
+			id.fingerprint = pk
+		}
+	}
+	return id, errors.New(dedupe(errs))
+}
+
+// publicKeyOf returns nothing: a bare cosign signature does not say which
+// key made it. Kept as the one place to add key hints later.
+func publicKeyOf(oci.Signature) string { return "" }
+
+func dedupe(errs []string) string {
+	var out []string
+	for _, e := range errs {
+		if !contains(out, e) {
+			out = append(out, e)
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+var _ = base64.StdEncoding
