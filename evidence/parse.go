@@ -76,11 +76,20 @@ type Parsed struct {
 type FormatError struct {
 	Format string // "agent", "falco", "tetragon" or "docker"
 	Reason string
+	// Err is ErrTooManyItems when the body holds more items than the cap,
+	// else nil.
+	Err error
 }
 
 func (e *FormatError) Error() string {
 	return e.Format + " report: " + e.Reason
 }
+
+func (e *FormatError) Unwrap() error { return e.Err }
+
+// ErrTooManyItems is wrapped by the *FormatError of a body with more items
+// than the cap (see ParseMaxItems); check it with errors.Is.
+var ErrTooManyItems = errors.New("too many items in one batch")
 
 // ParseOption changes how a Parse function reads a batch.
 type ParseOption func(*parseConfig)
@@ -177,8 +186,10 @@ func parseEvents(format, sensor string, body []byte, node string, opts []ParseOp
 		if raw.line > 0 {
 			where = "line " + strconv.Itoa(raw.line)
 		}
-		it, err := parseObjectItem(raw.data, func() (reportItem, error) { return fn(raw.data, node, s.now) })
-		if err == nil {
+		var it reportItem
+		if k := jsonValueKind(raw.data); k != "object" {
+			err = fmt.Errorf("want a JSON object, got %s", k)
+		} else if it, err = fn(raw.data, node, s.now); err == nil {
 			err = checkItemNode(it)
 		}
 		s.add(i, where, it, err)
@@ -189,14 +200,6 @@ func parseEvents(format, sensor string, body []byte, node string, opts []ParseOp
 		s.out.Report.Node = commonNode(s.out.Report)
 	}
 	return s.out, nil
-}
-
-// parseObjectItem runs fn on data when data is a JSON object.
-func parseObjectItem(data []byte, fn func() (reportItem, error)) (reportItem, error) {
-	if k := jsonKind(data); k != "object" {
-		return reportItem{}, fmt.Errorf("want a JSON object, got %s", k)
-	}
-	return fn()
 }
 
 func checkItemNode(it reportItem) error {
@@ -236,7 +239,7 @@ func splitBatch(format string, body []byte, max int) ([]rawItem, error) {
 	if len(trimmed) == 0 {
 		return nil, &FormatError{Format: format, Reason: "empty body"}
 	}
-	tooMany := &FormatError{Format: format, Reason: fmt.Sprintf("more than %d items in one request; send smaller batches", max)}
+	tooMany := &FormatError{Format: format, Reason: fmt.Sprintf("more than %d items in one request; send smaller batches", max), Err: ErrTooManyItems}
 	if trimmed[0] == '[' {
 		return splitArray(format, trimmed, max, tooMany)
 	}
@@ -246,11 +249,21 @@ func splitBatch(format string, body []byte, max int) ([]rawItem, error) {
 	}
 	if ok {
 		if len(items) == 1 && trimmed[0] != '{' {
-			return nil, &FormatError{Format: format, Reason: fmt.Sprintf("want a JSON object, an array of objects, or newline-delimited objects; got %s", jsonKind(trimmed))}
+			return nil, &FormatError{Format: format, Reason: fmt.Sprintf("want a JSON object, an array of objects, or newline-delimited objects; got %s", jsonValueKind(trimmed))}
 		}
-		return items, nil
+		return oneWithoutLine(items), nil
 	}
-	return splitLines(format, body, max, tooMany)
+	items, err = splitLines(format, body, max, tooMany)
+	return oneWithoutLine(items), err
+}
+
+// oneWithoutLine drops the line number of a body's only item: it says
+// nothing there.
+func oneWithoutLine(items []rawItem) []rawItem {
+	if len(items) == 1 {
+		items[0].line = 0
+	}
+	return items
 }
 
 func splitArray(format string, body []byte, max int, tooMany error) ([]rawItem, error) {
@@ -329,8 +342,8 @@ func splitLines(format string, body []byte, max int, tooMany error) ([]rawItem, 
 	return items, nil
 }
 
-// jsonKind names the kind of the JSON value data begins with.
-func jsonKind(data []byte) string {
+// jsonValueKind names the kind of the JSON value data begins with.
+func jsonValueKind(data []byte) string {
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 {
 		return "nothing"
@@ -435,7 +448,7 @@ func cleanText(s string, max int) string {
 func cleanEventID(s string) string {
 	c := cleanText(s, len(s)+1)
 	if len(c) > limID {
-		return hashID([]byte(c))
+		return sha256ID([]byte(c))
 	}
 	return c
 }
@@ -453,7 +466,7 @@ func cleanContainerID(s string) string {
 	return s
 }
 
-func hashID(data []byte) string {
+func sha256ID(data []byte) string {
 	sum := sha256.Sum256(data)
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
@@ -466,13 +479,13 @@ func canonicalID(prefix string, data []byte) string {
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
-		return hashID(append([]byte(prefix), data...))
+		return sha256ID(append([]byte(prefix), data...))
 	}
 	canon, err := json.Marshal(v)
 	if err != nil {
-		return hashID(append([]byte(prefix), data...))
+		return sha256ID(append([]byte(prefix), data...))
 	}
-	return hashID(append([]byte(prefix), canon...))
+	return sha256ID(append([]byte(prefix), canon...))
 }
 
 // composedID joins parts into an event ID, hashed when too long.
@@ -486,7 +499,7 @@ func parseRFC3339(field, s string, now time.Time) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("%s: %s is not an RFC 3339 time", field, quoteShort(s))
 	}
-	return checkTime(field, t.UTC(), now)
+	return checkItemTime(field, t.UTC(), now)
 }
 
 // unixNanoTime is n nanoseconds after the Unix epoch, checked against now.
@@ -494,10 +507,10 @@ func unixNanoTime(field string, n int64, now time.Time) (time.Time, error) {
 	if n <= 0 {
 		return time.Time{}, fmt.Errorf("%s: %d is not a time after 1970", field, n)
 	}
-	return checkTime(field, time.Unix(0, n).UTC(), now)
+	return checkItemTime(field, time.Unix(0, n).UTC(), now)
 }
 
-func checkTime(field string, t, now time.Time) (time.Time, error) {
+func checkItemTime(field string, t, now time.Time) (time.Time, error) {
 	if t.IsZero() || t.Year() < 1970 {
 		return time.Time{}, fmt.Errorf("%s: %s is before 1970", field, t.Format(time.RFC3339Nano))
 	}
@@ -517,14 +530,14 @@ func parseDestIP(field, s string) (netip.Addr, error) {
 	return a.Unmap().WithZone(""), nil
 }
 
-func checkPort(field string, p int64) (int, error) {
+func checkDestPort(field string, p int64) (int, error) {
 	if p < 1 || p > 65535 {
 		return 0, fmt.Errorf("%s: %d is not a port (1..65535)", field, p)
 	}
 	return int(p), nil
 }
 
-func checkPID(field string, p int64) (int, error) {
+func checkItemPID(field string, p int64) (int, error) {
 	if p < 0 || p > limPID {
 		return 0, fmt.Errorf("%s: %d is not a process ID (0..%d)", field, p, limPID)
 	}
@@ -565,8 +578,8 @@ func cleanTags(in []string) []string {
 	return out
 }
 
-// cleanList cleans each string, drops empty ones and keeps at most n.
-func cleanList(in []string, each, n int, clean func(string, int) string) []string {
+// cleanStrings cleans each string, drops empty ones and keeps at most n.
+func cleanStrings(in []string, each, n int, clean func(string, int) string) []string {
 	var out []string
 	for _, s := range in {
 		if len(out) == n {
@@ -579,8 +592,8 @@ func cleanList(in []string, each, n int, clean func(string, int) string) []strin
 	return out
 }
 
-// baseName is the last element of a path, "" for an empty path.
-func baseName(p string) string {
+// pathBase is the last element of a path, "" for an empty path.
+func pathBase(p string) string {
 	p = strings.TrimRight(p, "/")
 	if i := strings.LastIndexByte(p, '/'); i >= 0 {
 		p = p[i+1:]
@@ -603,15 +616,15 @@ func rawInt(field string, raw json.RawMessage) (v int64, set bool, err error) {
 	if len(raw) == 0 {
 		return 0, false, nil
 	}
-	v, set, err = jsonInt(raw)
+	v, set, err = jsonIntValue(raw)
 	if err != nil {
 		return 0, false, fmt.Errorf("%s: %v", field, err)
 	}
 	return v, set, nil
 }
 
-// jsonInt reads an integer from a JSON number or a string of digits.
-func jsonInt(data []byte) (v int64, set bool, err error) {
+// jsonIntValue reads an integer from a JSON number or a string of digits.
+func jsonIntValue(data []byte) (v int64, set bool, err error) {
 	s := string(bytes.TrimSpace(data))
 	switch {
 	case s == "null":

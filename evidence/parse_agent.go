@@ -75,7 +75,7 @@ func ParseAgent(body []byte, opts ...ParseOption) (Parsed, error) {
 	if len(trimmed) == 0 {
 		return fail("empty body")
 	}
-	if k := jsonKind(trimmed); k != "object" {
+	if k := jsonValueKind(trimmed); k != "object" {
 		return fail("want a %s object, got %s", AgentKind, k)
 	}
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
@@ -103,7 +103,8 @@ func ParseAgent(body []byte, opts ...ParseOption) (Parsed, error) {
 		return fail("sensor: want a short lowercase name such as \"ebpf\" or \"procfs\", got %s", quoteShort(env.Sensor))
 	}
 	if n := len(env.Builds) + len(env.Connections); n > cfg.maxItems {
-		return fail("%d items (builds and connections) in one report, more than %d; send smaller batches", n, cfg.maxItems)
+		return Parsed{}, &FormatError{Format: "agent", Err: ErrTooManyItems,
+			Reason: fmt.Sprintf("%d items (builds and connections) in one report, more than %d; send smaller batches", n, cfg.maxItems)}
 	}
 
 	s := itemSink{now: cfg.now().UTC()}
@@ -120,7 +121,7 @@ func ParseAgent(body []byte, opts ...ParseOption) (Parsed, error) {
 }
 
 func agentBuildItem(raw []byte, node string, now time.Time) (*Build, error) {
-	if k := jsonKind(raw); k != "object" {
+	if k := jsonValueKind(raw); k != "object" {
 		return nil, fmt.Errorf("want a JSON object, got %s", k)
 	}
 	var in agentBuild
@@ -132,9 +133,9 @@ func agentBuildItem(raw []byte, node string, now time.Time) (*Build, error) {
 		Node:         node,
 		Tool:         cleanText(in.Tool, limName),
 		Tags:         cleanTags(in.Tags),
-		ContainerIDs: cleanList(in.ContainerIDs, limID, limContainerIDs, func(s string, _ int) string { return cleanContainerID(s) }),
+		ContainerIDs: cleanStrings(in.ContainerIDs, limID, limContainerIDs, func(s string, _ int) string { return cleanContainerID(s) }),
 		CgroupID:     cleanText(in.CgroupID, limID),
-		Steps:        cleanList(in.Steps, limStep, limSteps, cleanText),
+		Steps:        cleanStrings(in.Steps, limStep, limSteps, cleanText),
 	}
 	if b.Tool == "" {
 		return nil, errors.New("tool: missing")
@@ -165,7 +166,7 @@ func agentBuildItem(raw []byte, node string, now time.Time) (*Build, error) {
 		if i == limPIDs {
 			break
 		}
-		pid, err := checkPID("pids["+strconv.Itoa(i)+"]", p)
+		pid, err := checkItemPID("pids["+strconv.Itoa(i)+"]", p)
 		if err != nil {
 			return nil, err
 		}
@@ -181,7 +182,7 @@ func agentBuildItem(raw []byte, node string, now time.Time) (*Build, error) {
 }
 
 func agentConnectionItem(raw []byte, node string, now time.Time) (*Connection, error) {
-	if k := jsonKind(raw); k != "object" {
+	if k := jsonValueKind(raw); k != "object" {
 		return nil, fmt.Errorf("want a JSON object, got %s", k)
 	}
 	var in agentConnection
@@ -213,10 +214,10 @@ func agentConnectionItem(raw []byte, node string, now time.Time) (*Connection, e
 	if in.DestPort == 0 {
 		return nil, errors.New("destPort: missing")
 	}
-	if c.DestPort, err = checkPort("destPort", in.DestPort); err != nil {
+	if c.DestPort, err = checkDestPort("destPort", in.DestPort); err != nil {
 		return nil, err
 	}
-	if c.PID, err = checkPID("pid", in.PID); err != nil {
+	if c.PID, err = checkItemPID("pid", in.PID); err != nil {
 		return nil, err
 	}
 	c.EventID = cleanEventID(in.EventID)

@@ -35,17 +35,17 @@ func TestParseAgent(t *testing.T) {
 					`"containerID":"`+cid+`","cgroupID":"10422","destIP":"::ffff:203.0.113.9","destPort":8080,"destName":""}`),
 			want: Parsed{Report: report(
 				[]Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker", ImageID: img, Tags: []string{"reg/repo:1"},
-					Started: at("2026-11-26T10:14:58Z"), Finished: at("2026-11-26T10:16:09Z"), PIDs: []int{123}, ContainerIDs: []string{cid},
+					Started: wantTime("2026-11-26T10:14:58Z"), Finished: wantTime("2026-11-26T10:16:09Z"), PIDs: []int{123}, ContainerIDs: []string{cid},
 					CgroupID: "10422", Steps: []string{"RUN wget http://203.0.113.9:8080/x"}}},
-				[]Connection{{Source: "agent", EventID: "c1", Node: "worker-3", Time: at("2026-11-26T10:15:03.412907311Z"), Process: "wget", PID: 4242,
-					Cmdline: "wget http://203.0.113.9:8080/x", ContainerID: cid, CgroupID: "10422", DestIP: ip("203.0.113.9"), DestPort: 8080}},
+				[]Connection{{Source: "agent", EventID: "c1", Node: "worker-3", Time: wantTime("2026-11-26T10:15:03.412907311Z"), Process: "wget", PID: 4242,
+					Cmdline: "wget http://203.0.113.9:8080/x", ContainerID: cid, CgroupID: "10422", DestIP: wantIP("203.0.113.9"), DestPort: 8080}},
 			)},
 		},
 		{
 			name: "no eventID: SHA-256 of the canonical item",
 			body: agentBody(``, noID),
 			want: Parsed{Report: report(nil, []Connection{{Source: "agent", EventID: canonicalID("agent connection\nworker-3\n", []byte(noID)),
-				Node: "worker-3", Time: at("2026-11-26T10:15:03Z"), DestIP: ip("203.0.113.9"), DestPort: 8080}})},
+				Node: "worker-3", Time: wantTime("2026-11-26T10:15:03Z"), DestIP: wantIP("203.0.113.9"), DestPort: 8080}})},
 		},
 		{
 			name: "empty report",
@@ -64,8 +64,8 @@ func TestParseAgent(t *testing.T) {
 			want: Parsed{
 				Report: report(
 					[]Build{{Source: "agent", EventID: canonicalID("agent build\nworker-3\n", []byte(`{"tool":"docker","started":"2026-11-26T10:00:00Z"}`)),
-						Node: "worker-3", Tool: "docker", Started: at("2026-11-26T10:00:00Z")}},
-					[]Connection{{Source: "agent", EventID: "z", Node: "worker-3", Time: at("2026-11-26T10:00:00Z"), DestIP: ip("fe80::1"), DestPort: 443}},
+						Node: "worker-3", Tool: "docker", Started: wantTime("2026-11-26T10:00:00Z")}},
+					[]Connection{{Source: "agent", EventID: "z", Node: "worker-3", Time: wantTime("2026-11-26T10:00:00Z"), DestIP: wantIP("fe80::1"), DestPort: 443}},
 				),
 				Errors: []ItemError{
 					{1, "builds[1]: tool: missing"},
@@ -84,15 +84,15 @@ func TestParseAgent(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParseAgent([]byte(tc.body), testClock())
+			got, err := ParseAgent([]byte(tc.body), parseTestClock())
 			checkParsed(t, "agent", []byte(tc.body), got, err)
 			if err != nil {
 				t.Fatalf("ParseAgent(%s) error: %v", tc.body, err)
 			}
 			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("ParseAgent(%s) = %+v, want %+v\nerrors:\n%s", tc.body, got, tc.want, reasons(got))
+				t.Errorf("ParseAgent(%s) = %+v, want %+v\nerrors:\n%s", tc.body, got, tc.want, itemReasons(got))
 			}
-			again, _ := ParseAgent([]byte(tc.body), testClock())
+			again, _ := ParseAgent([]byte(tc.body), parseTestClock())
 			if !reflect.DeepEqual(got, again) {
 				t.Errorf("ParseAgent(%s) twice = %+v, then %+v", tc.body, got, again)
 			}
@@ -115,16 +115,19 @@ func TestParseAgentFormatErrors(t *testing.T) {
 		{"no node", strings.Replace(ok, `"worker-3"`, `" "`, 1), "node: missing"},
 		{"long node", strings.Replace(ok, `"worker-3"`, `"`+strings.Repeat("n", 254)+`"`, 1), "node: longer than 253 bytes"},
 		{"bad sensor", strings.Replace(ok, `"ebpf"`, `"eBPF probe"`, 1), `sensor: want a short lowercase name`},
-		{"builds not an array", strings.Replace(ok, `"builds":[`, `"builds":{"a":[`, 1), "want an array, got object"},
+		{"builds not an array", `{"apiVersion":"buildguard.dev/v1alpha1","kind":"NodeReport","node":"n","sensor":"ebpf","builds":{"a":1}}`, "builds: want an array, got object"},
 		{"data after", ok + "{}", "data after the NodeReport object"},
 		{"too many items", agentBody(`{},{}`, `{}`), "3 items (builds and connections) in one report, more than 2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParseAgent([]byte(tc.body), testClock(), ParseMaxItems(2))
+			got, err := ParseAgent([]byte(tc.body), parseTestClock(), ParseMaxItems(2))
 			checkParsed(t, "agent", []byte(tc.body), got, err)
 			var fe *FormatError
 			if !errors.As(err, &fe) || !strings.Contains(fe.Reason, tc.want) {
 				t.Fatalf("ParseAgent(%s) = %+v, %v; want a FormatError containing %q", tc.body, got, err, tc.want)
+			}
+			if tooMany := strings.Contains(tc.want, "items"); errors.Is(err, ErrTooManyItems) != tooMany {
+				t.Errorf("errors.Is(ParseAgent(%s), ErrTooManyItems) = %v, want %v", tc.body, !tooMany, tooMany)
 			}
 		})
 	}

@@ -66,7 +66,7 @@ func falcoItem(raw []byte, node string, now time.Time) (reportItem, error) {
 	if port == 0 {
 		return reportItem{}, errors.New("output_fields: a destination IP without a port (fd.rport, fd.sport or fd.name)")
 	}
-	if c.DestPort, err = checkPort("output_fields: destination port", port); err != nil {
+	if c.DestPort, err = checkDestPort("output_fields: destination port", port); err != nil {
 		return reportItem{}, err
 	}
 
@@ -90,7 +90,7 @@ func falcoItem(raw []byte, node string, now time.Time) (reportItem, error) {
 	if pid, ok, err := f.integer("proc.pid"); err != nil {
 		return reportItem{}, err
 	} else if ok {
-		if c.PID, err = checkPID("output_fields: proc.pid", pid); err != nil {
+		if c.PID, err = checkItemPID("output_fields: proc.pid", pid); err != nil {
 			return reportItem{}, err
 		}
 	}
@@ -136,7 +136,7 @@ func (f falcoFields) str(key string) (string, error) {
 	if !ok {
 		return "", nil
 	}
-	switch k := jsonKind(raw); k {
+	switch k := jsonValueKind(raw); k {
 	case "null":
 		return "", nil
 	case "number":
@@ -171,7 +171,7 @@ func (f falcoFields) integer(key string) (int64, bool, error) {
 	if !ok {
 		return 0, false, nil
 	}
-	v, set, err := jsonInt(raw)
+	v, set, err := jsonIntValue(raw)
 	if err != nil {
 		return 0, false, fmt.Errorf("output_fields: %s: %v", key, err)
 	}

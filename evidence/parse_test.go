@@ -16,13 +16,13 @@ import (
 	"unicode/utf8"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files of testdata/fixtures")
+var updateGolden = flag.Bool("update", false, "rewrite the golden files of testdata/fixtures")
 
-// testNow is the clock of the parser tests: fixtures describe a build on
+// parseTestNow is the clock of the parser tests: fixtures describe a build on
 // the morning of 2026-11-26.
-var testNow = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+var parseTestNow = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
-func testClock() ParseOption { return ParseClock(func() time.Time { return testNow }) }
+func parseTestClock() ParseOption { return ParseClock(func() time.Time { return parseTestNow }) }
 
 // parserFor returns the parser of a format, with the test clock, as one
 // signature.
@@ -30,7 +30,7 @@ func parserFor(format string) func(body []byte, node string, opts ...ParseOption
 	switch format {
 	case "agent":
 		return func(body []byte, _ string, opts ...ParseOption) (Parsed, error) {
-			return ParseAgent(body, append([]ParseOption{testClock()}, opts...)...)
+			return ParseAgent(body, append([]ParseOption{parseTestClock()}, opts...)...)
 		}
 	case "falco":
 		return withTestClock(ParseFalco)
@@ -44,11 +44,11 @@ func parserFor(format string) func(body []byte, node string, opts ...ParseOption
 
 func withTestClock(p func([]byte, string, ...ParseOption) (Parsed, error)) func([]byte, string, ...ParseOption) (Parsed, error) {
 	return func(body []byte, node string, opts ...ParseOption) (Parsed, error) {
-		return p(body, node, append([]ParseOption{testClock()}, opts...)...)
+		return p(body, node, append([]ParseOption{parseTestClock()}, opts...)...)
 	}
 }
 
-var sourceOf = map[string]string{"agent": "agent", "falco": "falco", "tetragon": "tetragon", "docker": "docker"}
+var parseSources = map[string]string{"agent": "agent", "falco": "falco", "tetragon": "tetragon", "docker": "docker"}
 
 // TestParseFixtures parses every payload under testdata/fixtures with the
 // parser of its directory and compares the result with its .golden file;
@@ -91,7 +91,7 @@ func TestParseFixtures(t *testing.T) {
 			}
 			out := buf.Bytes()
 			golden := strings.TrimSuffix(path, filepath.Ext(path)) + ".golden"
-			if *update {
+			if *updateGolden {
 				if err := os.WriteFile(golden, out, 0o644); err != nil {
 					t.Fatal(err)
 				}
@@ -142,14 +142,21 @@ func TestParseBatchShape(t *testing.T) {
 		{name: "too many lines", body: strings.Repeat(alert+"\n", 4), wantErr: "more than 3 items"},
 		{name: "too many elements", body: "[" + strings.Repeat(alert+",", 3) + alert + "]", wantErr: "more than 3 items"},
 		{name: "too many broken lines", body: strings.Repeat("{x\n", 3) + alert, wantErr: "more than 3 items"},
+		{name: "deeply nested array", body: strings.Repeat("[", 1<<20), wantErr: "not a JSON array"},
+		{name: "deeply nested object", body: strings.Repeat(`{"a":`, 1<<18), wantErr: "not JSON"},
+		{name: "deeply nested item", body: alert + "\n" + `{"rule":"r","output_fields":` + strings.Repeat(`{"a":`, 20000) + "1" + strings.Repeat("}", 20000) + "}",
+			items: 2, errIndexes: []int{1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParseFalco([]byte(tc.body), "node-a", testClock(), ParseMaxItems(3))
+			got, err := ParseFalco([]byte(tc.body), "node-a", parseTestClock(), ParseMaxItems(3))
 			checkParsed(t, "falco", []byte(tc.body), got, err)
 			if tc.wantErr != "" {
 				var fe *FormatError
 				if !errors.As(err, &fe) || !strings.Contains(fe.Reason, tc.wantErr) {
 					t.Fatalf("ParseFalco(%q) error = %v, want a FormatError containing %q", tc.body, err, tc.wantErr)
+				}
+				if tooMany := strings.HasPrefix(tc.wantErr, "more than"); errors.Is(err, ErrTooManyItems) != tooMany {
+					t.Errorf("errors.Is(ParseFalco(%q), ErrTooManyItems) = %v, want %v", tc.body, !tooMany, tooMany)
 				}
 				return
 			}
@@ -174,19 +181,19 @@ func TestParseBatchShape(t *testing.T) {
 func TestParseMaxItemsDefault(t *testing.T) {
 	line := `{"Type":"container","Action":"start","Actor":{"ID":"abc"},"timeNano":1795688169000000000}` + "\n"
 	body := []byte(strings.Repeat(line, MaxBatchItems))
-	got, err := ParseDocker(body, "n", testClock())
+	got, err := ParseDocker(body, "n", parseTestClock())
 	if err != nil || got.Ignored != MaxBatchItems {
 		t.Fatalf("ParseDocker(%d events) = %d ignored, %v; want all ignored", MaxBatchItems, got.Ignored, err)
 	}
 	body = append(body, line...)
-	_, err = ParseDocker(body, "n", testClock())
+	_, err = ParseDocker(body, "n", parseTestClock())
 	var fe *FormatError
-	if !errors.As(err, &fe) || !strings.Contains(fe.Error(), "10000") {
+	if !errors.As(err, &fe) || !strings.Contains(fe.Error(), "10000") || !errors.Is(err, ErrTooManyItems) {
 		t.Fatalf("ParseDocker(%d events) error = %v, want a FormatError naming the cap 10000", MaxBatchItems+1, err)
 	}
 }
 
-func TestCleanText(t *testing.T) {
+func TestParseCleanText(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
 		max  int
@@ -204,7 +211,7 @@ func TestCleanText(t *testing.T) {
 	}
 }
 
-func TestEventIDs(t *testing.T) {
+func TestParseEventIDs(t *testing.T) {
 	long := strings.Repeat("x", limID+1)
 	if got := cleanEventID(long); !strings.HasPrefix(got, "sha256:") || len(got) != 71 {
 		t.Errorf("cleanEventID(%d bytes) = %q, want its SHA-256", len(long), got)
@@ -223,6 +230,7 @@ func TestEventIDs(t *testing.T) {
 
 // countItems counts the items of a body without the parser's splitter.
 func countItems(format string, body []byte) int {
+	body = bytes.TrimPrefix(body, []byte("\xef\xbb\xbf"))
 	if format == "agent" {
 		var env struct{ Builds, Connections []json.RawMessage }
 		if json.Unmarshal(body, &env) != nil {
@@ -230,7 +238,7 @@ func countItems(format string, body []byte) int {
 		}
 		return len(env.Builds) + len(env.Connections)
 	}
-	trimmed := bytes.TrimSpace(bytes.TrimPrefix(body, []byte("\xef\xbb\xbf")))
+	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) > 0 && trimmed[0] == '[' {
 		var items []json.RawMessage
 		if json.Unmarshal(trimmed, &items) != nil {
@@ -270,7 +278,8 @@ func checkParsed(t *testing.T, format string, body []byte, p Parsed, err error) 
 		if !errors.As(err, &fe) {
 			t.Fatalf("%s: error %v (%T) is not a *FormatError", format, err, err)
 		}
-		if fe.Format != format || fe.Reason == "" || len(fe.Reason) > limReason || !utf8.ValidString(fe.Reason) {
+		if fe.Format != format || fe.Reason == "" || len(fe.Reason) > limReason || !utf8.ValidString(fe.Reason) ||
+			(fe.Err != nil && fe.Err != ErrTooManyItems) {
 			t.Fatalf("%s: malformed FormatError %+v", format, fe)
 		}
 		if !reflect.DeepEqual(p, Parsed{}) {
@@ -305,7 +314,7 @@ func checkParsed(t *testing.T, format string, body []byte, p Parsed, err error) 
 	}
 	item := func(what, source, eventID, node string) {
 		t.Helper()
-		if source != sourceOf[format] {
+		if source != parseSources[format] {
 			t.Fatalf("%s: %s Source %q", format, what, source)
 		}
 		if eventID == "" || node == "" {
@@ -322,7 +331,7 @@ func checkParsed(t *testing.T, format string, body []byte, p Parsed, err error) 
 			}
 			return
 		}
-		if tm.After(testNow.Add(MaxFutureSkew)) || tm.Location() != time.UTC {
+		if tm.After(parseTestNow.Add(MaxFutureSkew)) || tm.Location() != time.UTC {
 			t.Fatalf("%s: %s %v is too far in the future or not UTC", format, what, tm)
 		}
 	}
@@ -381,10 +390,10 @@ func checkParsed(t *testing.T, format string, body []byte, p Parsed, err error) 
 	}
 }
 
-// ip and at abbreviate expected values in the parsers' tables.
-func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
+// wantIP and wantTime abbreviate expected values in the parsers' tables.
+func wantIP(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-func at(s string) time.Time {
+func wantTime(s string) time.Time {
 	t, err := time.Parse(time.RFC3339Nano, s)
 	if err != nil {
 		panic(err)
@@ -392,11 +401,39 @@ func at(s string) time.Time {
 	return t.UTC()
 }
 
-// reasons lists a Parsed's errors, one a line, for failure messages.
-func reasons(p Parsed) string {
+// itemReasons lists a Parsed's errors, one a line, for failure messages.
+func itemReasons(p Parsed) string {
 	var b strings.Builder
 	for _, e := range p.Errors {
 		fmt.Fprintf(&b, "%d: %s\n", e.Index, e.Reason)
 	}
 	return b.String()
+}
+
+// BenchmarkParse parses batches of 1,000 items made of each format's
+// fixture lines.
+func BenchmarkParse(b *testing.B) {
+	for _, tc := range []struct{ format, fixture string }{
+		{"falco", "testdata/fixtures/falco/alerts.ndjson"},
+		{"tetragon", "testdata/fixtures/tetragon/export.jsonl"},
+		{"docker", "testdata/fixtures/docker/events.jsonl"},
+	} {
+		lines, err := os.ReadFile(tc.fixture)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var body []byte
+		for n := 0; n < 1000; n += bytes.Count(lines, []byte("\n")) {
+			body = append(body, lines...)
+		}
+		parse := parserFor(tc.format)
+		b.Run(tc.format, func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if _, err := parse(body, "worker-3"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

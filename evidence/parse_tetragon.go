@@ -97,7 +97,7 @@ func tetragonItem(raw []byte, node string, now time.Time) (reportItem, error) {
 	if _, ok := keys["time"]; !known && !ok {
 		return reportItem{}, errors.New("not a Tetragon event: no event type and no time")
 	}
-	if jsonKind(keys["process_kprobe"]) != "object" {
+	if jsonValueKind(keys["process_kprobe"]) != "object" {
 		return reportItem{}, nil
 	}
 	var ev tetragonEvent
@@ -141,7 +141,7 @@ func tetragonItem(raw []byte, node string, now time.Time) (reportItem, error) {
 		if !set {
 			return reportItem{}, fmt.Errorf("%s: missing", portField)
 		}
-		if c.DestPort, err = checkPort(portField, p); err != nil {
+		if c.DestPort, err = checkDestPort(portField, p); err != nil {
 			return reportItem{}, err
 		}
 		found = true
@@ -161,10 +161,10 @@ func tetragonItem(raw []byte, node string, now time.Time) (reportItem, error) {
 	if err != nil {
 		return reportItem{}, err
 	}
-	if c.PID, err = checkPID("process_kprobe.process.pid", pid); err != nil {
+	if c.PID, err = checkItemPID("process_kprobe.process.pid", pid); err != nil {
 		return reportItem{}, err
 	}
-	c.Process = cleanText(baseName(p.Binary), limName)
+	c.Process = cleanText(pathBase(p.Binary), limName)
 	c.Cmdline = cleanText(strings.TrimSpace(p.Binary+" "+p.Arguments), limCmdline)
 	if p.Pod != nil && p.Pod.Container != nil {
 		c.ContainerID = cleanContainerID(p.Pod.Container.ID)
