@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPercentile(t *testing.T) {
+	ms := func(n ...int) []time.Duration {
+		out := make([]time.Duration, len(n))
+		for i, v := range n {
+			out[i] = time.Duration(v) * time.Millisecond
+		}
+		return out
+	}
+	tests := []struct {
+		sorted []time.Duration
+		p      float64
+		want   time.Duration
+	}{
+		{nil, 50, 0},
+		{ms(7), 99, 7 * time.Millisecond},
+		{ms(1, 2, 3, 4), 50, 2 * time.Millisecond},
+		{ms(1, 2, 3, 4), 51, 3 * time.Millisecond},
+		{ms(1, 2, 3, 4), 100, 4 * time.Millisecond},
+		{ms(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), 99, 10 * time.Millisecond},
+		{ms(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), 90, 9 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		if got := percentile(tt.sorted, tt.p); got != tt.want {
+			t.Errorf("percentile(%v, %v) = %v, want %v", tt.sorted, tt.p, got, tt.want)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		xs   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{3, 1, 2}, 2},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	}
+	for _, tt := range tests {
+		if got := median(tt.xs); got != tt.want {
+			t.Errorf("median(%v) = %v, want %v", tt.xs, got, tt.want)
+		}
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bench", "-duration", "10s", "-cpuprofile", "a b.prof"}, `bench -duration 10s -cpuprofile "a b.prof"`},
+		{[]string{"/tmp/go-build942143261/b001/exe/bench", "-runs", "1"}, "go run ./bench -runs 1"},
+		{[]string{"/root/.cache/go-build/3e/3e10-d/bench"}, "go run ./bench"},
+		{[]string{"./bench", "-http2"}, "./bench -http2"},
+	}
+	for _, tt := range tests {
+		if got := commandLine(tt.args); got != tt.want {
+			t.Errorf("commandLine(%q) = %s, want %s", tt.args, got, tt.want)
+		}
+	}
+}
+
+// TestShortRun runs the whole harness briefly: both targets must answer
+// every request correctly.
+func TestShortRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts servers and a registry")
+	}
+	for _, h2 := range []bool{false, true} {
+		cfg := config{duration: 300 * time.Millisecond, runs: 1, concurrency: 2, http2: h2}
+		f, err := newFixture(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("newFixture(http2=%v): %v", h2, err)
+		}
+		for _, tg := range []*target{f.buildguard, f.nothing} {
+			before := f.snapshot()
+			r := f.load(t.Context(), tg, cfg.duration, true)
+			if r.errors > 0 || r.requests == 0 {
+				t.Errorf("http2=%v %s: %d requests, %d errors %q", h2, tg.name, r.requests, r.errors, r.errorSamples)
+			}
+			if tg == f.buildguard {
+				if s := f.snapshot().sub(before); len(s.registry) > 0 || s.cache["digest miss"] > 0 {
+					t.Errorf("http2=%v: cached runs looked images up: %v", h2, s)
+				}
+			}
+		}
+		if !strings.Contains(f.warmNote, "allowed") {
+			t.Errorf("warm note %q", f.warmNote)
+		}
+		f.close()
+	}
+}
