@@ -6,8 +6,6 @@ import (
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	appsv1 "k8s.io/api/apps/v1"
-	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -106,67 +104,109 @@ func podSpecOf(req *admissionv1.AdmissionRequest) (workloadObject, error) {
 	return decodeWorkload(gvk, req.Object.Raw)
 }
 
-// decodeWorkload decodes raw as a workload of kind gvk.
+// decodeWorkload decodes raw as a workload of kind gvk. It reads only
+// the fields buildguard uses: decoding a whole Deployment with the typed
+// API structs cost more than everything else a cached review does.
 func decodeWorkload(gvk schema.GroupVersionKind, raw []byte) (workloadObject, error) {
-	decode := func(v any) error {
-		if err := json.Unmarshal(raw, v); err != nil {
-			return &DecodeError{GVK: gvk, Err: err}
-		}
-		return nil
+	var o wireObject
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return workloadObject{}, &DecodeError{GVK: gvk, Err: err}
 	}
 	switch gvk {
-	case Kinds[0]:
-		var o corev1.Pod
-		if err := decode(&o); err != nil {
-			return workloadObject{}, err
+	case Kinds[0]: // Pod
+		return workloadObject{meta: o.Metadata.meta(), spec: o.Spec.wirePodSpec.podSpec(), specPath: "/spec", metaPath: "/metadata"}, nil
+	case Kinds[1], Kinds[2], Kinds[3], Kinds[4], Kinds[5], Kinds[6]: // template at spec.template
+		w := workloadObject{meta: o.Metadata.meta(), specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}
+		if t := o.Spec.Template; t != nil {
+			m := t.Metadata.meta()
+			w.template, w.spec = &m, t.Spec.podSpec()
+		} else if gvk != Kinds[1] {
+			w.spec = (&wirePodSpec{}).podSpec() // the API server defaults a template; an empty one judges nothing
+			m := metav1.ObjectMeta{}
+			w.template = &m
 		}
-		return workloadObject{meta: o.ObjectMeta, spec: &o.Spec, specPath: "/spec", metaPath: "/metadata"}, nil
-	case Kinds[1]:
-		var o corev1.ReplicationController
-		if err := decode(&o); err != nil {
-			return workloadObject{}, err
+		return w, nil
+	case Kinds[7]: // CronJob
+		w := workloadObject{meta: o.Metadata.meta(), specPath: "/spec/jobTemplate/spec/template/spec", metaPath: "/spec/jobTemplate/spec/template/metadata"}
+		m := metav1.ObjectMeta{}
+		w.template, w.spec = &m, (&wirePodSpec{}).podSpec()
+		if jt := o.Spec.JobTemplate; jt != nil && jt.Spec.Template != nil {
+			m = jt.Spec.Template.Metadata.meta()
+			w.spec = jt.Spec.Template.Spec.podSpec()
 		}
-		if o.Spec.Template == nil {
-			return workloadObject{meta: o.ObjectMeta}, nil
-		}
-		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
-	case Kinds[2]:
-		var o appsv1.Deployment
-		if err := decode(&o); err != nil {
-			return workloadObject{}, err
-		}
-		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
-	case Kinds[3]:
-		var o appsv1.ReplicaSet
-		if err := decode(&o); err != nil {
-			return workloadObject{}, err
-		}
-		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
-	case Kinds[4]:
-		var o appsv1.StatefulSet
-		if err := decode(&o); err != nil {
-			return workloadObject{}, err
-		}
-		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
-	case Kinds[5]:
-		var o appsv1.DaemonSet
-		if err := decode(&o); err != nil {
-			return workloadObject{}, err
-		}
-		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
-	case Kinds[6]:
-		var o batchv1.Job
-		if err := decode(&o); err != nil {
-			return workloadObject{}, err
-		}
-		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.Template.ObjectMeta, spec: &o.Spec.Template.Spec, specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}, nil
-	case Kinds[7]:
-		var o batchv1.CronJob
-		if err := decode(&o); err != nil {
-			return workloadObject{}, err
-		}
-		return workloadObject{meta: o.ObjectMeta, template: &o.Spec.JobTemplate.Spec.Template.ObjectMeta, spec: &o.Spec.JobTemplate.Spec.Template.Spec,
-			specPath: "/spec/jobTemplate/spec/template/spec", metaPath: "/spec/jobTemplate/spec/template/metadata"}, nil
+		return w, nil
 	}
 	return workloadObject{}, &UnsupportedKindError{GVK: gvk}
+}
+
+// The wire types mirror the JSON of the Kubernetes objects, keeping only
+// what buildguard reads; encoding/json skips the rest without building it.
+type wireObject struct {
+	Metadata wireMeta `json:"metadata"`
+	Spec     struct {
+		wirePodSpec
+		Template    *wireTemplate `json:"template"`
+		JobTemplate *struct {
+			Spec struct {
+				Template *wireTemplate `json:"template"`
+			} `json:"spec"`
+		} `json:"jobTemplate"`
+	} `json:"spec"`
+}
+
+type wireTemplate struct {
+	Metadata wireMeta    `json:"metadata"`
+	Spec     wirePodSpec `json:"spec"`
+}
+
+type wireMeta struct {
+	Name            string                  `json:"name"`
+	Labels          map[string]string       `json:"labels"`
+	Annotations     map[string]string       `json:"annotations"`
+	OwnerReferences []metav1.OwnerReference `json:"ownerReferences"`
+}
+
+func (m wireMeta) meta() metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, Labels: m.Labels, Annotations: m.Annotations, OwnerReferences: m.OwnerReferences}
+}
+
+type wireContainer struct {
+	Name            string               `json:"name"`
+	Image           string               `json:"image"`
+	ImagePullPolicy corev1.PullPolicy    `json:"imagePullPolicy"`
+	VolumeMounts    []corev1.VolumeMount `json:"volumeMounts"`
+}
+
+type wirePodSpec struct {
+	InitContainers      []wireContainer `json:"initContainers"`
+	Containers          []wireContainer `json:"containers"`
+	EphemeralContainers []wireContainer `json:"ephemeralContainers"`
+	Volumes             []struct {
+		Name     string                       `json:"name"`
+		HostPath *corev1.HostPathVolumeSource `json:"hostPath"`
+	} `json:"volumes"`
+	ImagePullSecrets   []corev1.LocalObjectReference `json:"imagePullSecrets"`
+	ServiceAccountName string                        `json:"serviceAccountName"`
+}
+
+func (w *wirePodSpec) podSpec() *corev1.PodSpec {
+	c := func(x wireContainer) corev1.Container {
+		return corev1.Container{Name: x.Name, Image: x.Image, ImagePullPolicy: x.ImagePullPolicy, VolumeMounts: x.VolumeMounts}
+	}
+	s := &corev1.PodSpec{ImagePullSecrets: w.ImagePullSecrets, ServiceAccountName: w.ServiceAccountName}
+	for _, x := range w.InitContainers {
+		s.InitContainers = append(s.InitContainers, c(x))
+	}
+	for _, x := range w.Containers {
+		s.Containers = append(s.Containers, c(x))
+	}
+	for _, x := range w.EphemeralContainers {
+		s.EphemeralContainers = append(s.EphemeralContainers, corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon(c(x))})
+	}
+	for _, v := range w.Volumes {
+		vol := corev1.Volume{Name: v.Name}
+		vol.HostPath = v.HostPath
+		s.Volumes = append(s.Volumes, vol)
+	}
+	return s
 }
