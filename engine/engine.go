@@ -198,6 +198,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 		builds []policy.BuildEvidence
 	}
 	results := map[string]*result{}
+	refs := map[string]name.Reference{}
 	var auth *registry.Auth
 	var wg sync.WaitGroup
 	for _, c := range facts.Containers {
@@ -205,6 +206,9 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 			continue
 		}
 		ref, err := name.ParseReference(c.Image)
+		if err == nil {
+			refs[c.Image] = ref
+		}
 		if err != nil || !anyAllows(sel.Policies, ref) {
 			continue // never contact a registry no policy allows
 		}
@@ -250,6 +254,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	}
 	wg.Wait()
 	for i := range facts.Containers {
+		facts.Containers[i].Ref = refs[facts.Containers[i].Image]
 		if r, ok := results[facts.Containers[i].Image]; ok {
 			facts.Containers[i].Resolved, facts.Containers[i].Err = r.img, r.err
 			facts.Containers[i].Provenance = r.prov

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"sync"
 	"unicode"
 )
 
@@ -646,4 +647,37 @@ func barehost(s string) (string, bool) {
 		}
 	}
 	return canon, true
+}
+
+// maxMemoSteps bounds a policy's memo of analysed steps; when full it
+// starts over.
+const maxMemoSteps = 8192
+
+// stepMemo remembers AnalyzeStep's answers for one policy's trusted
+// sources. Image histories are immutable and the same steps come back
+// with every admission of an image, so a cached review need not parse
+// them again. It only memoizes a pure function: Decide stays pure.
+type stepMemo struct {
+	mu sync.Mutex
+	m  map[string][]StepFinding
+}
+
+func (s *stepMemo) analyze(step string, trusted Sources) []StepFinding {
+	if s == nil {
+		return AnalyzeStep(step, trusted)
+	}
+	s.mu.Lock()
+	r, ok := s.m[step]
+	s.mu.Unlock()
+	if ok {
+		return r
+	}
+	r = AnalyzeStep(step, trusted)
+	s.mu.Lock()
+	if s.m == nil || len(s.m) >= maxMemoSteps {
+		s.m = map[string][]StepFinding{}
+	}
+	s.m[step] = r
+	s.mu.Unlock()
+	return r
 }

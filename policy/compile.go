@@ -54,6 +54,7 @@ type Policy struct {
 	maxClockSkew time.Duration
 	exceptions   []exception
 	changes      *changeControl
+	steps        *stepMemo
 	evidence     *nodeEvidence
 	prov         provenanceSettings
 }
@@ -125,7 +126,7 @@ func Compile(s Spec) (*Policy, error) { return CompileNamed("", s) }
 // CompileNamed is Compile for a policy with a name, such as a
 // ClusterBuildPolicy's; findings then say which policy raised them.
 func CompileNamed(name string, s Spec) (*Policy, error) {
-	p := &Policy{name: name, spec: s, mode: s.Mode, failure: s.FailurePolicy}
+	p := &Policy{name: name, spec: s, mode: s.Mode, failure: s.FailurePolicy, steps: &stepMemo{}}
 	if p.mode == "" {
 		p.mode = ModeEnforce
 	}

@@ -186,7 +186,10 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 	}
 	iv.Findings = append(iv.Findings, p.socketFindings(c, hostPaths)...)
 
-	ref, err := name.ParseReference(c.Image)
+	ref, err := c.Ref, error(nil)
+	if ref == nil {
+		ref, err = name.ParseReference(c.Image)
+	}
 	switch {
 	case err != nil:
 		iv.Findings = append(iv.Findings, p.finding(RuleUnresolvableImage, SeverityHigh,
@@ -349,7 +352,7 @@ func (p *Policy) buildSteps(img *Image) []Finding {
 				}
 				continue
 			}
-			sfs := AnalyzeStep(h.CreatedBy, p.sources)
+			sfs := p.steps.analyze(h.CreatedBy, p.sources)
 			if len(sfs) == 0 {
 				continue
 			}

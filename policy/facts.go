@@ -1,6 +1,10 @@
 package policy
 
-import "time"
+import (
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+)
 
 // Facts is everything Decide needs to know about one workload at one
 // moment. Gathering facts is the caller's business (see package engine);
@@ -36,9 +40,12 @@ const (
 
 // Container is one container of a pod spec and what is known of its image.
 type Container struct {
-	Name       string
-	Kind       ContainerKind
-	Image      string // as written in the pod spec
+	Name  string
+	Kind  ContainerKind
+	Image string // as written in the pod spec
+	// Ref is Image parsed, when the caller has parsed it already; nil
+	// makes Decide parse Image itself.
+	Ref        name.Reference
 	PullPolicy string // Always, IfNotPresent, Never, or "" for the default
 	Mounts     []Mount
 	// Resolved is the image as found in its registry; nil when it was not

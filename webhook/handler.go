@@ -48,9 +48,12 @@ type Handler struct {
 	OnDecision func(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict)
 }
 
+// discard is the logger of a Handler without one.
+var discard = slog.New(slog.DiscardHandler)
+
 func (h *Handler) log() *slog.Logger {
 	if h.Log == nil {
-		return slog.New(slog.DiscardHandler)
+		return discard
 	}
 	return h.Log
 }

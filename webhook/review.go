@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sort"
 	"strings"
@@ -44,8 +45,10 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if err != nil {
 		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil
 	}
-	h.log().Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
-		"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(ruleIDs(v), ","))
+	if log := h.log(); log.Enabled(ctx, slog.LevelInfo) {
+		log.Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
+			"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(ruleIDs(v), ","))
+	}
 	if h.OnDecision != nil {
 		h.OnDecision(ctx, req, w, v)
 	}
