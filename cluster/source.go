@@ -234,11 +234,18 @@ func (s *Source) policyChanged(ctx context.Context, o any) {
 	s.setAccepted(ctx, PolicyResource, u, true, "Valid", fmt.Sprintf("generation %d is in force", u.GetGeneration()))
 }
 
-func (s *Source) policyDeleted(o any) {
+// deleted returns the object of a delete event, which may come as the
+// informer's last known state.
+func deleted(o any) (*unstructured.Unstructured, bool) {
 	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
 		o = d.Obj
 	}
 	u, ok := o.(*unstructured.Unstructured)
+	return u, ok
+}
+
+func (s *Source) policyDeleted(o any) {
+	u, ok := deleted(o)
 	if !ok {
 		return
 	}
@@ -283,10 +290,7 @@ func (s *Source) exceptionChanged(ctx context.Context, o any) {
 }
 
 func (s *Source) exceptionDeleted(o any) {
-	if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
-		o = d.Obj
-	}
-	u, ok := o.(*unstructured.Unstructured)
+	u, ok := deleted(o)
 	if !ok {
 		return
 	}

@@ -15,34 +15,13 @@ metadata:
 webhooks:
 - name: validate.buildguard.dev
   clientConfig:
-    url: %s
-  rules:
-  - apiGroups: [""]
-    apiVersions: ["v1"]
-    operations: ["CREATE", "UPDATE"]
-    resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
-    scope: Namespaced
-  - apiGroups: ["apps"]
-    apiVersions: ["v1"]
-    operations: ["CREATE", "UPDATE"]
-    resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
-    scope: Namespaced
-  - apiGroups: ["batch"]
-    apiVersions: ["v1"]
-    operations: ["CREATE", "UPDATE"]
-    resources: ["jobs", "cronjobs"]
-    scope: Namespaced
-  failurePolicy: Fail
+    url: %[1]s
+%[3]s  failurePolicy: Fail
   sideEffects: None
   admissionReviewVersions: ["v1"]
   timeoutSeconds: 5
   matchPolicy: Equivalent
-  namespaceSelector:
-    matchExpressions:
-    - key: kubernetes.io/metadata.name
-      operator: NotIn
-      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
----
+%[4]s---
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
 metadata:
@@ -50,35 +29,14 @@ metadata:
 webhooks:
 - name: mutate.buildguard.dev
   clientConfig:
-    url: %s
-  rules:
-  - apiGroups: [""]
-    apiVersions: ["v1"]
-    operations: ["CREATE", "UPDATE"]
-    resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
-    scope: Namespaced
-  - apiGroups: ["apps"]
-    apiVersions: ["v1"]
-    operations: ["CREATE", "UPDATE"]
-    resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
-    scope: Namespaced
-  - apiGroups: ["batch"]
-    apiVersions: ["v1"]
-    operations: ["CREATE", "UPDATE"]
-    resources: ["jobs", "cronjobs"]
-    scope: Namespaced
-  failurePolicy: Ignore
+    url: %[2]s
+%[3]s  failurePolicy: Ignore
   reinvocationPolicy: IfNeeded
   sideEffects: None
   admissionReviewVersions: ["v1"]
   timeoutSeconds: 5
   matchPolicy: Equivalent
-  namespaceSelector:
-    matchExpressions:
-    - key: kubernetes.io/metadata.name
-      operator: NotIn
-      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
-`
+%[4]s`
 
 const policyTemplate = `apiVersion: buildguard.dev/v1alpha1
 kind: ClusterBuildPolicy
@@ -94,11 +52,37 @@ spec:
   trustedSources: ["deb.debian.org"]
 `
 
+// webhookRules and webhookNamespaces are what both webhooks share.
+const webhookRules = `  rules:
+  - apiGroups: [""]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["pods", "pods/ephemeralcontainers", "replicationcontrollers"]
+    scope: Namespaced
+  - apiGroups: ["apps"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["deployments", "replicasets", "statefulsets", "daemonsets"]
+    scope: Namespaced
+  - apiGroups: ["batch"]
+    apiVersions: ["v1"]
+    operations: ["CREATE", "UPDATE"]
+    resources: ["jobs", "cronjobs"]
+    scope: Namespaced
+`
+
+const webhookNamespaces = `  namespaceSelector:
+    matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
+`
+
 // WebhookYAML is the Validating- and MutatingWebhookConfiguration
 // "buildguard" calling buildguard at validateURL (…/validate) and the
 // same server's /mutate.
 func WebhookYAML(validateURL string) string {
-	return fmt.Sprintf(webhookTemplate, validateURL, strings.TrimSuffix(validateURL, "/validate")+"/mutate")
+	return fmt.Sprintf(webhookTemplate, validateURL, strings.TrimSuffix(validateURL, "/validate")+"/mutate", webhookRules, webhookNamespaces)
 }
 
 // PolicyYAML is the ClusterBuildPolicy "default": enforce, images only
