@@ -46,6 +46,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips.
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
+	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./ingest/
 
 demo: build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
 	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard

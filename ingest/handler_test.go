@@ -22,19 +22,26 @@ import (
 
 const agentUser = "system:serviceaccount:buildguard-system:buildguard-node-agent"
 
-// TestHandler authenticates reporters with TokenReview against a real
-// kube-apiserver and stores reports in a real SQLite store.
-func TestHandler(t *testing.T) {
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
-	defer cancel()
-	dir := t.TempDir()
+// testEnv is a real control plane with the agent's service accounts and
+// tokens, and a real SQLite store.
+type testEnv struct {
+	ctx                                                   context.Context
+	kube                                                  kubernetes.Interface
+	store                                                 *evidence.SQLite
+	agentToken, boundToken, wrongAudience, intruderToken string
+}
+
+func newTestEnv(tb testing.TB) *testEnv {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	tb.Cleanup(cancel)
+	dir := tb.TempDir()
 	cp, err := e2e.StartControlPlane(ctx, dir)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(cp.Stop)
+	tb.Cleanup(cp.Stop)
 	kubectl := func(stdin string, args ...string) string {
-		t.Helper()
+		tb.Helper()
 		var out string
 		var err error
 		if stdin != "" {
@@ -43,7 +50,7 @@ func TestHandler(t *testing.T) {
 			out, err = cp.Kubectl(ctx, nil, args...)
 		}
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		return strings.TrimSpace(out)
 	}
@@ -64,25 +71,32 @@ spec:
   serviceAccountName: buildguard-node-agent
   containers: [{name: agent, image: agent:1}]
 `, "apply", "-f", "-")
-	agentToken := kubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard")
-	boundToken := kubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard",
+	env := &testEnv{ctx: ctx}
+	env.agentToken = kubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard")
+	env.boundToken = kubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard",
 		"--bound-object-kind=Pod", "--bound-object-name=agent-worker-7")
-	wrongAudience := kubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=elsewhere")
-	intruderToken := kubectl("", "create", "token", "intruder", "-n", "buildguard-system", "--audience=buildguard")
-
+	env.wrongAudience = kubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=elsewhere")
+	env.intruderToken = kubectl("", "create", "token", "intruder", "-n", "buildguard-system", "--audience=buildguard")
 	cfg, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
+	if env.kube, err = kubernetes.NewForConfig(cfg); err != nil {
+		tb.Fatal(err)
 	}
-	store, err := evidence.OpenSQLite(ctx, filepath.Join(dir, "evidence.db"))
-	if err != nil {
-		t.Fatal(err)
+	if env.store, err = evidence.OpenSQLite(ctx, filepath.Join(dir, "evidence.db")); err != nil {
+		tb.Fatal(err)
 	}
-	defer store.Close()
+	tb.Cleanup(func() { env.store.Close() })
+	return env
+}
+
+// TestHandler authenticates reporters with TokenReview against a real
+// kube-apiserver and stores reports in a real SQLite store.
+func TestHandler(t *testing.T) {
+	env := newTestEnv(t)
+	ctx, kube, store := env.ctx, env.kube, env.store
+	agentToken, boundToken, wrongAudience, intruderToken := env.agentToken, env.boundToken, env.wrongAudience, env.intruderToken
 	h := &ingest.Handler{
 		Store:        store,
 		Auth:         &ingest.TokenReviewer{Client: kube, Audiences: []string{"buildguard"}, Allowed: []string{agentUser}},
