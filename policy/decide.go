@@ -149,9 +149,13 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		}
 		return fmt.Sprintf("created %ds before admission, minAge %v", ev["ageSeconds"], ev["minAge"])
 	case RuleSuspiciousBuildStep:
-		s := fmt.Sprintf("step %v: %s", ev["stepIndex"], strings.Join(ev["kinds"].([]string), ", "))
+		kinds := ev["kinds"].([]string)
+		s := fmt.Sprintf("step %v: %s", ev["stepIndex"], kinds[0])
 		if hosts, ok := ev["hosts"].([]string); ok {
-			s += " from " + strings.Join(hosts, ", ")
+			s += " from " + hosts[0]
+		}
+		if len(kinds) > 1 {
+			s += fmt.Sprintf(" (+%d)", len(kinds)-1)
 		}
 		return s
 	case RuleUnapprovedRegistry:

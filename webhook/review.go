@@ -137,7 +137,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 			continue
 		}
 		digest := ""
-		if iv.Digest != "" {
+		if iv.Digest != "" && !strings.HasSuffix(iv.Image, "@"+iv.Digest) {
 			digest = " (" + iv.Digest + ")"
 		}
 		fmt.Fprintf(&b, "\n- %s %q image %s%s:", iv.ContainerKind, iv.Container, iv.Image, digest)
