@@ -161,9 +161,10 @@ func (p *Postgres) AddReport(ctx context.Context, r Report) (builds, conns int, 
 	if len(pr.builds) == 0 && len(pr.conns) == 0 {
 		return 0, 0, nil
 	}
-	batch := pgReportBatch(pr, p.now())
+	now := p.now()
 	err = retry(ctx, func() error {
 		builds, conns = 0, 0
+		batch := pgReportBatch(pr, now)
 		tx, err := p.pool.Begin(ctx)
 		if err != nil {
 			return err

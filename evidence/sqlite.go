@@ -19,10 +19,9 @@ import (
 // same file (SQLite's locks serialise their writes); it does not suit
 // several replicas on different machines: use Postgres for that.
 type SQLite struct {
-	path string
-	w    *sql.DB // a single connection: every write, in BEGIN IMMEDIATE transactions
-	r    *sql.DB // read-only connections
-	now  func() time.Time
+	w   *sql.DB // a single connection: every write, in BEGIN IMMEDIATE transactions
+	r   *sql.DB // read-only connections
+	now func() time.Time
 
 	insBuild, insTag, insConn           *sql.Stmt // on w
 	insDecision, insRule, insImage      *sql.Stmt // on w
@@ -34,6 +33,10 @@ type SQLite struct {
 const (
 	sqliteBusyTimeout = 10 * time.Second
 	sqliteReaders     = 4
+	// Page cache sizes, in KiB: the writer's keeps the indexes' hot pages
+	// (each connection has its own cache).
+	sqliteWriterCacheKiB = 32 << 10
+	sqliteReaderCacheKiB = 8 << 10
 )
 
 // OpenSQLite opens or creates the database file at path and brings its
@@ -51,8 +54,8 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		return fail(errors.New("empty path"))
 	case path == ":memory:" || strings.HasPrefix(path, "file:"):
 		return fail(fmt.Errorf("path %q: want a file name, not a URI or :memory:", path))
-	case strings.ContainsAny(path, "?#"):
-		return fail(fmt.Errorf("path %q contains ? or #", path))
+	case strings.Contains(path, "?"):
+		return fail(fmt.Errorf("path %q contains a ?", path))
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -65,7 +68,8 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		return path + "?" + q.Encode()
 	}
 	busy := fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeout.Milliseconds())
-	w, err := sql.Open("sqlite", pragmas(busy, "foreign_keys(1)", "journal_mode(WAL)", "synchronous(FULL)")+"&_txlock=immediate")
+	w, err := sql.Open("sqlite", pragmas(busy, "foreign_keys(1)", "journal_mode(WAL)", "synchronous(FULL)",
+		fmt.Sprintf("cache_size(-%d)", sqliteWriterCacheKiB))+"&_txlock=immediate")
 	if err != nil {
 		return fail(err)
 	}
@@ -73,7 +77,8 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	r, err := sql.Open("sqlite", pragmas(busy, "foreign_keys(1)", "query_only(1)"))
+	r, err := sql.Open("sqlite", pragmas(busy, "foreign_keys(1)", "query_only(1)",
+		fmt.Sprintf("cache_size(-%d)", sqliteReaderCacheKiB)))
 	if err != nil {
 		w.Close()
 		return fail(err)
@@ -82,7 +87,7 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	r.SetMaxIdleConns(sqliteReaders)
 	r.SetConnMaxLifetime(0)
 	r.SetConnMaxIdleTime(0)
-	s := &SQLite{path: path, w: w, r: r, now: time.Now}
+	s := &SQLite{w: w, r: r, now: time.Now}
 	// The writer's first connection switches the file to WAL before any
 	// reader opens it.
 	if err := w.PingContext(ctx); err != nil {

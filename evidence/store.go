@@ -17,13 +17,16 @@ import (
 // docs/store.md describes the schema, retention and durability.
 //
 // Times are kept at microsecond precision (truncated) and returned in UTC.
+// A build's place in "newest first" order and in retention is its Finished
+// time, else its Started time, else the time it was stored.
 type Store interface {
 	// AddReport stores a report's builds and connections in one transaction; items already stored
 	// (same Source and EventID) are skipped and not counted. It returns how many were new.
 	// A build or connection without a Node takes the report's. An item the store cannot
 	// keep makes AddReport store nothing and return an *InvalidError naming it.
 	AddReport(ctx context.Context, r Report) (builds, conns int, err error)
-	// BuildsByImageID returns builds of the image whose config digest is imageID, newest first.
+	// BuildsByImageID returns builds of the image whose config digest is imageID, newest first,
+	// at most DefaultLimit.
 	BuildsByImageID(ctx context.Context, imageID string) ([]Build, error)
 	// BuildsByTag returns builds that tagged tag (e.g. "registry/repo:1.4"), newest first, at most limit.
 	// Tags match exactly. A limit of 0 or less means DefaultLimit.
@@ -45,9 +48,6 @@ type Store interface {
 	Prune(ctx context.Context, before time.Time, maxRows int) (int, error)
 	Close() error
 }
-
-// Build time: a build's place in "newest first" order and in retention is its
-// Finished time, else its Started time, else the time it was stored.
 
 // DefaultLimit is the number of rows BuildsByTag and Connections return when
 // asked for a limit of 0 or less.
@@ -366,6 +366,9 @@ func checkDecision(d Decision) ([]string, error) {
 	}
 	if len(d.Images) == 0 {
 		return nil, nil
+	}
+	if !utf8.Valid(d.Images) {
+		return nil, bad("Images", "is not valid UTF-8")
 	}
 	if !json.Valid(d.Images) {
 		return nil, bad("Images", "is not valid JSON")

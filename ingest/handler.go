@@ -181,6 +181,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if items > 0 {
 		nb, nc, err := h.Store.AddReport(r.Context(), rep)
+		var ie *evidence.InvalidError
+		if errors.As(err, &ie) {
+			// The report's fault: retrying it would fail again.
+			fail(w, http.StatusBadRequest, "report refused: %v", err)
+			return
+		}
 		if err != nil {
 			h.log().Error("storing a node report failed", "node", rep.Node, "error", err)
 			fail(w, http.StatusServiceUnavailable, "cannot store the report now: %v; retry", err)

@@ -6,6 +6,7 @@
 package testpostgres
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -65,7 +66,7 @@ func Start(tb testing.TB) *Server {
 		}
 		return s
 	}
-	binDir, err := findBinDir()
+	binDir, err := findBinDir(binGlob)
 	if err != nil {
 		tb.Fatalf("testpostgres: %v\nInstall Debian's postgresql package (apt-get install postgresql; CI does), or set %s to use an existing server.", err, EnvDSN)
 	}
@@ -120,15 +121,46 @@ func (s *Server) NewDatabase(tb testing.TB) string {
 	return withDatabase(s.admin, name)
 }
 
-// Kill sends SIGKILL to a throwaway server's postmaster, as a crash would,
-// and waits for it to die. Restart starts it again on the same files.
+// Kill sends SIGKILL to a throwaway server's processes, the postmaster
+// and its backends, as a crash of the machine would, and waits for the
+// postmaster to die. Restart starts it again on the same files.
 func (s *Server) Kill(tb testing.TB) {
 	tb.Helper()
 	if s.external {
 		tb.Fatalf("testpostgres: cannot kill the %s server", EnvDSN)
 	}
-	s.cmd.Process.Signal(syscall.SIGKILL)
+	pid := s.cmd.Process.Pid
+	children := childrenOf(pid)
+	syscall.Kill(pid, syscall.SIGKILL)
+	for _, c := range children {
+		syscall.Kill(c, syscall.SIGKILL)
+	}
 	<-s.exited
+}
+
+// childrenOf returns the processes whose parent is pid.
+func childrenOf(pid int) []int {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var out []int
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(b[i+1:]))
+		if len(fields) < 2 || fields[1] != strconv.Itoa(pid) {
+			continue
+		}
+		if c, err := strconv.Atoi(filepath.Base(filepath.Dir(f))); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // Restart starts a killed or stopped throwaway server again, on the same
@@ -199,7 +231,7 @@ func (s *Server) start(tb testing.TB) {
 		}
 		logText := s.logText()
 		if time.Now().After(deadline) || attempt == 20 ||
-			!strings.Contains(logText, "could not bind") && !strings.Contains(logText, "shared memory block is still in use") &&
+			!strings.Contains(logText, "could not bind") && !strings.Contains(logText, "is still in use") &&
 				!strings.Contains(logText, "lock file") {
 			tb.Fatalf("testpostgres: starting postgres: %v\nserver log:\n%s", err, logText)
 		}
@@ -217,6 +249,9 @@ func (s *Server) restarted() bool {
 }
 
 func (s *Server) startOnce() error {
+	if s.log != nil {
+		s.log.Close()
+	}
 	logFile, err := os.Create(filepath.Join(s.dir, "server.log"))
 	if err != nil {
 		return err
@@ -304,9 +339,9 @@ func (s *Server) exec(ctx context.Context, sql string) error {
 }
 
 // findBinDir returns the bin directory of the newest PostgreSQL that
-// Debian's packages installed, or of the postgres on PATH.
-func findBinDir() (string, error) {
-	dirs, _ := filepath.Glob(binGlob)
+// Debian's packages installed (glob), or of the postgres on PATH.
+func findBinDir(glob string) (string, error) {
+	dirs, _ := filepath.Glob(glob)
 	version := func(dir string) int {
 		v, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
 		return v
@@ -322,7 +357,7 @@ func findBinDir() (string, error) {
 			return filepath.Dir(p), nil
 		}
 	}
-	return "", fmt.Errorf("PostgreSQL server binaries (initdb, postgres) not found in %s or on PATH", binGlob)
+	return "", fmt.Errorf("PostgreSQL server binaries (initdb, postgres) not found in %s or on PATH", glob)
 }
 
 func hasServer(dir string) bool {
