@@ -25,9 +25,9 @@ const agentUser = "system:serviceaccount:buildguard-system:buildguard-node-agent
 // testEnv is a real control plane with the agent's service accounts and
 // tokens, and a real SQLite store.
 type testEnv struct {
-	ctx                                                   context.Context
-	kube                                                  kubernetes.Interface
-	store                                                 *evidence.SQLite
+	ctx                                                  context.Context
+	kube                                                 kubernetes.Interface
+	store                                                *evidence.SQLite
 	agentToken, boundToken, wrongAudience, intruderToken string
 }
 
