@@ -76,6 +76,10 @@ type Source struct {
 	Now func() time.Time
 	// Resync is the informers' resync period. The default is 10m.
 	Resync time.Duration
+	// Validate, when set, checks a compiled policy further, for what
+	// compiling cannot (trust files it names, say); an error rejects the
+	// generation like a compile error.
+	Validate func(*policy.Policy) error
 
 	mu         sync.RWMutex
 	policies   map[string]*compiledPolicy           // by name
@@ -212,6 +216,9 @@ func (s *Source) policyChanged(ctx context.Context, o any) {
 		return
 	}
 	cp, err := compilePolicy(u)
+	if err == nil && s.Validate != nil {
+		err = s.Validate(cp.p)
+	}
 	s.mu.Lock()
 	prev := s.policies[u.GetName()]
 	if err == nil {

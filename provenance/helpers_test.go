@@ -13,7 +13,6 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -28,7 +27,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cyberphone/json-canonicalization/go/src/webpki.org/jsoncanonicalizer"
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -321,20 +319,5 @@ func (ss *sigstore) leaf(t *testing.T, subject, issuer string, notBefore time.Ti
 func (ss *sigstore) set(t *testing.T, payload []byte, b64sig, pubPEM string, when time.Time) string {
 	t.Helper()
 	h := sha256.Sum256(payload)
-	body := fmt.Sprintf(`{"apiVersion":"0.0.1","kind":"hashedrekord","spec":{"data":{"hash":{"algorithm":"sha256","value":%q}},"signature":{"content":%q,"publicKey":{"content":%q}}}}`,
-		hex.EncodeToString(h[:]), b64sig, base64.StdEncoding.EncodeToString([]byte(pubPEM)))
-	ss.logIndex++
-	p := map[string]any{"body": base64.StdEncoding.EncodeToString([]byte(body)), "integratedTime": when.Unix(), "logIndex": ss.logIndex, "logID": hex.EncodeToString(ss.logID)}
-	raw, _ := json.Marshal(p)
-	canon, err := jsoncanonicalizer.Transform(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	digest := sha256.Sum256(canon)
-	set, err := ecdsa.SignASN1(rand.Reader, ss.rekorKey, digest[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := json.Marshal(map[string]any{"SignedEntryTimestamp": set, "Payload": p})
-	return string(b)
+	return ss.cosignBundle(t, hashedRekordBody(hex.EncodeToString(h[:]), b64sig, pubPEM), when)
 }

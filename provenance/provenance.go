@@ -1,10 +1,11 @@
 // Package provenance verifies the cosign signatures and SLSA provenance
-// attestations of images against a policy's trust settings, and returns
-// what it found as policy facts.
+// attestations of images, and Sigstore bundles (v0.3, as
+// actions/attest-build-provenance writes them), against a policy's trust
+// settings, and returns what it found as policy facts.
 //
-// Signatures and attestations are discovered with the OCI 1.1 referrers
-// API and the cosign tag scheme (sha256-<hex>.sig, .att) for what the
-// referrers do not hold. Everything is verified offline: keys and the
+// Signatures, attestations and bundles are discovered with the OCI 1.1
+// referrers API and the cosign tag scheme (sha256-<hex>.sig, .att) for
+// what the referrers do not hold. Everything is verified offline: keys and the
 // Sigstore trusted root (Fulcio CAs, Rekor keys, CT logs) are
 // configuration, and nothing is ever fetched from a TUF repository or a
 // transparency log.
@@ -19,10 +20,10 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -102,6 +103,12 @@ func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now =
 // Verifier verifies signatures and attestations. It is safe for
 // concurrent use.
 type Verifier struct {
+	// Log receives trust settings that cannot be used (a key or trusted
+	// root file that cannot be read), once per policy and error until
+	// they can be used again. Set it before the first Verify. The default
+	// discards.
+	Log *slog.Logger
+
 	reg           Registry
 	negTTL        time.Duration
 	matTTL        time.Duration
@@ -114,6 +121,9 @@ type Verifier struct {
 	trusts   *cache.LRUExpireCache // trust fingerprint → *trust
 	flight   singleflight.Group
 	sem      chan struct{}
+
+	mu          sync.Mutex
+	trustErrors map[string]string // policy name → last trust error logged
 }
 
 type clockFunc func() time.Time
@@ -140,9 +150,11 @@ func New(reg Registry, opts ...Option) *Verifier {
 	return v
 }
 
-// artifact is one signature or attestation as fetched.
+// artifact is one signature or attestation as fetched: a cosign
+// signature, or the JSON of a Sigstore bundle.
 type artifact struct {
 	sig    oci.Signature
+	bundle []byte
 	source string // tag, referrers, bundle
 	err    string // set when it could not be read
 }
@@ -178,6 +190,7 @@ func (r *result) positive() bool {
 func (v *Verifier) Verify(ctx context.Context, req registry.Request, img *policy.Image, p *policy.Policy) *policy.Provenance {
 	ts := p.Trust()
 	tr, err := v.trust(ts)
+	v.logTrust(p.Name(), err)
 	if err != nil {
 		return &policy.Provenance{Err: &policy.ResolveError{Kind: policy.ErrTrustConfig, Message: err.Error()}}
 	}
@@ -215,6 +228,31 @@ func (v *Verifier) Verify(ctx context.Context, req registry.Request, img *policy
 		out.Attestations = append(out.Attestations, children[i].atts...)
 	}
 	return out
+}
+
+// logTrust logs a policy's unusable trust settings when the error is new
+// for that policy, and when they become usable again.
+func (v *Verifier) logTrust(name string, err error) {
+	if v.Log == nil {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	last, failed := v.trustErrors[name]
+	switch {
+	case err == nil && failed:
+		delete(v.trustErrors, name)
+		v.Log.Info("policy trust settings loaded; signatures are verified again", "policy", name)
+	case err != nil && last != err.Error():
+		if v.trustErrors == nil {
+			v.trustErrors = map[string]string{}
+		}
+		if len(v.trustErrors) >= maxTrustSettings && !failed {
+			return
+		}
+		v.trustErrors[name] = err.Error()
+		v.Log.Error("policy trust settings unusable: no signature or attestation verifies under this policy until fixed", "policy", name, "error", err.Error())
+	}
 }
 
 func anyVerifiedSig(s []policy.Signature) bool {
@@ -287,6 +325,10 @@ func (v *Verifier) judge(ctx context.Context, tr *trust, m *material, d name.Dig
 	}
 	r := &result{}
 	for _, a := range m.sigs {
+		if a.bundle != nil {
+			r.sigs = append(r.sigs, judgeBundleSignature(tr, a, h, platform))
+			continue
+		}
 		s := policy.Signature{On: d.DigestStr(), Platform: platform, Source: a.source, Error: a.err}
 		if a.sig != nil {
 			id, err := tr.verify(ctx, a.sig, h, false)
@@ -301,7 +343,10 @@ func (v *Verifier) judge(ctx context.Context, tr *trust, m *material, d name.Dig
 	}
 	for _, a := range m.atts {
 		at := policy.Attestation{Source: a.source, Error: a.err}
-		if a.sig != nil {
+		switch {
+		case a.bundle != nil:
+			at = judgeBundleAttestation(tr, a, h)
+		case a.sig != nil:
 			at = judgeAttestation(ctx, tr, a, h)
 		}
 		r.atts = append(r.atts, at)
@@ -317,24 +362,8 @@ func judgeAttestation(ctx context.Context, tr *trust, a artifact, h v1.Hash) pol
 		return at
 	}
 	st, perr := ParseEnvelope(payload)
-	if st != nil {
-		at.PredicateType, at.BuilderID, at.Sources, at.SubjectDigests, at.FinishedOn = st.PredicateType, st.BuilderID, st.Sources, st.SubjectDigests, st.FinishedOn
-	}
 	id, verr := tr.verify(ctx, a.sig, h, true)
-	at.KeyFingerprint, at.Issuer, at.Subject = id.fingerprint, id.issuer, id.subject
-	switch {
-	case verr != nil:
-		at.Error = verr.Error()
-	case perr != nil:
-		at.Error = perr.Error()
-	case !st.IsSLSA():
-		at.Error = fmt.Sprintf("predicate type %q is not SLSA provenance", st.PredicateType)
-	case !contains(st.SubjectDigests, h.String()):
-		at.Error = fmt.Sprintf("statement is about %s, not %s", strings.Join(st.SubjectDigests, ", "), h)
-	default:
-		at.Verified = true
-	}
-	return at
+	return attestationFacts(at, st, perr, id, verr, h)
 }
 
 func contains(ss []string, s string) bool {
@@ -417,8 +446,19 @@ func (v *Verifier) discover(ctx context.Context, req registry.Request, d name.Di
 					return nil, err
 				}
 				m.atts = append(m.atts, arts...)
-			case ArtifactTypeBundle:
-				m.sigs = append(m.sigs, artifact{source: "bundle", err: "Sigstore bundle v0.3 is not verified by this version of buildguard"})
+			default:
+				if !strings.HasPrefix(desc.ArtifactType, bundleMediaTypePrefix) {
+					continue // not ours: SBOMs, other tools' referrers
+				}
+				a, att, err := bundleArtifact(ctx, p, d.Context().Digest(desc.Digest.String()))
+				if err != nil {
+					return nil, err
+				}
+				if att {
+					m.atts = append(m.atts, a)
+				} else {
+					m.sigs = append(m.sigs, a)
+				}
 			}
 		}
 	}
@@ -531,6 +571,7 @@ type trust struct {
 	keyless     []cosign.Identity
 	material    root.TrustedMaterial
 	ignoreTlog  bool
+	bundle      bundleVerifiers
 }
 
 type keyVerifier struct {
@@ -542,7 +583,7 @@ func (v *Verifier) trust(ts policy.TrustSettings) (*trust, error) {
 	if t, ok := v.trusts.Get(ts.Fingerprint); ok {
 		return t.(*trust), nil
 	}
-	t, err := LoadTrust(ts)
+	t, err := loadTrust(ts)
 	if err != nil {
 		return nil, err
 	}
@@ -550,9 +591,17 @@ func (v *Verifier) trust(ts policy.TrustSettings) (*trust, error) {
 	return t, nil
 }
 
-// LoadTrust reads the key files and the trusted root of ts; serve calls
-// it at start to report a bad path before serving.
-func LoadTrust(ts policy.TrustSettings) (*trust, error) {
+// CheckTrust reads the key files and the trusted root of ts and reports
+// what makes them unusable; serve and check call it for every policy
+// before using it, so that a bad path is a clear error rather than an
+// untrusted-signer finding at admission.
+func CheckTrust(ts policy.TrustSettings) error {
+	_, err := loadTrust(ts)
+	return err
+}
+
+// loadTrust reads the key files and the trusted root of ts.
+func loadTrust(ts policy.TrustSettings) (*trust, error) {
 	t := &trust{fingerprint: ts.Fingerprint, ignoreTlog: ts.IgnoreTlog}
 	for _, k := range ts.Keys {
 		pemKey := k.PEM
@@ -586,6 +635,10 @@ func LoadTrust(ts policy.TrustSettings) (*trust, error) {
 			return nil, fmt.Errorf("signatures.trustedRoot: %v", err)
 		}
 		t.material = tr
+	}
+	var err error
+	if t.bundle, err = newBundleVerifiers(t); err != nil {
+		return nil, err
 	}
 	return t, nil
 }
@@ -671,5 +724,3 @@ func dedupe(errs []string) string {
 	}
 	return strings.Join(out, "; ")
 }
-
-var _ = base64.StdEncoding

@@ -1,8 +1,12 @@
 package provenance
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -350,5 +354,104 @@ func TestTrustConfigError(t *testing.T) {
 	rules, pv, _ := decide(t, v, ref.String(), nil, p, time.Now())
 	if pv.Err == nil || pv.Err.Kind != policy.ErrTrustConfig || strings.Join(rules, ",") != "untrusted-signer" {
 		t.Errorf("Verify(missing key file) = %+v, rules %v; want a trust-config error and untrusted-signer", pv.Err, rules)
+	}
+}
+
+// TestVerifyAttestationsTlog: cosign attestations verified with their
+// transparency-log proof (a Rekor SET over a "dsse" entry, in the
+// bundle annotation), not ignoreTlog.
+func TestVerifyAttestationsTlog(t *testing.T) {
+	ss, otherLog := newSigstore(t), newSigstore(t)
+	key := newKey(t, "ecdsa")
+	now := time.Now()
+	logged := now.Add(-4 * time.Minute)
+	keyless := []policy.KeylessIdentity{{Issuer: ghIssuer, Subject: ghSubject}}
+	prov := policy.ProvenanceRequirements{Required: true, Builders: []string{"https://github.com/slsa-framework/**"}, Sources: []string{"github.com/acme/*"}}
+	type att func(t *testing.T, d v1.Hash) layer
+	keyAtt := func(log *sigstore, set bool, entryFor func(d v1.Hash) []byte) att {
+		return func(t *testing.T, d v1.Hash) layer {
+			env := envelope(t, key.signer, statement(SLSAv1, builderID, sourceURI, now.Add(-time.Hour), d))
+			ann := map[string]string{}
+			if set {
+				logged := env
+				if entryFor != nil {
+					logged = entryFor(d)
+				}
+				ann[annBundle] = log.cosignBundle(t, dsseBody(t, logged, key.pem), now.Add(-time.Minute))
+			}
+			return layer{env, ann}
+		}
+	}
+	certAtt := func(notBefore time.Time) att {
+		return func(t *testing.T, d v1.Hash) layer {
+			s, cert, chain := ss.leaf(t, ghSubject, ghIssuer, notBefore)
+			env := envelope(t, s, statement(SLSAv02, builderID, sourceURI, now.Add(-time.Hour), d))
+			return layer{env, map[string]string{annCertificate: cert, annChain: chain, annBundle: ss.cosignBundle(t, dsseBody(t, env, cert), logged)}}
+		}
+	}
+	tests := []struct {
+		name string
+		sig  policy.Signatures
+		att  att
+		want string
+	}{
+		{"key with SET", policy.Signatures{Keys: []string{key.pem}, TrustedRoot: ss.trustedRootPath}, keyAtt(ss, true, nil), ""},
+		{"key without SET", policy.Signatures{Keys: []string{key.pem}, TrustedRoot: ss.trustedRootPath}, keyAtt(ss, false, nil), "missing-provenance"},
+		{"SET from an untrusted log", policy.Signatures{Keys: []string{key.pem}, TrustedRoot: ss.trustedRootPath}, keyAtt(otherLog, true, nil), "missing-provenance"},
+		{"SET over another envelope", policy.Signatures{Keys: []string{key.pem}, TrustedRoot: ss.trustedRootPath}, keyAtt(ss, true, func(d v1.Hash) []byte {
+			return envelope(t, key.signer, statement(SLSAv1, "https://evil.example/builder", sourceURI, now.Add(-time.Hour), d))
+		}), "missing-provenance"},
+		{"keyless with SET", policy.Signatures{Keyless: keyless, TrustedRoot: ss.trustedRootPath}, certAtt(now.Add(-5 * time.Minute)), ""},
+		{"keyless certificate expired at log time", policy.Signatures{Keyless: keyless, TrustedRoot: ss.trustedRootPath}, certAtt(now.Add(-30 * time.Minute)), "missing-provenance"},
+	}
+	for _, referrer := range []bool{false, true} {
+		for _, tt := range tests {
+			t.Run(tt.name+map[bool]string{false: "/tags", true: "/referrers"}[referrer], func(t *testing.T) {
+				reg := newTestRegistry(t, referrer)
+				ref, d := reg.pushImage(t, "acme/shop:1")
+				reg.attach(t, "acme/shop", d, true, referrer, tt.att(t, d))
+				v, _ := newVerifier(t)
+				rules, pv, vd := decide(t, v, ref.String(), nil, compile(t, policy.Spec{Signatures: tt.sig, Provenance: prov}), now)
+				if got := strings.Join(rules, ","); got != tt.want {
+					t.Errorf("Decide(%s) rules = %q, want %q; attestations %+v; findings %+v", tt.name, got, tt.want, pv.Attestations, vd.Images[0].Findings)
+				}
+				if len(pv.Attestations) != 1 || pv.Attestations[0].Verified != (tt.want == "") {
+					t.Errorf("Verify(%s) attestations = %+v, want one, verified %v", tt.name, pv.Attestations, tt.want == "")
+				}
+			})
+		}
+	}
+}
+
+// TestTrustErrorLogged: unusable trust settings (a ClusterBuildPolicy's
+// key file, say) are logged once per policy and error, and once more when
+// they can be used again.
+func TestTrustErrorLogged(t *testing.T) {
+	reg := newTestRegistry(t, false)
+	ref, _ := reg.pushImage(t, "acme/shop:1")
+	keyFile := filepath.Join(t.TempDir(), "cosign.pub")
+	var logs bytes.Buffer
+	v, _ := newVerifier(t)
+	v.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	spec := policy.Spec{Signatures: policy.Signatures{Required: true, Keys: []string{keyFile}, IgnoreTlog: true},
+		Registries: policy.Registries{Allow: []string{"127.0.0.1:*/**"}, Insecure: []string{"127.0.0.1:*"}}}
+	p, err := policy.CompileNamed("require-signatures", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := registry.New(registry.WithTransport(http.DefaultTransport)).Resolve(context.Background(), req(t, ref.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		v.Verify(context.Background(), req(t, ref.String()), img, p)
+	}
+	if err := os.WriteFile(keyFile, []byte(newKey(t, "ecdsa").pem), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v.Verify(context.Background(), req(t, ref.String()), img, p)
+	got := logs.String()
+	if n := strings.Count(got, "policy trust settings unusable"); n != 1 || !strings.Contains(got, "policy=require-signatures") || !strings.Contains(got, keyFile) || !strings.Contains(got, "verified again") {
+		t.Errorf("logs after 3 failing and 1 good verification:\n%s\nwant one error naming the policy and %s, then the recovery", got, keyFile)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/registry"
 )
 
@@ -52,6 +53,9 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 	p, err := policy.ReadFile(rf.config)
 	if err != nil {
 		return exitError, err
+	}
+	if err := provenance.CheckTrust(p.Trust()); err != nil {
+		return exitError, fmt.Errorf("policy %s: %w", rf.config, err)
 	}
 	e := &engine.Engine{
 		Policies:  engine.PolicyFunc(func() *policy.Policy { return p }),

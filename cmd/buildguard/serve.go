@@ -32,6 +32,7 @@ import (
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/ingest"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/registry"
 	"buildguard.dev/buildguard/server"
 	"buildguard.dev/buildguard/webhook"
@@ -118,10 +119,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Log:       log,
 	}
 	e.Verifier = pvf.verifier(e.Resolver)
+	if v, ok := e.Verifier.(*provenance.Verifier); ok {
+		v.Log = log // ClusterBuildPolicies' unusable trust files are reported here
+	}
 	var checks []func() error
 	switch *source {
 	case "file":
-		pf := &policyFile{path: rf.config, log: log}
+		pf := &policyFile{path: rf.config, log: log, check: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
 		if err := pf.load(); err != nil {
 			return err
 		}
@@ -132,7 +136,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		src := &cluster.Source{Client: dyn, Log: log}
+		src := &cluster.Source{Client: dyn, Log: log,
+			Validate: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
 		synced := src.Start(ctx)
 		e.Policies = src
 		checks = append(checks, func() error {
@@ -287,6 +292,8 @@ type policyFile struct {
 	log  *slog.Logger
 	cur  atomic.Pointer[policy.Policy]
 	raw  []byte
+	// check validates a parsed policy further (its trust files), or nil.
+	check func(*policy.Policy) error
 }
 
 func (f *policyFile) current() *policy.Policy { return f.cur.Load() }
@@ -302,6 +309,11 @@ func (f *policyFile) load() error {
 	p, err := policy.Parse(raw)
 	if err != nil {
 		return fmt.Errorf("policy %s: %w", f.path, err)
+	}
+	if f.check != nil {
+		if err := f.check(p); err != nil {
+			return fmt.Errorf("policy %s: %w", f.path, err)
+		}
 	}
 	f.raw = raw
 	f.cur.Store(p)
