@@ -90,7 +90,7 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	s := &SQLite{w: w, r: r, now: time.Now}
 	// The writer's first connection switches the file to WAL before any
 	// reader opens it.
-	if err := w.PingContext(ctx); err != nil {
+	if err := pingBusy(ctx, w); err != nil {
 		s.Close()
 		return fail(err)
 	}
@@ -440,4 +440,24 @@ func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) 
 		out = append(out, v)
 	}
 	return out, rows.Err()
+}
+
+// pingBusy opens the writer's first connection. Switching a file to WAL
+// can answer SQLITE_BUSY at once, without waiting out busy_timeout, when
+// another process opens the same file at the same moment (several
+// replicas or tools starting together); it is retried for as long as
+// busy_timeout would have waited.
+func pingBusy(ctx context.Context, db *sql.DB) error {
+	deadline := time.Now().Add(sqliteBusyTimeout)
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		err := db.PingContext(ctx)
+		if err == nil || !strings.Contains(err.Error(), "SQLITE_BUSY") || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
