@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	admissionv1 "k8s.io/api/admission/v1"
 
+	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -23,6 +25,7 @@ type Metrics struct {
 	registryReqs  *prometheus.CounterVec
 	registryTimes prometheus.Histogram
 	cache         *prometheus.CounterVec
+	decisions     *prometheus.CounterVec
 }
 
 // NewMetrics returns metrics registered on a new registry, with the Go
@@ -56,8 +59,12 @@ func NewMetrics() *Metrics {
 			Name: "buildguard_cache_lookups_total",
 			Help: "Registry cache lookups, by cache (tag, digest) and result (hit, miss).",
 		}, []string{"cache", "result"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildguard_decisions_total",
+			Help: "Workload decisions by verdict (allow, warn, deny, would-deny), rule and namespace: one count per rule found (ignored findings aside), or one with rule=\"\" when none was.",
+		}, []string{"verdict", "rule", "namespace"}),
 	}
-	m.reg.MustRegister(m.reviews, m.latency, m.badRequests, m.registryReqs, m.registryTimes, m.cache,
+	m.reg.MustRegister(m.reviews, m.latency, m.badRequests, m.registryReqs, m.registryTimes, m.cache, m.decisions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -82,6 +89,23 @@ func (m *Metrics) observe(resp *admissionv1.AdmissionResponse, v *policy.Verdict
 		verdict = "allow" // an operation or subresource with nothing to judge
 	}
 	m.reviews.WithLabelValues(verdict, mode).Inc()
+}
+
+// Decided counts a decision in buildguard_decisions_total; it has the
+// signature of Handler.OnDecision.
+func (m *Metrics) Decided(_ context.Context, req *admissionv1.AdmissionRequest, _ engine.Workload, v policy.Verdict) {
+	verdict := string(v.Outcome)
+	if v.Outcome == policy.OutcomeDeny && v.Allowed {
+		verdict = "would-deny"
+	}
+	rules := ruleIDs(v)
+	if len(rules) == 0 {
+		m.decisions.WithLabelValues(verdict, "", req.Namespace).Inc()
+		return
+	}
+	for _, r := range rules {
+		m.decisions.WithLabelValues(verdict, r, req.Namespace).Inc()
+	}
 }
 
 // CacheResult implements registry.Observer.

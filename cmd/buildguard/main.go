@@ -4,7 +4,12 @@
 //
 //	buildguard serve --config FILE --tls-cert-file FILE --tls-private-key-file FILE
 //	buildguard check --config FILE [--output text|json] IMAGE...
+//	buildguard denials [--since 24h] [--namespace NS] [--rule ID] [--image GLOB] [--output table|json|yaml]
+//	buildguard denials show ID
 //	buildguard version
+//
+// Installed as kubectl-buildguard, it is a kubectl plugin: "kubectl
+// buildguard denials" runs "buildguard denials".
 package main
 
 import (
@@ -15,7 +20,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
 	// Release windows name IANA time zones; a distroless image has no
 	// zoneinfo of its own.
@@ -39,7 +47,7 @@ func (e *usageError) Error() string { return e.msg }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := runAs(ctx, programName(os.Args[0]), os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -49,12 +57,37 @@ const usage = `buildguard denies container images built outside approved pipelin
 Usage:
   buildguard serve --config FILE --tls-cert-file FILE --tls-private-key-file FILE [flags]
   buildguard check --config FILE [--output text|json] IMAGE...
+  buildguard denials [--since 24h] [-n NAMESPACE] [--rule ID] [--image GLOB]
+                     [--verdict deny,would-deny] [-o table|json|yaml] --store-sqlite PATH
+  buildguard denials show ID --store-sqlite PATH
   buildguard version
 
 Run "buildguard COMMAND -h" for the flags of a command.
 `
 
+// pluginName is the name that makes the binary a kubectl plugin.
+const pluginName = "kubectl-buildguard"
+
+// programName is how the program calls itself in messages: "kubectl
+// buildguard" when run as the kubectl plugin (kubectl passes the plugin
+// the arguments after "kubectl buildguard", so they need no change).
+func programName(arg0 string) string {
+	if strings.TrimSuffix(filepath.Base(arg0), ".exe") == pluginName {
+		return "kubectl buildguard"
+	}
+	return "buildguard"
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runAs(ctx, "buildguard", args, stdout, stderr)
+}
+
+// runAs runs the command args as the program prog.
+func runAs(ctx context.Context, prog string, args []string, stdout, stderr io.Writer) int {
+	usage := usage
+	if prog != "buildguard" {
+		usage = strings.ReplaceAll(usage, "buildguard ", prog+" ")
+	}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitError
@@ -66,8 +99,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = serve(ctx, args[1:], stderr)
 	case "check":
 		code, err = check(ctx, args[1:], stdout, stderr)
+	case "denials":
+		err = denials(ctx, args[1:], stdout, stderr, time.Now())
 	case "version":
-		fmt.Fprintln(stdout, "buildguard", version)
+		fmt.Fprintln(stdout, prog, version)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -79,7 +114,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
-	fmt.Fprintln(stderr, "buildguard:", err)
+	fmt.Fprintf(stderr, "%s: %v\n", prog, err)
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprint(stderr, "\n", usage)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,7 @@ import (
 	"buildguard.dev/buildguard/ingest"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/provenance"
+	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/registry"
 	"buildguard.dev/buildguard/server"
 	"buildguard.dev/buildguard/webhook"
@@ -59,6 +61,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	reportAudience := fs.String("report-audience", "buildguard", "audience node reporters' tokens must be bound to")
 	retention := fs.Duration("retention", 7*24*time.Hour, "how long node evidence and decision records are kept")
 	retentionRows := fs.Int("retention-rows", 5_000_000, "at most this many rows per store table (0: no cap)")
+	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
+	decisionQueue := fs.Int("decision-queue", records.DefaultQueueSize, "decision records kept in memory for the store before they go to the journal")
 	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the name of the Validating- and MutatingWebhookConfiguration whose caBundle is kept current")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
@@ -192,22 +196,44 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	var onDecision func(context.Context, *admissionv1.AdmissionRequest, engine.Workload, policy.Verdict)
+	// Every decision is counted; with a store it is recorded, in a cluster
+	// a deny or would-deny is posted as an Event. None of them blocks.
+	type hook = func(context.Context, *admissionv1.AdmissionRequest, engine.Workload, policy.Verdict)
+	hooks := []hook{metrics.Decided}
+	var ev *cluster.Events
+	if kube != nil {
+		ev = cluster.NewEvents(kube)
+		defer ev.Shutdown()
+		hooks = append(hooks, (&records.Notifier{Sink: ev}).OnDecision)
+	}
 	if store != nil {
 		defer store.Close()
+		journal := *decisionJournal
+		if journal == "" && sf.sqlite != "" {
+			journal = sf.sqlite + ".decisions.journal"
+		}
+		if journal == "" {
+			// An emptyDir outlives container restarts; a volume that
+			// outlives the pod is better, and --decision-journal names it.
+			journal = filepath.Join(os.TempDir(), "buildguard.decisions.journal")
+			log.Warn("decision records wait in a journal under the temporary directory; set --decision-journal to a volume that outlives the pod", "path", journal)
+		}
+		rec, err := records.New(store, journal, records.WithQueueSize(*decisionQueue), records.WithLogger(log),
+			records.WithRegisterer(metrics.Registry()))
+		if err != nil {
+			return err
+		}
+		defer rec.Close() // before store.Close: queued records are stored or journaled
+		hooks = append(hooks, rec.OnDecision)
 		e.Evidence = store
 		go prune(ctx, store, *retention, *retentionRows, log)
 		if kube == nil {
 			log.Warn("node reports are not accepted outside a cluster: they are authenticated with TokenReview")
 		} else {
-			var sink ingest.EventSink
-			ev := cluster.NewEvents(kube)
-			defer ev.Shutdown()
-			sink = ev
-			retro := ingest.NewRetro(e, sink, metrics.Registry(), log)
-			onDecision = func(_ context.Context, _ *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
+			retro := ingest.NewRetro(e, ev, metrics.Registry(), log)
+			hooks = append(hooks, func(_ context.Context, _ *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
 				retro.Admitted(w, v)
-			}
+			})
 			ih := &ingest.Handler{
 				Store:    store,
 				Auth:     &ingest.TokenReviewer{Client: kube, Audiences: []string{*reportAudience}, Allowed: splitList(*reporters)},
@@ -218,6 +244,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			for path := range ih.Formats {
 				mux.Handle(path, ih)
 			}
+		}
+	}
+	onDecision := func(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
+		for _, h := range hooks {
+			h(ctx, req, w, v)
 		}
 	}
 	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, OnDecision: onDecision})

@@ -1,0 +1,122 @@
+package records
+
+import (
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"buildguard.dev/buildguard/cluster"
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/policy"
+)
+
+type postedEvent struct {
+	w               engine.Workload
+	reason, message string
+}
+
+type fakeSink struct {
+	mu     sync.Mutex
+	events []postedEvent
+}
+
+func (s *fakeSink) Event(w engine.Workload, reason, message string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, postedEvent{w, reason, message})
+}
+
+func TestNotifier(t *testing.T) {
+	now := t0
+	sink := &fakeSink{}
+	n := &Notifier{Sink: sink, Now: func() time.Time { return now }}
+	allow := policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeAllow, Allowed: true}
+	warn := policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeWarn, Allowed: true}
+	update := request("u2", "UPDATE")
+	deploy := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "web", Operation: "UPDATE"}
+
+	n.OnDecision(t.Context(), request("u0", "CREATE"), workload(), allow)
+	n.OnDecision(t.Context(), request("u0", "CREATE"), workload(), warn)
+	n.OnDecision(t.Context(), request("u1", "CREATE"), workload(), denyVerdict(policy.ModeEnforce))
+	for range 50 { // a controller retrying
+		n.OnDecision(t.Context(), request("u1", "CREATE"), workload(), denyVerdict(policy.ModeEnforce))
+	}
+	n.OnDecision(t.Context(), update, deploy, denyVerdict(policy.ModeAudit))
+	now = now.Add(DefaultEventWindow)
+	n.OnDecision(t.Context(), request("u3", "CREATE"), workload(), denyVerdict(policy.ModeEnforce))
+
+	want := []struct {
+		kind, ns, name, reason, msg string
+	}{
+		{"Namespace", "shop", "shop", ReasonDenied, "buildguard denied Pod hotfix: [fresh-image] hotfix: created 14s before admission, minAge 10m"},
+		{"Deployment", "shop", "web", ReasonWouldDeny, "buildguard would deny (audit mode) Deployment web: [fresh-image]"},
+		{"Namespace", "shop", "shop", ReasonDenied, "buildguard denied Pod hotfix"},
+	}
+	if len(sink.events) != len(want) {
+		t.Fatalf("posted %d events, want %d: %+v", len(sink.events), len(want), sink.events)
+	}
+	for i, w := range want {
+		e := sink.events[i]
+		if e.w.Kind != w.kind || e.w.Namespace != w.ns || e.w.Name != w.name || e.reason != w.reason || !strings.HasPrefix(e.message, w.msg) {
+			t.Errorf("event %d = %s %s/%s %s %q, want %s %s/%s %s %q…", i, e.w.Kind, e.w.Namespace, e.w.Name, e.reason, e.message,
+				w.kind, w.ns, w.name, w.reason, w.msg)
+		}
+	}
+}
+
+func TestNotifierBounded(t *testing.T) {
+	sink := &fakeSink{}
+	n := &Notifier{Sink: sink, MaxKeys: 10}
+	for i := range 100 {
+		w := workload()
+		w.Name = strings.Repeat("x", i+1)
+		n.OnDecision(t.Context(), request("u", "UPDATE"), w, denyVerdict(policy.ModeAudit))
+	}
+	if len(n.seen) > 10 {
+		t.Errorf("remembers %d events, want at most 10", len(n.seen))
+	}
+	if len(sink.events) != 100 {
+		t.Errorf("posted %d events for 100 workloads, want 100", len(sink.events))
+	}
+}
+
+// TestBroadcasterDedup checks what cluster.Events does with repeats
+// without the Notifier: client-go's correlator turns identical events
+// into a count, but every repeat is a request until its spam filter
+// (25 per object, then one per 5 minutes) stops them.
+func TestBroadcasterDedup(t *testing.T) {
+	client := fake.NewClientset()
+	ev := cluster.NewEvents(client)
+	ns := engine.Workload{Kind: "Namespace", Namespace: "shop", Name: "shop"}
+	for range 100 {
+		ev.Event(ns, ReasonDenied, "buildguard denied Pod hotfix: [fresh-image]")
+	}
+	requests := func() int {
+		n := 0
+		for _, a := range client.Actions() {
+			if a.GetResource().Resource == "events" {
+				n++
+			}
+		}
+		return n
+	}
+	waitFor(t, "events posted", func() bool { return requests() >= 25 })
+	time.Sleep(200 * time.Millisecond)
+	ev.Shutdown()
+	t.Logf("%d event requests for 100 identical events", requests())
+	if got := requests(); got > 26 {
+		t.Errorf("%d event requests for 100 identical events, want the spam filter to stop them at 25", got)
+	}
+	list, err := client.CoreV1().Events("shop").List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 1 || list.Items[0].Count < 2 || list.Items[0].Type != corev1.EventTypeWarning {
+		t.Errorf("events in shop = %+v, want one Warning with a count", list.Items)
+	}
+}

@@ -1,0 +1,175 @@
+package records
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"buildguard.dev/buildguard/evidence"
+)
+
+// journal is an append-only file of decisions, one JSON object a line,
+// fsynced before append returns. Replaying it first renames it to
+// path+".replay", so that appends go on into a fresh file while the old
+// one is written to the store; the .replay file is removed only once every
+// line of it is stored.
+type journal struct {
+	path string
+	max  int64
+
+	mu   sync.Mutex
+	f    *os.File
+	size int64
+}
+
+// maxLine bounds one journal line when reading; an AdmissionReview body is
+// at most webhook.DefaultMaxBodyBytes, and a record is much smaller.
+const maxLine = 16 << 20
+
+var errJournalFull = errors.New("journal full")
+
+func openJournal(path string, max int64) (*journal, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("decision journal: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("decision journal: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("decision journal: %w", err)
+	}
+	return &journal{path: path, max: max, f: f, size: st.Size()}, nil
+}
+
+func (j *journal) replayPath() string { return j.path + ".replay" }
+
+// append writes ds and fsyncs once. It writes nothing and returns
+// errJournalFull when they would take the journal past its maximum size.
+func (j *journal) append(ds ...evidence.Decision) error {
+	var buf []byte
+	for _, d := range ds {
+		b, err := json.Marshal(d)
+		if err != nil {
+			return err
+		}
+		buf = append(append(buf, b...), '\n')
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f == nil {
+		return os.ErrClosed
+	}
+	if j.max > 0 && j.size+int64(len(buf)) > j.max {
+		return errJournalFull
+	}
+	n, err := j.f.Write(buf)
+	j.size += int64(n)
+	if err != nil {
+		return err
+	}
+	return j.f.Sync()
+}
+
+// pending reports whether there is anything to replay.
+func (j *journal) pending() bool {
+	j.mu.Lock()
+	size := j.size
+	j.mu.Unlock()
+	if size > 0 {
+		return true
+	}
+	_, err := os.Stat(j.replayPath())
+	return err == nil
+}
+
+// take returns the path of a file to replay: the .replay file left by an
+// earlier attempt, else the journal itself, renamed to it; "" when there
+// is nothing to replay.
+func (j *journal) take() (string, error) {
+	rp := j.replayPath()
+	if _, err := os.Stat(rp); err == nil {
+		return rp, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", err
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.size == 0 || j.f == nil {
+		return "", nil
+	}
+	if err := os.Rename(j.path, rp); err != nil {
+		return "", err
+	}
+	// Appends go to a new file from now on; the old descriptor points at
+	// the renamed one.
+	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		// Keep appending to the renamed file rather than lose records;
+		// the next take replays it.
+		return "", err
+	}
+	j.f.Close()
+	j.f, j.size = f, 0
+	syncDir(filepath.Dir(j.path))
+	return rp, nil
+}
+
+// read calls fn for each decision in the file at path, in order, and
+// stops at fn's first error. Lines that do not parse (a write torn by a
+// crash) are counted in bad and skipped.
+func readJournal(path string, fn func(evidence.Decision) error) (bad int, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
+	for sc.Scan() {
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var d evidence.Decision
+		if json.Unmarshal(sc.Bytes(), &d) != nil {
+			bad++
+			continue
+		}
+		if err := fn(d); err != nil {
+			return bad, err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return bad + 1, nil // the rest of the file is one torn line
+		}
+		return bad, err
+	}
+	return bad, nil
+}
+
+func (j *journal) close() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f == nil {
+		return nil
+	}
+	err := j.f.Close()
+	j.f = nil
+	return err
+}
+
+// syncDir makes a rename in dir durable; best effort.
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}

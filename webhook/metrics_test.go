@@ -1,0 +1,48 @@
+package webhook
+
+import (
+	"reflect"
+	"testing"
+
+	admissionv1 "k8s.io/api/admission/v1"
+
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/policy"
+)
+
+func TestMetricsDecided(t *testing.T) {
+	m := NewMetrics()
+	req := &admissionv1.AdmissionRequest{Namespace: "shop"}
+	deny := policy.Verdict{Mode: policy.ModeAudit, Outcome: policy.OutcomeDeny, Allowed: true, Images: []policy.ImageVerdict{{
+		Findings: []policy.Finding{
+			{Rule: "fresh-image", Action: policy.ActionDeny},
+			{Rule: "unsigned", Action: policy.ActionIgnore},
+		}}}}
+	m.Decided(t.Context(), req, engine.Workload{}, deny)
+	m.Decided(t.Context(), req, engine.Workload{}, deny)
+	m.Decided(t.Context(), req, engine.Workload{}, policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeAllow, Allowed: true})
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "buildguard_decisions_total" {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			key := ""
+			for _, l := range mt.GetLabel() {
+				key += l.GetName() + "=" + l.GetValue() + " "
+			}
+			got[key] = mt.GetCounter().GetValue()
+		}
+	}
+	want := map[string]float64{
+		"namespace=shop rule= verdict=allow ":                 1,
+		"namespace=shop rule=fresh-image verdict=would-deny ": 2,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("buildguard_decisions_total = %v, want %v", got, want)
+	}
+}
