@@ -8,7 +8,7 @@ BIN := bin
 IMG ?= ghcr.io/buildguard/buildguard:$(VERSION)
 KUBECTL ?= $(BIN)/kubectl
 
-.PHONY: help build tools test vet fmt-check unit e2e fuzz bench demo image manifests deploy clean
+.PHONY: help build tools test vet fmt-check unit e2e fuzz bench bench-cosign demo image manifests deploy clean
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, ca
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./ingest/
+
+bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (builds it first: ~8 min).
+	test -x $(BIN)/cosign || GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
+	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign
 
 demo: build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
 	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard
