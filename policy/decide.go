@@ -419,7 +419,11 @@ func appendUnique(s []string, v string) []string {
 	return append(s, v)
 }
 
-// shorten cuts s to at most n bytes on a rune boundary, marking the cut.
+// Shorten folds white space in s and cuts it to at most n bytes on a rune
+// boundary, marking the cut with "…": for quoting untrusted text in
+// messages, warnings and Events of bounded size.
+func Shorten(s string, n int) string { return shorten(s, n) }
+
 func shorten(s string, n int) string {
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) <= n {

@@ -96,7 +96,7 @@ func (n *Notifier) OnDecision(_ context.Context, req *admissionv1.AdmissionReque
 		// the Namespace, where "kubectl get events -n NS" shows it.
 		target = engine.Workload{Kind: "Namespace", Namespace: w.Namespace, Name: w.Namespace}
 	}
-	n.Sink.Event(target, reason, shorten(msg, maxEventMessage))
+	n.Sink.Event(target, reason, policy.Shorten(msg, maxEventMessage))
 }
 
 // first reports whether key was not seen within the window, and notes it.
@@ -180,17 +180,4 @@ func firstSummary(v policy.Verdict) string {
 		}
 	}
 	return ""
-}
-
-// shorten cuts s to at most n bytes on a rune boundary, marking the cut.
-func shorten(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) <= n {
-		return s
-	}
-	cut := n - len("…")
-	for cut > 0 && s[cut]&0xC0 == 0x80 {
-		cut--
-	}
-	return s[:cut] + "…"
 }

@@ -189,26 +189,13 @@ func warnings(v policy.Verdict) []string {
 }
 
 func appendWarning(ws []string, w string) []string {
-	w = shorten(w, maxWarning)
+	w = policy.Shorten(w, maxWarning)
 	for _, x := range ws {
 		if x == w {
 			return ws
 		}
 	}
 	return append(ws, w)
-}
-
-// shorten cuts s to at most n bytes on a rune boundary, marking the cut.
-func shorten(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) <= n {
-		return s
-	}
-	cut := n - len("…")
-	for cut > 0 && s[cut]&0xC0 == 0x80 {
-		cut--
-	}
-	return s[:cut] + "…"
 }
 
 // Audit annotation keys; the API server prefixes them with the webhook's
