@@ -37,6 +37,9 @@ const Bin = "bin"
 // AdminToken authenticates the harness's kubectl as a cluster admin.
 const AdminToken = "buildguard-e2e-admin-token"
 
+// kcmToken authenticates kube-controller-manager.
+const kcmToken = "buildguard-e2e-kcm-token"
+
 // auditPolicy records admission decisions of workload writes, with the
 // annotations webhooks add, at the Metadata level.
 const auditPolicy = `apiVersion: audit.k8s.io/v1
@@ -245,7 +248,10 @@ func StartControlPlane(ctx context.Context, dir string) (_ *ControlPlane, err er
 		return nil, err
 	}
 	tokens := filepath.Join(pki, "tokens.csv")
-	if err := os.WriteFile(tokens, []byte(AdminToken+`,e2e-admin,e2e-admin,"system:masters"`+"\n"), 0o600); err != nil {
+	// kube-controller-manager authenticates as itself, so buildguard sees
+	// what its controllers create as a controller's.
+	if err := os.WriteFile(tokens, []byte(AdminToken+`,e2e-admin,e2e-admin,"system:masters"`+"\n"+
+		kcmToken+`,system:kube-controller-manager,kcm,"system:masters"`+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	policyPath := filepath.Join(dir, "audit-policy.yaml")
@@ -283,8 +289,12 @@ func StartControlPlane(ctx context.Context, dir string) (_ *ControlPlane, err er
 		return nil, err
 	}
 
+	kcmKubeconfig := filepath.Join(dir, "kcm.kubeconfig")
+	if err := os.WriteFile(kcmKubeconfig, []byte(strings.Replace(cp.kubeconfig(), AdminToken, kcmToken, 1)), 0o600); err != nil {
+		return nil, err
+	}
 	kcm, err := Start("kube-controller-manager", filepath.Join(dir, "kube-controller-manager.log"), nil, kcmBin,
-		"--kubeconfig="+cp.Kubeconfig, "--leader-elect=false",
+		"--kubeconfig="+kcmKubeconfig, "--leader-elect=false",
 		"--service-account-private-key-file="+saKey, "--root-ca-file="+certs.CA,
 		"--use-service-account-credentials=false", "--secure-port=0",
 	)

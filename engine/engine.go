@@ -7,6 +7,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -166,7 +167,9 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 		var err error
 		nsLabels, err = e.Namespaces.Labels(ctx, w.Namespace)
 		if err != nil {
-			log.Warn("namespace labels unavailable; using the policy's mode", "namespace", w.Namespace, "error", err)
+			// Without the labels no policy selector can be trusted to
+			// match: fail closed rather than judge under no policy.
+			return policy.Verdict{}, fmt.Errorf("labels of namespace %s: %w", w.Namespace, err)
 		}
 		facts.NamespaceMode = nsLabels[ModeLabel]
 	}
@@ -346,16 +349,26 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 		if end.IsZero() {
 			end = b.Started
 		}
-		cs, err := e.Evidence.Connections(ctx, b.Node, b.Started.Add(-window), end.Add(window), maxConnectionsPerBuild)
-		if err != nil {
-			log.Warn("node evidence unavailable", "image", ref.String(), "error", err)
-			continue
-		}
-		for _, c := range cs {
-			b.Connections = append(b.Connections, policy.ConnectionEvidence{
-				Source: c.Source, Node: c.Node, Time: c.Time, Process: c.Process, PID: c.PID, Cmdline: c.Cmdline,
-				ContainerID: c.ContainerID, DestIP: c.DestIP, DestPort: c.DestPort, DestName: c.DestName,
-			})
+		// The build's own span first, then the windows around it: a busy
+		// node must not push the build's connections past the limit.
+		seenConn := map[string]bool{}
+		for _, span := range [][2]time.Time{{b.Started, end}, {b.Started.Add(-window), b.Started}, {end, end.Add(window)}} {
+			cs, err := e.Evidence.Connections(ctx, b.Node, span[0], span[1], maxConnectionsPerBuild)
+			if err != nil {
+				log.Warn("node evidence unavailable", "image", ref.String(), "error", err)
+				break
+			}
+			for _, c := range cs {
+				k := c.Source + "\x00" + c.EventID
+				if seenConn[k] {
+					continue
+				}
+				seenConn[k] = true
+				b.Connections = append(b.Connections, policy.ConnectionEvidence{
+					Source: c.Source, Node: c.Node, Time: c.Time, Process: c.Process, PID: c.PID, Cmdline: c.Cmdline,
+					ContainerID: c.ContainerID, DestIP: c.DestIP, DestPort: c.DestPort, DestName: c.DestName,
+				})
+			}
 		}
 	}
 	return out

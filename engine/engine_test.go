@@ -21,10 +21,10 @@ var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 type labels map[string]map[string]string
 
 func (l labels) Labels(_ context.Context, ns string) (map[string]string, error) {
-	if m, ok := l[ns]; ok {
-		return m, nil
+	if ns == "gone" {
+		return nil, errors.New("namespace not found")
 	}
-	return nil, errors.New("namespace not found")
+	return l[ns], nil
 }
 
 func newEngine(t *testing.T, allow ...string) *engine.Engine {
@@ -112,5 +112,17 @@ func TestContainers(t *testing.T) {
 	if len(got) != 3 || got[0].Kind != policy.KindInitContainer || got[0].Mounts[0].SubPath != "s" ||
 		got[1].PullPolicy != "Never" || got[2].Kind != policy.KindEphemeralContainer {
 		t.Errorf("Containers = %+v, want init, container, ephemeral in order", got)
+	}
+}
+
+// TestNamespaceLabelsUnavailable: without a namespace's labels no
+// selector can be trusted, so evaluation fails (and admission with it)
+// rather than judging under no policy.
+func TestNamespaceLabelsUnavailable(t *testing.T) {
+	e := newEngine(t, "127.0.0.1:*/acme/*")
+	_, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "gone", Kind: "Pod",
+		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "127.0.0.1:1/acme/x:1"}}}})
+	if err == nil {
+		t.Error("Evaluate with unreadable namespace labels succeeded, want an error")
 	}
 }

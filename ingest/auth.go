@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -126,6 +127,9 @@ func (r *TokenReviewer) review(ctx context.Context, token string) (Identity, err
 		}
 		return Identity{}, &AuthError{Code: 401, Msg: msg}
 	}
+	if len(r.Audiences) > 0 && !intersects(tr.Status.Audiences, r.Audiences) {
+		return Identity{}, &AuthError{Code: 401, Msg: "token not bound to the audience " + strings.Join(r.Audiences, ", ")}
+	}
 	id := Identity{User: tr.Status.User.Username}
 	if n := tr.Status.User.Extra[nodeNameExtra]; len(n) > 0 {
 		id.Node = n[0]
@@ -136,4 +140,15 @@ func (r *TokenReviewer) review(ctx context.Context, token string) (Identity, err
 		}
 	}
 	return Identity{}, &AuthError{Code: 403, Msg: fmt.Sprintf("%s may not report node evidence", id.User)}
+}
+
+func intersects(a, b []string) bool {
+	for _, x := range a {
+		for _, y := range b {
+			if x == y {
+				return true
+			}
+		}
+	}
+	return false
 }

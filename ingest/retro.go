@@ -174,10 +174,9 @@ func (r *Retro) judge(ctx context.Context, a *admitted) {
 			if f.Rule != policy.RuleHostBuilt && f.Rule != policy.RuleUntrustedEgress {
 				continue
 			}
-			if a.rules[string(f.Rule)] || f.Action == policy.ActionIgnore {
+			if f.Action == policy.ActionIgnore || !r.firstTime(a, f.Rule) {
 				continue
 			}
-			a.rules[string(f.Rule)] = true
 			r.found.WithLabelValues(string(f.Rule), w.Namespace).Inc()
 			r.log().Warn("late evidence: finding after admission", "namespace", w.Namespace, "kind", w.Kind, "name", w.Name,
 				"image", iv.Image, "digest", iv.Digest, "rule", string(f.Rule), "verdict", string(f.Action), "message", f.Message)
@@ -197,3 +196,18 @@ func shortMessage(s string) string {
 	}
 	return s
 }
+
+// firstTime reports whether rule is new for a, and records it; reports
+// judged at once share a.
+func (r *Retro) firstTime(a *admitted, rule policy.RuleID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if a.rules[string(rule)] {
+		return false
+	}
+	a.rules[string(rule)] = true
+	return true
+}
+
+// Found is the counter of retroactive findings, for tests and wiring.
+func (r *Retro) Found() *prometheus.CounterVec { return r.found }

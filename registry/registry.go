@@ -181,7 +181,9 @@ func (c *Client) digestOf(ctx context.Context, r Request) (name.Digest, error) {
 	if d, ok := r.Ref.(name.Digest); ok {
 		return d, nil
 	}
-	key := r.Ref.Name()
+	// What a tag names may differ by transport and credentials: a
+	// resolution over plain HTTP or with other credentials is not reused.
+	key := fmt.Sprintf("%s\x00%t\x00%s", r.Ref.Name(), r.Insecure, r.Auth.Key)
 	if c.tagTTL > 0 {
 		if d, ok := c.tags.get(key, c.now()); ok {
 			c.obs.CacheResult("tag", true)
@@ -189,7 +191,7 @@ func (c *Client) digestOf(ctx context.Context, r Request) (name.Digest, error) {
 		}
 		c.obs.CacheResult("tag", false)
 	}
-	v, err := c.shared(ctx, "tag\x00"+r.Auth.Key+"\x00"+key, func(ctx context.Context) (any, error) {
+	v, err := c.shared(ctx, "tag\x00"+key, func(ctx context.Context) (any, error) {
 		p, err := c.puller(r.Auth)
 		if err != nil {
 			return nil, err
@@ -228,7 +230,9 @@ func (c *Client) image(ctx context.Context, r Request, d name.Digest) (*policy.I
 		return img, nil
 	}
 	c.obs.CacheResult("digest", false)
-	v, err := c.shared(ctx, "digest\x00"+key, func(ctx context.Context) (any, error) {
+	// Content at a digest is the same for everyone; the flight is not, as
+	// it carries the first caller's credentials and transport.
+	v, err := c.shared(ctx, fmt.Sprintf("digest\x00%s\x00%t\x00%s", key, insecureOf(ctx), r.Auth.Key), func(ctx context.Context) (any, error) {
 		return c.fetch(ctx, r.Auth, d)
 	})
 	if err != nil {
@@ -316,6 +320,12 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 		}
 		if len(children) > maxIndexChildren {
 			return nil, invalid("index %s has %d children, more than %d", desc.Digest, len(children), maxIndexChildren)
+		}
+		for _, m := range children {
+			if m.MediaType.IsIndex() {
+				// Fetching nested indexes would fan out without bound.
+				return nil, invalid("index %s nests index %s", desc.Digest, m.Digest)
+			}
 		}
 		img.Platforms = make([]policy.Platform, len(children))
 		errs := make([]error, len(children))

@@ -58,6 +58,11 @@ func withInsecure(ctx context.Context, ok bool) context.Context {
 	return context.WithValue(ctx, insecureKey{}, ok)
 }
 
+func insecureOf(ctx context.Context) bool {
+	ok, _ := ctx.Value(insecureKey{}).(bool)
+	return ok
+}
+
 // guardTransport bounds concurrent requests per registry host, refuses
 // plain HTTP unless the lookup allowed it, and reports every request.
 // go-containerregistry falls back to HTTP on its own for loopback and
@@ -84,6 +89,12 @@ func (t *guardTransport) sem(host string) chan struct{} {
 
 func (t *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
+	// The dialer checks addresses it dials; with a proxy it dials only the
+	// proxy, so the URL's host (a redirect's, a token realm's) is checked
+	// here too.
+	if policy.ForbiddenHost(req.URL.Host) {
+		return nil, &forbiddenError{msg: fmt.Sprintf("refusing %s: link-local or cloud-metadata address", req.URL.Host)}
+	}
 	if req.URL.Scheme == "http" {
 		if ok, _ := ctx.Value(insecureKey{}).(bool); !ok {
 			return nil, &forbiddenError{msg: fmt.Sprintf("refusing plain HTTP to %s: not in registries.insecure", req.URL.Host)}

@@ -63,9 +63,15 @@ func TestChangeControlControlledPod(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: "shop-abc", OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "shop", UID: "u", Controller: &yes}}},
 		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: f.clean}}},
 	}
-	resp := f.handler.Review(t.Context(), request(t, admissionv1.Create, pod, metav1.GroupVersionKind{Version: "v1", Kind: "Pod"}))
-	if !resp.Allowed {
+	req := request(t, admissionv1.Create, pod, metav1.GroupVersionKind{Version: "v1", Kind: "Pod"})
+	req.UserInfo.Username = "system:serviceaccount:kube-system:replicaset-controller"
+	if resp := f.handler.Review(t.Context(), req); !resp.Allowed {
 		t.Errorf("a ReplicaSet's pod recreated at night = %+v, want admitted: the change was judged at the owner", resp.Result)
+	}
+	// The same ownerReference written by a user is not believed.
+	req.UserInfo.Username = "mallory"
+	if resp := f.handler.Review(t.Context(), req); resp.Allowed {
+		t.Error("a user's pod with a made-up controller owner skipped change control")
 	}
 }
 

@@ -106,6 +106,19 @@ func (m *Mutator) Mutate(ctx context.Context, req *admissionv1.AdmissionRequest)
 // annotations.
 func Patch(obj workloadObject, w engine.Workload, v policy.Verdict, now time.Time) []PatchOp {
 	var ops []PatchOp
+	if w.Controlled || !w.ImageChange() {
+		// A controller's object copies its owner's template (pinned when
+		// the owner changed); rewriting it would make a ReplicaSet differ
+		// from its Deployment. An UPDATE that changes no image must not
+		// restart anything either.
+		return nil
+	}
+	old := map[string]string{}
+	if w.OldSpec != nil {
+		for _, c := range engine.Containers(w.OldSpec) {
+			old[string(c.Kind)+"/"+c.Name] = c.Image
+		}
+	}
 	if v.Pin {
 		lists := []struct {
 			field string
@@ -123,14 +136,14 @@ func Patch(obj workloadObject, w engine.Workload, v policy.Verdict, now time.Tim
 				}
 				iv := v.Images[k]
 				k++
+				if prev, ok := old[string(iv.ContainerKind)+"/"+iv.Container]; ok && prev == iv.Image {
+					continue // this container's image did not change
+				}
 				if pinned, ok := pin(iv.Image, iv.Digest); ok {
 					ops = append(ops, PatchOp{Op: "replace", Path: jsonPointer(obj.specPath, l.field, itoa(i), "image"), Value: pinned})
 				}
 			}
 		}
-	}
-	if w.Controlled || !w.ImageChange() {
-		return ops
 	}
 	ann := map[string]string{
 		AnnotationPodVerdict:   verdictWord(v),

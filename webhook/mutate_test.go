@@ -74,7 +74,17 @@ func TestMutateLeavesAlone(t *testing.T) {
 		{"ReplicaSet's pod with pinned images", func() *admissionv1.AdmissionRequest {
 			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "rs", UID: "u", APIVersion: "apps/v1", Controller: &yes}}},
 				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: pinned}}}}
-			return request(t, admissionv1.Create, pod, metav1.GroupVersionKind{Version: "v1", Kind: "Pod"})
+			r := request(t, admissionv1.Create, pod, metav1.GroupVersionKind{Version: "v1", Kind: "Pod"})
+			r.UserInfo.Username = "system:serviceaccount:kube-system:replicaset-controller"
+			return r
+		}},
+		{"controller's update of a ReplicaSet still on a tag", func() *admissionv1.AdmissionRequest {
+			obj, gvk := workload("ReplicaSet", f.clean)
+			obj.(interface{ GetObjectMeta() metav1.Object }).GetObjectMeta().SetOwnerReferences([]metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "Deployment", Name: "d", UID: "u", Controller: &yes}})
+			r := request(t, admissionv1.Update, obj, gvk)
+			r.OldObject = raw(t, obj)
+			r.UserInfo.Username = "system:serviceaccount:kube-system:deployment-controller"
+			return r
 		}},
 		{"update without image change", func() *admissionv1.AdmissionRequest {
 			obj, gvk := workload("Deployment", pinned)

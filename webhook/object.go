@@ -80,6 +80,15 @@ func (o workloadObject) annotations() map[string]string {
 	return out
 }
 
+// controllerUser reports whether user is one of the control plane's
+// controllers. An ownerReference is written by whoever creates the
+// object; only a controller's word that it owns one is believed, or a
+// user could skip change control with a made-up owner.
+func controllerUser(user string) bool {
+	return user == "system:kube-controller-manager" ||
+		strings.HasPrefix(user, "system:serviceaccount:kube-system:")
+}
+
 // controlled reports whether a controller owns the object.
 func (o workloadObject) controlled() bool {
 	for _, r := range o.meta.OwnerReferences {

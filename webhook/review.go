@@ -77,7 +77,8 @@ func workloadOf(req *admissionv1.AdmissionRequest) (engine.Workload, workloadObj
 	}
 	w := engine.Workload{
 		Namespace: req.Namespace, Kind: req.Kind.Kind, Name: name, Labels: obj.meta.Labels, Spec: obj.spec,
-		Operation: string(req.Operation), Annotations: obj.annotations(), Controlled: obj.controlled(),
+		Operation: string(req.Operation), Annotations: obj.annotations(),
+		Controlled: obj.controlled() && controllerUser(req.UserInfo.Username),
 	}
 	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
 		old, err := decodeWorkload(gvkOf(req), req.OldObject.Raw)

@@ -21,6 +21,8 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -171,7 +173,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if kube != nil {
 		factory := informers.NewSharedInformerFactory(kube, 10*time.Minute)
 		nsInformer := factory.Core().V1().Namespaces()
-		e.Namespaces = namespaceLabels{lister: nsInformer.Lister()}
+		e.Namespaces = namespaceLabels{lister: nsInformer.Lister(), client: kube}
 		e.Keychains = &registry.KubernetesKeychains{Client: kube}
 		synced := nsInformer.Informer().HasSynced
 		factory.Start(ctx.Done())
@@ -295,11 +297,19 @@ func secretRef(s string) (ns, name string, err error) {
 	return strings.TrimSpace(string(b)), s, nil
 }
 
-// namespaceLabels reads namespace labels from an informer's cache.
-type namespaceLabels struct{ lister listersv1.NamespaceLister }
+// namespaceLabels reads namespace labels from an informer's cache, and
+// from the API server for a namespace the cache has not seen yet (one
+// created a moment ago).
+type namespaceLabels struct {
+	lister listersv1.NamespaceLister
+	client kubernetes.Interface
+}
 
-func (n namespaceLabels) Labels(_ context.Context, ns string) (map[string]string, error) {
+func (n namespaceLabels) Labels(ctx context.Context, ns string) (map[string]string, error) {
 	o, err := n.lister.Get(ns)
+	if apierrors.IsNotFound(err) {
+		o, err = n.client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	}
 	if err != nil {
 		return nil, err
 	}
