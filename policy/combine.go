@@ -1,5 +1,7 @@
 package policy
 
+import "slices"
+
 // Combine merges the verdicts several policies reached on the same facts:
 // the strictest wins. The workload is denied when any verdict denies it;
 // each image's outcome is the most severe any policy gave it; every
@@ -90,4 +92,40 @@ func mergeFindings(into, from []Finding) []Finding {
 		}
 	}
 	return into
+}
+
+// WouldDeny is the verdict word of a deny that was admitted, in audit or
+// warn mode.
+const WouldDeny = "would-deny"
+
+// Word is the verdict as audit annotations, metrics, records and pod
+// annotations name it: allow, warn, deny, or would-deny for a deny that
+// was admitted.
+func (v Verdict) Word() string {
+	if v.Outcome == OutcomeDeny && v.Allowed {
+		return WouldDeny
+	}
+	return string(v.Outcome)
+}
+
+// RuleIDs returns the distinct rule IDs, sorted, of the findings — of the
+// images and of the workload — whose action is at least min: ActionWarn
+// for every finding not ignored, ActionDeny for the denying ones.
+func (v Verdict) RuleIDs(min Action) []string {
+	var out []string
+	add := func(f Finding) {
+		if f.Action.rank() >= min.rank() && f.Action != ActionIgnore && !slices.Contains(out, string(f.Rule)) {
+			out = append(out, string(f.Rule))
+		}
+	}
+	for _, iv := range v.Images {
+		for _, f := range iv.Findings {
+			add(f)
+		}
+	}
+	for _, f := range v.Findings {
+		add(f)
+	}
+	slices.Sort(out)
+	return out
 }

@@ -23,39 +23,17 @@ const (
 	VerdictAllow     = "allow"
 	VerdictWarn      = "warn"
 	VerdictDeny      = "deny"
-	VerdictWouldDeny = "would-deny"
+	VerdictWouldDeny = policy.WouldDeny
 )
 
 // Verdict is how a verdict is recorded: its outcome, except that a deny
 // that was admitted (audit or warn mode) is "would-deny". It is the value
 // of the webhook's verdict audit annotation.
-func Verdict(v policy.Verdict) string {
-	if v.Outcome == policy.OutcomeDeny && v.Allowed {
-		return VerdictWouldDeny
-	}
-	return string(v.Outcome)
-}
+func Verdict(v policy.Verdict) string { return v.Word() }
 
 // Rules returns the distinct rule IDs of the findings of v that were not
 // ignored, sorted.
-func Rules(v policy.Verdict) []string {
-	var out []string
-	add := func(f policy.Finding) {
-		if f.Action != policy.ActionIgnore && !slices.Contains(out, string(f.Rule)) {
-			out = append(out, string(f.Rule))
-		}
-	}
-	for _, iv := range v.Images {
-		for _, f := range iv.Findings {
-			add(f)
-		}
-	}
-	for _, f := range v.Findings {
-		add(f)
-	}
-	slices.Sort(out)
-	return out
-}
+func Rules(v policy.Verdict) []string { return v.RuleIDs(policy.ActionWarn) }
 
 // ScopeWorkload marks the element of Decision.Images that holds the
 // findings about the workload rather than one image (change control,

@@ -3,7 +3,6 @@ package records
 import (
 	"context"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -140,28 +139,13 @@ func (n *Notifier) first(key string) bool {
 	return true
 }
 
-// denyRules are the rules of findings whose action is deny, sorted; all
-// rules when none is (cannot happen for a deny, but keeps the Event useful).
+// denyRules are the rules of the denying findings; all rules when none
+// is (cannot happen for a deny, but keeps the Event useful).
 func denyRules(v policy.Verdict) []string {
-	var out []string
-	add := func(f policy.Finding) {
-		if f.Action == policy.ActionDeny && !slices.Contains(out, string(f.Rule)) {
-			out = append(out, string(f.Rule))
-		}
+	if rules := v.RuleIDs(policy.ActionDeny); len(rules) > 0 {
+		return rules
 	}
-	for _, iv := range v.Images {
-		for _, f := range iv.Findings {
-			add(f)
-		}
-	}
-	for _, f := range v.Findings {
-		add(f)
-	}
-	if len(out) == 0 {
-		return Rules(v)
-	}
-	slices.Sort(out)
-	return out
+	return v.RuleIDs(policy.ActionWarn)
 }
 
 // firstSummary is the summary of the first denying finding, naming its

@@ -81,10 +81,7 @@ func (m *Metrics) observe(resp *admissionv1.AdmissionResponse, v *policy.Verdict
 	m.latency.Observe(d.Seconds())
 	verdict, mode := "error", ""
 	if v != nil {
-		verdict, mode = string(v.Outcome), string(v.Mode)
-		if v.Outcome == policy.OutcomeDeny && v.Allowed {
-			verdict = "would-deny"
-		}
+		verdict, mode = v.Word(), string(v.Mode)
 	} else if resp.Allowed {
 		verdict = "allow" // an operation or subresource with nothing to judge
 	}
@@ -94,11 +91,8 @@ func (m *Metrics) observe(resp *admissionv1.AdmissionResponse, v *policy.Verdict
 // Decided counts a decision in buildguard_decisions_total; it has the
 // signature of Handler.OnDecision.
 func (m *Metrics) Decided(_ context.Context, req *admissionv1.AdmissionRequest, _ engine.Workload, v policy.Verdict) {
-	verdict := string(v.Outcome)
-	if v.Outcome == policy.OutcomeDeny && v.Allowed {
-		verdict = "would-deny"
-	}
-	rules := ruleIDs(v)
+	verdict := v.Word()
+	rules := v.RuleIDs(policy.ActionWarn)
 	if len(rules) == 0 {
 		m.decisions.WithLabelValues(verdict, "", req.Namespace).Inc()
 		return

@@ -146,7 +146,7 @@ func Patch(obj workloadObject, w engine.Workload, v policy.Verdict, now time.Tim
 		}
 	}
 	ann := map[string]string{
-		AnnotationPodVerdict:   verdictWord(v),
+		AnnotationPodVerdict:   v.Word(),
 		AnnotationPodDecidedAt: now.UTC().Format(time.RFC3339),
 	}
 	digests := map[string]string{}
@@ -159,7 +159,7 @@ func Patch(obj workloadObject, w engine.Workload, v policy.Verdict, now time.Tim
 		b, _ := json.Marshal(digests) // map[string]string always marshals
 		ann[AnnotationPodDigests] = string(b)
 	}
-	if rules := ruleIDs(v); len(rules) > 0 {
+	if rules := v.RuleIDs(policy.ActionWarn); len(rules) > 0 {
 		ann[AnnotationPodWarnings] = strings.Join(rules, ",")
 	}
 	if obj.metaMissing {
@@ -196,13 +196,6 @@ func pin(image, digest string) (string, bool) {
 		return "", false
 	}
 	return image + "@" + digest, true
-}
-
-func verdictWord(v policy.Verdict) string {
-	if v.Outcome == policy.OutcomeDeny && v.Allowed {
-		return "would-deny"
-	}
-	return string(v.Outcome)
 }
 
 // jsonPointer joins path segments, escaping "~" and "/" (RFC 6901).

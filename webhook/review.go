@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sort"
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -47,7 +46,7 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	}
 	if log := h.log(); log.Enabled(ctx, slog.LevelInfo) {
 		log.Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
-			"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(ruleIDs(v), ","))
+			"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(v.RuleIDs(policy.ActionWarn), ","))
 	}
 	if h.OnDecision != nil {
 		h.OnDecision(ctx, req, w, v)
@@ -214,11 +213,7 @@ const (
 // and warn modes), mode, the digest of each container's image, the rule
 // IDs found, and the exceptions used.
 func auditAnnotations(v policy.Verdict) map[string]string {
-	verdict := string(v.Outcome)
-	if v.Outcome == policy.OutcomeDeny && v.Allowed {
-		verdict = "would-deny"
-	}
-	a := map[string]string{AnnotationVerdict: verdict, AnnotationMode: string(v.Mode)}
+	a := map[string]string{AnnotationVerdict: v.Word(), AnnotationMode: string(v.Mode)}
 	digests := map[string]string{}
 	var exceptions []string
 	for _, iv := range v.Images {
@@ -233,7 +228,7 @@ func auditAnnotations(v policy.Verdict) map[string]string {
 		b, _ := json.Marshal(digests) // map[string]string always marshals
 		a[AnnotationDigests] = string(b)
 	}
-	if rules := ruleIDs(v); len(rules) > 0 {
+	if rules := v.RuleIDs(policy.ActionWarn); len(rules) > 0 {
 		a[AnnotationRules] = strings.Join(rules, ",")
 	}
 	if len(exceptions) > 0 {
@@ -243,26 +238,4 @@ func auditAnnotations(v policy.Verdict) map[string]string {
 		a[AnnotationChangeID] = v.ChangeID
 	}
 	return a
-}
-
-// ruleIDs are the distinct rules of all findings that were not ignored,
-// sorted.
-func ruleIDs(v policy.Verdict) []string {
-	set := map[string]bool{}
-	for _, iv := range v.Images {
-		for _, f := range iv.Findings {
-			if f.Action != policy.ActionIgnore {
-				set[string(f.Rule)] = true
-			}
-		}
-	}
-	for _, f := range v.Findings {
-		set[string(f.Rule)] = true
-	}
-	out := make([]string, 0, len(set))
-	for r := range set {
-		out = append(out, r)
-	}
-	sort.Strings(out)
-	return out
 }
