@@ -81,7 +81,10 @@ func (m *Mutator) Mutate(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if m.Now != nil {
 		now = m.Now
 	}
-	obj.metaMissing = !pointerExists(req.Object.Raw, obj.metaPath)
+	if !w.Controlled && w.ImageChange() {
+		// A second pass over the object, only when it will be annotated.
+		obj.metaMissing = !pointerExists(req.Object.Raw, obj.metaPath)
+	}
 	ops := Patch(obj, w, v, now())
 	if len(ops) == 0 {
 		return resp
