@@ -67,8 +67,10 @@ type PatchOp struct {
 func (m *Mutator) Mutate(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	w, obj, early := workloadOf(req)
-	if early != nil || obj.spec == nil {
-		return resp // nothing to pin, or a bad request the validating webhook reports
+	if early != nil || obj.spec == nil || w.Controlled || !w.ImageChange() {
+		// Nothing to pin or annotate (see Patch), or a bad request the
+		// validating webhook reports: no evaluation either.
+		return resp
 	}
 	v, err := m.Evaluator.Evaluate(ctx, w)
 	if err != nil {
@@ -81,10 +83,7 @@ func (m *Mutator) Mutate(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if m.Now != nil {
 		now = m.Now
 	}
-	if !w.Controlled && w.ImageChange() {
-		// A second pass over the object, only when it will be annotated.
-		obj.metaMissing = !pointerExists(req.Object.Raw, obj.metaPath)
-	}
+	obj.metaMissing = !pointerExists(req.Object.Raw, obj.metaPath)
 	ops := Patch(obj, w, v, now())
 	if len(ops) == 0 {
 		return resp
