@@ -1,0 +1,203 @@
+package nodeagent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"buildguard.dev/buildguard/nodeagent/conns"
+)
+
+// Agent runs the node agent: the Docker watcher and the connection sensor
+// feed the Attributor; what it ties to builds is batched into NodeReports,
+// stored in the Spool and delivered by the Sender.
+type Agent struct {
+	// Node is the Kubernetes node name every report names.
+	Node    string
+	Docker  *DockerWatcher
+	Conns   conns.Watcher
+	Attrib  *Attributor
+	Spool   *Spool
+	Sender  *Sender
+	Metrics *Metrics
+	Log     *slog.Logger
+	// BatchInterval is the longest an item waits before its batch is
+	// stored for sending. The default is 2s.
+	BatchInterval time.Duration
+	// BatchMaxItems is the most items in one batch. The default is 500.
+	BatchMaxItems int
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+
+	sensorUp atomic.Bool
+}
+
+func (a *Agent) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
+func (a *Agent) log() *slog.Logger {
+	if a.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return a.Log
+}
+
+// Run runs until ctx ends; the batch being gathered is then stored, so a
+// graceful stop loses nothing.
+func (a *Agent) Run(ctx context.Context) error {
+	sensor := a.Conns.Sensor()
+	a.Attrib.Sensor = sensor
+	a.Metrics.sensor.WithLabelValues(sensor).Set(1)
+	a.Metrics.buffer(a.Spool.Len())
+
+	sendCtx, stopSend := context.WithCancel(context.WithoutCancel(ctx))
+	sendDone := make(chan struct{})
+	go func() {
+		defer close(sendDone)
+		a.Sender.Run(sendCtx)
+	}()
+	defer func() {
+		stopSend()
+		<-sendDone
+	}()
+
+	connc := make(chan conns.Conn, 4096)
+	go a.runSensor(ctx, connc)
+	builds := make(chan BuildInfo, 64)
+	go func() {
+		if err := a.Docker.Run(ctx, builds); err != nil && ctx.Err() == nil {
+			a.log().Error("docker watcher stopped", "error", err)
+		}
+	}()
+
+	b := batcher{agent: a, report: newReport(a.Node, sensor)}
+	var flush <-chan time.Time
+	var timer *time.Timer
+	for {
+		select {
+		case <-ctx.Done():
+			if err := b.flush(); err != nil {
+				return err
+			}
+			return nil
+		case c := <-connc:
+			a.Metrics.connsSeen.Inc()
+			before := a.Attrib.Evicted
+			items := a.Attrib.Conn(c, a.now())
+			a.Metrics.connsEvicted.Add(float64(a.Attrib.Evicted - before))
+			b.report.Connections = append(b.report.Connections, items...)
+			a.Metrics.connsReported.Add(float64(len(items)))
+		case info := <-builds:
+			item, items := a.Attrib.Build(info, a.now())
+			b.report.Builds = append(b.report.Builds, item)
+			b.report.Connections = append(b.report.Connections, items...)
+			a.Metrics.connsReported.Add(float64(len(items)))
+			a.log().Info("build attributed", "digest", item.ImageID, "tool", item.Tool, "connections", len(items))
+		case <-flush:
+			flush, timer = nil, nil
+			if err := b.flush(); err != nil {
+				a.log().Error("storing a batch failed", "error", err)
+			}
+			continue
+		}
+		switch {
+		case b.report.items() >= a.maxItems():
+			if timer != nil {
+				timer.Stop()
+				flush, timer = nil, nil
+			}
+			if err := b.flush(); err != nil {
+				a.log().Error("storing a batch failed", "error", err)
+			}
+		case b.report.items() > 0 && timer == nil:
+			timer = time.NewTimer(durOr(a.BatchInterval, 2*time.Second))
+			flush = timer.C
+		}
+	}
+}
+
+func (a *Agent) maxItems() int {
+	if a.BatchMaxItems <= 0 {
+		return 500
+	}
+	return a.BatchMaxItems
+}
+
+// runSensor runs the connection sensor, restarting it after a failure.
+func (a *Agent) runSensor(ctx context.Context, out chan<- conns.Conn) {
+	backoff := time.Second
+	for {
+		a.sensorUp.Store(true)
+		err := a.Conns.Run(ctx, func(c conns.Conn) {
+			select {
+			case out <- c:
+			case <-ctx.Done():
+			}
+		})
+		a.sensorUp.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log().Error("connection sensor stopped; restarting", "sensor", a.Conns.Sensor(), "error", err, "in", backoff)
+		if !sleep(ctx, backoff) {
+			return
+		}
+		backoff = min(2*backoff, time.Minute)
+	}
+}
+
+// batcher gathers one report at a time.
+type batcher struct {
+	agent  *Agent
+	report Report
+}
+
+// flush stores the report gathered so far, if any.
+func (b *batcher) flush() error {
+	if b.report.items() == 0 {
+		return nil
+	}
+	r := b.report
+	b.report = newReport(r.Node, r.Sensor)
+	data, err := json.Marshal(r)
+	if err != nil {
+		b.agent.Metrics.batchesDropped.WithLabelValues("encode").Inc()
+		return fmt.Errorf("encoding a report: %w", err)
+	}
+	if err := b.agent.Spool.Put(data); err != nil {
+		b.agent.Metrics.batchesDropped.WithLabelValues("store").Inc()
+		return err
+	}
+	b.agent.Metrics.buffer(b.agent.Spool.Len())
+	return nil
+}
+
+// Handler serves /metrics, /healthz (the process is alive) and /readyz
+// (the connection sensor runs and the buffer takes files).
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", a.Metrics.Handler())
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.sensorUp.Load() {
+			http.Error(w, "connection sensor not running", http.StatusServiceUnavailable)
+			return
+		}
+		if err := a.Spool.Writable(); err != nil {
+			http.Error(w, "buffer: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}

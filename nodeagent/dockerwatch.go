@@ -1,0 +1,447 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// BuildInfo is an image build the Docker watcher found.
+type BuildInfo struct {
+	Tool     string // "docker" (the classic builder, docker commit), "buildkit", "docker-import"
+	ImageID  string // sha256:…, the config digest with the classic image store
+	Tags     []string
+	Started  time.Time
+	Finished time.Time
+	// ContainerIDs are the containers the build's steps ran in (RUN, and
+	// the classic builder's other steps), oldest first.
+	ContainerIDs []string
+	// PIDs are the init processes of those containers, as far as they
+	// were seen running.
+	PIDs  []int
+	Steps []string // created_by of the image's history, oldest first
+}
+
+// DockerWatcher follows a Docker Engine's events and reconstructs the
+// image builds made on it.
+//
+// The classic builder runs each step in a short-lived container and
+// commits it to an intermediate image whose Container field names that
+// container; the final image is tagged. The watcher remembers the
+// containers it sees created, and when an image is tagged, imported,
+// loaded or committed, walks the image's parent chain: the chain's
+// containers it saw are the build's steps. An image whose chain has none
+// but that was created recently was built outside Docker's containers
+// (BuildKit) or imported; an old image being tagged or loaded is not a
+// build.
+type DockerWatcher struct {
+	Docker *Docker
+	Log    *slog.Logger
+	// Replay is how far back the first connection asks for events, so
+	// that a build that began before the agent (re)started is still
+	// found. The default is 10m.
+	Replay time.Duration
+	// Retention is how long containers are remembered and how recently
+	// an image must have been created to count as built here. The
+	// default is 2h.
+	Retention time.Duration
+	// Settle is how long after an image event the image is examined, so
+	// that all the tags of one build arrive first. The default is 1s.
+	Settle time.Duration
+	// MinBackoff and MaxBackoff bound the waits between reconnects. The
+	// defaults are 500ms and 30s.
+	MinBackoff, MaxBackoff time.Duration
+	Metrics                *Metrics
+	// Now is the clock; time.Now when nil.
+	Now func() time.Time
+
+	ctrs     map[string]*seenContainer
+	pending  map[string]pendingImage // image ID → when to examine it
+	reported map[string]time.Time    // image IDs reported, and when
+	lastTime time.Time               // time of the last event received
+	lastKeys map[string]bool         // keys of the events at lastTime
+}
+
+type seenContainer struct {
+	id      string
+	created time.Time
+	pid     int
+}
+
+type pendingImage struct {
+	due    time.Time
+	action string
+	at     time.Time // the event's time
+	ctr    string    // for commit: the committed container
+}
+
+// maxContainers bounds the containers remembered.
+const maxContainers = 20000
+
+var imageIDPattern = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+func (w *DockerWatcher) now() time.Time {
+	if w.Now != nil {
+		return w.Now()
+	}
+	return time.Now()
+}
+
+func (w *DockerWatcher) log() *slog.Logger {
+	if w.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return w.Log
+}
+
+func durOr(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// Run watches until ctx ends, reconnecting with exponential backoff when
+// the daemon goes away, resuming from the last event received so that
+// none is lost (those at the same instant are not seen twice). Builds go
+// to out.
+func (w *DockerWatcher) Run(ctx context.Context, out chan<- BuildInfo) error {
+	w.ctrs = map[string]*seenContainer{}
+	w.pending = map[string]pendingImage{}
+	w.reported = map[string]time.Time{}
+	w.lastKeys = map[string]bool{}
+	since := w.now().Add(-durOr(w.Replay, 10*time.Minute))
+	backoff := durOr(w.MinBackoff, 500*time.Millisecond)
+	events := make(chan Event, 256)
+	for {
+		streamCtx, cancel := context.WithCancel(ctx)
+		errc := make(chan error, 1)
+		connected := make(chan struct{})
+		go func() {
+			errc <- w.Docker.Events(streamCtx, since, func(ev *Event) error {
+				if ev == nil {
+					close(connected)
+					return nil
+				}
+				select {
+				case events <- *ev:
+					return nil
+				case <-streamCtx.Done():
+					return streamCtx.Err()
+				}
+			})
+		}()
+		err := w.loop(ctx, events, errc, connected, out)
+		cancel()
+		w.metric(func(m *Metrics) { m.dockerUp.Set(0) })
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if w.isConnected(connected) {
+			backoff = durOr(w.MinBackoff, 500*time.Millisecond)
+		}
+		w.log().Warn("docker event stream lost; reconnecting", "error", err, "in", backoff)
+		if !w.waitPending(ctx, backoff, out) {
+			return ctx.Err()
+		}
+		backoff = min(2*backoff, durOr(w.MaxBackoff, 30*time.Second))
+		if !w.lastTime.IsZero() {
+			since = w.lastTime
+		}
+	}
+}
+
+func (w *DockerWatcher) isConnected(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+func (w *DockerWatcher) metric(f func(*Metrics)) {
+	if w.Metrics != nil {
+		f(w.Metrics)
+	}
+}
+
+// loop handles one connection's events until the stream ends.
+func (w *DockerWatcher) loop(ctx context.Context, events chan Event, errc chan error, connected chan struct{}, out chan<- BuildInfo) error {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errc:
+			// Events already queued were sent before the stream broke.
+			for len(events) > 0 {
+				w.handle(ctx, <-events)
+			}
+			return err
+		case ev := <-events:
+			w.handle(ctx, ev)
+		case <-connected:
+			connected = nil // a nil channel: announced once
+			w.metric(func(m *Metrics) { m.dockerConnects.Inc(); m.dockerUp.Set(1) })
+			w.log().Info("docker event stream open", "host", w.Docker.Host)
+		case <-tick.C:
+		}
+		if err := w.examineDue(ctx, out, false); err != nil {
+			return err
+		}
+	}
+}
+
+// waitPending waits d while still examining images that fall due.
+func (w *DockerWatcher) waitPending(ctx context.Context, d time.Duration, out chan<- BuildInfo) bool {
+	end := time.NewTimer(d)
+	defer end.Stop()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-end.C:
+			return true
+		case <-tick.C:
+			w.examineDue(ctx, out, false)
+		}
+	}
+}
+
+// handle takes one event into account, once.
+func (w *DockerWatcher) handle(ctx context.Context, ev Event) {
+	t := ev.When()
+	switch {
+	case t.Before(w.lastTime):
+		return // replayed after a reconnect: seen
+	case t.Equal(w.lastTime):
+		if w.lastKeys[ev.key()] {
+			return
+		}
+	default:
+		w.lastTime = t
+		clear(w.lastKeys)
+	}
+	w.lastKeys[ev.key()] = true
+	w.metric(func(m *Metrics) { m.dockerEvents.WithLabelValues(ev.Type).Inc() })
+	id := ev.Actor.ID
+	switch ev.Type {
+	case "container":
+		switch ev.Action {
+		case "create":
+			w.remember(id, t)
+		case "start":
+			c := w.remember(id, t)
+			// The init PID is only there while the container runs; a RUN
+			// step may be over before this answer.
+			if ci, err := w.Docker.ContainerInspect(ctx, id); err == nil && ci.State.Pid > 0 {
+				c.pid = ci.State.Pid
+			}
+		case "commit":
+			if img := ev.Actor.Attributes["imageID"]; imageIDPattern.MatchString(img) {
+				w.schedule(img, ev.Action, t, id)
+			}
+		}
+	case "image":
+		switch ev.Action {
+		case "tag", "import", "load", "create", "build":
+			if imageIDPattern.MatchString(id) {
+				w.schedule(id, ev.Action, t, "")
+			}
+		}
+	case "builder":
+		if imageIDPattern.MatchString(id) {
+			w.schedule(id, ev.Action, t, "")
+		}
+	}
+}
+
+func (w *DockerWatcher) remember(id string, t time.Time) *seenContainer {
+	if c, ok := w.ctrs[id]; ok {
+		return c
+	}
+	if len(w.ctrs) >= maxContainers {
+		w.forgetOld(true)
+	}
+	c := &seenContainer{id: id, created: t}
+	w.ctrs[id] = c
+	return c
+}
+
+// forgetOld drops containers and reported images past the retention; when
+// full, the oldest half of the containers too.
+func (w *DockerWatcher) forgetOld(full bool) {
+	cut := w.now().Add(-durOr(w.Retention, 2*time.Hour))
+	for id, c := range w.ctrs {
+		if c.created.Before(cut) {
+			delete(w.ctrs, id)
+		}
+	}
+	for id, t := range w.reported {
+		if t.Before(cut) {
+			delete(w.reported, id)
+		}
+	}
+	if full && len(w.ctrs) >= maxContainers {
+		all := make([]*seenContainer, 0, len(w.ctrs))
+		for _, c := range w.ctrs {
+			all = append(all, c)
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i].created.Before(all[j].created) })
+		for _, c := range all[:len(all)/2] {
+			delete(w.ctrs, c.id)
+		}
+	}
+}
+
+func (w *DockerWatcher) schedule(imageID, action string, at time.Time, ctr string) {
+	if p, ok := w.pending[imageID]; ok && p.ctr != "" {
+		return
+	}
+	w.pending[imageID] = pendingImage{due: w.now().Add(durOr(w.Settle, time.Second)), action: action, at: at, ctr: ctr}
+}
+
+// examineDue examines the images whose settle time passed (all of them
+// when all is set).
+func (w *DockerWatcher) examineDue(ctx context.Context, out chan<- BuildInfo, all bool) error {
+	now := w.now()
+	var due []string
+	for id, p := range w.pending {
+		if all || !now.Before(p.due) {
+			due = append(due, id)
+		}
+	}
+	sort.Strings(due)
+	for _, id := range due {
+		p := w.pending[id]
+		b, ok, err := w.examine(ctx, id, p)
+		var de *DockerError
+		if err != nil && !(errors.As(err, &de) && de.NotFound()) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// The daemon is going away: examine it after the reconnect.
+			w.log().Warn("examining an image failed; will retry", "digest", id, "error", err)
+			p.due = now.Add(2 * time.Second)
+			w.pending[id] = p
+			continue
+		}
+		delete(w.pending, id)
+		if !ok {
+			continue
+		}
+		w.reported[id] = now
+		w.metric(func(m *Metrics) { m.builds.WithLabelValues(b.Tool).Inc() })
+		w.log().Info("image build", "digest", b.ImageID, "tags", b.Tags, "tool", b.Tool,
+			"started", b.Started.UTC().Format(time.RFC3339Nano), "containers", len(b.ContainerIDs), "pids", b.PIDs)
+		select {
+		case out <- b:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if len(due) > 0 {
+		w.forgetOld(false)
+	}
+	return nil
+}
+
+// maxChain bounds the parent chain walked: Docker's own limit on layers
+// is 127, intermediate images of the classic builder add one per step.
+const maxChain = 1000
+
+// examine decides whether image id was built here and how.
+func (w *DockerWatcher) examine(ctx context.Context, id string, p pendingImage) (BuildInfo, bool, error) {
+	if _, done := w.reported[id]; done {
+		return BuildInfo{}, false, nil
+	}
+	img, err := w.Docker.ImageInspect(ctx, id)
+	if err != nil {
+		return BuildInfo{}, false, err
+	}
+	hist, err := w.Docker.ImageHistory(ctx, id)
+	if err != nil {
+		return BuildInfo{}, false, err
+	}
+	b := BuildInfo{ImageID: img.ID, Finished: p.at}
+	for _, t := range img.RepoTags {
+		if t != "<none>:<none>" {
+			b.Tags = append(b.Tags, t)
+		}
+	}
+	buildkit := false
+	for i := len(hist) - 1; i >= 0; i-- {
+		if s := strings.TrimSpace(hist[i].CreatedBy); s != "" {
+			b.Steps = append(b.Steps, s)
+			if strings.HasSuffix(s, "# buildkit") {
+				buildkit = true
+			}
+		}
+	}
+	// The classic builder's chain: each image names the container it was
+	// committed from.
+	cur := img
+	for range maxChain {
+		if c, ok := w.ctrs[cur.Container]; ok && cur.Container != "" {
+			b.ContainerIDs = append(b.ContainerIDs, c.id)
+			if c.pid > 0 {
+				b.PIDs = append(b.PIDs, c.pid)
+			}
+			if b.Started.IsZero() || c.created.Before(b.Started) {
+				b.Started = c.created
+			}
+		}
+		if cur.Parent == "" {
+			break
+		}
+		if cur, err = w.Docker.ImageInspect(ctx, cur.Parent); err != nil {
+			var de *DockerError
+			if errors.As(err, &de) && de.NotFound() {
+				break // the parent was removed since
+			}
+			return BuildInfo{}, false, err
+		}
+	}
+	slices.Reverse(b.ContainerIDs)
+	slices.Reverse(b.PIDs)
+	if len(b.ContainerIDs) > 0 {
+		b.Tool = "docker"
+		return b, true, nil
+	}
+	// Nothing of it ran in a container seen here: built elsewhere on the
+	// node (BuildKit), imported — or an old image tagged or loaded.
+	retention := durOr(w.Retention, 2*time.Hour)
+	if img.Created.IsZero() || p.at.Sub(img.Created) > retention {
+		return BuildInfo{}, false, nil
+	}
+	switch {
+	case buildkit:
+		b.Tool = "buildkit"
+	case p.action == "import":
+		b.Tool = "docker-import"
+	default:
+		b.Tool = "docker"
+	}
+	// The build's steps were committed after it began; the earliest
+	// recent step is the best estimate of its start.
+	b.Started = img.Created
+	for _, h := range hist {
+		ht := time.Unix(h.Created, 0)
+		if h.Created > 0 && ht.Before(b.Started) && p.at.Sub(ht) <= retention {
+			b.Started = ht
+		}
+	}
+	if b.Finished.Before(b.Started) {
+		b.Finished = b.Started
+	}
+	return b, true, nil
+}

@@ -1,0 +1,113 @@
+package nodeagent
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the node agent's Prometheus metrics, on a registry of their
+// own.
+type Metrics struct {
+	reg            *prometheus.Registry
+	batchesSent    prometheus.Counter
+	itemsSent      *prometheus.CounterVec
+	itemsRejected  prometheus.Counter
+	batchesDropped *prometheus.CounterVec
+	bytesDropped   prometheus.Counter
+	sendErrors     *prometheus.CounterVec
+	sendDuration   prometheus.Histogram
+	bufferBatches  prometheus.Gauge
+	bufferBytes    prometheus.Gauge
+	dockerEvents   *prometheus.CounterVec
+	dockerConnects prometheus.Counter
+	dockerUp       prometheus.Gauge
+	builds         *prometheus.CounterVec
+	connsSeen      prometheus.Counter
+	connsReported  prometheus.Counter
+	connsEvicted   prometheus.Counter
+	sensor         *prometheus.GaugeVec
+}
+
+// NewMetrics returns metrics registered on a new registry, with the Go
+// and process collectors.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		batchesSent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_batches_sent_total", Help: "Report batches the server accepted.",
+		}),
+		itemsSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_items_sent_total", Help: "Builds and connections the server stored, by kind (build, connection); duplicates of a retried batch are not counted.",
+		}, []string{"kind"}),
+		itemsRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_items_rejected_total", Help: "Items of accepted batches that the server refused (answered with an item error).",
+		}),
+		batchesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_batches_dropped_total", Help: "Batches dropped unsent, by reason: buffer-full (the oldest made room), rejected (a 4xx answer), encode, store (the buffer directory failed).",
+		}, []string{"reason"}),
+		bytesDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_buffer_dropped_bytes_total", Help: "Bytes of batches deleted from the full buffer.",
+		}),
+		sendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_send_errors_total", Help: "Failed sends, by reason: network, token, or the HTTP status code.",
+		}, []string{"reason"}),
+		sendDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "buildguard_node_agent_send_duration_seconds", Help: "Time to an answer of POST /v1/node-reports.",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
+		}),
+		bufferBatches: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "buildguard_node_agent_buffer_batches", Help: "Batches waiting on disk.",
+		}),
+		bufferBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "buildguard_node_agent_buffer_bytes", Help: "Bytes of batches waiting on disk.",
+		}),
+		dockerEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_docker_events_total", Help: "Docker events received, by type.",
+		}, []string{"type"}),
+		dockerConnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_docker_connects_total", Help: "Times the Docker event stream was (re)opened.",
+		}),
+		dockerUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "buildguard_node_agent_docker_connected", Help: "1 while the Docker event stream is open.",
+		}),
+		builds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_builds_total", Help: "Image builds detected, by tool.",
+		}, []string{"tool"}),
+		connsSeen: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_connections_observed_total", Help: "Outbound connections the sensor saw.",
+		}),
+		connsReported: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_connections_reported_total", Help: "Outbound connections tied to a build and queued for the server.",
+		}),
+		connsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "buildguard_node_agent_connections_evicted_total", Help: "Connections pushed out of the in-memory window by newer ones before it expired.",
+		}),
+		sensor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "buildguard_node_agent_sensor", Help: "1 for the connection sensor in use (ebpf, procfs).",
+		}, []string{"sensor"}),
+	}
+	m.reg.MustRegister(m.batchesSent, m.itemsSent, m.itemsRejected, m.batchesDropped, m.bytesDropped, m.sendErrors,
+		m.sendDuration, m.bufferBatches, m.bufferBytes, m.dockerEvents, m.dockerConnects, m.dockerUp, m.builds,
+		m.connsSeen, m.connsReported, m.connsEvicted, m.sensor,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// BufferDropped counts a batch deleted to make room; it is Spool's onDrop.
+func (m *Metrics) BufferDropped(bytes int64) {
+	m.batchesDropped.WithLabelValues("buffer-full").Inc()
+	m.bytesDropped.Add(float64(bytes))
+}
+
+func (m *Metrics) buffer(batches int, bytes int64) {
+	m.bufferBatches.Set(float64(batches))
+	m.bufferBytes.Set(float64(bytes))
+}

@@ -1,0 +1,240 @@
+package nodeagent
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Sender delivers the spool's batches, oldest first, to buildguard's
+// POST /v1/node-reports.
+type Sender struct {
+	// URL is the endpoint, https://buildguard.buildguard-system.svc/v1/node-reports.
+	URL string
+	// TokenFile holds the service-account token, read again before every
+	// request: the kubelet rotates projected tokens.
+	TokenFile string
+	Client    *http.Client
+	Spool     *Spool
+	Log       *slog.Logger
+	Metrics   *Metrics
+	// MinBackoff and MaxBackoff bound the wait between failed attempts.
+	// The defaults are 1s and 1m.
+	MinBackoff, MaxBackoff time.Duration
+	// Timeout bounds one request. The default is 30s.
+	Timeout time.Duration
+}
+
+// NewHTTPClient returns a client that trusts the CAs in caFile (the
+// system's when empty).
+func NewHTTPClient(caFile string) (*http.Client, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s: no PEM certificate in it", caFile)
+		}
+		cfg.RootCAs = pool
+	}
+	tr := &http.Transport{
+		TLSClientConfig: cfg, Proxy: http.ProxyFromEnvironment,
+		TLSHandshakeTimeout: 10 * time.Second, ResponseHeaderTimeout: 30 * time.Second,
+		MaxIdleConns: 2, IdleConnTimeout: 90 * time.Second,
+	}
+	return &http.Client{Transport: tr}, nil
+}
+
+// sendOutcome is what became of one attempt.
+type sendOutcome int
+
+const (
+	sent     sendOutcome = iota // 2xx: the server has it
+	retry                       // try again later: network, 5xx, 429, a token not there yet
+	rejected                    // another 4xx: the batch would never be taken
+)
+
+// Run sends until ctx ends.
+func (s *Sender) Run(ctx context.Context) {
+	backoff := s.minBackoff()
+	for {
+		seq, data, ok, err := s.Spool.Oldest()
+		if err != nil {
+			s.log().Error("reading the buffer failed", "error", err)
+			if !sleep(ctx, s.maxBackoff()) {
+				return
+			}
+			continue
+		}
+		if !ok {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.Spool.Ready():
+			}
+			continue
+		}
+		out, wait := s.send(ctx, data)
+		if ctx.Err() != nil {
+			return
+		}
+		switch out {
+		case sent, rejected:
+			if err := s.Spool.Remove(seq); err != nil {
+				s.log().Error("removing a sent batch failed", "error", err)
+			}
+			backoff = s.minBackoff()
+		case retry:
+			if wait <= 0 {
+				// Full jitter, so that a fleet of agents does not come
+				// back at the same instant after an outage.
+				wait = backoff/2 + rand.N(backoff/2+1)
+				backoff = min(2*backoff, s.maxBackoff())
+			}
+			if !sleep(ctx, wait) {
+				return
+			}
+		}
+		s.Metrics.buffer(s.Spool.Len())
+	}
+}
+
+// send makes one attempt; wait is the server's Retry-After, if any.
+func (s *Sender) send(ctx context.Context, data []byte) (sendOutcome, time.Duration) {
+	m := s.Metrics
+	token, err := os.ReadFile(s.TokenFile)
+	if err != nil || len(bytes.TrimSpace(token)) == 0 {
+		m.sendErrors.WithLabelValues("token").Inc()
+		s.log().Warn("no service-account token to send with; will retry", "file", s.TokenFile, "error", err)
+		return retry, 0
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout())
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(data))
+	if err != nil {
+		s.log().Error("bad server URL", "error", err)
+		return retry, s.maxBackoff()
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+string(bytes.TrimSpace(token)))
+	start := time.Now()
+	resp, err := s.Client.Do(req)
+	if err != nil {
+		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			m.sendErrors.WithLabelValues("network").Inc()
+			s.log().Warn("sending a report failed; buffered, will retry", "error", err)
+		}
+		return retry, 0
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	m.sendDuration.Observe(time.Since(start).Seconds())
+	code := resp.StatusCode
+	switch {
+	case code/100 == 2:
+		var res struct {
+			Accepted   struct{ Builds, Connections int }
+			Duplicates int
+			Errors     []struct {
+				Index  int
+				Reason string
+			}
+		}
+		json.Unmarshal(body, &res)
+		m.batchesSent.Inc()
+		m.itemsSent.WithLabelValues("build").Add(float64(res.Accepted.Builds))
+		m.itemsSent.WithLabelValues("connection").Add(float64(res.Accepted.Connections))
+		for _, e := range res.Errors {
+			// The rest of the batch was taken; these items will never be.
+			m.itemsRejected.Inc()
+			s.log().Warn("the server refused an item of a report", "index", e.Index, "reason", e.Reason)
+		}
+		s.log().Debug("report sent", "builds", res.Accepted.Builds, "connections", res.Accepted.Connections, "duplicates", res.Duplicates)
+		return sent, 0
+	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code/100 == 5,
+		code == http.StatusUnauthorized || code == http.StatusForbidden:
+		// 401 and 403 are about the credentials, not the batch: a token
+		// the kubelet has not rotated yet, or RBAC being fixed. The batch
+		// waits in the buffer (bounded) rather than being thrown away.
+		m.sendErrors.WithLabelValues(strconv.Itoa(code)).Inc()
+		s.log().Warn("the server cannot take a report now; buffered, will retry", "status", code, "message", shortBody(body))
+		return retry, retryAfter(resp.Header.Get("Retry-After"), s.maxBackoff())
+	default:
+		m.sendErrors.WithLabelValues(strconv.Itoa(code)).Inc()
+		m.batchesDropped.WithLabelValues("rejected").Inc()
+		s.log().Error("the server refused a report; it is dropped, as it would never be taken", "status", code, "message", shortBody(body))
+		return rejected, 0
+	}
+}
+
+// retryAfter parses a Retry-After of seconds, capped at limit.
+func retryAfter(v string, limit time.Duration) time.Duration {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n <= 0 {
+		return 0
+	}
+	return min(time.Duration(n)*time.Second, limit)
+}
+
+func shortBody(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
+
+func (s *Sender) minBackoff() time.Duration {
+	if s.MinBackoff <= 0 {
+		return time.Second
+	}
+	return s.MinBackoff
+}
+
+func (s *Sender) maxBackoff() time.Duration {
+	if s.MaxBackoff <= 0 {
+		return time.Minute
+	}
+	return max(s.MaxBackoff, s.minBackoff())
+}
+
+func (s *Sender) timeout() time.Duration {
+	if s.Timeout <= 0 {
+		return 30 * time.Second
+	}
+	return s.Timeout
+}
+
+func (s *Sender) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+// sleep waits d or until ctx ends; false when ctx ended.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
