@@ -126,10 +126,13 @@ func (a *Attributor) Build(info BuildInfo, now time.Time) (Build, []Connection) 
 	for _, p := range info.PIDs {
 		item.PIDs = append(item.PIDs, p)
 	}
-	// The processes whose connections were adopted are the build's too.
+	// The processes whose connections were adopted by container or
+	// process are the build's too; those adopted by time alone are not
+	// known to be.
+	byTime := len(info.ContainerIDs) == 0 && len(info.PIDs) == 0
 	cgroups := map[uint64]bool{}
 	for _, c := range out {
-		if c.PID > 0 && !containsInt(item.PIDs, c.PID) {
+		if c.PID > 0 && !byTime && !containsInt(item.PIDs, c.PID) {
 			item.PIDs = append(item.PIDs, c.PID)
 		}
 		if c.CgroupID != "" {
@@ -138,7 +141,7 @@ func (a *Attributor) Build(info BuildInfo, now time.Time) (Build, []Connection) 
 		}
 	}
 	// One cgroup for all of it (a one-step build) is the build's cgroup.
-	if len(cgroups) == 1 {
+	if len(cgroups) == 1 && !byTime {
 		for n := range cgroups {
 			item.CgroupID = strconv.FormatUint(n, 10)
 		}

@@ -1,0 +1,278 @@
+package nodeagent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeEngine is the part of the Docker Engine API the watcher uses,
+// served on a unix socket: a fixed log of events (GET /events honours
+// since and can be made to break the stream after some events, as a
+// daemon restart does), images, their histories and containers.
+type fakeEngine struct {
+	mu         sync.Mutex
+	events     []Event
+	images     map[string]Image
+	history    map[string][]HistoryEntry
+	containers map[string]Container
+	// breakAfter ends the first stream after that many events.
+	breakAfter int
+	sinces     []string
+}
+
+func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	path := strings.TrimPrefix(r.URL.Path, "/v"+DockerAPIVersion)
+	switch {
+	case path == "/events":
+		var filters map[string][]string
+		if err := json.Unmarshal([]byte(r.URL.Query().Get("filters")), &filters); err != nil || len(filters["type"]) != 3 {
+			http.Error(w, "bad filters", 400)
+			return
+		}
+		since := r.URL.Query().Get("since")
+		f.sinces = append(f.sinces, since)
+		sec, nsec, _ := strings.Cut(since, ".")
+		s, _ := strconv.ParseInt(sec, 10, 64)
+		ns, _ := strconv.ParseInt(nsec, 10, 64)
+		from := time.Unix(s, ns)
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		n := 0
+		for _, ev := range f.events {
+			if ev.When().Before(from) {
+				continue
+			}
+			if f.breakAfter > 0 && n == f.breakAfter {
+				f.breakAfter = 0
+				return // the daemon went away
+			}
+			json.NewEncoder(w).Encode(ev)
+			n++
+		}
+		w.(http.Flusher).Flush()
+		f.mu.Unlock()
+		<-r.Context().Done()
+		f.mu.Lock()
+	case strings.HasPrefix(path, "/images/") && strings.HasSuffix(path, "/json"):
+		img, ok := f.images[strings.TrimSuffix(strings.TrimPrefix(path, "/images/"), "/json")]
+		if !ok {
+			http.Error(w, `{"message":"no such image"}`, 404)
+			return
+		}
+		json.NewEncoder(w).Encode(img)
+	case strings.HasPrefix(path, "/images/") && strings.HasSuffix(path, "/history"):
+		json.NewEncoder(w).Encode(f.history[strings.TrimSuffix(strings.TrimPrefix(path, "/images/"), "/history")])
+	case strings.HasPrefix(path, "/containers/"):
+		c, ok := f.containers[strings.TrimSuffix(strings.TrimPrefix(path, "/containers/"), "/json")]
+		if !ok {
+			http.Error(w, `{"message":"no such container"}`, 404)
+			return
+		}
+		json.NewEncoder(w).Encode(c)
+	default:
+		http.Error(w, "not found", 404)
+	}
+}
+
+func (f *fakeEngine) start(t *testing.T) *Docker {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "d.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: f}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	d, err := NewDocker("unix://" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func hexID(c byte) string { return strings.Repeat(string(c), 64) }
+
+func ev(typ, action, id string, t time.Time, attrs map[string]string) Event {
+	e := Event{Type: typ, Action: action, Time: t.Unix(), TimeNano: t.UnixNano()}
+	e.Actor.ID, e.Actor.Attributes = id, attrs
+	return e
+}
+
+// classicBuild is what dockerd 20.10's classic builder does for
+// FROM base + RUN echo + RUN wget, tagged app:1.
+func classicBuild(t0 time.Time) *fakeEngine {
+	base, mid, final := "sha256:"+hexID('b'), "sha256:"+hexID('c'), "sha256:"+hexID('d')
+	c1, c2, other := hexID('1'), hexID('2'), hexID('9')
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	f := &fakeEngine{
+		events: []Event{
+			ev("container", "create", other, at(0), map[string]string{"image": "nginx"}),
+			ev("container", "create", c1, at(10), map[string]string{"image": base}),
+			ev("container", "start", c1, at(20), nil),
+			ev("container", "die", c1, at(30), nil),
+			ev("container", "destroy", c1, at(40), nil),
+			ev("container", "create", c2, at(50), map[string]string{"image": mid}),
+			ev("container", "start", c2, at(60), nil),
+			ev("container", "die", c2, at(70), nil),
+			ev("container", "destroy", c2, at(80), nil),
+			ev("image", "tag", final, at(90), map[string]string{"name": "app:1"}),
+			ev("image", "tag", final, at(90), map[string]string{"name": "app:latest"}),
+		},
+		images: map[string]Image{
+			final: {ID: final, Parent: mid, Container: c2, Created: at(85), RepoTags: []string{"app:1", "app:latest"}},
+			mid:   {ID: mid, Parent: base, Container: c1, Created: at(35)},
+			base:  {ID: base, Created: t0.Add(-90 * 24 * time.Hour), RepoTags: []string{"local/busybox:1"}},
+		},
+		history: map[string][]HistoryEntry{final: {
+			{ID: final, CreatedBy: "/bin/sh -c wget -O /payload http://127.0.0.23:8080/payload"},
+			{ID: mid, CreatedBy: "/bin/sh -c echo hi > /x"},
+			{ID: base, CreatedBy: ""},
+		}},
+		containers: map[string]Container{c2: {ID: c2}},
+	}
+	c := f.containers[c2]
+	c.State.Pid, c.State.Running = 4242, true
+	f.containers[c2] = c
+	return f
+}
+
+func runWatcher(t *testing.T, f *fakeEngine, want int) []BuildInfo {
+	t.Helper()
+	d := f.start(t)
+	w := &DockerWatcher{Docker: d, Settle: 20 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Metrics: NewMetrics()}
+	ctx, cancel := context.WithCancel(t.Context())
+	out := make(chan BuildInfo, 10)
+	done := make(chan struct{})
+	go func() { w.Run(ctx, out); close(done) }()
+	var got []BuildInfo
+	timeout := time.After(20 * time.Second)
+	for len(got) < want {
+		select {
+		case b := <-out:
+			got = append(got, b)
+		case <-timeout:
+			t.Fatalf("%d builds within 20s, want %d", len(got), want)
+		}
+	}
+	// Nothing more comes.
+	select {
+	case b := <-out:
+		t.Errorf("unexpected build %+v", b)
+	case <-time.After(300 * time.Millisecond):
+	}
+	cancel()
+	<-done
+	return got
+}
+
+func TestDockerWatcherClassicBuild(t *testing.T) {
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	for _, breakAfter := range []int{0, 4, 9} {
+		t.Run(fmt.Sprintf("stream breaks after %d events", breakAfter), func(t *testing.T) {
+			f := classicBuild(t0)
+			f.breakAfter = breakAfter
+			got := runWatcher(t, f, 1)
+			want := BuildInfo{
+				Tool: "docker", ImageID: "sha256:" + hexID('d'), Tags: []string{"app:1", "app:latest"},
+				Started: t0.Add(10 * time.Millisecond), Finished: t0.Add(90 * time.Millisecond),
+				ContainerIDs: []string{hexID('1'), hexID('2')}, PIDs: []int{4242},
+				Steps: []string{"/bin/sh -c echo hi > /x", "/bin/sh -c wget -O /payload http://127.0.0.23:8080/payload"},
+			}
+			b := got[0]
+			if !b.Started.Equal(want.Started) || !b.Finished.Equal(want.Finished) {
+				t.Errorf("span %v..%v, want %v..%v", b.Started, b.Finished, want.Started, want.Finished)
+			}
+			b.Started, b.Finished, want.Started, want.Finished = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+			if !reflect.DeepEqual(b, want) {
+				t.Errorf("build\n got %+v\nwant %+v", b, want)
+			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if breakAfter > 0 {
+				// Resumed from the last event received, not from the start.
+				last := f.events[breakAfter-1].When()
+				if len(f.sinces) < 2 || f.sinces[1] != fmt.Sprintf("%d.%09d", last.Unix(), last.Nanosecond()) {
+					t.Errorf("since of the reconnects: %v, want the second to be the time of event %d (%v)", f.sinces, breakAfter-1, last)
+				}
+			}
+		})
+	}
+}
+
+func TestDockerWatcherWithoutContainers(t *testing.T) {
+	now := time.Now()
+	fresh, old, imported := "sha256:"+hexID('e'), "sha256:"+hexID('f'), "sha256:"+hexID('a')
+	f := &fakeEngine{
+		events: []Event{
+			ev("image", "tag", old, now.Add(-3*time.Second), map[string]string{"name": "mirror/nginx:1"}),
+			ev("image", "tag", fresh, now.Add(-2*time.Second), map[string]string{"name": "bk:1"}),
+			ev("image", "import", imported, now.Add(-time.Second), nil),
+			ev("image", "pull", "nginx:1", now.Add(-time.Second), nil),
+		},
+		images: map[string]Image{
+			old:      {ID: old, Created: now.Add(-30 * 24 * time.Hour), RepoTags: []string{"nginx:1", "mirror/nginx:1"}},
+			fresh:    {ID: fresh, Created: now.Add(-2 * time.Second), RepoTags: []string{"bk:1"}},
+			imported: {ID: imported, Created: now.Add(-time.Second)},
+		},
+		history: map[string][]HistoryEntry{
+			fresh: {
+				{ID: fresh, Created: now.Add(-2 * time.Second).Unix(), CreatedBy: "RUN /bin/sh -c wget http://203.0.113.9/x # buildkit"},
+				{ID: "<missing>", Created: now.Add(-40 * time.Second).Unix(), CreatedBy: "COPY . / # buildkit"},
+				{ID: "<missing>", Created: now.Add(-400 * 24 * time.Hour).Unix(), CreatedBy: "/bin/sh -c #(nop) ADD file:abc in / "},
+			},
+			imported: {{ID: imported, Created: now.Add(-time.Second).Unix(), Comment: "Imported from -"}},
+		},
+	}
+	got := runWatcher(t, f, 2)
+	byID := map[string]BuildInfo{}
+	for _, b := range got {
+		byID[b.ImageID] = b
+	}
+	if b := byID[fresh]; b.Tool != "buildkit" || len(b.ContainerIDs) != 0 || b.Started.Unix() != now.Add(-40*time.Second).Unix() || len(b.Steps) != 3 {
+		t.Errorf("BuildKit build: %+v", b)
+	}
+	if b := byID[imported]; b.Tool != "docker-import" {
+		t.Errorf("import: %+v", b)
+	}
+	if _, ok := byID[old]; ok {
+		t.Errorf("retagging an old image reported as a build")
+	}
+}
+
+func TestDecodeEventsSkipsOddLines(t *testing.T) {
+	in := "not json\n{\"Type\":\"image\"}\n\n{\"Type\":\"image\",\"Action\":\"tag\",\"timeNano\":5}\n[1,2]\n"
+	var got []Event
+	err := decodeEvents(strings.NewReader(in), func(e *Event) error { got = append(got, *e); return nil })
+	if err == nil || len(got) != 1 || got[0].Action != "tag" {
+		t.Errorf("decodeEvents = %v, %+v; want one tag event and the stream-ended error", err, got)
+	}
+}
+
+func FuzzDecodeEvents(f *testing.F) {
+	f.Add([]byte(`{"Type":"container","Action":"create","Actor":{"ID":"abc","Attributes":{"image":"x"}},"time":1,"timeNano":1000000000}` + "\n"))
+	f.Add([]byte(`{"Type":"image","Action":"tag","Actor":{"ID":"sha256:0"},"timeNano":-1}`))
+	f.Add([]byte("\n\n{\"Type\":1}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		decodeEvents(strings.NewReader(string(data)), func(e *Event) error {
+			if e.Type == "" {
+				t.Fatal("an event without a type was passed on")
+			}
+			_ = e.When()
+			_ = e.key()
+			return nil
+		})
+	})
+}
