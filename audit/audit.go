@@ -1,0 +1,318 @@
+// Package audit judges the workloads already in a cluster against current
+// policy — what was admitted before buildguard was installed, before a
+// policy changed, or in audit mode — and records each verdict as a
+// decision. A scan blocks nothing: a deny is recorded as "would-deny".
+//
+// Each top-level workload is judged once: a Deployment, not its
+// ReplicaSets and Pods as well. Evaluations share the engine's caches, so
+// a scan costs about one registry lookup per distinct image, however many
+// Pods run it.
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	authnv1 "k8s.io/api/authentication/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/records"
+)
+
+// Defaults of a Scanner.
+const (
+	DefaultConcurrency = 8
+	DefaultPageSize    = 500
+)
+
+// What scan records carry in place of an admission request's operation
+// and user.
+const (
+	Operation = "SCAN"
+	User      = "buildguard-audit"
+)
+
+// Evaluator judges a workload. *engine.Engine is one.
+type Evaluator interface {
+	Evaluate(ctx context.Context, w engine.Workload) (policy.Verdict, error)
+}
+
+// Recorder keeps decision records. evidence.Store is one; the server
+// hands them to its records.Recorder instead, which never loses them
+// while the store is down.
+type Recorder interface {
+	AddDecision(ctx context.Context, d evidence.Decision) error
+}
+
+// Scanner judges every workload in a cluster: Pods, Deployments,
+// ReplicaSets, StatefulSets, DaemonSets, Jobs, CronJobs and
+// ReplicationControllers. Client and Evaluator are required.
+//
+// An object a controller owns is skipped when its owner is scanned too
+// and runs the same containers (the Pods of a ReplicaSet, the ReplicaSet
+// of a Deployment, the Jobs of a CronJob): the owner's verdict is its
+// verdict. It is judged on its own when what it runs differs from its
+// owner — an old ReplicaSet still running during a rollout, a Pod with an
+// ephemeral debug container — unless it runs nothing (an old ReplicaSet
+// scaled to zero, a finished Job). Objects whose owner is not a scanned
+// kind, and bare Pods, are judged on their own.
+type Scanner struct {
+	// Client lists the workloads.
+	Client kubernetes.Interface
+	// Evaluator judges them; an *engine.Engine shared by all evaluations
+	// of a scan, and by scans, shares its caches.
+	Evaluator Evaluator
+	// Recorder stores a decision per judged workload. When nil, nothing
+	// is recorded.
+	Recorder Recorder
+	// Namespaces limits the scan to these namespaces. The default is all.
+	Namespaces []string
+	// Concurrency is how many workloads are judged at once. The default
+	// is DefaultConcurrency.
+	Concurrency int
+	// PageSize is the Limit of each list call. The default is
+	// DefaultPageSize.
+	PageSize int64
+	// Now is the clock. The default is time.Now.
+	Now func() time.Time
+	// Log receives what could not be judged or recorded. The default
+	// discards.
+	Log *slog.Logger
+	// Progress, when set, is called as objects are listed and as each
+	// workload is judged, from the goroutine that called Scan.
+	Progress func(Progress)
+}
+
+// Progress is how far a scan is.
+type Progress struct {
+	// Listed is the objects listed so far.
+	Listed int
+	// Total is the workloads to judge; 0 while listing.
+	Total int
+	// Done is the workloads judged so far.
+	Done int
+	// WouldDeny and Errors count the judged workloads so far that would be
+	// denied and that could not be judged.
+	WouldDeny, Errors int
+}
+
+// ScanID names a scan started at t; it is the suffix of its records' IDs
+// ("<object UID>/scan-20261202T031500Z").
+func ScanID(t time.Time) string { return "scan-" + t.UTC().Format("20060102T150405Z") }
+
+// verdictWord is a scan's verdict: a deny is a would-deny, since nothing
+// was blocked.
+func verdictWord(v policy.Verdict) string {
+	if v.Outcome == policy.OutcomeDeny {
+		return policy.WouldDeny
+	}
+	return v.Word()
+}
+
+// Scan lists the workloads, judges them and records the verdicts. It
+// returns an error, and no report, when listing fails; when ctx ends
+// while judging, it returns what was judged with ctx's error. A workload
+// that cannot be judged or recorded is counted in the report, not
+// returned as an error.
+func (s *Scanner) Scan(ctx context.Context) (*Report, error) {
+	if s.Client == nil || s.Evaluator == nil {
+		return nil, errors.New("audit: Scanner needs a Client and an Evaluator")
+	}
+	now := s.Now
+	if now == nil {
+		now = time.Now
+	}
+	log := s.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	pageSize := s.PageSize
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	workers := s.Concurrency
+	if workers <= 0 {
+		workers = DefaultConcurrency
+	}
+	progress := func(Progress) {}
+	if s.Progress != nil {
+		progress = s.Progress
+	}
+	started := now()
+	r := newReport(ScanID(started), started, s.Namespaces)
+
+	// List everything first: whether an object is judged depends on its
+	// owner, which may be listed after it.
+	var items []item
+	var p Progress
+	namespaces := s.Namespaces
+	if len(namespaces) == 0 {
+		namespaces = []string{""}
+	}
+	for _, ns := range namespaces {
+		for _, l := range listers() {
+			got, err := listKind(ctx, s.Client, l, ns, pageSize, func(n int) {
+				p.Listed += n
+				progress(p)
+			})
+			if err != nil {
+				return nil, err
+			}
+			items = append(items, got...)
+		}
+	}
+	r.Listed = len(items)
+	todo := selectWorkloads(items, r)
+	p.Total = len(todo)
+	progress(p)
+
+	jobs := make(chan *item)
+	results := make(chan Result)
+	var wg sync.WaitGroup
+	for range min(workers, max(1, len(todo))) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := range jobs {
+				results <- s.judge(ctx, log, r.ID, now, it)
+			}
+		}()
+	}
+	go func() {
+		defer close(jobs)
+		for _, it := range todo {
+			select {
+			case jobs <- it:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go func() {
+		wg.Wait()
+		close(results)
+	}()
+	for res := range results {
+		r.add(res)
+		p.Done++
+		if res.Verdict == policy.WouldDeny {
+			p.WouldDeny++
+		}
+		if res.failed() {
+			p.Errors++
+		}
+		progress(p)
+	}
+	r.finish(now())
+	if err := ctx.Err(); err != nil {
+		return r, fmt.Errorf("scan %s stopped after %d of %d workloads: %w", r.ID, p.Done, p.Total, err)
+	}
+	return r, nil
+}
+
+// selectWorkloads returns the items to judge, counting the others in r.
+func selectWorkloads(items []item, r *Report) []*item {
+	byUID := make(map[types.UID]*item, len(items))
+	for i := range items {
+		byUID[items[i].uid] = &items[i]
+	}
+	// judged[uid] says whether an object's containers are judged, at the
+	// object itself or at an owner running the same ones.
+	judged := make(map[types.UID]bool, len(items))
+	visiting := map[types.UID]bool{}
+	var covered func(it *item) bool
+	covered = func(it *item) bool {
+		if j, ok := judged[it.uid]; ok {
+			return j
+		}
+		owner := byUID[it.owner]
+		if owner == nil {
+			judged[it.uid] = true // not owned by a scanned object: judged on its own
+			return true
+		}
+		if visiting[it.uid] {
+			return false // an ownership cycle, which only broken objects form
+		}
+		visiting[it.uid] = true
+		j := (owner.signature() == it.signature() && covered(owner)) || it.active
+		delete(visiting, it.uid)
+		judged[it.uid] = j
+		return j
+	}
+	var out []*item
+	for i := range items {
+		it := &items[i]
+		owner := byUID[it.owner]
+		switch {
+		case owner == nil:
+			out = append(out, it)
+		case owner.signature() == it.signature() && covered(owner):
+			r.Covered++
+		case it.active:
+			out = append(out, it)
+		default:
+			r.Inactive++
+		}
+	}
+	return out
+}
+
+// judge evaluates one workload and records the verdict.
+func (s *Scanner) judge(ctx context.Context, log *slog.Logger, scanID string, now func() time.Time, it *item) Result {
+	res := Result{Kind: it.kind, Namespace: it.namespace, Name: it.name, UID: string(it.uid), Images: it.images()}
+	// A scan changes nothing: the object is judged as an UPDATE that
+	// keeps its images, so change control (which judges changes, at the
+	// time they are made) finds nothing to say about what already runs.
+	w := engine.Workload{
+		Namespace: it.namespace, Kind: it.kind, Name: it.name, Labels: it.labels, Spec: it.spec,
+		Operation: "UPDATE", OldSpec: it.spec,
+	}
+	if err := ctx.Err(); err != nil {
+		res.Error = err.Error()
+		return res
+	}
+	v, err := s.Evaluator.Evaluate(ctx, w)
+	if err != nil {
+		res.Error = err.Error()
+		log.Warn("audit: workload not judged", "namespace", it.namespace, "kind", it.kind, "name", it.name, "uid", string(it.uid), "error", err)
+		return res
+	}
+	res.setVerdict(v)
+	if s.Recorder == nil {
+		return res
+	}
+	d := Decision(scanID, it.uid, w, v, now())
+	if err := s.Recorder.AddDecision(ctx, d); err != nil {
+		res.RecordError = err.Error()
+		log.Warn("audit: decision not recorded", "namespace", it.namespace, "kind", it.kind, "name", it.name, "uid", string(it.uid), "error", err)
+		return res
+	}
+	res.Decision = d.ID
+	return res
+}
+
+// Decision is the record of a scan's verdict on the object uid, at time
+// t: a decision record as the webhook's (records.Decision), with ID
+// "<uid>/<scanID>", Operation "SCAN", User "buildguard-audit", and
+// "would-deny" for a deny.
+func Decision(scanID string, uid types.UID, w engine.Workload, v policy.Verdict, t time.Time) evidence.Decision {
+	req := &admissionv1.AdmissionRequest{
+		UID:       types.UID(string(uid) + "/" + scanID),
+		Operation: admissionv1.Operation(Operation),
+		Namespace: w.Namespace,
+		Name:      w.Name,
+		UserInfo:  authnv1.UserInfo{Username: User},
+	}
+	d := records.Decision(req, w, v, t)
+	d.Verdict = verdictWord(v)
+	return d
+}
