@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"buildguard.dev/buildguard/nodeagent"
+	"buildguard.dev/buildguard/nodeagent/conns"
+)
+
+// nodeAgent runs `buildguard node-agent` (docs/node-agent.md).
+func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("node-agent", flag.ContinueOnError)
+	dockerHost := fs.String("docker-host", "unix:///var/run/docker.sock", "Docker Engine API address: unix:///path or tcp://host:port")
+	serverURL := fs.String("server", "", "buildguard's URL (https://buildguard.buildguard-system.svc); reports go to its /v1/node-reports")
+	caFile := fs.String("ca-file", "", "PEM file of the CA that signed buildguard's serving certificate (default: the system's CAs)")
+	tokenFile := fs.String("token-file", "/var/run/secrets/buildguard/token", "service-account token (audience buildguard), read again before every send")
+	node := fs.String("node", os.Getenv("NODE_NAME"), "this node's Kubernetes name (default $NODE_NAME)")
+	bufferDir := fs.String("buffer-dir", "/var/lib/buildguard-node-agent/buffer", "directory of reports waiting to be sent; kept across restarts")
+	bufferMax := fs.Int64("buffer-max-bytes", nodeagent.DefaultBufferMaxBytes, "bound of the buffer; beyond it the oldest reports are dropped")
+	batchInterval := fs.Duration("batch-interval", 2*time.Second, "longest an item waits before its batch is stored for sending")
+	batchMax := fs.Int("batch-max-items", 500, "most builds and connections in one report")
+	metricsListen := fs.String("metrics-listen", ":9090", "address of /metrics, /healthz and /readyz (empty: none)")
+	sensor := fs.String("sensor", "auto", "connection sensor: auto (eBPF, else /proc sampling), ebpf (fail without it) or procfs")
+	procRoot := fs.String("proc-root", "/proc", "the host's procfs (the pod must share the host's PID namespace)")
+	window := fs.Duration("window", 5*time.Minute, "how long connections wait in memory for their build, and builds for late connections")
+	replay := fs.Duration("replay", 10*time.Minute, "how far back Docker events are read at start, to find builds that began before it")
+	logFormat := fs.String("log-format", "json", "log format: json or text")
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return &usageError{msg: fmt.Sprintf("node-agent takes no arguments, got %q", fs.Args())}
+	}
+	var handler slog.Handler
+	switch *logFormat {
+	case "json":
+		handler = slog.NewJSONHandler(stderr, nil)
+	case "text":
+		handler = slog.NewTextHandler(stderr, nil)
+	default:
+		return &usageError{msg: fmt.Sprintf("--log-format %q: want json or text", *logFormat)}
+	}
+	log := slog.New(handler)
+	switch {
+	case *serverURL == "":
+		return &usageError{msg: "--server is required"}
+	case strings.TrimSpace(*node) == "":
+		return &usageError{msg: "--node is required (or set NODE_NAME, from the downward API's spec.nodeName)"}
+	case *sensor != "auto" && *sensor != "ebpf" && *sensor != "procfs":
+		return &usageError{msg: fmt.Sprintf("--sensor %q: want auto, ebpf or procfs", *sensor)}
+	case *batchMax <= 0 || *batchMax > 10000:
+		return &usageError{msg: "--batch-max-items: want 1..10000 (the server's limit per request)"}
+	case *batchInterval <= 0 || *window <= 0 || *replay < 0:
+		return &usageError{msg: "--batch-interval and --window must be positive, --replay not negative"}
+	}
+	endpoint, err := reportURL(*serverURL)
+	if err != nil {
+		return &usageError{msg: err.Error()}
+	}
+	client, err := nodeagent.NewHTTPClient(*caFile)
+	if err != nil {
+		return err
+	}
+	docker, err := nodeagent.NewDocker(*dockerHost)
+	if err != nil {
+		return &usageError{msg: err.Error()}
+	}
+
+	w, fallback := conns.New(conns.Options{ProcRoot: *procRoot, Log: log, ForceProcfs: *sensor == "procfs"})
+	if *sensor == "ebpf" && fallback != nil {
+		return fmt.Errorf("--sensor=ebpf: %w", fallback)
+	}
+	log.Info("connection sensor", "sensor", w.Sensor())
+
+	metrics := nodeagent.NewMetrics()
+	spool, err := nodeagent.OpenSpool(*bufferDir, *bufferMax, metrics.BufferDropped)
+	if err != nil {
+		return err
+	}
+	if n, b := spool.Len(); n > 0 {
+		log.Info("reports buffered by an earlier run will be sent first", "batches", n, "bytes", b)
+	}
+	a := &nodeagent.Agent{
+		Node:    strings.TrimSpace(*node),
+		Docker:  &nodeagent.DockerWatcher{Docker: docker, Log: log, Replay: *replay, Metrics: metrics},
+		Conns:   w,
+		Attrib:  &nodeagent.Attributor{Window: *window},
+		Spool:   spool,
+		Sender:  &nodeagent.Sender{URL: endpoint, TokenFile: *tokenFile, Client: client, Spool: spool, Log: log, Metrics: metrics},
+		Metrics: metrics,
+		Log:     log,
+
+		BatchInterval: *batchInterval,
+		BatchMaxItems: *batchMax,
+	}
+	if *metricsListen != "" {
+		ln, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics listener stopped", "error", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+		}()
+		log.Info("serving metrics and health", "addr", ln.Addr().String())
+	}
+	log.Info("node agent started", "node", a.Node, "docker", *dockerHost, "server", endpoint)
+	return a.Run(ctx)
+}
+
+// reportURL is the node-report endpoint of buildguard at server.
+func reportURL(server string) (string, error) {
+	u, err := url.Parse(server)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", fmt.Errorf("--server %q: want https://host[:port]", server)
+	}
+	if !strings.HasSuffix(u.Path, "/v1/node-reports") {
+		u.Path = strings.TrimSuffix(u.Path, "/") + "/v1/node-reports"
+	}
+	u.RawQuery, u.Fragment = "", ""
+	return u.String(), nil
+}
