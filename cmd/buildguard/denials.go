@@ -166,42 +166,6 @@ func findDecision(ctx context.Context, st evidence.Store, id string) (evidence.D
 	return evidence.Decision{}, fmt.Errorf("decision ID %q is ambiguous: %d decisions start with it; give more of it", id, len(match))
 }
 
-// decisionJSON is the stable JSON (and YAML) form of a decision record;
-// docs/denials.md describes it.
-type decisionJSON struct {
-	ID         string          `json:"id"`
-	Time       string          `json:"time"`
-	Operation  string          `json:"operation"`
-	Namespace  string          `json:"namespace"`
-	Kind       string          `json:"kind"`
-	Name       string          `json:"name"`
-	User       string          `json:"user"`
-	Groups     []string        `json:"groups"`
-	Mode       string          `json:"mode"`
-	Verdict    string          `json:"verdict"`
-	Rules      []string        `json:"rules"`
-	Exceptions []string        `json:"exceptions"`
-	Images     json.RawMessage `json:"images"`
-}
-
-func toJSON(d evidence.Decision) decisionJSON {
-	orEmpty := func(s []string) []string {
-		if s == nil {
-			return []string{}
-		}
-		return s
-	}
-	images := d.Images
-	if len(images) == 0 {
-		images = json.RawMessage("[]")
-	}
-	return decisionJSON{
-		ID: d.ID, Time: d.Time.UTC().Format(time.RFC3339Nano), Operation: d.Operation, Namespace: d.Namespace,
-		Kind: d.Kind, Name: d.Name, User: d.User, Groups: orEmpty(d.Groups), Mode: d.Mode, Verdict: d.Verdict,
-		Rules: orEmpty(d.Rules), Exceptions: orEmpty(d.Exceptions), Images: images,
-	}
-}
-
 func writeDecisions(w io.Writer, output string, ds []evidence.Decision, one bool, now time.Time) error {
 	switch output {
 	case "json":
@@ -211,17 +175,17 @@ func writeDecisions(w io.Writer, output string, ds []evidence.Decision, one bool
 			enc.SetIndent("", "  ")
 		}
 		for _, d := range ds {
-			if err := enc.Encode(toJSON(d)); err != nil {
+			if err := enc.Encode(records.ToJSON(d)); err != nil {
 				return err
 			}
 		}
 		return nil
 	case "yaml":
-		var v any = toJSON(ds[0])
+		var v any = records.ToJSON(ds[0])
 		if !one {
-			l := make([]decisionJSON, len(ds))
+			l := make([]records.DecisionJSON, len(ds))
 			for i, d := range ds {
-				l[i] = toJSON(d)
+				l[i] = records.ToJSON(d)
 			}
 			v = l
 		}
@@ -383,33 +347,6 @@ func fitList(s string, n int) string {
 	return string([]rune(items[0])[:keep]) + "…" + more
 }
 
-// imageRecord is what writeDetail reads of an element of Decision.Images.
-type imageRecord struct {
-	Scope         string         `json:"scope"`
-	Container     string         `json:"container"`
-	ContainerKind string         `json:"containerKind"`
-	Image         string         `json:"image"`
-	Digest        string         `json:"digest"`
-	Verdict       string         `json:"verdict"`
-	ChangeID      string         `json:"changeID"`
-	Findings      []findingEntry `json:"findings"`
-	Exception     *struct {
-		Name       string `json:"name"`
-		Reason     string `json:"reason"`
-		Expires    string `json:"expires"`
-		ApprovedBy string `json:"approvedBy"`
-	} `json:"exception"`
-}
-
-type findingEntry struct {
-	Rule     string                     `json:"rule"`
-	Severity string                     `json:"severity"`
-	Action   string                     `json:"action"`
-	Message  string                     `json:"message"`
-	Policy   string                     `json:"policy"`
-	Evidence map[string]json.RawMessage `json:"evidence"`
-}
-
 // writeDetail writes one decision for a person: who asked for what, the
 // verdict, and per image its digest, findings and their evidence.
 func writeDetail(w io.Writer, d evidence.Decision, now time.Time) error {
@@ -426,13 +363,11 @@ func writeDetail(w io.Writer, d evidence.Decision, now time.Time) error {
 	field("Verdict", fmt.Sprintf("%s (%s mode)", d.Verdict, d.Mode))
 	field("Rules", orDash(strings.Join(d.Rules, ", ")))
 	field("Exceptions", orDash(strings.Join(d.Exceptions, ", ")))
-	var images []imageRecord
-	if len(d.Images) > 0 {
-		if err := json.Unmarshal(d.Images, &images); err != nil {
-			fmt.Fprintf(&b, "Images:     (unreadable: %v)\n%s\n", err, d.Images)
-			_, err := w.Write(b.Bytes())
-			return err
-		}
+	images, err := records.ParseImages(d.Images)
+	if err != nil {
+		fmt.Fprintf(&b, "Images:     (unreadable: %v)\n%s\n", err, d.Images)
+		_, err := w.Write(b.Bytes())
+		return err
 	}
 	for _, im := range images {
 		b.WriteString("\n")
@@ -470,25 +405,12 @@ func writeDetail(w io.Writer, d evidence.Decision, now time.Time) error {
 			}
 			sort.Strings(keys)
 			for _, k := range keys {
-				fmt.Fprintf(&b, "      %s: %s\n", k, evidenceValue(f.Evidence[k]))
+				fmt.Fprintf(&b, "      %s: %s\n", k, records.EvidenceString(f.Evidence[k]))
 			}
 		}
 	}
-	_, err := w.Write(b.Bytes())
+	_, err = w.Write(b.Bytes())
 	return err
-}
-
-// evidenceValue shows a string as it is and anything else as compact JSON.
-func evidenceValue(raw json.RawMessage) string {
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s
-	}
-	var c bytes.Buffer
-	if json.Compact(&c, raw) == nil {
-		return c.String()
-	}
-	return string(raw)
 }
 
 func orDash(s string) string {
