@@ -26,15 +26,21 @@ type Sender struct {
 	// TokenFile holds the service-account token, read again before every
 	// request: the kubelet rotates projected tokens.
 	TokenFile string
-	Client    *http.Client
-	Spool     *Spool
-	Log       *slog.Logger
-	Metrics   *Metrics
+	// CAFile, when set, holds the CAs of buildguard's serving certificate;
+	// it is read again when it changes (the kubelet updates a mounted
+	// Secret when the CA is rotated). Otherwise Client is used as is.
+	CAFile  string
+	Client  *http.Client
+	Spool   *Spool
+	Log     *slog.Logger
+	Metrics *Metrics
 	// MinBackoff and MaxBackoff bound the wait between failed attempts.
 	// The defaults are 1s and 1m.
 	MinBackoff, MaxBackoff time.Duration
 	// Timeout bounds one request. The default is 30s.
 	Timeout time.Duration
+
+	caStamp string // size and modification time of the CAFile read
 }
 
 // NewHTTPClient returns a client that trusts the CAs in caFile (the
@@ -132,8 +138,14 @@ func (s *Sender) send(ctx context.Context, data []byte) (sendOutcome, time.Durat
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+string(bytes.TrimSpace(token)))
+	client, err := s.client()
+	if err != nil {
+		m.sendErrors.WithLabelValues("ca").Inc()
+		s.log().Error("cannot read the CA file; will retry", "error", err)
+		return retry, 0
+	}
 	start := time.Now()
-	resp, err := s.Client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			m.sendErrors.WithLabelValues("network").Inc()
@@ -180,6 +192,30 @@ func (s *Sender) send(ctx context.Context, data []byte) (sendOutcome, time.Durat
 		s.log().Error("the server refused a report; it is dropped, as it would never be taken", "status", code, "message", shortBody(body))
 		return rejected, 0
 	}
+}
+
+// client returns the HTTP client, made again when CAFile changed.
+func (s *Sender) client() (*http.Client, error) {
+	if s.CAFile == "" {
+		return s.Client, nil
+	}
+	fi, err := os.Stat(s.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	stamp := fmt.Sprintf("%d/%d", fi.Size(), fi.ModTime().UnixNano())
+	if s.Client != nil && stamp == s.caStamp {
+		return s.Client, nil
+	}
+	c, err := NewHTTPClient(s.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	if s.Client != nil {
+		s.Client.CloseIdleConnections()
+	}
+	s.Client, s.caStamp = c, stamp
+	return c, nil
 }
 
 // retryAfter parses a Retry-After of seconds, capped at limit.

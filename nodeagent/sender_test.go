@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"buildguard.dev/buildguard/internal/selfsigned"
 )
 
 // reportServer is buildguard's report endpoint as the sender sees it: it
@@ -190,4 +192,29 @@ func TestRetryAfter(t *testing.T) {
 			t.Errorf("retryAfter(%q) = %v, want %v", tt.in, got, tt.want)
 		}
 	}
+}
+
+func TestSenderReadsARotatedCA(t *testing.T) {
+	rs := &reportServer{got: make(chan struct{}, 100)}
+	s, spool, _ := startSender(t, rs, "a")
+	right, err := os.ReadFile(filepath.Join(filepath.Dir(s.TokenFile), "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another server's CA first: the handshake fails and the batch waits.
+	other, err := selfsigned.Write(t.TempDir(), "localhost", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.CAFile = filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(s.CAFile, other.CAPEM, 0o600)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	waitFor(t, "failed handshakes", func() bool { return testutil.ToFloat64(s.Metrics.sendErrors.WithLabelValues("network")) >= 1 })
+	// The CA is rotated in the mounted Secret.
+	os.WriteFile(s.CAFile, append(right, '\n'), 0o600)
+	waitFor(t, "buffer drained", func() bool { n, _ := spool.Len(); return n == 0 })
+	cancel()
+	<-done
 }

@@ -68,6 +68,8 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return &usageError{msg: err.Error()}
 	}
+	// Checked now, so that a wrong path fails at start; the sender reads
+	// it again whenever it changes.
 	client, err := nodeagent.NewHTTPClient(*caFile)
 	if err != nil {
 		return err
@@ -97,7 +99,7 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		Conns:   w,
 		Attrib:  &nodeagent.Attributor{Window: *window},
 		Spool:   spool,
-		Sender:  &nodeagent.Sender{URL: endpoint, TokenFile: *tokenFile, Client: client, Spool: spool, Log: log, Metrics: metrics},
+		Sender:  &nodeagent.Sender{URL: endpoint, TokenFile: *tokenFile, CAFile: *caFile, Client: client, Spool: spool, Log: log, Metrics: metrics},
 		Metrics: metrics,
 		Log:     log,
 
