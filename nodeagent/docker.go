@@ -149,10 +149,13 @@ func (d *Docker) Ping(ctx context.Context) error {
 
 // Image is what the agent uses of GET /images/{id}/json.
 type Image struct {
-	ID       string    `json:"Id"`
-	Parent   string    `json:"Parent"`
-	RepoTags []string  `json:"RepoTags"`
-	Created  time.Time `json:"Created"`
+	ID       string   `json:"Id"`
+	Parent   string   `json:"Parent"`
+	RepoTags []string `json:"RepoTags"`
+	// RepoDigests are set for an image pulled from (or pushed to) a
+	// registry.
+	RepoDigests []string  `json:"RepoDigests"`
+	Created     time.Time `json:"Created"`
 	// Container is the container the classic builder (or docker commit)
 	// committed this image from; empty for imported and BuildKit images.
 	Container string `json:"Container"`

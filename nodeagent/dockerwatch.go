@@ -117,7 +117,9 @@ func (w *DockerWatcher) Run(ctx context.Context, out chan<- BuildInfo) error {
 	w.lastKeys = map[string]bool{}
 	since := w.now().Add(-durOr(w.Replay, 10*time.Minute))
 	backoff := durOr(w.MinBackoff, 500*time.Millisecond)
-	events := make(chan Event, 256)
+	// dockerd skips a listener that does not take an event within 100ms:
+	// read the stream promptly, handle the events from a deep queue.
+	events := make(chan Event, 4096)
 	for {
 		streamCtx, cancel := context.WithCancel(ctx)
 		errc := make(chan error, 1)
@@ -419,8 +421,10 @@ func (w *DockerWatcher) examine(ctx context.Context, id string, p pendingImage) 
 	}
 	// Nothing of it ran in a container seen here: built elsewhere on the
 	// node (BuildKit), imported — or an old image tagged or loaded.
+	// An image with a registry digest was pulled (or pushed already):
+	// tagging it again is not building it.
 	retention := durOr(w.Retention, 2*time.Hour)
-	if img.Created.IsZero() || p.at.Sub(img.Created) > retention {
+	if img.Created.IsZero() || p.at.Sub(img.Created) > retention || len(img.RepoDigests) > 0 {
 		return BuildInfo{}, false, nil
 	}
 	switch {

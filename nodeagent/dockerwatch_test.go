@@ -214,18 +214,21 @@ func TestDockerWatcherClassicBuild(t *testing.T) {
 
 func TestDockerWatcherWithoutContainers(t *testing.T) {
 	now := time.Now()
-	fresh, old, imported := "sha256:"+hexID('e'), "sha256:"+hexID('f'), "sha256:"+hexID('a')
+	fresh, old, imported, pulled := "sha256:"+hexID('e'), "sha256:"+hexID('f'), "sha256:"+hexID('a'), "sha256:"+hexID('5')
 	f := &fakeEngine{
 		events: []Event{
 			ev("image", "tag", old, now.Add(-3*time.Second), map[string]string{"name": "mirror/nginx:1"}),
 			ev("image", "tag", fresh, now.Add(-2*time.Second), map[string]string{"name": "bk:1"}),
 			ev("image", "import", imported, now.Add(-time.Second), nil),
 			ev("image", "pull", "nginx:1", now.Add(-time.Second), nil),
+			ev("image", "tag", pulled, now.Add(-time.Second), map[string]string{"name": "mine:1"}),
 		},
 		images: map[string]Image{
 			old:      {ID: old, Created: now.Add(-30 * 24 * time.Hour), RepoTags: []string{"nginx:1", "mirror/nginx:1"}},
 			fresh:    {ID: fresh, Created: now.Add(-2 * time.Second), RepoTags: []string{"bk:1"}},
 			imported: {ID: imported, Created: now.Add(-time.Second)},
+			// Pushed by CI a minute ago, pulled and tagged here.
+			pulled: {ID: pulled, Created: now.Add(-time.Minute), RepoTags: []string{"mine:1"}, RepoDigests: []string{"registry.example/mine@sha256:" + hexID('6')}},
 		},
 		history: map[string][]HistoryEntry{
 			fresh: {
@@ -249,6 +252,9 @@ func TestDockerWatcherWithoutContainers(t *testing.T) {
 	}
 	if _, ok := byID[old]; ok {
 		t.Errorf("retagging an old image reported as a build")
+	}
+	if _, ok := byID[pulled]; ok {
+		t.Errorf("tagging a pulled image reported as a build")
 	}
 }
 
