@@ -82,6 +82,11 @@ type Scanner struct {
 	// PageSize is the Limit of each list call. The default is
 	// DefaultPageSize.
 	PageSize int64
+	// ID names the scan; its records' IDs end with it, and the store keeps
+	// one record per ID. The default is ScanID of the time the scan
+	// starts. Replicas that scan on the same schedule give their scans the
+	// same ID, so they record each verdict once.
+	ID string
 	// Now is the clock. The default is time.Now.
 	Now func() time.Time
 	// Log receives what could not be judged or recorded. The default
@@ -148,7 +153,11 @@ func (s *Scanner) Scan(ctx context.Context) (*Report, error) {
 		progress = s.Progress
 	}
 	started := now()
-	r := newReport(ScanID(started), started, s.Namespaces)
+	id := s.ID
+	if id == "" {
+		id = ScanID(started)
+	}
+	r := newReport(id, started, s.Namespaces)
 
 	// List everything first: whether an object is judged depends on its
 	// owner, which may be listed after it.

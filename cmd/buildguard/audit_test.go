@@ -1,0 +1,363 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"buildguard.dev/buildguard/audit"
+	"buildguard.dev/buildguard/cluster"
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/testregistry"
+	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/registry"
+)
+
+var auditNow = time.Date(2026, 12, 2, 3, 15, 0, 0, time.UTC)
+
+func TestAuditUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "--config is required (or --policy-source=crd)"},
+		{[]string{"--policy-source=git"}, `--policy-source "git": want file or crd`},
+		{[]string{"--policy-source=crd", "--config=p.yaml"}, "--config and --policy-source=crd exclude each other"},
+		{[]string{"--config=p.yaml", "-o", "yaml"}, `--output "yaml": want table or json`},
+		{[]string{"--config=p.yaml", "--concurrency=0"}, "--concurrency 0: want at least 1"},
+		{[]string{"--config=p.yaml", "extra"}, `unexpected arguments ["extra"]`},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(t.Context(), append([]string{"audit"}, tc.args...), &stdout, &stderr)
+		if code != exitError || !strings.Contains(stderr.String(), "buildguard: "+tc.want+"\n") || !strings.Contains(stderr.String(), "Usage:") {
+			t.Errorf("audit %q = %d, stderr %q; want %d and %q with the usage", tc.args, code, stderr.String(), exitError, tc.want)
+		}
+	}
+}
+
+func auditMeta(ns, name string, owner types.UID) metav1.ObjectMeta {
+	m := metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(ns + "-" + name)}
+	if owner != "" {
+		yes := true
+		m.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "rs", UID: owner, Controller: &yes}}
+	}
+	return m
+}
+
+func auditPod(ns, name string, owner types.UID, image string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: auditMeta(ns, name, owner), Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}}
+}
+
+// auditFixture is a cluster with a clean Deployment, a Pod from an
+// unapproved registry, a fresh image in an audit-mode namespace, and a
+// Pod whose registry is down; and an engine judging it.
+func auditFixture(t *testing.T) (*fake.Clientset, *engine.Engine) {
+	reg := testregistry.New(t)
+	reg.Push(t, "acme/old:1", testregistry.Build(t, testregistry.Image{Created: auditNow.Add(-48 * time.Hour)}))
+	reg.Push(t, "acme/fresh:1", testregistry.Build(t, testregistry.Image{Created: auditNow.Add(-time.Minute)}))
+	down := testregistry.New(t)
+	down.Server.Close()
+	old, fresh := reg.Host+"/acme/old:1", reg.Host+"/acme/fresh:1"
+	cs := fake.NewClientset(
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "audited", Labels: map[string]string{engine.ModeLabel: "audit"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "legacy"}},
+		&appsv1.Deployment{ObjectMeta: auditMeta("shop", "web", ""), Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: old}}}}}},
+		&appsv1.ReplicaSet{ObjectMeta: auditMeta("shop", "web-1", "shop-web"), Spec: appsv1.ReplicaSetSpec{Template: corev1.PodTemplateSpec{
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: old}}}}}},
+		auditPod("shop", "web-1-a", "shop-web-1", old),
+		auditPod("legacy", "tool", "", "evil.example/tool:1"),
+		auditPod("legacy", "unreachable", "", down.Host+"/acme/old:1"),
+		auditPod("audited", "canary", "", fresh),
+	)
+	p, err := policy.Compile(policy.Spec{Registries: policy.Registries{Allow: []string{reg.Host + "/acme/*", down.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := testclock.New(auditNow)
+	e := &engine.Engine{
+		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
+		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Namespaces: &namespaceCache{client: cs},
+		Now:        clock.Now,
+		Timeout:    5 * time.Second,
+	}
+	return cs, e
+}
+
+func auditGolden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", "audit", name)
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("output differs from %s (go test -update rewrites it):\n--- got\n%s--- want\n%s", path, got, want)
+	}
+}
+
+func TestAuditReportTable(t *testing.T) {
+	cs, e := auditFixture(t)
+	s := &audit.Scanner{Client: cs, Evaluator: e, Now: func() time.Time { return auditNow }}
+	r, err := s.Scan(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range r.Workloads {
+		if r.Workloads[i].Error != "" {
+			t.Fatalf("%s not judged: %s", r.Workloads[i].Name, r.Workloads[i].Error)
+		}
+	}
+	var b bytes.Buffer
+	if err := writeAuditReport(&b, r, true); err != nil {
+		t.Fatal(err)
+	}
+	auditGolden(t, "report.txt", b.Bytes())
+
+	// JSON is the report as documented in docs/audit.md.
+	b.Reset()
+	if err := json.NewEncoder(&b).Encode(r); err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		ID     string `json:"id"`
+		Totals struct {
+			Workloads, WouldDeny, Errors int
+		} `json:"totals"`
+		ByRule []struct {
+			Rule      string `json:"rule"`
+			WouldDeny int    `json:"wouldDeny"`
+		} `json:"byRule"`
+		Workloads []struct {
+			Kind, Namespace, Name, Verdict string
+			DenyRules                      []string `json:"denyRules"`
+		} `json:"workloads"`
+	}
+	if err := json.Unmarshal(b.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc.ID != "scan-20261202T031500Z" || doc.Totals.Workloads != 4 || doc.Totals.WouldDeny != 3 || doc.Totals.Errors != 1 ||
+		len(doc.ByRule) != 3 || len(doc.Workloads) != 4 {
+		t.Errorf("JSON report %s", b.Bytes())
+	}
+}
+
+func TestAuditProgress(t *testing.T) {
+	clock := testclock.New(auditNow)
+	t.Run("plain lines", func(t *testing.T) {
+		var b bytes.Buffer
+		p := newProgress(&b, true, clock.Now)
+		p.update(audit.Progress{Listed: 500})
+		clock.Advance(time.Second)
+		p.update(audit.Progress{Listed: 900}) // within the interval: not written
+		p.update(audit.Progress{Listed: 1000, Total: 40})
+		clock.Advance(progressInterval)
+		p.update(audit.Progress{Listed: 1000, Total: 40, Done: 20, WouldDeny: 3})
+		p.done(&audit.Report{Listed: 1000, Totals: audit.Counts{Workloads: 40}})
+		want := "audit: listed 500 objects\n" +
+			"audit: judged 0 of 40 workloads (1000 objects listed): 0 would be denied, 0 errors\n" +
+			"audit: judged 20 of 40 workloads (1000 objects listed): 3 would be denied, 0 errors\n" +
+			"audit: judged 40 workloads of 1000 objects listed in 11s\n"
+		if b.String() != want {
+			t.Errorf("progress:\n%s\nwant:\n%s", b.String(), want)
+		}
+	})
+	t.Run("terminal", func(t *testing.T) {
+		var b bytes.Buffer
+		p := newProgress(&b, true, clock.Now)
+		p.tty, p.width = true, 60
+		p.update(audit.Progress{Listed: 10})
+		p.update(audit.Progress{Listed: 10, Total: 4, Done: 1})
+		p.Write([]byte("level=ERROR msg=oops\n"))
+		clock.Advance(time.Second)
+		p.update(audit.Progress{Listed: 10, Total: 4, Done: 4, WouldDeny: 1})
+		p.done(nil)
+		// Every redraw clears the line first; a log line is written on a
+		// cleared line and the bar redrawn after it; done clears it.
+		segs := strings.Split(b.String(), "\r\033[K")
+		want := []string{"", "listing workloads: 10 objects", "[=======                      ] 1/4  would-deny 0  errors 0",
+			"level=ERROR msg=oops\n", "[=======                      ] 1/4  would-deny 0  errors 0",
+			"[=============================] 4/4  would-deny 1  errors 0", ""}
+		if !slices.Equal(segs, want) {
+			t.Errorf("terminal output %q\nwant segments %q", b.String(), want)
+		}
+		for _, s := range segs {
+			if len(s) >= p.width {
+				t.Errorf("%q does not fit %d columns", s, p.width)
+			}
+		}
+	})
+	t.Run("off", func(t *testing.T) {
+		var b bytes.Buffer
+		p := newProgress(&b, false, clock.Now)
+		p.update(audit.Progress{Listed: 10})
+		p.done(&audit.Report{})
+		if b.Len() != 0 {
+			t.Errorf("--no-progress wrote %q", b.String())
+		}
+	})
+}
+
+// TestAuditReadOnlyPolicies: the CLI reads ClusterBuildPolicies and
+// BuildPolicyExceptions through a client that refuses to write their
+// status, so a policy it cannot accept here (a trust file missing on a
+// laptop) is not marked Invalid in the cluster.
+func TestAuditReadOnlyPolicies(t *testing.T) {
+	policyObj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "buildguard.dev/v1alpha1", "kind": "ClusterBuildPolicy",
+		"metadata": map[string]any{"name": "default"},
+	}}
+	exceptionObj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "buildguard.dev/v1alpha1", "kind": "BuildPolicyException",
+		"metadata": map[string]any{"name": "hotfix", "namespace": "shop"},
+	}}
+	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		cluster.PolicyResource:    "ClusterBuildPolicyList",
+		cluster.ExceptionResource: "BuildPolicyExceptionList",
+	}, policyObj, exceptionObj)
+	ro := readOnly{dyn}
+	if _, err := ro.Resource(cluster.PolicyResource).UpdateStatus(t.Context(), policyObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
+		t.Errorf("UpdateStatus of a ClusterBuildPolicy = %v, want errReadOnly", err)
+	}
+	if _, err := ro.Resource(cluster.ExceptionResource).Namespace("shop").UpdateStatus(t.Context(), exceptionObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
+		t.Errorf("UpdateStatus of a BuildPolicyException = %v, want errReadOnly", err)
+	}
+	for _, a := range dyn.Actions() {
+		t.Errorf("a refused write reached the client: %s %s", a.GetVerb(), a.GetResource().Resource)
+	}
+	// Reads go through.
+	l, err := ro.Resource(cluster.PolicyResource).List(t.Context(), metav1.ListOptions{})
+	if err != nil || len(l.Items) != 1 {
+		t.Errorf("List = %v, %v; want the one policy", l, err)
+	}
+	if _, err := ro.Resource(cluster.ExceptionResource).Namespace("shop").Get(t.Context(), "hotfix", metav1.GetOptions{}); err != nil {
+		t.Errorf("Get = %v", err)
+	}
+}
+
+func TestAuditLoopScan(t *testing.T) {
+	cs, e := auditFixture(t)
+	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "evidence.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var logs bytes.Buffer
+	log := slog.New(slog.NewJSONHandler(&logs, nil))
+	reg := prometheus.NewRegistry()
+	m, err := newAuditMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := testclock.New(auditNow)
+	s := &audit.Scanner{Client: cs, Evaluator: e, Recorder: store, Now: clock.Now}
+	every := 6 * time.Hour
+	start := intervalStart(clock.Now(), every)
+	if want := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC); !start.Equal(want) {
+		t.Fatalf("intervalStart = %s, want %s", start, want)
+	}
+	count := func() int {
+		ds, err := store.Decisions(t.Context(), evidence.DecisionQuery{Verdicts: []string{"would-deny"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			if !strings.HasSuffix(d.ID, "/scan-20261202T000000Z") && !strings.HasSuffix(d.ID, "/scan-20261202T060000Z") {
+				t.Errorf("record ID %q is not named after its interval", d.ID)
+			}
+		}
+		return len(ds)
+	}
+	scanOnce(t.Context(), s, start, log, m, clock.Now)
+	if n := count(); n != 3 {
+		t.Errorf("%d would-deny records, want 3", n)
+	}
+	// A restart within the interval scans again, and records nothing new.
+	clock.Advance(time.Hour)
+	scanOnce(t.Context(), s, intervalStart(clock.Now(), every), log, m, clock.Now)
+	if n := count(); n != 3 {
+		t.Errorf("after a second scan in the interval: %d would-deny records, want 3", n)
+	}
+	clock.Advance(every)
+	scanOnce(t.Context(), s, intervalStart(clock.Now(), every), log, m, clock.Now)
+	if n := count(); n != 6 {
+		t.Errorf("after the next interval's scan: %d would-deny records, want 6", n)
+	}
+	for _, want := range []string{`"msg":"audit scan finished","scan":"scan-20261202T060000Z"`, `"would_deny":3`,
+		`"msg":"audit scan: rule","scan":"scan-20261202T060000Z","rule":"fresh-image"`, `"namespace":"legacy"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log does not contain %s:\n%s", want, logs.String())
+		}
+	}
+	if got := testutil.ToFloat64(m.workloads.WithLabelValues("would-deny")); got != 3 {
+		t.Errorf("buildguard_audit_workloads{verdict=would-deny} = %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(m.last); got != float64(clock.Now().Unix()) {
+		t.Errorf("last scan timestamp %v, want %d", got, clock.Now().Unix())
+	}
+}
+
+func TestAuditLoopFlags(t *testing.T) {
+	cs, e := auditFixture(t)
+	for _, tc := range []struct {
+		loop auditLoop
+		kube bool
+		want string
+	}{
+		{auditLoop{every: 0}, false, ""},
+		{auditLoop{every: time.Second, concurrency: 2}, true, "--audit-interval 1s: want 0 (off) or at least 1m0s"},
+		{auditLoop{every: time.Hour, concurrency: 0}, true, "--audit-concurrency 0: want at least 1"},
+		{auditLoop{every: time.Hour, concurrency: 2}, false, "--audit-interval needs a cluster: run inside one or pass --kubeconfig"},
+	} {
+		var kube *fake.Clientset
+		if tc.kube {
+			kube = cs
+		}
+		var err error
+		if kube == nil {
+			err = tc.loop.start(t.Context(), nil, e, nil, nil, slog.New(slog.DiscardHandler), nil)
+		} else {
+			err = tc.loop.start(t.Context(), kube, e, nil, nil, slog.New(slog.DiscardHandler), nil)
+		}
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tc.want {
+			t.Errorf("start(%+v) = %q, want %q", tc.loop, got, tc.want)
+		}
+	}
+}

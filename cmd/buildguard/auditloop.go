@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes"
+
+	"buildguard.dev/buildguard/audit"
+	"buildguard.dev/buildguard/policy"
+)
+
+// Defaults of the server's periodic scan.
+const (
+	// defaultAuditConcurrency is low: scans share the registry client's
+	// per-registry connection limit with admission reviews.
+	defaultAuditConcurrency = 2
+	minAuditInterval        = time.Minute
+	// auditReadyPoll is how often the loop checks that the server is
+	// ready (policies read) before its first scan.
+	auditReadyPoll = time.Second
+)
+
+// auditLoop is `serve --audit-interval`: a scan of every workload when
+// the server is ready and then at every multiple of the interval (since
+// the Unix epoch, in UTC), recorded in the store when there is one.
+//
+// A scan's ID is the start of its interval, so replicas scanning on the
+// same schedule, and a server restarted within an interval, record each
+// verdict once: the store keeps one record per ID.
+type auditLoop struct {
+	every       time.Duration
+	concurrency int
+}
+
+func (a *auditLoop) register(fs *flag.FlagSet) {
+	fs.DurationVar(&a.every, "audit-interval", 0, "scan every workload in the cluster this often (e.g. 6h) against current policy, recording would-deny decisions (0: never)")
+	fs.IntVar(&a.concurrency, "audit-concurrency", defaultAuditConcurrency, "workloads a periodic scan judges at once; it shares registry connections with admission")
+}
+
+// start checks the flags and, when --audit-interval is set, starts the
+// loop; it ends with ctx. ready reports whether the server can judge
+// (its policies are read); rec stores the records, or is nil.
+func (a *auditLoop) start(ctx context.Context, kube kubernetes.Interface, e audit.Evaluator, rec audit.Recorder, ready func() error,
+	log *slog.Logger, reg prometheus.Registerer) error {
+	if a.every == 0 {
+		return nil
+	}
+	switch {
+	case a.every < minAuditInterval:
+		return &usageError{msg: fmt.Sprintf("--audit-interval %v: want 0 (off) or at least %v", a.every, minAuditInterval)}
+	case a.concurrency < 1:
+		return &usageError{msg: fmt.Sprintf("--audit-concurrency %d: want at least 1", a.concurrency)}
+	case kube == nil:
+		return &usageError{msg: "--audit-interval needs a cluster: run inside one or pass --kubeconfig"}
+	}
+	m, err := newAuditMetrics(reg)
+	if err != nil {
+		return err
+	}
+	s := &audit.Scanner{Client: kube, Evaluator: e, Recorder: rec, Concurrency: a.concurrency, Log: log}
+	go a.run(ctx, s, ready, log, m, time.Now)
+	return nil
+}
+
+// run scans once ready, then at every interval boundary, until ctx ends.
+func (a *auditLoop) run(ctx context.Context, s *audit.Scanner, ready func() error, log *slog.Logger, m *auditMetrics, now func() time.Time) {
+	for ready != nil && ready() != nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(auditReadyPoll):
+		}
+	}
+	for {
+		t := now()
+		scanOnce(ctx, s, intervalStart(t, a.every), log, m, now)
+		wait := time.Until(intervalStart(t, a.every).Add(a.every))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// intervalStart is the start of the interval of length every that t is
+// in, counting from the Unix epoch.
+func intervalStart(t time.Time, every time.Duration) time.Time {
+	return t.UTC().Truncate(every)
+}
+
+// scanOnce runs one scan named after the interval starting at start, and
+// logs and measures what it found.
+func scanOnce(ctx context.Context, s *audit.Scanner, start time.Time, log *slog.Logger, m *auditMetrics, now func() time.Time) {
+	s.ID = audit.ScanID(start)
+	begun := now()
+	log.Info("audit scan started", "scan", s.ID)
+	r, err := s.Scan(ctx)
+	if r == nil {
+		log.Error("audit scan failed", "scan", s.ID, "error", err)
+		m.failed.Inc()
+		return
+	}
+	if err != nil {
+		log.Warn("audit scan stopped", "scan", s.ID, "error", err)
+	}
+	elapsed := now().Sub(begun)
+	log.Info("audit scan finished", "scan", r.ID, "duration", elapsed.Round(time.Millisecond).String(),
+		"listed", r.Listed, "workloads", r.Totals.Workloads, "images", r.Totals.Images,
+		"would_deny", r.Totals.WouldDeny, "warn", r.Totals.Warn, "errors", r.Totals.Errors, "not_recorded", r.Totals.NotRecorded)
+	for _, n := range r.ByNamespace {
+		if n.WouldDeny > 0 || n.Errors > 0 {
+			log.Info("audit scan: namespace", "scan", r.ID, "namespace", n.Namespace, "workloads", n.Workloads,
+				"would_deny", n.WouldDeny, "warn", n.Warn, "errors", n.Errors)
+		}
+	}
+	for _, rs := range r.ByRule {
+		log.Info("audit scan: rule", "scan", r.ID, "rule", rs.Rule, "workloads", rs.Workloads, "images", rs.Images,
+			"would_deny", rs.WouldDeny, "warn", rs.Warn)
+	}
+	if err == nil {
+		m.observe(r, begun, elapsed)
+	}
+}
+
+// auditMetrics describe the last complete periodic scan.
+type auditMetrics struct {
+	workloads *prometheus.GaugeVec
+	last      prometheus.Gauge
+	duration  prometheus.Gauge
+	failed    prometheus.Counter
+}
+
+func newAuditMetrics(reg prometheus.Registerer) (*auditMetrics, error) {
+	m := &auditMetrics{
+		workloads: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "buildguard_audit_workloads",
+			Help: "Workloads the last complete audit scan judged, by verdict (allow, warn, would-deny, error)."}, []string{"verdict"}),
+		last: prometheus.NewGauge(prometheus.GaugeOpts{Name: "buildguard_audit_last_scan_timestamp_seconds",
+			Help: "When the last complete audit scan started, in seconds since the Unix epoch."}),
+		duration: prometheus.NewGauge(prometheus.GaugeOpts{Name: "buildguard_audit_last_scan_duration_seconds",
+			Help: "How long the last complete audit scan took."}),
+		failed: prometheus.NewCounter(prometheus.CounterOpts{Name: "buildguard_audit_scans_failed_total",
+			Help: "Audit scans that could not list the workloads."}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.workloads, m.last, m.duration, m.failed} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("audit metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *auditMetrics) observe(r *audit.Report, begun time.Time, elapsed time.Duration) {
+	m.workloads.WithLabelValues("allow").Set(float64(r.Totals.Allow))
+	m.workloads.WithLabelValues("warn").Set(float64(r.Totals.Warn))
+	m.workloads.WithLabelValues(policy.WouldDeny).Set(float64(r.Totals.WouldDeny))
+	m.workloads.WithLabelValues("error").Set(float64(r.Totals.Errors))
+	m.last.Set(float64(begun.UnixNano()) / 1e9)
+	m.duration.Set(elapsed.Seconds())
+}
