@@ -1,0 +1,634 @@
+package review
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"k8s.io/apimachinery/pkg/util/duration"
+
+	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/records"
+)
+
+var urlQueryEscape = url.QueryEscape
+
+func parseTemplates() (map[string]*template.Template, error) {
+	funcs := template.FuncMap{
+		"time": showTime,
+		"join": strings.Join,
+		"short": func(id string) string {
+			if len(id) > 8 {
+				return id[:8]
+			}
+			return id
+		},
+	}
+	base, err := template.New("layout.html").Funcs(funcs).ParseFS(files, "templates/layout.html")
+	if err != nil {
+		return nil, err
+	}
+	pages := map[string]*template.Template{}
+	for _, p := range []string{"login", "list", "detail", "error"} {
+		t, err := template.Must(base.Clone()).ParseFS(files, "templates/"+p+".html")
+		if err != nil {
+			return nil, err
+		}
+		pages[p] = t
+	}
+	return pages, nil
+}
+
+// page is what every page's layout reads.
+type page struct {
+	Title string
+	User  *User
+	CSRF  string
+	Data  any
+}
+
+// render writes a page with its status; a template that fails is our
+// fault and a 500, never half a page.
+func (h *Handler) render(w http.ResponseWriter, status int, name string, s *session, title string, data any) {
+	p := page{Title: title, Data: data}
+	if s != nil {
+		p.User, p.CSRF = &s.User, s.CSRF
+	}
+	var b bytes.Buffer
+	if err := h.pages[name].ExecuteTemplate(&b, "layout.html", p); err != nil {
+		h.c.Log.Error("review page not rendered", "page", name, "error", err)
+		http.Error(w, "internal error rendering the page", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	w.Write(b.Bytes())
+}
+
+func (h *Handler) fail(w http.ResponseWriter, _ *http.Request, s *session, status int, msg string) {
+	h.render(w, status, "error", s, http.StatusText(status), msg)
+}
+
+// --- login and logout
+
+type loginData struct {
+	Next  string
+	Error string
+}
+
+// localPath returns next if it is a path on this site, else "/".
+func localPath(next string) string {
+	u, err := url.Parse(next)
+	if err != nil || next == "" || !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") ||
+		strings.HasPrefix(next, "/\\") || u.Scheme != "" || u.Host != "" {
+		return "/"
+	}
+	return next
+}
+
+func (h *Handler) loginPage(w http.ResponseWriter, r *http.Request) {
+	if h.session(r) != nil {
+		http.Redirect(w, r, localPath(r.URL.Query().Get("next")), http.StatusSeeOther)
+		return
+	}
+	h.render(w, http.StatusOK, "login", nil, "Log in", loginData{Next: localPath(r.URL.Query().Get("next"))})
+}
+
+// maxTokenLen bounds a login token; Kubernetes tokens are a few KiB.
+const maxTokenLen = 16 << 10
+
+func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
+	next := localPath(r.PostFormValue("next"))
+	again := func(status int, msg string) {
+		h.render(w, status, "login", nil, "Log in", loginData{Next: next, Error: msg})
+	}
+	token := strings.TrimSpace(r.PostFormValue("token"))
+	switch {
+	case token == "":
+		again(http.StatusBadRequest, "Paste a bearer token.")
+		return
+	case len(token) > maxTokenLen:
+		again(http.StatusBadRequest, fmt.Sprintf("The token is longer than %d bytes.", maxTokenLen))
+		return
+	}
+	select {
+	case h.logins <- struct{}{}:
+		defer func() { <-h.logins }()
+	default:
+		again(http.StatusServiceUnavailable, "Too many logins at once; try again in a moment.")
+		return
+	}
+	ctx, cancel := h.ctx(r)
+	defer cancel()
+	u, err := h.c.Authenticator.Authenticate(ctx, token)
+	var ae *AuthError
+	switch {
+	case errors.As(err, &ae):
+		h.c.Log.Info("review login refused", "reason", ae.Reason)
+		again(http.StatusUnauthorized, "The token was not accepted: "+ae.Reason)
+		return
+	case err != nil:
+		h.c.Log.Warn("review login not checked", "error", err)
+		again(http.StatusBadGateway, "The token could not be checked; try again later.")
+		return
+	}
+	now := h.c.Now()
+	s, err := newSession(h.c.Random, u, now.Add(h.c.SessionTTL))
+	if err != nil {
+		again(http.StatusInternalServerError, "No session could be created.")
+		return
+	}
+	v, err := h.codec.encode(s)
+	if err != nil {
+		again(http.StatusBadRequest, "Logged in as "+u.Name+", but "+err.Error()+".")
+		return
+	}
+	h.c.Log.Info("review login", "user", u.Name)
+	http.SetCookie(w, &http.Cookie{
+		Name: CookieName, Value: v, Path: "/", Expires: now.Add(h.c.SessionTTL), MaxAge: int(h.c.SessionTTL / time.Second),
+		HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode,
+	})
+	http.Redirect(w, r, next, http.StatusSeeOther)
+}
+
+func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
+	s := h.session(r)
+	if s != nil && !checkCSRF(r, s) {
+		h.fail(w, r, s, http.StatusForbidden, "Refused: the form's token does not match your session. Reload the page and try again.")
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+// --- the list
+
+// Verdicts a list may filter on; the default is the denials.
+var (
+	allVerdicts     = []string{records.VerdictDeny, records.VerdictWouldDeny, records.VerdictWarn, records.VerdictAllow}
+	defaultVerdicts = []string{records.VerdictDeny, records.VerdictWouldDeny}
+)
+
+// defaultSince is the list's time filter when none is given; the form shows it as "24h".
+const defaultSince = 24 * time.Hour
+
+var (
+	namespaceRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	ruleRE      = regexp.MustCompile(`^[a-z0-9][-a-z0-9]{0,62}$`)
+)
+
+// Filter is the list's query, as its form and URL carry it.
+type Filter struct {
+	Since     string
+	Namespace string
+	Rule      string
+	Image     string
+	Verdicts  []string
+	Limit     int
+}
+
+// Has reports whether v is among the filter's verdicts (for checkboxes).
+func (f Filter) Has(v string) bool { return slices.Contains(f.Verdicts, v) }
+
+// parseFilter reads the list's query parameters; an error is the user's.
+func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, error) {
+	f := Filter{Since: strings.TrimSpace(q.Get("since")), Namespace: strings.TrimSpace(q.Get("namespace")),
+		Rule: strings.TrimSpace(q.Get("rule")), Image: strings.TrimSpace(q.Get("image")), Limit: 100}
+	var dq evidence.DecisionQuery
+	switch f.Since {
+	case "":
+		f.Since = "24h"
+		dq.Since = now.Add(-defaultSince)
+	case "all", "0":
+		f.Since = "all"
+	default:
+		d, err := parseSince(f.Since)
+		if err != nil {
+			return f, dq, err
+		}
+		dq.Since = now.Add(-d)
+	}
+	if f.Namespace != "" && !namespaceRE.MatchString(f.Namespace) {
+		return f, dq, fmt.Errorf("namespace %q is not a namespace name", policy.Shorten(f.Namespace, 80))
+	}
+	if f.Rule != "" && !ruleRE.MatchString(f.Rule) {
+		return f, dq, fmt.Errorf("rule %q is not a rule ID (such as fresh-image)", policy.Shorten(f.Rule, 80))
+	}
+	if len(f.Image) > 512 || !utf8.ValidString(f.Image) || strings.ContainsFunc(f.Image, unicode.IsControl) {
+		return f, dq, errors.New("the image pattern is longer than 512 characters or not printable text")
+	}
+	for _, v := range q["verdict"] {
+		if !slices.Contains(allVerdicts, v) {
+			return f, dq, fmt.Errorf("verdict %q: want one of %s", policy.Shorten(v, 40), strings.Join(allVerdicts, ", "))
+		}
+		if !slices.Contains(f.Verdicts, v) {
+			f.Verdicts = append(f.Verdicts, v)
+		}
+	}
+	if len(f.Verdicts) == 0 {
+		f.Verdicts = slices.Clone(defaultVerdicts)
+	}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 1000 {
+			return f, dq, fmt.Errorf("limit %q: want a number from 1 to 1000", policy.Shorten(l, 20))
+		}
+		f.Limit = n
+	}
+	dq.Namespace, dq.Rule, dq.ImageGlob, dq.Verdicts, dq.Limit = f.Namespace, f.Rule, f.Image, f.Verdicts, f.Limit
+	return f, dq, nil
+}
+
+// parseSince reads a Go duration or a number of days ("7d").
+func parseSince(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err == nil && n > 0 && n <= 3650 {
+			return time.Duration(n) * 24 * time.Hour, nil
+		}
+	} else if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return d, nil
+	}
+	return 0, fmt.Errorf("since %q: want a duration such as 30m, 24h or 7d, or all", policy.Shorten(s, 40))
+}
+
+type listData struct {
+	Filter   Filter
+	Rules    []string
+	Verdicts []string
+	Rows     []listRow
+	Error    string
+	// Partial: rows in namespaces the user may not list were left out.
+	Partial bool
+	Now     time.Time
+}
+
+type listRow struct {
+	evidence.Decision
+	Age    string
+	Images []string
+}
+
+func (h *Handler) list(w http.ResponseWriter, r *http.Request, s *session) {
+	now := h.c.Now()
+	f, q, err := parseFilter(r.URL.Query(), now)
+	data := listData{Filter: f, Verdicts: allVerdicts, Now: now}
+	for _, id := range append(policy.Rules(), policy.RuleRegistryUnavailable, policy.RuleInvalidModeLabel) {
+		data.Rules = append(data.Rules, string(id))
+	}
+	if err != nil {
+		data.Error = err.Error()
+		h.render(w, http.StatusBadRequest, "list", s, "Decisions", data)
+		return
+	}
+	all, err := h.allowed(r, s, ListDecisions)
+	if err != nil {
+		h.authzFailed(w, r, s, err)
+		return
+	}
+	if !all && f.Namespace != "" {
+		ok, err := h.allowed(r, s, ListDecisions.In(f.Namespace))
+		if err != nil {
+			h.authzFailed(w, r, s, err)
+			return
+		}
+		if !ok {
+			h.fail(w, r, s, http.StatusForbidden, fmt.Sprintf("You (%s) may not list decisions in namespace %s.", s.User.Name, f.Namespace))
+			return
+		}
+		all = true
+	}
+	ctx, cancel := h.ctx(r)
+	ds, err := h.c.Store.Decisions(ctx, q)
+	cancel()
+	if err != nil {
+		h.c.Log.Error("review: decisions not listed", "error", err)
+		h.fail(w, r, s, http.StatusServiceUnavailable, "The decision store did not answer; try again later.")
+		return
+	}
+	for _, d := range ds {
+		if !all {
+			ok, err := h.allowed(r, s, ListDecisions.In(d.Namespace))
+			if err != nil {
+				h.authzFailed(w, r, s, err)
+				return
+			}
+			if !ok {
+				data.Partial = true
+				continue
+			}
+		}
+		row := listRow{Decision: d, Age: duration.HumanDuration(max(now.Sub(d.Time), 0))}
+		ims, _ := records.ParseImages(d.Images)
+		for _, im := range ims {
+			if im.Scope != records.ScopeWorkload && im.Image != "" {
+				row.Images = append(row.Images, im.Image)
+			}
+		}
+		data.Rows = append(data.Rows, row)
+	}
+	if !all && len(data.Rows) == 0 && len(ds) > 0 {
+		data.Partial = true
+	}
+	h.render(w, http.StatusOK, "list", s, "Decisions", data)
+}
+
+func (h *Handler) authzFailed(w http.ResponseWriter, r *http.Request, s *session, err error) {
+	h.c.Log.Warn("review: authorization not checked", "user", s.User.Name, "error", err)
+	h.fail(w, r, s, http.StatusBadGateway, "Your permissions could not be checked; try again later.")
+}
+
+// --- the detail page
+
+type detailData struct {
+	D        evidence.Decision
+	Timeline []Event
+	Images   []imageView
+	Workload *records.ImageRecord
+	Raw      string
+	// ImagesError is set when the recorded images cannot be read.
+	ImagesError string
+	CanGrant    bool
+	GrantOff    string
+	Granted     string
+	// Form holds the values of a grant that was refused, and why.
+	Form     grantForm
+	MaxDays  int
+	Now      time.Time
+	Defaults string // the expiry the form suggests
+}
+
+type imageView struct {
+	records.ImageRecord
+	// Ref is repo@digest, what a grant covers; empty without a digest.
+	Ref      string
+	Findings []findingView
+}
+
+type findingView struct {
+	records.FindingRecord
+	Evidence [][2]string
+}
+
+type grantForm struct {
+	Ref, Reason, Expires, Error string
+}
+
+// loadDecision returns the decision of the request's path if the user may
+// see it; otherwise it has answered and returns false. A decision the
+// user may not see is "not found", as one that does not exist.
+func (h *Handler) loadDecision(w http.ResponseWriter, r *http.Request, s *session) (evidence.Decision, bool) {
+	id := r.PathValue("id")
+	notFound := func() {
+		h.fail(w, r, s, http.StatusNotFound, fmt.Sprintf("There is no decision %q that you may see.", policy.Shorten(id, 80)))
+	}
+	if id == "" || len(id) > 256 || !utf8.ValidString(id) {
+		notFound()
+		return evidence.Decision{}, false
+	}
+	ctx, cancel := h.ctx(r)
+	d, err := h.c.Store.Decision(ctx, id)
+	cancel()
+	switch {
+	case errors.Is(err, evidence.ErrNotFound):
+		notFound()
+		return d, false
+	case err != nil:
+		h.c.Log.Error("review: decision not read", "uid", id, "error", err)
+		h.fail(w, r, s, http.StatusServiceUnavailable, "The decision store did not answer; try again later.")
+		return d, false
+	}
+	ok, err := h.allowed(r, s, ListDecisions.In(d.Namespace))
+	if err != nil {
+		h.authzFailed(w, r, s, err)
+		return d, false
+	}
+	if !ok {
+		notFound()
+		return d, false
+	}
+	return d, true
+}
+
+func (h *Handler) detail(w http.ResponseWriter, r *http.Request, s *session) {
+	d, ok := h.loadDecision(w, r, s)
+	if !ok {
+		return
+	}
+	data, ok := h.detailData(w, r, s, d)
+	if !ok {
+		return
+	}
+	if g := r.URL.Query().Get("granted"); g != "" && len(g) <= 253 && namespacedNameRE.MatchString(g) {
+		data.Granted = g
+	}
+	h.render(w, http.StatusOK, "detail", s, "Decision "+shortID(d.ID), data)
+}
+
+var namespacedNameRE = regexp.MustCompile(`^[a-z0-9][-a-z0-9.]*/[a-z0-9][-a-z0-9.]*$`)
+
+func shortID(id string) string {
+	if len(id) > 8 {
+		return id[:8]
+	}
+	return id
+}
+
+func (h *Handler) detailData(w http.ResponseWriter, r *http.Request, s *session, d evidence.Decision) (detailData, bool) {
+	now := h.c.Now()
+	data := detailData{D: d, Now: now, MaxDays: int(h.c.MaxException / (24 * time.Hour)),
+		Defaults: now.Add(min(7*24*time.Hour, h.c.MaxException)).UTC().Format("2006-01-02T15:04")}
+	raw, err := json.MarshalIndent(records.ToJSON(d), "", "  ")
+	if err != nil {
+		data.Raw = string(d.Images)
+	} else {
+		data.Raw = string(raw)
+	}
+	images, err := records.ParseImages(d.Images)
+	if err != nil {
+		data.ImagesError = err.Error()
+	}
+	data.Timeline = Timeline(d, images)
+	for _, im := range images {
+		if im.Scope == records.ScopeWorkload {
+			im := im
+			data.Workload = &im
+			continue
+		}
+		v := imageView{ImageRecord: im, Ref: grantRef(im)}
+		for _, f := range im.Findings {
+			fv := findingView{FindingRecord: f}
+			for _, k := range sortedKeys(f.Evidence) {
+				fv.Evidence = append(fv.Evidence, [2]string{k, str(f.Evidence[k])})
+			}
+			v.Findings = append(v.Findings, fv)
+		}
+		data.Images = append(data.Images, v)
+	}
+	if h.c.Granter == nil {
+		data.GrantOff = h.c.GrantOff
+		return data, true
+	}
+	ok, err := h.allowed(r, s, CreateExceptions.In(d.Namespace))
+	if err != nil {
+		h.authzFailed(w, r, s, err)
+		return data, false
+	}
+	data.CanGrant = ok
+	return data, true
+}
+
+// grantRef is the digest reference a grant for im covers: its repository,
+// as policy exceptions compare it, and its digest.
+func grantRef(im records.ImageRecord) string {
+	if im.Digest == "" || im.Image == "" {
+		return ""
+	}
+	ref, err := name.ParseReference(im.Image)
+	if err != nil {
+		return ""
+	}
+	d, err := name.NewDigest(ref.Context().Name() + "@" + im.Digest)
+	if err != nil {
+		return ""
+	}
+	return d.String()
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (h *Handler) raw(w http.ResponseWriter, r *http.Request, s *session) {
+	d, ok := h.loadDecision(w, r, s)
+	if !ok {
+		return
+	}
+	b, err := json.MarshalIndent(records.ToJSON(d), "", "  ")
+	if err != nil {
+		h.fail(w, r, s, http.StatusInternalServerError, "The decision could not be encoded: "+err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Content-Disposition", "inline")
+	w.Write(append(b, '\n'))
+}
+
+// --- granting
+
+const maxReason = 500
+
+// parseExpiry reads the form's expiry: datetime-local (in UTC), with or
+// without seconds, or RFC 3339.
+func parseExpiry(s string) (time.Time, error) {
+	for _, layout := range []string{"2006-01-02T15:04", "2006-01-02T15:04:05", time.RFC3339} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("expiry %q: want a UTC date and time such as 2026-12-09T17:00", policy.Shorten(s, 40))
+}
+
+func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
+	if !checkCSRF(r, s) {
+		h.fail(w, r, s, http.StatusForbidden, "Refused: the form's token does not match your session. Reload the page and try again.")
+		return
+	}
+	d, ok := h.loadDecision(w, r, s)
+	if !ok {
+		return
+	}
+	if h.c.Granter == nil {
+		h.fail(w, r, s, http.StatusForbidden, "Granting exceptions is off: "+h.c.GrantOff)
+		return
+	}
+	ok, err := h.allowed(r, s, CreateExceptions.In(d.Namespace))
+	if err != nil {
+		h.authzFailed(w, r, s, err)
+		return
+	}
+	if !ok {
+		h.c.Log.Warn("review: grant refused", "user", s.User.Name, "namespace", d.Namespace, "uid", d.ID)
+		h.fail(w, r, s, http.StatusForbidden, fmt.Sprintf("You (%s) may not create buildpolicyexceptions in namespace %s.", s.User.Name, d.Namespace))
+		return
+	}
+	form := grantForm{Ref: r.PostFormValue("image"), Reason: strings.TrimSpace(r.PostFormValue("reason")), Expires: strings.TrimSpace(r.PostFormValue("expires"))}
+	data, ok := h.detailData(w, r, s, d)
+	if !ok {
+		return
+	}
+	refuse := func(msg string) {
+		form.Error = msg
+		data.Form = form
+		h.render(w, http.StatusBadRequest, "detail", s, "Decision "+shortID(d.ID), data)
+	}
+	known := false
+	for _, im := range data.Images {
+		known = known || (im.Ref != "" && im.Ref == form.Ref)
+	}
+	if !known {
+		refuse(fmt.Sprintf("The image %q is not a digest of this decision.", policy.Shorten(form.Ref, 200)))
+		return
+	}
+	now := h.c.Now()
+	expires, err := parseExpiry(form.Expires)
+	switch {
+	case form.Reason == "":
+		refuse("A reason is required: a ticket or a sentence.")
+		return
+	case utf8.RuneCountInString(form.Reason) > maxReason || !utf8.ValidString(form.Reason) || strings.ContainsFunc(form.Reason, unicode.IsControl):
+		refuse(fmt.Sprintf("The reason must be printable text of at most %d characters.", maxReason))
+		return
+	case form.Expires == "":
+		refuse("An expiry is required.")
+		return
+	case err != nil:
+		refuse(err.Error())
+		return
+	case !expires.After(now):
+		refuse("The expiry must be in the future.")
+		return
+	case expires.Sub(now) > h.c.MaxException:
+		refuse(fmt.Sprintf("The expiry may be at most %s away (%s).", human(h.c.MaxException), showTime(now.Add(h.c.MaxException))))
+		return
+	}
+	ctx, cancel := h.ctx(r)
+	defer cancel()
+	g := Grant{Namespace: d.Namespace, Image: form.Ref, Reason: form.Reason, Expires: expires, User: s.User, At: now, DecisionID: d.ID}
+	got, err := h.c.Granter.Grant(ctx, g)
+	if err != nil {
+		h.c.Log.Error("review: exception not granted", "namespace", d.Namespace, "digest", form.Ref, "uid", d.ID, "user", s.User.Name, "error", err)
+		h.fail(w, r, s, http.StatusBadGateway, "The exception could not be stored: "+err.Error())
+		return
+	}
+	h.c.Log.Info("review: exception granted", "exception", got, "namespace", d.Namespace, "digest", form.Ref, "uid", d.ID,
+		"user", s.User.Name, "expires", expires.Format(time.RFC3339))
+	http.Redirect(w, r, "/decisions/"+url.PathEscape(d.ID)+"?granted="+url.QueryEscape(got), http.StatusSeeOther)
+}
+
+// human writes a duration in days when it is whole days.
+func human(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%d days", d/(24*time.Hour))
+	}
+	return d.String()
+}

@@ -1,0 +1,124 @@
+package review
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// CookieName is the session cookie. The __Host- prefix makes browsers
+// refuse it unless it is Secure, for path /, without a Domain: no other
+// host, and no plain-HTTP page, can set it.
+const CookieName = "__Host-buildguard-review"
+
+// maxCookieLen bounds an encoded session; browsers keep about 4 KiB per
+// cookie, and a user with that many groups is refused at login with a
+// clear message rather than silently logged out.
+const maxCookieLen = 3800
+
+// MinKeyLen is the shortest session key accepted.
+const MinKeyLen = 32
+
+// session is what the cookie carries, signed: who logged in, until when,
+// and the token forms must echo (CSRF).
+type session struct {
+	User    User   `json:"user"`
+	ID      string `json:"sid"`
+	CSRF    string `json:"csrf"`
+	Expires int64  `json:"exp"` // Unix seconds
+}
+
+// sessionCodec signs and checks session cookies with HMAC-SHA256.
+type sessionCodec struct {
+	key []byte
+}
+
+// NewKey returns a random session key.
+func NewKey() ([]byte, error) {
+	k := make([]byte, MinKeyLen)
+	if _, err := rand.Read(k); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// randomToken returns 32 bytes of r, base64url-encoded.
+func randomToken(r io.Reader) (string, error) {
+	b := make([]byte, 32)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+func newSession(r io.Reader, u User, expires time.Time) (session, error) {
+	id, err := randomToken(r)
+	if err != nil {
+		return session{}, err
+	}
+	csrf, err := randomToken(r)
+	if err != nil {
+		return session{}, err
+	}
+	return session{User: u, ID: id, CSRF: csrf, Expires: expires.Unix()}, nil
+}
+
+// errCookieTooLarge is a user whose session does not fit in a cookie.
+var errCookieTooLarge = errors.New("the session does not fit in a cookie (too many groups or extra attributes)")
+
+func (c sessionCodec) encode(s session) (string, error) {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return "", err
+	}
+	payload := base64.RawURLEncoding.EncodeToString(b)
+	v := payload + "." + base64.RawURLEncoding.EncodeToString(c.mac(payload))
+	if len(v) > maxCookieLen {
+		return "", errCookieTooLarge
+	}
+	return v, nil
+}
+
+func (c sessionCodec) mac(payload string) []byte {
+	m := hmac.New(sha256.New, c.key)
+	m.Write([]byte("buildguard-review-session\x00"))
+	m.Write([]byte(payload))
+	return m.Sum(nil)
+}
+
+// decode checks v's signature and expiry at now.
+func (c sessionCodec) decode(v string, now time.Time) (session, error) {
+	if len(v) > maxCookieLen {
+		return session{}, errors.New("session cookie too long")
+	}
+	payload, sig, ok := strings.Cut(v, ".")
+	if !ok {
+		return session{}, errors.New("session cookie malformed")
+	}
+	got, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil || !hmac.Equal(got, c.mac(payload)) {
+		return session{}, errors.New("session cookie signature invalid")
+	}
+	b, err := base64.RawURLEncoding.DecodeString(payload)
+	if err != nil {
+		return session{}, fmt.Errorf("session cookie payload: %w", err)
+	}
+	var s session
+	if err := json.Unmarshal(b, &s); err != nil {
+		return session{}, fmt.Errorf("session cookie payload: %w", err)
+	}
+	if s.User.Name == "" || s.ID == "" || s.CSRF == "" {
+		return session{}, errors.New("session cookie incomplete")
+	}
+	if !now.Before(time.Unix(s.Expires, 0)) {
+		return session{}, errors.New("session expired")
+	}
+	return s, nil
+}
