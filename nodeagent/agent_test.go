@@ -1,0 +1,95 @@
+package nodeagent
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/nodeagent/conns"
+)
+
+// fixedConns is a connection sensor that reports the connections it is
+// given, then waits.
+type fixedConns struct{ conns []conns.Conn }
+
+func (f fixedConns) Sensor() string { return "ebpf" }
+
+func (f fixedConns) Run(ctx context.Context, emit func(conns.Conn)) error {
+	for _, c := range f.conns {
+		emit(c)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// TestAgentReportsBuildWithItsConnection runs the agent on a fake Docker
+// Engine's classic build and a sensor that saw the RUN step's wget and an
+// unrelated connection; the batch it stores is a NodeReport the server's
+// parser takes whole.
+func TestAgentReportsBuildWithItsConnection(t *testing.T) {
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	f := classicBuild(t0)
+	dst := netip.MustParseAddrPort("127.0.0.23:8080")
+	sensor := fixedConns{conns: []conns.Conn{
+		{Time: t0.Add(65 * time.Millisecond), PID: 4243, PPID: 4242, Comm: "wget", Cmdline: "wget -O /payload http://127.0.0.23:8080/payload", ContainerID: hexID('2'), CgroupID: 99, Dst: dst},
+		{Time: t0.Add(66 * time.Millisecond), PID: 77, Comm: "curl", Dst: netip.MustParseAddrPort("203.0.113.1:443")},
+	}}
+	m := NewMetrics()
+	spool, err := OpenSpool(filepath.Join(t.TempDir(), "buffer"), 0, m.BufferDropped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The server is away: batches stay in the buffer for the test to read.
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(503) }))
+	defer down.Close()
+	a := &Agent{
+		Node:    "worker-1",
+		Docker:  &DockerWatcher{Docker: f.start(t), Settle: 20 * time.Millisecond, Metrics: m},
+		Conns:   sensor,
+		Attrib:  &Attributor{},
+		Spool:   spool,
+		Sender:  &Sender{URL: down.URL, TokenFile: filepath.Join(t.TempDir(), "none"), Client: down.Client(), Spool: spool, Metrics: m, MinBackoff: time.Hour},
+		Metrics: m,
+		// Long: the batch is stored when the agent stops.
+		BatchInterval: time.Hour,
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- a.Run(ctx) }()
+	waitFor(t, "the build found", func() bool {
+		return testutil.ToFloat64(m.builds.WithLabelValues("docker")) == 1 && testutil.ToFloat64(m.connsSeen) == 2
+	})
+	if n, _ := spool.Len(); n != 0 {
+		t.Fatalf("%d batches stored before the batch interval", n)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	_, data, ok, err := spool.Oldest()
+	if err != nil || !ok {
+		t.Fatalf("no batch stored at shutdown: %v", err)
+	}
+	var r Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Node != "worker-1" || r.Sensor != "ebpf" || len(r.Builds) != 1 || len(r.Connections) != 1 || r.Connections[0].PID != 4243 {
+		t.Fatalf("report %s", data)
+	}
+	if b := r.Builds[0]; b.CgroupID != "99" || len(b.PIDs) != 2 || b.PIDs[1] != 4243 {
+		t.Errorf("build %+v: want the wget's cgroup and PID added", b)
+	}
+	p, err := evidence.ParseAgent(data)
+	if err != nil || len(p.Errors) != 0 || len(p.Report.Builds) != 1 || len(p.Report.Connections) != 1 {
+		t.Fatalf("ParseAgent = %+v, %v", p, err)
+	}
+}
