@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -76,6 +77,9 @@ type Scanner struct {
 	Recorder Recorder
 	// Namespaces limits the scan to these namespaces. The default is all.
 	Namespaces []string
+	// ExcludeNamespaces are namespaces not judged (the webhook's own
+	// exclusions, say: kube-system). The default is none.
+	ExcludeNamespaces []string
 	// Concurrency is how many workloads are judged at once. The default
 	// is DefaultConcurrency.
 	Concurrency int
@@ -176,10 +180,16 @@ func (s *Scanner) Scan(ctx context.Context) (*Report, error) {
 			if err != nil {
 				return nil, err
 			}
-			items = append(items, got...)
+			for _, it := range got {
+				if slices.Contains(s.ExcludeNamespaces, it.namespace) {
+					r.Excluded++
+					continue
+				}
+				items = append(items, it)
+			}
 		}
 	}
-	r.Listed = len(items)
+	r.Listed = len(items) + r.Excluded
 	todo := selectWorkloads(items, r)
 	p.Total = len(todo)
 	progress(p)
@@ -290,6 +300,10 @@ func (s *Scanner) judge(ctx context.Context, log *slog.Logger, scanID string, no
 		return res
 	}
 	v, err := s.Evaluator.Evaluate(ctx, w)
+	if err == nil && ctx.Err() != nil {
+		// Lookups cut short by the end of the scan are no verdict.
+		err = ctx.Err()
+	}
 	if err != nil {
 		res.Error = err.Error()
 		log.Warn("audit: workload not judged", "namespace", it.namespace, "kind", it.kind, "name", it.name, "uid", string(it.uid), "error", err)

@@ -282,6 +282,20 @@ func TestScanNamespaces(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("judged %q, want %q", got, want)
 	}
+
+	s = &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Now: clock.Now,
+		ExcludeNamespaces: []string{"shop", "kube-system"}}
+	if r, err = s.Scan(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for _, w := range r.Workloads {
+		got = append(got, w.Namespace+"/"+w.Name)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) || r.Excluded != 10 || r.Listed != len(c.objects) {
+		t.Errorf("excluding shop: judged %q, %d excluded of %d listed; want %q, 10 of %d", got, r.Excluded, r.Listed, want, len(c.objects))
+	}
 }
 
 // pagedPods makes the fake clientset page pod lists as the API server

@@ -18,6 +18,8 @@ type Report struct {
 	Namespaces []string `json:"namespaces,omitempty"`
 	// Listed is the objects listed, of every kind.
 	Listed int `json:"listed"`
+	// Excluded is the objects listed in excluded namespaces.
+	Excluded int `json:"excluded"`
 	// Covered is the objects not judged on their own because an owner
 	// running the same containers was.
 	Covered int `json:"covered"`

@@ -35,6 +35,11 @@ import (
 // BuildPolicyExceptions to be read with --policy-source=crd.
 const policySyncTimeout = 30 * time.Second
 
+// defaultAuditExclusions are the namespaces the webhook configurations of
+// manifests/base do not send to buildguard: a scan leaves them out too
+// unless told otherwise.
+const defaultAuditExclusions = "kube-system,kube-public,kube-node-lease,buildguard-system"
+
 // progressInterval is how often progress is written when stderr is not a
 // terminal.
 const progressInterval = 10 * time.Second
@@ -57,6 +62,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	var namespaces string
 	fs.StringVar(&namespaces, "namespace", "", "comma-separated namespaces to scan (default: all)")
 	fs.StringVar(&namespaces, "n", "", "short for --namespace")
+	exclude := fs.String("exclude-namespaces", defaultAuditExclusions, "comma-separated namespaces not to judge, as the webhook configuration excludes them (\"\" for none)")
 	concurrency := fs.Int("concurrency", audit.DefaultConcurrency, "workloads judged at once")
 	var output string
 	fs.StringVar(&output, "output", "table", "output format: table or json (the whole report)")
@@ -143,7 +149,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	if err != nil {
 		return exitError, err
 	}
-	s := &audit.Scanner{Client: kube, Evaluator: e, Namespaces: splitList(namespaces), Concurrency: *concurrency, Log: log,
+	s := &audit.Scanner{Client: kube, Evaluator: e, Namespaces: splitList(namespaces), ExcludeNamespaces: splitList(*exclude), Concurrency: *concurrency, Log: log,
 		Progress: bar.update}
 	if store != nil {
 		defer store.Close()
@@ -385,8 +391,12 @@ const maxListed = 50
 // and the workloads that would be denied or could not be judged.
 func writeAuditReport(w io.Writer, r *audit.Report, recorded bool) error {
 	ew := &errWriter{w: w}
-	fmt.Fprintf(ew, "Scan %s: %d objects listed, %d workloads judged (%d judged with their owner, %d inactive), %d images.\n",
-		r.ID, r.Listed, r.Totals.Workloads, r.Covered, r.Inactive, r.Totals.Images)
+	excluded := ""
+	if r.Excluded > 0 {
+		excluded = fmt.Sprintf(", %d in excluded namespaces", r.Excluded)
+	}
+	fmt.Fprintf(ew, "Scan %s: %d objects listed, %d workloads judged (%d judged with their owner, %d inactive%s), %d images.\n",
+		r.ID, r.Listed, r.Totals.Workloads, r.Covered, r.Inactive, excluded, r.Totals.Images)
 	fmt.Fprintf(ew, "%d would be denied, %d warned, %d allowed, %d errors.\n", r.Totals.WouldDeny, r.Totals.Warn, r.Totals.Allow, r.Totals.Errors)
 	if len(r.ByNamespace) > 0 {
 		rows := [][]string{{"NAMESPACE", "WORKLOADS", "IMAGES", "WOULD-DENY", "WARN", "ERRORS"}}

@@ -35,10 +35,12 @@ const (
 type auditLoop struct {
 	every       time.Duration
 	concurrency int
+	exclude     string
 }
 
 func (a *auditLoop) register(fs *flag.FlagSet) {
 	fs.DurationVar(&a.every, "audit-interval", 0, "scan every workload in the cluster this often (e.g. 6h) against current policy, recording would-deny decisions (0: never)")
+	fs.StringVar(&a.exclude, "audit-exclude-namespaces", defaultAuditExclusions, "comma-separated namespaces a periodic scan does not judge (\"\" for none)")
 	fs.IntVar(&a.concurrency, "audit-concurrency", defaultAuditConcurrency, "workloads a periodic scan judges at once; it shares registry connections with admission")
 }
 
@@ -62,7 +64,8 @@ func (a *auditLoop) start(ctx context.Context, kube kubernetes.Interface, e audi
 	if err != nil {
 		return err
 	}
-	s := &audit.Scanner{Client: kube, Evaluator: e, Recorder: rec, Concurrency: a.concurrency, Log: log}
+	s := &audit.Scanner{Client: kube, Evaluator: e, Recorder: rec, Concurrency: a.concurrency, Log: log,
+		ExcludeNamespaces: splitList(a.exclude)}
 	go a.run(ctx, s, ready, log, m, time.Now)
 	return nil
 }
