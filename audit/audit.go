@@ -63,9 +63,11 @@ type Recorder interface {
 // of a Deployment, the Jobs of a CronJob): the owner's verdict is its
 // verdict. It is judged on its own when what it runs differs from its
 // owner — an old ReplicaSet still running during a rollout, a Pod with an
-// ephemeral debug container — unless it runs nothing (an old ReplicaSet
-// scaled to zero, a finished Job). Objects whose owner is not a scanned
-// kind, and bare Pods, are judged on their own.
+// ephemeral debug container or an injected sidecar — unless it runs
+// nothing (an old ReplicaSet scaled to zero, a finished Job); of siblings
+// that differ from their owner alike, only the first is judged. Objects
+// whose owner is not a scanned kind, and bare Pods, are judged on their
+// own.
 type Scanner struct {
 	// Client lists the workloads.
 	Client kubernetes.Interface
@@ -267,6 +269,14 @@ func selectWorkloads(items []item, r *Report) []*item {
 		judged[it.uid] = j
 		return j
 	}
+	// Siblings that run the same as each other but not as their owner
+	// (the Pods of a ReplicaSet into which a mutating webhook injected a
+	// sidecar) are judged once, by the first of them.
+	type sibling struct {
+		owner types.UID
+		sig   string
+	}
+	siblings := map[sibling]bool{}
 	var out []*item
 	for i := range items {
 		it := &items[i]
@@ -276,10 +286,13 @@ func selectWorkloads(items []item, r *Report) []*item {
 			out = append(out, it)
 		case owner.signature() == it.signature() && covered(owner):
 			r.Covered++
-		case it.active:
-			out = append(out, it)
-		default:
+		case !it.active:
 			r.Inactive++
+		case siblings[sibling{it.owner, it.signature()}]:
+			r.Covered++
+		default:
+			siblings[sibling{it.owner, it.signature()}] = true
+			out = append(out, it)
 		}
 	}
 	return out

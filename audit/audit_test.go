@@ -111,12 +111,21 @@ func newCluster(t testing.TB, reg *testregistry.Registry) cluster {
 	}
 	reg.Push(t, "acme/old:1", testregistry.Build(t, testregistry.Image{Created: now.Add(-48 * time.Hour)}))
 	reg.Push(t, "acme/fresh:1", testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Minute)}))
+	// The API server mounts the service account's token into every Pod,
+	// not into its template: no rule reads it, it changes nothing.
+	tokenMounted := pod("shop", "web-1-a", uid("shop", "web-1"), corev1.PodRunning, c.old)
+	tokenMounted.Spec.Volumes = []corev1.Volume{{Name: "kube-api-access-x1", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{}}}}
+	tokenMounted.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "kube-api-access-x1", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount"}}
+	// A mutating webhook injected a sidecar into the pods of "mesh".
+	sidecar := func(name string) *corev1.Pod {
+		return pod("shop", name, uid("shop", "mesh-1"), corev1.PodRunning, c.old, "evil.example/proxy:1")
+	}
 	ephemeral := pod("shop", "web-1-c", uid("shop", "web-1"), corev1.PodRunning, c.old)
 	ephemeral.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debugger", Image: c.debug}}}
 	c.objects = []runtime.Object{
 		&appsv1.Deployment{ObjectMeta: meta("shop", "web", ""), Spec: appsv1.DeploymentSpec{Template: template(c.old)}},
 		replicaSet("shop", "web-1", uid("shop", "web"), 3, c.old),
-		pod("shop", "web-1-a", uid("shop", "web-1"), corev1.PodRunning, c.old),
+		tokenMounted,
 		pod("shop", "web-1-b", uid("shop", "web-1"), corev1.PodPending, c.old),
 		ephemeral, // kubectl debug added an image the Deployment does not run
 		// An old ReplicaSet kept for rollbacks runs nothing; a new one
@@ -125,6 +134,10 @@ func newCluster(t testing.TB, reg *testregistry.Registry) cluster {
 		replicaSet("shop", "web-2", uid("shop", "web"), 1, c.fresh),
 		pod("shop", "web-2-a", uid("shop", "web-2"), corev1.PodRunning, c.fresh),
 		pod("shop", "debug", "", corev1.PodRunning, c.tool),
+		&appsv1.Deployment{ObjectMeta: meta("shop", "mesh", ""), Spec: appsv1.DeploymentSpec{Template: template(c.old)}},
+		replicaSet("shop", "mesh-1", uid("shop", "mesh"), 2, c.old),
+		sidecar("mesh-1-a"),
+		sidecar("mesh-1-b"),
 		pod("shop", "orphan", "deleted-owner", corev1.PodRunning, c.old),
 		&batchv1.CronJob{ObjectMeta: meta("batch", "nightly", ""), Spec: batchv1.CronJobSpec{JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: template(c.old)}}}},
 		job("batch", "nightly-1", uid("batch", "nightly"), 1, c.old),
@@ -141,6 +154,8 @@ func newCluster(t testing.TB, reg *testregistry.Registry) cluster {
 		"shop/Pod/web-1-c":                   "would-deny",
 		"shop/ReplicaSet/web-2":              "would-deny",
 		"shop/Pod/debug":                     "would-deny",
+		"shop/Deployment/mesh":               "allow",
+		"shop/Pod/mesh-1-a":                  "would-deny",
 		"shop/Pod/orphan":                    "allow",
 		"batch/CronJob/nightly":              "allow",
 		"batch/StatefulSet/db":               "allow",
@@ -148,9 +163,9 @@ func newCluster(t testing.TB, reg *testregistry.Registry) cluster {
 		"batch/ReplicationController/legacy": "allow",
 		"audited/Pod/canary":                 "would-deny",
 	}
-	c.wantCovered = 6  // web-1, web-1-a, web-1-b, web-2-a, nightly-1, nightly-1-x
+	c.wantCovered = 8  // web-1, web-1-a, web-1-b, web-2-a, nightly-1, nightly-1-x, mesh-1, mesh-1-b
 	c.wantInactive = 3 // web-0, nightly-0, nightly-0-x
-	c.wantRuleCounts = map[string][2]int{"fresh-image": {2, 1}, "unapproved-registry": {2, 2}}
+	c.wantRuleCounts = map[string][2]int{"fresh-image": {2, 1}, "unapproved-registry": {3, 3}}
 	return c
 }
 
@@ -189,14 +204,14 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 	if r.Listed != len(c.objects) || r.Covered != c.wantCovered || r.Inactive != c.wantInactive {
 		t.Errorf("listed %d, covered %d, inactive %d; want %d, %d, %d", r.Listed, r.Covered, r.Inactive, len(c.objects), c.wantCovered, c.wantInactive)
 	}
-	wantTotals := audit.Counts{Workloads: 10, Images: 4, Allow: 6, WouldDeny: 4}
+	wantTotals := audit.Counts{Workloads: 12, Images: 5, Allow: 7, WouldDeny: 5}
 	if r.Totals != wantTotals {
 		t.Errorf("totals %+v, want %+v", r.Totals, wantTotals)
 	}
 	wantNS := []audit.NamespaceSummary{
 		{Namespace: "audited", Counts: audit.Counts{Workloads: 1, Images: 1, WouldDeny: 1}},
 		{Namespace: "batch", Counts: audit.Counts{Workloads: 4, Images: 1, Allow: 4}},
-		{Namespace: "shop", Counts: audit.Counts{Workloads: 5, Images: 4, Allow: 2, WouldDeny: 3}},
+		{Namespace: "shop", Counts: audit.Counts{Workloads: 7, Images: 5, Allow: 3, WouldDeny: 4}},
 	}
 	if !reflect.DeepEqual(r.ByNamespace, wantNS) {
 		t.Errorf("by namespace %+v\nwant %+v", r.ByNamespace, wantNS)
@@ -213,7 +228,7 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 		t.Errorf("rules %q", rules)
 	}
 	last := progress[len(progress)-1]
-	if last.Listed != len(c.objects) || last.Total != 10 || last.Done != 10 || last.WouldDeny != 4 {
+	if last.Listed != len(c.objects) || last.Total != 12 || last.Done != 12 || last.WouldDeny != 5 {
 		t.Errorf("last progress %+v", last)
 	}
 
@@ -231,7 +246,7 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 		}
 	}
 	slices.Sort(names)
-	if want := []string{"audited/Pod/canary", "shop/Pod/debug", "shop/Pod/web-1-c", "shop/ReplicaSet/web-2"}; !slices.Equal(names, want) {
+	if want := []string{"audited/Pod/canary", "shop/Pod/debug", "shop/Pod/mesh-1-a", "shop/Pod/web-1-c", "shop/ReplicaSet/web-2"}; !slices.Equal(names, want) {
 		t.Errorf("would-deny records %q, want %q", names, want)
 	}
 	d, err := store.Decision(t.Context(), string(uid("shop", "web-2"))+"/scan-20261202T031500Z")
@@ -245,8 +260,8 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(all) != 10 {
-		t.Errorf("%d records, want one per judged workload: 10", len(all))
+	if len(all) != 12 {
+		t.Errorf("%d records, want one per judged workload: 12", len(all))
 	}
 
 	// A second scan is a second set of records, not the first one again.
@@ -254,8 +269,8 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 	if _, err := s.Scan(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if all, err = store.Decisions(t.Context(), evidence.DecisionQuery{}); err != nil || len(all) != 20 {
-		t.Errorf("after a second scan: %d records (%v), want 20", len(all), err)
+	if all, err = store.Decisions(t.Context(), evidence.DecisionQuery{}); err != nil || len(all) != 24 {
+		t.Errorf("after a second scan: %d records (%v), want 24", len(all), err)
 	}
 }
 
@@ -293,8 +308,8 @@ func TestScanNamespaces(t *testing.T) {
 		got = append(got, w.Namespace+"/"+w.Name)
 	}
 	slices.Sort(got)
-	if !slices.Equal(got, want) || r.Excluded != 10 || r.Listed != len(c.objects) {
-		t.Errorf("excluding shop: judged %q, %d excluded of %d listed; want %q, 10 of %d", got, r.Excluded, r.Listed, want, len(c.objects))
+	if !slices.Equal(got, want) || r.Excluded != 14 || r.Listed != len(c.objects) {
+		t.Errorf("excluding shop: judged %q, %d excluded of %d listed; want %q, 14 of %d", got, r.Excluded, r.Listed, want, len(c.objects))
 	}
 }
 
@@ -438,7 +453,7 @@ func TestScanStopsWithContext(t *testing.T) {
 			}
 		}}
 	r, err := s.Scan(ctx)
-	if !errors.Is(err, context.Canceled) || r == nil || r.Totals.Workloads >= 10 {
+	if !errors.Is(err, context.Canceled) || r == nil || r.Totals.Workloads >= 12 {
 		t.Fatalf("Scan = %v, %+v; want context.Canceled with a partial report", err, r)
 	}
 }

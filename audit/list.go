@@ -34,7 +34,7 @@ type item struct {
 }
 
 // signature identifies what an object runs: every container's kind,
-// name, image, pull policy and mounts, and the host paths it mounts.
+// name, image, pull policy and host path mounts, and the host paths.
 // Two objects with the same signature and labels in one namespace get
 // the same verdict.
 func (it *item) signature() string { return it.sig }
@@ -84,14 +84,28 @@ func newItem(kind string, m *metav1.ObjectMeta, spec *corev1.PodSpec, active boo
 }
 
 // slim copies the parts of a pod spec the engine reads: containers'
-// names, images, pull policies and mounts, host path volumes, pull
-// secrets and the service account.
+// names, images, pull policies and mounts of host path volumes, host path
+// volumes, pull secrets and the service account. Other mounts are left
+// out: no rule reads them, and the API server adds one to every Pod (the
+// service account token's) that its template does not have.
 func slim(s *corev1.PodSpec) *corev1.PodSpec {
 	if s == nil {
 		return nil
 	}
+	hostPath := map[string]bool{}
+	for _, v := range s.Volumes {
+		if v.HostPath != nil {
+			hostPath[v.Name] = true
+		}
+	}
 	c := func(x corev1.Container) corev1.Container {
-		return corev1.Container{Name: x.Name, Image: x.Image, ImagePullPolicy: x.ImagePullPolicy, VolumeMounts: x.VolumeMounts}
+		out := corev1.Container{Name: x.Name, Image: x.Image, ImagePullPolicy: x.ImagePullPolicy}
+		for _, m := range x.VolumeMounts {
+			if hostPath[m.Name] {
+				out.VolumeMounts = append(out.VolumeMounts, m)
+			}
+		}
+		return out
 	}
 	out := &corev1.PodSpec{ImagePullSecrets: s.ImagePullSecrets, ServiceAccountName: s.ServiceAccountName}
 	for _, x := range s.InitContainers {

@@ -21,7 +21,8 @@ type Report struct {
 	// Excluded is the objects listed in excluded namespaces.
 	Excluded int `json:"excluded"`
 	// Covered is the objects not judged on their own because an owner
-	// running the same containers was.
+	// running the same containers was, or a sibling running the same as
+	// they do.
 	Covered int `json:"covered"`
 	// Inactive is the owned objects not judged because they run something
 	// other than their owner but nothing now (an old ReplicaSet scaled to
