@@ -169,9 +169,9 @@ func (s *Scanner) Scan(ctx context.Context) (*Report, error) {
 	// owner, which may be listed after it.
 	var items []item
 	var p Progress
-	namespaces := s.Namespaces
-	if len(namespaces) == 0 {
-		namespaces = []string{""}
+	namespaces := slices.Compact(slices.Sorted(slices.Values(s.Namespaces)))
+	if len(namespaces) == 0 || slices.Contains(namespaces, "") {
+		namespaces = []string{""} // all of them
 	}
 	for _, ns := range namespaces {
 		for _, l := range listers() {

@@ -279,7 +279,7 @@ func TestScanNamespaces(t *testing.T) {
 	c := newCluster(t, reg)
 	clock := testclock.New(now)
 	s := &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Now: clock.Now,
-		Namespaces: []string{"batch", "audited"}}
+		Namespaces: []string{"batch", "audited", "batch"}}
 	r, err := s.Scan(t.Context())
 	if err != nil {
 		t.Fatal(err)
