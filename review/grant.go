@@ -1,6 +1,7 @@
 package review
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -284,11 +285,17 @@ func (f *ExceptionFile) Grant(ctx context.Context, g Grant) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	out, err := yaml.Marshal(next)
-	if err != nil {
+	var buf bytes.Buffer
+	buf.WriteString("# Exceptions granted in buildguard's review UI (docs/review.md). Edits by hand are kept.\n")
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(next); err != nil {
 		return "", err
 	}
-	out = append([]byte("# Exceptions granted in buildguard's review UI (docs/review.md). Edits by hand are kept.\n"), out...)
+	if err := enc.Close(); err != nil {
+		return "", err
+	}
+	out := buf.Bytes()
 	if err := writeAtomic(f.path, out); err != nil {
 		return "", fmt.Errorf("exceptions file: %w", err)
 	}

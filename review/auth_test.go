@@ -1,0 +1,230 @@
+package review
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+func TestParseTokens(t *testing.T) {
+	const tok = "0123456789abcdef"
+	for _, tc := range []struct {
+		name, in string
+		want     map[string]User // token → user
+		err      string
+	}{
+		{name: "three fields", in: tok + ",alice,u-1\n", want: map[string]User{tok: {Name: "alice", UID: "u-1", Groups: []string{"system:authenticated"}}}},
+		{name: "groups", in: "# reviewers\n\n" + tok + `,alice,u-1,"platform,sre, platform"` + "\n" + tok + "x,bob,u-2,",
+			want: map[string]User{
+				tok:       {Name: "alice", UID: "u-1", Groups: []string{"platform", "sre", "system:authenticated"}},
+				tok + "x": {Name: "bob", UID: "u-2", Groups: []string{"system:authenticated"}},
+			}},
+		{name: "empty", in: "# nothing\n", err: "no tokens"},
+		{name: "two fields", in: tok + ",alice\n", err: `line 1: 2 fields, want token,user,uid[,"group1,group2"]`},
+		{name: "five fields", in: tok + ",a,b,c,d\n", err: "line 1: 5 fields"},
+		{name: "short token", in: "short,alice,u\n", err: "line 1: token shorter than 16 characters"},
+		{name: "token with a space", in: "0123456789 abcdef,alice,u\n", err: "white space"},
+		{name: "no user", in: tok + ", ,u\n", err: "line 1: empty user name"},
+		{name: "repeated token", in: tok + ",alice,u\n" + tok + ",bob,u\n", err: `line 2: token of user "bob" repeated`},
+		{name: "bad quoting", in: tok + `,alice,u,"a` + "\n", err: "extraneous or missing"},
+		{name: "not UTF-8", in: tok + ",\xff,u\n", err: "not valid UTF-8"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := ParseTokens([]byte(tc.in))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("ParseTokens = %v, want an error with %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for token, want := range tc.want {
+				got, err := st.Authenticate(t.Context(), token)
+				if err != nil || !reflect.DeepEqual(got, want) {
+					t.Errorf("Authenticate(%q) = %+v, %v; want %+v", token, got, err, want)
+				}
+			}
+			var ae *AuthError
+			if _, err := st.Authenticate(t.Context(), tok+"nope"); !errors.As(err, &ae) {
+				t.Errorf("unknown token: %v, want an *AuthError", err)
+			}
+		})
+	}
+}
+
+func TestReadTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := ReadTokenFile(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "token file") {
+		t.Errorf("missing file: %v", err)
+	}
+	big := filepath.Join(dir, "big")
+	os.WriteFile(big, make([]byte, maxTokenFile+1), 0o600)
+	if _, err := ReadTokenFile(big); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("large file: %v", err)
+	}
+}
+
+func FuzzParseTokens(f *testing.F) {
+	f.Add([]byte("0123456789abcdef,alice,u-1,\"a,b\"\n"))
+	f.Add([]byte("# c\n0123456789abcdef,alice,u-1\n0123456789abcdeg,bob,u-2,\n"))
+	f.Add([]byte("\"0123456789abcdef\",\"al\"\"ice\",u\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, err := ParseTokens(b)
+		if err != nil {
+			return
+		}
+		for _, tk := range st.tokens {
+			if len(tk.token) < 16 || tk.user.Name == "" {
+				t.Fatalf("accepted %q for %+v", tk.token, tk.user)
+			}
+			if u, err := st.Authenticate(context.Background(), string(tk.token)); err != nil || u.Name != tk.user.Name {
+				t.Fatalf("Authenticate(%q) = %+v, %v", tk.token, u, err)
+			}
+		}
+	})
+}
+
+func FuzzSessionDecode(f *testing.F) {
+	c := sessionCodec{key: []byte(strings.Repeat("k", 32))}
+	s, _ := newSession(fixedRandom{}, User{Name: "alice"}, t0.Add(time.Hour))
+	v, _ := c.encode(s)
+	f.Add(v)
+	f.Add("a.b")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, v string) {
+		s, err := c.decode(v, t0)
+		if err == nil && (s.User.Name == "" || s.CSRF == "" || !t0.Before(time.Unix(s.Expires, 0))) {
+			t.Fatalf("decode(%q) accepted %+v", v, s)
+		}
+	})
+}
+
+func FuzzParseFilter(f *testing.F) {
+	f.Add("since=24h&namespace=shop&rule=fresh-image&image=ghcr.io/*&verdict=deny&limit=5")
+	f.Add("since=7d&verdict=allow&verdict=warn")
+	f.Add("since=all&image=%00")
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		fl, dq, err := parseFilter(q, t0)
+		if err != nil {
+			return
+		}
+		if dq.Limit < 1 || dq.Limit > 1000 || len(fl.Verdicts) == 0 || dq.Since.After(t0) {
+			t.Fatalf("parseFilter(%q) = %+v, %+v", raw, fl, dq)
+		}
+	})
+}
+
+func TestTokenReviewer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status authenticationv1.TokenReviewStatus
+		apiErr error
+		want   User
+		err    string
+	}{
+		{name: "authenticated", status: authenticationv1.TokenReviewStatus{Authenticated: true, User: authenticationv1.UserInfo{
+			Username: "system:serviceaccount:buildguard-system:reviewer", UID: "u-9", Groups: []string{"system:serviceaccounts"},
+			Extra: map[string]authenticationv1.ExtraValue{"authentication.kubernetes.io/pod-name": {"p"}}}},
+			want: User{Name: "system:serviceaccount:buildguard-system:reviewer", UID: "u-9", Groups: []string{"system:serviceaccounts"},
+				Extra: map[string][]string{"authentication.kubernetes.io/pod-name": {"p"}}}},
+		{name: "refused", status: authenticationv1.TokenReviewStatus{Error: "token has expired"}, err: "not authenticated: token has expired"},
+		{name: "refused without a reason", status: authenticationv1.TokenReviewStatus{}, err: "did not accept the token"},
+		{name: "API error", apiErr: errors.New("connection refused"), err: "TokenReview: connection refused"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs := fake.NewClientset()
+			var sent *authenticationv1.TokenReview
+			cs.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				sent = a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenReview)
+				if tc.apiErr != nil {
+					return true, nil, tc.apiErr
+				}
+				out := sent.DeepCopy()
+				out.Status = tc.status
+				return true, out, nil
+			})
+			u, err := (&TokenReviewer{Client: cs}).Authenticate(t.Context(), "the-token")
+			if sent == nil || sent.Spec.Token != "the-token" {
+				t.Fatalf("TokenReview sent: %+v", sent)
+			}
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Authenticate = %+v, %v; want an error with %q", u, err, tc.err)
+				}
+				var ae *AuthError
+				if errors.As(err, &ae) != (tc.apiErr == nil) {
+					t.Errorf("errors.As(%v, *AuthError) wrong: only refusals are the caller's fault", err)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(u, tc.want) {
+				t.Errorf("Authenticate = %+v, %v; want %+v", u, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSubjectAccessReviewer(t *testing.T) {
+	u := User{Name: "bob", UID: "u-2", Groups: []string{"g"}, Extra: map[string][]string{"k": {"v"}}}
+	for _, tc := range []struct {
+		name   string
+		status authorizationv1.SubjectAccessReviewStatus
+		apiErr error
+		want   bool
+		err    string
+	}{
+		{name: "allowed", status: authorizationv1.SubjectAccessReviewStatus{Allowed: true}, want: true},
+		{name: "not allowed", status: authorizationv1.SubjectAccessReviewStatus{}, want: false},
+		{name: "denied", status: authorizationv1.SubjectAccessReviewStatus{Allowed: true, Denied: true}, want: false},
+		{name: "evaluation error", status: authorizationv1.SubjectAccessReviewStatus{EvaluationError: "webhook down"}, err: "webhook down"},
+		{name: "API error", apiErr: errors.New("timeout"), err: "SubjectAccessReview: timeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cs := fake.NewClientset()
+			var sent *authorizationv1.SubjectAccessReview
+			cs.PrependReactor("create", "subjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				sent = a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SubjectAccessReview)
+				if tc.apiErr != nil {
+					return true, nil, tc.apiErr
+				}
+				out := sent.DeepCopy()
+				out.Status = tc.status
+				return true, out, nil
+			})
+			ok, err := (&SubjectAccessReviewer{Client: cs}).Allowed(t.Context(), u, CreateExceptions.In("shop"))
+			want := authorizationv1.SubjectAccessReviewSpec{User: "bob", UID: "u-2", Groups: []string{"g"},
+				Extra:              map[string]authorizationv1.ExtraValue{"k": {"v"}},
+				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: "shop", Verb: "create", Group: "buildguard.dev", Resource: "buildpolicyexceptions"}}
+			if sent == nil || !reflect.DeepEqual(sent.Spec, want) {
+				t.Fatalf("SubjectAccessReview sent %+v, want %+v", sent, want)
+			}
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Allowed = %v, %v; want an error with %q", ok, err, tc.err)
+				}
+				return
+			}
+			if err != nil || ok != tc.want {
+				t.Errorf("Allowed = %v, %v; want %v", ok, err, tc.want)
+			}
+		})
+	}
+}
