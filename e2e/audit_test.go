@@ -1,0 +1,143 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"buildguard.dev/buildguard/internal/testregistry"
+)
+
+// auditNamespace holds the workloads created before buildguard's webhook
+// was registered.
+const auditNamespace = "legacy"
+
+// createPreexisting creates, while no webhook judges anything yet, what
+// an audit scan must find: a Deployment running an image built seconds
+// ago (fresh-image), a bare Pod from a registry the policy does not allow
+// (unapproved-registry), and a Deployment that is fine. It waits for the
+// controllers to create their ReplicaSets and Pods, which the scan must
+// not count again.
+func (e *env) createPreexisting() {
+	e.t.Helper()
+	img, err := testregistry.MakeImage(testregistry.Image{Created: time.Now(), Steps: []string{"COPY app /app # buildkit"}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.reg.Push("e2e/legacy-fresh:1", img); err != nil {
+		e.t.Fatal(err)
+	}
+	e.mustKubectl("", "create", "namespace", auditNamespace)
+	e.eventually(30*time.Second, "default service account in "+auditNamespace, func() error {
+		_, err := e.kubectl("", "get", "serviceaccount", "default", "-n", auditNamespace)
+		return err
+	})
+	e.mustKubectl("", "create", "deployment", "stale", "-n", auditNamespace, "--image="+e.reg.Host+"/e2e/legacy-fresh:1", "--replicas=2")
+	e.mustKubectl("", "create", "deployment", "fine", "-n", auditNamespace, "--image="+e.imgs["clean:1"])
+	// Never contacted: the policy does not allow its registry.
+	e.mustKubectl(podYAML(auditNamespace, "unapproved", "registry.invalid/tools/debug:1"), "apply", "-f", "-")
+	e.eventually(60*time.Second, "the Deployments' pods", func() error {
+		out, err := e.kubectl("", "get", "pods", "-n", auditNamespace, "-o", "name")
+		if err != nil {
+			return err
+		}
+		if n := len(strings.Fields(out)); n != 4 {
+			return fmt.Errorf("%d pods: %q", n, out)
+		}
+		return nil
+	})
+}
+
+// testAudit runs `buildguard audit` as an administrator would, against
+// the control plane, and finds the workloads created before the webhook
+// judged by their top-level object, once each, and recorded.
+func (e *env) testAudit(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "audit.db")
+	run := func(args ...string) (stdout, stderr string, code int) {
+		t.Helper()
+		cmd := exec.CommandContext(e.ctx, e.bg.bin, args...)
+		cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+e.reg.CAFile)
+		var o, s bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &s
+		err := cmd.Run()
+		var ee *exec.ExitError
+		switch {
+		case errors.As(err, &ee):
+			code = ee.ExitCode()
+		case err != nil:
+			t.Fatalf("buildguard %q: %v", args, err)
+		}
+		return o.String(), s.String(), code
+	}
+	out, stderr, code := run("audit", "--kubeconfig="+e.cp.Kubeconfig, "--policy-source=crd", "--store-sqlite="+db,
+		"--namespace="+auditNamespace, "--no-progress")
+	if code != 1 {
+		t.Fatalf("buildguard audit exited %d, want 1 (would deny)\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+	t.Logf("buildguard audit:\n%s", out)
+	lines := strings.Split(out, "\n")
+	row := func(first string) []string {
+		for _, l := range lines {
+			if f := strings.Fields(l); len(f) > 0 && f[0] == first {
+				return f
+			}
+		}
+		return nil
+	}
+	// The namespace's row: 3 workloads (2 Deployments, 1 Pod), 3 images,
+	// 2 would be denied, no warnings or errors.
+	if got, want := row(auditNamespace), []string{auditNamespace, "3", "3", "2", "0", "0"}; !slices.Equal(got, want) {
+		t.Errorf("namespace row %q, want %q", got, want)
+	}
+	for _, rule := range []string{"fresh-image", "unapproved-registry"} {
+		if got, want := row(rule), []string{rule, "1", "1", "1", "1", "0"}; !slices.Equal(got, want) {
+			t.Errorf("rule row %q, want %q", got, want)
+		}
+	}
+	for _, want := range []string{"legacy/deployment/stale  fresh-image", "legacy/pod/unapproved    unapproved-registry"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("audit output does not list %q", want)
+		}
+	}
+	for _, never := range []string{"replicaset/", "pod/stale-", "pod/fine-", "deployment/fine"} {
+		if strings.Contains(out, never) {
+			t.Errorf("audit output lists %q, judged with its Deployment or allowed", never)
+		}
+	}
+
+	// The records, as a platform team finds them.
+	out, stderr, code = run("denials", "--verdict", "would-deny", "--store-sqlite="+db, "-o", "json")
+	if code != 0 {
+		t.Fatalf("buildguard denials exited %d: %s", code, stderr)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var d struct {
+			ID, Operation, Namespace, Kind, Name, User, Verdict string
+			Rules                                               []string
+		}
+		if err := json.Unmarshal([]byte(l), &d); err != nil {
+			t.Fatalf("denials line %q: %v", l, err)
+		}
+		if d.Operation != "SCAN" || d.User != "buildguard-audit" || !strings.Contains(d.ID, "/scan-") || d.Verdict != "would-deny" {
+			t.Errorf("record %+v, want a SCAN by buildguard-audit with a scan ID", d)
+		}
+		got = append(got, d.Namespace+"/"+d.Kind+"/"+d.Name+" "+strings.Join(d.Rules, ","))
+	}
+	slices.Sort(got)
+	if want := []string{"legacy/Deployment/stale fresh-image", "legacy/Pod/unapproved unapproved-registry"}; !slices.Equal(got, want) {
+		t.Errorf("would-deny records %q, want %q", got, want)
+	}
+	out, _, _ = run("denials", "--verdict", "would-deny", "--store-sqlite="+db)
+	if !strings.Contains(out, "legacy/deployment/stale") {
+		t.Errorf("denials table does not list the scanned Deployment:\n%s", out)
+	}
+}
