@@ -266,8 +266,8 @@ func TestNodeAgent(t *testing.T) {
 			buffered.Builds = append(buffered.Builds, r.Builds...)
 			buffered.Connections = append(buffered.Connections, r.Connections...)
 		}
-		if len(buffered.Builds) == 0 {
-			return fmt.Errorf("%d files, no build yet", len(files))
+		if !slices.ContainsFunc(buffered.Builds, func(b nodeagent.Build) bool { return b.ImageID == evilID }) {
+			return fmt.Errorf("%d files, no build of %s yet", len(files), evilID)
 		}
 		for _, c := range buffered.Connections {
 			if c.DestIP == "127.0.0.23" {
@@ -276,7 +276,19 @@ func TestNodeAgent(t *testing.T) {
 		}
 		return fmt.Errorf("no connection to 127.0.0.23 in %+v", buffered.Connections)
 	})
-	b := buffered.Builds[0]
+	var b nodeagent.Build
+	for _, x := range buffered.Builds {
+		switch x.ImageID {
+		case evilID:
+			b = x
+		default:
+			// The base image, imported before the agent started: found
+			// by reading back Docker's recent events.
+			if x.Tool != "docker-import" || !slices.Contains(x.Tags, "local/busybox:1") {
+				t.Errorf("unexpected build %+v", x)
+			}
+		}
+	}
 	if buffered.Node != "worker-1" || buffered.Sensor != wantSensor || b.ImageID != evilID || b.Tool != "docker" ||
 		len(b.ContainerIDs) != 1 || len(b.Steps) == 0 || !strings.Contains(b.Steps[len(b.Steps)-1], "wget -O /payload http://127.0.0.23:") {
 		t.Errorf("buffered report: node %q sensor %q (want %s), build %+v", buffered.Node, buffered.Sensor, wantSensor, b)
@@ -285,7 +297,7 @@ func TestNodeAgent(t *testing.T) {
 		if c.DestIP != "127.0.0.23" {
 			continue
 		}
-		if c.DestPort != unknownPort || c.Process != "wget" || (c.ContainerID != b.ContainerIDs[0] && !slices.Contains(b.PIDs, c.PID)) {
+		if c.DestPort != unknownPort || c.Process != "wget" || (!slices.Contains(b.ContainerIDs, c.ContainerID) && !slices.Contains(b.PIDs, c.PID)) {
 			t.Errorf("connection %+v is not the RUN step's wget to port %d in container %v / pids %v", c, unknownPort, b.ContainerIDs, b.PIDs)
 		}
 	}
