@@ -13,7 +13,7 @@
 // that enters SYN_SENT — which happens inside connect(2), in the connecting
 // task — it records the thread group id, cgroup v2 id, comm, parent tgid
 // (task_struct offsets from the kernel's BTF; 0 without BTF), destination
-// and CLOCK_MONOTONIC time in a 256 KiB ring buffer. User space converts the
+// and CLOCK_MONOTONIC time in a 1 MiB ring buffer. User space converts the
 // time to wall clock and adds the command line, parent, cgroup path and
 // container ID from /proc/PID. A process that has already exited keeps the
 // kernel's comm and parent, and the container is taken from the parent's
@@ -38,7 +38,8 @@
 // samples /proc/PID/net/tcp and tcp6 every Interval once per network
 // namespace (by the inode of /proc/PID/ns/net, so containers with their own
 // namespace are covered) and keeps SYN_SENT sockets and ESTABLISHED sockets
-// whose local port is not a listening port of that namespace and lies in
+// whose local address and port are not a listener's of that namespace (on
+// that address or a wildcard) and whose local port lies in
 // ip_local_port_range. Each connection (namespace, socket inode, peer) is
 // reported once, at the first sample that shows it, with the PID found by
 // scanning /proc/PID/fd for "socket:[inode]".

@@ -36,9 +36,9 @@ const (
 	afInet6    = 10
 )
 
-// ringBytes is the ring buffer's size: room for about 3000 events between
+// ringBytes is the ring buffer's size: room for about 13000 events between
 // two reads. A full ring drops events, counted in Stats.Dropped.
-const ringBytes = 256 << 10
+const ringBytes = 1 << 20
 
 // event is the record the program writes to the ring buffer.
 //
@@ -176,7 +176,8 @@ func (w *ebpfWatcher) load() (*session, error) {
 }
 
 // Run loads the program, reports connections until ctx ends and releases
-// everything. It returns nil when ctx ends.
+// everything. When ctx ends it still reports what the ring buffer holds, then
+// returns nil.
 func (w *ebpfWatcher) Run(ctx context.Context, emit func(Conn)) error {
 	s, err := w.load()
 	if err != nil {
@@ -188,7 +189,11 @@ func (w *ebpfWatcher) Run(ctx context.Context, emit func(Conn)) error {
 	go func() {
 		select {
 		case <-ctx.Done():
-			s.reader.Close() // unblocks ReadInto
+			// Drain: ReadInto returns what the ring holds now, then
+			// ErrFlushed.
+			if err := s.reader.Flush(); err != nil {
+				s.reader.Close()
+			}
 		case <-done:
 		}
 	}()
@@ -209,7 +214,7 @@ func (w *ebpfWatcher) Run(ctx context.Context, emit func(Conn)) error {
 			w.reported.Add(1)
 			continue
 		case errors.Is(err, os.ErrDeadlineExceeded):
-		case errors.Is(err, ringbuf.ErrClosed):
+		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed):
 			w.publishDrops(s, &lastDrops)
 			return nil
 		default:

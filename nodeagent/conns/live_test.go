@@ -337,7 +337,18 @@ func TestProcfsWatcherSeesNc(t *testing.T) {
 		select {
 		case <-col.ch:
 		case <-time.After(30 * time.Second):
-			t.Fatalf("no connection from nc (pid %d) to %s reported in 30s", nc.Process.Pid, dst)
+			col.mu.Lock()
+			got := dump(col.got)
+			col.mu.Unlock()
+			tcp, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", nc.Process.Pid))
+			fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", nc.Process.Pid))
+			var links []string
+			for _, fd := range fds {
+				l, _ := os.Readlink(fd)
+				links = append(links, fd+" -> "+l)
+			}
+			t.Fatalf("no connection from nc (pid %d) to %s reported in 30s; reported to it:\n%s\nnc's fds: %s\nnc's /proc/net/tcp:\n%s",
+				nc.Process.Pid, dst, got, strings.Join(links, ", "), tcp)
 		}
 	}
 	if conn.Comm != "nc" || conn.PPID != os.Getpid() || !strings.HasSuffix(conn.Cmdline, fmt.Sprintf(" %s %d", dst.Addr(), dst.Port())) {

@@ -206,21 +206,22 @@ func (w *procfsWatcher) ephemeralRange() (low, high uint16, ok bool) {
 
 // readNetns reads tcp and tcp6 of one namespace through the first of its
 // processes whose tables are readable, and returns its outbound sockets:
-// SYN_SENT ones, and ESTABLISHED ones whose local port is not a listening
-// port of the namespace and lies in the ephemeral range (when known).
+// SYN_SENT ones, and ESTABLISHED ones whose local address and port are not
+// those of a listener of the namespace (on that address or a wildcard) and
+// whose local port lies in the ephemeral range (when known).
 // Sockets without an inode (orphaned, not yet accepted) have no process to
 // report and are skipped.
 func (w *procfsWatcher) readNetns(ns uint64, dirs []string, low, high uint16, rangeOK bool) ([]candidate, error) {
 	var lastErr error
 	for _, dir := range dirs {
 		var entries []tcpEntry
-		listening := make(map[uint16]bool)
+		listening := make(map[netip.AddrPort]bool)
 		err := error(nil)
 		for _, table := range []string{"tcp", "tcp6"} {
 			err = w.readTable(filepath.Join(w.procRoot, dir, "net", table), func(e tcpEntry) {
 				switch e.State {
 				case tcpListen:
-					listening[e.Local.Port()] = true
+					listening[unmap(e.Local)] = true
 				case tcpSynSent, tcpEstablished:
 					if e.Inode != 0 && e.Remote.Port() != 0 {
 						entries = append(entries, e)
@@ -239,17 +240,33 @@ func (w *procfsWatcher) readNetns(ns uint64, dirs []string, low, high uint16, ra
 		var out []candidate
 		for _, e := range entries {
 			if e.State == tcpEstablished {
-				lp := e.Local.Port()
-				if listening[lp] || rangeOK && (lp < low || lp > high) {
+				local := unmap(e.Local)
+				lp := local.Port()
+				if accepted(listening, local) || rangeOK && (lp < low || lp > high) {
 					continue
 				}
 			}
-			remote := netip.AddrPortFrom(e.Remote.Addr().Unmap(), e.Remote.Port())
+			remote := unmap(e.Remote)
 			out = append(out, candidate{key: connKey{netns: ns, inode: e.Inode, remote: remote}, remote: remote})
 		}
 		return out, nil
 	}
 	return nil, lastErr
+}
+
+// accepted reports whether a local address belongs to a listener: one bound
+// to that address and port, or to the port on a wildcard address.
+func accepted(listening map[netip.AddrPort]bool, local netip.AddrPort) bool {
+	p := local.Port()
+	return listening[local] ||
+		listening[netip.AddrPortFrom(netip.IPv4Unspecified(), p)] ||
+		listening[netip.AddrPortFrom(netip.IPv6Unspecified(), p)]
+}
+
+// unmap turns a v4-mapped IPv6 address (a dual-stack socket's IPv4 peer)
+// into IPv4.
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 func (w *procfsWatcher) readTable(name string, fn func(tcpEntry)) error {

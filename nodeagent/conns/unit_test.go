@@ -97,6 +97,7 @@ func TestProcfsSample(t *testing.T) {
 	p.process(100, 1, hostNS, "wget", "wget -q http://203.0.113.5/", "0::/system.slice/cron.service\n", 1001)
 	p.process(101, 1, hostNS, "curl", "curl https://192.0.2.44:8443/", "0::/user.slice\n", 1003)
 	p.process(102, 1, hostNS, "sshd", "sshd", "0::/system.slice/ssh.service\n", 500, 501)
+	p.process(103, 1, hostNS, "git", "git fetch", "0::/\n", 1006, 507, 508)
 	p.process(200, 150, ctrNS, "apk", "apk add git", "12:pids:/docker/"+id+"\n0::/\n", 2001)
 	host := tcpHeader +
 		tcpLine(0, "0.0.0.0:8080", "0.0.0.0:0", tcpListen, 500) +
@@ -104,13 +105,18 @@ func TestProcfsSample(t *testing.T) {
 		tcpLine(2, "10.0.0.1:40001", "203.0.113.5:80", tcpEstablished, 1001) + // outbound
 		tcpLine(3, "10.0.0.1:22", "10.0.0.9:50000", tcpEstablished, 502) + // not ephemeral: inbound
 		tcpLine(4, "10.0.0.1:40002", "203.0.113.6:80", 0x06, 0) + // TIME_WAIT
-		tcpLine(5, "10.0.0.1:40003", "203.0.113.7:80", tcpEstablished, 0) // no owner socket
+		tcpLine(5, "10.0.0.1:40003", "203.0.113.7:80", tcpEstablished, 0) + // no owner socket
+		tcpLine(6, "127.0.0.5:40020", "0.0.0.0:0", tcpListen, 505) + // listener on one address
+		tcpLine(7, "127.0.0.5:40020", "127.0.0.9:50001", tcpEstablished, 507) + // accepted by it
+		tcpLine(8, "10.0.0.1:40020", "198.51.100.20:22", tcpEstablished, 1006) // same port, other address: outbound
 	host6 := strings.Replace(tcpHeader, "rem_address", "remote_address", 1) +
 		tcpLine(0, "[::ffff:10.0.0.1]:40010", "[::ffff:192.0.2.44]:8443", tcpEstablished, 1003) +
-		tcpLine(1, "[2001:db8::1]:40011", "[2001:db8::2]:443", tcpSynSent, 1004) // owner gone
+		tcpLine(1, "[2001:db8::1]:40011", "[2001:db8::2]:443", tcpSynSent, 1004) + // owner gone
+		tcpLine(2, "[::]:40030", "[::]:0", tcpListen, 506) + // dual-stack listener
+		tcpLine(3, "[::ffff:10.0.0.1]:40030", "[::ffff:10.0.0.9]:50002", tcpEstablished, 508) // accepted IPv4
 	ctr := tcpHeader +
 		tcpLine(0, "172.17.0.2:1000", "198.51.100.7:443", tcpSynSent, 2001) // SYN_SENT: always outbound
-	for _, pid := range []string{"100", "101", "102"} {
+	for _, pid := range []string{"100", "101", "102", "103"} {
 		p.write(pid+"/net/tcp", host)
 		p.write(pid+"/net/tcp6", host6)
 	}
@@ -126,21 +132,22 @@ func TestProcfsSample(t *testing.T) {
 		if err := w.sample(context.Background(), seen, func(c Conn) { got = append(got, c) }); err != nil {
 			t.Fatalf("sample: %v", err)
 		}
-		sort.Slice(got, func(i, j int) bool { return got[i].Dst.String() < got[j].Dst.String() })
+		sort.Slice(got, func(i, j int) bool { return got[i].Dst.Compare(got[j].Dst) < 0 })
 		return got
 	}
 
 	want := []Conn{
 		{Time: at, PID: 101, PPID: 1, Comm: "curl", Cmdline: "curl https://192.0.2.44:8443/", Cgroup: "/user.slice", Dst: netip.MustParseAddrPort("192.0.2.44:8443")},
 		{Time: at, PID: 200, PPID: 150, Comm: "apk", Cmdline: "apk add git", ContainerID: id, Cgroup: "/docker/" + id, Dst: netip.MustParseAddrPort("198.51.100.7:443")},
+		{Time: at, PID: 103, PPID: 1, Comm: "git", Cmdline: "git fetch", Cgroup: "/", Dst: netip.MustParseAddrPort("198.51.100.20:22")},
 		{Time: at, PID: 100, PPID: 1, Comm: "wget", Cmdline: "wget -q http://203.0.113.5/", Cgroup: "/system.slice/cron.service", Dst: netip.MustParseAddrPort("203.0.113.5:80")},
 		{Time: at, Dst: netip.MustParseAddrPort("[2001:db8::2]:443")},
 	}
 	if got := sample(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("first sample =\n%s\nwant\n%s", dump(got), dump(want))
 	}
-	if st := w.Stats(); st != (Stats{Reported: 4, Unenriched: 1}) {
-		t.Errorf("Stats() = %+v, want 4 reported, 1 unenriched", st)
+	if st := w.Stats(); st != (Stats{Reported: 5, Unenriched: 1}) {
+		t.Errorf("Stats() = %+v, want 5 reported, 1 unenriched", st)
 	}
 	if got := sample(); len(got) != 0 {
 		t.Errorf("second sample reported again:\n%s", dump(got))
