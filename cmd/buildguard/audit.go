@@ -273,22 +273,26 @@ func (readOnlyNamespaced) UpdateStatus(context.Context, *unstructured.Unstructur
 // on a terminal, a line every progressInterval otherwise. It is also the
 // writer of the command's log, so log lines do not run into the bar.
 type progress struct {
-	mu      sync.Mutex
-	w       io.Writer
-	on      bool
-	tty     bool
-	width   int
-	now     func() time.Time
-	start   time.Time
-	last    time.Time
-	p       audit.Progress
-	drawn   bool // a bar is on the terminal's last line
-	every   time.Duration
-	started bool
+	mu    sync.Mutex
+	w     io.Writer
+	on    bool
+	tty   bool
+	width int
+	now   func() time.Time
+	start time.Time
+	// lastDraw and lastLine are when the bar was drawn, and a plain line
+	// written, last.
+	lastDraw, lastLine time.Time
+	p                  audit.Progress
+	drawn              bool // a bar is on the terminal's last line
+	every              time.Duration
 }
 
 func newProgress(w io.Writer, on bool, now func() time.Time) *progress {
+	// The first plain line comes after an interval: a short scan says
+	// only how many workloads it judges, and how it ended.
 	p := &progress{w: w, on: on, now: now, start: now(), width: 80, every: progressInterval}
+	p.lastLine = p.start
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		p.tty = true
 		if width, _, err := term.GetSize(int(f.Fd())); err == nil && width > 20 {
@@ -325,12 +329,12 @@ func (p *progress) update(s audit.Progress) {
 	switch {
 	case p.tty:
 		// Redraw at most ten times a second.
-		if t.Sub(p.last) >= 100*time.Millisecond || phaseChange || (s.Total > 0 && s.Done == s.Total) {
-			p.last = t
+		if t.Sub(p.lastDraw) >= 100*time.Millisecond || phaseChange || (s.Total > 0 && s.Done == s.Total) {
+			p.lastDraw = t
 			p.draw()
 		}
-	case phaseChange || t.Sub(p.last) >= p.every:
-		p.last = t
+	case phaseChange || t.Sub(p.lastLine) >= p.every:
+		p.lastLine = t
 		fmt.Fprintln(p.w, p.line())
 	}
 }

@@ -2,14 +2,17 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -180,6 +183,8 @@ func TestAuditProgress(t *testing.T) {
 	t.Run("plain lines", func(t *testing.T) {
 		var b bytes.Buffer
 		p := newProgress(&b, true, clock.Now)
+		p.update(audit.Progress{Listed: 100}) // not yet
+		clock.Advance(progressInterval)
 		p.update(audit.Progress{Listed: 500})
 		clock.Advance(time.Second)
 		p.update(audit.Progress{Listed: 900}) // within the interval: not written
@@ -190,7 +195,7 @@ func TestAuditProgress(t *testing.T) {
 		want := "audit: listed 500 objects\n" +
 			"audit: judged 0 of 40 workloads (1000 objects listed): 0 would be denied, 0 errors\n" +
 			"audit: judged 20 of 40 workloads (1000 objects listed): 3 would be denied, 0 errors\n" +
-			"audit: judged 40 workloads of 1000 objects listed in 11s\n"
+			"audit: judged 40 workloads of 1000 objects listed in 21s\n"
 		if b.String() != want {
 			t.Errorf("progress:\n%s\nwant:\n%s", b.String(), want)
 		}
@@ -360,4 +365,188 @@ func TestAuditLoopFlags(t *testing.T) {
 			t.Errorf("start(%+v) = %q, want %q", tc.loop, got, tc.want)
 		}
 	}
+}
+
+// apiServer answers the list and get calls of a scan from objects, as
+// the API server would (one page each), and 403 for the resources in
+// forbidden. It listens on loopback.
+func apiServer(t *testing.T, objects map[string]any, forbidden ...string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		for _, f := range forbidden {
+			if strings.HasSuffix(r.URL.Path, "/"+f) {
+				w.WriteHeader(http.StatusForbidden)
+				json.NewEncoder(w).Encode(metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}, Status: "Failure",
+					Reason: metav1.StatusReasonForbidden, Code: http.StatusForbidden, Message: f + ` is forbidden: User "auditor" cannot list resource "` + f + `"`})
+				return
+			}
+		}
+		if o, ok := objects[r.URL.Path]; ok {
+			json.NewEncoder(w).Encode(o)
+			return
+		}
+		lists := map[string]string{"pods": "PodList", "replicationcontrollers": "ReplicationControllerList", "deployments": "DeploymentList",
+			"replicasets": "ReplicaSetList", "statefulsets": "StatefulSetList", "daemonsets": "DaemonSetList", "jobs": "JobList", "cronjobs": "CronJobList"}
+		parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/") // api/v1/pods, apis/batch/v1/jobs
+		if kind, ok := lists[parts[len(parts)-1]]; ok && r.URL.Query().Has("limit") {
+			apiVersion := strings.Join(parts[1:len(parts)-1], "/")
+			if ns := slices.Index(parts, "namespaces"); ns > 0 {
+				apiVersion = strings.Join(parts[1:ns], "/")
+			}
+			json.NewEncoder(w).Encode(map[string]any{"kind": kind, "apiVersion": apiVersion, "metadata": map[string]any{}, "items": []any{}})
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+		json.NewEncoder(w).Encode(metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}, Status: "Failure",
+			Reason: metav1.StatusReasonNotFound, Code: http.StatusNotFound})
+	}))
+	t.Cleanup(srv.Close)
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: " + srv.URL + "}}]\n" +
+		"users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n"
+	if err := os.WriteFile(kubeconfig, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig
+}
+
+// TestAuditCommand runs `buildguard audit` against a loopback API server:
+// its exit statuses, its outputs, and its records as `buildguard
+// denials` reads them.
+func TestAuditCommand(t *testing.T) {
+	dir := t.TempDir()
+	policyFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyFile, []byte("apiVersion: buildguard.dev/v1alpha1\nkind: Policy\nregistries:\n  allow: [\"registry.example/acme/*\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pods := map[string]any{
+		"/api/v1/pods": map[string]any{"kind": "PodList", "apiVersion": "v1", "metadata": map[string]any{}, "items": []any{
+			map[string]any{"metadata": map[string]any{"name": "tool", "namespace": "shop", "uid": "0b1c2d3e-0000-4000-8000-000000000001"},
+				"spec": map[string]any{"containers": []any{map[string]any{"name": "tool", "image": "evil.example/tool:1"}}}},
+			map[string]any{"metadata": map[string]any{"name": "agent", "namespace": "kube-system", "uid": "0b1c2d3e-0000-4000-8000-000000000002"},
+				"spec": map[string]any{"containers": []any{map[string]any{"name": "agent", "image": "evil.example/agent:1"}}}},
+		}},
+		"/api/v1/namespaces/shop": map[string]any{"kind": "Namespace", "apiVersion": "v1", "metadata": map[string]any{"name": "shop"}},
+		"/api/v1/namespaces/kube-system": map[string]any{"kind": "Namespace", "apiVersion": "v1", "metadata": map[string]any{"name": "kube-system"}},
+	}
+	db := filepath.Join(dir, "evidence.db")
+
+	var stdout, stderr bytes.Buffer
+	kc := apiServer(t, pods)
+	code := run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "--store-sqlite=" + db}, &stdout, &stderr)
+	if code != exitDenied {
+		t.Fatalf("audit = %d, want %d\nstdout:\n%s\nstderr:\n%s", code, exitDenied, stdout.String(), stderr.String())
+	}
+	for _, want := range []string{"2 objects listed, 1 workloads judged (0 judged with their owner, 0 inactive, 1 in excluded namespaces)",
+		"shop/pod/tool  unapproved-registry", "unapproved-registry  1          1       1           1           0"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("stdout does not contain %q:\n%s", want, stdout.String())
+		}
+	}
+	// Not a terminal: plain progress lines, and the last one.
+	if !strings.HasPrefix(stderr.String(), "audit: judged 0 of 1 workloads (2 objects listed): 0 would be denied, 0 errors\naudit: judged 1 workloads of 2 objects listed in ") {
+		t.Errorf("stderr %q has no progress lines", stderr.String())
+	}
+	stdout.Reset()
+	stderr.Reset()
+	if code := run(t.Context(), []string{"denials", "--verdict=would-deny", "--store-sqlite=" + db, "-o", "json"}, &stdout, &stderr); code != exitOK {
+		t.Fatalf("denials = %d: %s", code, stderr.String())
+	}
+	var d struct{ ID, Operation, User, Namespace, Kind, Name, Verdict string }
+	if err := json.Unmarshal(stdout.Bytes(), &d); err != nil {
+		t.Fatalf("denials output %q: %v", stdout.String(), err)
+	}
+	if !strings.HasPrefix(d.ID, "0b1c2d3e-0000-4000-8000-000000000001/scan-") || d.Operation != "SCAN" || d.User != "buildguard-audit" ||
+		d.Namespace+"/"+d.Kind+"/"+d.Name != "shop/Pod/tool" || d.Verdict != "would-deny" {
+		t.Errorf("record %+v", d)
+	}
+
+	// --exclude-namespaces "" judges kube-system too; JSON output.
+	stdout.Reset()
+	stderr.Reset()
+	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "--exclude-namespaces=", "-o", "json", "--no-progress"}, &stdout, &stderr)
+	var r audit.Report
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil || code != exitDenied {
+		t.Fatalf("audit -o json = %d, %q (%v)", code, stdout.String(), err)
+	}
+	if r.Totals.WouldDeny != 2 || r.Excluded != 0 || stderr.Len() != 0 {
+		t.Errorf("report %+v, stderr %q; want 2 would-deny, no progress", r.Totals, stderr.String())
+	}
+
+	// Nothing to deny: exit 0.
+	stdout.Reset()
+	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "-n", "empty", "--no-progress"}, &stdout, &stderr)
+	if code != exitOK || !strings.Contains(stdout.String(), "0 objects listed") {
+		t.Errorf("audit -n empty = %d, %q; want %d", code, stdout.String(), exitOK)
+	}
+
+	// A kind that cannot be listed fails the scan.
+	stdout.Reset()
+	stderr.Reset()
+	code = run(t.Context(), []string{"audit", "--kubeconfig=" + apiServer(t, pods, "replicasets"), "--config=" + policyFile, "--no-progress"}, &stdout, &stderr)
+	if code != exitError || !strings.Contains(stderr.String(), "buildguard: listing ReplicaSets in all namespaces: replicasets is forbidden") {
+		t.Errorf("audit with replicasets forbidden = %d, stderr %q; want %d and the listing error", code, stderr.String(), exitError)
+	}
+}
+
+// TestAuditLoopRun: the server's loop waits until it is ready, scans, and
+// stops with its context.
+func TestAuditLoopRun(t *testing.T) {
+	cs, e := auditFixture(t)
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	m, err := newAuditMetrics(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	ready := func() error {
+		if calls++; calls == 1 {
+			return errors.New("policy informers not synced")
+		}
+		return nil
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	loop := &auditLoop{every: time.Hour, concurrency: 2}
+	go func() {
+		defer close(done)
+		loop.run(ctx, &audit.Scanner{Client: cs, Evaluator: e}, ready, log, m, time.Now)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(logs.String(), "audit scan finished") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no scan within 30s; log:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop did not stop with its context")
+	}
+	want := "scan=" + audit.ScanID(time.Now().UTC().Truncate(time.Hour))
+	if !strings.Contains(logs.String(), want) || calls < 2 {
+		t.Errorf("log does not name the scan after its interval (%s), or the loop did not wait to be ready (%d checks):\n%s", want, calls, logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's goroutine and the test's.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
