@@ -427,7 +427,7 @@ func TestAuditCommand(t *testing.T) {
 			map[string]any{"metadata": map[string]any{"name": "agent", "namespace": "kube-system", "uid": "0b1c2d3e-0000-4000-8000-000000000002"},
 				"spec": map[string]any{"containers": []any{map[string]any{"name": "agent", "image": "evil.example/agent:1"}}}},
 		}},
-		"/api/v1/namespaces/shop": map[string]any{"kind": "Namespace", "apiVersion": "v1", "metadata": map[string]any{"name": "shop"}},
+		"/api/v1/namespaces/shop":        map[string]any{"kind": "Namespace", "apiVersion": "v1", "metadata": map[string]any{"name": "shop"}},
 		"/api/v1/namespaces/kube-system": map[string]any{"kind": "Namespace", "apiVersion": "v1", "metadata": map[string]any{"name": "kube-system"}},
 	}
 	db := filepath.Join(dir, "evidence.db")
