@@ -10,10 +10,15 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
+	authnv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/records"
 )
 
 // DefaultRetroWorkloads bounds how many admitted workloads Retro
@@ -41,6 +46,12 @@ type Retro struct {
 	Evaluator Evaluator
 	// Events posts Events; nil posts none.
 	Events EventSink
+	// Record keeps a decision record of each late judgement that found
+	// something new (records.Recorder.Record), so the denial list shows
+	// it beside the admission decisions; nil keeps none.
+	Record func(evidence.Decision)
+	// Now is the clock of those records. The default is time.Now.
+	Now func() time.Time
 	// Max bounds the remembered workloads. The default is
 	// DefaultRetroWorkloads.
 	Max int
@@ -55,6 +66,7 @@ type Retro struct {
 
 type admitted struct {
 	key     string
+	uid     string // the admission request's, when known
 	w       engine.Workload
 	digests []string
 	rules   map[string]bool // rule IDs already found at admission
@@ -83,11 +95,13 @@ func (r *Retro) log() *slog.Logger {
 
 // Admitted remembers an admitted workload and the config digests of its
 // images. Workloads a controller owns are remembered through their owner.
-func (r *Retro) Admitted(w engine.Workload, v policy.Verdict) {
+// uid is the admission request's UID: late findings are recorded under
+// it, with a suffix.
+func (r *Retro) Admitted(uid string, w engine.Workload, v policy.Verdict) {
 	if !v.Allowed || w.Controlled || w.Spec == nil {
 		return
 	}
-	a := &admitted{key: w.Namespace + "/" + w.Kind + "/" + w.Name, w: w, rules: map[string]bool{}}
+	a := &admitted{key: w.Namespace + "/" + w.Kind + "/" + w.Name, uid: uid, w: w, rules: map[string]bool{}}
 	for _, iv := range v.Images {
 		a.digests = append(a.digests, iv.ConfigDigests...)
 		for _, f := range iv.Findings {
@@ -169,6 +183,7 @@ func (r *Retro) judge(ctx context.Context, a *admitted) {
 		r.log().Warn("late evidence not judged", "namespace", w.Namespace, "kind", w.Kind, "name", w.Name, "error", err)
 		return
 	}
+	found := false
 	for _, iv := range v.Images {
 		for _, f := range iv.Findings {
 			if f.Rule != policy.RuleHostBuilt && f.Rule != policy.RuleUntrustedEgress {
@@ -177,6 +192,7 @@ func (r *Retro) judge(ctx context.Context, a *admitted) {
 			if f.Action == policy.ActionIgnore || !r.firstTime(a, f.Rule) {
 				continue
 			}
+			found = true
 			r.found.WithLabelValues(string(f.Rule), w.Namespace).Inc()
 			r.log().Warn("late evidence: finding after admission", "namespace", w.Namespace, "kind", w.Kind, "name", w.Name,
 				"image", iv.Image, "digest", iv.Digest, "rule", string(f.Rule), "verdict", string(f.Action), "message", f.Message)
@@ -185,6 +201,39 @@ func (r *Retro) judge(ctx context.Context, a *admitted) {
 			}
 		}
 	}
+	if found && r.Record != nil {
+		r.Record(r.lateDecision(a, v))
+	}
+}
+
+// LateOperation is the Operation of the decision record of a late
+// judgement: nothing was admitted or denied then.
+const LateOperation = "LATE-EVIDENCE"
+
+// lateDecision is the record of a late judgement of a: the admission
+// decision's record with the verdict judged now. Its ID is the admission
+// request's UID (or the workload's key) followed by "/late-" and the time,
+// and a deny is a would-deny: the workload was admitted.
+func (r *Retro) lateDecision(a *admitted, v policy.Verdict) evidence.Decision {
+	now := time.Now
+	if r.Now != nil {
+		now = r.Now
+	}
+	t := now().UTC()
+	id := a.uid
+	if id == "" {
+		id = a.key
+	}
+	req := &admissionv1.AdmissionRequest{
+		UID:       types.UID(fmt.Sprintf("%s/late-%d", id, t.UnixMicro())),
+		Operation: admissionv1.Operation(LateOperation),
+		Namespace: a.w.Namespace,
+		Name:      a.w.Name,
+		Kind:      metav1.GroupVersionKind{Kind: a.w.Kind},
+		UserInfo:  authnv1.UserInfo{Username: "buildguard-late-evidence"},
+	}
+	v.Allowed = true // admitted already: a deny now is a would-deny
+	return records.Decision(req, a.w, v, t)
 }
 
 // shortMessage keeps an Event message within what the API server stores

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -62,7 +63,10 @@ func TestRetro(t *testing.T) {
 	sink := &events{}
 	reg2 := prometheus.NewRegistry()
 	r := ingest.NewRetro(e, sink, reg2, nil)
-	r.Admitted(w, v)
+	var recs recorded
+	r.Record = recs.add
+	r.Now = func() time.Time { return time.Date(2026, 12, 2, 1, 2, 3, 0, time.UTC) }
+	r.Admitted("uid-1", w, v)
 	rep := evidence.Report{Node: "worker-3", Builds: []evidence.Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker",
 		ImageID: cfg.String(), Started: time.Now().Add(-47 * time.Hour), Finished: time.Now().Add(-47 * time.Hour)}}}
 	if _, _, err := store.AddReport(t.Context(), rep); err != nil {
@@ -87,4 +91,29 @@ func TestRetro(t *testing.T) {
 	if len(sink.got) != 1 || sink.got[0] != "shop/late BuildguardLateEvidence" {
 		t.Errorf("events = %q, want one BuildguardLateEvidence on shop/late", sink.got)
 	}
+	recs.mu.Lock()
+	defer recs.mu.Unlock()
+	if len(recs.got) != 1 {
+		t.Fatalf("decision records = %d, want 1", len(recs.got))
+	}
+	d := recs.got[0]
+	if d.ID != "uid-1/late-1796173323000000" || d.Operation != ingest.LateOperation || d.Verdict != "would-deny" ||
+		d.Namespace != "shop" || d.Kind != "Deployment" || d.Name != "late" || !slices.Contains(d.Rules, "host-built") {
+		t.Errorf("decision record = %+v, want uid-1/late-…, %s, would-deny, shop/Deployment/late, host-built", d, ingest.LateOperation)
+	}
+	if err := store.AddDecision(t.Context(), d); err != nil {
+		t.Errorf("the store refuses the late record: %v", err)
+	}
+}
+
+// recorded collects decision records.
+type recorded struct {
+	mu  sync.Mutex
+	got []evidence.Decision
+}
+
+func (r *recorded) add(d evidence.Decision) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, d)
 }
