@@ -304,14 +304,7 @@ func TestProcfsWatcherSeesNc(t *testing.T) {
 			accepted <- c
 		}
 	}()
-	t.Cleanup(func() {
-		ln.Close()
-		select {
-		case c := <-accepted:
-			c.Close()
-		default:
-		}
-	})
+	t.Cleanup(func() { ln.Close() })
 	dst := netip.MustParseAddrPort(ln.Addr().String())
 
 	nc := exec.Command(applet(t, "nc"), dst.Addr().String(), fmt.Sprint(dst.Port()))
@@ -324,8 +317,10 @@ func TestProcfsWatcherSeesNc(t *testing.T) {
 	}
 	t.Cleanup(func() { stdin.Close(); nc.Process.Kill(); nc.Wait() })
 	select {
-	case <-accepted:
-		// the client side now exists; put the conn back for cleanup
+	case server := <-accepted:
+		// Keep the server side referenced: if the garbage collector
+		// closed it, nc would see EOF and exit before being sampled.
+		t.Cleanup(func() { server.Close() })
 	case <-time.After(30 * time.Second):
 		t.Fatal("nc did not connect")
 	}
