@@ -30,6 +30,9 @@ type Agent struct {
 	BatchInterval time.Duration
 	// BatchMaxItems is the most items in one batch. The default is 500.
 	BatchMaxItems int
+	// ProcRoot is the host's procfs, where a connection's parent is
+	// looked up when the sensor found no container. The default is /proc.
+	ProcRoot string
 	// Now is the clock; time.Now when nil.
 	Now func() time.Time
 
@@ -90,6 +93,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case c := <-connc:
 			a.Metrics.connsSeen.Inc()
+			if c.ContainerID == "" {
+				c.ContainerID = shimContainer(a.procRoot(), c.PPID)
+			}
 			before := a.Attrib.Evicted
 			items := a.Attrib.Conn(c, a.now())
 			a.Metrics.connsEvicted.Add(float64(a.Attrib.Evicted - before))
@@ -122,6 +128,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			flush = timer.C
 		}
 	}
+}
+
+func (a *Agent) procRoot() string {
+	if a.ProcRoot == "" {
+		return "/proc"
+	}
+	return a.ProcRoot
 }
 
 func (a *Agent) maxItems() int {

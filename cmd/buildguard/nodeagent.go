@@ -103,6 +103,7 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		Metrics: metrics,
 		Log:     log,
 
+		ProcRoot:      *procRoot,
 		BatchInterval: *batchInterval,
 		BatchMaxItems: *batchMax,
 	}
