@@ -6,6 +6,8 @@
 //	buildguard check --config FILE [--output text|json] IMAGE...
 //	buildguard denials [--since 24h] [--namespace NS] [--rule ID] [--image GLOB] [--output table|json|yaml]
 //	buildguard denials show ID
+//	buildguard audit [--config FILE | --policy-source=crd] [--namespace NS] [--output table|json]
+//	buildguard node-agent --server URL --ca-file FILE
 //	buildguard version
 //
 // Installed as kubectl-buildguard, it is a kubectl plugin: "kubectl
@@ -60,6 +62,9 @@ Usage:
   buildguard denials [--since 24h] [-n NAMESPACE] [--rule ID] [--image GLOB]
                      [--verdict deny,would-deny] [-o table|json|yaml] --store-sqlite PATH
   buildguard denials show ID --store-sqlite PATH
+  buildguard audit --config FILE | --policy-source=crd [-n NAMESPACE] [-o table|json]
+                   [--store-sqlite PATH] [--kubeconfig FILE] [--no-progress]
+  buildguard node-agent --server URL [--ca-file FILE] [--node NAME] [flags]
   buildguard version
 
 Run "buildguard COMMAND -h" for the flags of a command.
@@ -101,6 +106,10 @@ func runAs(ctx context.Context, prog string, args []string, stdout, stderr io.Wr
 		code, err = check(ctx, args[1:], stdout, stderr)
 	case "denials":
 		err = denials(ctx, args[1:], stdout, stderr, time.Now())
+	case "audit":
+		code, err = runAudit(ctx, args[1:], stdout, stderr)
+	case "node-agent":
+		err = nodeAgent(ctx, args[1:], stderr)
 	case "version":
 		fmt.Fprintln(stdout, prog, version)
 	case "help", "-h", "-help", "--help":

@@ -66,6 +66,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
 	decisionQueue := fs.Int("decision-queue", records.DefaultQueueSize, "decision records kept in memory for the store before they go to the journal")
 	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the name of the Validating- and MutatingWebhookConfiguration whose caBundle is kept current")
+	var al auditLoop
+	al.register(fs)
+	var rvf reviewFlags
+	rvf.register(fs)
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
@@ -233,8 +237,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			log.Warn("node reports are not accepted outside a cluster: they are authenticated with TokenReview")
 		} else {
 			retro := ingest.NewRetro(e, ev, metrics.Registry(), log)
-			hooks = append(hooks, func(_ context.Context, _ *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
-				retro.Admitted(w, v)
+			retro.Record = rec.Record // late findings join the decision records
+			hooks = append(hooks, func(_ context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
+				retro.Admitted(string(req.UID), w, v)
 			})
 			ih := &ingest.Handler{
 				Store:    store,
@@ -252,6 +257,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		for _, h := range hooks {
 			h(ctx, req, w, v)
 		}
+	}
+	// Before anything evaluates: an --exceptions-file wraps e.Policies.
+	if err := rvf.start(ctx, reviewDeps{engine: e, source: *source, cfg: cfg, kube: kube, store: store, certs: certs,
+		certFile: *certFile, keyFile: *keyFile, reload: *reload, log: log}); err != nil {
+		return err
+	}
+	if err := al.start(ctx, kube, e, store, ready, log, metrics.Registry()); err != nil {
+		return err
 	}
 	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, OnDecision: onDecision})
 	mux.Handle("/mutate", &webhook.Mutator{Evaluator: e, Log: log})
