@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -259,16 +260,11 @@ func (f *ExceptionFile) Grant(ctx context.Context, g Grant) (string, error) {
 			return "", fmt.Errorf("exceptions file %s (fix it before granting): %w", f.path, err)
 		}
 	}
-	suffix, err := randomToken(rand.Reader)
-	if err != nil {
+	suffix := make([]byte, 5)
+	if _, err := rand.Read(suffix); err != nil {
 		return "", err
 	}
-	name := "review-" + strings.ToLower(strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
-			return r
-		}
-		return -1
-	}, suffix))[:8]
+	name := "review-" + hex.EncodeToString(suffix)
 	next := exceptionFile{APIVersion: ExceptionFileVersion, Kind: ExceptionFileKind}
 	for _, e := range list.Exceptions {
 		if t, err := time.Parse(time.RFC3339, e.Expires); err == nil && g.At.Sub(t) > 24*time.Hour {
