@@ -136,6 +136,9 @@ func TestNodeAgent(t *testing.T) {
 	}
 	e.mustKubectl("", "apply", "-f", filepath.Join(root, "manifests", "crd"))
 	e.mustKubectl("", "create", "namespace", "buildguard-system")
+	if out, err := e.kubectl("", "apply", "--dry-run=server", "-k", filepath.Join(root, "manifests", "node-agent")); err != nil {
+		t.Errorf("kubectl apply --dry-run=server -k manifests/node-agent: %v\n%s", err, out)
+	}
 	e.eventually(30*time.Second, "CRDs established", func() error {
 		_, err := e.kubectl("", "wait", "--for=condition=Established", "crd/clusterbuildpolicies.buildguard.dev", "--timeout=5s")
 		return err
