@@ -36,16 +36,15 @@ type Dockerd struct {
 	Host string
 	Dir  string // everything of it lives here
 
-	sock   string
-	client *http.Client
+	sock, logPath string
+	client        *http.Client
 }
 
 // StartDockerd starts dockerd with its files under a new short directory
 // in /tmp (unix socket paths must stay under 108 bytes, which a test's
 // TempDir does not promise), removed by Stop.
 func StartDockerd(ctx context.Context, logPath string) (_ *Dockerd, err error) {
-	bin, err := exec.LookPath("dockerd")
-	if err != nil {
+	if _, err := exec.LookPath("dockerd"); err != nil {
 		return nil, fmt.Errorf("dockerd is not installed (Debian's docker.io): %w", err)
 	}
 	if os.Geteuid() != 0 {
@@ -66,24 +65,40 @@ func StartDockerd(ctx context.Context, logPath string) (_ *Dockerd, err error) {
 		var dl net.Dialer
 		return dl.DialContext(ctx, "unix", d.sock)
 	}}}
-	d.Proc, err = Start("dockerd", logPath, nil, bin,
-		"--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
-		"--data-root="+filepath.Join(dir, "d"), "--exec-root="+filepath.Join(dir, "e"),
-		"--pidfile="+filepath.Join(dir, "dockerd.pid"), "-H", d.Host)
+	d.logPath = logPath
+	return d, d.start(ctx)
+}
+
+// Restart stops dockerd (its containerd with it) and starts it again on
+// the same socket and data, as an upgrade or a crash-restart would.
+func (d *Dockerd) Restart(ctx context.Context) error {
+	d.Proc.Stop()
+	return d.start(ctx)
+}
+
+func (d *Dockerd) start(ctx context.Context) error {
+	bin, err := exec.LookPath("dockerd")
 	if err != nil {
-		return nil, err
+		return err
+	}
+	d.Proc, err = Start("dockerd", d.logPath, nil, bin,
+		"--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+		"--data-root="+filepath.Join(d.Dir, "d"), "--exec-root="+filepath.Join(d.Dir, "e"),
+		"--pidfile="+filepath.Join(d.Dir, "dockerd.pid"), "-H", d.Host)
+	if err != nil {
+		return err
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var v struct{ APIVersion string }
 		if err := d.call(ctx, http.MethodGet, "/version", nil, "", &v); err == nil {
-			return d, nil
+			return nil
 		}
 		if d.Proc.Exited() {
-			return nil, fmt.Errorf("dockerd exited:\n%s", d.Proc.Tail(3000))
+			return fmt.Errorf("dockerd exited:\n%s", d.Proc.Tail(3000))
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("dockerd not ready within 60s:\n%s", d.Proc.Tail(3000))
+			return fmt.Errorf("dockerd not ready within 60s:\n%s", d.Proc.Tail(3000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

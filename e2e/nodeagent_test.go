@@ -367,6 +367,17 @@ func TestNodeAgent(t *testing.T) {
 		}
 	}
 
+	// dockerd restarts; the agent reconnects and finds the next build.
+	if err := dockerd.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(60*time.Second, "the agent back on the restarted dockerd", func() error {
+		if n := metric("buildguard_node_agent_docker_connects_total"); n < 2 {
+			return fmt.Errorf("%v connects", n)
+		}
+		return nil
+	})
+
 	// The same build, downloading from a trusted address, is admitted.
 	before := metric(`buildguard_node_agent_items_sent_total{kind="build"}`)
 	goodID, err := dockerd.Build(ctx, "local/good:1", fmt.Sprintf("FROM local/busybox:1\nRUN wget -O /payload http://127.0.0.1:%d/payload\n", trustedPort))
