@@ -16,7 +16,8 @@ import (
 // feed the Attributor; what it ties to builds is batched into NodeReports,
 // stored in the Spool and delivered by the Sender.
 type Agent struct {
-	// Node is the Kubernetes node name every report names.
+	// Node is the Kubernetes node name every report names. Node and all
+	// the parts but Log are required.
 	Node    string
 	Docker  *DockerWatcher
 	Conns   conns.Watcher

@@ -31,9 +31,10 @@ type Sender struct {
 	// Secret when the CA is rotated). Otherwise Client is used as is.
 	CAFile  string
 	Client  *http.Client
+	// Spool and Metrics are required.
 	Spool   *Spool
-	Log     *slog.Logger
 	Metrics *Metrics
+	Log     *slog.Logger
 	// MinBackoff and MaxBackoff bound the wait between failed attempts.
 	// The defaults are 1s and 1m.
 	MinBackoff, MaxBackoff time.Duration
