@@ -29,8 +29,8 @@ type Sender struct {
 	// CAFile, when set, holds the CAs of buildguard's serving certificate;
 	// it is read again when it changes (the kubelet updates a mounted
 	// Secret when the CA is rotated). Otherwise Client is used as is.
-	CAFile  string
-	Client  *http.Client
+	CAFile string
+	Client *http.Client
 	// Spool and Metrics are required.
 	Spool   *Spool
 	Metrics *Metrics
