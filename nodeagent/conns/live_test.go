@@ -430,3 +430,68 @@ func nonRootChild() {
 	}
 	fmt.Printf("fallback: %v\n", fallback)
 }
+
+// TestWatchersSeeOtherNetns: a client in a network namespace the test
+// creates connects to a listener in that namespace; both sensors report it
+// with the client's PID (the procfs one by reading that namespace's table).
+func TestWatchersSeeOtherNetns(t *testing.T) {
+	requireRoot(t)
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatalf("busybox (Debian busybox-static) is needed: %v", err)
+	}
+	for _, sensor := range []string{SensorEBPF, SensorProcfs} {
+		t.Run(sensor, func(t *testing.T) {
+			w, fallback := New(Options{ForceProcfs: sensor == SensorProcfs, Interval: 50 * time.Millisecond, Log: testLogger(t)})
+			if w.Sensor() != sensor {
+				t.Fatalf("Sensor() = %q, want %q (fallback: %v)", w.Sensor(), sensor, fallback)
+			}
+			dst := netip.MustParseAddrPort("127.0.0.23:4000")
+			col := newCollector(dst)
+			runWatcher(t, w, col.emit)
+
+			// Once the listener is up, the shell becomes the client, which
+			// holds the connection open while stdin (ours) stays open.
+			nc := applet(t, "nc")
+			script := fmt.Sprintf(`%[1]s ip link set lo up
+%[1]s sleep 1000 | %[1]s nc -l -p 4000 >/dev/null &
+until %[1]s grep -q ':0FA0 0*:0000 0A' /proc/net/tcp /proc/net/tcp6; do %[1]s sleep 0.05; done
+exec %[2]s -w 2 127.0.0.23 4000`, bb, nc)
+			sh := exec.Command(bb, "sh", "-c", script)
+			sh.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET, Setpgid: true}
+			stdin, err := sh.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := sh.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				stdin.Close()
+				syscall.Kill(-sh.Process.Pid, syscall.SIGKILL)
+				sh.Wait()
+			})
+
+			deadline := time.After(60 * time.Second)
+			for {
+				if conn, ok := col.find(sh.Process.Pid); ok {
+					if conn.Comm != "nc" || conn.PPID != os.Getpid() || conn.Cmdline != nc+" -w 2 127.0.0.23 4000" {
+						t.Errorf("Conn = %+v, want comm nc, parent %d and its command line", conn, os.Getpid())
+					}
+					mine, _ := os.Readlink("/proc/self/ns/net")
+					theirs, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", conn.PID))
+					if err != nil || theirs == mine {
+						t.Errorf("client's netns %q (%v), want one other than the test's %q", theirs, err, mine)
+					}
+					return
+				}
+				select {
+				case <-col.ch:
+				case <-time.After(100 * time.Millisecond):
+				case <-deadline:
+					t.Fatalf("no connection from pid %d to %s reported in 60s", sh.Process.Pid, dst)
+				}
+			}
+		})
+	}
+}
