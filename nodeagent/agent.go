@@ -116,7 +116,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		switch {
-		case b.report.items() >= a.maxItems():
+		case b.report.items() >= a.maxItems() || b.size() >= maxBatchBytes:
 			if timer != nil {
 				timer.Stop()
 				flush, timer = nil, nil
@@ -172,6 +172,28 @@ func (a *Agent) runSensor(ctx context.Context, out chan<- conns.Conn) {
 type batcher struct {
 	agent  *Agent
 	report Report
+}
+
+// maxBatchBytes bounds a report's size well below what the server takes
+// in one request (4 MiB by default).
+const maxBatchBytes = 1 << 20
+
+// size estimates the report's JSON size.
+func (b *batcher) size() int {
+	n := 200
+	for _, x := range b.report.Builds {
+		n += 400 + 70*len(x.ContainerIDs) + 12*len(x.PIDs)
+		for _, s := range x.Steps {
+			n += len(s) + 8
+		}
+		for _, t := range x.Tags {
+			n += len(t) + 8
+		}
+	}
+	for _, c := range b.report.Connections {
+		n += 300 + len(c.Cmdline) + len(c.Process)
+	}
+	return n
 }
 
 // flush stores the report gathered so far, if any.

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"buildguard.dev/buildguard/nodeagent/conns"
 )
@@ -115,7 +116,7 @@ func (a *Attributor) Build(info BuildInfo, now time.Time) (Build, []Connection) 
 		Tags:         info.Tags,
 		Started:      rfc3339(info.Started),
 		ContainerIDs: info.ContainerIDs,
-		Steps:        info.Steps,
+		Steps:        clipSteps(info.Steps),
 	}
 	if info.ImageID == "" {
 		item.EventID = fmt.Sprintf("docker-build/%d", info.Started.UnixNano())
@@ -215,13 +216,47 @@ func (a *Attributor) item(c conns.Conn) Connection {
 		Time:        rfc3339(c.Time),
 		Process:     c.Comm,
 		PID:         c.PID,
-		Cmdline:     c.Cmdline,
+		Cmdline:     clip(c.Cmdline, maxText),
 		ContainerID: c.ContainerID,
 		DestIP:      c.Dst.Addr().Unmap().WithZone("").String(),
 		DestPort:    int(c.Dst.Port()),
 	}
 	if c.CgroupID != 0 {
 		out.CgroupID = strconv.FormatUint(c.CgroupID, 10)
+	}
+	return out
+}
+
+// maxText is what the server keeps of a command line or a build step;
+// maxStepsBytes bounds a build's steps, so that one build fits a report.
+const (
+	maxText       = 4096
+	maxStepsBytes = 512 << 10
+)
+
+// clip cuts s to at most n bytes at a UTF-8 character boundary.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// clipSteps keeps the first steps (the server keeps the first 1,000), each
+// cut to maxText, up to maxStepsBytes in all.
+func clipSteps(steps []string) []string {
+	var out []string
+	total := 0
+	for _, s := range steps {
+		s = clip(s, maxText)
+		if len(out) == 1000 || total+len(s) > maxStepsBytes {
+			break
+		}
+		total += len(s)
+		out = append(out, s)
 	}
 	return out
 }

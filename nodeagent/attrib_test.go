@@ -132,3 +132,30 @@ func TestAttributorBounds(t *testing.T) {
 		t.Errorf("after the window: %d connections, %d builds kept; want 1, 0", len(a.conns), len(a.builds))
 	}
 }
+
+func TestClip(t *testing.T) {
+	for _, tt := range []struct {
+		in   string
+		n    int
+		want string
+	}{{"abc", 5, "abc"}, {"abcdef", 3, "abc"}, {"aé", 2, "a"}, {"é", 1, ""}} {
+		if got := clip(tt.in, tt.n); got != tt.want {
+			t.Errorf("clip(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
+	long := make([]string, 2000)
+	for i := range long {
+		long[i] = string(make([]byte, 5000))
+	}
+	got := clipSteps(long)
+	total := 0
+	for _, s := range got {
+		total += len(s)
+		if len(s) > maxText {
+			t.Fatalf("a step of %d bytes kept", len(s))
+		}
+	}
+	if total > maxStepsBytes || len(got) != maxStepsBytes/maxText {
+		t.Errorf("clipSteps kept %d steps, %d bytes", len(got), total)
+	}
+}
