@@ -54,6 +54,9 @@ func imageEvents(im records.ImageRecord) []Event {
 	seenBuild := map[string]int{} // key → index in out
 	addBuild := func(ev map[string]json.RawMessage, bad bool, why string) {
 		b := buildOf(ev)
+		if b.Node == "" && b.Started == "" && b.Finished == "" {
+			return // evidence of a shape this version does not know
+		}
 		key := b.Node + "\x00" + b.ImageID + "\x00" + b.Started
 		if i, ok := seenBuild[key]; ok {
 			if bad {
@@ -71,8 +74,8 @@ func imageEvents(im records.ImageRecord) []Event {
 			title += " with " + b.Tool
 		}
 		e := Event{Time: t, Kind: "built", Image: im.Image, Title: title, Bad: bad}
-		if b.Finished != "" {
-			e.Detail = append(e.Detail, "finished "+showTime(parseTime(b.Finished)))
+		if ft := parseTime(b.Finished); !ft.IsZero() {
+			e.Detail = append(e.Detail, "finished "+showTime(ft))
 		}
 		if b.ImageID != "" {
 			e.Detail = append(e.Detail, fmt.Sprintf("config %s, matched by %s", b.ImageID, orUnknown(b.MatchedBy)))
