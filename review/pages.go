@@ -483,6 +483,10 @@ func (h *Handler) detailData(w http.ResponseWriter, r *http.Request, s *session,
 		data.GrantOff = h.c.GrantOff
 		return data, true
 	}
+	if d.Namespace == "" {
+		data.GrantOff = "the decision has no namespace, and exceptions are namespaced"
+		return data, true
+	}
 	ok, err := h.allowed(r, s, CreateExceptions.In(d.Namespace))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
@@ -557,8 +561,8 @@ func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
 	if !ok {
 		return
 	}
-	if h.c.Granter == nil {
-		h.fail(w, r, s, http.StatusForbidden, "Granting exceptions is off: "+h.c.GrantOff)
+	if h.c.Granter == nil || d.Namespace == "" {
+		h.fail(w, r, s, http.StatusForbidden, "No exception can be granted for this decision: granting is off, or the decision has no namespace.")
 		return
 	}
 	ok, err := h.allowed(r, s, CreateExceptions.In(d.Namespace))
