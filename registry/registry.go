@@ -192,6 +192,11 @@ func (c *Client) digestOf(ctx context.Context, r Request) (name.Digest, error) {
 		c.obs.CacheResult("tag", false)
 	}
 	v, err := c.shared(ctx, "tag\x00"+key, func(ctx context.Context) (any, error) {
+		// A flight that ended after this caller missed the cache and
+		// before it started this one has filled it.
+		if d, ok := c.tags.get(key, c.now()); c.tagTTL > 0 && ok {
+			return d, nil
+		}
 		p, err := c.puller(r.Auth)
 		if err != nil {
 			return nil, err
@@ -210,16 +215,17 @@ func (c *Client) digestOf(ctx context.Context, r Request) (name.Digest, error) {
 			}
 			desc = &d.Descriptor
 		}
+		// Cached before the flight ends: a lookup that starts between the
+		// end of the flight and its callers' return finds it.
+		if c.tagTTL > 0 {
+			c.tags.add(key, desc.Digest.String(), c.now().Add(c.tagTTL))
+		}
 		return desc.Digest.String(), nil
 	})
 	if err != nil {
 		return name.Digest{}, resolveError(err)
 	}
-	d := v.(string)
-	if c.tagTTL > 0 {
-		c.tags.add(key, d, c.now().Add(c.tagTTL))
-	}
-	return r.Ref.Context().Digest(d), nil
+	return r.Ref.Context().Digest(v.(string)), nil
 }
 
 // image returns the image at a digest, from the cache or the registry.
@@ -233,14 +239,19 @@ func (c *Client) image(ctx context.Context, r Request, d name.Digest) (*policy.I
 	// Content at a digest is the same for everyone; the flight is not, as
 	// it carries the first caller's credentials and transport.
 	v, err := c.shared(ctx, fmt.Sprintf("digest\x00%s\x00%t\x00%s", key, insecureOf(ctx), r.Auth.Key), func(ctx context.Context) (any, error) {
-		return c.fetch(ctx, r.Auth, d)
+		if img, ok := c.images.get(key, time.Time{}); ok { // as for tags
+			return img, nil
+		}
+		img, err := c.fetch(ctx, r.Auth, d)
+		if err == nil {
+			c.images.add(key, img, time.Time{}) // before the flight ends, as for tags
+		}
+		return img, err
 	})
 	if err != nil {
 		return nil, resolveError(err)
 	}
-	img := v.(*policy.Image)
-	c.images.add(key, img, time.Time{})
-	return img, nil
+	return v.(*policy.Image), nil
 }
 
 // shared runs fn once for all concurrent callers with the same key. fn
