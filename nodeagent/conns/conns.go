@@ -112,7 +112,7 @@ func New(opts Options) (w Watcher, fallback error) {
 
 // LoadError says why the eBPF sensor could not start.
 type LoadError struct {
-	// Step is what failed: "tracefs", "format", "btf", "maps", "program",
+	// Step is what failed: "tracefs", "format", "maps", "program",
 	// "attach" or "ringbuf".
 	Step string
 	Err  error

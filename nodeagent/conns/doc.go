@@ -11,13 +11,16 @@
 // offsets come from tracefs's events/sock/inet_sock_set_state/format, so the
 // program follows the running kernel's record layout. For every TCP socket
 // that enters SYN_SENT — which happens inside connect(2), in the connecting
-// task — it records the thread group id, cgroup v2 id, comm, parent tgid
-// (task_struct offsets from the kernel's BTF; 0 without BTF), destination
-// and CLOCK_MONOTONIC time in a 1 MiB ring buffer. User space converts the
-// time to wall clock and adds the command line, parent, cgroup path and
-// container ID from /proc/PID. A process that has already exited keeps the
-// kernel's comm and parent, and the container is taken from the parent's
-// cgroup (in a Dockerfile RUN step, the shell that ran the command). When the
+// task — it records the thread group id, cgroup v2 id, comm, parent tgid,
+// the name of the task's memory cgroup (the leaf, which holds the container
+// ID under docker, containerd and CRI-O, in cgroup v1 and v2; the
+// task_struct and cgroup offsets come from the kernel's BTF, and both are
+// left out without it), destination and CLOCK_MONOTONIC time in a 1 MiB ring
+// buffer. User space converts the time to wall clock and adds the command
+// line, parent, cgroup path and container ID from /proc/PID. For a process
+// that has already exited, the kernel's comm, parent and cgroup name are
+// used, failing which the parent's cgroup (in a Dockerfile RUN step, the
+// shell that ran the command). When the
 // ring buffer is full (emit slower than the connection rate) events are
 // dropped in the kernel and counted in Stats.Dropped. Every destination is
 // reported, loopback included: policy decides what matters.

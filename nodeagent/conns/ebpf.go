@@ -4,6 +4,7 @@ package conns
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -45,6 +46,8 @@ const ringBytes = 1 << 20
 //	0  u64 pid_tgid     8 u64 cgroup id   16 u64 ktime (CLOCK_MONOTONIC ns)
 //	24 [16]u8 comm     40 u16 family      42 u16 dport (host order)
 //	44 [4]u8 daddr     48 [16]u8 daddr_v6 64 u32 parent tgid (0: unknown) 68 u32 zero
+//	72 [96]u8 name of the task's memory cgroup (the leaf: "<id>",
+//	   "docker-<id>.scope", ...; empty when unknown)
 const (
 	evPidTgid  = 0
 	evCgroup   = 8
@@ -55,14 +58,30 @@ const (
 	evDaddr    = 44
 	evDaddr6   = 48
 	evPPID     = 64
-	eventBytes = 72
+	evCgName   = 72
+	cgNameLen  = 96
+	eventBytes = evCgName + cgNameLen
 )
 
-// taskOffsets locate task_struct->real_parent and task_struct->tgid, read
-// from the kernel's BTF, so the program can record the parent while the
-// connecting process still exists. Zero when BTF is unavailable.
+// taskOffsets locate, from the kernel's BTF, what the program reads of the
+// current task while the connecting process still exists: the parent's tgid
+// (task_struct->real_parent->tgid) and the name of its memory cgroup
+// (task_struct->cgroups->subsys[memory_cgrp_id]->cgroup->kn->name), which
+// for containers holds the container ID in cgroup v1 and v2. A zero offset
+// leaves that part out.
 type taskOffsets struct {
 	RealParent, Tgid uint32
+	// Cgroups is task_struct.cgroups; Subsys is css_set.subsys plus
+	// memory_cgrp_id pointers; CssCgroup, CgroupKn and KnName follow the
+	// chain to the name.
+	Cgroups, Subsys, CssCgroup, CgroupKn, KnName uint32
+}
+
+func (t taskOffsets) hasParent() bool { return t.RealParent != 0 && t.Tgid != 0 }
+
+func (t taskOffsets) hasCgroupName() bool {
+	// Subsys and KnName may be 0 (the first member); Cgroups never is.
+	return t.Cgroups != 0 && t.CgroupKn != 0
 }
 
 // ebpfWatcher reports connections from the sock:inet_sock_set_state
@@ -87,9 +106,10 @@ func newEBPFWatcher(opts Options) (*ebpfWatcher, error) {
 	}
 	w := &ebpfWatcher{procRoot: opts.ProcRoot, log: opts.Log, layout: layout}
 	if w.task, err = kernelTaskOffsets(); err != nil {
-		// The parent then comes from /proc/PID/stat, which is gone for
-		// processes that exit quickly; worth a warning, not a fallback.
-		opts.Log.Warn("eBPF connection sensor: no task_struct offsets in kernel BTF; parent PIDs of short-lived processes will be missing", "error", err)
+		// The parent and cgroup then come from /proc/PID only, which is
+		// gone for processes that exit quickly; worth a warning, not a
+		// fallback.
+		opts.Log.Warn("eBPF connection sensor: kernel BTF lacks what the program reads; parent or cgroup of short-lived processes will be missing", "error", err)
 	}
 	if !hostPIDNamespace(opts.ProcRoot) {
 		opts.Log.Warn("eBPF connection sensor: not in the host PID namespace; PIDs are the host's and their /proc details will be missing or wrong")
@@ -250,6 +270,7 @@ type rawEvent struct {
 	Ktime    uint64
 	Comm     string
 	Dst      netip.AddrPort
+	CgName   string // leaf name of the memory cgroup, "" when unknown
 }
 
 func decodeEvent(b []byte) (rawEvent, error) {
@@ -265,11 +286,8 @@ func decodeEvent(b []byte) (rawEvent, error) {
 		Ktime:    ne.Uint64(b[evKtime:]),
 		PPID:     ne.Uint32(b[evPPID:]),
 	}
-	comm := b[evComm : evComm+16]
-	if i := strings.IndexByte(string(comm), 0); i >= 0 {
-		comm = comm[:i]
-	}
-	ev.Comm = string(comm)
+	ev.Comm = cString(b[evComm : evComm+16])
+	ev.CgName = cString(b[evCgName : evCgName+cgNameLen])
 	port := ne.Uint16(b[evDport:])
 	switch ne.Uint16(b[evFamily:]) {
 	case afInet:
@@ -282,6 +300,14 @@ func decodeEvent(b []byte) (rawEvent, error) {
 		return rawEvent{}, fmt.Errorf("record with address family %d", ne.Uint16(b[evFamily:]))
 	}
 	return ev, nil
+}
+
+// cString returns the NUL-terminated string at the start of b.
+func cString(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
+	}
+	return string(b)
 }
 
 // enrich turns an event into a Conn, reading the process's details from
@@ -303,9 +329,14 @@ func (w *ebpfWatcher) enrich(ev rawEvent, monoNow time.Duration, wallNow time.Ti
 		c.Cmdline, c.Cgroup, c.ContainerID = pi.Cmdline, pi.Cgroup, pi.ContainerID
 		return c
 	}
-	// The process is gone: its parent (a shell in the same container, as
-	// in a Dockerfile RUN step) usually is not.
+	// The process is gone. The kernel recorded its cgroup's name; else its
+	// parent (a shell in the same container, as in a Dockerfile RUN step)
+	// may still be there.
 	w.unenriched.Add(1)
+	if id := containerIDFromPath(ev.CgName); id != "" {
+		c.Cgroup, c.ContainerID = ev.CgName, id
+		return c
+	}
 	if c.PPID > 0 {
 		if cg, id, err := readCgroup(w.procRoot, c.PPID); err == nil {
 			c.Cgroup, c.ContainerID = cg, id
@@ -339,6 +370,7 @@ func buildProgram(l sockStateLayout, task taskOffsets, eventsFD, dropsFD int) as
 	const (
 		ctx   = asm.R6 // tracepoint record
 		ev    = asm.R7 // reserved ring buffer record
+		task8 = asm.R8 // current task_struct
 		exit  = "exit"
 		drop  = "drop"
 		stack = asm.R10
@@ -375,25 +407,40 @@ func buildProgram(l sockStateLayout, task taskOffsets, eventsFD, dropsFD int) as
 	}
 	insns = append(insns, copyField(ev, evDaddr, ctx, l.Daddr)...)
 	insns = append(insns, copyField(ev, evDaddr6, ctx, l.DaddrV6)...)
-	insns = append(insns, asm.Mov.Imm(asm.R1, 0), asm.StoreMem(ev, evPPID, asm.R1, asm.DWord))
-	if task.RealParent != 0 && task.Tgid != 0 {
+	// Zero what may be left unread: ring memory is not cleared.
+	insns = append(insns, asm.Mov.Imm(asm.R1, 0))
+	for off := evPPID; off < eventBytes; off += 8 {
+		insns = append(insns, asm.StoreMem(ev, int16(off), asm.R1, asm.DWord))
+	}
+	if task.hasParent() || task.hasCgroupName() {
 		insns = append(insns,
-			// parent = current->real_parent, read into the stack
 			asm.FnGetCurrentTask.Call(),
-			asm.Mov.Reg(asm.R3, asm.R0),
-			asm.Add.Imm(asm.R3, int32(task.RealParent)),
-			asm.Mov.Reg(asm.R1, stack),
-			asm.Add.Imm(asm.R1, -8),
-			asm.Mov.Imm(asm.R2, 8),
-			asm.FnProbeReadKernel.Call(),
-			// event.ppid = parent->tgid (left 0 when a read fails)
-			asm.LoadMem(asm.R3, stack, -8, asm.DWord),
-			asm.JEq.Imm(asm.R3, 0, "submit"),
+			asm.Mov.Reg(task8, asm.R0),
+		)
+	}
+	if task.hasParent() {
+		insns = append(insns, readPtr(task8, task.RealParent, "cgname")...)
+		insns = append(insns,
+			// event.ppid = parent->tgid (left 0 when the read fails)
 			asm.Add.Imm(asm.R3, int32(task.Tgid)),
 			asm.Mov.Reg(asm.R1, ev),
 			asm.Add.Imm(asm.R1, evPPID),
 			asm.Mov.Imm(asm.R2, 4),
 			asm.FnProbeReadKernel.Call(),
+		)
+	}
+	insns = append(insns, asm.Mov.Imm(asm.R0, 0).WithSymbol("cgname"))
+	if task.hasCgroupName() {
+		base := task8
+		for _, off := range []uint32{task.Cgroups, task.Subsys, task.CssCgroup, task.CgroupKn, task.KnName} {
+			insns = append(insns, readPtr(base, off, "submit")...)
+			base = asm.R3
+		}
+		insns = append(insns,
+			asm.Mov.Reg(asm.R1, ev),
+			asm.Add.Imm(asm.R1, evCgName),
+			asm.Mov.Imm(asm.R2, cgNameLen),
+			asm.FnProbeReadKernelStr.Call(),
 		)
 	}
 	insns = append(insns,
@@ -416,6 +463,22 @@ func buildProgram(l sockStateLayout, task taskOffsets, eventsFD, dropsFD int) as
 		asm.Return(),
 	)
 	return insns
+}
+
+// readPtr loads the kernel pointer at base+off into R3 through the stack,
+// jumping to fail when the read fails or the pointer is NULL.
+func readPtr(base asm.Register, off uint32, fail string) asm.Instructions {
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R3, base),
+		asm.Add.Imm(asm.R3, int32(off)),
+		asm.Mov.Reg(asm.R1, asm.R10),
+		asm.Add.Imm(asm.R1, -8),
+		asm.Mov.Imm(asm.R2, 8),
+		asm.FnProbeReadKernel.Call(),
+		asm.JNE.Imm(asm.R0, 0, fail),
+		asm.LoadMem(asm.R3, asm.R10, -8, asm.DWord),
+		asm.JEq.Imm(asm.R3, 0, fail),
+	}
 }
 
 func sizeOf(n int) asm.Size {
@@ -567,29 +630,91 @@ func readSockStateLayout() (sockStateLayout, error) {
 	return l, nil
 }
 
-// kernelTaskOffsets finds task_struct's real_parent and tgid in kernel BTF.
+// kernelTaskOffsets finds the task_struct, css_set, cgroup_subsys_state,
+// cgroup and kernfs_node members the program reads in kernel BTF. Without
+// the cgroup chain it still returns the parent offsets, with an error.
 func kernelTaskOffsets() (taskOffsets, error) {
 	spec, err := btf.LoadKernelSpec()
 	if err != nil {
 		return taskOffsets{}, err
 	}
-	var task *btf.Struct
-	if err := spec.TypeByName("task_struct", &task); err != nil {
+	structOf := func(name string) (*btf.Struct, error) {
+		var s *btf.Struct
+		if err := spec.TypeByName(name, &s); err != nil {
+			return nil, fmt.Errorf("kernel BTF: %s: %w", name, err)
+		}
+		return s, nil
+	}
+	task, err := structOf("task_struct")
+	if err != nil {
 		return taskOffsets{}, err
 	}
 	var t taskOffsets
-	var ok1, ok2 bool
-	if t.RealParent, ok1 = memberOffset(task.Members, "real_parent", 8); !ok1 {
+	var ok bool
+	if t.RealParent, ok = memberOffset(task.Members, "real_parent", 8); !ok {
 		return taskOffsets{}, errors.New("task_struct has no 8-byte real_parent")
 	}
-	if t.Tgid, ok2 = memberOffset(task.Members, "tgid", 4); !ok2 {
+	if t.Tgid, ok = memberOffset(task.Members, "tgid", 4); !ok {
 		return taskOffsets{}, errors.New("task_struct has no 4-byte tgid")
+	}
+	if err := cgroupNameOffsets(spec, task, structOf, &t); err != nil {
+		t.Cgroups, t.Subsys, t.CssCgroup, t.CgroupKn, t.KnName = 0, 0, 0, 0, 0
+		return t, err
 	}
 	return t, nil
 }
 
-// memberOffset finds a named member of size bytes, looking into anonymous
-// structs and unions, and returns its byte offset.
+// cgroupNameOffsets fills the offsets of
+// task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->name.
+func cgroupNameOffsets(spec *btf.Spec, task *btf.Struct, structOf func(string) (*btf.Struct, error), t *taskOffsets) error {
+	var ok bool
+	if t.Cgroups, ok = memberOffset(task.Members, "cgroups", 8); !ok {
+		return errors.New("task_struct has no 8-byte cgroups")
+	}
+	var ids *btf.Enum
+	if err := spec.TypeByName("cgroup_subsys_id", &ids); err != nil {
+		return fmt.Errorf("kernel BTF: cgroup_subsys_id: %w", err)
+	}
+	memID := -1
+	for _, v := range ids.Values {
+		if v.Name == "memory_cgrp_id" {
+			memID = int(v.Value)
+		}
+	}
+	if memID < 0 || memID > 64 {
+		return errors.New("kernel has no memory cgroup controller")
+	}
+	cssSet, err := structOf("css_set")
+	if err != nil {
+		return err
+	}
+	subsys, ok := memberOffset(cssSet.Members, "subsys", 0)
+	if !ok {
+		return errors.New("css_set has no subsys")
+	}
+	t.Subsys = subsys + uint32(8*memID)
+	for _, m := range []struct {
+		strct, member string
+		dst           *uint32
+	}{
+		{"cgroup_subsys_state", "cgroup", &t.CssCgroup},
+		{"cgroup", "kn", &t.CgroupKn},
+		{"kernfs_node", "name", &t.KnName},
+	} {
+		s, err := structOf(m.strct)
+		if err != nil {
+			return err
+		}
+		if *m.dst, ok = memberOffset(s.Members, m.member, 8); !ok {
+			return fmt.Errorf("%s has no 8-byte %s", m.strct, m.member)
+		}
+	}
+	return nil
+}
+
+// memberOffset finds a named member of size bytes (any size when size is
+// 0), looking into anonymous structs and unions, and returns its byte
+// offset.
 func memberOffset(members []btf.Member, name string, size int) (uint32, bool) {
 	for _, m := range members {
 		if m.BitfieldSize != 0 || m.Offset%8 != 0 {
@@ -597,7 +722,7 @@ func memberOffset(members []btf.Member, name string, size int) (uint32, bool) {
 		}
 		if m.Name == name {
 			n, err := btf.Sizeof(m.Type)
-			return m.Offset.Bytes(), err == nil && n == size
+			return m.Offset.Bytes(), err == nil && (size == 0 || n == size)
 		}
 		if m.Name != "" {
 			continue

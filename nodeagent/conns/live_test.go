@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -279,6 +280,95 @@ func TestEBPFWatcherWithoutProc(t *testing.T) {
 	}
 	if st := w.(StatsReporter).Stats(); st.Unenriched == 0 {
 		t.Errorf("Stats() = %+v, want Unenriched > 0", st)
+	}
+}
+
+// memoryCgroupRoot returns the mount point of the memory controller: its
+// cgroup v1 hierarchy, else the cgroup2 mount when memory is enabled there.
+func memoryCgroupRoot(t *testing.T) string {
+	t.Helper()
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v2 string
+	for _, line := range strings.Split(string(mi), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 3 {
+			continue
+		}
+		switch {
+		case g[0] == "cgroup" && slices.Contains(strings.Split(g[2], ","), "memory"):
+			return f[4]
+		case g[0] == "cgroup2" && v2 == "":
+			v2 = f[4]
+		}
+	}
+	if v2 != "" {
+		if ctl, err := os.ReadFile(filepath.Join(v2, "cgroup.subtree_control")); err == nil && slices.Contains(strings.Fields(string(ctl)), "memory") {
+			return v2
+		}
+	}
+	t.Skip("no memory cgroup controller to create a container-like cgroup in")
+	return ""
+}
+
+// TestEBPFCgroupOfExitedProcess: the kernel records the memory cgroup's
+// name, so a process in a docker-like cgroup that cannot be read under
+// ProcRoot any more still gets its container ID.
+func TestEBPFCgroupOfExitedProcess(t *testing.T) {
+	requireRoot(t)
+	id := fmt.Sprintf("%064x", time.Now().UnixNano())
+	parent := filepath.Join(memoryCgroupRoot(t), fmt.Sprintf("buildguard-conns-test-%d", os.Getpid()))
+	cg := filepath.Join(parent, "docker", id)
+	if err := os.MkdirAll(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Children first; the cgroups are empty once the child exited.
+		os.Remove(cg)
+		os.Remove(filepath.Dir(cg))
+		os.Remove(parent)
+	})
+
+	w, fallback := New(Options{ProcRoot: t.TempDir(), Log: testLogger(t)})
+	if fallback != nil {
+		t.Fatalf("New: eBPF sensor did not load: %v", fallback)
+	}
+	dst := refusedAddr(t, "127.0.0.27")
+	col := newCollector(dst)
+	runWatcher(t, w, col.emit)
+
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatalf("busybox (Debian busybox-static) is needed: %v", err)
+	}
+	// The shell moves itself into the cgroup, then becomes nc.
+	nc := applet(t, "nc")
+	script := fmt.Sprintf("echo $$ > %s/cgroup.procs && exec %s -w 2 %s %d", cg, nc, dst.Addr(), dst.Port())
+	deadline := time.After(60 * time.Second)
+	var pids []int
+	for {
+		c := exec.Command(bb, "sh", "-c", script)
+		if out, err := c.CombinedOutput(); err != nil && !strings.Contains(string(out), "refused") {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		pids = append(pids, c.Process.Pid)
+		for _, pid := range pids {
+			if conn, ok := col.find(pid); ok {
+				if conn.ContainerID != id || conn.Cgroup != id || conn.Comm != "nc" {
+					t.Errorf("Conn = %+v, want container ID %s from the kernel's cgroup name", conn, id)
+				}
+				return
+			}
+		}
+		select {
+		case <-col.ch:
+		case <-time.After(100 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("no connection to %s reported in 60s", dst)
+		}
 	}
 }
 

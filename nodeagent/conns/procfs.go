@@ -216,22 +216,22 @@ func (w *procfsWatcher) readNetns(ns uint64, dirs []string, low, high uint16, ra
 	for _, dir := range dirs {
 		var entries []tcpEntry
 		listening := make(map[netip.AddrPort]bool)
-		err := error(nil)
-		for _, table := range []string{"tcp", "tcp6"} {
-			err = w.readTable(filepath.Join(w.procRoot, dir, "net", table), func(e tcpEntry) {
-				switch e.State {
-				case tcpListen:
-					listening[unmap(e.Local)] = true
-				case tcpSynSent, tcpEstablished:
-					if e.Inode != 0 && e.Remote.Port() != 0 {
-						entries = append(entries, e)
-					}
+		collect := func(e tcpEntry) {
+			switch e.State {
+			case tcpListen:
+				listening[unmap(e.Local)] = true
+			case tcpSynSent, tcpEstablished:
+				if e.Inode != 0 && e.Remote.Port() != 0 {
+					entries = append(entries, e)
 				}
-			})
-			if err != nil && !(table == "tcp6" && errors.Is(err, fs.ErrNotExist)) {
-				break // IPv6 may be disabled; tcp itself must exist
 			}
-			err = nil
+		}
+		err := w.readTable(filepath.Join(w.procRoot, dir, "net", "tcp"), collect)
+		if err == nil {
+			err = w.readTable(filepath.Join(w.procRoot, dir, "net", "tcp6"), collect)
+			if errors.Is(err, fs.ErrNotExist) {
+				err = nil // IPv6 disabled
+			}
 		}
 		if err != nil {
 			lastErr = err

@@ -227,9 +227,10 @@ func TestDecodeEvent(t *testing.T) {
 			copy(b[evDaddr6:], a[:])
 		}
 		ne.PutUint32(b[evPPID:], 4241)
+		copy(b[evCgName:], "docker-"+cid+".scope")
 		return b
 	}
-	base := rawEvent{PID: 4242, TID: 4243, PPID: 4241, CgroupID: 77, Ktime: 123456789, Comm: "wget"}
+	base := rawEvent{PID: 4242, TID: 4243, PPID: 4241, CgroupID: 77, Ktime: 123456789, Comm: "wget", CgName: "docker-" + cid + ".scope"}
 	for _, tc := range []struct {
 		name    string
 		in      []byte
@@ -296,6 +297,13 @@ func TestEnrichFromParent(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("enrich of an exited process = %+v, want %+v", got, want)
 	}
+	// The kernel's cgroup name wins over the parent's cgroup.
+	own := strings.Repeat("1e", 32)
+	got = w.enrich(rawEvent{PID: 4242, PPID: 4241, Comm: "wget", CgName: own, Dst: dst}, 0, wall)
+	want = Conn{Time: wall, PID: 4242, PPID: 4241, Comm: "wget", ContainerID: own, Cgroup: own, Dst: dst}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("enrich of an exited process with a cgroup name = %+v, want %+v", got, want)
+	}
 	// A live process: its own details; the parent from /proc when the
 	// kernel did not give one.
 	got = w.enrich(rawEvent{PID: 4250, Comm: "wget", Dst: dst}, 0, wall)
@@ -303,8 +311,8 @@ func TestEnrichFromParent(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("enrich of a live process = %+v, want %+v", got, want)
 	}
-	if st := w.Stats(); st.Unenriched != 1 {
-		t.Errorf("Stats().Unenriched = %d, want 1", st.Unenriched)
+	if st := w.Stats(); st.Unenriched != 2 {
+		t.Errorf("Stats().Unenriched = %d, want 2", st.Unenriched)
 	}
 }
 
@@ -319,6 +327,9 @@ func TestKernelTaskOffsets(t *testing.T) {
 	// Both sit well inside task_struct, which is a few KiB.
 	if off.RealParent == 0 || off.Tgid == 0 || off.RealParent > 16<<10 || off.Tgid > 16<<10 || off.RealParent%8 != 0 || off.Tgid%4 != 0 {
 		t.Errorf("kernelTaskOffsets = %+v, implausible", off)
+	}
+	if !off.hasCgroupName() || off.Cgroups%8 != 0 || off.Subsys%8 != 0 || off.CssCgroup%8 != 0 || off.CgroupKn%8 != 0 || off.KnName%8 != 0 {
+		t.Errorf("kernelTaskOffsets = %+v, want aligned cgroup name offsets", off)
 	}
 }
 
