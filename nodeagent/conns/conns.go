@@ -29,9 +29,11 @@ type Conn struct {
 
 	// Cgroup is the process's cgroup path from /proc/PID/cgroup (the line that
 	// named the container, else the cgroup v2 line, else the first v1 line
-	// that is not "/"), or "" when it could not be read. It lets callers
-	// attribute processes of builders whose IDs are not 64-hex container IDs,
-	// such as BuildKit's /docker/buildkit/<id>.
+	// that is not "/"); for a process that had exited, the name of its
+	// memory cgroup as the kernel recorded it (eBPF), or its parent's path;
+	// "" when none could be read. It lets callers attribute processes of
+	// builders whose IDs are not 64-hex container IDs, such as BuildKit's
+	// /docker/buildkit/<id>.
 	Cgroup string
 }
 

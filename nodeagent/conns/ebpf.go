@@ -37,7 +37,7 @@ const (
 	afInet6    = 10
 )
 
-// ringBytes is the ring buffer's size: room for about 13000 events between
+// ringBytes is the ring buffer's size: room for about 6000 events between
 // two reads. A full ring drops events, counted in Stats.Dropped.
 const ringBytes = 1 << 20
 
