@@ -42,6 +42,9 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	for f in FuzzParseAgent FuzzParseFalco FuzzParseTetragon FuzzParseDocker; do \
 	  $(GO) test ./evidence/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./provenance/ -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzDecodeEvents$$' -fuzztime $${FUZZTIME:-30s}
+	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter FuzzParseExceptionFile; do \
+	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 
 bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips.
 	$(GO) run ./bench -duration 10s -runs 3

@@ -162,6 +162,8 @@ func TestEndToEnd(t *testing.T) {
 			t.Logf("--- buildguard log tail:\n%s", bg.Proc.Tail(5000))
 		}
 	})
+	// Workloads that were running before buildguard judged anything.
+	e.createPreexisting()
 	e.mustKubectl(WebhookYAML(bg.URL), "apply", "-f", "-")
 	e.eventually(30*time.Second, "buildguard injects its CA into the webhook configuration", func() error {
 		out, err := e.kubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
@@ -199,6 +201,8 @@ func TestEndToEnd(t *testing.T) {
 			return nil
 		})
 	})
+
+	t.Run("audit scan finds what ran before buildguard, each workload once", e.testAudit)
 
 	t.Run("tags are pinned to the judged digest and the pods annotated", func(t *testing.T) {
 		img, err := testregistry.MakeImage(testregistry.Image{Created: time.Now().Add(-96 * time.Hour)})
