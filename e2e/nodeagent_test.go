@@ -342,6 +342,7 @@ func TestNodeAgent(t *testing.T) {
 		"[untrusted-egress] while node worker-1 built this image",
 		fmt.Sprintf("connected to untrusted 127.0.0.23:%d", unknownPort),
 		"wget (pid ",
+		"(docker build, ", // when the build ran
 		"[suspicious-build-step]",
 		"raw IP 127.0.0.23",
 	} {

@@ -212,9 +212,28 @@ func (p *Policy) nodeFindings(builds []BuildEvidence) []Finding {
 		if len(bad) > 1 {
 			msg += fmt.Sprintf(", and %d more connection(s)", len(bad)-1)
 		}
+		msg += " " + buildSpan(b)
 		out = append(out, p.finding(RuleUntrustedEgress, SeverityHigh, msg, ev))
 	}
 	return out
+}
+
+// buildSpan says when a build ran, for a reader who must find it in the
+// node's logs: "(docker build, 10:00:05Z–10:00:31Z)".
+func buildSpan(b BuildEvidence) string {
+	tool := b.Tool
+	if tool == "" {
+		tool = "image"
+	}
+	switch {
+	case b.Started.IsZero() && b.Finished.IsZero():
+		return "(" + tool + " build)"
+	case b.Started.IsZero() || b.Started.Equal(b.Finished):
+		return fmt.Sprintf("(%s build, finished %s)", tool, b.Finished.UTC().Format(time.RFC3339))
+	case b.Finished.IsZero():
+		return fmt.Sprintf("(%s build, started %s)", tool, b.Started.UTC().Format(time.RFC3339))
+	}
+	return fmt.Sprintf("(%s build, %s to %s)", tool, b.Started.UTC().Format(time.RFC3339), b.Finished.UTC().Format(time.RFC3339))
 }
 
 func (p *Policy) trustedDestination(c ConnectionEvidence) bool {

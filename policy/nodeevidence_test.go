@@ -61,13 +61,34 @@ func TestUntrustedEgressEvidence(t *testing.T) {
 			DestIP: netip.MustParseAddr("203.0.113.9"), DestPort: 8080}}}
 	v := Decide(p, pod(Container{Image: "ghcr.io/acme/shop:1", Resolved: image(now.Add(-2 * time.Hour)), Builds: []BuildEvidence{b}}))
 	f := v.Images[0].Findings[0]
-	for _, want := range []string{"worker-3", "wget (pid 4242)", "203.0.113.9:8080", start.Add(20 * time.Second).Format(time.RFC3339)} {
+	span := "(docker build, " + start.UTC().Format(time.RFC3339) + " to " + start.Add(time.Minute).UTC().Format(time.RFC3339) + ")"
+	for _, want := range []string{"worker-3", "wget (pid 4242)", "203.0.113.9:8080", start.Add(20 * time.Second).Format(time.RFC3339), span} {
 		if !strings.Contains(f.Message, want) {
 			t.Errorf("message %q does not name %q", f.Message, want)
 		}
 	}
 	if f.Summary != "build on worker-3 connected to 203.0.113.9:8080" {
 		t.Errorf("summary = %q", f.Summary)
+	}
+}
+
+func TestBuildSpan(t *testing.T) {
+	t0 := time.Date(2026, 12, 2, 10, 0, 5, 0, time.UTC)
+	t1 := t0.Add(26 * time.Second)
+	tests := []struct {
+		b    BuildEvidence
+		want string
+	}{
+		{BuildEvidence{Tool: "docker", Started: t0, Finished: t1}, "(docker build, 2026-12-02T10:00:05Z to 2026-12-02T10:00:31Z)"},
+		{BuildEvidence{Tool: "buildkit", Finished: t1}, "(buildkit build, finished 2026-12-02T10:00:31Z)"},
+		{BuildEvidence{Tool: "docker", Started: t1, Finished: t1}, "(docker build, finished 2026-12-02T10:00:31Z)"},
+		{BuildEvidence{Tool: "kaniko", Started: t0}, "(kaniko build, started 2026-12-02T10:00:05Z)"},
+		{BuildEvidence{}, "(image build)"},
+	}
+	for _, tt := range tests {
+		if got := buildSpan(tt.b); got != tt.want {
+			t.Errorf("buildSpan(%+v) = %q, want %q", tt.b, got, tt.want)
+		}
 	}
 }
 
