@@ -31,6 +31,10 @@ func parseTemplates() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{
 		"time": showTime,
 		"join": strings.Join,
+		// segment escapes a decision ID as one path segment: the IDs of
+		// audit scans' records hold a slash ("<uid>/scan-…"), which
+		// html/template would leave as is.
+		"segment": url.PathEscape,
 		"short": func(id string) string {
 			if len(id) > 8 {
 				return id[:8]

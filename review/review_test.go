@@ -802,3 +802,46 @@ func firstDiff(want, got string) string {
 	}
 	return "no line differs"
 }
+
+// TestScanDecisionLinks: the IDs of audit scans' records hold a slash
+// ("<uid>/scan-…"); the list, the detail page, the raw record and the
+// grant form must still reach them.
+func TestScanDecisionLinks(t *testing.T) {
+	f := newFixture(t)
+	d := testDecisions()[0]
+	d.ID = "0d1e5a7c-5555-4a4a-9b9b-000000000005/scan-20261201T115500Z"
+	d.Operation, d.Verdict = "SCAN", records.VerdictWouldDeny
+	d.Time = t0.Add(-time.Minute)
+	if err := f.store.AddDecision(t.Context(), d); err != nil {
+		t.Fatal(err)
+	}
+	c, csrf := f.login("alice-token")
+	list := f.do("GET", "/", nil, c).Body.String()
+	m := regexp.MustCompile(`href="(/decisions/0d1e5a7c-5555[^"]*)"`).FindStringSubmatch(list)
+	if m == nil {
+		t.Fatalf("the list has no link to %s\n%s", d.ID, list)
+	}
+	w := f.do("GET", m[1], nil, c)
+	if w.Code != http.StatusOK || !strings.Contains(w.Body.String(), d.ID) {
+		t.Fatalf("GET %s = %d, want the detail page of %s\n%s", m[1], w.Code, d.ID, text(w.Body.String()))
+	}
+	page := w.Body.String()
+	raw := regexp.MustCompile(`href="(/decisions/[^"]*/raw)"`).FindStringSubmatch(page)
+	if raw == nil {
+		t.Fatal("no raw link on the detail page")
+	}
+	if w := f.do("GET", raw[1], nil, c); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), `"id": "`+d.ID+`"`) {
+		t.Errorf("GET %s = %d, want the raw record of %s", raw[1], w.Code, d.ID)
+	}
+	action := regexp.MustCompile(`action="(/decisions/[^"]*/exceptions)"`).FindStringSubmatch(page)
+	if action == nil {
+		t.Fatal("no grant form on the detail page")
+	}
+	w = f.do("POST", action[1], grantValues(csrf, nil), c)
+	if w.Code != http.StatusSeeOther || len(f.granter.grants) != 1 || f.granter.grants[0].DecisionID != d.ID {
+		t.Fatalf("POST %s = %d, grants %+v; want a grant for %s\n%s", action[1], w.Code, f.granter.grants, d.ID, text(w.Body.String()))
+	}
+	if loc := w.Header().Get("Location"); f.do("GET", loc, nil, c).Code != http.StatusOK {
+		t.Errorf("the redirect after granting, %s, does not reach the detail page", loc)
+	}
+}
