@@ -129,6 +129,14 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		again(http.StatusBadRequest, fmt.Sprintf("The token is longer than %d bytes.", maxTokenLen))
 		return
 	}
+	client := clientKey(r.RemoteAddr)
+	if until, blocked := h.limiter.blocked(client, h.c.Now()); blocked {
+		wait := max(until.Sub(h.c.Now()), time.Second).Round(time.Second)
+		h.c.Log.Warn("review login refused: too many failed logins", "client", client)
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
+		again(http.StatusTooManyRequests, fmt.Sprintf("Too many failed logins from your address; try again in %s.", wait))
+		return
+	}
 	select {
 	case h.logins <- struct{}{}:
 		defer func() { <-h.logins }()
@@ -142,7 +150,8 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	var ae *AuthError
 	switch {
 	case errors.As(err, &ae):
-		h.c.Log.Info("review login refused", "reason", ae.Reason)
+		h.limiter.fail(client, h.c.Now())
+		h.c.Log.Info("review login refused", "reason", ae.Reason, "client", client)
 		again(http.StatusUnauthorized, "The token was not accepted: "+ae.Reason)
 		return
 	case err != nil:

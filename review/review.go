@@ -36,6 +36,8 @@ const (
 	DefaultMaxException    = 30 * 24 * time.Hour
 	DefaultAuthzCacheTTL   = 30 * time.Second
 	DefaultRequestTimeout  = 10 * time.Second
+	DefaultLoginFailures   = 10
+	DefaultLoginWindow     = 5 * time.Minute
 	defaultConcurrentLogin = 8
 	maxFormBytes           = 64 << 10
 	maxAuthzCache          = 10000
@@ -68,6 +70,12 @@ type Config struct {
 	// Timeout bounds each call to the store, the authenticator, the
 	// authorizer and the granter. The default is 10s.
 	Timeout time.Duration
+	// LoginFailures is how many failed logins a remote address (an IPv4
+	// address, or an IPv6 /64) may make per LoginWindow; more are refused
+	// with 429 without asking the Authenticator. Behind a proxy that is
+	// the proxy's address. The default is 10 per 5 minutes.
+	LoginFailures int
+	LoginWindow   time.Duration
 	// Now is the clock. The default is time.Now.
 	Now func() time.Time
 	// Random is the source of session IDs and CSRF tokens. The default
@@ -85,6 +93,7 @@ type Handler struct {
 	pages    map[string]*template.Template
 	origin   *http.CrossOriginProtection
 	logins   chan struct{}
+	limiter  *loginLimiter
 	authzMu  sync.Mutex
 	authzMap map[authzKey]authzEntry
 }
@@ -130,6 +139,12 @@ func New(c Config) (*Handler, error) {
 	if c.AuthzCacheTTL <= 0 {
 		c.AuthzCacheTTL = DefaultAuthzCacheTTL
 	}
+	if c.LoginFailures <= 0 {
+		c.LoginFailures = DefaultLoginFailures
+	}
+	if c.LoginWindow <= 0 {
+		c.LoginWindow = DefaultLoginWindow
+	}
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultRequestTimeout
 	}
@@ -151,6 +166,7 @@ func New(c Config) (*Handler, error) {
 		c: c, codec: sessionCodec{key: c.Key}, pages: pages,
 		origin:   http.NewCrossOriginProtection(),
 		logins:   make(chan struct{}, defaultConcurrentLogin),
+		limiter:  newLoginLimiter(c.LoginFailures, c.LoginWindow),
 		authzMap: map[authzKey]authzEntry{},
 	}
 	mux := http.NewServeMux()
