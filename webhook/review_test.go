@@ -39,7 +39,7 @@ type fixture struct {
 	rawIP   string
 }
 
-func newFixture(t *testing.T, policyYAML string) *fixture {
+func newFixture(t testing.TB, policyYAML string) *fixture {
 	t.Helper()
 	reg := testregistry.New(t)
 	f := &fixture{reg: reg}
@@ -66,7 +66,7 @@ func newFixture(t *testing.T, policyYAML string) *fixture {
 	return f
 }
 
-func raw(t *testing.T, o runtime.Object) runtime.RawExtension {
+func raw(t testing.TB, o runtime.Object) runtime.RawExtension {
 	t.Helper()
 	b, err := json.Marshal(o)
 	if err != nil {
@@ -114,7 +114,7 @@ func workload(kind string, images ...string) (runtime.Object, metav1.GroupVersio
 	panic("unknown kind " + kind)
 }
 
-func request(t *testing.T, op admissionv1.Operation, obj runtime.Object, gvk metav1.GroupVersionKind) *admissionv1.AdmissionRequest {
+func request(t testing.TB, op admissionv1.Operation, obj runtime.Object, gvk metav1.GroupVersionKind) *admissionv1.AdmissionRequest {
 	return &admissionv1.AdmissionRequest{
 		UID: "0d2d9bd5-8b4e-4a3e-9c2f-7f6b0a1c2d3e", Kind: gvk, Namespace: "shop", Name: "shop", Operation: op, Object: raw(t, obj),
 	}
