@@ -184,6 +184,9 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, s, http.StatusForbidden, "Refused: the form's token does not match your session. Reload the page and try again.")
 		return
 	}
+	if s != nil {
+		h.revoked.revoke(*s, h.c.Now())
+	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }

@@ -94,6 +94,7 @@ type Handler struct {
 	origin   *http.CrossOriginProtection
 	logins   chan struct{}
 	limiter  *loginLimiter
+	revoked  revocations
 	authzMu  sync.Mutex
 	authzMap map[authzKey]authzEntry
 }
@@ -218,7 +219,7 @@ func (h *Handler) session(r *http.Request) *session {
 		return nil
 	}
 	s, err := h.codec.decode(c.Value, h.c.Now())
-	if err != nil {
+	if err != nil || h.revoked.revoked(s) {
 		return nil
 	}
 	return &s

@@ -2,6 +2,7 @@ package review
 
 import (
 	"context"
+	cryptorand "crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -754,6 +755,33 @@ func TestLogout(t *testing.T) {
 	cs := w.Result().Cookies()
 	if len(cs) != 1 || cs[0].Name != CookieName || cs[0].MaxAge >= 0 {
 		t.Errorf("logout cookies %v, want the session cookie removed", cs)
+	}
+	// A copy of the cookie taken before logout no longer works.
+	if w := f.do("GET", "/", nil, c); w.Code != http.StatusSeeOther {
+		t.Errorf("GET / with the logged-out cookie = %d, want a redirect to the login", w.Code)
+	}
+	if w := f.do("POST", "/decisions/"+nodeBuiltID+"/exceptions", grantValues(csrf, nil), c); w.Code != http.StatusUnauthorized || len(f.granter.grants) != 0 {
+		t.Errorf("grant with the logged-out cookie = %d, want 401", w.Code)
+	}
+	// Other sessions go on. (fixedRandom would give the new one the
+	// same ID.)
+	f.h.c.Random = cryptorand.Reader
+	c2, _ := f.login("alice-token")
+	if w := f.do("GET", "/", nil, c2); w.Code != http.StatusOK {
+		t.Errorf("GET / with a new session = %d, want 200", w.Code)
+	}
+}
+
+func TestRevocationsBounded(t *testing.T) {
+	var r revocations
+	for i := range maxRevoked + 10 {
+		r.revoke(session{ID: fmt.Sprint(i), Expires: t0.Unix() + int64(i)}, t0)
+	}
+	if len(r.ids) != maxRevoked {
+		t.Errorf("%d revocations kept, want %d", len(r.ids), maxRevoked)
+	}
+	if r.revoked(session{ID: "0"}) || !r.revoked(session{ID: fmt.Sprint(maxRevoked + 9)}) {
+		t.Error("the revocation expiring first was not the one forgotten")
 	}
 }
 

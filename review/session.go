@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -121,4 +122,53 @@ func (c sessionCodec) decode(v string, now time.Time) (session, error) {
 		return session{}, errors.New("session expired")
 	}
 	return s, nil
+}
+
+// maxRevoked bounds the sessions ended by logout that are remembered.
+const maxRevoked = 100000
+
+// revocations are the sessions ended by logout before they expired: the
+// cookie is signed and carries its own expiry, so without this list a
+// copy taken before logout would work until then. It is kept in memory,
+// so it holds for this process only (not other replicas, not after a
+// restart).
+type revocations struct {
+	mu  sync.Mutex
+	ids map[string]time.Time // session ID → its expiry
+}
+
+// revoke ends session s until its expiry.
+func (r *revocations) revoke(s session, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ids == nil {
+		r.ids = map[string]time.Time{}
+	}
+	if len(r.ids) >= maxRevoked {
+		for id, exp := range r.ids {
+			if !now.Before(exp) {
+				delete(r.ids, id)
+			}
+		}
+	}
+	if len(r.ids) >= maxRevoked {
+		// Forget the one that expires first; it is the least useful to
+		// a thief.
+		first := ""
+		for id, exp := range r.ids {
+			if first == "" || exp.Before(r.ids[first]) {
+				first = id
+			}
+		}
+		delete(r.ids, first)
+	}
+	r.ids[s.ID] = time.Unix(s.Expires, 0)
+}
+
+// revoked reports whether s was ended by logout.
+func (r *revocations) revoked(s session) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.ids[s.ID]
+	return ok
 }
