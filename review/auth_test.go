@@ -1,7 +1,10 @@
 package review
 
 import (
+	"bytes"
 	"context"
+	"encoding/csv"
+	"fmt"
 	"errors"
 	"net/url"
 	"os"
@@ -66,6 +69,28 @@ func TestParseTokens(t *testing.T) {
 	}
 }
 
+// TestStaticTokensKeepDigests: the tokens are kept as SHA-256 digests,
+// compared at one length whatever the length of the token tried, and not
+// in memory as they are.
+func TestStaticTokensKeepDigests(t *testing.T) {
+	const tok = "3f1c0a9e5b7d4e2a8c6f"
+	st, err := ParseTokens([]byte(tok + ",alice,1001\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kept := fmt.Sprintf("%s %x %v", st.tokens, st.tokens, st.tokens); strings.Contains(kept, tok) || strings.Contains(kept, fmt.Sprintf("%x", tok)) {
+		t.Errorf("the token is kept as it is: %s", kept)
+	}
+	for _, guess := range []string{tok[:16], tok + "0", tok[:19] + "0", ""} {
+		if _, err := st.Authenticate(context.Background(), guess); err == nil {
+			t.Errorf("Authenticate(%q) accepted", guess)
+		}
+	}
+	if u, err := st.Authenticate(context.Background(), tok); err != nil || u.Name != "alice" {
+		t.Errorf("Authenticate(%q) = %+v, %v", tok, u, err)
+	}
+}
+
 func TestReadTokenFile(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := ReadTokenFile(filepath.Join(dir, "missing")); err == nil || !strings.Contains(err.Error(), "token file") {
@@ -88,11 +113,23 @@ func FuzzParseTokens(f *testing.F) {
 			return
 		}
 		for _, tk := range st.tokens {
-			if len(tk.token) < 16 || tk.user.Name == "" {
-				t.Fatalf("accepted %q for %+v", tk.token, tk.user)
+			if tk.user.Name == "" {
+				t.Fatalf("accepted a user without a name: %+v", tk.user)
 			}
-			if u, err := st.Authenticate(context.Background(), string(tk.token)); err != nil || u.Name != tk.user.Name {
-				t.Fatalf("Authenticate(%q) = %+v, %v", tk.token, u, err)
+		}
+		// Every token the file names authenticates as its user.
+		r := csv.NewReader(bytes.NewReader(b))
+		r.FieldsPerRecord, r.Comment, r.TrimLeadingSpace = -1, '#', true
+		recs, err := r.ReadAll()
+		if err != nil || len(recs) != len(st.tokens) {
+			t.Fatalf("ParseTokens accepted %d users, csv reads %d records (%v)", len(st.tokens), len(recs), err)
+		}
+		for _, rec := range recs {
+			if len(rec[0]) < 16 {
+				t.Fatalf("accepted token %q, shorter than 16", rec[0])
+			}
+			if u, err := st.Authenticate(context.Background(), rec[0]); err != nil || u.Name != strings.TrimSpace(rec[1]) {
+				t.Fatalf("Authenticate(%q) = %+v, %v, want user %q", rec[0], u, err, rec[1])
 			}
 		}
 	})
