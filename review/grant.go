@@ -7,13 +7,16 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
@@ -77,12 +80,25 @@ func (c *ExceptionCreator) Grant(ctx context.Context, g Grant) (string, error) {
 			"approvedBy": g.User.Name,
 		},
 	}}
-	out, err := c.Client.Resource(cluster.ExceptionResource).Namespace(g.Namespace).Create(ctx, u, metav1.CreateOptions{})
-	if err != nil {
-		return "", fmt.Errorf("creating BuildPolicyException in %s: %w", g.Namespace, err)
+	// The API server picks the name's random suffix without checking that
+	// it is free: a collision is AlreadyExists, and another suffix is
+	// tried.
+	var err error
+	for range createAttempts {
+		var out *unstructured.Unstructured
+		out, err = c.Client.Resource(cluster.ExceptionResource).Namespace(g.Namespace).Create(ctx, u, metav1.CreateOptions{})
+		if err == nil {
+			return g.Namespace + "/" + out.GetName(), nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			break
+		}
 	}
-	return g.Namespace + "/" + out.GetName(), nil
+	return "", fmt.Errorf("creating BuildPolicyException in %s: %w", g.Namespace, err)
 }
+
+// createAttempts bounds the names tried for one exception.
+const createAttempts = 5
 
 // ExceptionFile keeps exceptions granted without a cluster in a YAML file
 // (docs/review.md shows it) and adds those of a workload's namespace to
@@ -91,6 +107,8 @@ func (c *ExceptionCreator) Grant(ctx context.Context, g Grant) (string, error) {
 // should write the file.
 type ExceptionFile struct {
 	path string
+	// random is the source of exception names' suffixes; crypto/rand.
+	random io.Reader
 
 	mu   sync.Mutex // serializes Grant and Reload
 	raw  []byte     // the file as last read or written
@@ -134,7 +152,7 @@ const maxExceptionFile = 4 << 20
 // OpenExceptionFile reads the exceptions file at path; a missing file is
 // an empty list, created at the first grant.
 func OpenExceptionFile(path string) (*ExceptionFile, error) {
-	f := &ExceptionFile{path: path, cur: &compiledFile{}}
+	f := &ExceptionFile{path: path, random: rand.Reader, cur: &compiledFile{}}
 	if err := f.Reload(); err != nil {
 		return nil, err
 	}
@@ -260,11 +278,10 @@ func (f *ExceptionFile) Grant(ctx context.Context, g Grant) (string, error) {
 			return "", fmt.Errorf("exceptions file %s (fix it before granting): %w", f.path, err)
 		}
 	}
-	suffix := make([]byte, 5)
-	if _, err := rand.Read(suffix); err != nil {
+	name, err := f.newName(list)
+	if err != nil {
 		return "", err
 	}
-	name := "review-" + hex.EncodeToString(suffix)
 	next := exceptionFile{APIVersion: ExceptionFileVersion, Kind: ExceptionFileKind}
 	for _, e := range list.Exceptions {
 		if t, err := time.Parse(time.RFC3339, e.Expires); err == nil && g.At.Sub(t) > 24*time.Hour {
@@ -298,6 +315,23 @@ func (f *ExceptionFile) Grant(ctx context.Context, g Grant) (string, error) {
 	f.raw, f.list = out, next
 	f.setCompiled(c)
 	return g.Namespace + "/" + name, nil
+}
+
+// newName returns an exception name that no exception of list has, in
+// its namespace or any other, so that a name found in a log names one
+// exception.
+func (f *ExceptionFile) newName(list exceptionFile) (string, error) {
+	suffix := make([]byte, 5)
+	for range createAttempts {
+		if _, err := io.ReadFull(f.random, suffix); err != nil {
+			return "", fmt.Errorf("exception name: %w", err)
+		}
+		name := "review-" + hex.EncodeToString(suffix)
+		if !slices.ContainsFunc(list.Exceptions, func(e fileException) bool { return e.Name == name }) {
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("exception name: no free name after %d tries", createAttempts)
 }
 
 // writeAtomic replaces path with data: a temporary file in the same

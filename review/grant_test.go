@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -57,6 +59,77 @@ func TestExceptionCreator(t *testing.T) {
 	// What it creates compiles as the CRD source compiles it.
 	if _, err := policy.CompileExceptions("spec", []policy.Exception{{Images: []string{testGrant.Image}, Reason: "INC-1234", Expires: "2026-12-08T12:00:00Z"}}); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestExceptionCreatorNameTaken: the API server picks generateName's
+// suffix without checking it is free; a collision is tried again.
+func TestExceptionCreatorNameTaken(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		collisions int
+		want       string
+		wantErr    string
+	}{
+		{name: "one collision", collisions: 1, want: "shop/review-2"},
+		{name: "always taken", collisions: 100, wantErr: "already exists"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{cluster.ExceptionResource: "BuildPolicyExceptionList"})
+			calls := 0
+			c.PrependReactor("create", "buildpolicyexceptions", func(a k8stesting.Action) (bool, runtime.Object, error) {
+				calls++
+				u := a.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured).DeepCopy()
+				if calls <= tc.collisions {
+					return true, nil, apierrors.NewAlreadyExists(cluster.ExceptionResource.GroupResource(), u.GetGenerateName()+"1")
+				}
+				u.SetName(u.GetGenerateName() + strconv.Itoa(calls))
+				return true, u, nil
+			})
+			got, err := (&ExceptionCreator{Client: c}).Grant(t.Context(), testGrant)
+			if got != tc.want || (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("Grant = %q, %v; want %q, error %q", got, err, tc.want, tc.wantErr)
+			}
+		})
+	}
+}
+
+// repeatRandom returns the same bytes n times, then others.
+type repeatRandom struct{ n int }
+
+func (r *repeatRandom) Read(p []byte) (int, error) {
+	b := byte(0xaa)
+	if r.n <= 0 {
+		b = 0xbb
+	}
+	r.n--
+	for i := range p {
+		p[i] = b
+	}
+	return len(p), nil
+}
+
+// TestExceptionFileNameTaken: a grant never reuses a name in the file.
+func TestExceptionFileNameTaken(t *testing.T) {
+	xf, err := OpenExceptionFile(filepath.Join(t.TempDir(), "exceptions.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	xf.random = &repeatRandom{n: 2}
+	first, err := xf.Grant(t.Context(), testGrant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := xf.Grant(t.Context(), testGrant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != "shop/review-aaaaaaaaaa" || second != "shop/review-bbbbbbbbbb" {
+		t.Errorf("grants named %q and %q, want shop/review-aaaaaaaaaa and shop/review-bbbbbbbbbb", first, second)
+	}
+	xf.random = &repeatRandom{n: 100}
+	if _, err := xf.Grant(t.Context(), testGrant); err == nil || !strings.Contains(err.Error(), "no free name") {
+		t.Errorf("Grant with every name taken = %v, want an error", err)
 	}
 }
 
