@@ -220,6 +220,10 @@ type Filter struct {
 // Has reports whether v is among the filter's verdicts (for checkboxes).
 func (f Filter) Has(v string) bool { return slices.Contains(f.Verdicts, v) }
 
+// maxListLimit is the most rows a list shows, and the most decisions it
+// reads from the store (the store's own maximum).
+const maxListLimit = 1000
+
 // parseFilter reads the list's query parameters; an error is the user's.
 func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, error) {
 	f := Filter{Since: strings.TrimSpace(q.Get("since")), Namespace: strings.TrimSpace(q.Get("namespace")),
@@ -260,7 +264,7 @@ func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, e
 	}
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 || n > 1000 {
+		if err != nil || n < 1 || n > maxListLimit {
 			return f, dq, fmt.Errorf("limit %q: want a number from 1 to 1000", policy.Shorten(l, 20))
 		}
 		f.Limit = n
@@ -328,6 +332,12 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request, s *session) {
 		}
 		all = true
 	}
+	if !all {
+		// Rows of namespaces the user may not list are dropped below:
+		// ask for as many as the store gives, so that the newest
+		// decisions of other namespaces do not crowd out the user's.
+		q.Limit = maxListLimit
+	}
 	ctx, cancel := h.ctx(r)
 	ds, err := h.c.Store.Decisions(ctx, q)
 	cancel()
@@ -337,6 +347,9 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	for _, d := range ds {
+		if len(data.Rows) == f.Limit {
+			break
+		}
 		if !all {
 			ok, err := h.allowed(r, s, ListDecisions.In(d.Namespace))
 			if err != nil {

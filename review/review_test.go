@@ -527,6 +527,11 @@ func TestListNamespaceAccess(t *testing.T) {
 		!strings.Contains(w.Body.String(), "You (carol) may not list decisions in namespace staging.") {
 		t.Errorf("carol's list of staging = %d, want 403\n%s", w.Code, w.Body)
 	}
+	// The newest decisions of other namespaces do not crowd out carol's:
+	// the newest two are staging's, her limit of one is shop's newest.
+	if got := rowIDs(f.do("GET", "/"+all+"&limit=1", nil, c).Body.String()); !slices.Equal(got, []string{"3"}) {
+		t.Errorf("carol's list with limit 1 = %v, want [3]", got)
+	}
 	// Answers are cached within the session: a second page costs no
 	// authorization calls.
 	before := f.authz.calls
