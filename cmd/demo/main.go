@@ -9,9 +9,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -100,6 +102,14 @@ func run(ctx context.Context, bin string, exit bool) error {
 	if _, err := cp.Kubectl(ctx, nil, "wait", "--for=condition=Established", "crd/clusterbuildpolicies.buildguard.dev", "crd/buildpolicyexceptions.buildguard.dev", "--timeout=30s"); err != nil {
 		return err
 	}
+	// buildguard's RBAC, with the buildguard-reviewer role, and a
+	// platform-team account that holds it.
+	if _, err := cp.Kubectl(ctx, nil, "apply", "-f", filepath.Join(root, "manifests", "base", "rbac.yaml")); err != nil {
+		return err
+	}
+	if _, err := cp.Kubectl(ctx, strings.NewReader(reviewerYAML), "apply", "-f", "-"); err != nil {
+		return err
+	}
 	pol := e2e.PolicyYAML(reg.Host, "10m")
 	fmt.Print(indent(pol))
 	if err := kubectl(ctx, cp, pol, "apply", "-f", "-"); err != nil {
@@ -107,7 +117,13 @@ func run(ctx context.Context, bin string, exit bool) error {
 	}
 
 	section("Starting buildguard and registering it as a validating webhook")
-	bg, err := e2e.StartBuildguard(ctx, bin, dir, cp, reg.CAFile)
+	reviewPort, err := e2e.FreePort()
+	if err != nil {
+		return err
+	}
+	storePath := filepath.Join(dir, "evidence.db")
+	bg, err := e2e.StartBuildguard(ctx, bin, dir, cp, reg.CAFile,
+		"--store-sqlite="+storePath, fmt.Sprintf("--review-listen=127.0.0.1:%d", reviewPort))
 	if err != nil {
 		return err
 	}
@@ -156,7 +172,24 @@ func run(ctx context.Context, bin string, exit bool) error {
 	fmt.Println("  the API server's audit log records validate.buildguard.dev/verdict=would-deny:")
 	fmt.Println("  " + cp.AuditLog)
 
+	section("4. Platform teams review the denials")
+	// Records reach the store a moment after the decision.
+	waitFor(ctx, 10*time.Second, func() bool {
+		out, err := exec.CommandContext(ctx, bin, "denials", "--store-sqlite", storePath, "-o", "json").Output()
+		return err == nil && strings.Count(string(out), `"id"`) >= 2
+	})
+	show(ctx, bin, nil, "denials", "--store-sqlite", storePath)
+
+	section("5. An audit scan judges what already runs")
+	show(ctx, bin, []string{"SSL_CERT_FILE=" + reg.CAFile}, "audit", "--kubeconfig", cp.Kubeconfig, "--policy-source=crd", "--no-progress")
+
+	token, err := cp.Kubectl(ctx, nil, "create", "token", "reviewer", "-n", "buildguard-system", "--duration=2h")
+	if err != nil {
+		return err
+	}
 	section("Where to look next")
+	fmt.Printf("  review UI:       https://127.0.0.1:%d/ (self-signed; log in with the reviewer's token:)\n", reviewPort)
+	fmt.Printf("                   %s\n", strings.TrimSpace(token))
 	fmt.Printf("  export KUBECONFIG=%s\n", cp.Kubeconfig)
 	fmt.Printf("  %s get clusterbuildpolicies,buildpolicyexceptions -A\n", filepath.Join(root, "bin", "kubectl"))
 	fmt.Printf("  %s check --config <policy.yaml> %s/e2e/hotfix:dev\n", bin, reg.Host)
@@ -172,6 +205,38 @@ func run(ctx context.Context, bin string, exit bool) error {
 }
 
 func section(s string) { fmt.Printf("\n== %s\n", s) }
+
+// reviewerYAML is a platform-team account holding the manifests'
+// buildguard-reviewer role: it sees every decision and may grant
+// exceptions in the review UI.
+const reviewerYAML = `apiVersion: v1
+kind: ServiceAccount
+metadata: {name: reviewer, namespace: buildguard-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: demo-reviewer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: buildguard-reviewer}
+subjects: [{kind: ServiceAccount, name: reviewer, namespace: buildguard-system}]
+`
+
+// show runs a buildguard command, with env added to its environment, and
+// shows it and its output as a person would see them. A non-zero exit
+// status is part of the story (audit exits 1 when something would be
+// denied), so it is shown, not returned.
+func show(ctx context.Context, bin string, env []string, args ...string) {
+	fmt.Printf("$ buildguard %s\n", strings.Join(args, " "))
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	fmt.Print(indent(strings.TrimSpace(string(out))))
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		fmt.Printf("  (exit status %d)\n", ee.ExitCode())
+	} else if err != nil {
+		fmt.Printf("  (%v)\n", err)
+	}
+}
 
 func indent(s string) string {
 	return "  " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n  ") + "\n"
