@@ -16,6 +16,7 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
@@ -44,7 +45,9 @@ type Handler struct {
 	ExceptionHelp string
 	// OnDecision, when set, is told of every decision after it is made,
 	// for records and for judging evidence that arrives later. It must
-	// not block: the API server is waiting.
+	// not block: the API server is waiting. ServeHTTP decodes the
+	// objects once, straight into w, so req.Object and req.OldObject are
+	// empty there; Review passes the request it was given.
 	OnDecision func(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict)
 }
 
@@ -70,15 +73,29 @@ func (e *RequestError) Error() string { return e.Msg }
 // AdmissionReview. A body that is not a valid v1 AdmissionReview gets a
 // 4xx status with the reason as plain text.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	serveReview(w, r, h.MaxBodyBytes, h.log(), h.Metrics, h.review)
+	serveReview(w, r, h.MaxBodyBytes, h.log(), h.Metrics, decodeOnce, h.reviewDecoded)
 }
 
-// serveReview decodes an AdmissionReview, answers it with review within
-// the API server's timeout, and writes the AdmissionReview back.
+// decoded is an AdmissionReview as ServeHTTP decodes it.
+type decoded struct {
+	typeMeta metav1.TypeMeta
+	req      *admissionv1.AdmissionRequest
+	// once is set when the objects were decoded in the same pass as the
+	// review, into obj and old (nil when the request has none, or null);
+	// req.Object and req.OldObject are then empty. Otherwise workloadOf
+	// decodes req.Object.Raw and req.OldObject.Raw.
+	once     bool
+	obj, old *wireObject
+}
+
+// serveReview decodes an AdmissionReview with decode, answers it with
+// review within the API server's timeout, and writes the AdmissionReview
+// back.
 func serveReview(w http.ResponseWriter, r *http.Request, limit int64, log *slog.Logger, m *Metrics,
-	review func(context.Context, *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, *policy.Verdict)) {
+	decode func([]byte) (decoded, error),
+	review func(context.Context, decoded) (*admissionv1.AdmissionResponse, *policy.Verdict)) {
 	start := time.Now()
-	in, err := readReview(w, r, limit)
+	in, err := readReview(w, r, limit, decode)
 	if err != nil {
 		var re *RequestError
 		if !errors.As(err, &re) {
@@ -99,11 +116,11 @@ func serveReview(w http.ResponseWriter, r *http.Request, limit int64, log *slog.
 		ctx, cancel = context.WithTimeout(ctx, t-Headroom)
 		defer cancel()
 	}
-	resp, v := review(ctx, in.Request)
+	resp, v := review(ctx, in)
 	if m != nil {
 		m.observe(resp, v, time.Since(start))
 	}
-	out := admissionv1.AdmissionReview{TypeMeta: in.TypeMeta, Response: resp}
+	out := admissionv1.AdmissionReview{TypeMeta: in.typeMeta, Response: resp}
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(&out); err != nil {
 		http.Error(w, "encoding response: "+err.Error(), http.StatusInternalServerError)
@@ -113,14 +130,14 @@ func serveReview(w http.ResponseWriter, r *http.Request, limit int64, log *slog.
 	w.Write(buf.Bytes())
 }
 
-func readReview(w http.ResponseWriter, r *http.Request, limit int64) (*admissionv1.AdmissionReview, error) {
+func readReview(w http.ResponseWriter, r *http.Request, limit int64, decode func([]byte) (decoded, error)) (decoded, error) {
 	if r.Method != http.MethodPost {
-		return nil, &RequestError{Code: http.StatusMethodNotAllowed, Msg: "use POST with an admission.k8s.io/v1 AdmissionReview"}
+		return decoded{}, &RequestError{Code: http.StatusMethodNotAllowed, Msg: "use POST with an admission.k8s.io/v1 AdmissionReview"}
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || mt != "application/json" {
-			return nil, &RequestError{Code: http.StatusUnsupportedMediaType, Msg: fmt.Sprintf("content type %q: want application/json", ct)}
+			return decoded{}, &RequestError{Code: http.StatusUnsupportedMediaType, Msg: fmt.Sprintf("content type %q: want application/json", ct)}
 		}
 	}
 	if limit <= 0 {
@@ -130,11 +147,54 @@ func readReview(w http.ResponseWriter, r *http.Request, limit int64) (*admission
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, &RequestError{Code: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("body larger than %d bytes", limit)}
+			return decoded{}, &RequestError{Code: http.StatusRequestEntityTooLarge, Msg: fmt.Sprintf("body larger than %d bytes", limit)}
 		}
-		return nil, &RequestError{Code: http.StatusBadRequest, Msg: "reading body: " + err.Error()}
+		return decoded{}, &RequestError{Code: http.StatusBadRequest, Msg: "reading body: " + err.Error()}
 	}
-	return DecodeReview(body)
+	return decode(body)
+}
+
+// decodeTwice decodes the review with DecodeReview, keeping the objects
+// raw for workloadOf to decode.
+func decodeTwice(body []byte) (decoded, error) {
+	rv, err := DecodeReview(body)
+	if err != nil {
+		return decoded{}, err
+	}
+	return decoded{typeMeta: rv.TypeMeta, req: rv.Request}, nil
+}
+
+// onceReview is an AdmissionReview whose request's objects decode
+// straight into wireObjects. It has every field of
+// admissionv1.AdmissionReview, with the same types, so that it accepts
+// exactly the bodies DecodeReview accepts.
+type onceReview struct {
+	metav1.TypeMeta
+	Request  *onceRequest                   `json:"request"`
+	Response *admissionv1.AdmissionResponse `json:"response"`
+}
+
+type onceRequest struct {
+	admissionv1.AdmissionRequest
+	// These shadow the embedded request's raw object and old object.
+	Object    *wireObject `json:"object"`
+	OldObject *wireObject `json:"oldObject"`
+}
+
+// decodeOnce decodes the review and the objects it carries in one pass.
+// Decoding a Deployment's review twice, first with the object kept raw,
+// then the raw object, cost more than everything else a cached review
+// does. Any body that does not decode cleanly this way (a syntax or type
+// error anywhere, a wrong apiVersion or kind, no request or uid) is
+// decoded again the two-pass way, whose errors and responses are the
+// reference: the fast way only serves well-formed reviews.
+func decodeOnce(body []byte) (decoded, error) {
+	var rv onceReview
+	if json.Unmarshal(body, &rv) == nil && rv.APIVersion == "admission.k8s.io/v1" && rv.Kind == "AdmissionReview" &&
+		rv.Request != nil && rv.Request.UID != "" {
+		return decoded{typeMeta: rv.TypeMeta, req: &rv.Request.AdmissionRequest, once: true, obj: rv.Request.Object, old: rv.Request.OldObject}, nil
+	}
+	return decodeTwice(body)
 }
 
 // DecodeReview parses an admission.k8s.io/v1 AdmissionReview carrying a

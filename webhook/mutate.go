@@ -50,8 +50,10 @@ func (m *Mutator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	serveReview(w, r, m.MaxBodyBytes, log, nil, func(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, *policy.Verdict) {
-		return m.Mutate(ctx, req), nil
+	// The mutator looks for the pods' metadata in the raw object, so it
+	// keeps it: decodeTwice.
+	serveReview(w, r, m.MaxBodyBytes, log, nil, decodeTwice, func(ctx context.Context, d decoded) (*admissionv1.AdmissionResponse, *policy.Verdict) {
+		return m.Mutate(ctx, d.req), nil
 	})
 }
 
@@ -66,7 +68,7 @@ type PatchOp struct {
 // when there is nothing to change.
 func (m *Mutator) Mutate(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
-	w, obj, early := workloadOf(req)
+	w, obj, early := workloadOf(decoded{req: req})
 	if early != nil || obj.spec == nil || w.Controlled || !w.ImageChange() {
 		// Nothing to pin or annotate (see Patch), or a bad request the
 		// validating webhook reports: no evaluation either.

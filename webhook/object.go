@@ -105,12 +105,15 @@ func gvkOf(req *admissionv1.AdmissionRequest) schema.GroupVersionKind {
 
 // podSpecOf decodes the object of an admission request as its kind and
 // returns the pod spec it carries (the pod's own, or its template's).
-func podSpecOf(req *admissionv1.AdmissionRequest) (workloadObject, error) {
-	gvk := gvkOf(req)
-	if len(req.Object.Raw) == 0 {
+func podSpecOf(d decoded) (workloadObject, error) {
+	gvk := gvkOf(d.req)
+	if d.once && d.obj == nil || !d.once && len(d.req.Object.Raw) == 0 {
 		return workloadObject{}, &DecodeError{GVK: gvk, Err: fmt.Errorf("request.object is empty")}
 	}
-	return decodeWorkload(gvk, req.Object.Raw)
+	if d.once {
+		return workloadFrom(gvk, d.obj)
+	}
+	return decodeWorkload(gvk, d.req.Object.Raw)
 }
 
 // decodeWorkload decodes raw as a workload of kind gvk. It reads only
@@ -121,6 +124,11 @@ func decodeWorkload(gvk schema.GroupVersionKind, raw []byte) (workloadObject, er
 	if err := json.Unmarshal(raw, &o); err != nil {
 		return workloadObject{}, &DecodeError{GVK: gvk, Err: err}
 	}
+	return workloadFrom(gvk, &o)
+}
+
+// workloadFrom returns the workload of kind gvk that o holds.
+func workloadFrom(gvk schema.GroupVersionKind, o *wireObject) (workloadObject, error) {
 	switch gvk {
 	case Kinds[0]: // Pod
 		return workloadObject{meta: o.Metadata.meta(), spec: o.Spec.wirePodSpec.podSpec(), specPath: "/spec", metaPath: "/metadata"}, nil

@@ -30,13 +30,14 @@ const DefaultExceptionHelp = "To admit it anyway, rebuild the image in an approv
 // Review answers one admission request. It never fails: a request it
 // cannot judge gets a response that says why.
 func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
-	resp, _ := h.review(ctx, req)
+	resp, _ := h.reviewDecoded(ctx, decoded{req: req})
 	return resp
 }
 
-// review also returns the verdict, when there is one, for metrics.
-func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, *policy.Verdict) {
-	w, _, resp := workloadOf(req)
+// reviewDecoded also returns the verdict, when there is one, for metrics.
+func (h *Handler) reviewDecoded(ctx context.Context, d decoded) (*admissionv1.AdmissionResponse, *policy.Verdict) {
+	req := d.req
+	w, _, resp := workloadOf(d)
 	if resp != nil {
 		return resp, nil
 	}
@@ -56,7 +57,8 @@ func (h *Handler) review(ctx context.Context, req *admissionv1.AdmissionRequest)
 
 // workloadOf decodes what an admission request admits. A request with
 // nothing to judge, or one that is at fault, gets its response instead.
-func workloadOf(req *admissionv1.AdmissionRequest) (engine.Workload, workloadObject, *admissionv1.AdmissionResponse) {
+func workloadOf(d decoded) (engine.Workload, workloadObject, *admissionv1.AdmissionResponse) {
+	req := d.req
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return engine.Workload{}, workloadObject{}, allowed(req.UID)
 	}
@@ -65,7 +67,7 @@ func workloadOf(req *admissionv1.AdmissionRequest) (engine.Workload, workloadObj
 	if req.SubResource != "" && req.SubResource != "ephemeralcontainers" {
 		return engine.Workload{}, workloadObject{}, allowed(req.UID)
 	}
-	obj, err := podSpecOf(req)
+	obj, err := podSpecOf(d)
 	if err != nil {
 		// *UnsupportedKindError or *DecodeError: the request is at fault.
 		return engine.Workload{}, obj, errored(req.UID, http.StatusBadRequest, err)
@@ -79,8 +81,14 @@ func workloadOf(req *admissionv1.AdmissionRequest) (engine.Workload, workloadObj
 		Operation: string(req.Operation), Annotations: obj.annotations(),
 		Controlled: obj.controlled() && controllerUser(req.UserInfo.Username),
 	}
-	if req.Operation == admissionv1.Update && len(req.OldObject.Raw) > 0 {
-		old, err := decodeWorkload(gvkOf(req), req.OldObject.Raw)
+	if req.Operation == admissionv1.Update && (d.old != nil || !d.once && len(req.OldObject.Raw) > 0) {
+		var old workloadObject
+		var err error
+		if d.once {
+			old, err = workloadFrom(gvkOf(req), d.old)
+		} else {
+			old, err = decodeWorkload(gvkOf(req), req.OldObject.Raw)
+		}
 		if err != nil {
 			return engine.Workload{}, obj, errored(req.UID, http.StatusBadRequest, fmt.Errorf("old object: %w", err))
 		}
