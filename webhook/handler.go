@@ -143,7 +143,7 @@ func readReview(w http.ResponseWriter, r *http.Request, limit int64, decode func
 	if limit <= 0 {
 		limit = DefaultMaxBodyBytes
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	body, err := readBody(http.MaxBytesReader(w, r.Body, limit), r.ContentLength, limit)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -152,6 +152,28 @@ func readReview(w http.ResponseWriter, r *http.Request, limit int64, decode func
 		return decoded{}, &RequestError{Code: http.StatusBadRequest, Msg: "reading body: " + err.Error()}
 	}
 	return decode(body)
+}
+
+// readBody reads r to its end, like io.ReadAll, into a slice that holds
+// the size the request declares (up to limit) without growing.
+func readBody(r io.Reader, size, limit int64) ([]byte, error) {
+	if size <= 0 || size > limit {
+		return io.ReadAll(r)
+	}
+	b := make([]byte, 0, size+1) // +1: the read that sees EOF needs room
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // a body longer than declared
+		}
+	}
 }
 
 // decodeTwice decodes the review with DecodeReview, keeping the objects

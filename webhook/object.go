@@ -211,6 +211,19 @@ func (w *wirePodSpec) podSpec() *corev1.PodSpec {
 		return corev1.Container{Name: x.Name, Image: x.Image, ImagePullPolicy: x.ImagePullPolicy, VolumeMounts: x.VolumeMounts}
 	}
 	s := &corev1.PodSpec{ImagePullSecrets: w.ImagePullSecrets, ServiceAccountName: w.ServiceAccountName}
+	// corev1.Container is large: size the lists once.
+	if len(w.InitContainers) > 0 {
+		s.InitContainers = make([]corev1.Container, 0, len(w.InitContainers))
+	}
+	if len(w.Containers) > 0 {
+		s.Containers = make([]corev1.Container, 0, len(w.Containers))
+	}
+	if len(w.EphemeralContainers) > 0 {
+		s.EphemeralContainers = make([]corev1.EphemeralContainer, 0, len(w.EphemeralContainers))
+	}
+	if len(w.Volumes) > 0 {
+		s.Volumes = make([]corev1.Volume, 0, len(w.Volumes))
+	}
 	for _, x := range w.InitContainers {
 		s.InitContainers = append(s.InitContainers, c(x))
 	}
