@@ -129,10 +129,11 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	return a.Run(ctx)
 }
 
-// reportURL is the node-report endpoint of buildguard at server.
+// reportURL is the node-report endpoint of buildguard at server. Only
+// https is taken: every request carries the service-account token.
 func reportURL(server string) (string, error) {
 	u, err := url.Parse(server)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return "", fmt.Errorf("--server %q: want https://host[:port]", server)
 	}
 	if !strings.HasSuffix(u.Path, "/v1/node-reports") {

@@ -19,6 +19,8 @@ func TestNodeAgentFlags(t *testing.T) {
 		{"no server", base, "--server is required"},
 		{"no node", []string{"node-agent", "--server=https://bg", "--node="}, "--node is required"},
 		{"bad server", append(base, "--server=bg.example"), `--server "bg.example": want https://host[:port]`},
+		// The token must not cross the network in clear text.
+		{"plain http server", append(base, "--server=http://bg.example"), `--server "http://bg.example": want https://host[:port]`},
 		{"bad sensor", append(base, "--server=https://bg", "--sensor=kprobe"), `--sensor "kprobe"`},
 		{"too many items", append(base, "--server=https://bg", "--batch-max-items=20000"), "--batch-max-items"},
 		{"arguments", append(base, "--server=https://bg", "extra"), "takes no arguments"},
