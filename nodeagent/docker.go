@@ -7,6 +7,7 @@ package nodeagent
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -264,26 +265,51 @@ func (d *Docker) Events(ctx context.Context, since time.Time, fn func(*Event) er
 }
 
 // decodeEvents reads newline-delimited JSON events from r. A message that
-// is not an event object is skipped: one odd line must not stop the
-// watch.
+// is not an event object is skipped, and so is one longer than
+// maxEventLine (without holding it in memory): one odd line must not stop
+// the watch, and ending the stream on it would make every reconnect, which
+// resumes at that line, end there again.
 func decodeEvents(r io.Reader, fn func(*Event) error) error {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), maxEventLine)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(strings.TrimSpace(string(line))) == 0 {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var line []byte
+	tooLong := false
+	for {
+		chunk, err := br.ReadSlice('\n')
+		switch {
+		case tooLong:
+		case len(line)+len(chunk) > maxEventLine:
+			tooLong, line = true, line[:0]
+		default:
+			line = append(line, chunk...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
 		}
-		var ev Event
-		if err := json.Unmarshal(line, &ev); err != nil || ev.Type == "" || (ev.Time == 0 && ev.TimeNano == 0) {
-			continue
+		if !tooLong {
+			if ev, ok := parseEvent(line); ok {
+				if ferr := fn(&ev); ferr != nil {
+					return ferr
+				}
+			}
 		}
-		if err := fn(&ev); err != nil {
-			return err
+		line, tooLong = line[:0], false
+		if errors.Is(err, io.EOF) {
+			return errors.New("docker /events: stream ended")
+		}
+		if err != nil {
+			return fmt.Errorf("docker /events: %w", err)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("docker /events: %w", err)
+}
+
+// parseEvent decodes one line of the event stream; ok is false for a
+// blank line or one that is not an event.
+func parseEvent(line []byte) (ev Event, ok bool) {
+	if len(bytes.TrimSpace(line)) == 0 {
+		return ev, false
 	}
-	return errors.New("docker /events: stream ended")
+	if err := json.Unmarshal(line, &ev); err != nil || ev.Type == "" || (ev.Time == 0 && ev.TimeNano == 0) {
+		return ev, false
+	}
+	return ev, true
 }

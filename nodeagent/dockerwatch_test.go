@@ -267,6 +267,19 @@ func TestDecodeEventsSkipsOddLines(t *testing.T) {
 	}
 }
 
+// A line longer than the bound is skipped, not the end of the stream:
+// the reconnect resumes at that line, so ending there would end every
+// stream there.
+func TestDecodeEventsSkipsHugeLines(t *testing.T) {
+	huge := `{"Type":"image","Action":"tag","timeNano":1,"Actor":{"ID":"` + strings.Repeat("x", maxEventLine) + `"}}`
+	in := huge + "\n" + `{"Type":"image","Action":"delete","timeNano":2}` + "\n" + huge
+	var got []Event
+	err := decodeEvents(strings.NewReader(in), func(e *Event) error { got = append(got, *e); return nil })
+	if err == nil || err.Error() != "docker /events: stream ended" || len(got) != 1 || got[0].Action != "delete" {
+		t.Errorf("decodeEvents = %v, %d events %+v; want the delete event and the stream-ended error", err, len(got), got)
+	}
+}
+
 func FuzzDecodeEvents(f *testing.F) {
 	f.Add([]byte(`{"Type":"container","Action":"create","Actor":{"ID":"abc","Attributes":{"image":"x"}},"time":1,"timeNano":1000000000}` + "\n"))
 	f.Add([]byte(`{"Type":"image","Action":"tag","Actor":{"ID":"sha256:0"},"timeNano":-1}`))
