@@ -46,10 +46,10 @@ func NewMetrics() *Metrics {
 			Name: "buildguard_node_agent_items_rejected_total", Help: "Items of accepted batches that the server refused (answered with an item error).",
 		}),
 		batchesDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "buildguard_node_agent_batches_dropped_total", Help: "Batches dropped unsent, by reason: buffer-full (the oldest made room), rejected (a 4xx answer), encode, store (the buffer directory failed).",
+			Name: "buildguard_node_agent_batches_dropped_total", Help: "Batches dropped unsent, by reason: buffer-full (the oldest made room), corrupt (damaged on disk, found at start), unreadable (reads of it kept failing), rejected (a 4xx answer), encode, store (the buffer directory failed).",
 		}, []string{"reason"}),
 		bytesDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "buildguard_node_agent_buffer_dropped_bytes_total", Help: "Bytes of batches deleted from the full buffer.",
+			Name: "buildguard_node_agent_buffer_dropped_bytes_total", Help: "Bytes of batches the buffer deleted unsent (full, corrupt or unreadable).",
 		}),
 		sendErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "buildguard_node_agent_send_errors_total", Help: "Failed sends, by reason: network, token, or the HTTP status code.",
@@ -101,9 +101,10 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
 }
 
-// BufferDropped counts a batch deleted to make room; it is Spool's onDrop.
-func (m *Metrics) BufferDropped(bytes int64) {
-	m.batchesDropped.WithLabelValues("buffer-full").Inc()
+// BufferDropped counts a batch the spool deleted unsent (reason
+// DropBufferFull, DropCorrupt or DropUnreadable); it is Spool's onDrop.
+func (m *Metrics) BufferDropped(reason string, bytes int64) {
+	m.batchesDropped.WithLabelValues(reason).Inc()
 	m.bytesDropped.Add(float64(bytes))
 }
 

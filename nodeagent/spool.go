@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,12 +19,14 @@ const DefaultBufferMaxBytes = 64 << 20
 // by a sequence number so that they are sent in the order they were made.
 // A batch is on disk (written, fsynced, renamed into place, directory
 // fsynced) before Put returns, so a crash or a restart loses none. When
-// the batches exceed MaxBytes, the oldest are deleted.
+// the batches exceed MaxBytes, the oldest are deleted. A batch that cannot
+// be read back (a file damaged on disk) is deleted too, rather than
+// stopping the batches behind it.
 type Spool struct {
 	dir      string
 	maxBytes int64
-	// onDrop is told about each batch deleted to make room.
-	onDrop func(bytes int64)
+	// onDrop is told about each batch deleted unsent, and why.
+	onDrop func(reason string, bytes int64)
 
 	mu    sync.Mutex
 	files []spoolFile // oldest first
@@ -35,14 +38,30 @@ type Spool struct {
 type spoolFile struct {
 	seq  uint64
 	size int64
+	// fails counts the failed reads of the file in a row.
+	fails int
 }
+
+// Reasons given to Spool's onDrop.
+const (
+	DropBufferFull = "buffer-full" // the oldest made room
+	DropCorrupt    = "corrupt"     // not JSON when read back at open
+	DropUnreadable = "unreadable"  // reading it failed maxReadFails times
+)
+
+// maxReadFails is how many reads of a batch in a row may fail before it is
+// dropped: a transient error (out of file descriptors) is retried, a
+// damaged file does not block the spool forever.
+const maxReadFails = 3
 
 const spoolSuffix = ".json"
 
 // OpenSpool opens (creating) dir as a spool of at most maxBytes (0: the
 // default). Half-written files of a crash are removed; batches of an
-// earlier run are kept and sent first. onDrop may be nil.
-func OpenSpool(dir string, maxBytes int64, onDrop func(bytes int64)) (*Spool, error) {
+// earlier run are kept and sent first, but those that are not JSON (torn
+// or damaged on disk) are deleted and told to onDrop as DropCorrupt.
+// onDrop may be nil.
+func OpenSpool(dir string, maxBytes int64, onDrop func(reason string, bytes int64)) (*Spool, error) {
 	if maxBytes <= 0 {
 		maxBytes = DefaultBufferMaxBytes
 	}
@@ -66,6 +85,10 @@ func OpenSpool(dir string, maxBytes int64, onDrop func(bytes int64)) (*Spool, er
 		}
 		info, err := e.Info()
 		if err != nil {
+			continue
+		}
+		if data, err := os.ReadFile(filepath.Join(dir, name)); err == nil && !json.Valid(data) {
+			s.drop(spoolFile{seq: seq, size: info.Size()}, DropCorrupt)
 			continue
 		}
 		s.files = append(s.files, spoolFile{seq: seq, size: info.Size()})
@@ -117,12 +140,14 @@ func (s *Spool) Put(data []byte) error {
 		os.Remove(tmp.Name())
 		return fmt.Errorf("buffer: %w", err)
 	}
-	if err := syncDir(s.dir); err != nil {
-		return fmt.Errorf("buffer: %w", err)
-	}
+	// Renamed into place: the batch is the spool's even when the directory
+	// sync fails, and counts against the bound.
 	s.files = append(s.files, spoolFile{seq: seq, size: int64(len(data))})
 	s.total += int64(len(data))
 	s.trim()
+	if err := syncDir(s.dir); err != nil {
+		return fmt.Errorf("buffer: %w", err)
+	}
 	select {
 	case s.ready <- struct{}{}:
 	default:
@@ -141,8 +166,19 @@ func (s *Spool) trim() {
 		s.files = s.files[1:]
 		s.total -= f.size
 		if s.onDrop != nil {
-			s.onDrop(f.size)
+			s.onDrop(DropBufferFull, f.size)
 		}
+	}
+}
+
+// drop deletes batch f, which is not in s.files, and tells onDrop.
+func (s *Spool) drop(f spoolFile, reason string) {
+	if err := os.Remove(s.path(f.seq)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Still there: ignored from now on (a name it will not reuse).
+		s.next = max(s.next, f.seq+1)
+	}
+	if s.onDrop != nil {
+		s.onDrop(reason, f.size)
 	}
 }
 
@@ -160,8 +196,16 @@ func (s *Spool) Oldest() (seq uint64, data []byte, ok bool, err error) {
 			continue
 		}
 		if err != nil {
-			return 0, nil, false, fmt.Errorf("buffer: %w", err)
+			s.files[0].fails++
+			if s.files[0].fails < maxReadFails {
+				return 0, nil, false, fmt.Errorf("buffer: %w", err)
+			}
+			s.files = s.files[1:]
+			s.total -= f.size
+			s.drop(f, DropUnreadable)
+			continue
 		}
+		s.files[0].fails = 0
 		return f.seq, data, true, nil
 	}
 	return 0, nil, false, nil
