@@ -168,7 +168,7 @@ func (b *keptBuild) owns(c conns.Conn, window time.Duration) bool {
 			}
 		}
 	}
-	if (c.PID > 0 && b.pids[c.PID]) || (c.PPID > 0 && b.pids[c.PPID]) {
+	if ((c.PID > 0 && b.pids[c.PID]) || (c.PPID > 0 && b.pids[c.PPID])) && b.ownsByPID(c) {
 		return true
 	}
 	if len(b.ctrs) > 0 || len(b.pids) > 0 {
@@ -179,6 +179,26 @@ func (b *keptBuild) owns(c conns.Conn, window time.Duration) bool {
 		end = start
 	}
 	return !c.Time.Before(start.Add(-window)) && !c.Time.After(end)
+}
+
+// pidSlack is how far a connection tied to a build by its process may lie
+// outside the build's span: the sensors' clocks are converted, and procfs
+// samples a connection up to a second after it was made.
+const pidSlack = 2 * time.Second
+
+// ownsByPID reports whether c, whose process or parent is one of the
+// build's, can be the build's. PIDs are reused, and a build is kept for
+// Window after it ended: a process of another container, or one that
+// connects outside the build's span, only got a PID the build once had,
+// and reporting it would make the server judge the build by it.
+func (b *keptBuild) ownsByPID(c conns.Conn) bool {
+	if c.ContainerID != "" && len(b.ctrs) > 0 {
+		return false // its container is known and is none of the build's (checked first)
+	}
+	if !b.info.Started.IsZero() && c.Time.Before(b.info.Started.Add(-pidSlack)) {
+		return false
+	}
+	return b.info.Finished.IsZero() || !c.Time.After(b.info.Finished.Add(pidSlack))
 }
 
 // adopt makes c's process one of the build's, so that its children's

@@ -59,6 +59,16 @@ func TestAttributor(t *testing.T) {
 			wantAtBld: []int{2, 3}, wantLater: []int{4}, wantPIDs: nil,
 		},
 		{
+			// PIDs are reused: a process of another container, or one
+			// after the build ended, that got the build's PID is not the
+			// build's (the server would judge the build by it).
+			name:     "a reused PID in another container or after the build is not the build's",
+			build:    classic,
+			before:   []conns.Conn{conn(10, 100, 1, hexID('9')), conn(11, 160, 100, hexID('9'))},
+			after:    []conns.Conn{conn(60, 100, 1, ""), conn(61, 170, 100, "")},
+			wantPIDs: []int{100},
+		},
+		{
 			name:   "connections without a destination port are not reported",
 			build:  classic,
 			before: []conns.Conn{{Time: at(10), PID: 200, ContainerID: stepCtr, Dst: netip.AddrPortFrom(dst.Addr(), 0)}},
