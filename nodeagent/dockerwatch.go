@@ -78,7 +78,13 @@ type pendingImage struct {
 	action string
 	at     time.Time // the event's time
 	ctr    string    // for commit: the committed container
+	tries  int       // failed examinations so far
 }
+
+// maxExamineTries bounds the examinations of one image that fail with
+// something other than not-found (2s apart: about 10 minutes), so that an
+// image the daemon keeps failing on is not retried, and kept, forever.
+const maxExamineTries = 300
 
 // maxContainers bounds the containers remembered.
 const maxContainers = 20000
@@ -331,11 +337,15 @@ func (w *DockerWatcher) examineDue(ctx context.Context, out chan<- BuildInfo, al
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			// The daemon is going away: examine it after the reconnect.
-			w.log().Warn("examining an image failed; will retry", "digest", id, "error", err)
-			p.due = now.Add(2 * time.Second)
-			w.pending[id] = p
-			continue
+			p.tries++
+			if p.tries < maxExamineTries {
+				// The daemon is going away: examine it after the reconnect.
+				w.log().Warn("examining an image failed; will retry", "digest", id, "error", err)
+				p.due = now.Add(2 * time.Second)
+				w.pending[id] = p
+				continue
+			}
+			w.log().Error("examining an image kept failing; giving up on it", "digest", id, "tries", p.tries, "error", err)
 		}
 		delete(w.pending, id)
 		if !ok {

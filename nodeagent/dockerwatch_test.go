@@ -295,3 +295,29 @@ func FuzzDecodeEvents(f *testing.F) {
 		})
 	})
 }
+
+// An image the daemon keeps failing on (not a 404) is given up after
+// maxExamineTries, not retried and kept forever.
+func TestDockerWatcherGivesUpOnAnImage(t *testing.T) {
+	d, err := NewDocker("unix://" + filepath.Join(t.TempDir(), "nothing.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	w := &DockerWatcher{Docker: d, Now: func() time.Time { return now },
+		ctrs: map[string]*seenContainer{}, pending: map[string]pendingImage{}, reported: map[string]time.Time{}}
+	w.schedule("sha256:"+hexID('a'), "tag", now, "")
+	out := make(chan BuildInfo, 1)
+	for i := range maxExamineTries {
+		now = now.Add(3 * time.Second)
+		if err := w.examineDue(t.Context(), out, false); err != nil {
+			t.Fatalf("examineDue #%d: %v", i+1, err)
+		}
+		if left := len(w.pending); (i < maxExamineTries-1) != (left == 1) {
+			t.Fatalf("after %d failed examinations %d images pending", i+1, left)
+		}
+	}
+	if len(out) != 0 {
+		t.Errorf("a build came out of an image that could not be examined")
+	}
+}
