@@ -72,8 +72,8 @@ type sendOutcome int
 
 const (
 	sent     sendOutcome = iota // 2xx: the server has it
-	retry                       // try again later: network, 5xx, 429, a token not there yet
-	rejected                    // another 4xx: the batch would never be taken
+	retry                       // try again later: network, 5xx, 429, a token not there yet, a 4xx about the endpoint
+	rejected                    // 400, 413, 415, 422: the batch would never be taken
 )
 
 // Run sends until ctx ends.
@@ -179,19 +179,22 @@ func (s *Sender) send(ctx context.Context, data []byte) (sendOutcome, time.Durat
 		}
 		s.log().Debug("report sent", "builds", res.Accepted.Builds, "connections", res.Accepted.Connections, "duplicates", res.Duplicates)
 		return sent, 0
-	case code == http.StatusTooManyRequests || code == http.StatusRequestTimeout || code/100 == 5,
-		code == http.StatusUnauthorized || code == http.StatusForbidden:
-		// 401 and 403 are about the credentials, not the batch: a token
-		// the kubelet has not rotated yet, or RBAC being fixed. The batch
-		// waits in the buffer (bounded) rather than being thrown away.
-		m.sendErrors.WithLabelValues(strconv.Itoa(code)).Inc()
-		s.log().Warn("the server cannot take a report now; buffered, will retry", "status", code, "message", shortBody(body))
-		return retry, retryAfter(resp.Header.Get("Retry-After"), s.maxBackoff())
-	default:
+	case code == http.StatusBadRequest || code == http.StatusRequestEntityTooLarge ||
+		code == http.StatusUnsupportedMediaType || code == http.StatusUnprocessableEntity:
 		m.sendErrors.WithLabelValues(strconv.Itoa(code)).Inc()
 		m.batchesDropped.WithLabelValues("rejected").Inc()
 		s.log().Error("the server refused a report; it is dropped, as it would never be taken", "status", code, "message", shortBody(body))
 		return rejected, 0
+	default:
+		// 5xx, 408 and 429 are passing. 401 and 403 are about the
+		// credentials, not the batch: a token the kubelet has not rotated
+		// yet, or RBAC being fixed. 404, 405 and other 4xx are about the
+		// endpoint (a wrong --server path, a proxy, a server without the
+		// API yet): dropping would throw every batch away. The batch
+		// waits in the buffer (bounded) rather than being thrown away.
+		m.sendErrors.WithLabelValues(strconv.Itoa(code)).Inc()
+		s.log().Warn("the server cannot take a report now; buffered, will retry", "status", code, "message", shortBody(body))
+		return retry, retryAfter(resp.Header.Get("Retry-After"), s.maxBackoff())
 	}
 }
 

@@ -107,6 +107,9 @@ func TestSenderOutcomes(t *testing.T) {
 		{"401 is retried: the token may be rotated", []int{401}, []string{"a", "b"}, 0, map[string]float64{"401": 1}},
 		{"a 400 drops that batch only", []int{400}, []string{"b"}, 1, map[string]float64{"400": 1}},
 		{"413 too", []int{413}, []string{"b"}, 1, map[string]float64{"413": 1}},
+		// About the endpoint, not the batch: dropping would empty the
+		// buffer into the void while --server is wrong.
+		{"404 and 405 are retried", []int{404, 405}, []string{"a", "b"}, 0, map[string]float64{"404": 1, "405": 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
