@@ -201,6 +201,14 @@ func (s *Sender) send(ctx context.Context, data []byte) (sendOutcome, time.Durat
 // client returns the HTTP client, made again when CAFile changed.
 func (s *Sender) client() (*http.Client, error) {
 	if s.CAFile == "" {
+		if s.Client == nil {
+			// The system's CAs; never a client that skips verification.
+			c, err := NewHTTPClient("")
+			if err != nil {
+				return nil, err
+			}
+			s.Client = c
+		}
 		return s.Client, nil
 	}
 	fi, err := os.Stat(s.CAFile)

@@ -221,3 +221,21 @@ func TestSenderReadsARotatedCA(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// Without a client or a CA file the sender trusts the system's CAs: a
+// server with a certificate they did not sign is a network error, the
+// batch stays, and nothing panics.
+func TestSenderWithoutClientVerifiesTheServer(t *testing.T) {
+	rs := &reportServer{got: make(chan struct{}, 100)}
+	s, spool, _ := startSender(t, rs, "a")
+	s.Client = nil
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	waitFor(t, "a network error", func() bool { return testutil.ToFloat64(s.Metrics.sendErrors.WithLabelValues("network")) >= 1 })
+	cancel()
+	<-done
+	if n, _ := spool.Len(); n != 1 || len(rs.got) != 0 {
+		t.Errorf("%d batches buffered, %d requests reached the server; want 1 and 0", n, len(rs.got))
+	}
+}
