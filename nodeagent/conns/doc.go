@@ -27,9 +27,10 @@
 //
 // Needs: Linux 5.8+ (ring buffer; 5.11+ or a raised RLIMIT_MEMLOCK for
 // memory accounting), CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN before 5.8),
-// tracefs — mounted at /sys/kernel/tracing by New if no tracefs or debugfs
-// is mounted, which needs CAP_SYS_ADMIN, so a DaemonSet should rather mount
-// the host's /sys/kernel/tracing —, the host PID namespace (the kernel
+// tracefs — if no tracefs or debugfs is mounted, mounted at
+// /sys/kernel/tracing while the program loads and attaches and unmounted
+// after, which needs CAP_SYS_ADMIN, so a DaemonSet should rather mount the
+// host's /sys/kernel/tracing —, the host PID namespace (the kernel
 // reports host PIDs, which are looked up under ProcRoot), and the host's
 // /proc. kprobes are not used. The program is declared "Dual MIT/GPL"
 // because bpf_probe_read_kernel and bpf_get_current_task are GPL-only

@@ -97,14 +97,17 @@ type ebpfWatcher struct {
 
 // newEBPFWatcher prepares the sensor and proves it loads and attaches.
 func newEBPFWatcher(opts Options) (*ebpfWatcher, error) {
-	if err := ensureTracefs(); err != nil {
-		return nil, &LoadError{Step: "tracefs", Err: err}
-	}
-	layout, err := readSockStateLayout()
+	w := &ebpfWatcher{procRoot: opts.ProcRoot, log: opts.Log}
+	err := withTracefs(func() error {
+		var err error
+		if w.layout, err = readSockStateLayout(); err != nil {
+			return &LoadError{Step: "format", Err: err}
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, &LoadError{Step: "format", Err: err}
+		return nil, err
 	}
-	w := &ebpfWatcher{procRoot: opts.ProcRoot, log: opts.Log, layout: layout}
 	if w.task, err = kernelTaskOffsets(); err != nil {
 		// The parent and cgroup then come from /proc/PID only, which is
 		// gone for processes that exit quickly; worth a warning, not a
@@ -159,6 +162,16 @@ func (s *session) close() {
 // load creates the maps, loads and attaches the program and opens the ring
 // buffer reader.
 func (w *ebpfWatcher) load() (*session, error) {
+	var s *session
+	err := withTracefs(func() error {
+		var err error
+		s, err = w.loadAttach()
+		return err
+	})
+	return s, err
+}
+
+func (w *ebpfWatcher) loadAttach() (*session, error) {
 	s := &session{}
 	var err error
 	s.events, err = ebpf.NewMap(&ebpf.MapSpec{Name: "bg_conn_events", Type: ebpf.RingBuf, MaxEntries: ringBytes})
@@ -519,17 +532,21 @@ func copyField(ev asm.Register, evOff int, ctx asm.Register, f traceField) asm.I
 	return out
 }
 
-// ensureTracefs mounts tracefs at /sys/kernel/tracing when no tracefs (or
-// debugfs with tracing/) is mounted: link.Tracepoint reads event IDs there.
-func ensureTracefs() error {
+// withTracefs runs f with tracefs mounted: the tracepoint's format and ID
+// are read there, until the program is attached. When no tracefs (or
+// debugfs with tracing/) is mounted, it mounts tracefs at
+// /sys/kernel/tracing for f only, and unmounts it after: on a host (not in
+// a pod's own mount namespace) the agent must not leave a mount behind.
+func withTracefs(f func() error) error {
 	if _, err := tracefsDir(); err == nil {
-		return nil
+		return f()
 	}
 	const dir = "/sys/kernel/tracing"
 	if err := unix.Mount("nodev", dir, "tracefs", 0, ""); err != nil {
-		return fmt.Errorf("tracefs is not mounted and mounting it at %s failed: %w", dir, err)
+		return &LoadError{Step: "tracefs", Err: fmt.Errorf("tracefs is not mounted and mounting it at %s failed: %w", dir, err)}
 	}
-	return nil
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	return f()
 }
 
 // tracefsDir finds the mounted tracefs the way cilium/ebpf does: a tracefs

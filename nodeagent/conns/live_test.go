@@ -585,3 +585,58 @@ exec %[2]s -w 2 127.0.0.23 4000`, bb, nc)
 		})
 	}
 }
+
+// tracefsChildEnv marks the re-executed test binary of
+// TestTracefsMountedOnlyWhileLoading.
+const tracefsChildEnv = "BUILDGUARD_TRACEFS_CHILD"
+
+// On a host where tracefs is not mounted, the eBPF sensor mounts it to
+// load and attach, and unmounts it after: the agent leaves no mount
+// behind. The test runs itself again in a private mount namespace (so the
+// host's mounts are untouched) with every tracefs unmounted there.
+func TestTracefsMountedOnlyWhileLoading(t *testing.T) {
+	requireRoot(t)
+	if os.Getenv(tracefsChildEnv) == "" {
+		if _, err := exec.LookPath("unshare"); err != nil {
+			t.Skip("unshare (util-linux) is needed")
+		}
+		cmd := exec.Command("unshare", "--mount", "--propagation", "private",
+			os.Args[0], "-test.run=^TestTracefsMountedOnlyWhileLoading$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), tracefsChildEnv+"=1")
+		out, err := cmd.CombinedOutput()
+		if err == nil && strings.Contains(string(out), "--- SKIP") {
+			t.Skipf("skipped in the mount namespace:\n%s", out)
+		}
+		if err != nil || !strings.Contains(string(out), "--- PASS") {
+			t.Fatalf("in a private mount namespace: %v\n%s", err, out)
+		}
+		return
+	}
+	for range 10 {
+		dir, err := tracefsDir()
+		if err != nil {
+			break
+		}
+		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil {
+			t.Skipf("cannot unmount tracefs at %s: %v", dir, err)
+		}
+	}
+	if dir, err := tracefsDir(); err == nil {
+		t.Skipf("tracefs still mounted at %s", dir)
+	}
+	w, fallback := New(Options{Log: testLogger(t)})
+	if fallback != nil {
+		t.Fatalf("eBPF sensor without tracefs mounted: %v", fallback)
+	}
+	if dir, err := tracefsDir(); err == nil {
+		t.Errorf("tracefs left mounted at %s after New", dir)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+	defer cancel()
+	if err := w.Run(ctx, func(Conn) {}); err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if dir, err := tracefsDir(); err == nil {
+		t.Errorf("tracefs left mounted at %s after Run", dir)
+	}
+}
