@@ -60,6 +60,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	sensor := a.Conns.Sensor()
 	a.Attrib.Sensor = sensor
 	a.Metrics.sensor.WithLabelValues(sensor).Set(1)
+	a.Metrics.watchSensor(a.Conns)
 	a.Metrics.buffer(a.Spool.Len())
 
 	sendCtx, stopSend := context.WithCancel(context.WithoutCancel(ctx))

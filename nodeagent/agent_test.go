@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +22,11 @@ import (
 type fixedConns struct{ conns []conns.Conn }
 
 func (f fixedConns) Sensor() string { return "ebpf" }
+
+// Stats reports a ring buffer that lost 7 connections.
+func (f fixedConns) Stats() conns.Stats {
+	return conns.Stats{Reported: uint64(len(f.conns)), Dropped: 7, Unenriched: 1}
+}
 
 func (f fixedConns) Run(ctx context.Context, emit func(conns.Conn)) error {
 	for _, c := range f.conns {
@@ -69,6 +75,15 @@ func TestAgentReportsBuildWithItsConnection(t *testing.T) {
 	})
 	if n, _ := spool.Len(); n != 0 {
 		t.Fatalf("%d batches stored before the batch interval", n)
+	}
+	// The sensor's own losses are on /metrics.
+	const wantStats = `
+# HELP buildguard_node_agent_sensor_dropped_total Connections the eBPF sensor lost in the kernel because its ring buffer was full.
+# TYPE buildguard_node_agent_sensor_dropped_total counter
+buildguard_node_agent_sensor_dropped_total 7
+`
+	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(wantStats), "buildguard_node_agent_sensor_dropped_total"); err != nil {
+		t.Errorf("sensor drops: %v", err)
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -2,10 +2,13 @@ package nodeagent
 
 import (
 	"net/http"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"buildguard.dev/buildguard/nodeagent/conns"
 )
 
 // Metrics are the node agent's Prometheus metrics, on a registry of their
@@ -29,6 +32,45 @@ type Metrics struct {
 	connsReported  prometheus.Counter
 	connsEvicted   prometheus.Counter
 	sensor         *prometheus.GaugeVec
+	sensorStats    sensorStatsCollector
+}
+
+// sensorStatsCollector exports the connection sensor's own counters
+// (conns.Stats), read at scrape time: the eBPF ring buffer's drops are
+// counted in the kernel, not by the agent.
+type sensorStatsCollector struct {
+	mu      sync.Mutex
+	stats   func() conns.Stats
+	dropped *prometheus.Desc
+	unenr   *prometheus.Desc
+}
+
+func (c *sensorStatsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.dropped
+	ch <- c.unenr
+}
+
+func (c *sensorStatsCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	f := c.stats
+	c.mu.Unlock()
+	if f == nil {
+		return
+	}
+	st := f()
+	ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Dropped))
+	ch <- prometheus.MustNewConstMetric(c.unenr, prometheus.CounterValue, float64(st.Unenriched))
+}
+
+// watchSensor exports w's counters when it keeps any (conns.StatsReporter).
+func (m *Metrics) watchSensor(w conns.Watcher) {
+	sr, ok := w.(conns.StatsReporter)
+	if !ok {
+		return
+	}
+	m.sensorStats.mu.Lock()
+	m.sensorStats.stats = sr.Stats
+	m.sensorStats.mu.Unlock()
 }
 
 // NewMetrics returns metrics registered on a new registry, with the Go
@@ -89,6 +131,11 @@ func NewMetrics() *Metrics {
 			Name: "buildguard_node_agent_sensor", Help: "1 for the connection sensor in use (ebpf, procfs).",
 		}, []string{"sensor"}),
 	}
+	m.sensorStats.dropped = prometheus.NewDesc("buildguard_node_agent_sensor_dropped_total",
+		"Connections the eBPF sensor lost in the kernel because its ring buffer was full.", nil, nil)
+	m.sensorStats.unenr = prometheus.NewDesc("buildguard_node_agent_sensor_unenriched_total",
+		"Connections the sensor saw whose process had gone before its /proc details were read.", nil, nil)
+	m.reg.MustRegister(&m.sensorStats)
 	m.reg.MustRegister(m.batchesSent, m.itemsSent, m.itemsRejected, m.batchesDropped, m.bytesDropped, m.sendErrors,
 		m.sendDuration, m.bufferBatches, m.bufferBytes, m.dockerEvents, m.dockerConnects, m.dockerUp, m.builds,
 		m.connsSeen, m.connsReported, m.connsEvicted, m.sensor,
