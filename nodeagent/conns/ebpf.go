@@ -239,12 +239,7 @@ func (w *ebpfWatcher) Run(ctx context.Context, emit func(Conn)) error {
 		err := s.reader.ReadInto(&rec)
 		switch {
 		case err == nil:
-			ev, err := decodeEvent(rec.RawSample)
-			if err != nil {
-				return fmt.Errorf("ebpf connection sensor: %w", err)
-			}
-			emit(w.enrich(ev, monotonicNow(), time.Now()))
-			w.reported.Add(1)
+			w.record(rec.RawSample, emit)
 			continue
 		case errors.Is(err, os.ErrDeadlineExceeded):
 		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed):
@@ -255,6 +250,19 @@ func (w *ebpfWatcher) Run(ctx context.Context, emit func(Conn)) error {
 		}
 		w.publishDrops(s, &lastDrops)
 	}
+}
+
+// record reports the connection of one ring buffer record. A record it
+// cannot decode is logged and skipped: ending Run on it would stop the
+// sensor, and lose connections, until the agent restarts it.
+func (w *ebpfWatcher) record(raw []byte, emit func(Conn)) {
+	ev, err := decodeEvent(raw)
+	if err != nil {
+		w.log.Warn("eBPF connection sensor: skipping a record", "error", err)
+		return
+	}
+	emit(w.enrich(ev, monotonicNow(), time.Now()))
+	w.reported.Add(1)
 }
 
 // publishDrops adds the program's new drops to the watcher's counter.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -259,6 +260,17 @@ func TestDecodeEvent(t *testing.T) {
 	}
 	if _, err := decodeEvent(make([]byte, eventBytes-1)); err == nil {
 		t.Errorf("decodeEvent of a short record: no error")
+	}
+
+	// A record the sensor cannot decode is skipped, not the end of the
+	// sensor: the next one is still reported.
+	w := &ebpfWatcher{procRoot: t.TempDir(), log: slog.New(slog.DiscardHandler)}
+	var got []Conn
+	for _, r := range [][]byte{rec(99, 1, "", ""), make([]byte, 3), rec(afInet, 8080, "127.0.0.23", "")} {
+		w.record(r, func(c Conn) { got = append(got, c) })
+	}
+	if len(got) != 1 || got[0].Dst.String() != "127.0.0.23:8080" || w.Stats().Reported != 1 {
+		t.Errorf("records: reported %+v, stats %+v; want the third only", got, w.Stats())
 	}
 }
 
