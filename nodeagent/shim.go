@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"buildguard.dev/buildguard/nodeagent/conns"
 )
 
 // shimContainer returns the container whose runtime shim is process ppid,
@@ -30,23 +32,10 @@ func shimContainer(procRoot string, ppid int) string {
 	}
 	for i, a := range args[:len(args)-1] {
 		if a == "-id" || a == "--id" {
-			if id := args[i+1]; isHexID(id) {
+			if id := args[i+1]; conns.IsContainerID(id) {
 				return id
 			}
 		}
 	}
 	return ""
-}
-
-// isHexID reports whether s is a 64-hex container ID.
-func isHexID(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }

@@ -66,7 +66,7 @@ func containerIDFromPath(p string) string {
 	segs := strings.Split(p, "/")
 	for i := len(segs) - 1; i >= 0; i-- {
 		seg := segs[i]
-		if isContainerID(seg) {
+		if IsContainerID(seg) {
 			return seg
 		}
 		scope, ok := strings.CutSuffix(seg, ".scope")
@@ -74,7 +74,7 @@ func containerIDFromPath(p string) string {
 			continue
 		}
 		for _, prefix := range containerRuntimePrefixes {
-			if id, ok := strings.CutPrefix(scope, prefix); ok && isContainerID(id) {
+			if id, ok := strings.CutPrefix(scope, prefix); ok && IsContainerID(id) {
 				return id
 			}
 		}
@@ -82,7 +82,9 @@ func containerIDFromPath(p string) string {
 	return ""
 }
 
-func isContainerID(s string) bool {
+// IsContainerID reports whether s is a container ID as Docker, containerd
+// and CRI-O make them: 64 lower-case hex digits.
+func IsContainerID(s string) bool {
 	if len(s) != 64 {
 		return false
 	}

@@ -343,7 +343,7 @@ func FuzzParseProcCgroup(f *testing.F) {
 		if path != "" && !strings.Contains(data, path) {
 			t.Fatalf("path %q not in input", path)
 		}
-		if id != "" && (!isContainerID(id) || !strings.Contains(data, id)) {
+		if id != "" && (!IsContainerID(id) || !strings.Contains(data, id)) {
 			t.Fatalf("container ID %q", id)
 		}
 	})
