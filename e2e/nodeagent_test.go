@@ -139,6 +139,13 @@ func TestNodeAgent(t *testing.T) {
 	if out, err := e.kubectl("", "apply", "--dry-run=server", "-k", filepath.Join(root, "manifests", "node-agent")); err != nil {
 		t.Errorf("kubectl apply --dry-run=server -k manifests/node-agent: %v\n%s", err, out)
 	}
+	// Both install paths bring the agent.
+	for _, k := range []string{"manifests", "manifests/overlays/self-managed-ca"} {
+		out, err := e.kubectl("", "kustomize", filepath.Join(root, k))
+		if err != nil || !strings.Contains(out, "kind: DaemonSet") || !strings.Contains(out, "name: buildguard-node-agent") {
+			t.Errorf("kubectl kustomize %s: no node agent DaemonSet (%v)", k, err)
+		}
+	}
 	e.eventually(30*time.Second, "CRDs established", func() error {
 		_, err := e.kubectl("", "wait", "--for=condition=Established", "crd/clusterbuildpolicies.buildguard.dev", "--timeout=5s")
 		return err
