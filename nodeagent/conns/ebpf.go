@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -342,20 +343,25 @@ func (w *ebpfWatcher) enrich(ev rawEvent, monoNow time.Duration, wallNow time.Ti
 		CgroupID: ev.CgroupID,
 		Dst:      ev.Dst,
 	}
+	kernelID := containerIDFromPath(ev.CgName)
 	pi, err := readProcInfo(w.procRoot, c.PID)
-	if err == nil {
+	if err == nil && w.sameProcess(ev, pi) {
 		if c.PPID == 0 {
 			c.PPID = pi.PPID
 		}
 		c.Cmdline, c.Cgroup, c.ContainerID = pi.Cmdline, pi.Cgroup, pi.ContainerID
+		if kernelID != "" && kernelID != pi.ContainerID {
+			// What the kernel recorded at connect time wins.
+			c.Cgroup, c.ContainerID = ev.CgName, kernelID
+		}
 		return c
 	}
-	// The process is gone. The kernel recorded its cgroup's name; else its
-	// parent (a shell in the same container, as in a Dockerfile RUN step)
-	// may still be there.
+	// The process is gone, or its PID is another's now. The kernel
+	// recorded its cgroup's name; else its parent (a shell in the same
+	// container, as in a Dockerfile RUN step) may still be there.
 	w.unenriched.Add(1)
-	if id := containerIDFromPath(ev.CgName); id != "" {
-		c.Cgroup, c.ContainerID = ev.CgName, id
+	if kernelID != "" {
+		c.Cgroup, c.ContainerID = ev.CgName, kernelID
 		return c
 	}
 	if c.PPID > 0 {
@@ -364,6 +370,22 @@ func (w *ebpfWatcher) enrich(ev rawEvent, monoNow time.Duration, wallNow time.Ti
 		}
 	}
 	return c
+}
+
+// sameProcess reports whether /proc/PID still shows the process that
+// connected: PIDs are reused, and the details of a process that took the
+// PID of one that exited would tie its connection to the wrong container
+// or command. The kernel's comm is the connecting thread's, so a thread
+// that named itself is checked in /proc/PID/task/TID.
+func (w *ebpfWatcher) sameProcess(ev rawEvent, pi procInfo) bool {
+	if ev.Comm == "" || pi.Comm == ev.Comm {
+		return true
+	}
+	if ev.TID == 0 || ev.TID == ev.PID {
+		return false
+	}
+	comm, err := readBounded(filepath.Join(w.procRoot, strconv.Itoa(int(ev.PID)), "task", strconv.Itoa(int(ev.TID)), "comm"), 64)
+	return err == nil && strings.TrimSuffix(string(comm), "\n") == ev.Comm
 }
 
 // monoToWall converts a CLOCK_MONOTONIC timestamp to wall-clock time, given

@@ -323,8 +323,22 @@ func TestEnrichFromParent(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("enrich of a live process = %+v, want %+v", got, want)
 	}
-	if st := w.Stats(); st.Unenriched != 2 {
-		t.Errorf("Stats().Unenriched = %d, want 2", st.Unenriched)
+	// PID 4250 exited and was reused by a process of another container:
+	// its /proc details are not the connection's; the kernel's cgroup name
+	// and parent are.
+	got = w.enrich(rawEvent{PID: 4250, PPID: 4100, Comm: "curl", CgName: "docker-" + own + ".scope", Dst: dst}, 0, wall)
+	want = Conn{Time: wall, PID: 4250, PPID: 4100, Comm: "curl", ContainerID: own, Cgroup: "docker-" + own + ".scope", Dst: dst}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("enrich of a reused PID = %+v, want %+v", got, want)
+	}
+	// A thread that named itself is still its process.
+	p.write("4250/task/4251/comm", "worker\n")
+	got = w.enrich(rawEvent{PID: 4250, TID: 4251, Comm: "worker", Dst: dst}, 0, wall)
+	if got.Cmdline != "wget -q http://127.0.0.23/x" || got.ContainerID != id {
+		t.Errorf("enrich of a named thread = %+v, want its process's details", got)
+	}
+	if st := w.Stats(); st.Unenriched != 3 {
+		t.Errorf("Stats().Unenriched = %d, want 3", st.Unenriched)
 	}
 }
 
