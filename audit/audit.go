@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,6 +84,14 @@ type Scanner struct {
 	// ExcludeNamespaces are namespaces not judged (the webhook's own
 	// exclusions, say: kube-system). The default is none.
 	ExcludeNamespaces []string
+	// Policies and NamespaceLabels, when both are set, are the policies
+	// and namespace labels the Evaluator judges with (an *engine.Engine's
+	// Policies and Namespaces). An owned object is then covered by its
+	// owner only if its own labels select the same policies as its
+	// owner's: a policy's objectSelector may pick a Pod and not the
+	// Deployment that made it. Without them, labels are not compared.
+	Policies        engine.Policies
+	NamespaceLabels engine.Namespaces
 	// Concurrency is how many workloads are judged at once. The default
 	// is DefaultConcurrency.
 	Concurrency int
@@ -192,7 +202,7 @@ func (s *Scanner) Scan(ctx context.Context) (*Report, error) {
 		}
 	}
 	r.Listed = len(items) + r.Excluded
-	todo := selectWorkloads(items, r)
+	todo := selectWorkloads(items, r, s.selectionKeys(ctx))
 	p.Total = len(todo)
 	progress(p)
 
@@ -240,8 +250,54 @@ func (s *Scanner) Scan(ctx context.Context) (*Report, error) {
 	return r, nil
 }
 
+// selectionKeys returns a function naming the policies that govern an
+// item: items with the same key are judged under the same policies. An
+// item whose policies cannot be told has a key of its own. Without
+// Policies and NamespaceLabels, every item has the same key.
+func (s *Scanner) selectionKeys(ctx context.Context) func(*item) string {
+	if s.Policies == nil || s.NamespaceLabels == nil {
+		return func(*item) string { return "" }
+	}
+	type nsLabels struct {
+		labels map[string]string
+		err    error
+	}
+	namespaces := map[string]nsLabels{}
+	keys := map[string]string{} // namespace and labels → key
+	return func(it *item) string {
+		own := "unknown\x00" + string(it.uid)
+		ns, ok := namespaces[it.namespace]
+		if !ok {
+			ns.labels, ns.err = s.NamespaceLabels.Labels(ctx, it.namespace)
+			namespaces[it.namespace] = ns
+		}
+		if ns.err != nil {
+			return own
+		}
+		var b strings.Builder
+		b.WriteString(it.namespace)
+		for _, k := range slices.Sorted(maps.Keys(it.labels)) {
+			fmt.Fprintf(&b, "\x00%s=%s", k, it.labels[k])
+		}
+		if k, ok := keys[b.String()]; ok {
+			return k
+		}
+		sel, err := s.Policies.Select(it.namespace, ns.labels, it.labels)
+		if err != nil {
+			return own
+		}
+		var k strings.Builder
+		for _, p := range sel.Policies {
+			fmt.Fprintf(&k, "%p,", p)
+		}
+		keys[b.String()] = k.String()
+		return k.String()
+	}
+}
+
 // selectWorkloads returns the items to judge, counting the others in r.
-func selectWorkloads(items []item, r *Report) []*item {
+// key names the policies that govern an item (selectionKeys).
+func selectWorkloads(items []item, r *Report, key func(*item) string) []*item {
 	byUID := make(map[types.UID]*item, len(items))
 	for i := range items {
 		byUID[items[i].uid] = &items[i]
@@ -250,6 +306,11 @@ func selectWorkloads(items []item, r *Report) []*item {
 	// object itself or at an owner running the same ones.
 	judged := make(map[types.UID]bool, len(items))
 	visiting := map[types.UID]bool{}
+	// sameAs: the owner's verdict is it's, as it runs the same under the
+	// same policies.
+	sameAs := func(owner, it *item) bool {
+		return owner.signature() == it.signature() && key(owner) == key(it)
+	}
 	var covered func(it *item) bool
 	covered = func(it *item) bool {
 		if j, ok := judged[it.uid]; ok {
@@ -264,7 +325,7 @@ func selectWorkloads(items []item, r *Report) []*item {
 			return false // an ownership cycle, which only broken objects form
 		}
 		visiting[it.uid] = true
-		j := (owner.signature() == it.signature() && covered(owner)) || it.active
+		j := (sameAs(owner, it) && covered(owner)) || it.active
 		delete(visiting, it.uid)
 		judged[it.uid] = j
 		return j
@@ -273,8 +334,8 @@ func selectWorkloads(items []item, r *Report) []*item {
 	// (the Pods of a ReplicaSet into which a mutating webhook injected a
 	// sidecar) are judged once, by the first of them.
 	type sibling struct {
-		owner types.UID
-		sig   string
+		owner    types.UID
+		sig, key string
 	}
 	siblings := map[sibling]bool{}
 	var out []*item
@@ -284,14 +345,14 @@ func selectWorkloads(items []item, r *Report) []*item {
 		switch {
 		case owner == nil:
 			out = append(out, it)
-		case owner.signature() == it.signature() && covered(owner):
+		case sameAs(owner, it) && covered(owner):
 			r.Covered++
 		case !it.active:
 			r.Inactive++
-		case siblings[sibling{it.owner, it.signature()}]:
+		case siblings[sibling{it.owner, it.signature(), key(it)}]:
 			r.Covered++
 		default:
-			siblings[sibling{it.owner, it.signature()}] = true
+			siblings[sibling{it.owner, it.signature(), key(it)}] = true
 			out = append(out, it)
 		}
 	}

@@ -457,3 +457,76 @@ func TestScanStopsWithContext(t *testing.T) {
 		t.Fatalf("Scan = %v, %+v; want context.Canceled with a partial report", err, r)
 	}
 }
+
+// labelPolicies governs only objects labeled app=strict, as a
+// ClusterBuildPolicy with an objectSelector does.
+type labelPolicies struct{ strict *policy.Policy }
+
+func (l labelPolicies) Select(_ string, _, obj map[string]string) (engine.Selection, error) {
+	if obj["app"] == "strict" {
+		return engine.Selection{Policies: []*policy.Policy{l.strict}}, nil
+	}
+	return engine.Selection{}, nil
+}
+
+// TestScanComparesSelections: an owned object is covered by its owner
+// only when its own labels select the same policies. Here the Deployment
+// is not governed (no app=strict label) but its ReplicaSet and Pods,
+// which carry the template's labels, are: the webhook would deny the
+// Pods when they are next created.
+func TestScanComparesSelections(t *testing.T) {
+	reg := testregistry.New(t)
+	clock := testclock.New(now)
+	strict, err := policy.Compile(policy.Spec{Registries: policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(t, reg, clock)
+	e.Policies = labelPolicies{strict: strict}
+	tool := "evil.example/tool:1"
+	labeled := func(m metav1.ObjectMeta, l map[string]string) metav1.ObjectMeta { m.Labels = l; return m }
+	strictLabels := map[string]string{"app": "strict"}
+	rs := replicaSet("shop", "web-1", uid("shop", "web"), 2, tool)
+	rs.Labels = map[string]string{"app": "strict", "pod-template-hash": "1"}
+	podLabels := map[string]string{"app": "strict", "pod-template-hash": "1"}
+	p1, p2 := pod("shop", "web-1-a", uid("shop", "web-1"), corev1.PodRunning, tool), pod("shop", "web-1-b", uid("shop", "web-1"), corev1.PodRunning, tool)
+	p1.Labels, p2.Labels = podLabels, podLabels
+	// A sibling with other labels, under the same policies, is covered
+	// by the first; one governed otherwise is not.
+	other := pod("shop", "web-1-c", uid("shop", "web-1"), corev1.PodRunning, tool)
+	other.Labels = map[string]string{"app": "strict", "pod-template-hash": "1", "canary": "yes"}
+	objects := []runtime.Object{
+		&appsv1.Deployment{ObjectMeta: meta("shop", "web", ""), Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
+			ObjectMeta: labeled(metav1.ObjectMeta{}, strictLabels), Spec: spec(tool)}}},
+		rs, p1, p2, other,
+	}
+	for _, tc := range []struct {
+		name        string
+		compare     bool
+		wantJudged  map[string]string
+		wantCovered int
+	}{
+		{name: "labels not compared", compare: false,
+			wantJudged: map[string]string{"shop/Deployment/web": "allow"}, wantCovered: 4},
+		{name: "selections compared", compare: true,
+			wantJudged: map[string]string{"shop/Deployment/web": "allow", "shop/ReplicaSet/web-1": "would-deny"}, wantCovered: 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &audit.Scanner{Client: fake.NewClientset(objects...), Evaluator: e, Now: clock.Now}
+			if tc.compare {
+				s.Policies, s.NamespaceLabels = e.Policies, e.Namespaces
+			}
+			r, err := s.Scan(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, w := range r.Workloads {
+				got[w.Namespace+"/"+w.Kind+"/"+w.Name] = w.Verdict
+			}
+			if !reflect.DeepEqual(got, tc.wantJudged) || r.Covered != tc.wantCovered {
+				t.Errorf("judged %v, covered %d; want %v, %d", got, r.Covered, tc.wantJudged, tc.wantCovered)
+			}
+		})
+	}
+}

@@ -150,7 +150,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		return exitError, err
 	}
 	s := &audit.Scanner{Client: kube, Evaluator: e, Namespaces: splitList(namespaces), ExcludeNamespaces: splitList(*exclude), Concurrency: *concurrency, Log: log,
-		Progress: bar.update}
+		Policies: e.Policies, NamespaceLabels: e.Namespaces, Progress: bar.update}
 	if store != nil {
 		defer store.Close()
 		e.Evidence = store

@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"buildguard.dev/buildguard/audit"
+	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -66,6 +67,12 @@ func (a *auditLoop) start(ctx context.Context, kube kubernetes.Interface, e audi
 	}
 	s := &audit.Scanner{Client: kube, Evaluator: e, Recorder: rec, Concurrency: a.concurrency, Log: log,
 		ExcludeNamespaces: splitList(a.exclude)}
+	if en, ok := e.(*engine.Engine); ok {
+		// An owned object is covered by its owner only under the same
+		// policies. The review UI has wrapped the engine's policies by
+		// now (serve starts it first).
+		s.Policies, s.NamespaceLabels = en.Policies, en.Namespaces
+	}
 	go a.run(ctx, s, ready, log, m, time.Now)
 	return nil
 }
