@@ -63,9 +63,20 @@ type DockerWatcher struct {
 	ctrs     map[string]*seenContainer
 	pending  map[string]pendingImage // image ID → when to examine it
 	reported map[string]time.Time    // image IDs reported, and when
-	lastTime time.Time               // time of the last event received
-	lastKeys map[string]bool         // keys of the events at lastTime
+	lastTime time.Time               // latest time of the events received
+	seen     map[string]time.Time    // keys of the events within resumeOverlap of lastTime (and up to as much older)
+	pruned   time.Time               // when seen was last pruned, in event time
 }
+
+// resumeOverlap is how far before the latest event received a reconnect
+// resumes. dockerd stamps an event before it queues it, so two events made
+// at once can arrive in the other order: the later-stamped first. Resuming
+// a little earlier, and dropping the events already seen, loses neither.
+const resumeOverlap = time.Second
+
+// maxSeen bounds the keys of events kept for that (a storm of events
+// within one resumeOverlap).
+const maxSeen = 50000
 
 type seenContainer struct {
 	id      string
@@ -120,7 +131,7 @@ func (w *DockerWatcher) Run(ctx context.Context, out chan<- BuildInfo) error {
 	w.ctrs = map[string]*seenContainer{}
 	w.pending = map[string]pendingImage{}
 	w.reported = map[string]time.Time{}
-	w.lastKeys = map[string]bool{}
+	w.seen = map[string]time.Time{}
 	since := w.now().Add(-durOr(w.Replay, 10*time.Minute))
 	backoff := durOr(w.MinBackoff, 500*time.Millisecond)
 	// dockerd skips a listener that does not take an event within 100ms:
@@ -159,7 +170,7 @@ func (w *DockerWatcher) Run(ctx context.Context, out chan<- BuildInfo) error {
 		}
 		backoff = min(2*backoff, durOr(w.MaxBackoff, 30*time.Second))
 		if !w.lastTime.IsZero() {
-			since = w.lastTime
+			since = w.lastTime.Add(-resumeOverlap)
 		}
 	}
 }
@@ -225,21 +236,32 @@ func (w *DockerWatcher) waitPending(ctx context.Context, d time.Duration, out ch
 	}
 }
 
-// handle takes one event into account, once.
+// handle takes one event into account, once: an event replayed after a
+// reconnect was seen. An event stamped earlier than one already received
+// is not a replay (those start resumeOverlap before the latest).
 func (w *DockerWatcher) handle(ctx context.Context, ev Event) {
 	t := ev.When()
-	switch {
-	case t.Before(w.lastTime):
-		return // replayed after a reconnect: seen
-	case t.Equal(w.lastTime):
-		if w.lastKeys[ev.key()] {
-			return
-		}
-	default:
-		w.lastTime = t
-		clear(w.lastKeys)
+	key := ev.key()
+	if _, dup := w.seen[key]; dup {
+		return
 	}
-	w.lastKeys[ev.key()] = true
+	if t.After(w.lastTime) {
+		w.lastTime = t
+		// Pruned once per resumeOverlap, not per event: a storm of events
+		// must not cost a pass over all the keys each.
+		if t.Sub(w.pruned) > resumeOverlap {
+			cut := t.Add(-resumeOverlap)
+			for k, kt := range w.seen {
+				if kt.Before(cut) {
+					delete(w.seen, k)
+				}
+			}
+			w.pruned = t
+		}
+	}
+	if !t.Before(w.lastTime.Add(-resumeOverlap)) && len(w.seen) < maxSeen {
+		w.seen[key] = t
+	}
 	w.metric(func(m *Metrics) { m.dockerEvents.WithLabelValues(ev.Type).Inc() })
 	id := ev.Actor.ID
 	switch ev.Type {

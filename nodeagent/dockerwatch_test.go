@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // fakeEngine is the part of the Docker Engine API the watcher uses,
@@ -202,10 +204,11 @@ func TestDockerWatcherClassicBuild(t *testing.T) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			if breakAfter > 0 {
-				// Resumed from the last event received, not from the start.
-				last := f.events[breakAfter-1].When()
+				// Resumed from the last event received (less the overlap
+				// for events stamped out of order), not from the start.
+				last := f.events[breakAfter-1].When().Add(-resumeOverlap)
 				if len(f.sinces) < 2 || f.sinces[1] != fmt.Sprintf("%d.%09d", last.Unix(), last.Nanosecond()) {
-					t.Errorf("since of the reconnects: %v, want the second to be the time of event %d (%v)", f.sinces, breakAfter-1, last)
+					t.Errorf("since of the reconnects: %v, want the second to be %v before the time of event %d (%v)", f.sinces, resumeOverlap, breakAfter-1, last)
 				}
 			}
 		})
@@ -319,5 +322,34 @@ func TestDockerWatcherGivesUpOnAnImage(t *testing.T) {
 	}
 	if len(out) != 0 {
 		t.Errorf("a build came out of an image that could not be examined")
+	}
+}
+
+// dockerd stamps events before queueing them: one stamped earlier can
+// arrive after a later one. It is handled, not taken for a replay; a
+// replay after a reconnect, which starts resumeOverlap earlier, is not
+// handled twice.
+func TestDockerWatcherEventOrder(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	ev := func(ms int, id string) Event {
+		e := Event{Type: "image", Action: "tag", TimeNano: t0.Add(time.Duration(ms) * time.Millisecond).UnixNano()}
+		e.Actor.ID = id
+		return e
+	}
+	m := NewMetrics()
+	w := &DockerWatcher{Metrics: m, Now: func() time.Time { return t0 },
+		ctrs: map[string]*seenContainer{}, pending: map[string]pendingImage{}, reported: map[string]time.Time{}, seen: map[string]time.Time{}}
+	a, b, c := "sha256:"+hexID('a'), "sha256:"+hexID('b'), "sha256:"+hexID('c')
+	live := []Event{ev(10, a), ev(5, b), ev(2000, c)}
+	// The reconnect after them resumes at 1s and replays c.
+	replay := []Event{ev(2000, c)}
+	for _, e := range append(live, replay...) {
+		w.handle(t.Context(), e)
+	}
+	if _, ok := w.pending[b]; !ok || len(w.pending) != 3 {
+		t.Errorf("pending images %v, want a, b and c", w.pending)
+	}
+	if got := testutil.ToFloat64(m.dockerEvents.WithLabelValues("image")); got != 3 {
+		t.Errorf("%v image events handled, want 3 (the replay of c skipped)", got)
 	}
 }
