@@ -108,8 +108,9 @@ func (s *Sender) Run(ctx context.Context) {
 			backoff = s.minBackoff()
 		case retry:
 			if wait <= 0 {
-				// Full jitter, so that a fleet of agents does not come
-				// back at the same instant after an outage.
+				// Jitter over the upper half of the backoff ("equal
+				// jitter"), so that a fleet of agents does not come back
+				// at the same instant after an outage.
 				wait = backoff/2 + rand.N(backoff/2+1)
 				backoff = min(2*backoff, s.maxBackoff())
 			}
