@@ -46,18 +46,7 @@ func TestSpoolOrderAndRestart(t *testing.T) {
 	if err := s2.Put([]byte(`"four"`)); err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for {
-		seq, data, ok, err := s2.Oldest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !ok {
-			break
-		}
-		got = append(got, string(data))
-		s2.Remove(seq)
-	}
+	got := drain(t, s2)
 	if strings.Join(got, ",") != `"two","three","four"` {
 		t.Errorf("after restart: %v, want [two three four]", got)
 	}
@@ -93,18 +82,7 @@ func TestSpoolDropsOldestWhenFull(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			var got []string
-			for {
-				seq, data, ok, err := s.Oldest()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !ok {
-					break
-				}
-				got = append(got, string(data))
-				s.Remove(seq)
-			}
+			got := drain(t, s)
 			if strings.Join(got, ",") != strings.Join(tt.want, ",") || drops != tt.wantDrops {
 				t.Errorf("kept %v with %d drops, want %v with %d", got, drops, tt.want, tt.wantDrops)
 			}
