@@ -462,7 +462,8 @@ func (h *Handler) detail(w http.ResponseWriter, r *http.Request, s *session) {
 	if !ok {
 		return
 	}
-	if g := r.URL.Query().Get("granted"); g != "" && len(g) <= 253 && namespacedNameRE.MatchString(g) {
+	q := r.URL.Query()
+	if g := q.Get("granted"); g != "" && len(g) <= 253 && namespacedNameRE.MatchString(g) && h.codec.checkGranted(s, d.ID, g, q.Get("sig")) {
 		data.Granted = g
 	}
 	h.render(w, http.StatusOK, "detail", s, "Decision "+shortID(d.ID), data)
@@ -655,7 +656,9 @@ func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	h.c.Log.Info("review: exception granted", "exception", got, "namespace", d.Namespace, "digest", form.Ref, "uid", d.ID,
 		"user", s.User.Name, "expires", expires.Format(time.RFC3339))
-	http.Redirect(w, r, "/decisions/"+url.PathEscape(d.ID)+"?granted="+url.QueryEscape(got), http.StatusSeeOther)
+	// The confirmation is signed for this session, so that a link made
+	// elsewhere cannot tell a reviewer that an exception was granted.
+	http.Redirect(w, r, "/decisions/"+url.PathEscape(d.ID)+"?granted="+url.QueryEscape(got)+"&sig="+h.codec.granted(s, d.ID, got), http.StatusSeeOther)
 }
 
 // human writes a duration in days when it is whole days.

@@ -700,7 +700,7 @@ func TestGrant(t *testing.T) {
 				}
 				return
 			}
-			if loc := w.Header().Get("Location"); loc != "/decisions/"+nodeBuiltID+"?granted=shop%2Freview-1" {
+			if loc := w.Header().Get("Location"); !strings.HasPrefix(loc, "/decisions/"+nodeBuiltID+"?granted=shop%2Freview-1&sig=") {
 				t.Errorf("Location %q", loc)
 			}
 			if len(f.granter.grants) != 1 {
@@ -876,5 +876,34 @@ func TestScanDecisionLinks(t *testing.T) {
 	}
 	if loc := w.Header().Get("Location"); f.do("GET", loc, nil, c).Code != http.StatusOK {
 		t.Errorf("the redirect after granting, %s, does not reach the detail page", loc)
+	}
+}
+
+// TestGrantedNotForged: the confirmation after a grant is signed for the
+// session; a link with ?granted= made elsewhere says nothing.
+func TestGrantedNotForged(t *testing.T) {
+	f := newFixture(t)
+	c, csrf := f.login("alice-token")
+	for _, target := range []string{
+		"/decisions/" + nodeBuiltID + "?granted=shop%2Freview-1",
+		"/decisions/" + nodeBuiltID + "?granted=shop%2Freview-1&sig=AAAA",
+	} {
+		if page := text(f.do("GET", target, nil, c).Body.String()); strings.Contains(page, "granted.") {
+			t.Errorf("GET %s confirms a grant that was not made:\n%s", target, page)
+		}
+	}
+	w := f.do("POST", "/decisions/"+nodeBuiltID+"/exceptions", grantValues(csrf, nil), c)
+	loc := w.Header().Get("Location")
+	if page := text(f.do("GET", loc, nil, c).Body.String()); !strings.Contains(page, "Exception shop/review-1 granted.") {
+		t.Errorf("GET %s does not confirm the grant", loc)
+	}
+	// Another decision's page, or another exception's name, with that
+	// signature says nothing.
+	other := strings.Replace(loc, nodeBuiltID, "0d1e5a7c-3333-4a4a-9b9b-000000000003", 1)
+	renamed := strings.Replace(loc, "review-1", "review-2", 1)
+	for _, target := range []string{other, renamed} {
+		if page := text(f.do("GET", target, nil, c).Body.String()); strings.Contains(page, "granted.") {
+			t.Errorf("GET %s confirms a grant with another's signature", target)
+		}
 	}
 }

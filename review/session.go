@@ -94,6 +94,21 @@ func (c sessionCodec) mac(payload string) []byte {
 	return m.Sum(nil)
 }
 
+// granted signs the confirmation that session s granted exception name
+// from decision id.
+func (c sessionCodec) granted(s *session, id, name string) string {
+	m := hmac.New(sha256.New, c.key)
+	m.Write([]byte("buildguard-review-granted\x00" + s.ID + "\x00" + id + "\x00" + name))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// checkGranted reports whether sig is granted's signature.
+func (c sessionCodec) checkGranted(s *session, id, name, sig string) bool {
+	got, err := base64.RawURLEncoding.DecodeString(sig)
+	want, _ := base64.RawURLEncoding.DecodeString(c.granted(s, id, name))
+	return err == nil && hmac.Equal(got, want)
+}
+
 // decode checks v's signature and expiry at now.
 func (c sessionCodec) decode(v string, now time.Time) (session, error) {
 	if len(v) > maxCookieLen {
