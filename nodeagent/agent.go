@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,6 +89,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 
+	// The pod shares the host's PID namespace: this is the PID the
+	// sensor reports for the agent.
+	self := os.Getpid()
 	b := batcher{agent: a, report: newReport(a.Node, sensor)}
 	var flush <-chan time.Time
 	var timer *time.Timer
@@ -100,6 +104,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case c := <-connc:
 			a.Metrics.connsSeen.Inc()
+			if c.PID == self {
+				// The agent's own reports: with a build judged by node
+				// and time (BuildKit) they would count as its egress.
+				continue
+			}
 			if c.ContainerID == "" {
 				c.ContainerID = shimContainer(a.procRoot(), c.PPID)
 			}

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -119,5 +120,61 @@ buildguard_node_agent_sensor_dropped_total 7
 	p, err := evidence.ParseAgent(data)
 	if err != nil || len(p.Errors) != 0 || len(p.Report.Builds) != 1 || len(p.Report.Connections) != 1 {
 		t.Fatalf("ParseAgent = %+v, %v", p, err)
+	}
+}
+
+// With a build judged by node and time (BuildKit: no containers), the
+// node's connections during it are the build's, but not the agent's own
+// (its reports to buildguard), which would count as the build's egress.
+func TestAgentLeavesOutItsOwnConnections(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	img := "sha256:" + hexID('e')
+	f := &fakeEngine{
+		events: []Event{ev("image", "tag", img, now.Add(-time.Second), map[string]string{"name": "bk:1"})},
+		images: map[string]Image{img: {ID: img, Created: now.Add(-2 * time.Second), RepoTags: []string{"bk:1"}}},
+		history: map[string][]HistoryEntry{img: {
+			{ID: img, Created: now.Add(-2 * time.Second).Unix(), CreatedBy: "RUN /bin/sh -c wget http://203.0.113.9/x # buildkit"},
+		}},
+	}
+	at := now.Add(-1500 * time.Millisecond)
+	sensor := fixedConns{conns: []conns.Conn{
+		{Time: at, PID: os.Getpid(), Comm: "buildguard", Dst: netip.MustParseAddrPort("10.96.0.10:443")},
+		{Time: at, PID: 555, Comm: "wget", Dst: netip.MustParseAddrPort("203.0.113.9:80")},
+	}}
+	m := NewMetrics()
+	spool, err := OpenSpool(filepath.Join(t.TempDir(), "buffer"), 0, m.BufferDropped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{
+		Node:          "worker-1",
+		Docker:        &DockerWatcher{Docker: f.start(t), Settle: 20 * time.Millisecond, Metrics: m},
+		Conns:         sensor,
+		Attrib:        &Attributor{},
+		Spool:         spool,
+		Sender:        &Sender{URL: "https://127.0.0.1:1/v1/node-reports", TokenFile: filepath.Join(t.TempDir(), "none"), Spool: spool, Metrics: m, MinBackoff: time.Hour},
+		Metrics:       m,
+		BatchInterval: time.Hour,
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- a.Run(ctx) }()
+	waitFor(t, "the build found", func() bool {
+		return testutil.ToFloat64(m.builds.WithLabelValues("buildkit")) == 1 && testutil.ToFloat64(m.connsSeen) == 2
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	_, data, ok, err := spool.Oldest()
+	if err != nil || !ok {
+		t.Fatalf("no batch stored at shutdown: %v", err)
+	}
+	var r Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Builds) != 1 || len(r.Connections) != 1 || r.Connections[0].PID != 555 {
+		t.Errorf("report %s: want the build and the wget's connection only", data)
 	}
 }
