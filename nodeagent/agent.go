@@ -40,7 +40,17 @@ type Agent struct {
 	Now func() time.Time
 
 	sensorUp atomic.Bool
+	// beat is when Run's loop last went round (UnixNano; 0 before Run):
+	// /healthz fails when it is stuck, so that the kubelet restarts it.
+	beat atomic.Int64
 }
+
+// stuckAfter is how long Run's loop may go without a round before
+// /healthz fails; it goes round at least every heartbeat.
+const (
+	heartbeat  = 10 * time.Second
+	stuckAfter = 2 * time.Minute
+)
 
 func (a *Agent) now() time.Time {
 	if a.Now != nil {
@@ -95,8 +105,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	b := batcher{agent: a, report: newReport(a.Node, sensor)}
 	var flush <-chan time.Time
 	var timer *time.Timer
+	beat := time.NewTicker(heartbeat)
+	defer beat.Stop()
 	for {
+		a.beat.Store(a.now().UnixNano())
 		select {
+		case <-beat.C:
+			continue
 		case <-ctx.Done():
 			if err := b.flush(); err != nil {
 				return err
@@ -231,12 +246,19 @@ func (b *batcher) flush() error {
 	return nil
 }
 
-// Handler serves /metrics, /healthz (the process is alive) and /readyz
-// (the connection sensor runs and the buffer takes files).
+// Handler serves /metrics, /healthz (the agent's loop goes round: it is
+// not stuck on a hung disk or a deadlock) and /readyz (the connection
+// sensor runs and the buffer takes files).
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.Metrics.Handler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if b := a.beat.Load(); b != 0 {
+			if since := a.now().Sub(time.Unix(0, b)); since > stuckAfter {
+				http.Error(w, fmt.Sprintf("the agent's loop has been stuck for %s", since.Round(time.Second)), http.StatusServiceUnavailable)
+				return
+			}
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

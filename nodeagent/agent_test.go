@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -176,5 +177,50 @@ func TestAgentLeavesOutItsOwnConnections(t *testing.T) {
 	}
 	if len(r.Builds) != 1 || len(r.Connections) != 1 || r.Connections[0].PID != 555 {
 		t.Errorf("report %s: want the build and the wget's connection only", data)
+	}
+}
+
+// /healthz fails when the agent's loop has not gone round for
+// stuckAfter (a hung buffer disk, a deadlock), so that the kubelet
+// restarts it; a loop that goes round is healthy.
+func TestAgentHealthzSeesAStuckLoop(t *testing.T) {
+	var clock atomic.Int64
+	clock.Store(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC).UnixNano())
+	m := NewMetrics()
+	spool, err := OpenSpool(filepath.Join(t.TempDir(), "buffer"), 0, m.BufferDropped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{
+		Node:    "worker-1",
+		Docker:  &DockerWatcher{Docker: (&fakeEngine{}).start(t), Metrics: m},
+		Conns:   fixedConns{},
+		Attrib:  &Attributor{},
+		Spool:   spool,
+		Sender:  &Sender{URL: "https://127.0.0.1:1/v1/node-reports", TokenFile: filepath.Join(t.TempDir(), "none"), Spool: spool, Metrics: m, MinBackoff: time.Hour},
+		Metrics: m,
+		Now:     func() time.Time { return time.Unix(0, clock.Load()) },
+	}
+	h := a.Handler()
+	code := func() int {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+		return rec.Code
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- a.Run(ctx) }()
+	waitFor(t, "the loop started", func() bool { return a.beat.Load() != 0 })
+	if c := code(); c != http.StatusOK {
+		t.Errorf("/healthz of a running loop = %d, want 200", c)
+	}
+	// Three minutes on the clock without a round of the loop.
+	clock.Add(int64(3 * time.Minute))
+	if c := code(); c != http.StatusServiceUnavailable {
+		t.Errorf("/healthz of a loop stuck for 3m = %d, want 503", c)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
