@@ -74,6 +74,12 @@ type DockerWatcher struct {
 // a little earlier, and dropping the events already seen, loses neither.
 const resumeOverlap = time.Second
 
+// maxClockAhead is how far ahead of the agent's clock an event's time may
+// be and still move the resume point: one stamped in the far future
+// (a daemon's clock gone wrong) would make every reconnect ask for events
+// since then, and miss all of them.
+const maxClockAhead = time.Minute
+
 // maxSeen bounds the keys of events kept for that (a storm of events
 // within one resumeOverlap).
 const maxSeen = 50000
@@ -245,7 +251,7 @@ func (w *DockerWatcher) handle(ctx context.Context, ev Event) {
 	if _, dup := w.seen[key]; dup {
 		return
 	}
-	if t.After(w.lastTime) {
+	if t.After(w.lastTime) && !t.After(w.now().Add(maxClockAhead)) {
 		w.lastTime = t
 		// Pruned once per resumeOverlap, not per event: a storm of events
 		// must not cost a pass over all the keys each.

@@ -353,3 +353,16 @@ func TestDockerWatcherEventOrder(t *testing.T) {
 		t.Errorf("%v image events handled, want 3 (the replay of c skipped)", got)
 	}
 }
+
+// An event stamped in the far future (a daemon's clock gone wrong) is
+// handled but does not move the resume point past the events to come.
+func TestDockerWatcherFutureEvent(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	w := &DockerWatcher{Now: func() time.Time { return t0 },
+		ctrs: map[string]*seenContainer{}, pending: map[string]pendingImage{}, reported: map[string]time.Time{}, seen: map[string]time.Time{}}
+	w.handle(t.Context(), ev("image", "tag", "sha256:"+hexID('a'), t0.Add(-time.Second), nil))
+	w.handle(t.Context(), ev("image", "tag", "sha256:"+hexID('b'), t0.Add(24*time.Hour), nil))
+	if !w.lastTime.Equal(t0.Add(-time.Second)) || len(w.pending) != 2 {
+		t.Errorf("resume point %v with %d images pending; want %v and 2", w.lastTime, len(w.pending), t0.Add(-time.Second))
+	}
+}
