@@ -61,6 +61,8 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return &usageError{msg: fmt.Sprintf("--sensor %q: want auto, ebpf or procfs", *sensor)}
 	case *batchMax <= 0 || *batchMax > 10000:
 		return &usageError{msg: "--batch-max-items: want 1..10000 (the server's limit per request)"}
+	case *bufferMax <= 0:
+		return &usageError{msg: fmt.Sprintf("--buffer-max-bytes %d: must be positive", *bufferMax)}
 	case *batchInterval <= 0 || *window <= 0 || *replay <= 0:
 		return &usageError{msg: "--batch-interval, --window and --replay must be positive"}
 	}

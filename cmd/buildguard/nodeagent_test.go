@@ -22,6 +22,7 @@ func TestNodeAgentFlags(t *testing.T) {
 		// The token must not cross the network in clear text.
 		{"plain http server", append(base, "--server=http://bg.example"), `--server "http://bg.example": want https://host[:port]`},
 		{"bad sensor", append(base, "--server=https://bg", "--sensor=kprobe"), `--sensor "kprobe"`},
+		{"negative buffer bound", append(base, "--server=https://bg", "--buffer-max-bytes=-1"), "--buffer-max-bytes -1: must be positive"},
 		{"too many items", append(base, "--server=https://bg", "--batch-max-items=20000"), "--batch-max-items"},
 		{"arguments", append(base, "--server=https://bg", "extra"), "takes no arguments"},
 		{"missing CA file", append(base, "--server=https://bg", "--ca-file=/nonexistent/ca.pem"), "no such file"},
