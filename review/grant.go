@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -267,6 +268,13 @@ func (f *ExceptionFile) Grant(ctx context.Context, g Grant) (string, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// Another process granting into the same file (a second replica on a
+	// shared volume) must not write between our read and our write.
+	unlock, err := lockFile(ctx, f.path+".lock")
+	if err != nil {
+		return "", fmt.Errorf("exceptions file: %w", err)
+	}
+	defer unlock()
 	// Pick up edits by hand first, so that a grant never overwrites them.
 	raw, err := os.ReadFile(f.path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -332,6 +340,38 @@ func (f *ExceptionFile) newName(list exceptionFile) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("exception name: no free name after %d tries", createAttempts)
+}
+
+// lockPoll is how often lockFile tries again while another process holds
+// the lock.
+const lockPoll = 20 * time.Millisecond
+
+// lockFile takes an exclusive advisory lock (flock) on path, creating it,
+// and waits for it until ctx ends.
+func lockFile(ctx context.Context, path string) (func(), error) {
+	lf, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() {
+				syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
+				lf.Close()
+			}, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, syscall.EINTR) {
+			lf.Close()
+			return nil, fmt.Errorf("locking %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			lf.Close()
+			return nil, fmt.Errorf("waiting for the lock %s, held by another process: %w", path, ctx.Err())
+		case <-time.After(lockPoll):
+		}
+	}
 }
 
 // writeAtomic replaces path with data: a temporary file in the same

@@ -1,11 +1,14 @@
 package review
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,8 +165,12 @@ func TestExceptionFile(t *testing.T) {
 		}
 	}
 	entries, _ := os.ReadDir(filepath.Dir(path))
-	if len(entries) != 1 {
-		t.Errorf("directory holds %d files, want only the exceptions file (no temporary files left)", len(entries))
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"exceptions.yaml", "exceptions.yaml.lock"}) {
+		t.Errorf("directory holds %v, want only the exceptions file and its lock file (no temporary files left)", names)
 	}
 
 	// The exceptions reach the engine's selection for their namespace only.
@@ -261,4 +268,68 @@ func equalJSON(a, b any) bool {
 	x, err1 := json.Marshal(a)
 	y, err2 := json.Marshal(b)
 	return err1 == nil && err2 == nil && string(x) == string(y)
+}
+
+// TestExceptionFileTwoWriters: two processes granting into one file (two
+// ExceptionFiles here, each with its own lock file descriptor) lose no
+// grant.
+func TestExceptionFileTwoWriters(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "exceptions.yaml")
+	var files [2]*ExceptionFile
+	for i := range files {
+		xf, err := OpenExceptionFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[i] = xf
+	}
+	const each = 15
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*each)
+	for _, xf := range files {
+		for range each {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := xf.Grant(t.Context(), testGrant); err != nil {
+					errs <- err
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	xf, err := OpenExceptionFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(xf.list.Exceptions); n != 2*each {
+		t.Errorf("the file has %d exceptions after %d grants", n, 2*each)
+	}
+}
+
+func TestExceptionFileLockWaitEnds(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "exceptions.yaml")
+	unlock, err := lockFile(t.Context(), path+".lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	xf, err := OpenExceptionFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := xf.Grant(ctx, testGrant); err == nil {
+		t.Error("Grant with the lock held elsewhere and its context ended = nil error")
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), 3*lockPoll)
+	defer cancel()
+	if _, err := xf.Grant(ctx, testGrant); err == nil || !strings.Contains(err.Error(), "held by another process") {
+		t.Errorf("Grant with the lock held elsewhere = %v, want it to say the lock is held", err)
+	}
 }
