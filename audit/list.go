@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -132,111 +133,84 @@ type lister struct {
 	page func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (items []item, cont string, err error)
 }
 
+// listOf makes the lister of one kind from its typed List call and what
+// a scan keeps of each of its objects; one helper, so that every kind is
+// paged alike.
+func listOf[L any, O any](kind string, list func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (*L, error),
+	parts func(l *L) ([]O, string), keep func(x *O) item) lister {
+	return lister{kind, func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) ([]item, string, error) {
+		l, err := list(ctx, c, ns, o)
+		if err != nil {
+			return nil, "", err
+		}
+		objs, cont := parts(l)
+		out := make([]item, 0, len(objs))
+		for i := range objs {
+			out = append(out, keep(&objs[i]))
+		}
+		return out, cont, nil
+	}}
+}
+
 // listers returns the listers of every kind the webhook judges.
 func listers() []lister {
 	return []lister{
-		{"CronJob", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) ([]item, string, error) {
-			l, err := c.BatchV1().CronJobs(ns).List(ctx, o)
-			if err != nil {
-				return nil, "", err
-			}
-			out := make([]item, 0, len(l.Items))
-			for i := range l.Items {
-				x := &l.Items[i]
-				out = append(out, newItem("CronJob", &x.ObjectMeta, &x.Spec.JobTemplate.Spec.Template.Spec, true))
-			}
-			return out, l.Continue, nil
-		}},
-		{"Deployment", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) ([]item, string, error) {
-			l, err := c.AppsV1().Deployments(ns).List(ctx, o)
-			if err != nil {
-				return nil, "", err
-			}
-			out := make([]item, 0, len(l.Items))
-			for i := range l.Items {
-				x := &l.Items[i]
-				out = append(out, newItem("Deployment", &x.ObjectMeta, &x.Spec.Template.Spec, true))
-			}
-			return out, l.Continue, nil
-		}},
-		{"StatefulSet", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) ([]item, string, error) {
-			l, err := c.AppsV1().StatefulSets(ns).List(ctx, o)
-			if err != nil {
-				return nil, "", err
-			}
-			out := make([]item, 0, len(l.Items))
-			for i := range l.Items {
-				x := &l.Items[i]
-				out = append(out, newItem("StatefulSet", &x.ObjectMeta, &x.Spec.Template.Spec, true))
-			}
-			return out, l.Continue, nil
-		}},
-		{"DaemonSet", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) ([]item, string, error) {
-			l, err := c.AppsV1().DaemonSets(ns).List(ctx, o)
-			if err != nil {
-				return nil, "", err
-			}
-			out := make([]item, 0, len(l.Items))
-			for i := range l.Items {
-				x := &l.Items[i]
-				out = append(out, newItem("DaemonSet", &x.ObjectMeta, &x.Spec.Template.Spec, true))
-			}
-			return out, l.Continue, nil
-		}},
-		{"ReplicaSet", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) ([]item, string, error) {
-			l, err := c.AppsV1().ReplicaSets(ns).List(ctx, o)
-			if err != nil {
-				return nil, "", err
-			}
-			out := make([]item, 0, len(l.Items))
-			for i := range l.Items {
-				x := &l.Items[i]
-				out = append(out, newItem("ReplicaSet", &x.ObjectMeta, &x.Spec.Template.Spec, replicaSetActive(x)))
-			}
-			return out, l.Continue, nil
-		}},
-		{"ReplicationController", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) ([]item, string, error) {
-			l, err := c.CoreV1().ReplicationControllers(ns).List(ctx, o)
-			if err != nil {
-				return nil, "", err
-			}
-			out := make([]item, 0, len(l.Items))
-			for i := range l.Items {
-				x := &l.Items[i]
+		listOf("CronJob", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (*batchv1.CronJobList, error) {
+			return c.BatchV1().CronJobs(ns).List(ctx, o)
+		}, func(l *batchv1.CronJobList) ([]batchv1.CronJob, string) { return l.Items, l.Continue },
+			func(x *batchv1.CronJob) item {
+				return newItem("CronJob", &x.ObjectMeta, &x.Spec.JobTemplate.Spec.Template.Spec, true)
+			}),
+		listOf("Deployment", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (*appsv1.DeploymentList, error) {
+			return c.AppsV1().Deployments(ns).List(ctx, o)
+		}, func(l *appsv1.DeploymentList) ([]appsv1.Deployment, string) { return l.Items, l.Continue },
+			func(x *appsv1.Deployment) item {
+				return newItem("Deployment", &x.ObjectMeta, &x.Spec.Template.Spec, true)
+			}),
+		listOf("StatefulSet", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (*appsv1.StatefulSetList, error) {
+			return c.AppsV1().StatefulSets(ns).List(ctx, o)
+		}, func(l *appsv1.StatefulSetList) ([]appsv1.StatefulSet, string) { return l.Items, l.Continue },
+			func(x *appsv1.StatefulSet) item {
+				return newItem("StatefulSet", &x.ObjectMeta, &x.Spec.Template.Spec, true)
+			}),
+		listOf("DaemonSet", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (*appsv1.DaemonSetList, error) {
+			return c.AppsV1().DaemonSets(ns).List(ctx, o)
+		}, func(l *appsv1.DaemonSetList) ([]appsv1.DaemonSet, string) { return l.Items, l.Continue },
+			func(x *appsv1.DaemonSet) item {
+				return newItem("DaemonSet", &x.ObjectMeta, &x.Spec.Template.Spec, true)
+			}),
+		listOf("ReplicaSet", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (*appsv1.ReplicaSetList, error) {
+			return c.AppsV1().ReplicaSets(ns).List(ctx, o)
+		}, func(l *appsv1.ReplicaSetList) ([]appsv1.ReplicaSet, string) { return l.Items, l.Continue },
+			func(x *appsv1.ReplicaSet) item {
+				return newItem("ReplicaSet", &x.ObjectMeta, &x.Spec.Template.Spec, replicaSetActive(x))
+			}),
+		listOf("ReplicationController", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (*corev1.ReplicationControllerList, error) {
+			return c.CoreV1().ReplicationControllers(ns).List(ctx, o)
+		}, func(l *corev1.ReplicationControllerList) ([]corev1.ReplicationController, string) {
+			return l.Items, l.Continue
+		},
+			func(x *corev1.ReplicationController) item {
 				var spec *corev1.PodSpec
 				if x.Spec.Template != nil {
 					spec = &x.Spec.Template.Spec
 				}
 				active := x.Status.Replicas > 0 || x.Spec.Replicas == nil || *x.Spec.Replicas > 0
-				out = append(out, newItem("ReplicationController", &x.ObjectMeta, spec, active))
-			}
-			return out, l.Continue, nil
-		}},
-		{"Job", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) ([]item, string, error) {
-			l, err := c.BatchV1().Jobs(ns).List(ctx, o)
-			if err != nil {
-				return nil, "", err
-			}
-			out := make([]item, 0, len(l.Items))
-			for i := range l.Items {
-				x := &l.Items[i]
-				out = append(out, newItem("Job", &x.ObjectMeta, &x.Spec.Template.Spec, x.Status.Active > 0))
-			}
-			return out, l.Continue, nil
-		}},
-		{"Pod", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) ([]item, string, error) {
-			l, err := c.CoreV1().Pods(ns).List(ctx, o)
-			if err != nil {
-				return nil, "", err
-			}
-			out := make([]item, 0, len(l.Items))
-			for i := range l.Items {
-				x := &l.Items[i]
+				return newItem("ReplicationController", &x.ObjectMeta, spec, active)
+			}),
+		listOf("Job", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (*batchv1.JobList, error) {
+			return c.BatchV1().Jobs(ns).List(ctx, o)
+		}, func(l *batchv1.JobList) ([]batchv1.Job, string) { return l.Items, l.Continue },
+			func(x *batchv1.Job) item {
+				return newItem("Job", &x.ObjectMeta, &x.Spec.Template.Spec, x.Status.Active > 0)
+			}),
+		listOf("Pod", func(ctx context.Context, c kubernetes.Interface, ns string, o metav1.ListOptions) (*corev1.PodList, error) {
+			return c.CoreV1().Pods(ns).List(ctx, o)
+		}, func(l *corev1.PodList) ([]corev1.Pod, string) { return l.Items, l.Continue },
+			func(x *corev1.Pod) item {
 				active := x.Status.Phase != corev1.PodSucceeded && x.Status.Phase != corev1.PodFailed
-				out = append(out, newItem("Pod", &x.ObjectMeta, &x.Spec, active))
-			}
-			return out, l.Continue, nil
-		}},
+				return newItem("Pod", &x.ObjectMeta, &x.Spec, active)
+			}),
 	}
 }
 
