@@ -31,16 +31,26 @@ type Attributor struct {
 	Window time.Duration
 	// MaxConns bounds the connections kept. The default is 16384.
 	MaxConns int
+	// MaxBytes bounds the memory of the connections kept (command lines
+	// of up to 4 KiB each add up). The default is 32 MiB.
+	MaxBytes int
 
-	conns  []keptConn // oldest first
-	builds []*keptBuild
-	// Evicted counts connections pushed out by MaxConns before Window.
+	conns     []keptConn // oldest first
+	keptBytes int
+	builds    []*keptBuild
+	// Evicted counts connections pushed out by MaxConns or MaxBytes
+	// before Window.
 	Evicted uint64
 }
 
 type keptConn struct {
 	c        conns.Conn
 	reported bool
+}
+
+// size estimates the memory k holds.
+func (k keptConn) size() int {
+	return 200 + len(k.c.Comm) + len(k.c.Cmdline) + len(k.c.ContainerID) + len(k.c.Cgroup)
 }
 
 type keptBuild struct {
@@ -52,6 +62,13 @@ type keptBuild struct {
 }
 
 func (a *Attributor) window() time.Duration { return durOr(a.Window, 5*time.Minute) }
+
+func (a *Attributor) maxBytes() int {
+	if a.MaxBytes <= 0 {
+		return 32 << 20
+	}
+	return a.MaxBytes
+}
 
 func (a *Attributor) maxConns() int {
 	if a.MaxConns <= 0 {
@@ -67,11 +84,12 @@ func (a *Attributor) Conn(c conns.Conn, now time.Time) []Connection {
 	if !c.Dst.Addr().IsValid() || c.Dst.Port() == 0 {
 		return nil // nothing the server could take
 	}
-	if len(a.conns) >= a.maxConns() {
+	k := keptConn{c: c}
+	for len(a.conns) > 0 && (len(a.conns) >= a.maxConns() || a.keptBytes+k.size() > a.maxBytes()) {
+		a.keptBytes -= a.conns[0].size()
 		a.conns = a.conns[1:]
 		a.Evicted++
 	}
-	k := keptConn{c: c}
 	var out []Connection
 	for _, b := range a.builds {
 		if b.owns(c, a.window()) {
@@ -82,6 +100,7 @@ func (a *Attributor) Conn(c conns.Conn, now time.Time) []Connection {
 		}
 	}
 	a.conns = append(a.conns, k)
+	a.keptBytes += k.size()
 	return out
 }
 
@@ -214,6 +233,7 @@ func (a *Attributor) expire(now time.Time) {
 	cut := now.Add(-a.window())
 	i := 0
 	for i < len(a.conns) && a.conns[i].c.Time.Before(cut) {
+		a.keptBytes -= a.conns[i].size()
 		i++
 	}
 	if i > 0 {

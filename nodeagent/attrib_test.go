@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,5 +168,23 @@ func TestClip(t *testing.T) {
 	}
 	if total > maxStepsBytes || len(got) != maxStepsBytes/maxText {
 		t.Errorf("clipSteps kept %d steps, %d bytes", len(got), total)
+	}
+}
+
+// Command lines of up to 4 KiB each add up: the connections kept are
+// bounded in bytes too, the oldest pushed out and counted.
+func TestAttributorBoundsBytes(t *testing.T) {
+	a := &Attributor{Sensor: "ebpf", MaxBytes: 3 * (200 + 1000), Window: time.Minute}
+	t0 := time.Now()
+	for i := range 5 {
+		a.Conn(conns.Conn{Time: t0, PID: i + 1, Cmdline: strings.Repeat("x", 1000), Dst: netip.MustParseAddrPort("127.0.0.1:80")}, t0)
+	}
+	if len(a.conns) != 3 || a.Evicted != 2 || a.conns[0].c.PID != 3 {
+		t.Errorf("%d kept from pid %d, %d evicted; want 3 from pid 3, 2", len(a.conns), a.conns[0].c.PID, a.Evicted)
+	}
+	// Expired ones give their bytes back.
+	a.Conn(conns.Conn{Time: t0.Add(2 * time.Minute), PID: 9, Dst: netip.MustParseAddrPort("127.0.0.1:80")}, t0.Add(2*time.Minute))
+	if len(a.conns) != 1 || a.keptBytes != 200 {
+		t.Errorf("after the window: %d kept, %d bytes; want 1, 200", len(a.conns), a.keptBytes)
 	}
 }
