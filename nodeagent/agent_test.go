@@ -46,6 +46,29 @@ func (f fixedConns) Run(ctx context.Context, emit func(conns.Conn)) error {
 	return nil
 }
 
+// newTestAgent is an agent of node worker-1 on engine f and sensor, whose
+// server is away (nothing listens on 127.0.0.1:1, and there is no token):
+// batches stay in the buffer for the test to read. Its batch interval is
+// long: the batch is stored when the agent stops.
+func newTestAgent(t *testing.T, f *fakeEngine, sensor conns.Watcher) *Agent {
+	t.Helper()
+	m := NewMetrics()
+	spool, err := OpenSpool(filepath.Join(t.TempDir(), "buffer"), 0, m.BufferDropped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Agent{
+		Node:          "worker-1",
+		Docker:        &DockerWatcher{Docker: f.start(t), Settle: 20 * time.Millisecond, Metrics: m},
+		Conns:         sensor,
+		Attrib:        &Attributor{},
+		Spool:         spool,
+		Sender:        &Sender{URL: "https://127.0.0.1:1/v1/node-reports", TokenFile: filepath.Join(t.TempDir(), "none"), Spool: spool, Metrics: m, MinBackoff: time.Hour},
+		Metrics:       m,
+		BatchInterval: time.Hour,
+	}
+}
+
 // TestAgentReportsBuildWithItsConnection runs the agent on a fake Docker
 // Engine's classic build and a sensor that saw the RUN step's wget and an
 // unrelated connection; the batch it stores is a NodeReport the server's
@@ -58,25 +81,8 @@ func TestAgentReportsBuildWithItsConnection(t *testing.T) {
 		{Time: t0.Add(65 * time.Millisecond), PID: 4243, PPID: 4242, Comm: "wget", Cmdline: "wget -O /payload http://127.0.0.23:8080/payload", ContainerID: hexID('2'), CgroupID: 99, Dst: dst},
 		{Time: t0.Add(66 * time.Millisecond), PID: 77, Comm: "curl", Dst: netip.MustParseAddrPort("203.0.113.1:443")},
 	}, stopped: make(chan struct{})}
-	m := NewMetrics()
-	spool, err := OpenSpool(filepath.Join(t.TempDir(), "buffer"), 0, m.BufferDropped)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The server is away: batches stay in the buffer for the test to read.
-	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(503) }))
-	defer down.Close()
-	a := &Agent{
-		Node:    "worker-1",
-		Docker:  &DockerWatcher{Docker: f.start(t), Settle: 20 * time.Millisecond, Metrics: m},
-		Conns:   sensor,
-		Attrib:  &Attributor{},
-		Spool:   spool,
-		Sender:  &Sender{URL: down.URL, TokenFile: filepath.Join(t.TempDir(), "none"), Client: down.Client(), Spool: spool, Metrics: m, MinBackoff: time.Hour},
-		Metrics: m,
-		// Long: the batch is stored when the agent stops.
-		BatchInterval: time.Hour,
-	}
+	a := newTestAgent(t, f, sensor)
+	m, spool := a.Metrics, a.Spool
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
 	go func() { done <- a.Run(ctx) }()
@@ -142,21 +148,8 @@ func TestAgentLeavesOutItsOwnConnections(t *testing.T) {
 		{Time: at, PID: os.Getpid(), Comm: "buildguard", Dst: netip.MustParseAddrPort("10.96.0.10:443")},
 		{Time: at, PID: 555, Comm: "wget", Dst: netip.MustParseAddrPort("203.0.113.9:80")},
 	}}
-	m := NewMetrics()
-	spool, err := OpenSpool(filepath.Join(t.TempDir(), "buffer"), 0, m.BufferDropped)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &Agent{
-		Node:          "worker-1",
-		Docker:        &DockerWatcher{Docker: f.start(t), Settle: 20 * time.Millisecond, Metrics: m},
-		Conns:         sensor,
-		Attrib:        &Attributor{},
-		Spool:         spool,
-		Sender:        &Sender{URL: "https://127.0.0.1:1/v1/node-reports", TokenFile: filepath.Join(t.TempDir(), "none"), Spool: spool, Metrics: m, MinBackoff: time.Hour},
-		Metrics:       m,
-		BatchInterval: time.Hour,
-	}
+	a := newTestAgent(t, f, sensor)
+	m, spool := a.Metrics, a.Spool
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
 	go func() { done <- a.Run(ctx) }()
@@ -186,21 +179,8 @@ func TestAgentLeavesOutItsOwnConnections(t *testing.T) {
 func TestAgentHealthzSeesAStuckLoop(t *testing.T) {
 	var clock atomic.Int64
 	clock.Store(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC).UnixNano())
-	m := NewMetrics()
-	spool, err := OpenSpool(filepath.Join(t.TempDir(), "buffer"), 0, m.BufferDropped)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &Agent{
-		Node:    "worker-1",
-		Docker:  &DockerWatcher{Docker: (&fakeEngine{}).start(t), Metrics: m},
-		Conns:   fixedConns{},
-		Attrib:  &Attributor{},
-		Spool:   spool,
-		Sender:  &Sender{URL: "https://127.0.0.1:1/v1/node-reports", TokenFile: filepath.Join(t.TempDir(), "none"), Spool: spool, Metrics: m, MinBackoff: time.Hour},
-		Metrics: m,
-		Now:     func() time.Time { return time.Unix(0, clock.Load()) },
-	}
+	a := newTestAgent(t, &fakeEngine{}, fixedConns{})
+	a.Now = func() time.Time { return time.Unix(0, clock.Load()) }
 	h := a.Handler()
 	code := func() int {
 		rec := httptest.NewRecorder()
