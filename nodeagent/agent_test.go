@@ -69,6 +69,35 @@ func newTestAgent(t *testing.T, f *fakeEngine, sensor conns.Watcher) *Agent {
 	}
 }
 
+// runUntilBuild runs a until it found a build of tool and its sensor's
+// connections; stop ends it and returns the batch it stored at shutdown,
+// decoded and as stored.
+func runUntilBuild(t *testing.T, a *Agent, tool string, conns int) (stop func() (Report, []byte)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- a.Run(ctx) }()
+	waitFor(t, "the build found", func() bool {
+		return testutil.ToFloat64(a.Metrics.builds.WithLabelValues(tool)) == 1 && testutil.ToFloat64(a.Metrics.connsSeen) == float64(conns)
+	})
+	return func() (Report, []byte) {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		_, data, ok, err := a.Spool.Oldest()
+		if err != nil || !ok {
+			t.Fatalf("no batch stored at shutdown: %v", err)
+		}
+		var r Report
+		if err := json.Unmarshal(data, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r, data
+	}
+}
+
 // TestAgentReportsBuildWithItsConnection runs the agent on a fake Docker
 // Engine's classic build and a sensor that saw the RUN step's wget and an
 // unrelated connection; the batch it stores is a NodeReport the server's
@@ -82,14 +111,8 @@ func TestAgentReportsBuildWithItsConnection(t *testing.T) {
 		{Time: t0.Add(66 * time.Millisecond), PID: 77, Comm: "curl", Dst: netip.MustParseAddrPort("203.0.113.1:443")},
 	}, stopped: make(chan struct{})}
 	a := newTestAgent(t, f, sensor)
-	m, spool := a.Metrics, a.Spool
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error)
-	go func() { done <- a.Run(ctx) }()
-	waitFor(t, "the build found", func() bool {
-		return testutil.ToFloat64(m.builds.WithLabelValues("docker")) == 1 && testutil.ToFloat64(m.connsSeen) == 2
-	})
-	if n, _ := spool.Len(); n != 0 {
+	stop := runUntilBuild(t, a, "docker", 2)
+	if n, _ := a.Spool.Len(); n != 0 {
 		t.Fatalf("%d batches stored before the batch interval", n)
 	}
 	// The sensor's own losses are on /metrics.
@@ -98,25 +121,14 @@ func TestAgentReportsBuildWithItsConnection(t *testing.T) {
 # TYPE buildguard_node_agent_sensor_dropped_total counter
 buildguard_node_agent_sensor_dropped_total 7
 `
-	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(wantStats), "buildguard_node_agent_sensor_dropped_total"); err != nil {
+	if err := testutil.GatherAndCompare(a.Metrics.reg, strings.NewReader(wantStats), "buildguard_node_agent_sensor_dropped_total"); err != nil {
 		t.Errorf("sensor drops: %v", err)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	r, data := stop()
 	select {
 	case <-sensor.stopped:
 	default:
 		t.Error("Run returned before the sensor stopped")
-	}
-	_, data, ok, err := spool.Oldest()
-	if err != nil || !ok {
-		t.Fatalf("no batch stored at shutdown: %v", err)
-	}
-	var r Report
-	if err := json.Unmarshal(data, &r); err != nil {
-		t.Fatal(err)
 	}
 	if r.Node != "worker-1" || r.Sensor != "ebpf" || len(r.Builds) != 1 || len(r.Connections) != 1 || r.Connections[0].PID != 4243 {
 		t.Fatalf("report %s", data)
@@ -148,26 +160,7 @@ func TestAgentLeavesOutItsOwnConnections(t *testing.T) {
 		{Time: at, PID: os.Getpid(), Comm: "buildguard", Dst: netip.MustParseAddrPort("10.96.0.10:443")},
 		{Time: at, PID: 555, Comm: "wget", Dst: netip.MustParseAddrPort("203.0.113.9:80")},
 	}}
-	a := newTestAgent(t, f, sensor)
-	m, spool := a.Metrics, a.Spool
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error)
-	go func() { done <- a.Run(ctx) }()
-	waitFor(t, "the build found", func() bool {
-		return testutil.ToFloat64(m.builds.WithLabelValues("buildkit")) == 1 && testutil.ToFloat64(m.connsSeen) == 2
-	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	_, data, ok, err := spool.Oldest()
-	if err != nil || !ok {
-		t.Fatalf("no batch stored at shutdown: %v", err)
-	}
-	var r Report
-	if err := json.Unmarshal(data, &r); err != nil {
-		t.Fatal(err)
-	}
+	r, data := runUntilBuild(t, newTestAgent(t, f, sensor), "buildkit", 2)()
 	if len(r.Builds) != 1 || len(r.Connections) != 1 || r.Connections[0].PID != 555 {
 		t.Errorf("report %s: want the build and the wget's connection only", data)
 	}
