@@ -314,7 +314,10 @@ func (w *DockerWatcher) remember(id string, t time.Time) *seenContainer {
 }
 
 // forgetOld drops containers and reported images past the retention; when
-// full, the oldest half of the containers too.
+// full, the oldest half of the containers too. Reported images beyond
+// maxContainers (a node that builds more within the retention) lose their
+// oldest half: one of them seen again is examined again, and the server
+// takes its report again as a duplicate.
 func (w *DockerWatcher) forgetOld(full bool) {
 	cut := w.now().Add(-durOr(w.Retention, 2*time.Hour))
 	for id, c := range w.ctrs {
@@ -325,6 +328,20 @@ func (w *DockerWatcher) forgetOld(full bool) {
 	for id, t := range w.reported {
 		if t.Before(cut) {
 			delete(w.reported, id)
+		}
+	}
+	if len(w.reported) > maxContainers {
+		type rep struct {
+			id string
+			at time.Time
+		}
+		all := make([]rep, 0, len(w.reported))
+		for id, t := range w.reported {
+			all = append(all, rep{id, t})
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i].at.Before(all[j].at) })
+		for _, r := range all[:len(all)/2] {
+			delete(w.reported, r.id)
 		}
 	}
 	if full && len(w.ctrs) >= maxContainers {

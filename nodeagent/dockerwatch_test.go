@@ -366,3 +366,19 @@ func TestDockerWatcherFutureEvent(t *testing.T) {
 		t.Errorf("resume point %v with %d images pending; want %v and 2", w.lastTime, len(w.pending), t0.Add(-time.Second))
 	}
 }
+
+// The images reported are remembered within the retention, but no more of
+// them than maxContainers: the oldest half goes.
+func TestDockerWatcherBoundsReported(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	w := &DockerWatcher{Now: func() time.Time { return t0 },
+		ctrs: map[string]*seenContainer{}, pending: map[string]pendingImage{}, reported: map[string]time.Time{}}
+	for i := range maxContainers + 2 {
+		w.reported[fmt.Sprintf("sha256:%064x", i)] = t0.Add(-time.Duration(maxContainers+2-i) * time.Millisecond)
+	}
+	w.forgetOld(false)
+	newest := fmt.Sprintf("sha256:%064x", maxContainers+1)
+	if _, ok := w.reported[newest]; !ok || len(w.reported) != (maxContainers+2)-(maxContainers+2)/2 {
+		t.Errorf("%d images remembered (newest kept: %v), want %d", len(w.reported), ok, (maxContainers+2)-(maxContainers+2)/2)
+	}
+}
