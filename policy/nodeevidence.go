@@ -129,17 +129,44 @@ func (ne *nodeEvidence) attributed(b BuildEvidence, c ConnectionEvidence) (bool,
 	if len(b.PIDs) == 0 && len(b.ContainerIDs) == 0 {
 		return true, "node and time"
 	}
+	for _, id := range b.ContainerIDs {
+		if sameContainer(id, c.ContainerID) {
+			return true, "container"
+		}
+	}
+	// A PID is reused once its process ends: it names the build's process
+	// only during the build, and not in a container other than the build's.
+	if c.ContainerID != "" && len(b.ContainerIDs) > 0 {
+		return false, ""
+	}
+	if !b.Started.IsZero() && !b.Finished.IsZero() &&
+		(c.Time.Before(b.Started.Add(-pidSlack)) || c.Time.After(b.Finished.Add(pidSlack))) {
+		return false, ""
+	}
 	for _, pid := range b.PIDs {
 		if pid != 0 && pid == c.PID {
 			return true, "process"
 		}
 	}
-	for _, id := range b.ContainerIDs {
-		if id != "" && c.ContainerID != "" && (strings.HasPrefix(id, c.ContainerID) || strings.HasPrefix(c.ContainerID, id)) {
-			return true, "container"
-		}
-	}
 	return false, ""
+}
+
+// pidSlack is how far outside a build's span a connection may be and
+// still be tied to the build by its PID: sensors' clocks and the build's
+// start and end as the engine reports them differ by a few seconds.
+const pidSlack = 5 * time.Second
+
+// minContainerID is the shortest container ID prefix that names a
+// container: Docker's short IDs are 12 hex digits.
+const minContainerID = 12
+
+// sameContainer reports whether two container IDs, either possibly
+// shortened, name one container.
+func sameContainer(a, b string) bool {
+	if len(a) < minContainerID || len(b) < minContainerID {
+		return false
+	}
+	return strings.HasPrefix(a, b) || strings.HasPrefix(b, a)
 }
 
 // nodeFindings judges the builds nodes reported for one image.

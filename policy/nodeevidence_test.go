@@ -41,6 +41,11 @@ func TestNodeEvidence(t *testing.T) {
 		{"not the build's process", []BuildEvidence{build("ci-runner-1", []int{100}, nil, conn("ci-runner-1", 30*time.Second, 42, "", "203.0.113.9", 80, ""))}, ""},
 		{"the build's process", []BuildEvidence{build("ci-runner-1", []int{42}, nil, conn("ci-runner-1", 30*time.Second, 42, "", "203.0.113.9", 80, ""))}, "untrusted-egress/deny"},
 		{"the build's step container (short ID)", []BuildEvidence{build("ci-runner-1", nil, []string{"0123456789abcdef0123"}, conn("ci-runner-1", 30*time.Second, 7, "0123456789ab", "203.0.113.9", 80, ""))}, "untrusted-egress/deny"},
+		{"a container ID too short to name one", []BuildEvidence{build("ci-runner-1", nil, []string{"0123456789abcdef0123"}, conn("ci-runner-1", 30*time.Second, 7, "0123", "203.0.113.9", 80, ""))}, ""},
+		{"the build's PID, in another container", []BuildEvidence{build("ci-runner-1", []int{42}, []string{"0123456789abcdef0123"}, conn("ci-runner-1", 30*time.Second, 42, "fedcba9876543210fedc", "203.0.113.9", 80, ""))}, ""},
+		{"the build's PID, in no known container", []BuildEvidence{build("ci-runner-1", []int{42}, []string{"0123456789abcdef0123"}, conn("ci-runner-1", 30*time.Second, 42, "", "203.0.113.9", 80, ""))}, "untrusted-egress/deny"},
+		{"the build's PID, reused after the build", []BuildEvidence{build("ci-runner-1", []int{42}, nil, conn("ci-runner-1", 90*time.Second, 42, "", "203.0.113.9", 80, ""))}, ""},
+		{"the build's PID, at its very end", []BuildEvidence{build("ci-runner-1", []int{42}, nil, conn("ci-runner-1", time.Minute+3*time.Second, 42, "", "203.0.113.9", 80, ""))}, "untrusted-egress/deny"},
 		{"both at once", []BuildEvidence{build("laptop", nil, nil, conn("laptop", 10*time.Second, 42, "", "203.0.113.9", 80, ""))}, "host-built/deny untrusted-egress/deny"},
 	}
 	for _, tt := range tests {
