@@ -99,3 +99,20 @@ func TestShortRun(t *testing.T) {
 		f.close()
 	}
 }
+
+func TestReportCPUPerRequest(t *testing.T) {
+	lat := []time.Duration{time.Millisecond}
+	results := []runResult{
+		{pair: 1, target: nameBuildguard, requests: 1000, elapsed: time.Second, cpu: 200 * time.Millisecond, latencies: lat},
+		{pair: 1, target: nameNothing, requests: 2000, elapsed: time.Second, cpu: 200 * time.Millisecond, latencies: lat},
+	}
+	var b strings.Builder
+	if err := report(&b, config{runs: 1}, results); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"| 200 µs |", "| 100 µs | 50.0% | 50.0% |", "CPU per request, do-nothing/buildguard: 50.0% (median of the 1 pair ratios)"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report does not contain %q:\n%s", want, b.String())
+		}
+	}
+}

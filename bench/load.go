@@ -66,6 +66,17 @@ func (r runResult) cpuShare() float64 {
 	return float64(r.cpu) / (float64(r.elapsed) * float64(runtime.GOMAXPROCS(0)))
 }
 
+// cpuPerRequest is the process's CPU time per correct answer (client,
+// server and handler together), or 0 when unknown. Other work on the
+// machine slows a run down but changes it much less than req/s, so the
+// ratio of two targets' figures is the steadier measure of their cost.
+func (r runResult) cpuPerRequest() time.Duration {
+	if r.cpu <= 0 || r.requests <= 0 {
+		return 0
+	}
+	return r.cpu / time.Duration(r.requests)
+}
+
 func percentile(sorted []time.Duration, p float64) time.Duration {
 	n := len(sorted)
 	if n == 0 {

@@ -176,18 +176,23 @@ func commandLine(args []string) string {
 }
 
 func report(out io.Writer, cfg config, results []runResult) error {
-	fmt.Fprintf(out, "| pair | target | requests | errors | req/s | p50 | p99 | max | CPU share | buildguard/do-nothing req/s |\n")
-	fmt.Fprintf(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(out, "| pair | target | requests | errors | req/s | p50 | p99 | max | CPU share | CPU/request | buildguard/do-nothing req/s | do-nothing/buildguard CPU/request |\n")
+	fmt.Fprintf(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	failed := 0
-	var ratios []float64
+	var ratios, cpuRatios []float64
 	byTarget := map[string][]runResult{}
 	for i, r := range results {
 		byTarget[r.target] = append(byTarget[r.target], r)
-		ratio := ""
+		ratio, cpuRatio := "", ""
 		if r.target == nameNothing && i > 0 && results[i-1].target == nameBuildguard && results[i-1].pair == r.pair {
 			if x := results[i-1].rps() / r.rps(); r.rps() > 0 {
 				ratios = append(ratios, x)
 				ratio = fmt.Sprintf("%.1f%%", 100*x)
+			}
+			if b, n := results[i-1].cpuPerRequest(), r.cpuPerRequest(); b > 0 && n > 0 {
+				x := float64(n) / float64(b)
+				cpuRatios = append(cpuRatios, x)
+				cpuRatio = fmt.Sprintf("%.1f%%", 100*x)
 			}
 		}
 		errs := strconv.Itoa(r.errors)
@@ -199,8 +204,12 @@ func report(out io.Writer, cfg config, results []runResult) error {
 		if x := r.cpuShare(); x >= 0 {
 			share = fmt.Sprintf("%.0f%%", 100*x)
 		}
-		fmt.Fprintf(out, "| %d | %s | %d | %s | %.0f | %s | %s | %s | %s | %s |\n",
-			r.pair, r.target, r.requests, errs, r.rps(), ms(r.percentile(50)), ms(r.percentile(99)), ms(r.percentile(100)), share, ratio)
+		perReq := "?"
+		if d := r.cpuPerRequest(); d > 0 {
+			perReq = fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+		}
+		fmt.Fprintf(out, "| %d | %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n",
+			r.pair, r.target, r.requests, errs, r.rps(), ms(r.percentile(50)), ms(r.percentile(99)), ms(r.percentile(100)), share, perReq, ratio, cpuRatio)
 	}
 	fmt.Fprintln(out)
 
@@ -220,6 +229,10 @@ func report(out io.Writer, cfg config, results []runResult) error {
 	fmt.Fprintf(out, "- throughput buildguard/do-nothing: %.1f%% (median of the %d pair ratios; ratio of medians %.1f%%); target >= %.0f%%: %s\n",
 		100*ratio, len(ratios), 100*medRPS(bg)/medRPS(nothing), 100*targetMinRatio, verdict(ratio >= targetMinRatio))
 	fmt.Fprintf(out, "- buildguard p99: %s (median of %d runs); target <= %s: %s\n", ms(p99), len(bg), ms(targetMaxP99), verdict(p99 <= targetMaxP99))
+	if len(cpuRatios) > 0 {
+		fmt.Fprintf(out, "- CPU per request, do-nothing/buildguard: %.1f%% (median of the %d pair ratios): the throughput ratio the CPUs allow, which other work on the machine disturbs less than req/s\n",
+			100*median(cpuRatios), len(cpuRatios))
+	}
 
 	fmt.Fprintf(out, "\nCPU share is the process's CPU time over the run's wall time × GOMAXPROCS: the client, both servers and the registry are this process, so under saturating load it is high on a quiet machine (85-96%% on the 2-CPU machine of docs/benchmarks.md) and drops when something else competes for the CPUs.\n")
 	fmt.Fprintf(out, "\nDuring the measured buildguard runs:\n\n")
