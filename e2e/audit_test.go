@@ -10,9 +10,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/internal/testregistry"
 )
 
@@ -139,5 +145,48 @@ func (e *env) testAudit(t *testing.T) {
 	out, _, _ = run("denials", "--verdict", "would-deny", "--store-sqlite="+db)
 	if !strings.Contains(out, "legacy/deployment/stale") {
 		t.Errorf("denials table does not list the scanned Deployment:\n%s", out)
+	}
+}
+
+// testAuditClaim races replicas for the same periodic scans on the real
+// API server, whose optimistic concurrency decides: each scan is claimed
+// by exactly one of them.
+func (e *env) testAuditClaim(t *testing.T) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", e.cp.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.QPS, cfg.Burst = 200, 200 // four replicas' worth of requests from one client
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const replicas, scans = 4, 5
+	for i := range scans {
+		id := fmt.Sprintf("scan-e2e-%d", i)
+		var wg sync.WaitGroup
+		var won atomic.Int32
+		errs := make(chan error, replicas)
+		for r := range replicas {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ok, err := audit.Claim(e.ctx, client, "buildguard-system", "e2e-audit-claim", id, fmt.Sprintf("replica-%d", r), time.Now())
+				if err != nil {
+					errs <- err
+				}
+				if ok {
+					won.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("%s: %v", id, err)
+		}
+		if n := won.Load(); n != 1 {
+			t.Errorf("%s claimed by %d of %d replicas, want exactly 1", id, n, replicas)
+		}
 	}
 }

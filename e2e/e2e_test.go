@@ -203,6 +203,7 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("audit scan finds what ran before buildguard, each workload once", e.testAudit)
+	t.Run("replicas claim each periodic audit scan once", e.testAuditClaim)
 
 	t.Run("tags are pinned to the judged digest and the pods annotated", func(t *testing.T) {
 		img, err := testregistry.MakeImage(testregistry.Image{Created: time.Now().Add(-96 * time.Hour)})

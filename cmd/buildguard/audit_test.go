@@ -346,6 +346,8 @@ func TestAuditLoopFlags(t *testing.T) {
 		{auditLoop{every: time.Second, concurrency: 2}, true, "--audit-interval 1s: want 0 (off) or at least 1m0s"},
 		{auditLoop{every: time.Hour, concurrency: 0}, true, "--audit-concurrency 0: want at least 1"},
 		{auditLoop{every: time.Hour, concurrency: 2}, false, "--audit-interval needs a cluster: run inside one or pass --kubeconfig"},
+		{auditLoop{every: time.Hour, concurrency: 2, lease: "/buildguard-audit"}, true, `--audit-lease "/buildguard-audit": want [namespace/]name`},
+		{auditLoop{every: time.Hour, concurrency: 2, lease: "buildguard-system/"}, true, `--audit-lease "buildguard-system/": want [namespace/]name`},
 	} {
 		var kube *fake.Clientset
 		if tc.kube {
@@ -490,12 +492,11 @@ func TestAuditCommand(t *testing.T) {
 	}
 }
 
-// TestAuditLoopRun: the server's loop waits until it is ready, scans, and
-// stops with its context.
+// TestAuditLoopRun: the server's loop waits until it is ready, claims
+// the scan, scans, and stops with its context; a second replica on the
+// same schedule finds the scan claimed and does not run it.
 func TestAuditLoopRun(t *testing.T) {
 	cs, e := auditFixture(t)
-	var logs syncBuffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
 	m, err := newAuditMetrics(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -507,29 +508,45 @@ func TestAuditLoopRun(t *testing.T) {
 		}
 		return nil
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
 	loop := &auditLoop{every: time.Hour, concurrency: 2}
-	go func() {
-		defer close(done)
-		loop.run(ctx, &audit.Scanner{Client: cs, Evaluator: e}, ready, log, m, time.Now)
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), "audit scan finished") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no scan within 30s; log:\n%s", logs.String())
+	// Both replicas live in the same interval, even one that starts as
+	// the hour turns.
+	at := time.Now()
+	now := func() time.Time { return at }
+	runLoop := func(owner, until string, ready func() error) string {
+		t.Helper()
+		var logs syncBuffer
+		log := slog.New(slog.NewTextHandler(&logs, nil))
+		cl := &claimer{client: cs, ns: "buildguard-system", name: audit.DefaultClaimLease, owner: owner}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			loop.run(ctx, &audit.Scanner{Client: cs, Evaluator: e}, cl.claim, ready, log, m, now)
+		}()
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(logs.String(), until) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no %q within 30s; log:\n%s", owner, until, logs.String())
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the loop did not stop with its context", owner)
+		}
+		return logs.String()
 	}
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the loop did not stop with its context")
+	logs := runLoop("replica-a", "audit scan finished", ready)
+	want := "scan=" + audit.ScanID(at.UTC().Truncate(time.Hour))
+	if !strings.Contains(logs, want) || calls < 2 {
+		t.Errorf("log does not name the scan after its interval (%s), or the loop did not wait to be ready (%d checks):\n%s", want, calls, logs)
 	}
-	want := "scan=" + audit.ScanID(time.Now().UTC().Truncate(time.Hour))
-	if !strings.Contains(logs.String(), want) || calls < 2 {
-		t.Errorf("log does not name the scan after its interval (%s), or the loop did not wait to be ready (%d checks):\n%s", want, calls, logs.String())
+	logs = runLoop("replica-b", "audit scan run by another replica", nil)
+	if strings.Contains(logs, "audit scan started") {
+		t.Errorf("replica-b scanned what replica-a had claimed:\n%s", logs)
 	}
 }
 

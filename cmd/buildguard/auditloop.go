@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,19 +32,54 @@ const (
 // the server is ready and then at every multiple of the interval (since
 // the Unix epoch, in UTC), recorded in the store when there is one.
 //
-// A scan's ID is the start of its interval, so replicas scanning on the
-// same schedule, and a server restarted within an interval, record each
-// verdict once: the store keeps one record per ID.
+// A scan's ID is the start of its interval, and replicas claim it in a
+// Lease (audit.Claim): of replicas on the same schedule, one scans each
+// interval, and a server restarted within an interval does not scan it
+// again.
 type auditLoop struct {
 	every       time.Duration
 	concurrency int
 	exclude     string
+	lease       string
 }
 
 func (a *auditLoop) register(fs *flag.FlagSet) {
 	fs.DurationVar(&a.every, "audit-interval", 0, "scan every workload in the cluster this often (e.g. 6h) against current policy, recording would-deny decisions (0: never)")
 	fs.StringVar(&a.exclude, "audit-exclude-namespaces", defaultAuditExclusions, "comma-separated namespaces a periodic scan does not judge (\"\" for none)")
 	fs.IntVar(&a.concurrency, "audit-concurrency", defaultAuditConcurrency, "workloads a periodic scan judges at once; it shares registry connections with admission")
+	fs.StringVar(&a.lease, "audit-lease", audit.DefaultClaimLease, "the Lease ([namespace/]name; the default namespace is the pod's) in which replicas claim each periodic scan, so that one of them runs it")
+}
+
+// claimer claims scans in a Lease as this process.
+type claimer struct {
+	client          kubernetes.Interface
+	ns, name, owner string
+}
+
+func (c *claimer) claim(ctx context.Context, id string) (bool, error) {
+	return audit.Claim(ctx, c.client, c.ns, c.name, id, c.owner, time.Now())
+}
+
+// newClaimer resolves --audit-lease; the process is named by its host
+// name, which in a pod is the pod's name.
+func (a *auditLoop) newClaimer(kube kubernetes.Interface) (*claimer, error) {
+	ns, name, ok := strings.Cut(a.lease, "/")
+	if !ok {
+		name = a.lease
+		b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+		if err != nil {
+			return nil, &usageError{msg: fmt.Sprintf("--audit-lease %q: give namespace/name outside a pod (%v)", a.lease, err)}
+		}
+		ns = strings.TrimSpace(string(b))
+	}
+	if ns == "" || name == "" {
+		return nil, &usageError{msg: fmt.Sprintf("--audit-lease %q: want [namespace/]name", a.lease)}
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return nil, fmt.Errorf("--audit-lease: naming this replica: %w", err)
+	}
+	return &claimer{client: kube, ns: ns, name: name, owner: fmt.Sprintf("%s-%d", host, os.Getpid())}, nil
 }
 
 // start checks the flags and, when --audit-interval is set, starts the
@@ -61,6 +98,10 @@ func (a *auditLoop) start(ctx context.Context, kube kubernetes.Interface, e audi
 	case kube == nil:
 		return &usageError{msg: "--audit-interval needs a cluster: run inside one or pass --kubeconfig"}
 	}
+	cl, err := a.newClaimer(kube)
+	if err != nil {
+		return err
+	}
 	m, err := newAuditMetrics(reg)
 	if err != nil {
 		return err
@@ -73,12 +114,14 @@ func (a *auditLoop) start(ctx context.Context, kube kubernetes.Interface, e audi
 		// now (serve starts it first).
 		s.Policies, s.NamespaceLabels = en.Policies, en.Namespaces
 	}
-	go a.run(ctx, s, ready, log, m, time.Now)
+	go a.run(ctx, s, cl.claim, ready, log, m, time.Now)
 	return nil
 }
 
 // run scans once ready, then at every interval boundary, until ctx ends.
-func (a *auditLoop) run(ctx context.Context, s *audit.Scanner, ready func() error, log *slog.Logger, m *auditMetrics, now func() time.Time) {
+// claim, when not nil, says whether this replica runs a scan.
+func (a *auditLoop) run(ctx context.Context, s *audit.Scanner, claim func(context.Context, string) (bool, error), ready func() error,
+	log *slog.Logger, m *auditMetrics, now func() time.Time) {
 	for ready != nil && ready() != nil {
 		select {
 		case <-ctx.Done():
@@ -88,7 +131,16 @@ func (a *auditLoop) run(ctx context.Context, s *audit.Scanner, ready func() erro
 	}
 	for {
 		t := now()
-		scanOnce(ctx, s, intervalStart(t, a.every), log, m, now)
+		start := intervalStart(t, a.every)
+		switch mine, err := claimed(ctx, claim, audit.ScanID(start)); {
+		case err != nil:
+			log.Error("audit scan not run: its claim failed", "scan", audit.ScanID(start), "error", err)
+			m.failed.Inc()
+		case mine:
+			scanOnce(ctx, s, start, log, m, now)
+		default:
+			log.Info("audit scan run by another replica", "scan", audit.ScanID(start))
+		}
 		wait := time.Until(intervalStart(t, a.every).Add(a.every))
 		select {
 		case <-ctx.Done():
@@ -96,6 +148,15 @@ func (a *auditLoop) run(ctx context.Context, s *audit.Scanner, ready func() erro
 		case <-time.After(wait):
 		}
 	}
+}
+
+func claimed(ctx context.Context, claim func(context.Context, string) (bool, error), id string) (bool, error) {
+	if claim == nil {
+		return true, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return claim(ctx, id)
 }
 
 // intervalStart is the start of the interval of length every that t is
