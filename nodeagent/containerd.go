@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -51,6 +52,12 @@ func NewContainerd(address string) (*Containerd, error) {
 	}
 	conn, err := grpc.NewClient("unix://"+path,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// gRPC's own reconnect backoff grows to 2 minutes by default: kept
+		// below the watcher's, so that it finds containerd back promptly.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 		// containerd's Read sends chunks of 1 MiB; events and image
 		// records are small.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.ForceCodec(rawCodec{})),
@@ -103,7 +110,8 @@ func (c *Containerd) unary(ctx context.Context, ns, method string, req wireMsg) 
 // Subscribe follows containerd's events that match any of filters (the
 // events filter syntax: topic=="/images/create"), of all namespaces,
 // calling fn with each until ctx ends, the stream breaks or fn fails.
-// fn is called first with a nil envelope once the subscription is open.
+// fn is called first with a nil envelope once the request is sent (the
+// server subscribes a moment later).
 func (c *Containerd) Subscribe(ctx context.Context, filters []string, fn func(*ctrEnvelope) error) error {
 	const method = "/containerd.services.events.v1.Events/Subscribe"
 	ctx, cancel := context.WithCancel(ctx)
@@ -122,10 +130,8 @@ func (c *Containerd) Subscribe(ctx context.Context, filters []string, fn func(*c
 	if err := st.CloseSend(); err != nil {
 		return ctrErr(method, err)
 	}
-	// The server sends its headers once it has subscribed.
-	if _, err := st.Header(); err != nil {
-		return ctrErr(method, err)
-	}
+	// containerd sends no headers before the first event: the request
+	// is on its way, and the server subscribes as it takes it.
 	if err := fn(nil); err != nil {
 		return err
 	}

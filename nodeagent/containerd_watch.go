@@ -63,6 +63,10 @@ type ContainerdWatcher struct {
 	lastTime time.Time            // latest time of the events received
 }
 
+// subscribeGrace is how long after the subscription is sent the images
+// changed while not watching are listed.
+const subscribeGrace = 500 * time.Millisecond
+
 // DefaultContainerdNamespaces are the namespaces watched by default.
 var DefaultContainerdNamespaces = []string{"k8s.io", "moby", "default"}
 
@@ -171,6 +175,10 @@ func (w *ContainerdWatcher) session(ctx context.Context, since time.Time, out ch
 	connected := false
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	// The catch-up waits subscribeGrace after the request went out:
+	// containerd acknowledges a subscription with nothing, and the list
+	// must come after it to miss nothing.
+	var catchUp <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -183,6 +191,11 @@ func (w *ContainerdWatcher) session(ctx context.Context, since time.Time, out ch
 		case <-opened:
 			opened, connected = nil, true
 			w.log().Info("containerd event stream open", "socket", w.Socket)
+			t := time.NewTimer(subscribeGrace)
+			defer t.Stop()
+			catchUp = t.C
+		case <-catchUp:
+			catchUp = nil
 			if err := w.catchUp(ctx, since); err != nil {
 				return connected, err
 			}

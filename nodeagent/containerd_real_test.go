@@ -1,0 +1,300 @@
+package nodeagent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"buildguard.dev/buildguard/internal/testregistry"
+)
+
+// realContainerd is a containerd the test started, with its own root,
+// state and socket.
+type realContainerd struct {
+	t      *testing.T
+	bin    string
+	config string
+	sock   string
+	logf   *os.File
+	cmd    *exec.Cmd
+	done   chan struct{}
+}
+
+func startRealContainerd(t *testing.T) *realContainerd {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run containerd")
+	}
+	bin, err := exec.LookPath("containerd")
+	if err != nil {
+		t.Skip("containerd not installed")
+	}
+	if _, err := exec.LookPath("ctr"); err != nil {
+		t.Skip("ctr not installed")
+	}
+	// A unix socket's path must fit 108 bytes: t.TempDir's can be longer.
+	sockDir, err := os.MkdirTemp("/tmp", "bgctr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	dir := t.TempDir()
+	c := &realContainerd{t: t, bin: bin, sock: filepath.Join(sockDir, "c.sock"), config: filepath.Join(dir, "config.toml")}
+	// Only what images and content need: no CRI, no snapshotters that
+	// cannot work here, no /opt/containerd (the opt plugin's default).
+	cfg := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.internal.v1.opt",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  address = ""
+`, filepath.Join(dir, "root"), filepath.Join(sockDir, "state"), c.sock, c.sock+".ttrpc")
+	if err := os.WriteFile(c.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if c.logf, err = os.Create(filepath.Join(dir, "containerd.log")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.stop()
+		c.logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(c.logf.Name())
+			t.Logf("containerd's log:\n%s", tail(string(b), 8000))
+		}
+	})
+	c.start()
+	return c
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
+
+func (c *realContainerd) start() {
+	c.t.Helper()
+	c.cmd = exec.Command(c.bin, "--config", c.config)
+	c.cmd.Stdout, c.cmd.Stderr = c.logf, c.logf
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := c.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	c.done = done
+	go func(cmd *exec.Cmd) { cmd.Wait(); close(done) }(c.cmd)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := exec.Command("ctr", "--address", c.sock, "--timeout", "2s", "version").CombinedOutput()
+		if err == nil {
+			return
+		}
+		select {
+		case <-done:
+			c.t.Fatalf("containerd exited at start: %s", out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("containerd did not answer: %v: %s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (c *realContainerd) stop() {
+	if c.cmd == nil {
+		return
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.done
+	}
+	c.cmd = nil
+}
+
+// importImage writes img as a docker-archive tarball tagged ref and
+// imports it into namespace default with ctr, without unpacking (no
+// snapshotter mounts).
+func (c *realContainerd) importImage(ref string, img v1.Image) {
+	c.t.Helper()
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	f := filepath.Join(c.t.TempDir(), "image.tar")
+	if err := tarball.WriteToFile(f, tag, img); err != nil {
+		c.t.Fatal(err)
+	}
+	out, err := exec.Command("ctr", "--address", c.sock, "--timeout", "20s", "-n", "default", "images", "import", "--no-unpack", f).CombinedOutput()
+	if err != nil {
+		c.t.Fatalf("ctr images import: %v: %s", err, out)
+	}
+}
+
+// gatedContainerd holds back the watcher's subscriptions while gate is
+// closed, and says when one opened.
+type gatedContainerd struct {
+	*Containerd
+	mu     sync.Mutex
+	gate   chan struct{} // nil: open
+	opened chan struct{} // gets a value each time a subscription opens
+}
+
+func (g *gatedContainerd) Subscribe(ctx context.Context, filters []string, fn func(*ctrEnvelope) error) error {
+	g.mu.Lock()
+	gate := g.gate
+	g.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return g.Containerd.Subscribe(ctx, filters, func(e *ctrEnvelope) error {
+		if e == nil {
+			select {
+			case g.opened <- struct{}{}:
+			default:
+			}
+		}
+		return fn(e)
+	})
+}
+
+func (g *gatedContainerd) hold() chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.gate = make(chan struct{})
+	return g.gate
+}
+
+// TestContainerdWatcherReal runs the watcher against a real containerd:
+// an image imported is reported as a build with its config digest, time
+// and steps; one imported while the watcher is disconnected (containerd
+// restarted) is found on reconnect; one imported after is seen live.
+func TestContainerdWatcherReal(t *testing.T) {
+	c := startRealContainerd(t)
+	client, err := NewContainerd("unix://" + c.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	g := &gatedContainerd{Containerd: client, opened: make(chan struct{}, 1)}
+	w := &ContainerdWatcher{Client: g, Socket: c.sock, Namespaces: []string{"default"}, MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second, Log: testLogger(t)}
+	ctx, cancel := context.WithCancel(t.Context())
+	out := make(chan BuildInfo, 16)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, out) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	waitOpened := func() {
+		t.Helper()
+		select {
+		case <-g.opened:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the watcher did not subscribe")
+		}
+	}
+	platform := &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	check := func(ref string, created time.Time, steps []string) {
+		t.Helper()
+		img := testregistry.Build(t, testregistry.Image{Created: created, Steps: steps, Platform: platform})
+		cfgDigest, err := img.ConfigName()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.importImage(ref, img)
+		select {
+		case b := <-out:
+			if b.ImageID != cfgDigest.String() || b.Tool != "containerd" || !b.Started.Equal(created) ||
+				!slices.Equal(b.Steps, steps) || !slices.Contains(b.Tags, ref) {
+				t.Errorf("build = %+v, want image %s, tool containerd, started %s, steps %q, tag %s", b, cfgDigest, created, steps, ref)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no build reported for %s", ref)
+		}
+	}
+
+	waitOpened()
+	now := time.Now().UTC().Truncate(time.Second)
+	check("local.test/one:1", now.Add(-time.Minute), []string{"/bin/sh -c wget -O /payload http://127.0.0.23/payload"})
+
+	// An old image is not a build: nothing is reported for it (checked
+	// with the next image, which must be the next build).
+	old := testregistry.Build(t, testregistry.Image{Created: now.Add(-30 * 24 * time.Hour), Steps: []string{"RUN old"}, Platform: platform})
+	c.importImage("local.test/old:1", old)
+
+	// containerd restarts; while the watcher is held back, an image is
+	// imported: the watcher finds it when it subscribes again.
+	release := g.hold()
+	c.stop()
+	c.start()
+	img2 := testregistry.Build(t, testregistry.Image{Created: now, Steps: []string{"RUN make", "COPY out /app"}, Platform: platform})
+	cfg2, _ := img2.ConfigName()
+	c.importImage("local.test/two:1", img2)
+	close(release)
+	select {
+	case b := <-out:
+		if b.ImageID != cfg2.String() || !slices.Equal(b.Steps, []string{"RUN make", "COPY out /app"}) {
+			t.Errorf("build after the restart = %+v, want image %s", b, cfg2)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the image imported while disconnected was not reported")
+	}
+	waitOpened()
+	check("local.test/three:1", now, []string{"RUN three"})
+
+	// The old image was never reported.
+	select {
+	case b := <-out:
+		t.Errorf("unexpected build %+v", b)
+	default:
+	}
+}
+
+// testLogger logs to t.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
