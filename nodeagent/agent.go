@@ -14,14 +14,17 @@ import (
 	"buildguard.dev/buildguard/nodeagent/conns"
 )
 
-// Agent runs the node agent: the Docker watcher and the connection sensor
-// feed the Attributor; what it ties to builds is batched into NodeReports,
-// stored in the Spool and delivered by the Sender.
+// Agent runs the node agent: the Docker and containerd watchers and the
+// connection sensor feed the Attributor; what it ties to builds is batched
+// into NodeReports, stored in the Spool and delivered by the Sender.
 type Agent struct {
 	// Node is the Kubernetes node name every report names. Node and all
-	// the parts but Log are required.
-	Node    string
-	Docker  *DockerWatcher
+	// the parts but Log, Docker and Containerd are required.
+	Node string
+	// Docker and Containerd watch the node's runtimes for builds; either
+	// may be nil (not watched).
+	Docker     *DockerWatcher
+	Containerd *ContainerdWatcher
 	Conns   conns.Watcher
 	Attrib  *Attributor
 	Spool   *Spool
@@ -93,11 +96,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	connc := make(chan conns.Conn, 4096)
 	wg.Go(func() { a.runSensor(ctx, connc) })
 	builds := make(chan BuildInfo, 64)
-	wg.Go(func() {
-		if err := a.Docker.Run(ctx, builds); err != nil && ctx.Err() == nil {
-			a.log().Error("docker watcher stopped", "error", err)
-		}
-	})
+	if a.Docker != nil {
+		wg.Go(func() {
+			if err := a.Docker.Run(ctx, builds); err != nil && ctx.Err() == nil {
+				a.log().Error("docker watcher stopped", "error", err)
+			}
+		})
+	}
+	if a.Containerd != nil {
+		wg.Go(func() {
+			if err := a.Containerd.Run(ctx, builds); err != nil && ctx.Err() == nil {
+				a.log().Error("containerd watcher stopped", "error", err)
+			}
+		})
+	}
 
 	// The pod shares the host's PID namespace: this is the PID the
 	// sensor reports for the agent.
@@ -134,6 +146,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.Metrics.connsReported.Add(float64(len(items)))
 		case info := <-builds:
 			item, items := a.Attrib.Build(info, a.now())
+			if info.Tool == containerdTool && info.ImageID != "" {
+				// The event ID says which runtime found it.
+				item.EventID = "containerd-build/" + info.ImageID
+			}
 			b.report.Builds = append(b.report.Builds, item)
 			b.report.Connections = append(b.report.Connections, items...)
 			a.Metrics.connsReported.Add(float64(len(items)))

@@ -18,6 +18,9 @@ const (
 	mediaDockerManifst = "application/vnd.docker.distribution.manifest.v2+json"
 )
 
+// containerdTool is the tool of the builds the containerd watcher finds.
+const containerdTool = "containerd"
+
 // maxBlob bounds a manifest, index or config read from the content store.
 const maxBlob = 4 << 20
 
@@ -201,7 +204,7 @@ func containerdBuild(img ctrImage, cfgDigest string, cfg imageConfig, pulled str
 		return BuildInfo{}, false
 	}
 	b := BuildInfo{
-		Tool:     "containerd",
+		Tool:     containerdTool,
 		ImageID:  cfgDigest,
 		Tags:     []string{img.Name},
 		Started:  cfg.Created,

@@ -21,7 +21,9 @@ import (
 // nodeAgent runs `buildguard node-agent` (docs/node-agent.md).
 func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("node-agent", flag.ContinueOnError)
-	dockerHost := fs.String("docker-host", "unix:///var/run/docker.sock", "Docker Engine API address: unix:///path or tcp://host:port")
+	dockerHost := fs.String("docker-host", "unix:///var/run/docker.sock", "Docker Engine API address: unix:///path or tcp://host:port (\"\" or off: Docker not watched)")
+	containerdAddr := fs.String("containerd-address", nodeagent.DefaultContainerdAddress, "containerd's socket, unix:///path (\"\" or off: containerd not watched); waited for while it does not exist")
+	containerdNS := fs.String("containerd-namespaces", strings.Join(nodeagent.DefaultContainerdNamespaces, ","), "comma-separated containerd namespaces whose image events are watched")
 	serverURL := fs.String("server", "", "buildguard's URL (https://buildguard.buildguard-system.svc); reports go to its /v1/node-reports")
 	caFile := fs.String("ca-file", "", "PEM file of the CA that signed buildguard's serving certificate (default: the system's CAs)")
 	tokenFile := fs.String("token-file", "/var/run/secrets/buildguard/token", "service-account token (audience buildguard), read again before every send")
@@ -34,7 +36,7 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	sensor := fs.String("sensor", "auto", "connection sensor: auto (eBPF, else /proc sampling), ebpf (fail without it) or procfs")
 	procRoot := fs.String("proc-root", "/proc", "the host's procfs (the pod must share the host's PID namespace)")
 	window := fs.Duration("window", 5*time.Minute, "how long connections wait in memory for their build, and builds for late connections")
-	replay := fs.Duration("replay", 10*time.Minute, "how far back Docker events are read at start, to find builds that began before it")
+	replay := fs.Duration("replay", 10*time.Minute, "how far back Docker events are read, and containerd images changed are looked at, at start, to find builds made before it")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
@@ -76,9 +78,34 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	docker, err := nodeagent.NewDocker(*dockerHost)
-	if err != nil {
-		return &usageError{msg: err.Error()}
+	var dockerW *nodeagent.DockerWatcher
+	if h := strings.TrimSpace(*dockerHost); h != "" && h != "off" {
+		docker, err := nodeagent.NewDocker(h)
+		if err != nil {
+			return &usageError{msg: err.Error()}
+		}
+		dockerW = &nodeagent.DockerWatcher{Docker: docker, Log: log, Replay: *replay}
+	}
+	var ctrW *nodeagent.ContainerdWatcher
+	if addr := strings.TrimSpace(*containerdAddr); addr != "" && addr != "off" {
+		var namespaces []string
+		for ns := range strings.SplitSeq(*containerdNS, ",") {
+			if ns = strings.TrimSpace(ns); ns != "" {
+				namespaces = append(namespaces, ns)
+			}
+		}
+		if len(namespaces) == 0 {
+			return &usageError{msg: "--containerd-namespaces: want at least one namespace"}
+		}
+		ctrClient, err := nodeagent.NewContainerd(addr)
+		if err != nil {
+			return &usageError{msg: "--containerd-address: " + err.Error()}
+		}
+		defer ctrClient.Close()
+		ctrW = &nodeagent.ContainerdWatcher{Client: ctrClient, Socket: ctrClient.Path, Namespaces: namespaces, Log: log, Replay: *replay}
+	}
+	if dockerW == nil && ctrW == nil {
+		return &usageError{msg: "--docker-host and --containerd-address are both off: nothing to watch for builds"}
 	}
 
 	w, fallback := conns.New(conns.Options{ProcRoot: *procRoot, Log: log, ForceProcfs: *sensor == "procfs"})
@@ -92,18 +119,25 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if dockerW != nil {
+		dockerW.Metrics = metrics
+	}
+	if ctrW != nil {
+		ctrW.Metrics = metrics
+	}
 	if n, b := spool.Len(); n > 0 {
 		log.Info("reports buffered by an earlier run will be sent first", "batches", n, "bytes", b)
 	}
 	a := &nodeagent.Agent{
-		Node:    strings.TrimSpace(*node),
-		Docker:  &nodeagent.DockerWatcher{Docker: docker, Log: log, Replay: *replay, Metrics: metrics},
-		Conns:   w,
-		Attrib:  &nodeagent.Attributor{Window: *window},
-		Spool:   spool,
-		Sender:  &nodeagent.Sender{URL: endpoint, TokenFile: *tokenFile, CAFile: *caFile, Client: client, Spool: spool, Log: log, Metrics: metrics},
-		Metrics: metrics,
-		Log:     log,
+		Node:       strings.TrimSpace(*node),
+		Docker:     dockerW,
+		Containerd: ctrW,
+		Conns:      w,
+		Attrib:     &nodeagent.Attributor{Window: *window},
+		Spool:      spool,
+		Sender:     &nodeagent.Sender{URL: endpoint, TokenFile: *tokenFile, CAFile: *caFile, Client: client, Spool: spool, Log: log, Metrics: metrics},
+		Metrics:    metrics,
+		Log:        log,
 
 		ProcRoot:      *procRoot,
 		BatchInterval: *batchInterval,
@@ -127,7 +161,7 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		}()
 		log.Info("serving metrics and health", "addr", ln.Addr().String())
 	}
-	log.Info("node agent started", "node", a.Node, "docker", *dockerHost, "server", endpoint)
+	log.Info("node agent started", "node", a.Node, "docker", *dockerHost, "containerd", *containerdAddr, "server", endpoint)
 	return a.Run(ctx)
 }
 

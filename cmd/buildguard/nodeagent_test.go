@@ -27,6 +27,10 @@ func TestNodeAgentFlags(t *testing.T) {
 		{"arguments", append(base, "--server=https://bg", "extra"), "takes no arguments"},
 		{"missing CA file", append(base, "--server=https://bg", "--ca-file=/nonexistent/ca.pem"), "no such file"},
 		{"bad docker host", append(base, "--server=https://bg", "--docker-host=ssh://x"), "want unix:///path or tcp://host:port"},
+		{"bad containerd address", append(base, "--server=https://bg", "--containerd-address=tcp://127.0.0.1:1"), "--containerd-address: containerd address \"tcp://127.0.0.1:1\": want unix:///path"},
+		{"relative containerd path", append(base, "--server=https://bg", "--containerd-address=run/c.sock"), "want unix:///path/to/containerd.sock"},
+		{"no containerd namespaces", append(base, "--server=https://bg", "--containerd-namespaces= , "), "--containerd-namespaces: want at least one namespace"},
+		{"nothing watched", append(base, "--server=https://bg", "--docker-host=off", "--containerd-address="), "nothing to watch for builds"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
