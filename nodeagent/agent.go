@@ -25,12 +25,12 @@ type Agent struct {
 	// may be nil (not watched).
 	Docker     *DockerWatcher
 	Containerd *ContainerdWatcher
-	Conns   conns.Watcher
-	Attrib  *Attributor
-	Spool   *Spool
-	Sender  *Sender
-	Metrics *Metrics
-	Log     *slog.Logger
+	Conns      conns.Watcher
+	Attrib     *Attributor
+	Spool      *Spool
+	Sender     *Sender
+	Metrics    *Metrics
+	Log        *slog.Logger
 	// BatchInterval is the longest an item waits before its batch is
 	// stored for sending. The default is 2s.
 	BatchInterval time.Duration

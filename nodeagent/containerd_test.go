@@ -1,0 +1,443 @@
+package nodeagent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// fakeContainerd is an in-memory containerd: image records, blobs and
+// their labels, of one namespace.
+type fakeContainerd struct {
+	images map[string]ctrImage
+	blobs  map[string][]byte
+	labels map[string]map[string]string
+	reads  int
+}
+
+func newFakeContainerd() *fakeContainerd {
+	return &fakeContainerd{images: map[string]ctrImage{}, blobs: map[string][]byte{}, labels: map[string]map[string]string{}}
+}
+
+func (f *fakeContainerd) Subscribe(ctx context.Context, _ []string, fn func(*ctrEnvelope) error) error {
+	return errors.New("not used")
+}
+
+func (f *fakeContainerd) Image(_ context.Context, _, name string) (ctrImage, error) {
+	img, ok := f.images[name]
+	if !ok {
+		return ctrImage{}, &ContainerdError{Method: "Get", Code: codes.NotFound, Msg: name}
+	}
+	return img, nil
+}
+
+func (f *fakeContainerd) Images(context.Context, string) ([]ctrImage, error) {
+	var out []ctrImage
+	for _, img := range f.images {
+		out = append(out, img)
+	}
+	return out, nil
+}
+
+func (f *fakeContainerd) Info(_ context.Context, _, d string) (ctrContentInfo, error) {
+	if _, ok := f.blobs[d]; !ok {
+		return ctrContentInfo{}, &ContainerdError{Method: "Info", Code: codes.NotFound, Msg: d}
+	}
+	return ctrContentInfo{Digest: d, Labels: f.labels[d]}, nil
+}
+
+func (f *fakeContainerd) Read(_ context.Context, _, d string, max int64) ([]byte, error) {
+	f.reads++
+	b, ok := f.blobs[d]
+	if !ok {
+		return nil, &ContainerdError{Method: "Read", Code: codes.NotFound, Msg: d}
+	}
+	if int64(len(b)) > max {
+		return nil, ErrTooLarge
+	}
+	return b, nil
+}
+
+// put stores v (JSON, or []byte as is) and returns its descriptor.
+func (f *fakeContainerd) put(t *testing.T, mediaType string, v any) ctrDescriptor {
+	t.Helper()
+	b, ok := v.([]byte)
+	if !ok {
+		var err error
+		if b, err = json.Marshal(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum := sha256.Sum256(b)
+	d := "sha256:" + hex.EncodeToString(sum[:])
+	f.blobs[d] = b
+	return ctrDescriptor{MediaType: mediaType, Digest: d, Size: int64(len(b))}
+}
+
+func testConfig(created time.Time, steps ...string) map[string]any {
+	var hist []map[string]any
+	for _, s := range steps {
+		hist = append(hist, map[string]any{"created": created, "created_by": s})
+	}
+	return map[string]any{"architecture": "amd64", "os": "linux", "created": created, "history": hist,
+		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{}}}
+}
+
+func testManifest(mt string, cfg ctrDescriptor) map[string]any {
+	return map[string]any{"schemaVersion": 2, "mediaType": mt,
+		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.Digest, "size": cfg.Size}}
+}
+
+func TestContainerdExamine(t *testing.T) {
+	at := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	created := at.Add(-10 * time.Minute)
+	type setup struct {
+		f      *fakeContainerd
+		cfg    ctrDescriptor
+		target ctrDescriptor
+		img    ctrImage
+	}
+	// plain: an OCI manifest of a config made 10 minutes before.
+	plain := func(t *testing.T, cfg any) setup {
+		f := newFakeContainerd()
+		c := f.put(t, "application/vnd.oci.image.config.v1+json", cfg)
+		m := f.put(t, mediaOCIManifest, testManifest(mediaOCIManifest, c))
+		img := ctrImage{Name: "docker.io/library/app:1", Target: m, Labels: map[string]string{}, UpdatedAt: at}
+		f.images[img.Name] = img
+		return setup{f, c, m, img}
+	}
+	tests := []struct {
+		name      string
+		setup     func(t *testing.T) setup
+		want      bool
+		wantErr   error
+		wantStart time.Time
+	}{
+		{"built here", func(t *testing.T) setup { return plain(t, testConfig(created, "RUN make")) }, true, nil, created},
+		{"earliest recent step is the start", func(t *testing.T) setup {
+			cfg := testConfig(created, "RUN a")
+			cfg["history"] = []map[string]any{
+				{"created": at.Add(-90 * 24 * time.Hour), "created_by": "ADD base.tar /"},
+				{"created": at.Add(-20 * time.Minute), "created_by": "RUN a"},
+				{"created_by": "CMD x", "empty_layer": true},
+			}
+			return plain(t, cfg)
+		}, true, nil, at.Add(-20 * time.Minute)},
+		{"old image", func(t *testing.T) setup { return plain(t, testConfig(at.Add(-3*time.Hour), "RUN make")) }, false, nil, time.Time{}},
+		{"no created time", func(t *testing.T) setup {
+			cfg := testConfig(created)
+			delete(cfg, "created")
+			return plain(t, cfg)
+		}, false, nil, time.Time{}},
+		{"manifest fetched from a registry", func(t *testing.T) setup {
+			s := plain(t, testConfig(created, "RUN make"))
+			s.f.labels[s.target.Digest] = map[string]string{"containerd.io/distribution.source.docker.io": "library/app"}
+			return s
+		}, false, nil, time.Time{}},
+		{"config fetched from a registry", func(t *testing.T) setup {
+			s := plain(t, testConfig(created, "RUN make"))
+			s.f.labels[s.cfg.Digest] = map[string]string{"containerd.io/distribution.source.ghcr.io": "org/app"}
+			return s
+		}, false, nil, time.Time{}},
+		{"a base layer from a registry is no evidence", func(t *testing.T) setup {
+			s := plain(t, testConfig(created, "RUN make"))
+			s.f.labels["sha256:"+strings.Repeat("a", 64)] = map[string]string{"containerd.io/distribution.source.docker.io": "library/alpine"}
+			return s
+		}, true, nil, created},
+		{"pulled by the CRI plugin", func(t *testing.T) setup {
+			s := plain(t, testConfig(created, "RUN make"))
+			s.img.Labels[criManaged] = "managed"
+			s.f.images[s.img.Name] = s.img
+			return s
+		}, false, nil, time.Time{}},
+		{"index: the node's platform", func(t *testing.T) setup {
+			f := newFakeContainerd()
+			armCfg := f.put(t, "application/vnd.oci.image.config.v1+json", testConfig(created, "RUN arm"))
+			arm := f.put(t, mediaOCIManifest, testManifest(mediaOCIManifest, armCfg))
+			c := f.put(t, "application/vnd.oci.image.config.v1+json", testConfig(created, "RUN make"))
+			m := f.put(t, mediaOCIManifest, testManifest(mediaOCIManifest, c))
+			idx := f.put(t, mediaOCIIndex, map[string]any{"schemaVersion": 2, "manifests": []map[string]any{
+				{"mediaType": mediaOCIManifest, "digest": arm.Digest, "size": arm.Size, "platform": map[string]string{"os": "linux", "architecture": "arm64"}},
+				{"mediaType": mediaOCIManifest, "digest": m.Digest, "size": m.Size, "platform": map[string]string{"os": "linux", "architecture": "amd64"}},
+				{"mediaType": mediaOCIManifest, "digest": m.Digest, "size": m.Size, "platform": map[string]string{"os": "unknown", "architecture": "unknown"}},
+			}})
+			img := ctrImage{Name: "local/app:1", Target: idx, Labels: map[string]string{}}
+			f.images[img.Name] = img
+			return setup{f, c, idx, img}
+		}, true, nil, created},
+		{"index without the node's platform", func(t *testing.T) setup {
+			f := newFakeContainerd()
+			c := f.put(t, "application/vnd.oci.image.config.v1+json", testConfig(created))
+			m := f.put(t, mediaOCIManifest, testManifest(mediaOCIManifest, c))
+			idx := f.put(t, mediaDockerList, map[string]any{"schemaVersion": 2, "manifests": []map[string]any{
+				{"mediaType": mediaOCIManifest, "digest": m.Digest, "size": m.Size, "platform": map[string]string{"os": "windows", "architecture": "amd64"}},
+			}})
+			img := ctrImage{Name: "local/app:1", Target: idx}
+			f.images[img.Name] = img
+			return setup{f, c, idx, img}
+		}, false, errNotImage, time.Time{}},
+		{"not an image (artifact config)", func(t *testing.T) setup {
+			return plain(t, map[string]any{"created": created})
+		}, false, errNotImage, time.Time{}},
+		{"blob not its digest", func(t *testing.T) setup {
+			s := plain(t, testConfig(created, "RUN make"))
+			s.f.blobs[s.cfg.Digest] = []byte(`{"rootfs":{"type":"layers"},"created":"2026-12-01T11:59:00Z"}`)
+			return s
+		}, false, nil, time.Time{}},
+		{"image gone", func(t *testing.T) setup {
+			s := plain(t, testConfig(created, "RUN make"))
+			delete(s.f.images, s.img.Name)
+			return s
+		}, false, nil, time.Time{}},
+		{"config too large", func(t *testing.T) setup {
+			f := newFakeContainerd()
+			c := ctrDescriptor{MediaType: "application/vnd.oci.image.config.v1+json", Digest: "sha256:" + strings.Repeat("b", 64), Size: maxBlob + 1}
+			m := f.put(t, mediaOCIManifest, testManifest(mediaOCIManifest, c))
+			img := ctrImage{Name: "local/app:1", Target: m}
+			f.images[img.Name] = img
+			return setup{f, c, m, img}
+		}, false, ErrTooLarge, time.Time{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := tt.setup(t)
+			w := &ContainerdWatcher{Client: s.f, Arch: "amd64", Now: func() time.Time { return at }}
+			w.reported, w.examined, w.pending = map[string]time.Time{}, map[string]time.Time{}, map[ctrRef]ctrPending{}
+			b, ok, err := w.examine(context.Background(), ctrRef{"default", s.img.Name}, at)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("examine = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if tt.name == "blob not its digest" {
+				if err == nil || !strings.Contains(err.Error(), "hashes to") {
+					t.Fatalf("examine = %v, want a digest mismatch", err)
+				}
+				return
+			}
+			var ce *ContainerdError
+			if err != nil && !(errors.As(err, &ce) && ce.NotFound()) {
+				t.Fatalf("examine: %v", err)
+			}
+			if ok != tt.want {
+				t.Fatalf("examine = %+v, %v; want %v", b, ok, tt.want)
+			}
+			if !ok {
+				return
+			}
+			want := BuildInfo{Tool: "containerd", ImageID: s.cfg.Digest, Tags: []string{s.img.Name}, Started: tt.wantStart, Finished: at}
+			if b.ImageID != want.ImageID || b.Tool != want.Tool || !slices.Equal(b.Tags, want.Tags) || !b.Started.Equal(want.Started) || !b.Finished.Equal(want.Finished) || len(b.Steps) == 0 {
+				t.Errorf("examine = %+v, want %+v", b, want)
+			}
+			// Examined once: the same record again reads nothing.
+			reads := s.f.reads
+			if _, ok, err := w.examine(context.Background(), ctrRef{"default", s.img.Name}, at); ok || err != nil || s.f.reads != reads {
+				t.Errorf("examine again = %v, %v, %d reads; want false, nil, none", ok, err, s.f.reads-reads)
+			}
+		})
+	}
+}
+
+func TestPullEvidence(t *testing.T) {
+	tests := []struct {
+		name   string
+		img    ctrImage
+		labels map[string]string
+		want   string
+	}{
+		{"nothing", ctrImage{Name: "local/app:1"}, nil, ""},
+		{"digest reference", ctrImage{Name: "docker.io/library/app@sha256:" + strings.Repeat("0", 64)}, nil, "a digest reference"},
+		{"CRI", ctrImage{Name: "app:1", Labels: map[string]string{criManaged: "managed"}}, nil, "pulled by the CRI plugin (label io.cri-containerd.image)"},
+		{"registry", ctrImage{Name: "app:1"}, map[string]string{"containerd.io/distribution.source.registry.example": "app"}, "fetched from a registry (label containerd.io/distribution.source.registry.example)"},
+		{"other labels", ctrImage{Name: "app:1"}, map[string]string{"containerd.io/gc.ref.content.config": "sha256:x"}, ""},
+	}
+	for _, tt := range tests {
+		if got := pullEvidence(tt.img, tt.labels); got != tt.want {
+			t.Errorf("%s: pullEvidence = %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+// envelope encodes an events envelope as containerd sends it.
+func envelope(ts time.Time, ns, topic, typeURL string, event []byte) []byte {
+	var tsMsg wireMsg
+	tsMsg = tsMsg.int(1, ts.Unix()).int(2, int64(ts.Nanosecond()))
+	anyMsg := wireMsg(nil).str(1, typeURL)
+	anyMsg = protowire.AppendBytes(protowire.AppendTag(anyMsg, 2, protowire.BytesType), event)
+	var m wireMsg
+	m = protowire.AppendBytes(protowire.AppendTag(m, 1, protowire.BytesType), tsMsg)
+	m = m.str(2, ns).str(3, topic)
+	m = protowire.AppendBytes(protowire.AppendTag(m, 4, protowire.BytesType), anyMsg)
+	return m
+}
+
+func imageEvent(name string, labels map[string]string) []byte {
+	m := wireMsg(nil).str(1, name)
+	for k, v := range labels {
+		entry := wireMsg(nil).str(1, k).str(2, v)
+		m = protowire.AppendBytes(protowire.AppendTag(m, 2, protowire.BytesType), entry)
+	}
+	// An unknown fixed64 field, skipped.
+	m = protowire.AppendFixed64(protowire.AppendTag(m, 9, protowire.Fixed64Type), 7)
+	return m
+}
+
+func TestDecodeEnvelope(t *testing.T) {
+	ts := time.Date(2026, 12, 1, 12, 0, 0, 123, time.UTC)
+	ev := imageEvent("local/app:1", map[string]string{"a": "b"})
+	got, err := decodeEnvelope(envelope(ts, "k8s.io", "/images/create", "containerd.events.ImageCreate", ev))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Timestamp.Equal(ts) || got.Namespace != "k8s.io" || got.Topic != "/images/create" || got.TypeURL != "containerd.events.ImageCreate" {
+		t.Errorf("decodeEnvelope = %+v", got)
+	}
+	ie, err := decodeImageEvent(got.Event)
+	if err != nil || ie.Name != "local/app:1" || ie.Labels["a"] != "b" {
+		t.Errorf("decodeImageEvent = %+v, %v", ie, err)
+	}
+	for _, bad := range [][]byte{
+		{0x0a, 0x05, 0x01},       // a length past the end
+		{0xff, 0xff, 0xff, 0xff}, // a truncated tag
+		envelope(time.Unix(0, 0), "ns", "t", "u", nil)[:3],
+	} {
+		if _, err := decodeEnvelope(bad); !errors.Is(err, errWire) {
+			t.Errorf("decodeEnvelope(%x) = %v, want errWire", bad, err)
+		}
+	}
+}
+
+func TestContainerdHandle(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	w := &ContainerdWatcher{Namespaces: []string{"k8s.io"}, Now: func() time.Time { return now }}
+	w.pending = map[ctrRef]ctrPending{}
+	ev := imageEvent("app:1", nil)
+	for _, e := range []ctrEnvelope{
+		{Timestamp: now.Add(-time.Second), Namespace: "k8s.io", Topic: "/images/create", Event: ev},
+		{Timestamp: now, Namespace: "k8s.io", Topic: "/images/update", Event: ev},
+		{Timestamp: now, Namespace: "other", Topic: "/images/create", Event: imageEvent("skipped:1", nil)},
+		{Timestamp: now, Namespace: "k8s.io", Topic: "/images/delete", Event: imageEvent("deleted:1", nil)},
+		{Timestamp: now.Add(time.Hour), Namespace: "k8s.io", Topic: "/images/create", Event: imageEvent("future:1", nil)},
+		{Timestamp: now, Namespace: "k8s.io", Topic: "/images/create", Event: []byte{0xff}},
+	} {
+		w.handle(e)
+	}
+	var got []string
+	for r := range w.pending {
+		got = append(got, r.ns+"/"+r.name)
+	}
+	slices.Sort(got)
+	if want := []string{"k8s.io/app:1", "k8s.io/future:1"}; !slices.Equal(got, want) {
+		t.Errorf("pending = %q, want %q", got, want)
+	}
+	if p := w.pending[ctrRef{"k8s.io", "app:1"}]; !p.at.Equal(now) {
+		t.Errorf("pending app:1 at %s, want the latest event's %s", p.at, now)
+	}
+	// An event stamped an hour ahead does not move the resume point.
+	if !w.lastTime.Equal(now) {
+		t.Errorf("lastTime = %s, want %s", w.lastTime, now)
+	}
+}
+
+func TestDecodeImages(t *testing.T) {
+	created := time.Date(2026, 12, 1, 11, 0, 0, 0, time.UTC)
+	desc := wireMsg(nil).str(1, mediaOCIManifest).str(2, "sha256:"+strings.Repeat("c", 64)).int(3, 512)
+	ts := wireMsg(nil).int(1, created.Unix())
+	img := wireMsg(nil).str(1, "local/app:1")
+	img = protowire.AppendBytes(protowire.AppendTag(img, 3, protowire.BytesType), desc)
+	img = protowire.AppendBytes(protowire.AppendTag(img, 8, protowire.BytesType), ts)
+	var resp []byte
+	for range 2 {
+		resp = protowire.AppendBytes(protowire.AppendTag(resp, 1, protowire.BytesType), img)
+	}
+	got, err := decodeImages(resp)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("decodeImages = %+v, %v", got, err)
+	}
+	want := ctrDescriptor{MediaType: mediaOCIManifest, Digest: "sha256:" + strings.Repeat("c", 64), Size: 512}
+	if got[0].Name != "local/app:1" || got[0].Target != want || !got[0].UpdatedAt.Equal(created) || !got[0].CreatedAt.IsZero() {
+		t.Errorf("decodeImages[0] = %+v", got[0])
+	}
+	badTS := protowire.AppendBytes(protowire.AppendTag(nil, 8, protowire.BytesType), wireMsg(nil).int(2, 2e9))
+	if _, err := decodeImage(badTS); !errors.Is(err, errWire) {
+		t.Errorf("decodeImage(nanos 2e9) = %v, want errWire", err)
+	}
+}
+
+func TestNewContainerd(t *testing.T) {
+	for _, tt := range []struct{ in, path, err string }{
+		{"unix:///run/containerd/containerd.sock", "/run/containerd/containerd.sock", ""},
+		{"/run/k3s/containerd/containerd.sock", "/run/k3s/containerd/containerd.sock", ""},
+		{"tcp://127.0.0.1:1", "", "want unix:///path"},
+		{"unix://host/x", "", "want unix:///path"},
+		{"relative.sock", "", "want unix:///path"},
+	} {
+		c, err := NewContainerd(tt.in)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("NewContainerd(%q) = %v, want %q", tt.in, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || c.Path != tt.path {
+			t.Errorf("NewContainerd(%q) = %v, %v; want path %s", tt.in, c, err, tt.path)
+			continue
+		}
+		c.Close()
+	}
+}
+
+// FuzzContainerdBlobs feeds untrusted content-store bytes to the index,
+// manifest and config parsers: an error or a result, never a panic.
+func FuzzContainerdBlobs(f *testing.F) {
+	f.Add([]byte(`{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:` + strings.Repeat("a", 64) + `","size":1,"platform":{"os":"linux","architecture":"amd64"}}]}`))
+	f.Add([]byte(`{"schemaVersion":2,"config":{"digest":"sha256:` + strings.Repeat("a", 64) + `","size":10}}`))
+	f.Add([]byte(`{"created":"2026-12-01T12:00:00Z","history":[{"created":"2026-12-01T12:00:00Z","created_by":"RUN x"}],"rootfs":{"type":"layers"}}`))
+	f.Add([]byte(`{"created":"not a time"}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if d, err := pickPlatform(b, "linux", "amd64", ""); err == nil && checkDigest(d.Digest) != nil {
+			t.Errorf("pickPlatform chose a bad digest %q", d.Digest)
+		}
+		if d, err := manifestConfig(b); err == nil && (checkDigest(d.Digest) != nil || d.Size > maxBlob) {
+			t.Errorf("manifestConfig = %+v", d)
+		}
+		if cfg, err := parseImageConfig(b); err == nil {
+			for _, s := range cfg.Steps {
+				if strings.TrimSpace(s) != s || s == "" {
+					t.Errorf("step %q not trimmed", s)
+				}
+			}
+			at := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+			if bi, ok := containerdBuild(ctrImage{Name: "x"}, "sha256:"+strings.Repeat("a", 64), cfg, "", at, 2*time.Hour); ok && bi.Finished.Before(bi.Started) {
+				t.Errorf("build finished %s before started %s", bi.Finished, bi.Started)
+			}
+		}
+	})
+}
+
+// FuzzContainerdWire feeds untrusted bytes to the protobuf decoders.
+func FuzzContainerdWire(f *testing.F) {
+	ts := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	f.Add(envelope(ts, "default", "/images/create", "containerd.events.ImageCreate", imageEvent("app:1", map[string]string{"k": "v"})))
+	f.Add([]byte{0x0a, 0x02, 0x08, 0x01})
+	f.Add([]byte(fmt.Sprint("garbage")))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		decodeEnvelope(b)
+		decodeImageEvent(b)
+		decodeImages(b)
+		decodeInfoResponse(b)
+		decodeReadResponse(b)
+	})
+}
