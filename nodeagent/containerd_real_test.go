@@ -34,7 +34,8 @@ type realContainerd struct {
 	done   chan struct{}
 }
 
-func startRealContainerd(t *testing.T) *realContainerd {
+// newRealContainerd configures a containerd; start starts it.
+func newRealContainerd(t *testing.T) *realContainerd {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run containerd")
@@ -90,7 +91,6 @@ disabled_plugins = [
 			t.Logf("containerd's log:\n%s", tail(string(b), 8000))
 		}
 	})
-	c.start()
 	return c
 }
 
@@ -206,14 +206,16 @@ func (g *gatedContainerd) hold() chan struct{} {
 // and steps; one imported while the watcher is disconnected (containerd
 // restarted) is found on reconnect; one imported after is seen live.
 func TestContainerdWatcherReal(t *testing.T) {
-	c := startRealContainerd(t)
+	c := newRealContainerd(t)
 	client, err := NewContainerd("unix://" + c.sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer client.Close()
 	g := &gatedContainerd{Containerd: client, opened: make(chan struct{}, 1)}
-	w := &ContainerdWatcher{Client: g, Socket: c.sock, Namespaces: []string{"default"}, MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second, Log: testLogger(t)}
+	logs := &logBuffer{t: t}
+	w := &ContainerdWatcher{Client: g, Socket: c.sock, Namespaces: []string{"default"}, MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second,
+		Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	ctx, cancel := context.WithCancel(t.Context())
 	out := make(chan BuildInfo, 16)
 	done := make(chan error, 1)
@@ -250,6 +252,20 @@ func TestContainerdWatcherReal(t *testing.T) {
 		}
 	}
 
+	// The watcher starts before containerd: it waits for the socket,
+	// and says so once.
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(logs.String(), "no containerd socket") {
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher did not say that the socket is missing")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := strings.Count(logs.String(), "no containerd socket"); n != 1 {
+		t.Errorf("the missing socket was logged %d times, want once", n)
+	}
+	c.start()
 	waitOpened()
 	now := time.Now().UTC().Truncate(time.Second)
 	check("local.test/one:1", now.Add(-time.Minute), []string{"/bin/sh -c wget -O /payload http://127.0.0.23/payload"})
@@ -287,14 +303,23 @@ func TestContainerdWatcherReal(t *testing.T) {
 	}
 }
 
-// testLogger logs to t.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+// logBuffer keeps a log and passes it on to t.
+type logBuffer struct {
+	t  *testing.T
+	mu sync.Mutex
+	b  strings.Builder
 }
 
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Write(p)
+	l.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
