@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +15,9 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/nodeagent/conns"
 )
 
 // fakeContainerd is an in-memory containerd: image records, blobs and
@@ -23,6 +27,8 @@ type fakeContainerd struct {
 	blobs  map[string][]byte
 	labels map[string]map[string]string
 	reads  int
+	// events are sent to each subscriber, which then waits for its end.
+	events []ctrEnvelope
 }
 
 func newFakeContainerd() *fakeContainerd {
@@ -30,7 +36,16 @@ func newFakeContainerd() *fakeContainerd {
 }
 
 func (f *fakeContainerd) Subscribe(ctx context.Context, _ []string, fn func(*ctrEnvelope) error) error {
-	return errors.New("not used")
+	if err := fn(nil); err != nil {
+		return err
+	}
+	for i := range f.events {
+		if err := fn(&f.events[i]); err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 func (f *fakeContainerd) Image(_ context.Context, _, name string) (ctrImage, error) {
@@ -440,4 +455,34 @@ func FuzzContainerdWire(f *testing.F) {
 		decodeInfoResponse(b)
 		decodeReadResponse(b)
 	})
+}
+
+// TestAgentReportsContainerdBuild runs the agent with the containerd
+// watcher alone: the build it finds is reported, by node and time, with
+// the connection made during it, under a containerd event ID the server's
+// parser takes.
+func TestAgentReportsContainerdBuild(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	f := newFakeContainerd()
+	c := f.put(t, "application/vnd.oci.image.config.v1+json", testConfig(now.Add(-3*time.Second), "RUN wget http://203.0.113.9/x"))
+	m := f.put(t, mediaOCIManifest, testManifest(mediaOCIManifest, c))
+	f.images["local/app:1"] = ctrImage{Name: "local/app:1", Target: m}
+	f.events = []ctrEnvelope{{Timestamp: now.Add(-time.Second), Namespace: "default", Topic: "/images/create", Event: imageEvent("local/app:1", nil)}}
+	sensor := fixedConns{conns: []conns.Conn{
+		{Time: now.Add(-2 * time.Second), PID: 555, Comm: "wget", Dst: netip.MustParseAddrPort("203.0.113.9:80")},
+	}}
+	a := newTestAgent(t, &fakeEngine{}, sensor)
+	a.Docker = nil
+	a.Containerd = &ContainerdWatcher{Client: f, Arch: "amd64", Metrics: a.Metrics}
+	r, data := runUntilBuild(t, a, "containerd", 1)()
+	if len(r.Builds) != 1 || len(r.Connections) != 1 || r.Connections[0].PID != 555 {
+		t.Fatalf("report %s: want the build and the wget's connection", data)
+	}
+	if b := r.Builds[0]; b.EventID != "containerd-build/"+c.Digest || b.ImageID != c.Digest || b.Tool != "containerd" || len(b.Steps) != 1 {
+		t.Errorf("build %+v", b)
+	}
+	p, err := evidence.ParseAgent(data)
+	if err != nil || len(p.Errors) != 0 || len(p.Report.Builds) != 1 || len(p.Report.Connections) != 1 {
+		t.Fatalf("ParseAgent = %+v, %v", p, err)
+	}
 }
