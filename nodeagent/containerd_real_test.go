@@ -295,7 +295,28 @@ func TestContainerdWatcherReal(t *testing.T) {
 	waitOpened()
 	check("local.test/three:1", now, []string{"RUN three"})
 
-	// The old image was never reported.
+	// A fresh image pulled from a registry (an index, as BuildKit pushes)
+	// is not a build: containerd labelled its content with the registry.
+	reg := testregistry.New(t)
+	reg.PushIndex(t, "pulled:1", false, testregistry.Build(t, testregistry.Image{Created: now, Steps: []string{"RUN pulled"}, Platform: platform}))
+	pull := exec.Command("ctr", "--address", c.sock, "--timeout", "20s", "-n", "default", "images", "pull", "--plain-http", reg.Host+"/pulled:1")
+	pull.Env = append(os.Environ(), "NO_PROXY=127.0.0.1", "no_proxy=127.0.0.1")
+	if out, err := pull.CombinedOutput(); err != nil {
+		t.Fatalf("ctr images pull: %v: %s", err, out)
+	}
+	want := fmt.Sprintf(`msg="containerd image pulled, not built" namespace=default image=%s/pulled:1`, reg.Host)
+	deadline = time.Now().Add(20 * time.Second)
+	for !strings.Contains(logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pulled image was not found to be pulled (log %q)", want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "containerd.io/distribution.source.") {
+		t.Error("the pull was not told by containerd's distribution.source label")
+	}
+
+	// Neither the old nor the pulled image was reported.
 	select {
 	case b := <-out:
 		t.Errorf("unexpected build %+v", b)
