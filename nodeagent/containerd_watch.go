@@ -277,8 +277,17 @@ func (w *ContainerdWatcher) handle(e ctrEnvelope) {
 	w.schedule(ctrRef{e.Namespace, ev.Name}, t)
 }
 
+// maxCtrPending bounds the images waiting to be examined (a storm of
+// image events, or a node of many images changed while not watching).
+const maxCtrPending = 20000
+
 func (w *ContainerdWatcher) schedule(r ctrRef, at time.Time) {
-	if p, ok := w.pending[r]; ok && !at.After(p.at) {
+	p, ok := w.pending[r]
+	if ok && !at.After(p.at) {
+		return
+	}
+	if !ok && len(w.pending) >= maxCtrPending {
+		w.log().Error("too many containerd images waiting to be examined; one is left out", "namespace", r.ns, "image", r.name)
 		return
 	}
 	w.pending[r] = ctrPending{at: at, due: w.now()}
