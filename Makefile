@@ -44,6 +44,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	  $(GO) test ./evidence/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./provenance/ -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzDecodeEvents$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzContainerdBlobs$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseTraceFormat FuzzParseProcCgroup FuzzParseProcNetTCP FuzzParseStat; do \
 	  $(GO) test ./nodeagent/conns/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter FuzzParseExceptionFile; do \
