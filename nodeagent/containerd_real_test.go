@@ -170,6 +170,8 @@ type gatedContainerd struct {
 	mu     sync.Mutex
 	gate   chan struct{} // nil: open
 	opened chan struct{} // gets a value each time a subscription opens
+	// types are the type URLs of the image events received, decoded.
+	types map[string]int
 }
 
 func (g *gatedContainerd) Subscribe(ctx context.Context, filters []string, fn func(*ctrEnvelope) error) error {
@@ -189,6 +191,10 @@ func (g *gatedContainerd) Subscribe(ctx context.Context, filters []string, fn fu
 			case g.opened <- struct{}{}:
 			default:
 			}
+		} else if _, err := imageEventName(e.Event); err == nil {
+			g.mu.Lock()
+			g.types[e.Event.GetTypeUrl()]++
+			g.mu.Unlock()
 		}
 		return fn(e)
 	})
@@ -212,7 +218,7 @@ func TestContainerdWatcherReal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	g := &gatedContainerd{Containerd: client, opened: make(chan struct{}, 1)}
+	g := &gatedContainerd{Containerd: client, opened: make(chan struct{}, 1), types: map[string]int{}}
 	logs := &logBuffer{t: t}
 	w := &ContainerdWatcher{Client: g, Socket: c.sock, Namespaces: []string{"default"}, MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second,
 		Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
@@ -315,6 +321,18 @@ func TestContainerdWatcherReal(t *testing.T) {
 	if !strings.Contains(logs.String(), "containerd.io/distribution.source.") {
 		t.Error("the pull was not told by containerd's distribution.source label")
 	}
+
+	// The image events came through the subscription and decoded (the
+	// catch-up lists alone could find the builds above).
+	if strings.Contains(logs.String(), "undecodable containerd image event") {
+		t.Error("containerd sent an image event the watcher could not decode")
+	}
+	g.mu.Lock()
+	t.Logf("image events decoded, by type: %v", g.types)
+	if len(g.types) == 0 {
+		t.Error("no image event decoded")
+	}
+	g.mu.Unlock()
 
 	// Neither the old nor the pulled image was reported.
 	select {

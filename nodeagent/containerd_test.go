@@ -6,15 +6,19 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	ctrevents "github.com/containerd/containerd/api/events"
+	imagesapi "github.com/containerd/containerd/api/services/images/v1"
+	ctrtypes "github.com/containerd/containerd/api/types"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/nodeagent/conns"
@@ -284,51 +288,48 @@ func TestPullEvidence(t *testing.T) {
 	}
 }
 
-// envelope encodes an events envelope as containerd sends it.
-func envelope(ts time.Time, ns, topic, typeURL string, event []byte) []byte {
-	var tsMsg wireMsg
-	tsMsg = tsMsg.int(1, ts.Unix()).int(2, int64(ts.Nanosecond()))
-	anyMsg := wireMsg(nil).str(1, typeURL)
-	anyMsg = protowire.AppendBytes(protowire.AppendTag(anyMsg, 2, protowire.BytesType), event)
-	var m wireMsg
-	m = protowire.AppendBytes(protowire.AppendTag(m, 1, protowire.BytesType), tsMsg)
-	m = m.str(2, ns).str(3, topic)
-	m = protowire.AppendBytes(protowire.AppendTag(m, 4, protowire.BytesType), anyMsg)
-	return m
-}
-
-func imageEvent(name string, labels map[string]string) []byte {
-	m := wireMsg(nil).str(1, name)
-	for k, v := range labels {
-		entry := wireMsg(nil).str(1, k).str(2, v)
-		m = protowire.AppendBytes(protowire.AppendTag(m, 2, protowire.BytesType), entry)
+// imageEvent is an ImageCreate event as containerd 1.6 publishes it: its
+// type URL is the bare protobuf name.
+func imageEvent(name string, labels map[string]string) *anypb.Any {
+	b, err := proto.Marshal(&ctrevents.ImageCreate{Name: name, Labels: labels})
+	if err != nil {
+		panic(err) // a valid message always marshals
 	}
-	// An unknown fixed64 field, skipped.
-	m = protowire.AppendFixed64(protowire.AppendTag(m, 9, protowire.Fixed64Type), 7)
-	return m
+	return &anypb.Any{TypeUrl: "containerd.services.images.v1.ImageCreate", Value: b}
 }
 
-func TestDecodeEnvelope(t *testing.T) {
-	ts := time.Date(2026, 12, 1, 12, 0, 0, 123, time.UTC)
-	ev := imageEvent("local/app:1", map[string]string{"a": "b"})
-	got, err := decodeEnvelope(envelope(ts, "k8s.io", "/images/create", "containerd.events.ImageCreate", ev))
+func TestImageEventName(t *testing.T) {
+	update, err := anypb.New(&ctrevents.ImageUpdate{Name: "local/app:2"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !got.Timestamp.Equal(ts) || got.Namespace != "k8s.io" || got.Topic != "/images/create" || got.TypeURL != "containerd.events.ImageCreate" {
-		t.Errorf("decodeEnvelope = %+v", got)
+	del, err := anypb.New(&ctrevents.ImageDelete{Name: "gone:1"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	ie, err := decodeImageEvent(got.Event)
-	if err != nil || ie.Name != "local/app:1" || ie.Labels["a"] != "b" {
-		t.Errorf("decodeImageEvent = %+v, %v", ie, err)
-	}
-	for _, bad := range [][]byte{
-		{0x0a, 0x05, 0x01},       // a length past the end
-		{0xff, 0xff, 0xff, 0xff}, // a truncated tag
-		envelope(time.Unix(0, 0), "ns", "t", "u", nil)[:3],
+	for _, tt := range []struct {
+		name string
+		in   *anypb.Any
+		want string // "" for an error
+	}{
+		{"create", imageEvent("local/app:1", map[string]string{"a": "b"}), "local/app:1"},
+		{"update, full type URL", update, "local/app:2"},
+		{"create, Go package name", &anypb.Any{TypeUrl: "containerd.events.ImageCreate", Value: imageEvent("local/app:3", nil).Value}, "local/app:3"},
+		{"delete", del, ""},
+		{"no event", nil, ""},
+		{"no name", imageEvent("", nil), ""},
+		{"bad bytes", &anypb.Any{TypeUrl: "containerd.events.ImageCreate", Value: []byte{0x0a, 0x05, 0x01}}, ""},
+		{"other type", &anypb.Any{TypeUrl: "containerd.events.ContainerCreate"}, ""},
 	} {
-		if _, err := decodeEnvelope(bad); !errors.Is(err, errWire) {
-			t.Errorf("decodeEnvelope(%x) = %v, want errWire", bad, err)
+		got, err := imageEventName(tt.in)
+		if tt.want == "" {
+			if !errors.Is(err, errMalformed) {
+				t.Errorf("%s: imageEventName = %q, %v; want errMalformed", tt.name, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%s: imageEventName = %q, %v; want %q", tt.name, got, err, tt.want)
 		}
 	}
 }
@@ -344,7 +345,8 @@ func TestContainerdHandle(t *testing.T) {
 		{Timestamp: now, Namespace: "other", Topic: "/images/create", Event: imageEvent("skipped:1", nil)},
 		{Timestamp: now, Namespace: "k8s.io", Topic: "/images/delete", Event: imageEvent("deleted:1", nil)},
 		{Timestamp: now.Add(time.Hour), Namespace: "k8s.io", Topic: "/images/create", Event: imageEvent("future:1", nil)},
-		{Timestamp: now, Namespace: "k8s.io", Topic: "/images/create", Event: []byte{0xff}},
+		{Timestamp: now, Namespace: "k8s.io", Topic: "/images/create", Event: &anypb.Any{TypeUrl: "containerd.events.ImageCreate", Value: []byte{0xff}}},
+		{Timestamp: now, Namespace: "k8s.io", Topic: "/images/create"},
 	} {
 		w.handle(e)
 	}
@@ -365,28 +367,26 @@ func TestContainerdHandle(t *testing.T) {
 	}
 }
 
-func TestDecodeImages(t *testing.T) {
-	created := time.Date(2026, 12, 1, 11, 0, 0, 0, time.UTC)
-	desc := wireMsg(nil).str(1, mediaOCIManifest).str(2, "sha256:"+strings.Repeat("c", 64)).int(3, 512)
-	ts := wireMsg(nil).int(1, created.Unix())
-	img := wireMsg(nil).str(1, "local/app:1")
-	img = protowire.AppendBytes(protowire.AppendTag(img, 3, protowire.BytesType), desc)
-	img = protowire.AppendBytes(protowire.AppendTag(img, 8, protowire.BytesType), ts)
-	var resp []byte
-	for range 2 {
-		resp = protowire.AppendBytes(protowire.AppendTag(resp, 1, protowire.BytesType), img)
+func TestImageFromProto(t *testing.T) {
+	updated := time.Date(2026, 12, 1, 11, 0, 0, 5, time.UTC)
+	dgst := "sha256:" + strings.Repeat("c", 64)
+	got, err := imageFromProto(&imagesapi.Image{
+		Name:      "local/app:1",
+		Labels:    map[string]string{"k": "v"},
+		Target:    &ctrtypes.Descriptor{MediaType: mediaOCIManifest, Digest: dgst, Size: 512},
+		UpdatedAt: timestamppb.New(updated),
+	})
+	want := ctrDescriptor{MediaType: mediaOCIManifest, Digest: dgst, Size: 512}
+	if err != nil || got.Name != "local/app:1" || got.Labels["k"] != "v" || got.Target != want || !got.UpdatedAt.Equal(updated) || !got.CreatedAt.IsZero() {
+		t.Errorf("imageFromProto = %+v, %v", got, err)
 	}
-	got, err := decodeImages(resp)
-	if err != nil || len(got) != 2 {
-		t.Fatalf("decodeImages = %+v, %v", got, err)
+	// A record without target or labels: empty, not a panic.
+	if got, err := imageFromProto(&imagesapi.Image{Name: "bare:1"}); err != nil || got.Target != (ctrDescriptor{}) || got.Labels == nil {
+		t.Errorf("imageFromProto(bare) = %+v, %v", got, err)
 	}
-	want := ctrDescriptor{MediaType: mediaOCIManifest, Digest: "sha256:" + strings.Repeat("c", 64), Size: 512}
-	if got[0].Name != "local/app:1" || got[0].Target != want || !got[0].UpdatedAt.Equal(created) || !got[0].CreatedAt.IsZero() {
-		t.Errorf("decodeImages[0] = %+v", got[0])
-	}
-	badTS := protowire.AppendBytes(protowire.AppendTag(nil, 8, protowire.BytesType), wireMsg(nil).int(2, 2e9))
-	if _, err := decodeImage(badTS); !errors.Is(err, errWire) {
-		t.Errorf("decodeImage(nanos 2e9) = %v, want errWire", err)
+	bad := &imagesapi.Image{Name: "x", UpdatedAt: &timestamppb.Timestamp{Nanos: 2e9}}
+	if _, err := imageFromProto(bad); !errors.Is(err, errMalformed) {
+		t.Errorf("imageFromProto(nanos 2e9) = %v, want errMalformed", err)
 	}
 }
 
@@ -439,21 +439,6 @@ func FuzzContainerdBlobs(f *testing.F) {
 				t.Errorf("build finished %s before started %s", bi.Finished, bi.Started)
 			}
 		}
-	})
-}
-
-// FuzzContainerdWire feeds untrusted bytes to the protobuf decoders.
-func FuzzContainerdWire(f *testing.F) {
-	ts := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
-	f.Add(envelope(ts, "default", "/images/create", "containerd.events.ImageCreate", imageEvent("app:1", map[string]string{"k": "v"})))
-	f.Add([]byte{0x0a, 0x02, 0x08, 0x01})
-	f.Add([]byte(fmt.Sprint("garbage")))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		decodeEnvelope(b)
-		decodeImageEvent(b)
-		decodeImages(b)
-		decodeInfoResponse(b)
-		decodeReadResponse(b)
 	})
 }
 

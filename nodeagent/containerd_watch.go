@@ -262,9 +262,9 @@ func (w *ContainerdWatcher) handle(e ctrEnvelope) {
 	if e.Topic != "/images/create" && e.Topic != "/images/update" {
 		return
 	}
-	ev, err := decodeImageEvent(e.Event)
-	if err != nil || ev.Name == "" {
-		w.log().Warn("undecodable containerd image event", "namespace", e.Namespace, "topic", e.Topic, "type", e.TypeURL, "error", err)
+	name, err := imageEventName(e.Event)
+	if err != nil {
+		w.log().Warn("undecodable containerd image event", "namespace", e.Namespace, "topic", e.Topic, "type", e.Event.GetTypeUrl(), "error", err)
 		return
 	}
 	t := e.Timestamp
@@ -274,7 +274,7 @@ func (w *ContainerdWatcher) handle(e ctrEnvelope) {
 	if t.After(w.lastTime) && !t.After(w.now().Add(maxClockAhead)) {
 		w.lastTime = t
 	}
-	w.schedule(ctrRef{e.Namespace, ev.Name}, t)
+	w.schedule(ctrRef{e.Namespace, name}, t)
 }
 
 // maxCtrPending bounds the images waiting to be examined (a storm of
