@@ -30,6 +30,30 @@ type env struct {
 	imgs map[string]string
 }
 
+// startEnv starts a control plane and a registry in dir for t, stopped
+// when t ends; their logs are shown when t fails.
+func startEnv(t *testing.T, ctx context.Context, dir string) *env {
+	t.Helper()
+	cp, err := StartControlPlane(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cp.Stop)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range cp.Processes() {
+				t.Logf("--- %s log tail:\n%s", p.Name, p.Tail(3000))
+			}
+		}
+	})
+	reg, err := StartRegistry(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	return &env{t: t, ctx: ctx, cp: cp, reg: reg, imgs: map[string]string{}}
+}
+
 func (e *env) kubectl(stdin string, args ...string) (string, error) {
 	var r *strings.Reader
 	if stdin != "" {
@@ -80,24 +104,8 @@ func TestEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	cp, err := StartControlPlane(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cp.Stop)
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, p := range cp.Processes() {
-				t.Logf("--- %s log tail:\n%s", p.Name, p.Tail(3000))
-			}
-		}
-	})
-	reg, err := StartRegistry(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	e := &env{t: t, ctx: ctx, cp: cp, reg: reg, imgs: map[string]string{}}
+	e := startEnv(t, ctx, dir)
+	cp, reg := e.cp, e.reg
 
 	// Images: one built by a pipeline days ago, one built seconds ago, one
 	// whose build downloaded from a raw IP.

@@ -119,17 +119,8 @@ func TestNodeAgent(t *testing.T) {
 			t.Logf("--- dockerd log tail:\n%s", dockerd.Proc.Tail(3000))
 		}
 	})
-	cp, err := StartControlPlane(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cp.Stop)
-	reg, err := StartRegistry(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	e := &env{t: t, ctx: ctx, cp: cp, reg: reg}
+	e := startEnv(t, ctx, dir)
+	cp, reg := e.cp, e.reg
 	root, err := Root()
 	if err != nil {
 		t.Fatal(err)

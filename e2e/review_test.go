@@ -149,24 +149,8 @@ func TestReviewUI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	cp, err := StartControlPlane(ctx, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cp.Stop)
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, p := range cp.Processes() {
-				t.Logf("--- %s log tail:\n%s", p.Name, p.Tail(3000))
-			}
-		}
-	})
-	reg, err := StartRegistry(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	e := &env{t: t, ctx: ctx, cp: cp, reg: reg, imgs: map[string]string{}}
+	e := startEnv(t, ctx, dir)
+	cp, reg := e.cp, e.reg
 
 	// One image built on a worker whose build talked to a raw IP, one
 	// built seconds ago.
