@@ -203,7 +203,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	results := map[string]*result{}
 	refs := map[string]name.Reference{}
 	var auth *registry.Auth
-	var wg sync.WaitGroup
+	var lookups []func()
 	for _, c := range facts.Containers {
 		if _, seen := results[c.Image]; seen {
 			continue
@@ -231,9 +231,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 				req.Ref = r2
 			}
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		lookups = append(lookups, func() {
 			img, err := e.Resolver.Resolve(ctx, req)
 			if err != nil {
 				var re *policy.ResolveError
@@ -253,6 +251,20 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 					res.builds = e.builds(ctx, log, req.Ref, img, w)
 				}
 			}
+		})
+	}
+	// The last lookup runs on this goroutine: most workloads have one
+	// image, and a cached lookup costs less than starting a goroutine.
+	var wg sync.WaitGroup
+	for i, f := range lookups {
+		if i == len(lookups)-1 {
+			f()
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f()
 		}()
 	}
 	wg.Wait()
