@@ -54,6 +54,37 @@ func startEnv(t *testing.T, ctx context.Context, dir string) *env {
 	return &env{t: t, ctx: ctx, cp: cp, reg: reg, imgs: map[string]string{}}
 }
 
+// waitReady waits until buildguard has injected its CA into the webhook
+// configuration and accepted the ClusterBuildPolicy "default", and creates
+// the namespaces, waiting for their default service accounts. It returns
+// the injected CA bundle, base64 as the configuration holds it.
+func (e *env) waitReady(namespaces ...string) (caBundle string) {
+	e.t.Helper()
+	e.eventually(30*time.Second, "buildguard injects its CA into the webhook configuration", func() error {
+		out, err := e.kubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
+		if err != nil || len(out) < 100 {
+			return fmt.Errorf("caBundle %q: %v", out, err)
+		}
+		caBundle = out
+		return nil
+	})
+	e.eventually(30*time.Second, "policy accepted", func() error {
+		out, err := e.kubectl("", "get", "clusterbuildpolicy", "default", "-o", "jsonpath={.status.conditions[0].status}")
+		if err != nil || out != "True" {
+			return fmt.Errorf("Accepted = %q (%v)", out, err)
+		}
+		return nil
+	})
+	for _, ns := range namespaces {
+		e.mustKubectl("", "create", "namespace", ns)
+		e.eventually(30*time.Second, "default service account in "+ns, func() error {
+			_, err := e.kubectl("", "get", "serviceaccount", "default", "-n", ns)
+			return err
+		})
+	}
+	return caBundle
+}
+
 func (e *env) kubectl(stdin string, args ...string) (string, error) {
 	var r *strings.Reader
 	if stdin != "" {
@@ -173,27 +204,7 @@ func TestEndToEnd(t *testing.T) {
 	// Workloads that were running before buildguard judged anything.
 	e.createPreexisting()
 	e.mustKubectl(WebhookYAML(bg.URL), "apply", "-f", "-")
-	e.eventually(30*time.Second, "buildguard injects its CA into the webhook configuration", func() error {
-		out, err := e.kubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
-		if err != nil || len(out) < 100 {
-			return fmt.Errorf("caBundle %q: %v", out, err)
-		}
-		return nil
-	})
-	e.eventually(30*time.Second, "policy accepted", func() error {
-		out, err := e.kubectl("", "get", "clusterbuildpolicy", "default", "-o", "jsonpath={.status.conditions[0].status}")
-		if err != nil || out != "True" {
-			return fmt.Errorf("Accepted = %q (%v)", out, err)
-		}
-		return nil
-	})
-	for _, ns := range []string{"shop", "audited"} {
-		e.mustKubectl("", "create", "namespace", ns)
-		e.eventually(30*time.Second, "default service account in "+ns, func() error {
-			_, err := e.kubectl("", "get", "serviceaccount", "default", "-n", ns)
-			return err
-		})
-	}
+	e.waitReady("shop", "audited")
 	e.mustKubectl("", "label", "namespace", "audited", "buildguard.dev/mode=audit")
 
 	t.Run("clean Deployment is admitted and its ReplicaSet creates pods", func(t *testing.T) {

@@ -158,27 +158,7 @@ func TestNodeAgent(t *testing.T) {
 		}
 	})
 	e.mustKubectl(WebhookYAML(bg.URL), "apply", "-f", "-")
-	var caB64 string
-	e.eventually(30*time.Second, "buildguard injects its CA into the webhook configuration", func() error {
-		out, err := e.kubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
-		if err != nil || len(out) < 100 {
-			return fmt.Errorf("caBundle %q: %v", out, err)
-		}
-		caB64 = out
-		return nil
-	})
-	e.eventually(30*time.Second, "policy accepted", func() error {
-		out, err := e.kubectl("", "get", "clusterbuildpolicy", "default", "-o", "jsonpath={.status.conditions[0].status}")
-		if err != nil || out != "True" {
-			return fmt.Errorf("Accepted = %q (%v)", out, err)
-		}
-		return nil
-	})
-	e.mustKubectl("", "create", "namespace", "builds")
-	e.eventually(30*time.Second, "default service account in builds", func() error {
-		_, err := e.kubectl("", "get", "serviceaccount", "default", "-n", "builds")
-		return err
-	})
+	caB64 := e.waitReady("builds")
 
 	// The agent's credentials, as the DaemonSet's projected volume holds
 	// them: a token of buildguard-node-agent for audience buildguard, and

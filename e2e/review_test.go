@@ -211,28 +211,9 @@ func TestReviewUI(t *testing.T) {
 		}
 	})
 	e.mustKubectl(WebhookYAML(bg.URL), "apply", "-f", "-")
-	var caPEM []byte
-	e.eventually(30*time.Second, "buildguard injects its CA into the webhook configuration", func() error {
-		out, err := e.kubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
-		if err != nil || len(out) < 100 {
-			return fmt.Errorf("caBundle %q: %v", out, err)
-		}
-		caPEM, err = base64.StdEncoding.DecodeString(out)
-		return err
-	})
-	e.eventually(30*time.Second, "policy accepted", func() error {
-		out, err := e.kubectl("", "get", "clusterbuildpolicy", "default", "-o", "jsonpath={.status.conditions[0].status}")
-		if err != nil || out != "True" {
-			return fmt.Errorf("Accepted = %q (%v)", out, err)
-		}
-		return nil
-	})
-	for _, ns := range []string{"shop", "web"} {
-		e.mustKubectl("", "create", "namespace", ns)
-		e.eventually(30*time.Second, "default service account in "+ns, func() error {
-			_, err := e.kubectl("", "get", "serviceaccount", "default", "-n", ns)
-			return err
-		})
+	caPEM, err := base64.StdEncoding.DecodeString(e.waitReady("shop", "web"))
+	if err != nil {
+		t.Fatalf("caBundle: %v", err)
 	}
 
 	// worker-3 reports building the api image and a connection to a raw IP
