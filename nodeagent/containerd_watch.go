@@ -67,8 +67,9 @@ type ContainerdWatcher struct {
 // changed while not watching are listed.
 const subscribeGrace = 500 * time.Millisecond
 
-// DefaultContainerdNamespaces are the namespaces watched by default.
-var DefaultContainerdNamespaces = []string{"k8s.io", "moby", "default"}
+// DefaultContainerdNamespaces are the namespaces watched by default,
+// comma-separated: Kubernetes', Docker's and ctr's.
+const DefaultContainerdNamespaces = "k8s.io,moby,default"
 
 // containerdTopics are the events followed, as Subscribe filters.
 var containerdTopics = []string{`topic=="/images/create"`, `topic=="/images/update"`}
@@ -97,7 +98,7 @@ func (w *ContainerdWatcher) log() *slog.Logger {
 
 func (w *ContainerdWatcher) namespaces() []string {
 	if len(w.Namespaces) == 0 {
-		return DefaultContainerdNamespaces
+		return strings.Split(DefaultContainerdNamespaces, ",")
 	}
 	return w.Namespaces
 }

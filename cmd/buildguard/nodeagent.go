@@ -23,7 +23,7 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("node-agent", flag.ContinueOnError)
 	dockerHost := fs.String("docker-host", "unix:///var/run/docker.sock", "Docker Engine API address: unix:///path or tcp://host:port (\"\" or off: Docker not watched)")
 	containerdAddr := fs.String("containerd-address", nodeagent.DefaultContainerdAddress, "containerd's socket, unix:///path (\"\" or off: containerd not watched); waited for while it does not exist")
-	containerdNS := fs.String("containerd-namespaces", strings.Join(nodeagent.DefaultContainerdNamespaces, ","), "comma-separated containerd namespaces whose image events are watched")
+	containerdNS := fs.String("containerd-namespaces", nodeagent.DefaultContainerdNamespaces, "comma-separated containerd namespaces whose image events are watched")
 	serverURL := fs.String("server", "", "buildguard's URL (https://buildguard.buildguard-system.svc); reports go to its /v1/node-reports")
 	caFile := fs.String("ca-file", "", "PEM file of the CA that signed buildguard's serving certificate (default: the system's CAs)")
 	tokenFile := fs.String("token-file", "/var/run/secrets/buildguard/token", "service-account token (audience buildguard), read again before every send")
