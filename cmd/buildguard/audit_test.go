@@ -111,27 +111,6 @@ func auditFixture(t *testing.T) (*fake.Clientset, *engine.Engine) {
 	return cs, e
 }
 
-func auditGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", "audit", name)
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("output differs from %s (go test -update rewrites it):\n--- got\n%s--- want\n%s", path, got, want)
-	}
-}
-
 func TestAuditReportTable(t *testing.T) {
 	cs, e := auditFixture(t)
 	s := &audit.Scanner{Client: cs, Evaluator: e, Now: func() time.Time { return auditNow }}
@@ -148,7 +127,7 @@ func TestAuditReportTable(t *testing.T) {
 	if err := writeAuditReport(&b, r, true); err != nil {
 		t.Fatal(err)
 	}
-	auditGolden(t, "report.txt", b.Bytes())
+	checkGolden(t, filepath.Join("audit", "report.txt"), b.Bytes())
 
 	// JSON is the report as documented in docs/audit.md.
 	b.Reset()

@@ -96,9 +96,11 @@ func seedStore(t *testing.T) string {
 	return path
 }
 
+// checkGolden compares got with testdata/name, or writes it there with
+// -update.
 func checkGolden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	path := filepath.Join("testdata", "denials", name)
+	path := filepath.Join("testdata", name)
 	if *update {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
@@ -143,7 +145,7 @@ func TestDenials(t *testing.T) {
 			if err := denials(t.Context(), args, &stdout, &stderr, denialsNow); err != nil {
 				t.Fatalf("denials(%q) = %v; stderr:\n%s", args, err, stderr.String())
 			}
-			checkGolden(t, tt.golden, stdout.Bytes())
+			checkGolden(t, filepath.Join("denials", tt.golden), stdout.Bytes())
 			if strings.HasPrefix(tt.golden, "table") || strings.HasPrefix(tt.golden, "namespace") {
 				for l := range strings.Lines(stdout.String()) {
 					if n := utf8.RuneCountInString(strings.TrimSuffix(l, "\n")); n > tableWidth {
