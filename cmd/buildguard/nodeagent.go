@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -44,16 +43,10 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return &usageError{msg: fmt.Sprintf("node-agent takes no arguments, got %q", fs.Args())}
 	}
-	var handler slog.Handler
-	switch *logFormat {
-	case "json":
-		handler = slog.NewJSONHandler(stderr, nil)
-	case "text":
-		handler = slog.NewTextHandler(stderr, nil)
-	default:
-		return &usageError{msg: fmt.Sprintf("--log-format %q: want json or text", *logFormat)}
+	log, err := newLogger(*logFormat, stderr)
+	if err != nil {
+		return err
 	}
-	log := slog.New(handler)
 	switch {
 	case *serverURL == "":
 		return &usageError{msg: "--server is required"}

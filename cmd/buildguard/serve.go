@@ -89,16 +89,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	case *caSecret != "" && *dnsNames == "":
 		return &usageError{msg: "--self-managed-ca-secret needs --tls-dns-names"}
 	}
-	var handler slog.Handler
-	switch *logFormat {
-	case "json":
-		handler = slog.NewJSONHandler(stderr, nil)
-	case "text":
-		handler = slog.NewTextHandler(stderr, nil)
-	default:
-		return &usageError{msg: fmt.Sprintf("--log-format %q: want json or text", *logFormat)}
+	log, err := newLogger(*logFormat, stderr)
+	if err != nil {
+		return err
 	}
-	log := slog.New(handler)
 
 	// Validate everything before serving anything.
 	if *caSecret == "" {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"time"
 
@@ -81,4 +83,16 @@ func (s *storeFlags) open(ctx context.Context) (evidence.Store, error) {
 		return st, nil
 	}
 	return nil, nil
+}
+
+// newLogger returns the logger of --log-format: "json" (for log
+// collectors) or "text", writing to w.
+func newLogger(format string, w io.Writer) (*slog.Logger, error) {
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, nil)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, nil)), nil
+	}
+	return nil, &usageError{msg: fmt.Sprintf("--log-format %q: want json or text", format)}
 }
