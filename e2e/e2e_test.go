@@ -54,6 +54,17 @@ func startEnv(t *testing.T, ctx context.Context, dir string) *env {
 	return &env{t: t, ctx: ctx, cp: cp, reg: reg, imgs: map[string]string{}}
 }
 
+// applyPolicy applies a ClusterBuildPolicy once buildguard's CRDs are
+// established.
+func (e *env) applyPolicy(yaml string) {
+	e.t.Helper()
+	e.eventually(30*time.Second, "CRDs established", func() error {
+		_, err := e.kubectl("", "wait", "--for=condition=Established", "crd/clusterbuildpolicies.buildguard.dev", "crd/buildpolicyexceptions.buildguard.dev", "--timeout=5s")
+		return err
+	})
+	e.mustKubectl(yaml, "apply", "-f", "-")
+}
+
 // waitReady waits until buildguard has injected its CA into the webhook
 // configuration and accepted the ClusterBuildPolicy "default", and creates
 // the namespaces, waiting for their default service accounts. It returns
@@ -180,11 +191,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	})
-	e.eventually(30*time.Second, "CRDs established", func() error {
-		_, err := e.kubectl("", "wait", "--for=condition=Established", "crd/clusterbuildpolicies.buildguard.dev", "crd/buildpolicyexceptions.buildguard.dev", "--timeout=5s")
-		return err
-	})
-	e.mustKubectl(PolicyYAML(reg.Host, "10m"), "apply", "-f", "-")
+	e.applyPolicy(PolicyYAML(reg.Host, "10m"))
 
 	bin, err := BuildBuildguard(ctx, dir)
 	if err != nil {

@@ -137,11 +137,7 @@ func TestNodeAgent(t *testing.T) {
 			t.Errorf("kubectl kustomize %s: no node agent DaemonSet (%v)", k, err)
 		}
 	}
-	e.eventually(30*time.Second, "CRDs established", func() error {
-		_, err := e.kubectl("", "wait", "--for=condition=Established", "crd/clusterbuildpolicies.buildguard.dev", "--timeout=5s")
-		return err
-	})
-	e.mustKubectl(fmt.Sprintf(nodeAgentPolicy, reg.Host), "apply", "-f", "-")
+	e.applyPolicy(fmt.Sprintf(nodeAgentPolicy, reg.Host))
 	bin, err := BuildBuildguard(ctx, dir)
 	if err != nil {
 		t.Fatal(err)

@@ -184,11 +184,7 @@ func TestReviewUI(t *testing.T) {
 	// The manifests' RBAC, with the buildguard-reviewer role.
 	e.mustKubectl("", "apply", "-f", filepath.Join(root, "manifests", "base", "rbac.yaml"))
 	e.mustKubectl(reviewerRBAC, "apply", "-f", "-")
-	e.eventually(30*time.Second, "CRDs established", func() error {
-		_, err := e.kubectl("", "wait", "--for=condition=Established", "crd/clusterbuildpolicies.buildguard.dev", "crd/buildpolicyexceptions.buildguard.dev", "--timeout=5s")
-		return err
-	})
-	e.mustKubectl(PolicyYAML(reg.Host, "10m"), "apply", "-f", "-")
+	e.applyPolicy(PolicyYAML(reg.Host, "10m"))
 
 	bin, err := BuildBuildguard(ctx, dir)
 	if err != nil {
