@@ -287,7 +287,7 @@ func (p *Policy) Action(rule RuleID) Action {
 		}
 		return ActionDeny
 	}
-	if rule == RuleInvalidModeLabel {
+	if rule == RuleInvalidModeLabel || rule == RuleImplausibleBuildTime {
 		return ActionWarn
 	}
 	if a, ok := p.actions[rule]; ok {

@@ -168,6 +168,10 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		return fmt.Sprintf("mounts %v", ev["socket"])
 	case RuleHostBuilt:
 		return fmt.Sprintf("built on node %v", ev["node"])
+	case RuleImplausibleBuildTime:
+		if b, ok := ev["build"].(map[string]any); ok {
+			return fmt.Sprintf("build on node %v dated %v: %v", b["node"], b["finished"], ev["reason"])
+		}
 	case RuleUntrustedEgress:
 		if cs, ok := ev["connections"].([]map[string]any); ok && len(cs) > 0 {
 			return fmt.Sprintf("build on %v connected to %v:%v", cs[0]["node"], cs[0]["destIP"], cs[0]["destPort"])
@@ -206,7 +210,7 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 	case c.Resolved != nil:
 		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now, p.attestedTimes(c, c.Resolved))...)
 		iv.Findings = append(iv.Findings, p.buildSteps(c.Resolved)...)
-		iv.Findings = append(iv.Findings, p.nodeFindings(c.Builds)...)
+		iv.Findings = append(iv.Findings, p.nodeFindings(c.Builds, c.Resolved, now)...)
 		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved)...)
 	}
 
