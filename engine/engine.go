@@ -305,8 +305,9 @@ func buildWindow(ps []*policy.Policy) time.Duration {
 }
 
 // builds finds the builds nodes reported of img — by config digest, the
-// Docker image ID, for each platform; by tag only when no digest matched —
-// with their nodes' connections around them. A store that fails is
+// Docker image ID, for each platform; by tag only when no digest matched,
+// and then only builds that name no image ID — with their nodes'
+// connections around them. A store that fails is
 // logged and yields no evidence: it never blocks admission by itself.
 func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Reference, img *policy.Image, window time.Duration) []policy.BuildEvidence {
 	var out []policy.BuildEvidence
@@ -351,7 +352,16 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 				break
 			}
 		}
+		digests := imageDigests(img)
 		for _, b := range bs {
+			// A build that names its image ID built the image of that ID:
+			// none of this image's digests, so another image that had the
+			// tag (a tag moves). Only a build that names no image is tied
+			// to this one by its tag.
+			if b.ImageID != "" && !digests[b.ImageID] {
+				log.Debug("build of another image with this tag ignored", "image", ref.String(), "digest", b.ImageID, "node", b.Node)
+				continue
+			}
 			out = append(out, toBuildEvidence(b, "tag", ""))
 		}
 	}
@@ -384,6 +394,17 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 		}
 	}
 	return out
+}
+
+// imageDigests are the digests a node may name img by: its index's, and
+// each platform's manifest and config digests.
+func imageDigests(img *policy.Image) map[string]bool {
+	ds := map[string]bool{img.Digest: true}
+	for _, pl := range img.Platforms {
+		ds[pl.Digest], ds[pl.ConfigDigest] = true, true
+	}
+	delete(ds, "")
+	return ds
 }
 
 func toBuildEvidence(b evidence.Build, matchedBy, platform string) policy.BuildEvidence {
