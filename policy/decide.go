@@ -74,6 +74,11 @@ type ImageVerdict struct {
 	// Exception is the exception that admitted the image despite its
 	// findings, if any.
 	Exception *ExceptionUse `json:"exception,omitempty"`
+	// Watch are the nodes and times whose connections count as the
+	// connections of the image's builds (see ConnectionWindow): a
+	// connection reported later inside one can change the verdict. Not
+	// part of the decision record.
+	Watch []ConnectionWindow `json:"-"`
 }
 
 // ExceptionUse records an exception that applied to an image.
@@ -211,6 +216,7 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now, p.attestedTimes(c, c.Resolved))...)
 		iv.Findings = append(iv.Findings, p.buildSteps(c.Resolved)...)
 		iv.Findings = append(iv.Findings, p.nodeFindings(c.Builds, c.Resolved, now)...)
+		iv.Watch = p.connectionWindows(c.Builds, c.Resolved, now)
 		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved)...)
 	}
 

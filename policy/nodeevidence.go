@@ -364,6 +364,39 @@ func buildSpanShort(b BuildEvidence) string {
 	return "from " + b.Started.UTC().Format(time.RFC3339) + " to " + b.Finished.UTC().Format(time.RFC3339)
 }
 
+// ConnectionWindow is a node and a span of time in which the node's
+// connections count as a build's: the build's span widened by
+// nodeEvidence.buildWindow on both sides.
+type ConnectionWindow struct {
+	Node     string
+	From, To time.Time
+}
+
+// Contains reports whether a connection of node at t falls in w.
+func (w ConnectionWindow) Contains(node string, t time.Time) bool {
+	return node == w.Node && !t.Before(w.From) && !t.After(w.To)
+}
+
+// connectionWindows are the windows of the builds of img that are taken
+// as evidence (not those of an implausible time).
+func (p *Policy) connectionWindows(builds []BuildEvidence, img *Image, now time.Time) []ConnectionWindow {
+	if p.evidence == nil {
+		return nil
+	}
+	var out []ConnectionWindow
+	for _, b := range builds {
+		if b.Node == "" || p.buildTimeProblem(b, img, now) != nil {
+			continue
+		}
+		end := b.Finished
+		if end.IsZero() || end.Before(b.Started) {
+			end = b.Started
+		}
+		out = append(out, ConnectionWindow{Node: b.Node, From: b.Started.Add(-p.evidence.window), To: end.Add(p.evidence.window)})
+	}
+	return out
+}
+
 // buildSpan says when a build ran, for a reader who must find it in the
 // node's logs: "(docker build, 10:00:05Z–10:00:31Z)".
 func buildSpan(b BuildEvidence) string {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -189,5 +190,35 @@ func TestImplausibleBuildTimeNotConfigurable(t *testing.T) {
 	}
 	if a := mustCompile(t, Spec{}).Action(RuleImplausibleBuildTime); a != ActionWarn {
 		t.Errorf("Action(%s) = %s, want warn", RuleImplausibleBuildTime, a)
+	}
+}
+
+// The verdict says in which windows a node's connections count for the
+// image: what late connections are judged against. Builds of an
+// implausible time have none; several policies' windows are merged.
+func TestConnectionWindows(t *testing.T) {
+	spec := func(window time.Duration) Spec {
+		return Spec{Registries: Registries{Allow: []string{"ghcr.io/**"}},
+			NodeEvidence: &NodeEvidence{ApprovedBuildNodes: []string{"ci-runner-*"}, BuildWindow: Duration{window}}}
+	}
+	start := now.Add(-time.Hour)
+	builds := []BuildEvidence{
+		{Source: "agent", Node: "ci-runner-1", Tool: "buildkit", ImageID: "sha256:c", MatchedBy: "image-id", Started: start, Finished: start.Add(time.Minute)},
+		{Source: "agent", Node: "worker-3", Tool: "docker", ImageID: "sha256:c", MatchedBy: "image-id", Started: now.Add(time.Hour), Finished: now.Add(time.Hour)},
+	}
+	f := pod(Container{Image: "ghcr.io/acme/shop:1", Resolved: image(now.Add(-2 * time.Hour)), Builds: builds})
+	v := Combine([]Verdict{Decide(mustCompile(t, spec(5*time.Minute)), f), Decide(mustCompile(t, spec(10*time.Minute)), f)})
+	want := []ConnectionWindow{
+		{Node: "ci-runner-1", From: start.Add(-5 * time.Minute), To: start.Add(6 * time.Minute)},
+		{Node: "ci-runner-1", From: start.Add(-10 * time.Minute), To: start.Add(11 * time.Minute)},
+	}
+	if got := v.Images[0].Watch; !slices.Equal(got, want) {
+		t.Errorf("Watch = %+v, want %+v", got, want)
+	}
+	if !want[0].Contains("ci-runner-1", start.Add(6*time.Minute)) || want[0].Contains("ci-runner-1", start.Add(7*time.Minute)) || want[0].Contains("ci-runner-2", start) {
+		t.Error("ConnectionWindow.Contains is not the window, on its node")
+	}
+	if v := Decide(mustCompile(t, Spec{Registries: Registries{Allow: []string{"ghcr.io/**"}}}), f); v.Images[0].Watch != nil {
+		t.Errorf("Watch without nodeEvidence = %+v, want none", v.Images[0].Watch)
 	}
 }
