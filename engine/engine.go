@@ -66,6 +66,11 @@ type Workload struct {
 	// Controlled is true when a controller owns the object (a Pod of a
 	// ReplicaSet, a Job of a CronJob): the change was judged at the owner.
 	Controlled bool
+	// At is when the workload was admitted, for judging it again later
+	// (late evidence): the policy decides as of then, so that a build
+	// dated after the admission cannot be the build of what was admitted.
+	// Zero means now.
+	At time.Time
 }
 
 // ImageChange reports whether w changes what runs: a CREATE, or an UPDATE
@@ -160,7 +165,11 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	facts := policy.Facts{Now: e.Now(), Namespace: w.Namespace,
+	at := w.At
+	if at.IsZero() {
+		at = e.Now()
+	}
+	facts := policy.Facts{Now: at, Namespace: w.Namespace,
 		Change: policy.ChangeFacts{ImageChange: w.ImageChange(), Annotations: w.Annotations}}
 	var nsLabels map[string]string
 	if e.Namespaces != nil && w.Namespace != "" {
