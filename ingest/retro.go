@@ -78,6 +78,11 @@ type admitted struct {
 	digests []string
 	watch   []policy.ConnectionWindow
 	rules   map[string]bool // rule IDs already found at admission
+	// judging is set while a judgement of the workload is under way;
+	// again when evidence came meanwhile, which that judgement may have
+	// missed: it runs once more. A node streaming connections during a
+	// build window costs one judgement at a time, not one per report.
+	judging, again bool
 }
 
 // maxWatch bounds the connection windows remembered per workload: a
@@ -247,15 +252,33 @@ func (r *Retro) Report(ctx context.Context, rep evidence.Report) {
 			}
 		}
 	}
+	run := todo[:0]
+	for _, a := range todo {
+		if a.judging {
+			a.again = true
+			continue
+		}
+		a.judging = true
+		run = append(run, a)
+	}
 	r.mu.Unlock()
-	if len(todo) == 0 {
+	if len(run) == 0 {
 		return
 	}
 	go func() {
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		for _, a := range todo {
-			r.judge(ctx, a)
+		for _, a := range run {
+			for {
+				ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				r.judge(ctx, a)
+				cancel()
+				r.mu.Lock()
+				again := a.again
+				a.again, a.judging = false, again
+				r.mu.Unlock()
+				if !again {
+					break
+				}
+			}
 		}
 	}()
 }
