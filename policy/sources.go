@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"path"
 	"strings"
+	"unicode/utf8"
 )
 
 // Sources is a compiled list of trusted download sources: host names, host
@@ -319,11 +320,14 @@ func canonicalHost(host string) (canon string, ip, ok bool) {
 }
 
 // validHostName reports whether h, already lower case, is a plausible DNS
-// name: at most 253 bytes of non-empty labels of at most 63 bytes made of
-// letters, digits, '-' and '_'. Bytes above 0x7f are allowed so that
-// internationalised names are reported as written rather than dropped.
+// name: at most 253 bytes of valid UTF-8 in non-empty labels of at most 63
+// bytes made of letters, digits, '-' and '_'. Non-ASCII letters are
+// allowed so that internationalised names are reported as written rather
+// than dropped.
 func validHostName(h string) bool {
-	if h == "" || len(h) > 253 {
+	if h == "" || len(h) > 253 || !utf8.ValidString(h) {
+		// strings.ToLower turns every invalid byte into U+FFFD, which would
+		// make different hosts equal.
 		return false
 	}
 	label := 0
