@@ -3,10 +3,13 @@ package policy
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 func trustedForTest(t testing.TB) Sources {
@@ -598,5 +601,41 @@ func TestDecideBuildSteps(t *testing.T) {
 	}
 	if _, err := Compile(Spec{BuildSteps: &BuildSteps{VerifiedDownloads: "maybe"}}); err == nil || !strings.Contains(err.Error(), "buildSteps.verifiedDownloads") {
 		t.Errorf("Compile(verifiedDownloads: maybe) = %v, want a field error", err)
+	}
+}
+
+// TestStarterList: the trustedSources starter list docs/policy.md ships
+// compiles, trusts the official images' upstreams, and does not trust
+// github.com, or the miners on it, whole.
+func TestStarterList(t *testing.T) {
+	doc, err := os.ReadFile("../docs/policy.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := strings.Index(string(doc), "```yaml\ntrustedSources:\n# Distribution mirrors")
+	if start < 0 {
+		t.Fatal("docs/policy.md: no starter list")
+	}
+	block := string(doc)[start+len("```yaml\n"):]
+	block = block[:strings.Index(block, "```")]
+	var spec Spec
+	if err := yaml.Unmarshal([]byte(block), &spec); err != nil {
+		t.Fatal(err)
+	}
+	s, err := ParseSources(spec.TrustedSources)
+	if err != nil || len(spec.TrustedSources) < 30 {
+		t.Fatalf("starter list (%d entries): %v", len(spec.TrustedSources), err)
+	}
+	for _, u := range []string{"https://github.com/tianon/gosu/releases/download/1.17/gosu-amd64", "https://deb.debian.org/debian/x.deb",
+		"https://raw.githubusercontent.com/docker/docker/65cf/hack/dind", "https://www.python.org/ftp/python/3.13.2/Python-3.13.2.tar.xz"} {
+		if h, _ := urlHost(u); !s.TrustedURL(h, urlPath(u)) {
+			t.Errorf("starter list does not trust %s", u)
+		}
+	}
+	for _, u := range []string{"https://github.com/xmrig/xmrig/releases/download/v6/xmrig.tgz", "https://raw.githubusercontent.com/someone/x/main/i.sh",
+		"https://objects.githubusercontent.com/x", "http://203.0.113.9/x"} {
+		if h, _ := urlHost(u); s.TrustedURL(h, urlPath(u)) {
+			t.Errorf("starter list trusts %s", u)
+		}
 	}
 }

@@ -99,7 +99,7 @@ const (
 const maxLexDepth = 32
 
 func lex(s string) *lexed {
-	l := &lexed{toks: make([]token, 0, len(s)/6+4)}
+	l := &lexed{toks: make([]token, 0, min(len(s)/12+4, 1024))}
 	lx := lexer{s: s, l: l}
 	lx.run()
 	return l

@@ -319,7 +319,7 @@ func (a *stepAnalysis) command(l *lexed, c command, ctx cmdCtx) cmdResult {
 			seen[key] = true
 		}
 		r := a.simple(argv, ctx)
-		if len(res.argv) < 256 {
+		if ctx.piped && len(res.argv) < 256 {
 			res.argv = append(res.argv, argv...)
 		}
 		res.out = append(res.out, r.out...)
