@@ -126,7 +126,8 @@ func (a *stepAnalysis) detail(d, note string) string {
 	return d + " (" + note + ")"
 }
 
-// keyword words that only structure the script.
+// isKeyword reports whether w only structures the script: what follows
+// it is the command.
 func isKeyword(w string) bool {
 	switch w {
 	case "then", "do", "else", "elif", "!", "time", "{", "}", "in", "function":
@@ -685,9 +686,6 @@ func (a *stepAnalysis) emit(text string, ctx cmdCtx) {
 			a.writeText(f, text, ctx.depth)
 		}
 		return
-	}
-	for _, t := range ctx.devNet {
-		_ = t // echo … > /dev/tcp/h/p: the connection is reported already
 	}
 	if !ctx.piped && len(a.echoed) < maxVariants {
 		a.echoed = append(a.echoed, text)
