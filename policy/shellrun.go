@@ -276,8 +276,10 @@ func (a *stepAnalysis) command(l *lexed, c command, ctx cmdCtx) cmdResult {
 				a.writeText(f, t, ctx.depth)
 			}
 		}
+		// </dev/tcp/h/p alone opens a connection (a port check); with its
+		// descriptors duplicated it is wiring one up.
 		for _, t := range ctx.devNet {
-			a.devNet(t, true, ctx.note)
+			a.devNet(t, ctx.dup, ctx.note)
 		}
 		a.echoed = nil
 		return cmdResult{}
@@ -1329,7 +1331,7 @@ func (a *stepAnalysis) connect(host, hostPort, via, note string) {
 		a.report(StepFinding{Kind: StepCloudProbe, Host: canon, URL: clip(printable(hostPort)), Detail: a.detail(fmt.Sprintf("connects to the cloud metadata service at %s with %s", canon, via), note)})
 		return
 	}
-	if ok && a.trusted.Trusted(canon) {
+	if ok && (a.trusted.Trusted(canon) || isLocal(canon)) {
 		return
 	}
 	a.report(StepFinding{Kind: StepConnection, Host: canon, URL: clip(printable(hostPort)), Detail: a.detail(fmt.Sprintf("connects to %s with %s", printable(hostPort), via), note)})
@@ -1384,6 +1386,17 @@ func (a *stepAnalysis) minerArgs(name string, args []string, note string) {
 		known = known || isMinerName(f[0])
 	}
 	found := false
+	// A program not known as a miner counts as one when it is given a
+	// pool and the options a miner also takes (a wallet, a password, an
+	// algorithm …): -o host:port alone is also a listen address or an
+	// output of some servers.
+	minerish := known
+	for _, s := range args {
+		switch strings.SplitN(s, "=", 2)[0] {
+		case "-u", "--user", "-user", "-p", "--pass", "-k", "--keepalive", "-a", "--algo", "--coin", "--tls", "--rig-id", "-w", "--wallet", "--cpu-priority", "--max-cpu-usage":
+			minerish = true
+		}
+	}
 	for i, s := range args {
 		if stratumHost(s) != "" {
 			a.miner(s, fmt.Sprintf("passes the mining pool %s to %s", clip(s), name), note)
@@ -1402,7 +1415,7 @@ func (a *stepAnalysis) minerArgs(name string, args []string, note string) {
 		case strings.HasPrefix(s, "--url=") || strings.HasPrefix(s, "-o=") || strings.HasPrefix(s, "--pool="):
 			_, v, _ = strings.Cut(s, "=")
 		}
-		if v == "" || notMiners[name] && !known {
+		if v == "" || !minerish || notMiners[name] && !known {
 			continue
 		}
 		if h, ok := poolHostPort(v); ok {
@@ -1460,10 +1473,20 @@ func poolHostPort(v string) (string, bool) {
 	}
 	h := strings.Trim(v[:i], "[]")
 	canon, ip, ok := canonicalHost(h)
-	if !ok || !ip && (!strings.Contains(canon, ".") || looksNumeric(canon)) {
+	if !ok || !ip && (!strings.Contains(canon, ".") || looksNumeric(canon)) || isLocal(canon) {
 		return "", false
 	}
 	return canon, true
+}
+
+// isLocal reports whether a canonical host is this machine: loopback, the
+// unspecified address, localhost. A build step that talks to it talks to
+// something the build itself started (a health check, a port it waits for).
+func isLocal(h string) bool {
+	if a, err := netip.ParseAddr(h); err == nil {
+		return a.IsLoopback() || a.IsUnspecified()
+	}
+	return h == "localhost" || strings.HasSuffix(h, ".localhost")
 }
 
 // scanText looks in text of any language for connections: /dev/tcp
