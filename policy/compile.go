@@ -55,8 +55,11 @@ type Policy struct {
 	exceptions   []exception
 	changes      *changeControl
 	steps        *stepMemo
-	evidence     *nodeEvidence
-	prov         provenanceSettings
+	// verifiedAction is the action on steps whose only findings are
+	// verified downloads; "" for the rule's action.
+	verifiedAction Action
+	evidence       *nodeEvidence
+	prov           provenanceSettings
 }
 
 type exception struct {
@@ -174,6 +177,13 @@ func CompileNamed(name string, s Spec) (*Policy, error) {
 			return nil, &FieldError{Field: "rules." + string(r), Msg: fmt.Sprintf("%q is not one of deny, warn, ignore", a)}
 		}
 		p.actions[r] = a
+	}
+	if bs := s.BuildSteps; bs != nil && bs.VerifiedDownloads != "" {
+		a := bs.VerifiedDownloads
+		if a != ActionDeny && a != ActionWarn && a != ActionIgnore {
+			return nil, &FieldError{Field: "buildSteps.verifiedDownloads", Msg: fmt.Sprintf("%q is not one of deny, warn, ignore", a)}
+		}
+		p.verifiedAction = a
 	}
 	x, err := CompileExceptions("exceptions", s.Exceptions)
 	if err != nil {

@@ -144,12 +144,17 @@ type Image struct {
 type Platform struct {
 	// Platform is "os/arch[/variant]", or "" when the manifest is not part
 	// of an index.
-	Platform     string
-	Digest       string // manifest digest
-	ConfigDigest string // the Docker image ID
+	Platform string
+	Digest   string // manifest digest
+	// ConfigDigest is the Docker image ID. It names the config, and so the
+	// history and run config: analyses are remembered by it.
+	ConfigDigest string
 	Created      time.Time
 	History      []History
 	Labels       map[string]string
+	// Config is what the image runs and its environment (config Env,
+	// Entrypoint, Cmd, WorkingDir), judged like a build step.
+	Config RunConfig
 }
 
 // History is one entry of an image config's history: one Dockerfile step.

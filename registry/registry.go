@@ -410,6 +410,7 @@ func platformOf(manifestDigest, configDigest string, cf *v1.ConfigFile) policy.P
 	if len(cf.Config.Labels) > 0 {
 		pl.Labels = cf.Config.Labels
 	}
+	pl.Config = policy.RunConfig{Env: cf.Config.Env, Entrypoint: cf.Config.Entrypoint, Cmd: cf.Config.Cmd, WorkingDir: cf.Config.WorkingDir}
 	pl.History = make([]policy.History, 0, len(cf.History))
 	for _, h := range cf.History {
 		pl.History = append(pl.History, policy.History{Created: h.Created.Time, CreatedBy: h.CreatedBy, EmptyLayer: h.EmptyLayer})
