@@ -51,6 +51,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var pvf provenanceFlags
 	pvf.register(fs)
 	listen := fs.String("listen", ":8443", "address to serve HTTPS on")
+	drainDelay := fs.Duration("drain-delay", defaultDrainDelay(), "on SIGTERM, keep serving this long with /readyz failing before stopping, while the cluster takes the pod out of the Service's endpoints (default 5s in a pod, 0 elsewhere)")
 	certFile := fs.String("tls-cert-file", "", "PEM certificate (chain); reloaded when it changes (required)")
 	keyFile := fs.String("tls-private-key-file", "", "PEM private key; reloaded when it changes (required)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for namespace labels and pull secrets; in a cluster the pod's service account is used")
@@ -93,6 +94,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return &usageError{msg: "--self-managed-ca-secret and --tls-cert-file/--tls-private-key-file exclude each other"}
 	case *caSecret != "" && *dnsNames == "":
 		return &usageError{msg: "--self-managed-ca-secret needs --tls-dns-names"}
+	case *drainDelay < 0:
+		return &usageError{msg: fmt.Sprintf("--drain-delay %v: want 0 or more", *drainDelay)}
 	case *caSecret != "" && *tlsCAFile != "":
 		return &usageError{msg: "--tls-ca-file is for --tls-cert-file: the self-managed CA is published from its Secret"}
 	case *caConfigMap != "" && *caSecret == "" && *tlsCAFile == "":
@@ -307,7 +310,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Certificates: certs, Handler: mux, Ready: ready, Log: log}
+	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Certificates: certs, Handler: mux, Ready: ready,
+		DrainDelay: *drainDelay, Log: log}
 	return s.Run(ctx)
 }
 
@@ -359,6 +363,20 @@ func newStatusLease(flag string, kube kubernetes.Interface, log *slog.Logger) (*
 	// The pod's name, and a suffix: a restarted container is a new
 	// candidate, not the holder of its predecessor's lease.
 	return &cluster.StatusLease{Client: kube, Namespace: ns, Name: name, Identity: host + "_" + hex.EncodeToString(suffix[:]), Log: log}, nil
+}
+
+// defaultDrainDelay is 5s in a pod: the API server keeps sending
+// admissions to a terminating pod until the EndpointSlice update reaches
+// it, a second or two, more on a busy cluster; the Deployment's
+// terminationGracePeriodSeconds (30) covers the delay, the requests in
+// flight (server.DefaultShutdownTimeout) and the decision records'
+// flush. Outside a pod nothing routes by endpoints, and a process that
+// stops at once is what its user expects.
+func defaultDrainDelay() time.Duration {
+	if os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return 5 * time.Second
+	}
+	return 0
 }
 
 // podNamespaceFile holds the namespace of the pod the process runs in.
