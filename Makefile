@@ -19,7 +19,7 @@ deps: ## Install (as root with apt-get) or list what the tests and the demo need
 build: ## Build bin/buildguard (static, version stamped in).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/buildguard ./cmd/buildguard
 
-tools: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl into bin/ (cached; ~8 min the first time).
+tools: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm into bin/ (cached; ~11 min the first time).
 	tools/build.sh
 
 test: deps fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).
