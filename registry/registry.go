@@ -9,10 +9,11 @@
 package registry
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -317,13 +318,9 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 	switch {
 	case desc.MediaType.IsIndex():
 		img.Index = true
-		idx, err := desc.ImageIndex()
+		im, err := v1.ParseIndexManifest(bytes.NewReader(desc.Manifest))
 		if err != nil {
-			return nil, err
-		}
-		im, err := idx.IndexManifest()
-		if err != nil {
-			return nil, invalid("index manifest: %v", err)
+			return nil, invalid("index %s does not decode: %v", desc.Digest, err)
 		}
 		children := platformChildren(im)
 		if len(children) == 0 {
@@ -360,30 +357,62 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 			}()
 		}
 		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
+		if err := childrenError(errs); err != nil {
 			return nil, err
 		}
 	case desc.MediaType.IsImage():
-		im, err := desc.Image()
+		m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
 		if err != nil {
-			return nil, err
+			return nil, invalid("manifest %s does not decode: %v", desc.Digest, err)
 		}
-		m, err := im.Manifest()
-		if err != nil {
-			return nil, invalid("manifest: %v", err)
+		if m.Config.Digest == (v1.Hash{}) {
+			return nil, invalid("manifest %s names no config", desc.Digest)
 		}
 		if m.Config.Size > maxConfigBytes {
 			return nil, invalid("config of %s is %d bytes, more than %d", desc.Digest, m.Config.Size, maxConfigBytes)
 		}
-		cf, err := im.ConfigFile()
+		im, err := desc.Image()
 		if err != nil {
 			return nil, err
+		}
+		// Fetched (and its digest and size checked) apart from decoding:
+		// what fails to decode came whole from a registry that answered.
+		raw, err := im.RawConfigFile()
+		if err != nil {
+			return nil, err
+		}
+		cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
+		if err != nil {
+			return nil, invalid("config %s of %s does not decode: %v", m.Config.Digest, desc.Digest, err)
 		}
 		img.Platforms = []policy.Platform{platformOf(desc.Digest.String(), m.Config.Digest.String(), cf)}
 	default:
 		return nil, invalid("%s has media type %q, which is neither an image nor an index", d.Name(), desc.MediaType)
 	}
 	return img, nil
+}
+
+// childrenError is the error of an index whose children failed, or nil.
+// One child the registry cannot serve makes the whole index unresolvable
+// (a node pulling it may get that child); only when every failure is an
+// outage is the index unavailable.
+func childrenError(errs []error) error {
+	var kind policy.ErrorKind
+	var msgs []string
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		k := classify(err)
+		if kind == "" || kind == policy.ErrUnavailable {
+			kind = k
+		}
+		msgs = append(msgs, redact(err.Error()))
+	}
+	if kind == "" {
+		return nil
+	}
+	return &policy.ResolveError{Kind: kind, Message: strings.Join(msgs, "; ")}
 }
 
 // platformChildren drops what is not a runnable image: BuildKit

@@ -126,12 +126,22 @@ func (t *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // releaseBody gives the registry's slot back when the body is closed or
-// the request's context ends, whichever comes first.
+// the request's context ends, whichever comes first. Its read errors are
+// *readError: the body is what the network delivered, and whatever fails
+// after it was read whole is the content's fault.
 type releaseBody struct {
 	io.ReadCloser
 	once    sync.Once
 	release func()
 	stop    func() bool
+}
+
+func (b *releaseBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		err = &readError{err: err}
+	}
+	return n, err
 }
 
 func (b *releaseBody) Close() error {
@@ -140,3 +150,10 @@ func (b *releaseBody) Close() error {
 	b.release()
 	return err
 }
+
+// readError is a response body that could not be read to its end: the
+// connection broke or the deadline passed while it was being sent.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return "reading the response: " + e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
