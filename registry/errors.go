@@ -25,6 +25,10 @@ func classify(err error) policy.ErrorKind {
 	if errors.As(err, &re) {
 		return re.Kind
 	}
+	var ce *contentError
+	if errors.As(err, &ce) {
+		return policy.ErrInvalidImage
+	}
 	var te *transport.Error
 	if errors.As(err, &te) {
 		for _, d := range te.Errors {

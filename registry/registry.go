@@ -35,7 +35,6 @@ const (
 	defaultPullerLifetime  = 10 * time.Minute
 	defaultMaxPullers      = 256
 	maxIndexChildren       = 64
-	maxConfigBytes         = 8 << 20
 	attestationRefTypeAnno = "vnd.docker.reference.type"
 )
 
@@ -380,6 +379,10 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 		raw, err := im.RawConfigFile()
 		if err != nil {
 			return nil, err
+		}
+		var vc jsonCounter
+		if vc.scan(raw); vc.values() > maxJSONValues {
+			return nil, tooManyValues(fmt.Sprintf("config %s of %s", m.Config.Digest, desc.Digest))
 		}
 		cf, err := v1.ParseConfigFile(bytes.NewReader(raw))
 		if err != nil {

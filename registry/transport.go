@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"sync"
 	"syscall"
 	"time"
@@ -117,7 +118,20 @@ func (t *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		<-s
 		return nil, err
 	}
-	b := &releaseBody{ReadCloser: resp.Body}
+	b := &releaseBody{ReadCloser: resp.Body, kind: kindOf(req), url: redactURL(req.URL)}
+	b.limit = limitOf(b.kind)
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		// Read for the error it carries: cut short, never refused.
+		b.limit, b.truncate = maxErrorBodyBytes, true
+	} else if b.kind == kindManifest {
+		b.values = &jsonCounter{}
+	}
+	if req.Method != http.MethodHead && !b.truncate && resp.ContentLength > b.limit {
+		// Refused before a byte of it is read.
+		resp.Body.Close()
+		<-s
+		return nil, tooLarge(b.kind, b.url, resp.ContentLength)
+	}
 	b.release = func() { b.once.Do(func() { <-s }) }
 	// A body nobody closes must not hold the slot past its request.
 	b.stop = context.AfterFunc(ctx, b.release)
@@ -125,19 +139,63 @@ func (t *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// redactURL is u without its query, where registries put short-lived
+// credentials in redirects.
+func redactURL(u *url.URL) string {
+	v := *u
+	if v.RawQuery != "" {
+		v.RawQuery = "REDACTED"
+	}
+	return v.String()
+}
+
 // releaseBody gives the registry's slot back when the body is closed or
-// the request's context ends, whichever comes first. Its read errors are
-// *readError: the body is what the network delivered, and whatever fails
-// after it was read whole is the content's fault.
+// the request's context ends, whichever comes first. It reads no more
+// than limit bytes: past them it fails with a *contentError (or, for an
+// error response, ends). Its read errors are *readError: the body is
+// what the network delivered, and whatever fails after it was read whole
+// is the content's fault.
 type releaseBody struct {
 	io.ReadCloser
+	kind     bodyKind
+	url      string
+	limit    int64
+	truncate bool
+	values   *jsonCounter // counted for manifests; nil otherwise
+	read     int64
+	err      error
+
 	once    sync.Once
 	release func()
 	stop    func() bool
 }
 
 func (b *releaseBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	// One byte past the limit tells a body of exactly limit bytes from a
+	// longer one.
+	if room := b.limit + 1 - b.read; int64(len(p)) > room {
+		p = p[:room]
+	}
 	n, err := b.ReadCloser.Read(p)
+	b.read += int64(n)
+	if b.read > b.limit {
+		n -= int(b.read - b.limit)
+		b.read = b.limit
+		if b.truncate {
+			return n, io.EOF
+		}
+		b.err = tooLarge(b.kind, b.url, -1)
+		return n, b.err
+	}
+	if b.values != nil {
+		if b.values.scan(p[:n]); b.values.values() > maxJSONValues {
+			b.err = tooManyValues(b.kind.String() + " " + b.url)
+			return n, b.err
+		}
+	}
 	if err != nil && err != io.EOF {
 		err = &readError{err: err}
 	}
