@@ -242,13 +242,16 @@ func (p *Policy) unapproved(ref name.Reference) Finding {
 func (p *Policy) lookupFailure(c Container, ref name.Reference) Finding {
 	ev := map[string]any{"reason": string(c.Err.Kind), "registry": ref.Context().RegistryStr(), "error": c.Err.Message}
 	switch c.Err.Kind {
-	case ErrNotFound, ErrInvalidImage:
+	case ErrNotFound, ErrInvalidImage, ErrTooLarge:
 		policy := effectivePullPolicy(c.PullPolicy, ref)
 		ev["imagePullPolicy"] = policy
 		sev := SeverityMedium
 		msg := fmt.Sprintf("image %s does not exist in registry %s", ref.String(), ref.Context().RegistryStr())
-		if c.Err.Kind == ErrInvalidImage {
+		switch c.Err.Kind {
+		case ErrInvalidImage:
 			msg = fmt.Sprintf("registry %s serves no valid image for %s", ref.Context().RegistryStr(), ref.String())
+		case ErrTooLarge:
+			msg = fmt.Sprintf("image %s is larger than buildguard reads or judges (%s)", ref.String(), c.Err.Message)
 		}
 		if policy == "Never" || policy == "IfNotPresent" {
 			sev = SeverityHigh

@@ -176,6 +176,10 @@ const (
 	// ErrInvalidImage: the registry served something that is not a valid
 	// image (bad manifest or config).
 	ErrInvalidImage ErrorKind = "invalid-image"
+	// ErrTooLarge: the registry served a manifest or config larger, or
+	// costlier to decode, than buildguard reads, or the images of one
+	// workload hold more than it keeps in memory to judge them.
+	ErrTooLarge ErrorKind = "too-large"
 )
 
 // ResolveError says why an image could not be looked up.

@@ -104,31 +104,31 @@ func TestSizeCaps(t *testing.T) {
 		}, ""},
 		{"manifest of 60 MB by its Content-Length", unseen, func(done <-chan struct{}) map[string]http.HandlerFunc {
 			return map[string]http.HandlerFunc{manifestPath(unseen): stall(done, mt, []byte(`{"schemaVersion":2,`), 60_000_000)}
-		}, policy.ErrInvalidImage},
+		}, policy.ErrTooLarge},
 		{"manifest past 4 MiB without a Content-Length", unseen, func(done <-chan struct{}) map[string]http.HandlerFunc {
 			return map[string]http.HandlerFunc{manifestPath(unseen): stall(done, mt, []byte(`{"schemaVersion":2,`), -(4*mib + 1))}
-		}, policy.ErrInvalidImage},
+		}, policy.ErrTooLarge},
 		{"config declared larger than 8 MiB", digestOf(bigCfgManifest), func(done <-chan struct{}) map[string]http.HandlerFunc {
 			return map[string]http.HandlerFunc{
 				manifestPath(digestOf(bigCfgManifest)): serve(mt, bigCfgManifest, false),
 				blobPath:                               stall(done, "application/octet-stream", []byte("{"), int(bigCfg.Size)),
 			}
-		}, policy.ErrInvalidImage},
+		}, policy.ErrTooLarge},
 		{"config of 60 MB by its Content-Length, declared small", digestOf(smallCfgManifest), func(done <-chan struct{}) map[string]http.HandlerFunc {
 			return map[string]http.HandlerFunc{
 				manifestPath(digestOf(smallCfgManifest)): serve(mt, smallCfgManifest, false),
 				blobPath:                                 stall(done, "application/octet-stream", []byte("{"), 60_000_000),
 			}
-		}, policy.ErrInvalidImage},
+		}, policy.ErrTooLarge},
 		{"manifest of 3 MiB holding a million empty layers", digestOf(manyLayers), func(<-chan struct{}) map[string]http.HandlerFunc {
 			return map[string]http.HandlerFunc{manifestPath(digestOf(manyLayers)): serve(mt, manyLayers, false), blobPath: serve("application/octet-stream", cfg, false)}
-		}, policy.ErrInvalidImage},
+		}, policy.ErrTooLarge},
 		{"config of 3 MiB holding a million empty history entries", digestOf(manyHistoryManifest), func(<-chan struct{}) map[string]http.HandlerFunc {
 			return map[string]http.HandlerFunc{
 				manifestPath(digestOf(manyHistoryManifest)):           serve(mt, manyHistoryManifest, false),
 				"/v2/acme/x/blobs/" + manyHistoryDesc.Digest.String(): serve("application/octet-stream", manyHistory, false),
 			}
-		}, policy.ErrInvalidImage},
+		}, policy.ErrTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -27,7 +27,7 @@ func classify(err error) policy.ErrorKind {
 	}
 	var ce *contentError
 	if errors.As(err, &ce) {
-		return policy.ErrInvalidImage
+		return policy.ErrTooLarge
 	}
 	var te *transport.Error
 	if errors.As(err, &te) {

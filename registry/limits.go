@@ -7,8 +7,8 @@ import (
 )
 
 // Limits on what a registry may send. A response past its limit is an
-// invalid image: the registry answered, with something buildguard will
-// not hold in memory.
+// image too large to judge (policy.ErrTooLarge): the registry answered,
+// with something buildguard will not hold in memory.
 const (
 	// maxManifestBytes caps a manifest, an index or a referrers list: 4
 	// MiB, what the OCI distribution spec asks registries to accept, and
@@ -78,8 +78,8 @@ func limitOf(k bodyKind) int64 {
 }
 
 // contentError is a response buildguard refused to read or decode: too
-// large, or too costly to decode. The registry answered; the image is
-// invalid.
+// large, or too costly to decode. The registry answered; the image is too
+// large to judge.
 type contentError struct{ msg string }
 
 func (e *contentError) Error() string { return e.msg }

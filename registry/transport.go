@@ -69,9 +69,10 @@ func insecureOf(ctx context.Context) bool {
 // go-containerregistry falls back to HTTP on its own for loopback and
 // RFC 1918 registries; this is where buildguard says no.
 type guardTransport struct {
-	inner http.RoundTripper
-	per   int
-	obs   Observer
+	inner  http.RoundTripper
+	per    int
+	obs    Observer
+	budget *budget
 
 	mu   sync.Mutex
 	sems map[string]chan struct{}
@@ -132,9 +133,32 @@ func (t *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		<-s
 		return nil, tooLarge(b.kind, b.url, resp.ContentLength)
 	}
+	if req.Method != http.MethodHead && !b.truncate && b.kind != kindOther {
+		// Room for the whole body before a byte of it is read.
+		b.reserved = b.limit
+		if resp.ContentLength >= 0 {
+			b.reserved = resp.ContentLength
+		}
+		b.lease = leaseOf(ctx)
+		if b.lease == nil {
+			// Provenance's signatures and attestations: lookups under way.
+			b.lease, b.ownLease = t.budget.lease(underWay), true
+		}
+		if err := b.lease.acquire(ctx, b.reserved); err != nil {
+			resp.Body.Close()
+			<-s
+			return nil, err
+		}
+	}
 	b.release = func() { b.once.Do(func() { <-s }) }
-	// A body nobody closes must not hold the slot past its request.
-	b.stop = context.AfterFunc(ctx, b.release)
+	// A body nobody closes must not hold the slot, or its bytes of the
+	// budget, past its request.
+	b.stop = context.AfterFunc(ctx, func() {
+		b.release()
+		if b.ownLease {
+			b.lease.release()
+		}
+	})
 	resp.Body = b
 	return resp, nil
 }
@@ -164,6 +188,12 @@ type releaseBody struct {
 	values   *jsonCounter // counted for manifests; nil otherwise
 	read     int64
 	err      error
+	// lease holds reserved bytes of the budget for the body: the
+	// lookup's, until it has decoded what it read, or the body's own
+	// (ownLease), until it is closed.
+	lease    *lease
+	ownLease bool
+	reserved int64
 
 	once    sync.Once
 	release func()
@@ -196,6 +226,10 @@ func (b *releaseBody) Read(p []byte) (int, error) {
 			return n, b.err
 		}
 	}
+	if err == io.EOF && b.lease != nil && b.reserved > b.read {
+		b.lease.giveBack(b.reserved - b.read)
+		b.reserved = b.read
+	}
 	if err != nil && err != io.EOF {
 		err = &readError{err: err}
 	}
@@ -206,6 +240,9 @@ func (b *releaseBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.stop()
 	b.release()
+	if b.ownLease {
+		b.lease.release()
+	}
 	return err
 }
 
