@@ -88,3 +88,27 @@ func TestImagesTooLargeForOneWorkload(t *testing.T) {
 		t.Errorf("with a bound: allowed %v, %d judged, %d too large; want denied, at most 2 judged, the others too large", v.Allowed, judged, tooLarge)
 	}
 }
+
+// TestMetadataAddressIsAFinding: an image whose registry is a metadata
+// address in a form resolvers accept is refused by policy — never
+// contacted, and denied even under failurePolicy allow and a policy that
+// allows every registry — not admitted as a registry that is down.
+func TestMetadataAddressIsAFinding(t *testing.T) {
+	e := allowEngine(t, "**")
+	spec := &corev1.PodSpec{}
+	for i, img := range []string{"2852039166:80/acme/shop:1", "0xa9fea9fe:80/acme/shop:1", "0251.0376.0251.0376:80/acme/shop:1", "169.254.169.254.:80/acme/shop:1"} {
+		spec.Containers = append(spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Image: img})
+	}
+	v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Allowed {
+		t.Errorf("Evaluate allowed a Pod of metadata-address images: %+v", v)
+	}
+	for _, iv := range v.Images {
+		if len(iv.Findings) != 1 || iv.Findings[0].Rule != policy.RuleUnapprovedRegistry || iv.Findings[0].Evidence["forbiddenAddress"] != true {
+			t.Errorf("%s (%s): findings %+v, want one unapproved-registry with forbiddenAddress", iv.Container, iv.Image, iv.Findings)
+		}
+	}
+}

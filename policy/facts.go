@@ -180,6 +180,10 @@ const (
 	// costlier to decode, than buildguard reads, or the images of one
 	// workload hold more than it keeps in memory to judge them.
 	ErrTooLarge ErrorKind = "too-large"
+	// ErrForbiddenAddress: buildguard refused to contact the registry on
+	// purpose: its name resolved, or it redirected, to a link-local or
+	// cloud-metadata address. A policy finding, not an outage.
+	ErrForbiddenAddress ErrorKind = "forbidden-address"
 )
 
 // ResolveError says why an image could not be looked up.

@@ -53,7 +53,11 @@ func classify(err error) policy.ErrorKind {
 	var fe *forbiddenError
 	var rd *readError
 	switch {
+	case errors.As(err, &fe) && fe.address:
+		return policy.ErrForbiddenAddress
 	case errors.As(err, &fe):
+		// Plain HTTP refused: go-containerregistry falls back to it for
+		// a private registry that did not answer over HTTPS.
 		return policy.ErrUnavailable
 	case errors.As(err, &rd):
 		return policy.ErrUnavailable

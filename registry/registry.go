@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -94,6 +95,11 @@ func WithMaxInFlightBytes(n int64) Option { return func(c *Client) { c.inFlight 
 // is 64 MiB.
 func WithMaxCacheBytes(n int64) Option { return func(c *Client) { c.cacheBytes = n } }
 
+// WithResolver sets the resolver of the default transport, whose dialer
+// refuses the link-local and metadata addresses a name resolves to. The
+// default is the system's. It has no effect with WithTransport.
+func WithResolver(r *net.Resolver) Option { return func(c *Client) { c.resolver = r } }
+
 // WithObserver sets who is told about requests and cache results.
 func WithObserver(o Observer) Option { return func(c *Client) { c.obs = o } }
 
@@ -109,6 +115,7 @@ type Client struct {
 	inFlight     int64
 	cacheBytes   int64
 	base         http.RoundTripper
+	resolver     *net.Resolver
 	obs          Observer
 	now          func() time.Time
 
@@ -142,7 +149,7 @@ func New(opts ...Option) *Client {
 		o(c)
 	}
 	if c.base == nil {
-		c.base = newSafeTransport()
+		c.base = newSafeTransport(c.resolver)
 	}
 	if c.maxImages < 1 {
 		c.maxImages = 1
@@ -156,6 +163,12 @@ func New(opts ...Option) *Client {
 	c.images = newWeighedLRU(c.maxImages, c.cacheBytes, ImageBytes)
 	c.pullers = newLRU[*pullerEntry](defaultMaxPullers)
 	return c
+}
+
+// forbiddenRegistry is the error of a registry written as a link-local or
+// metadata address, which is never contacted.
+func forbiddenRegistry() error {
+	return &policy.ResolveError{Kind: policy.ErrForbiddenAddress, Message: "registry address is link-local or cloud metadata; not contacted"}
 }
 
 // Auth says how to authenticate a lookup. Key identifies the keychain
@@ -181,7 +194,7 @@ type Request struct {
 // Resolve looks the image up. Errors are *policy.ResolveError.
 func (c *Client) Resolve(ctx context.Context, r Request) (*policy.Image, error) {
 	if policy.ForbiddenHost(r.Ref.Context().RegistryStr()) {
-		return nil, &policy.ResolveError{Kind: policy.ErrUnavailable, Message: "registry address is link-local or cloud metadata; not contacted"}
+		return nil, forbiddenRegistry()
 	}
 	if r.Auth.Keychain == nil {
 		r.Auth = Anonymous

@@ -16,7 +16,7 @@ import (
 // the puller must be given the returned context or one derived from it.
 func (c *Client) Puller(ctx context.Context, r Request) (context.Context, *remote.Puller, error) {
 	if policy.ForbiddenHost(r.Ref.Context().RegistryStr()) {
-		return nil, nil, &policy.ResolveError{Kind: policy.ErrUnavailable, Message: "registry address is link-local or cloud metadata; not contacted"}
+		return nil, nil, forbiddenRegistry()
 	}
 	if r.Auth.Keychain == nil {
 		r.Auth = Anonymous

@@ -16,26 +16,32 @@ import (
 	"buildguard.dev/buildguard/policy"
 )
 
-// forbiddenError is a request buildguard refused to send.
-type forbiddenError struct{ msg string }
+// forbiddenError is a request buildguard refused to send. address is set
+// when it was refused for where it leads: a link-local or cloud-metadata
+// address, a policy finding rather than an outage.
+type forbiddenError struct {
+	msg     string
+	address bool
+}
 
 func (e *forbiddenError) Error() string { return e.msg }
 
 // newSafeTransport returns the default base transport: short timeouts,
 // TLS 1.2 or later, and a dialer that refuses link-local and metadata
-// addresses after name resolution, so neither a registry host name nor a
-// redirect can lead to them.
-func newSafeTransport() *http.Transport {
+// addresses after name resolution (with resolver, or the system's when
+// nil), so neither a registry host name nor a redirect can lead to them.
+func newSafeTransport(resolver *net.Resolver) *http.Transport {
 	d := &net.Dialer{
 		Timeout:   2 * time.Second,
 		KeepAlive: 30 * time.Second,
+		Resolver:  resolver,
 		Control: func(network, address string, _ syscall.RawConn) error {
 			ap, err := netip.ParseAddrPort(address)
 			if err != nil {
 				return &forbiddenError{msg: fmt.Sprintf("unparsable dial address %q", address)}
 			}
 			if policy.ForbiddenAddr(ap.Addr()) {
-				return &forbiddenError{msg: fmt.Sprintf("refusing to dial %s: link-local or cloud-metadata address", ap.Addr())}
+				return &forbiddenError{msg: fmt.Sprintf("refusing to dial %s: link-local or cloud-metadata address", ap.Addr()), address: true}
 			}
 			return nil
 		},
@@ -95,7 +101,7 @@ func (t *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// proxy, so the URL's host (a redirect's, a token realm's) is checked
 	// here too.
 	if policy.ForbiddenHost(req.URL.Host) {
-		return nil, &forbiddenError{msg: fmt.Sprintf("refusing %s: link-local or cloud-metadata address", req.URL.Host)}
+		return nil, &forbiddenError{msg: fmt.Sprintf("refusing %s: link-local or cloud-metadata address", req.URL.Host), address: true}
 	}
 	if req.URL.Scheme == "http" {
 		if ok, _ := ctx.Value(insecureKey{}).(bool); !ok {
@@ -118,6 +124,13 @@ func (t *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		<-s
 		return nil, err
+	}
+	if loc, err := resp.Location(); err == nil && policy.ForbiddenHost(loc.Host) {
+		// Refused here, where every redirect passes, before the client
+		// follows it: for a blob store's redirect as for a token realm's.
+		resp.Body.Close()
+		<-s
+		return nil, &forbiddenError{msg: fmt.Sprintf("refusing the redirect of %s to %s: link-local or cloud-metadata address", redactURL(req.URL), loc.Host), address: true}
 	}
 	b := &releaseBody{ReadCloser: resp.Body, kind: kindOf(req), url: redactURL(req.URL)}
 	b.limit = limitOf(b.kind)
