@@ -271,6 +271,11 @@ func TestMalformedBytes(t *testing.T) {
 		{"manifest is truncated JSON", tagged(mt, manifest[:len(manifest)/2]), policy.ErrInvalidImage},
 		{"manifest is empty", tagged(mt, nil), policy.ErrInvalidImage},
 		{"index is truncated JSON", tagged(string(types.OCIImageIndex), indexManifest(t, descriptorOf(manifest, types.OCIManifestSchema1))[:40]), policy.ErrInvalidImage},
+		{"config embedded in the manifest does not match its digest", tagged(mt, func() []byte {
+			d := cfgDesc
+			d.Data = other
+			return imageManifest(t, d)
+		}()), policy.ErrInvalidImage},
 		{"manifest is an HTML page with status 200", map[string]http.HandlerFunc{
 			"/v2/acme/x/manifests/" + mDigest.String(): serve("text/html", []byte("<html>sign in</html>"), false),
 		}, policy.ErrInvalidImage},
@@ -282,6 +287,19 @@ func TestMalformedBytes(t *testing.T) {
 			blobPath: cut("application/octet-stream", cfg),
 		}, policy.ErrUnavailable},
 	}
+	t.Run("config embedded in the manifest", func(t *testing.T) {
+		d := cfgDesc
+		d.Data = cfg
+		srv := newExactServer(t, tagged(mt, imageManifest(t, d))) // no blob to fetch
+		ref, err := name.ParseReference(strings.TrimPrefix(srv.URL, "http://")+"/acme/x:1", name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := resolve(t, newClient(), ref)
+		if err != nil || len(img.Platforms) != 1 || img.Platforms[0].History[0].CreatedBy != "RUN make" {
+			t.Errorf("Resolve = %+v, %v; want the embedded config's image", img, err)
+		}
+	})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newExactServer(t, tt.routes)

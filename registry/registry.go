@@ -85,7 +85,7 @@ func WithTransport(t http.RoundTripper) Option { return func(c *Client) { c.base
 
 // WithMaxInFlightBytes bounds the bytes of manifests and configs that
 // lookups hold at once, from their response header until they are
-// decoded; decoding takes about as much again. Lookups whose bodies do
+// decoded; decoding them allocates a few times that. Lookups whose bodies do
 // not fit wait, within their deadline. The default is 32 MiB; less than
 // 8 MiB, the largest config, is taken as 8 MiB.
 func WithMaxInFlightBytes(n int64) Option { return func(c *Client) { c.inFlight = n } }

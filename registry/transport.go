@@ -125,7 +125,7 @@ func (t *guardTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		<-s
 		return nil, err
 	}
-	if loc, err := resp.Location(); err == nil && policy.ForbiddenHost(loc.Host) {
+	if loc, err := resp.Location(); err == nil && resp.StatusCode/100 == 3 && policy.ForbiddenHost(loc.Host) {
 		// Refused here, where every redirect passes, before the client
 		// follows it: for a blob store's redirect as for a token realm's.
 		resp.Body.Close()
