@@ -5,7 +5,12 @@
 // Everything fetched for a digest is immutable and kept in a bounded
 // cache; tag resolutions are kept briefly. Concurrent lookups of the same
 // image are coalesced, requests to one registry are bounded, and nothing
-// is ever dialled on a link-local or cloud-metadata address.
+// is ever dialled on a link-local or cloud-metadata address. What a
+// registry sends is capped before it is read (4 MiB manifests, 8 MiB
+// configs), and the bytes all lookups hold at once are bounded. Only what
+// could not be sent or received is "unavailable": whatever a registry
+// that answered served, however malformed, is an image that cannot be
+// resolved.
 package registry
 
 import (
@@ -243,7 +248,7 @@ func (c *Client) digestOf(ctx context.Context, r Request) (name.Digest, error) {
 		// HEAD does not count against Docker Hub's pull limits.
 		desc, err := p.Head(ctx, r.Ref)
 		if err != nil {
-			if k := classify(err); k == policy.ErrNotFound || k == policy.ErrUnauthorized || ctx.Err() != nil {
+			if k := classify(err); k == policy.ErrNotFound || k == policy.ErrUnauthorized || k == policy.ErrForbiddenAddress || ctx.Err() != nil {
 				return nil, err
 			}
 			// Some registries answer HEAD without Docker-Content-Digest or

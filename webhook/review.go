@@ -133,7 +133,8 @@ func (h *Handler) respond(req *admissionv1.AdmissionRequest, name string, v poli
 // MaxDenyMessage bounds a denial message, in bytes: what a person reads
 // from kubectl, and what the API server logs and returns. Findings that
 // do not fit are counted, with their rule IDs, in a line of their own;
-// the audit annotations and the decision record keep them all.
+// the audit annotation "rules" still names every rule, and the decision
+// record keeps every finding.
 const MaxDenyMessage = 8 << 10
 
 // maxFindingLine bounds one finding's line, and the help line, in a
