@@ -42,9 +42,11 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzAnalyzeHistory$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzParseSources$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzImageReference$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzForbiddenHost$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDecodeReview$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDecodeOnce$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./registry/ -run '^$$' -fuzz '^FuzzJSONCounter$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseAgent FuzzParseFalco FuzzParseTetragon FuzzParseDocker; do \
 	  $(GO) test ./evidence/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./provenance/ -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $${FUZZTIME:-30s}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -23,6 +24,11 @@ import (
 // DefaultTimeout bounds one evaluation: the API server's default webhook
 // timeout (10s) less 0.5s of headroom for the answer to travel back.
 const DefaultTimeout = 9500 * time.Millisecond
+
+// DefaultMaxImageBytes bounds what the images of one workload hold in
+// memory once looked up (their build history, labels and digests, as
+// registry.ImageBytes counts them) until the workload is decided.
+const DefaultMaxImageBytes = 32 << 20
 
 // ModeLabel is the namespace label that overrides the policy's mode.
 const ModeLabel = "buildguard.dev/mode"
@@ -149,6 +155,13 @@ type Engine struct {
 	// ask for them (Policy.NeedsProvenance). When nil, no provenance is
 	// verified and such policies find every image unsigned.
 	Verifier Verifier
+	// MaxImageBytes bounds what the images of one workload may hold in
+	// memory to be judged. The image that takes them past it, and every
+	// image not yet looked up, are unresolvable (too-large): a workload
+	// cannot make buildguard hold its registries' content without bound,
+	// nor turn that into a lookup failure failurePolicy allow admits. The
+	// default is DefaultMaxImageBytes.
+	MaxImageBytes int64
 }
 
 // Evaluate judges w. An error means the facts could not be gathered at
@@ -213,6 +226,16 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	refs := map[string]name.Reference{}
 	var auth *registry.Auth
 	var lookups []func()
+	maxBytes := e.MaxImageBytes
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxImageBytes
+	}
+	// Lookups end early once the workload's images hold too much.
+	lctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	tooLarge := &policy.ResolveError{Kind: policy.ErrTooLarge, Message: fmt.Sprintf(
+		"the images of this workload hold more than %d bytes of build history and labels; buildguard judges no more of them", maxBytes)}
+	var held atomic.Int64
 	for _, c := range facts.Containers {
 		if _, seen := results[c.Image]; seen {
 			continue
@@ -240,15 +263,25 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 				req.Ref = r2
 			}
 		}
+		image := c.Image
 		lookups = append(lookups, func() {
-			img, err := e.Resolver.Resolve(ctx, req)
+			img, err := e.Resolver.Resolve(lctx, req)
+			if err == nil && held.Add(registry.ImageBytes(img)) > maxBytes {
+				img, err = nil, tooLarge
+				stop(tooLarge)
+			}
+			if err != nil && context.Cause(lctx) == tooLarge {
+				// Not judged because the others took the room: too
+				// large with them, not a registry failure.
+				err = tooLarge
+			}
 			if err != nil {
 				var re *policy.ResolveError
 				if !errors.As(err, &re) {
 					re = &policy.ResolveError{Kind: policy.ErrUnavailable, Message: err.Error()}
 				}
 				res.err = re
-				log.Info("image lookup failed", "image", c.Image, "reason", string(re.Kind), "error", re.Message)
+				log.Info("image lookup failed", "image", image, "reason", string(re.Kind), "error", re.Message)
 				return
 			}
 			res.img = img

@@ -167,6 +167,9 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		}
 		return s
 	case RuleUnapprovedRegistry:
+		if ev["forbiddenAddress"] == true {
+			return fmt.Sprintf("%v leads to a link-local/metadata address", ev["repository"])
+		}
 		return fmt.Sprintf("%v is not in registries.allow", ev["repository"])
 	case RuleUnresolvableImage:
 		return fmt.Sprintf("%v in its registry", ev["reason"])
@@ -252,16 +255,33 @@ func (p *Policy) unapproved(ref name.Reference) Finding {
 	return p.finding(RuleUnapprovedRegistry, SeverityHigh, msg, ev)
 }
 
+// forbidden is the finding for a registry buildguard refused to contact
+// when it resolved or redirected to a link-local or metadata address:
+// unapproved-registry, as for one written as such an address, whatever
+// failurePolicy says. ev is added to.
+func (p *Policy) forbidden(registry string, err *ResolveError, ev map[string]any) Finding {
+	ev["forbiddenAddress"] = true
+	ev["reason"] = string(err.Kind)
+	ev["error"] = err.Message
+	return p.finding(RuleUnapprovedRegistry, SeverityHigh,
+		fmt.Sprintf("registry %s leads to a link-local or cloud-metadata address and is never contacted (%s)", registry, err.Message), ev)
+}
+
 func (p *Policy) lookupFailure(c Container, ref name.Reference) Finding {
 	ev := map[string]any{"reason": string(c.Err.Kind), "registry": ref.Context().RegistryStr(), "error": c.Err.Message}
 	switch c.Err.Kind {
-	case ErrNotFound, ErrInvalidImage:
+	case ErrForbiddenAddress:
+		return p.forbidden(ref.Context().RegistryStr(), c.Err, map[string]any{"repository": ref.Context().Name()})
+	case ErrNotFound, ErrInvalidImage, ErrTooLarge:
 		policy := effectivePullPolicy(c.PullPolicy, ref)
 		ev["imagePullPolicy"] = policy
 		sev := SeverityMedium
 		msg := fmt.Sprintf("image %s does not exist in registry %s", ref.String(), ref.Context().RegistryStr())
-		if c.Err.Kind == ErrInvalidImage {
+		switch c.Err.Kind {
+		case ErrInvalidImage:
 			msg = fmt.Sprintf("registry %s serves no valid image for %s", ref.Context().RegistryStr(), ref.String())
+		case ErrTooLarge:
+			msg = fmt.Sprintf("image %s is larger than buildguard reads or judges (%s)", ref.String(), c.Err.Message)
 		}
 		if policy == "Never" || policy == "IfNotPresent" {
 			sev = SeverityHigh

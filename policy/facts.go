@@ -181,6 +181,14 @@ const (
 	// ErrInvalidImage: the registry served something that is not a valid
 	// image (bad manifest or config).
 	ErrInvalidImage ErrorKind = "invalid-image"
+	// ErrTooLarge: the registry served a manifest or config larger, or
+	// costlier to decode, than buildguard reads, or the images of one
+	// workload hold more than it keeps in memory to judge them.
+	ErrTooLarge ErrorKind = "too-large"
+	// ErrForbiddenAddress: buildguard refused to contact the registry on
+	// purpose: its name resolved, or it redirected, to a link-local or
+	// cloud-metadata address. A policy finding, not an outage.
+	ErrForbiddenAddress ErrorKind = "forbidden-address"
 )
 
 // ResolveError says why an image could not be looked up.

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"net/netip"
 	"path"
 	"strings"
 	"testing"
@@ -162,6 +163,49 @@ func FuzzParseSources(f *testing.F) {
 		prefix := strings.TrimSuffix(path.Clean("/"+strings.SplitN(entry, "/", 2)[1]), "/")
 		if p != prefix && !strings.HasPrefix(p, prefix+"/") {
 			t.Fatalf("TrustedURL(%q, %q) under %q: %q escapes the prefix", host, urlPath, entry, p)
+		}
+	})
+}
+
+// FuzzForbiddenHost checks that any host is judged without a panic, and
+// that every way of writing an IPv4 address that inet_aton accepts —
+// decimal, octal, hex, one to four parts, a trailing dot, a port — is
+// judged as the address itself.
+func FuzzForbiddenHost(f *testing.F) {
+	for _, s := range []string{"169.254.169.254", "2852039166:80", "0xa9fea9fe", "0251.0376.0251.0376.", "[fe80::1%25eth0]:5000", "[64:ff9b::a9fe:a9fe]", "metadata.", "08.1.2.3", "0x"} {
+		f.Add(s, uint32(0xa9fea9fe), uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, host string, v uint32, form uint8) {
+		if ForbiddenHost(host) != ForbiddenHost(host) {
+			t.Fatalf("ForbiddenHost(%q) not deterministic", host)
+		}
+		b := [4]uint32{v >> 24, v >> 16 & 0xff, v >> 8 & 0xff, v & 0xff}
+		num := func(n uint32, base uint8) string {
+			switch base % 3 {
+			case 1:
+				return fmt.Sprintf("0%o", n)
+			case 2:
+				return fmt.Sprintf("0x%x", n)
+			}
+			return fmt.Sprint(n)
+		}
+		var s string
+		switch form % 4 {
+		case 0:
+			s = num(v, form/4)
+		case 1:
+			s = num(b[0], form/4) + "." + num(v&0xffffff, form/12)
+		case 2:
+			s = num(b[0], form/4) + "." + num(b[1], form/12) + "." + num(v&0xffff, form/36)
+		case 3:
+			s = num(b[0], form/4) + "." + num(b[1], form/12) + "." + num(b[2], form/36) + "." + num(b[3], form/108)
+		}
+		if form&0x80 != 0 {
+			s += ".:8443"
+		}
+		addr := netip.AddrFrom4([4]byte{byte(b[0]), byte(b[1]), byte(b[2]), byte(b[3])})
+		if got, want := ForbiddenHost(s), ForbiddenAddr(addr); got != want {
+			t.Fatalf("ForbiddenHost(%q) = %v, ForbiddenAddr(%s) = %v", s, got, addr, want)
 		}
 	})
 }
