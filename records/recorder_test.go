@@ -190,11 +190,15 @@ type switchStore struct {
 var errDown = errors.New("connection refused")
 
 func (s *switchStore) AddDecision(ctx context.Context, d evidence.Decision) error {
+	return s.AddDecisions(ctx, []evidence.Decision{d})
+}
+
+func (s *switchStore) AddDecisions(ctx context.Context, ds []evidence.Decision) error {
 	s.tries.Add(1)
 	if s.down.Load() {
-		return &evidence.Error{Backend: "test", Op: "AddDecision", Err: errDown}
+		return &evidence.Error{Backend: "test", Op: "AddDecisions", Err: errDown}
 	}
-	return s.Store.AddDecision(ctx, d)
+	return s.Store.AddDecisions(ctx, ds)
 }
 
 func TestRecorderRetriesWhenStoreDown(t *testing.T) {
@@ -288,12 +292,16 @@ type slowStore struct {
 }
 
 func (s *slowStore) AddDecision(ctx context.Context, d evidence.Decision) error {
+	return s.AddDecisions(ctx, []evidence.Decision{d})
+}
+
+func (s *slowStore) AddDecisions(ctx context.Context, ds []evidence.Decision) error {
 	select {
 	case <-s.release:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return s.Store.AddDecision(ctx, d)
+	return s.Store.AddDecisions(ctx, ds)
 }
 
 func TestRecorderSpillsWhenQueueFull(t *testing.T) {
