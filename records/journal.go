@@ -80,12 +80,18 @@ func (j *journal) append(ds ...evidence.Decision) error {
 
 // pending reports whether there is anything to replay.
 func (j *journal) pending() bool {
+	return j.bytes() > 0 || j.replaying()
+}
+
+// bytes is the size of the journal file appends go to.
+func (j *journal) bytes() int64 {
 	j.mu.Lock()
-	size := j.size
-	j.mu.Unlock()
-	if size > 0 {
-		return true
-	}
+	defer j.mu.Unlock()
+	return j.size
+}
+
+// replaying reports whether a .replay file is left to store.
+func (j *journal) replaying() bool {
 	_, err := os.Stat(j.replayPath())
 	return err == nil
 }

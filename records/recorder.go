@@ -1,7 +1,9 @@
 package records
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -45,6 +48,8 @@ const pendingSize = 4096
 // (JSON lines) and fsynced instead, and the store is left alone until its
 // backoff has passed. When neither holds the record in time the caller
 // gets a *NotRecordedError, and must not answer as if it were recorded.
+// WithJournalFirst tries the journal first instead (docs/benchmarks.md
+// compares the two).
 //
 // Other decisions (allow, warn) and Record never wait: they go on a
 // bounded in-memory queue that one writer goroutine stores in
@@ -53,7 +58,7 @@ const pendingSize = 4096
 // those, and only those, still on the queue or in the writer's hands: at
 // most the queue size plus one batch.
 //
-// Nothing journaled is lost: the writer stores the journal in the store,
+// Nothing journaled is lost: the writer moves the journal to the store,
 // retrying with exponential backoff while the store fails, and a Recorder
 // opened on a journal left by an earlier process replays it. Records are
 // stored at least once; the store keeps one per ID.
@@ -66,6 +71,7 @@ type Recorder struct {
 	queue        chan entry   // decisions stored without waiting
 	pending      chan *waiter // decisions whose callers wait for a commit
 	maxBatch     int
+	journalFirst bool
 	writeTimeout time.Duration
 	health       health
 
@@ -134,19 +140,20 @@ var ErrClosed = errors.New("recorder closed")
 
 // Stats counts what a Recorder did with records since it was created.
 type Stats struct {
-	// Stored is records written to the store, from the queue, a group
-	// commit or the journal.
+	// Stored is records written to the store, from the queue, the journal
+	// or a commit the journal failed.
 	Stored atomic.Int64
-	// Committed is records Commit made durable, in the store or the
-	// journal (also counted in Stored or Journaled).
+	// Committed is records Commit made durable before it returned.
 	Committed atomic.Int64
+	// Groups is the group commits that made them durable.
+	Groups atomic.Int64
 	// Spilled is records Record journaled because the queue was full.
 	Spilled atomic.Int64
-	// Journaled is records journaled because the store failed or was
-	// too slow.
+	// Journaled is records appended to the journal by a group commit
+	// (the store failed or was too slow, or WithJournalFirst), or because
+	// the store failed to take them from the queue.
 	Journaled atomic.Int64
-	// Replayed is journaled records stored when the journal was replayed
-	// (also counted in Stored).
+	// Replayed is journaled records stored (also counted in Stored).
 	Replayed atomic.Int64
 	// Dropped is records lost: refused by the store as invalid, unreadable
 	// journal lines, or a full or failing journal.
@@ -180,6 +187,14 @@ func WithMaxBatch(n int) Option {
 		}
 	}
 }
+
+// WithJournalFirst makes a group commit append to the journal first, and
+// write to the store only when the journal fails; the writer moves the
+// journal to the store within about 100ms. A commit then waits for a
+// local fsync rather than a store transaction (with PostgreSQL, a round
+// trip and the server's commit), but an acknowledged record is on this
+// machine's disk alone until it is moved. The default is store first.
+func WithJournalFirst(on bool) Option { return func(r *Recorder) { r.journalFirst = on } }
 
 // WithMaxJournalBytes caps the journal file; records that would take it
 // past the cap are dropped and counted. The default is
@@ -232,7 +247,7 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 		r.queued = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "buildguard_decision_records_queued",
 			Help: "Decision records waiting in memory for the store, their callers not waiting.",
-		}, func() float64 { return float64(len(r.queue)) })
+		}, func() float64 { return float64(r.Queued()) })
 		r.waited = prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "buildguard_decision_commit_seconds",
 			Help:    "Time a deny or would-deny waited for its record to be durable (group commit to the store or the journal).",
@@ -292,7 +307,10 @@ func (r *Recorder) Commit(ctx context.Context, d evidence.Decision) error {
 	if dl, ok := ctx.Deadline(); ok {
 		w.deadline = dl
 	}
-	err := ctx.Err()
+	err := check(d)
+	if err == nil {
+		err = ctx.Err()
+	}
 	if err == nil {
 		err = r.submit(ctx, w)
 	}
@@ -318,6 +336,28 @@ func (r *Recorder) Commit(ctx context.Context, d evidence.Decision) error {
 	r.count(&r.stats.Committed, "committed", 1)
 	if r.waited != nil {
 		r.waited.Observe(time.Since(w.start).Seconds())
+	}
+	return nil
+}
+
+// check refuses, before it is journaled and acknowledged, a record the
+// store would refuse once it is replayed. (sanitize has made its text
+// storable.)
+func check(d evidence.Decision) error {
+	bad := func(field, reason string) error {
+		return &evidence.InvalidError{Item: "decision", Index: -1, Field: field, Reason: reason}
+	}
+	switch {
+	case d.ID == "":
+		return bad("ID", "is empty")
+	case d.Time.IsZero():
+		return bad("Time", "is zero")
+	case len(d.Images) > 0 && !json.Valid(d.Images):
+		return bad("Images", "is not valid JSON")
+	case !utf8.Valid(d.Images):
+		return bad("Images", "is not valid UTF-8")
+	case bytes.Contains(d.Images, []byte(`\u0000`)):
+		return bad("Images", "contains a NUL character")
 	}
 	return nil
 }
@@ -375,6 +415,9 @@ func (r *Recorder) kickWriter() {
 	}
 }
 
+// Queued returns how many records wait in memory for the writer.
+func (r *Recorder) Queued() int { return len(r.queue) }
+
 // Stats returns the Recorder's counters.
 func (r *Recorder) Stats() *Stats { return &r.stats }
 
@@ -401,7 +444,7 @@ func (r *Recorder) count(c *atomic.Int64, result string, n int) {
 		return
 	}
 	c.Add(int64(n))
-	if r.counter != nil {
+	if r.counter != nil && result != "" {
 		r.counter.WithLabelValues(result).Add(float64(n))
 	}
 }
@@ -465,23 +508,68 @@ func (r *Recorder) storeOK() {
 	}
 }
 
-// run is the writer: it stores what is queued and what the journal holds.
+// The writer moves the journal to the store a file at a time, when the
+// file holds replayBytes or replayEvery has passed since the last one: a
+// stream of commits then makes few, large transactions and few file
+// rotations, which the committer waits for (a rename and a directory
+// fsync), while a record is in the store at most about replayEvery after
+// its commit.
+const (
+	replayEvery = 100 * time.Millisecond
+	replayBytes = 256 << 10
+)
+
+// run is the writer: it stores what is queued and what the journal
+// holds, a journal file at a time so that neither waits long for the
+// other.
 func (r *Recorder) run() {
 	defer close(r.writerDone)
 	batch := make([]entry, 0, r.maxBatch)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	var lastReplay time.Time // zero: a journal left by an earlier process is stored at once
 	for {
-		if r.journal.pending() && r.health.usable(time.Now()) {
-			if err := r.replay(); err != nil {
-				r.storeFailed(err)
-			} else {
-				r.storeOK()
+		var (
+			wakeAt time.Time
+			more   bool // the journal has more to store now
+		)
+		now := time.Now()
+		if r.journal.pending() {
+			retryAt, down := r.health.retry()
+			next := lastReplay.Add(replayEvery)
+			switch {
+			case down && now.Before(retryAt):
+				wakeAt = retryAt
+			case !r.journal.replaying() && r.journal.bytes() < replayBytes && now.Before(next):
+				wakeAt = next
+			default:
+				lastReplay = now
+				if err := r.replay(); err != nil {
+					r.storeFailed(err)
+					wakeAt, _ = r.health.retry()
+				} else {
+					r.storeOK()
+					more = r.journal.replaying() || r.journal.bytes() >= replayBytes
+					wakeAt = now.Add(replayEvery)
+				}
 			}
 		}
+		if more {
+			// Take what is queued meanwhile, if anything, then go on.
+			select {
+			case e := <-r.queue:
+				batch = r.take(append(batch[:0], e))
+				r.storeEntries(batch)
+			case <-r.stop:
+				r.finish(batch)
+				return
+			default:
+			}
+			continue
+		}
 		var wake <-chan time.Time
-		if at, down := r.health.retry(); down && r.journal.pending() {
-			timer.Reset(time.Until(at))
+		if !wakeAt.IsZero() && r.journal.pending() {
+			timer.Reset(time.Until(wakeAt))
 			wake = timer.C
 		}
 		select {
@@ -491,19 +579,37 @@ func (r *Recorder) run() {
 		case <-wake:
 		case <-r.kick:
 		case <-r.stop:
-			for {
-				batch = r.take(batch[:0])
-				if len(batch) == 0 {
-					return
-				}
-				r.storeEntries(batch)
-			}
+			r.finish(batch)
+			return
 		}
 		if wake != nil && !timer.Stop() {
 			select {
 			case <-timer.C:
 			default:
 			}
+		}
+	}
+}
+
+// finish stores or journals what is queued at Close, then tries once to
+// store what the journal holds, so that a clean stop leaves the store
+// complete when it can.
+func (r *Recorder) finish(batch []entry) {
+	<-r.committerDone // its last groups are in the journal
+	for {
+		batch = r.take(batch[:0])
+		if len(batch) == 0 {
+			break
+		}
+		r.storeEntries(batch)
+	}
+	for range 2 { // the file being replayed, then the journal
+		if !r.journal.pending() || !r.health.usable(time.Now()) {
+			return
+		}
+		if err := r.replay(); err != nil {
+			r.storeFailed(err)
+			return
 		}
 	}
 }
@@ -633,8 +739,9 @@ func (r *Recorder) gather(group []*waiter) []*waiter {
 	return group
 }
 
-// commit makes a group durable, in one store transaction or else in one
-// journal append, and releases its callers.
+// commit makes a group durable and releases its callers: store first,
+// one transaction within the group's budget, else one journal append
+// (one fsync) or, with WithJournalFirst, the other way round.
 func (r *Recorder) commit(group []*waiter) {
 	ds := make([]evidence.Decision, len(group))
 	errs := make([]error, len(group))
@@ -646,38 +753,65 @@ func (r *Recorder) commit(group []*waiter) {
 			w.done <- errs[i]
 		}
 	}()
-	now := time.Now()
-	cause := errors.New("decision store unavailable")
-	kept := make([]int, len(ds))
-	for i := range kept {
-		kept[i] = i
-	}
-	if r.health.usable(now) {
-		budget := r.budget(group, now)
-		if budget > 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), budget)
-			var err error
-			kept, err = r.write(ctx, ds, func(i int, err error) { errs[i] = &NotRecordedError{ID: ds[i].ID, Err: err} })
-			cancel()
-			if err == nil {
-				r.storeOK()
-				return
-			}
-			r.storeFailed(err)
-			cause = err
-		} else {
-			cause = context.DeadlineExceeded
-		}
-	}
-	if err := r.journal.append(pick(ds, kept)...); err != nil {
-		r.log.Error("decision records not recorded: store and journal failed", "records", len(kept), "store_error", cause, "error", err)
+	r.count(&r.stats.Groups, "", 1)
+	notRecorded := func(kept []int, err error) {
+		r.log.Error("decision records not recorded: journal and store failed", "records", len(kept), "error", err)
 		for _, i := range kept {
-			errs[i] = &NotRecordedError{ID: ds[i].ID, Err: fmt.Errorf("store: %w; journal: %w", cause, err)}
+			errs[i] = &NotRecordedError{ID: ds[i].ID, Err: err}
 		}
+	}
+	if r.journalFirst {
+		jerr := r.journal.append(ds...)
+		if jerr == nil {
+			r.count(&r.stats.Journaled, "journaled", len(ds))
+			r.kickWriter()
+			return
+		}
+		if kept, serr := r.commitToStore(group, ds, errs); serr != nil {
+			notRecorded(kept, fmt.Errorf("journal: %w; store: %w", jerr, serr))
+		}
+		return
+	}
+	kept, serr := r.commitToStore(group, ds, errs)
+	if serr == nil {
+		return
+	}
+	if jerr := r.journal.append(pick(ds, kept)...); jerr != nil {
+		notRecorded(kept, fmt.Errorf("store: %w; journal: %w", serr, jerr))
 		return
 	}
 	r.count(&r.stats.Journaled, "journaled", len(kept))
 	r.kickWriter()
+}
+
+// errStoreDown is why a write was not tried: the store failed recently.
+var errStoreDown = errors.New("decision store unavailable")
+
+// commitToStore writes a group in one transaction within its budget. A
+// record the store refuses gets its error in errs. It returns the indexes
+// in ds of the records not refused, and nil or why they are not stored.
+func (r *Recorder) commitToStore(group []*waiter, ds []evidence.Decision, errs []error) ([]int, error) {
+	now := time.Now()
+	kept := make([]int, len(ds))
+	for i := range kept {
+		kept[i] = i
+	}
+	if !r.health.usable(now) {
+		return kept, errStoreDown
+	}
+	budget := r.budget(group, now)
+	if budget <= 0 {
+		return kept, context.DeadlineExceeded
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	defer cancel()
+	kept, err := r.write(ctx, ds, func(i int, err error) { errs[i] = &NotRecordedError{ID: ds[i].ID, Err: err} })
+	if err != nil {
+		r.storeFailed(err)
+		return kept, err
+	}
+	r.storeOK()
+	return kept, nil
 }
 
 // budget is how long a group commit may wait for the store: half the
@@ -693,54 +827,53 @@ func (r *Recorder) budget(group []*waiter, now time.Time) time.Duration {
 	return b
 }
 
-// replay stores what the journal holds, file by file, in transactions of
-// up to maxBatch records; a file is removed once all of it is stored.
+// replay stores a file of the journal (the one an earlier attempt left,
+// else the journal itself) in transactions of up to maxBatch records,
+// and removes it once all of it is stored.
 func (r *Recorder) replay() error {
-	for {
-		path, err := r.journal.take()
-		if err != nil {
-			return fmt.Errorf("decision journal: %w", err)
-		}
-		if path == "" {
+	path, err := r.journal.take()
+	if err != nil {
+		return fmt.Errorf("decision journal: %w", err)
+	}
+	if path == "" {
+		return nil
+	}
+	n := 0
+	batch := make([]evidence.Decision, 0, r.maxBatch)
+	flush := func() error {
+		if len(batch) == 0 {
 			return nil
 		}
-		n := 0
-		batch := make([]evidence.Decision, 0, r.maxBatch)
-		flush := func() error {
-			if len(batch) == 0 {
-				return nil
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), r.writeTimeout)
-			kept, err := r.write(ctx, batch, nil)
-			cancel()
-			if err != nil {
-				return err
-			}
-			n += len(kept)
-			batch = batch[:0]
-			return nil
-		}
-		bad, err := readJournal(path, func(d evidence.Decision) error {
-			batch = append(batch, d)
-			if len(batch) < r.maxBatch {
-				return nil
-			}
-			return flush()
-		})
-		if err == nil {
-			err = flush()
-		}
-		r.count(&r.stats.Replayed, "replayed", n)
-		if bad > 0 {
-			r.count(&r.stats.Dropped, "dropped", bad)
-			r.log.Error("unreadable decision journal lines skipped", "path", path, "lines", bad)
-		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.writeTimeout)
+		kept, err := r.write(ctx, batch, nil)
+		cancel()
 		if err != nil {
 			return err
 		}
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("decision journal: %w", err)
-		}
-		r.log.Info("decision journal replayed", "records", n)
+		n += len(kept)
+		batch = batch[:0]
+		return nil
 	}
+	bad, err := readJournal(path, func(d evidence.Decision) error {
+		batch = append(batch, d)
+		if len(batch) < r.maxBatch {
+			return nil
+		}
+		return flush()
+	})
+	if err == nil {
+		err = flush()
+	}
+	r.count(&r.stats.Replayed, "replayed", n)
+	if bad > 0 {
+		r.count(&r.stats.Dropped, "dropped", bad)
+		r.log.Error("unreadable decision journal lines skipped", "path", path, "lines", bad)
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("decision journal: %w", err)
+	}
+	return nil
 }

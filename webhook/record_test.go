@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,7 +55,8 @@ func TestRecordedBeforeAnswer(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer st.Close()
-			rec, err := records.New(st, filepath.Join(t.TempDir(), "journal"))
+			journal := filepath.Join(t.TempDir(), "journal")
+			rec, err := records.New(st, journal)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -67,9 +69,23 @@ func TestRecordedBeforeAnswer(t *testing.T) {
 			if code != http.StatusOK || resp == nil || resp.AuditAnnotations["verdict"] != wantVerdict {
 				t.Fatalf("ServeHTTP = %d %s, want 200 and verdict %s", code, body, wantVerdict)
 			}
+			// On disk: in the journal (the recorder's own format, looked
+			// at as bytes) or already moved to the store.
+			var onDisk bool
+			for _, p := range []string{journal, journal + ".replay"} {
+				b, _ := os.ReadFile(p)
+				onDisk = onDisk || bytes.Contains(b, []byte(`"ID":"`+string(req.UID)+`"`))
+			}
+			if _, err := st.Decision(t.Context(), string(req.UID)); err == nil {
+				onDisk = true
+			}
+			if !onDisk {
+				t.Errorf("when the answer was written, the record of %s was neither in the journal nor in the store", req.UID)
+			}
+			rec.Close()
 			d, err := st.Decision(t.Context(), string(req.UID))
 			if err != nil || d.Verdict != wantVerdict {
-				t.Errorf("the record when the answer was written: %+v, %v; want verdict %s", d, err, wantVerdict)
+				t.Errorf("the record after Close: %+v, %v; want verdict %s", d, err, wantVerdict)
 			}
 		})
 	}
