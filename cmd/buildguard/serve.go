@@ -65,7 +65,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	retentionRows := fs.Int("retention-rows", 5_000_000, "at most this many rows per store table (0: no cap)")
 	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable, slow or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
 	decisionQueue := fs.Int("decision-queue", records.DefaultQueueSize, "allow and warn records kept in memory for the store before they go to the journal (a deny or would-deny is on disk before it is answered)")
-	decisionCommit := fs.String("decision-commit", "store", `where a deny or would-deny is made durable before it is answered: "store" (a transaction for all those waiting; the journal when the store fails or is slow) or "journal" (an fsynced local file, moved to the store within about 100ms; the store when the journal fails)`)
+	decisionCommit := fs.String("decision-commit", "", `where a deny or would-deny is made durable before it is answered: "store" (a transaction for all those waiting; the journal when the store fails or is slow) or "journal" (an fsynced local file, moved to the store within about 100ms; the store when the journal fails); the default is store with SQLite, journal with PostgreSQL`)
 	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the name of the Validating- and MutatingWebhookConfiguration whose caBundle is kept current")
 	var al auditLoop
 	al.register(fs)
@@ -80,7 +80,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if *source == "" {
 		*source = "file"
 	}
-	if *decisionCommit != "store" && *decisionCommit != "journal" {
+	if *decisionCommit != "" && *decisionCommit != "store" && *decisionCommit != "journal" {
 		return &usageError{msg: fmt.Sprintf("--decision-commit %q: want store or journal", *decisionCommit)}
 	}
 	switch {
@@ -224,8 +224,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			journal = filepath.Join(os.TempDir(), "buildguard.decisions.journal")
 			log.Warn("decision records wait in a journal under the temporary directory; set --decision-journal to a volume that outlives the pod", "path", journal)
 		}
+		// A PostgreSQL commit is a round trip and the server's commit; a
+		// local fsync is several times faster (docs/benchmarks.md).
+		journalFirst := *decisionCommit == "journal" || *decisionCommit == "" && sf.sqlite == ""
 		rec, err := records.New(store, journal, records.WithQueueSize(*decisionQueue), records.WithLogger(log),
-			records.WithJournalFirst(*decisionCommit == "journal"), records.WithRegisterer(metrics.Registry()))
+			records.WithJournalFirst(journalFirst), records.WithRegisterer(metrics.Registry()))
 		if err != nil {
 			return err
 		}

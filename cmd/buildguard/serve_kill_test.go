@@ -61,6 +61,7 @@ func TestServeKillKeepsDenials(t *testing.T) {
 	exe := buildBinary(t)
 	rounds := []killRound{{mode: "enforce", namespace: "kill-r0"}, {mode: "audit", namespace: "kill-r1"}}
 	t.Run("sqlite", func(t *testing.T) {
+		// Store first is the default with SQLite: a round journal first.
 		db := filepath.Join(t.TempDir(), "evidence.db")
 		journalFirst := killRound{mode: "enforce", namespace: "kill-r2", args: []string{"--decision-commit=journal"}}
 		runKillRounds(t, exe, []string{"--store-sqlite", db}, nil, append(rounds, journalFirst), killStore{})
@@ -69,10 +70,12 @@ func TestServeKillKeepsDenials(t *testing.T) {
 		srv := testpostgres.Start(t)
 		env := []string{postgresDSNEnv + "=" + srv.NewDatabase(t)}
 		journal := filepath.Join(t.TempDir(), "decisions.journal")
-		pgRounds := rounds
+		// Journal first is the default with PostgreSQL: a round store first.
+		pgRounds := []killRound{rounds[0], {mode: "audit", namespace: "kill-r1", args: []string{"--decision-commit=store"}}}
 		var ks killStore
 		if srv.Managed() {
-			pgRounds = append(pgRounds, killRound{mode: "enforce", namespace: "kill-r2", outage: true})
+			// Store first, so that the journal takes over from the store.
+			pgRounds = append(pgRounds, killRound{mode: "enforce", namespace: "kill-r2", outage: true, args: []string{"--decision-commit=store"}})
 			ks = killStore{down: func() { srv.Kill(t) }, up: func() { srv.Restart(t) }}
 		}
 		runKillRounds(t, exe, []string{"--decision-journal", journal}, env, pgRounds, ks)
