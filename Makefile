@@ -57,11 +57,14 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter FuzzParseExceptionFile; do \
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 
-bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis.
+bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records.
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
 	$(GO) test -run '^$$' -bench 'AnalyzeStep|AnalyzeHistory' -benchmem -count 5 ./policy/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./ingest/
+	$(GO) test -run '^$$' -bench AddDecisions -benchtime 2s ./evidence/
+	$(GO) test -run '^$$' -bench 'Commit|Recorder' -benchtime 3s ./records/
+	$(GO) test -run '^$$' -bench DenyPath -benchtime 3s ./bench/denypath/
 
 bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (builds it first: ~8 min).
 	test -x $(BIN)/cosign || GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
