@@ -210,6 +210,9 @@ func TestVerifyBundles(t *testing.T) {
 	ss, otherLog := newSigstore(t), newSigstore(t)
 	key, otherKey := newKey(t, "ecdsa"), newKey(t, "ecdsa")
 	now := time.Now()
+	// Judged an hour after signing: freshness, judged on the log's time,
+	// says nothing here.
+	later := now.Add(time.Hour)
 	finished := now.Add(-2 * time.Hour)
 	keyless := []policy.KeylessIdentity{{Issuer: ghIssuer, SubjectRegExp: `^https://github.com/acme/.+/.github/workflows/release.yml@refs/tags/v.*$`}}
 	prov := policy.ProvenanceRequirements{Required: true,
@@ -293,7 +296,7 @@ func TestVerifyBundles(t *testing.T) {
 			ref, d := reg.pushImage(t, "acme/shop:1")
 			reg.attachBundle(t, "acme/shop", d, tt.bundle(t, d))
 			v, _ := newVerifier(t)
-			rules, pv, vd := decide(t, v, ref.String(), nil, compile(t, policy.Spec{Signatures: tt.sig, Provenance: prov}), now)
+			rules, pv, vd := decide(t, v, ref.String(), nil, compile(t, policy.Spec{Signatures: tt.sig, Provenance: prov}), later)
 			if got := strings.Join(rules, ","); got != tt.want {
 				t.Errorf("Decide(%s) rules = %q, want %q; attestations %+v; findings %+v", tt.name, got, tt.want, pv.Attestations, vd.Images[0].Findings)
 			}
@@ -313,6 +316,9 @@ func TestVerifyBundleSignatures(t *testing.T) {
 	ss := newSigstore(t)
 	key, otherKey := newKey(t, "ecdsa"), newKey(t, "ecdsa")
 	now := time.Now()
+	// Judged an hour after signing: freshness, judged on the log's time,
+	// says nothing here.
+	later := now.Add(time.Hour)
 	logged := now.Add(-4 * time.Minute)
 	keyless := []policy.KeylessIdentity{{Issuer: ghIssuer, Subject: ghSubject}}
 	other := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("cd", 32)}
@@ -356,7 +362,7 @@ func TestVerifyBundleSignatures(t *testing.T) {
 			ref, d := reg.pushImage(t, "acme/shop:1")
 			reg.attachBundle(t, "acme/shop", d, tt.bundle(t, d))
 			v, _ := newVerifier(t)
-			rules, pv, vd := decide(t, v, ref.String(), nil, compile(t, policy.Spec{Signatures: tt.sig}), now)
+			rules, pv, vd := decide(t, v, ref.String(), nil, compile(t, policy.Spec{Signatures: tt.sig}), later)
 			if got := strings.Join(rules, ","); got != tt.want {
 				t.Errorf("Decide(%s) rules = %q, want %q; signatures %+v; findings %+v", tt.name, got, tt.want, pv.Signatures, vd.Images[0].Findings)
 			}
