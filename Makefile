@@ -43,6 +43,9 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	for f in FuzzParseAgent FuzzParseFalco FuzzParseTetragon FuzzParseDocker; do \
 	  $(GO) test ./evidence/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./provenance/ -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $${FUZZTIME:-30s}
+	for f in FuzzParseTrustedRoots FuzzParseVSA FuzzNotationManifest; do \
+	  $(GO) test ./provenance/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzParseResourceURI$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzDecodeEvents$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzContainerdBlobs$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseTraceFormat FuzzParseProcCgroup FuzzParseProcNetTCP FuzzParseStat; do \

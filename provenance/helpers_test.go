@@ -245,13 +245,20 @@ type sigstore struct {
 	rekorKey        *ecdsa.PrivateKey
 	logID           []byte
 	trustedRootPath string
+	trustedRootJSON []byte
 	now             time.Time
 	logIndex        int64
+	tsa             *testTSA // nil without a timestamping authority
 }
 
 var oidcIssuerOID = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 1, 1}
 
-func newSigstore(t *testing.T) *sigstore {
+func newSigstore(t *testing.T) *sigstore { return newSigstoreInstance(t, true, false) }
+
+// newSigstoreInstance is a test Sigstore instance: a Fulcio CA chain,
+// a Rekor key when tlog (the public-good instance), and a timestamping
+// authority when tsa (GitHub's instance has one and no log).
+func newSigstoreInstance(t *testing.T, tlog, tsa bool) *sigstore {
 	t.Helper()
 	now := time.Now()
 	ss := &sigstore{now: now}
@@ -275,10 +282,18 @@ func newSigstore(t *testing.T) *sigstore {
 	pkix, _ := x509.MarshalPKIXPublicKey(ss.rekorKey.Public())
 	id := sha256.Sum256(pkix)
 	ss.logID = id[:]
+	logs := map[string]*root.TransparencyLog{}
+	if tlog {
+		logs[hex.EncodeToString(ss.logID)] = &root.TransparencyLog{BaseURL: "https://rekor.test", ID: ss.logID, ValidityPeriodStart: now.Add(-48 * time.Hour), HashFunc: crypto.SHA256, PublicKey: ss.rekorKey.Public(), SignatureHashFunc: crypto.SHA256}
+	}
+	var tsas []root.TimestampingAuthority
+	if tsa {
+		ss.tsa = newTestTSA(t, now)
+		tsas = append(tsas, &root.SigstoreTimestampingAuthority{Root: ss.tsa.root, Leaf: ss.tsa.leaf, ValidityPeriodStart: now.Add(-48 * time.Hour), URI: "https://tsa.test"})
+	}
 	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01,
 		[]root.CertificateAuthority{&root.FulcioCertificateAuthority{Root: ss.root, Intermediates: []*x509.Certificate{ss.inter}, ValidityPeriodStart: now.Add(-48 * time.Hour), URI: "https://fulcio.test"}},
-		nil, nil,
-		map[string]*root.TransparencyLog{hex.EncodeToString(ss.logID): {BaseURL: "https://rekor.test", ID: ss.logID, ValidityPeriodStart: now.Add(-48 * time.Hour), HashFunc: crypto.SHA256, PublicKey: ss.rekorKey.Public(), SignatureHashFunc: crypto.SHA256}})
+		nil, tsas, logs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,6 +301,7 @@ func newSigstore(t *testing.T) *sigstore {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ss.trustedRootJSON = b
 	ss.trustedRootPath = filepath.Join(t.TempDir(), "trusted_root.json")
 	if err := os.WriteFile(ss.trustedRootPath, b, 0o644); err != nil {
 		t.Fatal(err)
