@@ -36,9 +36,9 @@ const cosignSignPredicateType = "https://sigstore.dev/cosign/sign/v1"
 // holding an in-toto statement other than cosign's signature predicate)
 // or a signature (a message signature, or cosign's predicate). The
 // classification reads unverified content; verification comes later.
-func bundleArtifact(ctx context.Context, p *remote.Puller, ref name.Digest) (artifact, bool, error) {
+func bundleArtifact(ctx context.Context, p *remote.Puller, ref name.Digest, desc *remote.Descriptor) (artifact, bool, error) {
 	a := artifact{source: "bundle"}
-	desc, err := p.Get(ctx, ref)
+	desc, err := getManifest(ctx, p, ref, desc)
 	if err != nil {
 		return a, false, err
 	}

@@ -482,31 +482,42 @@ func (v *Verifier) discover(ctx context.Context, req registry.Request, d name.Di
 			if len(m.sigs)+len(m.atts) >= 2*maxArtifacts {
 				break
 			}
-			switch desc.ArtifactType {
-			case ArtifactTypeSignature:
-				arts, err := artifacts(ctx, p, d.Context().Digest(desc.Digest.String()), "referrers", false)
+			ref := d.Context().Digest(desc.Digest.String())
+			at := desc.ArtifactType
+			var got *remote.Descriptor
+			if vagueArtifactType(at) {
+				// Some registries (go-containerregistry's own, cosign v2's
+				// fallback index) list the config's media type, not the
+				// manifest's artifactType: read the manifest to know.
+				if got, err = p.Get(ctx, ref); err != nil {
+					return nil, err
+				}
+				if at, err = manifestArtifactType(got.Manifest); err != nil {
+					continue // not a manifest of ours
+				}
+			}
+			switch {
+			case at == ArtifactTypeSignature:
+				arts, err := artifacts(ctx, p, ref, got, "referrers", false)
 				if err != nil {
 					return nil, err
 				}
 				m.sigs = append(m.sigs, arts...)
 				cosignSigs = true
-			case ArtifactTypeAttestation:
-				arts, err := artifacts(ctx, p, d.Context().Digest(desc.Digest.String()), "referrers", true)
+			case at == ArtifactTypeAttestation:
+				arts, err := artifacts(ctx, p, ref, got, "referrers", true)
 				if err != nil {
 					return nil, err
 				}
 				m.atts = append(m.atts, arts...)
-			case ArtifactTypeNotation:
-				a, err := notationArtifact(ctx, p, d.Context().Digest(desc.Digest.String()))
+			case at == ArtifactTypeNotation:
+				a, err := notationArtifact(ctx, p, ref, got)
 				if err != nil {
 					return nil, err
 				}
 				m.sigs = append(m.sigs, a)
-			default:
-				if !strings.HasPrefix(desc.ArtifactType, bundleMediaTypePrefix) {
-					continue // not ours: SBOMs, other tools' referrers
-				}
-				a, att, err := bundleArtifact(ctx, p, d.Context().Digest(desc.Digest.String()))
+			case strings.HasPrefix(at, bundleMediaTypePrefix):
+				a, att, err := bundleArtifact(ctx, p, ref, got)
 				if err != nil {
 					return nil, err
 				}
@@ -516,19 +527,21 @@ func (v *Verifier) discover(ctx context.Context, req registry.Request, d name.Di
 					m.sigs = append(m.sigs, a)
 					cosignSigs = true
 				}
+			default:
+				// Not ours: SBOMs, other tools' referrers.
 			}
 		}
 	}
 	prefix := strings.Replace(d.DigestStr(), ":", "-", 1)
 	if !cosignSigs {
-		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".sig"), "tag", false)
+		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".sig"), nil, "tag", false)
 		if err != nil && !notFound(err) {
 			return nil, err
 		}
 		m.sigs = append(m.sigs, arts...)
 	}
 	if len(m.atts) == 0 {
-		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".att"), "tag", true)
+		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".att"), nil, "tag", true)
 		if err != nil && !notFound(err) {
 			return nil, err
 		}
@@ -539,9 +552,9 @@ func (v *Verifier) discover(ctx context.Context, req registry.Request, d name.Di
 
 // notationArtifact reads a Notary Project signature referrer: its
 // manifest and its one envelope layer.
-func notationArtifact(ctx context.Context, p *remote.Puller, ref name.Digest) (artifact, error) {
+func notationArtifact(ctx context.Context, p *remote.Puller, ref name.Digest, desc *remote.Descriptor) (artifact, error) {
 	a := artifact{source: "referrers", notationType: notationJWS}
-	desc, err := p.Get(ctx, ref)
+	desc, err := getManifest(ctx, p, ref, desc)
 	if err != nil {
 		return a, err
 	}
@@ -562,6 +575,38 @@ func notationArtifact(ctx context.Context, p *remote.Puller, ref name.Digest) (a
 	return a, nil
 }
 
+// vagueArtifactType reports whether a referrers index entry's artifact
+// type may hide one of ours: empty, or a config media type rather than
+// the manifest's artifactType.
+func vagueArtifactType(at string) bool {
+	switch at {
+	case "", "application/vnd.oci.empty.v1+json", "application/vnd.oci.image.config.v1+json":
+		return true
+	}
+	return false
+}
+
+// manifestArtifactType reads the artifact type of a referrer manifest:
+// its artifactType, or else its config's media type.
+func manifestArtifactType(raw []byte) (string, error) {
+	mf, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return "", err
+	}
+	if mf.ArtifactType != "" {
+		return mf.ArtifactType, nil
+	}
+	return string(mf.Config.MediaType), nil
+}
+
+// getManifest returns desc, or fetches ref's manifest when it is nil.
+func getManifest(ctx context.Context, p *remote.Puller, ref name.Reference, desc *remote.Descriptor) (*remote.Descriptor, error) {
+	if desc != nil {
+		return desc, nil
+	}
+	return p.Get(ctx, ref)
+}
+
 func notFound(err error) bool {
 	re := registry.ErrorOf(err)
 	return re != nil && re.Kind == policy.ErrNotFound
@@ -570,8 +615,8 @@ func notFound(err error) bool {
 // artifacts reads a cosign signature or attestation manifest: one layer
 // per signature, its payload in the blob, the signature, certificate,
 // chain and Rekor bundle in annotations.
-func artifacts(ctx context.Context, p *remote.Puller, ref name.Reference, source string, att bool) ([]artifact, error) {
-	desc, err := p.Get(ctx, ref)
+func artifacts(ctx context.Context, p *remote.Puller, ref name.Reference, desc *remote.Descriptor, source string, att bool) ([]artifact, error) {
+	desc, err := getManifest(ctx, p, ref, desc)
 	if err != nil {
 		return nil, err
 	}
