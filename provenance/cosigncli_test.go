@@ -18,7 +18,7 @@ import (
 
 // cosignCLI returns the path of a cosign CLI tools/build.sh built into
 // bin/ (make tools): cosign-v2 (v2.6.5) or cosign-v3 (v3.1.3).
-func cosignCLI(t *testing.T, name string) string {
+func cosignCLI(t testing.TB, name string) string {
 	t.Helper()
 	p, err := filepath.Abs(filepath.Join("..", "bin", name))
 	if err != nil {
@@ -33,7 +33,7 @@ func cosignCLI(t *testing.T, name string) string {
 // cosignRun runs a cosign CLI offline in dir: every request but to
 // loopback goes to a closed port (cosign looks for the Sigstore TUF
 // repository, is refused at once and carries on).
-func cosignRun(t *testing.T, dir string, args ...string) string {
+func cosignRun(t testing.TB, dir string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

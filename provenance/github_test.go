@@ -37,7 +37,7 @@ type testTSA struct {
 
 var oidExtKeyUsage = asn1.ObjectIdentifier{2, 5, 29, 37}
 
-func newTestTSA(t *testing.T, now time.Time) *testTSA {
+func newTestTSA(t testing.TB, now time.Time) *testTSA {
 	t.Helper()
 	rootKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(10), Subject: pkix.Name{CommonName: "test TSA root", Organization: []string{"tsa.test"}},
@@ -63,7 +63,7 @@ func newTestTSA(t *testing.T, now time.Time) *testTSA {
 }
 
 // stamp is an RFC 3161 timestamp response over sig, dated at.
-func (tsa *testTSA) stamp(t *testing.T, sig []byte, at time.Time) []byte {
+func (tsa *testTSA) stamp(t testing.TB, sig []byte, at time.Time) []byte {
 	t.Helper()
 	h := sha256.Sum256(sig)
 	ts := timestamp.Timestamp{HashAlgorithm: crypto.SHA256, HashedMessage: h[:], Time: at, Policy: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 2}, AddTSACertificate: true}
@@ -82,7 +82,7 @@ var (
 	oidSourceRef        = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 1, 14}
 )
 
-func derString(t *testing.T, s string) []byte {
+func derString(t testing.TB, s string) []byte {
 	b, err := asn1.MarshalWithParams(s, "utf8")
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +93,7 @@ func derString(t *testing.T, s string) []byte {
 // githubSigner issues a Fulcio-like certificate to a GitHub Actions
 // workflow (subject san) with the given claims, valid from notBefore for
 // ten minutes.
-func (ss *sigstore) githubSigner(t *testing.T, san string, c policy.GitHubClaims, notBefore time.Time) bundleSigner {
+func (ss *sigstore) githubSigner(t testing.TB, san string, c policy.GitHubClaims, notBefore time.Time) bundleSigner {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(san)
@@ -118,7 +118,7 @@ func (ss *sigstore) githubSigner(t *testing.T, san string, c policy.GitHubClaims
 // stampedBundle is a DSSE bundle of statement st, with a transparency-log
 // entry at logged (none when zero) and an RFC 3161 timestamp at stamped
 // from tsa (none when nil).
-func (ss *sigstore) stampedBundle(t *testing.T, bs bundleSigner, st []byte, logged time.Time, tsa *testTSA, stamped time.Time) []byte {
+func (ss *sigstore) stampedBundle(t testing.TB, bs bundleSigner, st []byte, logged time.Time, tsa *testTSA, stamped time.Time) []byte {
 	t.Helper()
 	env := envelope(t, bs.signer, st)
 	var tlog []map[string]any
@@ -143,7 +143,7 @@ func (ss *sigstore) stampedBundle(t *testing.T, bs bundleSigner, st []byte, logg
 
 // writeJSONL writes trusted roots as `gh attestation trusted-root` does:
 // one JSON document per line.
-func writeJSONL(t *testing.T, roots ...*sigstore) string {
+func writeJSONL(t testing.TB, roots ...*sigstore) string {
 	t.Helper()
 	var b bytes.Buffer
 	for _, r := range roots {
@@ -266,7 +266,7 @@ func TestVerifyTimestampedBundles(t *testing.T) {
 }
 
 // ghData is GitHub's public test data (testdata/github/README.md).
-func ghData(t *testing.T, name string) []byte {
+func ghData(t testing.TB, name string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", "github", name))
 	if err != nil {

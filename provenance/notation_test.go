@@ -42,7 +42,7 @@ var serial atomic.Int64
 
 func nextSerial() *big.Int { return big.NewInt(time.Now().UnixNano() + serial.Add(1)) }
 
-func newNotaryCA(t *testing.T, cn string) *notaryCA {
+func newNotaryCA(t testing.TB, cn string) *notaryCA {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn, Organization: []string{"Acme"}, Country: []string{"US"}},
@@ -62,7 +62,7 @@ func newNotaryCA(t *testing.T, cn string) *notaryCA {
 
 // issue makes a code-signing certificate for CN=cn, O=Acme, C=US that
 // names crlURL as its CRL distribution point when it is not empty.
-func (ca *notaryCA) issue(t *testing.T, cn, crlURL string) (crypto.Signer, []*x509.Certificate) {
+func (ca *notaryCA) issue(t testing.TB, cn, crlURL string) (crypto.Signer, []*x509.Certificate) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn, Organization: []string{"Acme"}, Country: []string{"US"}, Province: []string{"WA"}},
@@ -80,7 +80,7 @@ func (ca *notaryCA) issue(t *testing.T, cn, crlURL string) (crypto.Signer, []*x5
 }
 
 // crl writes a CRL of ca revoking certs, valid for an hour.
-func (ca *notaryCA) crl(t *testing.T, revoked ...*x509.Certificate) string {
+func (ca *notaryCA) crl(t testing.TB, revoked ...*x509.Certificate) string {
 	t.Helper()
 	tmpl := &x509.RevocationList{Number: nextSerial(), ThisUpdate: time.Now().Add(-time.Hour), NextUpdate: time.Now().Add(time.Hour)}
 	for _, c := range revoked {
@@ -101,7 +101,7 @@ func (ca *notaryCA) crl(t *testing.T, revoked ...*x509.Certificate) string {
 // pushes the signature with Notation's own repository (oras-go): as an
 // OCI 1.1 referrer, or in the referrers tag schema when the registry has
 // no referrers API.
-func notationSign(t *testing.T, host, repo string, d v1.Hash, key crypto.Signer, chain []*x509.Certificate, mediaType string) {
+func notationSign(t testing.TB, host, repo string, d v1.Hash, key crypto.Signer, chain []*x509.Certificate, mediaType string) {
 	t.Helper()
 	r, err := remote.NewRepository(host + "/" + repo)
 	if err != nil {

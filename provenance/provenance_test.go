@@ -61,7 +61,7 @@ func decide(t *testing.T, v *Verifier, ref string, img *policy.Image, p *policy.
 	return rules, pv, vd
 }
 
-func req(t *testing.T, ref string) registry.Request {
+func req(t testing.TB, ref string) registry.Request {
 	t.Helper()
 	r, err := nameParse(ref)
 	if err != nil {
