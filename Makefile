@@ -53,10 +53,11 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter FuzzParseExceptionFile; do \
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 
-bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips.
+bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, cold provenance verification.
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./ingest/
+	$(GO) test -run '^$$' -bench ColdVerification -benchtime 50x -count 3 ./provenance/
 
 bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (make tools builds it).
 	test -x $(BIN)/cosign-v2 || tools/build.sh
