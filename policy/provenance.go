@@ -461,6 +461,9 @@ func (p *Policy) signatureFindings(pv *Provenance, img *Image) []Finding {
 	if len(github) > 0 {
 		ev["github"] = github
 	}
+	if rv := p.notationRevocation(); rv != "" {
+		ev["notationRevocation"] = rv
+	}
 	if pv.Err != nil {
 		errs = appendUnique(errs, pv.Err.Message)
 	}
@@ -545,7 +548,7 @@ func (p *Policy) loggedSignatureFindings(pv *Provenance, img *Image) []Finding {
 		return nil
 	}
 	ev := map[string]any{"digests": digests, "signatureTypes": []string{"notation"}, "signers": signers, "logged": failures,
-		"trustPolicies": policies, "verificationLevels": levels}
+		"trustPolicies": policies, "verificationLevels": levels, "notationRevocation": p.notationRevocation()}
 	f := p.finding(RuleUntrustedSigner, SeverityMedium,
 		fmt.Sprintf("the Notary Project signature of %s passed only because trust policy %s (level %s) logs what failed: %s",
 			strings.Join(digests, ", "), strings.Join(policies, ", "), strings.Join(levels, ", "), strings.Join(failures, "; ")), ev)
@@ -553,6 +556,19 @@ func (p *Policy) loggedSignatureFindings(pv *Provenance, img *Image) []Finding {
 		f.Action = ActionWarn
 	}
 	return []Finding{f}
+}
+
+// notationRevocation is how the policy checks the revocation of Notary
+// Project signing certificates, for evidence: "crl" (its CRL files) or
+// "off"; "" without signatures.notation.
+func (p *Policy) notationRevocation() string {
+	switch n := p.prov.trust.Notation; {
+	case n == nil:
+		return ""
+	case n.Revocation.Off:
+		return "off"
+	}
+	return "crl"
 }
 
 func sortedSigKeys(m map[string][]Signature) []string {

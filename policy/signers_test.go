@@ -148,6 +148,9 @@ func TestNotationLevels(t *testing.T) {
 			if len(types) == 0 || !strings.HasPrefix(types[0], "notation") {
 				t.Errorf("evidence %v does not say the signature type is notation", f.Evidence)
 			}
+			if f.Evidence["notationRevocation"] != "off" {
+				t.Errorf("evidence %v does not say revocation checking is off", f.Evidence)
+			}
 		})
 	}
 	spec.Rules = map[RuleID]Action{RuleUntrustedSigner: ActionIgnore}

@@ -262,6 +262,9 @@ func TestVerifyNotation(t *testing.T) {
 						if types, _ := ev["signatureTypes"].([]string); len(types) != 1 || !strings.HasPrefix(types[0], "notation") {
 							t.Errorf("evidence %v, want signatureTypes notation", ev)
 						}
+						if want := map[bool]string{true: "off", false: "crl"}[spec.Signatures.Notation.Revocation.Off]; ev["notationRevocation"] != want {
+							t.Errorf("evidence %v, want notationRevocation %s", ev, want)
+						}
 					}
 				})
 			}
