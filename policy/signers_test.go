@@ -159,3 +159,46 @@ func TestNotationLevels(t *testing.T) {
 		t.Errorf("Decide with untrusted-signer ignored = %q, want untrusted-signer/ignore", got)
 	}
 }
+
+// TestParseProvenanceFile: the settings of docs/provenance.md's example,
+// as a policy file (strict YAML), compile.
+func TestParseProvenanceFile(t *testing.T) {
+	p, err := Parse([]byte(`apiVersion: buildguard.dev/v1alpha1
+kind: Policy
+registries:
+  allow: ["ghcr.io/acme/**"]
+signatures:
+  required: true
+  github:
+    - repository: acme/shop
+      signerWorkflow: acme/shared-workflows/.github/workflows/build.yml
+      sourceRef: "refs/tags/v*"
+      denySelfHostedRunners: true
+  trustedRoot: /etc/buildguard/trusted_root.jsonl
+  notation:
+    trustStores:
+      - {name: acme, type: ca, certificates: ["/etc/buildguard/notation/acme-root.pem"]}
+      - {name: digicert, type: tsa, certificates: ["/etc/buildguard/notation/tsa-root.pem"]}
+    trustPolicies:
+      - name: production
+        registryScopes: ["ghcr.io/acme/shop", "ghcr.io/acme/api"]
+        verificationLevel: strict
+        trustStores: ["ca:acme", "tsa:digicert"]
+        trustedIdentities: ["x509.subject: C=US, ST=WA, O=Acme, CN=release"]
+    revocation:
+      off: true
+provenance:
+  required: true
+  vsa:
+    verifiers: ["https://verifier.acme.example/*"]
+    minLevels: ["SLSA_BUILD_LEVEL_3"]
+    maxAge: 168h
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := p.Trust()
+	if len(ts.GitHub) != 1 || ts.Notation == nil || !ts.Notation.Revocation.Off || len(ts.Notation.TrustPolicies[0].RegistryScopes) != 2 || !ts.Attestations {
+		t.Errorf("Trust() = %+v", ts)
+	}
+}
