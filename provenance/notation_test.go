@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"math/big"
 	"net/http"
@@ -18,11 +19,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/digitorus/timestamp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/notaryproject/notation-go"
 	notationregistry "github.com/notaryproject/notation-go/registry"
 	"github.com/notaryproject/notation-go/signer"
+	"github.com/notaryproject/tspclient-go"
 	"oras.land/oras-go/v2/registry/remote"
 
 	"buildguard.dev/buildguard/internal/testregistry"
@@ -268,6 +271,101 @@ func TestVerifyNotation(t *testing.T) {
 					}
 				})
 			}
+		}
+	}
+}
+
+// tsaTimestamper answers Notation's RFC 3161 requests with the test
+// timestamping authority, dated at.
+type tsaTimestamper struct {
+	tsa *testTSA
+	at  time.Time
+}
+
+// Timestamp implements tspclient.Timestamper.
+func (x tsaTimestamper) Timestamp(_ context.Context, req *tspclient.Request) (*tspclient.Response, error) {
+	h := crypto.SHA256
+	switch oid := req.MessageImprint.HashAlgorithm.Algorithm; {
+	case oid.Equal(asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 2}):
+		h = crypto.SHA384
+	case oid.Equal(asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 3}):
+		h = crypto.SHA512
+	}
+	ts := timestamp.Timestamp{HashAlgorithm: h, HashedMessage: req.MessageImprint.HashedMessage, Time: x.at, Nonce: req.Nonce,
+		Policy: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 2}, AddTSACertificate: true}
+	if req.ReqPolicy != nil {
+		ts.Policy = req.ReqPolicy
+	}
+	der, err := ts.CreateResponseWithOpts(x.tsa.leaf, x.tsa.key, crypto.SHA256)
+	if err != nil {
+		return nil, err
+	}
+	var resp tspclient.Response
+	if err := resp.UnmarshalBinary(der); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// TestNotationTimestamp: a Notation signature countersigned by a
+// timestamping authority of a tsa store carries the timestamp, and
+// fresh-image judges the image by it; without a tsa store in the trust
+// policy the countersignature is not verified, and proves nothing.
+func TestNotationTimestamp(t *testing.T) {
+	ca := newNotaryCA(t, "Acme Root")
+	now := time.Now()
+	tsa := newTestTSA(t, now)
+	tsaPath := filepath.Join(t.TempDir(), "tsa.pem")
+	if err := os.WriteFile(tsaPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tsa.root.Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stamped := now.Add(-2 * time.Minute).Truncate(time.Second)
+	reg := testregistry.New(t, testregistry.WithReferrers())
+	d := reg.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: now.Add(-48 * time.Hour)}))
+	key, chain := ca.issue(t, "release", "")
+	r, err := remote.NewRepository(reg.Host + "/acme/shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.PlainHTTP = true
+	s, err := signer.NewGenericSigner(key, chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(tsa.root)
+	if _, err := notation.Sign(context.Background(), s, notationregistry.NewRepository(r), notation.SignOptions{
+		SignerSignOptions: notation.SignerSignOptions{SignatureMediaType: notationJWS, Timestamper: tsaTimestamper{tsa, stamped}, TSARootCAs: roots},
+		ArtifactReference: reg.Host + "/acme/shop@" + d.String(),
+	}); err != nil {
+		t.Fatalf("notation.Sign: %v", err)
+	}
+	for _, withTSA := range []bool{true, false} {
+		stores := []string{"ca:acme"}
+		if withTSA {
+			stores = append(stores, "tsa:acme-tsa")
+		}
+		spec := policy.Spec{Signatures: policy.Signatures{Required: true, Notation: &policy.NotationTrust{
+			TrustStores:   []policy.NotationTrustStore{{Name: "acme", Certificates: []string{ca.pemPath}}, {Name: "acme-tsa", Type: "tsa", Certificates: []string{tsaPath}}},
+			TrustPolicies: []policy.NotationTrustPolicy{{Name: "all", RegistryScopes: []string{"*"}, TrustStores: stores, TrustedIdentities: []string{"*"}}},
+			Revocation:    policy.NotationRevocation{Off: true}}}}
+		v := New(registry.New(registry.WithTransport(http.DefaultTransport)))
+		rules, pv, vd := decide(t, v, reg.Host+"/acme/shop:1", nil, compile(t, spec), stamped.Add(time.Minute))
+		sig := pv.Signatures[0]
+		if !sig.Verified {
+			t.Fatalf("tsa store %v: signature not verified: %s", withTSA, sig.Error)
+		}
+		if !withTSA {
+			if !sig.SignedAt.IsZero() || len(rules) != 0 {
+				t.Errorf("without a tsa store: signed at %v, rules %v; an unverified countersignature proves nothing", sig.SignedAt, rules)
+			}
+			continue
+		}
+		if !sig.SignedAt.Equal(stamped) || sig.SignedAtSource != policy.TimeSourceTimestampAuthority {
+			t.Errorf("signed at %v by %q, want %v by the timestamp authority", sig.SignedAt, sig.SignedAtSource, stamped)
+		}
+		if strings.Join(rules, ",") != "fresh-image" || vd.Images[0].Findings[0].Evidence["timeSource"] != policy.TimeSourceTimestampAuthority {
+			t.Errorf("a minute after the timestamp: rules %v %+v, want fresh-image by the timestamp authority", rules, vd.Images[0].Findings)
 		}
 	}
 }
