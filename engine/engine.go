@@ -462,7 +462,7 @@ func decideAll(ps []*policy.Policy, f policy.Facts) policy.Verdict {
 	if len(ps) == 0 {
 		v := policy.Verdict{Outcome: policy.OutcomeAllow, Allowed: true}
 		for _, c := range f.Containers {
-			v.Images = append(v.Images, policy.ImageVerdict{Container: c.Name, ContainerKind: c.Kind, Image: c.Image, Outcome: policy.OutcomeAllow, Findings: []policy.Finding{}})
+			v.Images = append(v.Images, policy.ImageVerdict{Container: c.Name, ContainerKind: c.Kind, Image: c.Image, Outcome: policy.OutcomeAllow, Findings: []policy.Finding{}, Checks: []string{}})
 		}
 		return v
 	}

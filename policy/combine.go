@@ -37,6 +37,7 @@ func Combine(vs []Verdict) Verdict {
 		iv := vs[0].Images[i]
 		iv.Findings = append([]Finding{}, iv.Findings...)
 		iv.Watch = slices.Clone(iv.Watch)
+		iv.Checks = slices.Clone(iv.Checks)
 		for _, v := range vs[1:] {
 			other := v.Images[i]
 			if other.Outcome.rank() > iv.Outcome.rank() {
@@ -49,6 +50,11 @@ func Combine(vs []Verdict) Verdict {
 				iv.Exception = other.Exception
 			}
 			iv.Findings = mergeFindings(iv.Findings, other.Findings)
+			for _, c := range other.Checks {
+				if !slices.Contains(iv.Checks, c) {
+					iv.Checks = append(iv.Checks, c)
+				}
+			}
 			for _, w := range other.Watch {
 				if !slices.Contains(iv.Watch, w) {
 					iv.Watch = append(iv.Watch, w)

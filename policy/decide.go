@@ -74,6 +74,14 @@ type ImageVerdict struct {
 	// Exception is the exception that admitted the image despite its
 	// findings, if any.
 	Exception *ExceptionUse `json:"exception,omitempty"`
+	// Checks lists what a policy verified about the image beyond what its
+	// findings say, so that a record of an image without signature
+	// findings tells "signed as required" from "not checked":
+	// CheckSignatures when signatures.required, CheckProvenance when the
+	// policy has provenance settings (provenance.required, builders,
+	// sources or VSAs). Empty, never null, when nothing was checked, as
+	// for an image that was not resolved.
+	Checks []string `json:"checks"`
 	// Watch are the nodes and times whose connections count as the
 	// connections of the image's builds (see ConnectionWindow): a
 	// connection reported later inside one can change the verdict. Not
@@ -198,7 +206,7 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 }
 
 func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]string, extra Exceptions) ImageVerdict {
-	iv := ImageVerdict{Container: c.Name, ContainerKind: c.Kind, Image: c.Image, Outcome: OutcomeAllow, Findings: []Finding{}}
+	iv := ImageVerdict{Container: c.Name, ContainerKind: c.Kind, Image: c.Image, Outcome: OutcomeAllow, Findings: []Finding{}, Checks: []string{}}
 	if c.Resolved != nil {
 		iv.Digest = c.Resolved.Digest
 		for _, pl := range c.Resolved.Platforms {
@@ -229,6 +237,7 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 		iv.Findings = append(iv.Findings, p.nodeFindings(c.Builds, c.Resolved, now)...)
 		iv.Watch = p.connectionWindows(c.Builds, c.Resolved, now)
 		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved, ref.Context().Name(), now)...)
+		iv.Checks = p.checks()
 	}
 
 	if err == nil {

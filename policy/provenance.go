@@ -372,6 +372,25 @@ func (p *Policy) provenanceFindings(c Container, img *Image, repo string, now ti
 	return out
 }
 
+// What ImageVerdict.Checks may list.
+const (
+	CheckSignatures = "signatures"
+	CheckProvenance = "provenance"
+)
+
+// checks is ImageVerdict.Checks of an image whose signatures and
+// attestations the policy judged.
+func (p *Policy) checks() []string {
+	out := []string{}
+	if p.prov.required {
+		out = append(out, CheckSignatures)
+	}
+	if p.prov.trust.Attestations {
+		out = append(out, CheckProvenance)
+	}
+	return out
+}
+
 func registryOf(image string) string {
 	if i := strings.IndexByte(image, '/'); i > 0 && strings.ContainsAny(image[:i], ".:") {
 		return image[:i]

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -77,5 +78,50 @@ func TestProvenanceRules(t *testing.T) {
 		if strings.Join(got, ",") != tt.want {
 			t.Errorf("Decide(%s) = %v, want %s", tt.name, got, tt.want)
 		}
+	}
+}
+
+// TestChecks: a record says what the policy verified, so that the review
+// UI tells "signed as required" from "not checked by this policy".
+func TestChecks(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	img := &Image{Digest: "sha256:aa", Platforms: []Platform{{Digest: "sha256:aa", Created: now.Add(-time.Hour)}}}
+	allow := Registries{Allow: []string{"ghcr.io/acme/*"}}
+	for _, tc := range []struct {
+		name  string
+		spec  Spec
+		image string
+		want  []string
+	}{
+		{"no provenance settings", Spec{Registries: allow}, "ghcr.io/acme/shop:1", []string{}},
+		{"keys only, not required", Spec{Registries: allow, Signatures: Signatures{Keys: []string{"/k.pub"}, IgnoreTlog: true}}, "ghcr.io/acme/shop:1", []string{}},
+		{"signatures required", Spec{Registries: allow, Signatures: Signatures{Required: true, Keys: []string{"/k.pub"}, IgnoreTlog: true}}, "ghcr.io/acme/shop:1", []string{CheckSignatures}},
+		{"builders only", Spec{Registries: allow, Provenance: ProvenanceRequirements{Builders: []string{"https://b/*"}}}, "ghcr.io/acme/shop:1", []string{CheckProvenance}},
+		{"both", Spec{Registries: allow, Signatures: Signatures{Required: true, Keys: []string{"/k.pub"}, IgnoreTlog: true},
+			Provenance: ProvenanceRequirements{Required: true}}, "ghcr.io/acme/shop:1", []string{CheckSignatures, CheckProvenance}},
+		// Not judged at all: nothing was checked.
+		{"unapproved registry", Spec{Registries: allow, Signatures: Signatures{Required: true, Keys: []string{"/k.pub"}, IgnoreTlog: true}}, "evil.example/x:1", []string{}},
+	} {
+		p, err := Compile(tc.spec)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		v := Decide(p, Facts{Now: now, Containers: []Container{{Name: "c", Image: tc.image, Resolved: img, Provenance: map[string]*Provenance{"": {}}}}})
+		if got := v.Images[0].Checks; got == nil || !slices.Equal(got, tc.want) {
+			t.Errorf("Decide(%s).Images[0].Checks = %#v, want %#v", tc.name, got, tc.want)
+		}
+	}
+	// Combined, what any policy checked was checked.
+	sig, err := Compile(Spec{Registries: allow, Signatures: Signatures{Required: true, Keys: []string{"/k.pub"}, IgnoreTlog: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov, err := Compile(Spec{Registries: allow, Signatures: Signatures{Keys: []string{"/k.pub"}, IgnoreTlog: true}, Provenance: ProvenanceRequirements{Required: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := Facts{Now: now, Containers: []Container{{Name: "c", Image: "ghcr.io/acme/shop:1", Resolved: img}}}
+	if got := Combine([]Verdict{Decide(prov, f), Decide(sig, f)}).Images[0].Checks; !slices.Equal(got, []string{CheckProvenance, CheckSignatures}) {
+		t.Errorf("Combine: Checks = %v, want provenance and signatures", got)
 	}
 }

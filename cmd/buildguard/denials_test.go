@@ -62,7 +62,7 @@ func seedStore(t *testing.T) string {
 		if fs == nil {
 			fs = []policy.Finding{}
 		}
-		return policy.ImageVerdict{Container: container, ContainerKind: "container", Image: ref, Digest: digest, Outcome: o, Findings: fs}
+		return policy.ImageVerdict{Container: container, ContainerKind: "container", Image: ref, Digest: digest, Outcome: o, Findings: fs, Checks: []string{}}
 	}
 	seeds := []seed{
 		{"6f1c2a9e-1b7d-4c3a-9e51-0d2b7a4c8f10", "CREATE", "shop", "Pod", "hotfix", 14 * time.Second, policy.Verdict{
