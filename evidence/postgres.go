@@ -322,11 +322,13 @@ const pgInsertDecision = `WITH d AS (
 	INSERT INTO decisions (id, time, operation, namespace, kind, name, username, user_groups, mode, verdict, rules, images, exceptions)
 	VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11::jsonb, $12::json, $13::jsonb)
 	ON CONFLICT (id) DO NOTHING
-	RETURNING id
+	RETURNING id, time, verdict, namespace
 ), r AS (
-	INSERT INTO decision_rules (decision_id, rule) SELECT DISTINCT d.id, x FROM d, unnest($14::text[]) AS x
+	INSERT INTO decision_rules (decision_id, rule, time, verdict, namespace)
+	SELECT DISTINCT d.id, x, d.time, d.verdict, d.namespace FROM d, unnest($14::text[]) AS x
 ), i AS (
-	INSERT INTO decision_images (decision_id, image) SELECT DISTINCT d.id, x FROM d, unnest($15::text[]) AS x
+	INSERT INTO decision_images (decision_id, image, time, verdict, namespace)
+	SELECT DISTINCT d.id, x, d.time, d.verdict, d.namespace FROM d, unnest($15::text[]) AS x
 )
 SELECT count(*) FROM d`
 
@@ -358,13 +360,13 @@ const pgInsertDecisions = `WITH d AS (
 		$9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
 		AS u(id, time, operation, namespace, kind, name, username, user_groups, mode, verdict, rules, images, exceptions)
 	ON CONFLICT (id) DO NOTHING
-	RETURNING id
+	RETURNING id, time, verdict, namespace
 ), r AS (
-	INSERT INTO decision_rules (decision_id, rule)
-	SELECT DISTINCT d.id, x.rule FROM d JOIN unnest($14::text[], $15::text[]) AS x(id, rule) USING (id)
+	INSERT INTO decision_rules (decision_id, rule, time, verdict, namespace)
+	SELECT DISTINCT d.id, x.rule, d.time, d.verdict, d.namespace FROM d JOIN unnest($14::text[], $15::text[]) AS x(id, rule) USING (id)
 ), i AS (
-	INSERT INTO decision_images (decision_id, image)
-	SELECT DISTINCT d.id, x.image FROM d JOIN unnest($16::text[], $17::text[]) AS x(id, image) USING (id)
+	INSERT INTO decision_images (decision_id, image, time, verdict, namespace)
+	SELECT DISTINCT d.id, x.image, d.time, d.verdict, d.namespace FROM d JOIN unnest($16::text[], $17::text[]) AS x(id, image) USING (id)
 )
 SELECT count(*) FROM d`
 
@@ -418,6 +420,7 @@ func (p *Postgres) AddDecisions(ctx context.Context, ds []Decision) error {
 var pgDialect = dialect{
 	placeholder: func(n int) string { return "$" + strconv.Itoa(n) },
 	timeArg:     func(t time.Time) any { return t },
+	unindexed:   func(col string) string { return col },
 }
 
 // Decisions implements Store.

@@ -162,8 +162,8 @@ func (s *SQLite) prepare(ctx context.Context) error {
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, event_id) DO NOTHING`},
 		{s.w, &s.insDecision, `INSERT INTO decisions (id, time, operation, namespace, kind, name, username, user_groups, mode, verdict, rules, images, exceptions)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`},
-		{s.w, &s.insRule, `INSERT INTO decision_rules (decision_id, rule) VALUES (?, ?) ON CONFLICT DO NOTHING`},
-		{s.w, &s.insImage, `INSERT INTO decision_images (decision_id, image) VALUES (?, ?) ON CONFLICT DO NOTHING`},
+		{s.w, &s.insRule, `INSERT INTO decision_rules (decision_id, rule, time, verdict, namespace) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`},
+		{s.w, &s.insImage, `INSERT INTO decision_images (decision_id, image, time, verdict, namespace) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`},
 		{s.r, &s.byImage, "SELECT " + buildColumns + " FROM builds b WHERE b.image_id = ? ORDER BY b.at DESC, b.id DESC LIMIT ?"},
 		{s.r, &s.byTag, "SELECT " + buildColumns + ` FROM build_tags t JOIN builds b ON b.id = t.build_id
 			WHERE t.tag = ? ORDER BY t.at DESC, t.build_id DESC LIMIT ?`},
@@ -333,7 +333,8 @@ func (s *SQLite) addDecisions(ctx context.Context, pds []preparedDecision) error
 	defer tx.Rollback()
 	insDecision, insRule, insImage := tx.StmtContext(ctx, s.insDecision), tx.StmtContext(ctx, s.insRule), tx.StmtContext(ctx, s.insImage)
 	for _, d := range pds {
-		res, err := insDecision.ExecContext(ctx, d.ID, d.Time.UnixMicro(), d.Operation, d.Namespace,
+		at := d.Time.UnixMicro()
+		res, err := insDecision.ExecContext(ctx, d.ID, at, d.Operation, d.Namespace,
 			d.Kind, d.Name, d.User, jsonList(d.Groups), d.Mode, d.Verdict, jsonList(d.Rules), rawArg(d.Images), jsonList(d.Exceptions))
 		if err != nil {
 			return err
@@ -346,12 +347,12 @@ func (s *SQLite) addDecisions(ctx context.Context, pds []preparedDecision) error
 			continue // recorded before
 		}
 		for _, r := range d.Rules {
-			if _, err := insRule.ExecContext(ctx, d.ID, r); err != nil {
+			if _, err := insRule.ExecContext(ctx, d.ID, r, at, d.Verdict, d.Namespace); err != nil {
 				return err
 			}
 		}
 		for _, ref := range d.refs {
-			if _, err := insImage.ExecContext(ctx, d.ID, ref); err != nil {
+			if _, err := insImage.ExecContext(ctx, d.ID, ref, at, d.Verdict, d.Namespace); err != nil {
 				return err
 			}
 		}
@@ -362,6 +363,7 @@ func (s *SQLite) addDecisions(ctx context.Context, pds []preparedDecision) error
 var sqliteDialect = dialect{
 	placeholder: func(n int) string { return "?" + strconv.Itoa(n) },
 	timeArg:     func(t time.Time) any { return t.UnixMicro() },
+	unindexed:   func(col string) string { return "+" + col },
 }
 
 // Decisions implements Store.

@@ -48,6 +48,8 @@ type Store interface {
 	Decisions(ctx context.Context, q DecisionQuery) ([]Decision, error)
 	// Decision returns one decision by ID (ErrNotFound if none).
 	Decision(ctx context.Context, id string) (Decision, error)
+	// Summaries count decisions, for the review UI.
+	Summaries
 	// Prune deletes evidence and decisions older than before, then the oldest rows beyond maxRows
 	// per table (0 = no cap); it returns how many rows it deleted. Builds, connections and
 	// decisions are counted and capped; a build's tags and a decision's rule and image index
@@ -84,8 +86,15 @@ type Decision struct {
 type DecisionQuery struct {
 	// Since keeps decisions at or after this time.
 	Since time.Time
+	// Until keeps decisions before this time.
+	Until time.Time
 	// Namespace keeps decisions in this namespace.
 	Namespace string
+	// Kind and Name keep decisions about workloads of this kind and name.
+	Kind, Name string
+	// Scan keeps the records of this audit scan: those of operation SCAN
+	// whose ID ends with "/" and it ("scan-20261202T031500Z").
+	Scan string
 	// Rule keeps decisions that found this rule ID.
 	Rule string
 	// ImageGlob keeps decisions with an image reference or digest that
@@ -97,10 +106,32 @@ type DecisionQuery struct {
 	ImageGlob string
 	// Verdicts keeps decisions with one of these verdicts.
 	Verdicts []string
+	// Namespaces, when not nil, keeps decisions in one of these
+	// namespaces: none when it is empty (a reader who may list none).
+	Namespaces []string
+	// Before keeps the decisions that come after it newest first: older
+	// than its time, or as old with a smaller ID. The last decision of a
+	// page is the cursor of the next (keyset paging: every page costs the
+	// same, however deep).
+	Before *Cursor
+	// After keeps the decisions that come before it newest first, the
+	// page before a page whose first decision it is; they are still
+	// returned newest first. Before and After exclude each other.
+	After *Cursor
 	// Limit is the most decisions returned. The default is 100 and values
 	// above 1000 mean 1000.
 	Limit int
 }
+
+// Cursor is a decision's place in the order of Store.Decisions: newest
+// first, then by ID, descending.
+type Cursor struct {
+	Time time.Time
+	ID   string
+}
+
+// CursorOf returns d's place in the order of Store.Decisions.
+func CursorOf(d Decision) *Cursor { return &Cursor{Time: d.Time, ID: d.ID} }
 
 const (
 	defaultDecisionLimit = 100
@@ -469,6 +500,11 @@ func prepareDecisions(ds []Decision) ([]preparedDecision, error) {
 	return out, nil
 }
 
+// likeLiteral escapes s for SQL LIKE with "\" as its escape character.
+func likeLiteral(s string) string {
+	return strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(s)
+}
+
 // likePattern translates an ImageGlob to a lower-cased SQL LIKE pattern
 // with "\" as its escape character.
 func likePattern(glob string) string {
@@ -511,6 +547,11 @@ func decisionLimit(n int) int {
 type dialect struct {
 	placeholder func(n int) string // the n-th (1-based) bind parameter
 	timeArg     func(time.Time) any
+	// unindexed writes col so that the planner does not pick an index
+	// for a condition on it: SQLite, without statistics, takes one on a
+	// list of verdicts or namespaces over a covering or ordered one that
+	// is faster.
+	unindexed func(col string) string
 }
 
 // decisionsSQL builds the query behind Store.Decisions.
@@ -523,11 +564,26 @@ func decisionsSQL(q DecisionQuery, d dialect) (string, []any) {
 		args = append(args, v)
 		return d.placeholder(len(args))
 	}
-	if !q.Since.IsZero() {
+	// After a cursor as new as Since, the cursor alone bounds the range:
+	// SQLite starts a range at one lower bound, and must start at the
+	// cursor's.
+	if !q.Since.IsZero() && (q.Before != nil || q.After == nil || q.After.Time.Before(q.Since)) {
 		where = append(where, "d.time >= "+arg(d.timeArg(microTime(q.Since))))
+	}
+	if !q.Until.IsZero() {
+		where = append(where, "d.time < "+arg(d.timeArg(microTime(q.Until))))
 	}
 	if q.Namespace != "" {
 		where = append(where, "d.namespace = "+arg(q.Namespace))
+	}
+	if q.Kind != "" {
+		where = append(where, "d.kind = "+arg(q.Kind))
+	}
+	if q.Name != "" {
+		where = append(where, "d.name = "+arg(q.Name))
+	}
+	if q.Scan != "" {
+		where = append(where, "d.operation = 'SCAN' AND d.id LIKE "+arg("%/"+likeLiteral(q.Scan))+` ESCAPE '\'`)
 	}
 	if q.Rule != "" {
 		where = append(where, "EXISTS (SELECT 1 FROM decision_rules r WHERE r.decision_id = d.id AND r.rule = "+arg(q.Rule)+")")
@@ -537,18 +593,45 @@ func decisionsSQL(q DecisionQuery, d dialect) (string, []any) {
 			arg(likePattern(q.ImageGlob))+` ESCAPE '\')`)
 	}
 	if len(q.Verdicts) > 0 {
-		var ps []string
-		for _, v := range q.Verdicts {
-			ps = append(ps, arg(v))
+		// Walking decisions_time newest first stops at the limit; the
+		// index on (verdict, time) would read every match to sort it.
+		where = append(where, d.unindexed("d.verdict")+" IN ("+inList(q.Verdicts, arg)+")")
+	}
+	if q.Namespaces != nil {
+		if len(q.Namespaces) == 0 {
+			where = append(where, "1 = 0")
+		} else {
+			where = append(where, d.unindexed("d.namespace")+" IN ("+inList(q.Namespaces, arg)+")")
 		}
-		where = append(where, "d.verdict IN ("+strings.Join(ps, ", ")+")")
+	}
+	order := "DESC"
+	switch {
+	case q.Before != nil:
+		where = append(where, "(d.time, d.id) < ("+arg(d.timeArg(microTime(q.Before.Time)))+", "+arg(q.Before.ID)+")")
+	case q.After != nil:
+		where = append(where, "(d.time, d.id) > ("+arg(d.timeArg(microTime(q.After.Time)))+", "+arg(q.After.ID)+")")
+		order = "ASC"
 	}
 	s := "SELECT " + decisionColumns + " FROM decisions d"
 	if len(where) > 0 {
 		s += " WHERE " + strings.Join(where, " AND ")
 	}
-	s += " ORDER BY d.time DESC, d.id DESC LIMIT " + arg(decisionLimit(q.Limit))
+	s += " ORDER BY d.time " + order + ", d.id " + order + " LIMIT " + arg(decisionLimit(q.Limit))
+	if q.After != nil && q.Before == nil {
+		// The page just newer than the cursor, put back newest first.
+		s = "SELECT * FROM (" + s + ") d ORDER BY d.time DESC, d.id DESC"
+	}
 	return s, args
+}
+
+// inList returns the placeholders of vs, comma-separated, adding them to
+// the query's arguments with arg.
+func inList(vs []string, arg func(any) string) string {
+	ps := make([]string, len(vs))
+	for i, v := range vs {
+		ps[i] = arg(v)
+	}
+	return strings.Join(ps, ", ")
 }
 
 const decisionColumns = "d.id, d.time, d.operation, d.namespace, d.kind, d.name, d.username, d.user_groups, d.mode, d.verdict, d.rules, d.images, d.exceptions"
