@@ -554,7 +554,10 @@ type dialect struct {
 	unindexed func(col string) string
 }
 
-// decisionsSQL builds the query behind Store.Decisions.
+// decisionsSQL builds the query behind Store.Decisions. A list walks an
+// index newest first and stops at its limit: decisions_time, or, for an
+// ImageGlob without wildcards, the index rows of that image (whose time
+// is their decision's).
 func decisionsSQL(q DecisionQuery, d dialect) (string, []any) {
 	var (
 		where []string
@@ -564,14 +567,20 @@ func decisionsSQL(q DecisionQuery, d dialect) (string, []any) {
 		args = append(args, v)
 		return d.placeholder(len(args))
 	}
+	from, tcol, idcol := "decisions d", "d.time", "d.id"
+	exact := q.ImageGlob != "" && !strings.ContainsAny(q.ImageGlob, "*?")
+	if exact {
+		from, tcol, idcol = "decision_images i JOIN decisions d ON d.id = i.decision_id", "i.time", "i.decision_id"
+		where = append(where, "i.image = "+arg(strings.ToLower(q.ImageGlob)))
+	}
 	// After a cursor as new as Since, the cursor alone bounds the range:
 	// SQLite starts a range at one lower bound, and must start at the
 	// cursor's.
 	if !q.Since.IsZero() && (q.Before != nil || q.After == nil || q.After.Time.Before(q.Since)) {
-		where = append(where, "d.time >= "+arg(d.timeArg(microTime(q.Since))))
+		where = append(where, tcol+" >= "+arg(d.timeArg(microTime(q.Since))))
 	}
 	if !q.Until.IsZero() {
-		where = append(where, "d.time < "+arg(d.timeArg(microTime(q.Until))))
+		where = append(where, tcol+" < "+arg(d.timeArg(microTime(q.Until))))
 	}
 	if q.Namespace != "" {
 		where = append(where, "d.namespace = "+arg(q.Namespace))
@@ -588,7 +597,7 @@ func decisionsSQL(q DecisionQuery, d dialect) (string, []any) {
 	if q.Rule != "" {
 		where = append(where, "EXISTS (SELECT 1 FROM decision_rules r WHERE r.decision_id = d.id AND r.rule = "+arg(q.Rule)+")")
 	}
-	if q.ImageGlob != "" {
+	if q.ImageGlob != "" && !exact {
 		where = append(where, "EXISTS (SELECT 1 FROM decision_images i WHERE i.decision_id = d.id AND i.image LIKE "+
 			arg(likePattern(q.ImageGlob))+` ESCAPE '\')`)
 	}
@@ -607,16 +616,16 @@ func decisionsSQL(q DecisionQuery, d dialect) (string, []any) {
 	order := "DESC"
 	switch {
 	case q.Before != nil:
-		where = append(where, "(d.time, d.id) < ("+arg(d.timeArg(microTime(q.Before.Time)))+", "+arg(q.Before.ID)+")")
+		where = append(where, "("+tcol+", "+idcol+") < ("+arg(d.timeArg(microTime(q.Before.Time)))+", "+arg(q.Before.ID)+")")
 	case q.After != nil:
-		where = append(where, "(d.time, d.id) > ("+arg(d.timeArg(microTime(q.After.Time)))+", "+arg(q.After.ID)+")")
+		where = append(where, "("+tcol+", "+idcol+") > ("+arg(d.timeArg(microTime(q.After.Time)))+", "+arg(q.After.ID)+")")
 		order = "ASC"
 	}
-	s := "SELECT " + decisionColumns + " FROM decisions d"
+	s := "SELECT " + decisionColumns + " FROM " + from
 	if len(where) > 0 {
 		s += " WHERE " + strings.Join(where, " AND ")
 	}
-	s += " ORDER BY d.time " + order + ", d.id " + order + " LIMIT " + arg(decisionLimit(q.Limit))
+	s += " ORDER BY " + tcol + " " + order + ", " + idcol + " " + order + " LIMIT " + arg(decisionLimit(q.Limit))
 	if q.After != nil && q.Before == nil {
 		// The page just newer than the cursor, put back newest first.
 		s = "SELECT * FROM (" + s + ") d ORDER BY d.time DESC, d.id DESC"

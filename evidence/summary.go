@@ -93,6 +93,9 @@ type Ranked struct {
 	Name      string // a workload's name, or an image's digest
 	Deny      int
 	WouldDeny int
+	// Sample is the ID of one of an image's decisions, whose record
+	// names the image.
+	Sample string
 }
 
 // ScanCount is what the records of one audit scan say.
@@ -288,12 +291,12 @@ func summaryQueries(q SummaryQuery, d summaryDialect, out *Summary) []summaryStm
 	// index rows of a decision hold its image references and digests,
 	// lower-cased; a digest is algorithm:hex, which no reference is.
 	stmts = append(stmts, summaryStmt{
-		sql: "SELECT image, " + deny + ", " + wouldDeny + " FROM decision_images WHERE " + w +
+		sql: "SELECT image, " + deny + ", " + wouldDeny + ", max(decision_id) FROM decision_images WHERE " + w +
 			" AND (image LIKE 'sha256:%' OR image LIKE 'sha384:%' OR image LIKE 'sha512:%')" + rank("image"),
 		args: args,
 		scan: func(sc scanner) error {
 			var r Ranked
-			if err := sc.Scan(&r.Name, &r.Deny, &r.WouldDeny); err != nil {
+			if err := sc.Scan(&r.Name, &r.Deny, &r.WouldDeny, &r.Sample); err != nil {
 				return err
 			}
 			out.Images = append(out.Images, r)

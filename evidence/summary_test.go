@@ -147,7 +147,7 @@ func smSummary(t *testing.T, s Store) {
 			{Namespace: "shop", Kind: "Deployment", Name: "api", Deny: 1, WouldDeny: 2}, {Namespace: "shop", Kind: "Pod", Name: "api", Deny: 2},
 			{Namespace: "batch", Kind: "Job", Name: "tool", WouldDeny: 1}, {Namespace: "web", Kind: "Pod", Name: "site", WouldDeny: 1},
 		},
-		Images: []Ranked{{Name: digestA, Deny: 3, WouldDeny: 2}, {Name: digestB, WouldDeny: 1}},
+		Images: []Ranked{{Name: digestA, Deny: 3, WouldDeny: 2, Sample: "y2"}, {Name: digestB, WouldDeny: 1, Sample: "y3"}},
 		Scans: []ScanCount{
 			{ID: "scan-20261126T060000Z", First: day(0).Add(6 * time.Hour), Last: day(0).Add(6*time.Hour + 2*time.Second), Verdicts: map[string]int{"would-deny": 1, "warn": 1}},
 			{ID: "scan-20261125T060000Z", First: day(-1).Add(6 * time.Hour), Last: day(-1).Add(6*time.Hour + time.Second), Verdicts: map[string]int{"would-deny": 1, "allow": 1}},
@@ -336,6 +336,7 @@ func TestMigrateBackfillsSummaries(t *testing.T) {
 		for _, q := range []string{
 			"DROP INDEX decisions_verdict_time", "DROP INDEX decision_rules_time", "DROP INDEX decision_images_verdict_time",
 			"DROP INDEX decisions_scans", "DROP INDEX decisions_exceptions",
+			"DROP INDEX decision_images_image", "CREATE INDEX decision_images_image ON decision_images (image, decision_id)",
 			"ALTER TABLE decision_rules DROP COLUMN time", "ALTER TABLE decision_rules DROP COLUMN verdict", "ALTER TABLE decision_rules DROP COLUMN namespace",
 			"ALTER TABLE decision_images DROP COLUMN time", "ALTER TABLE decision_images DROP COLUMN verdict", "ALTER TABLE decision_images DROP COLUMN namespace",
 			"DELETE FROM schema_migrations WHERE version > 1",
@@ -374,7 +375,8 @@ func TestMigrateBackfillsSummaries(t *testing.T) {
 		}
 		defer conn.Close(context.Background())
 		for _, q := range []string{
-			"DROP INDEX decisions_verdict_time, decision_rules_time, decision_images_verdict_time, decisions_scans, decisions_exceptions",
+			"DROP INDEX decisions_verdict_time, decision_rules_time, decision_images_verdict_time, decisions_scans, decisions_exceptions, decision_images_image",
+			"CREATE INDEX decision_images_image ON decision_images (image text_pattern_ops, decision_id)",
 			"ALTER TABLE decision_rules DROP COLUMN time, DROP COLUMN verdict, DROP COLUMN namespace",
 			"ALTER TABLE decision_images DROP COLUMN time, DROP COLUMN verdict, DROP COLUMN namespace",
 			"DELETE FROM schema_migrations WHERE version > 1",
@@ -408,7 +410,7 @@ func smCheckBackfill(t *testing.T, s Store) {
 	if want := []DayCount{{day(-1), "fresh-image", 2}, {day(-1), "host-built", 2}}; !reflect.DeepEqual(got.Rules, want) {
 		t.Errorf("after the migration, Rules = %v, want %v", got.Rules, want)
 	}
-	if want := []Ranked{{Name: digestA, Deny: 2}, {Name: digestB, WouldDeny: 1}}; !reflect.DeepEqual(got.Images, want) {
+	if want := []Ranked{{Name: digestA, Deny: 2, Sample: "y2"}, {Name: digestB, WouldDeny: 1, Sample: "y3"}}; !reflect.DeepEqual(got.Images, want) {
 		t.Errorf("after the migration, Images = %v, want %v", got.Images, want)
 	}
 }
@@ -426,7 +428,9 @@ func TestSQLiteDecisionPlans(t *testing.T) {
 		{Since: stT0.Add(-time.Hour), Verdicts: []string{"deny"}, After: cursor},
 		{Since: stT0, Verdicts: []string{"deny", "would-deny"}, Namespaces: []string{"a", "b"}, Before: cursor},
 		{Since: stT0, Rule: "fresh-image", Before: cursor},
+		{ImageGlob: "sha256:ab*", Verdicts: allVerdicts, Before: cursor},
 		{ImageGlob: "sha256:abc", Verdicts: allVerdicts, Before: cursor},
+		{ImageGlob: "sha256:abc", Since: stT0},
 	} {
 		query, args := decisionsSQL(q, sqliteDialect)
 		rows, err := s.r.QueryContext(t.Context(), "EXPLAIN QUERY PLAN "+query, args...)
@@ -444,6 +448,10 @@ func TestSQLiteDecisionPlans(t *testing.T) {
 		p := strings.Join(plan, "; ")
 		walks := "SEARCH d USING INDEX decisions_time (time>? AND (time,id)<(?,?))"
 		switch {
+		case q.ImageGlob == "sha256:abc" && q.Before != nil:
+			walks = "SEARCH i USING COVERING INDEX decision_images_image (image=? AND (time,decision_id)<(?,?))"
+		case q.ImageGlob == "sha256:abc":
+			walks = "SEARCH i USING COVERING INDEX decision_images_image (image=? AND time>?)"
 		case q.After != nil:
 			walks = "SEARCH d USING INDEX decisions_time ((time,id)>(?,?))"
 		case q.Before == nil:

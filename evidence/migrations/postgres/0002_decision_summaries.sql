@@ -21,6 +21,11 @@ UPDATE decision_images i SET time = d.time, verdict = d.verdict, namespace = d.n
 
 CREATE INDEX decisions_verdict_time ON decisions (verdict, time, namespace, kind, name);
 CREATE INDEX decision_rules_time ON decision_rules (time, rule, verdict, namespace);
-CREATE INDEX decision_images_verdict_time ON decision_images (verdict, time, image, namespace);
+CREATE INDEX decision_images_verdict_time ON decision_images (verdict, time, image, namespace, decision_id);
 CREATE INDEX decisions_scans ON decisions (time, verdict, namespace, id) WHERE operation = 'SCAN';
 CREATE INDEX decisions_exceptions ON decisions (exceptions, time, operation) WHERE exceptions IS NOT NULL;
+-- The decisions of one image, newest first (an exact image filter, the
+-- review UI's image page); it serves image globs' prefixes as the index it
+-- replaces did.
+DROP INDEX decision_images_image;
+CREATE INDEX decision_images_image ON decision_images (image text_pattern_ops, time, decision_id);

@@ -22,8 +22,13 @@ CREATE INDEX decisions_verdict_time ON decisions (verdict, time, namespace, kind
 -- Rules per day.
 CREATE INDEX decision_rules_time ON decision_rules (time, rule, verdict, namespace);
 -- The images denied most.
-CREATE INDEX decision_images_verdict_time ON decision_images (verdict, time, image, namespace);
+CREATE INDEX decision_images_verdict_time ON decision_images (verdict, time, image, namespace, decision_id);
 -- Audit scans (their records' IDs end with the scan's name).
 CREATE INDEX decisions_scans ON decisions (time, verdict, namespace, id) WHERE operation = 'SCAN';
 -- How often each exception was used, and when last.
 CREATE INDEX decisions_exceptions ON decisions (exceptions, time, operation) WHERE exceptions IS NOT NULL;
+-- The decisions of one image, newest first (an exact image filter, the
+-- review UI's image page); it serves image globs' prefixes as the index it
+-- replaces did.
+DROP INDEX decision_images_image;
+CREATE INDEX decision_images_image ON decision_images (image, time, decision_id);
