@@ -421,6 +421,7 @@ var pgDialect = dialect{
 	placeholder: func(n int) string { return "$" + strconv.Itoa(n) },
 	timeArg:     func(t time.Time) any { return t },
 	unindexed:   func(col string) string { return col },
+	jsonHas:     func(col, v string) string { return col + " ? " + v },
 }
 
 // Decisions implements Store.

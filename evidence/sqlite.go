@@ -364,6 +364,9 @@ var sqliteDialect = dialect{
 	placeholder: func(n int) string { return "?" + strconv.Itoa(n) },
 	timeArg:     func(t time.Time) any { return t.UnixMicro() },
 	unindexed:   func(col string) string { return "+" + col },
+	jsonHas: func(col, v string) string {
+		return "EXISTS (SELECT 1 FROM json_each(" + col + ") j WHERE j.value = " + v + ")"
+	},
 }
 
 // Decisions implements Store.

@@ -95,6 +95,10 @@ type DecisionQuery struct {
 	// Scan keeps the records of this audit scan: those of operation SCAN
 	// whose ID ends with "/" and it ("scan-20261202T031500Z").
 	Scan string
+	// Exception keeps decisions that recorded using this exception (its
+	// name as decisions record it: "namespace/name" for a
+	// BuildPolicyException).
+	Exception string
 	// Rule keeps decisions that found this rule ID.
 	Rule string
 	// ImageGlob keeps decisions with an image reference or digest that
@@ -552,6 +556,9 @@ type dialect struct {
 	// list of verdicts or namespaces over a covering or ordered one that
 	// is faster.
 	unindexed func(col string) string
+	// jsonHas is the condition that the JSON array of strings col holds
+	// the string v.
+	jsonHas func(col, v string) string
 }
 
 // decisionsSQL builds the query behind Store.Decisions. A list walks an
@@ -596,6 +603,9 @@ func decisionsSQL(q DecisionQuery, d dialect) (string, []any) {
 	}
 	if q.Rule != "" {
 		where = append(where, "EXISTS (SELECT 1 FROM decision_rules r WHERE r.decision_id = d.id AND r.rule = "+arg(q.Rule)+")")
+	}
+	if q.Exception != "" {
+		where = append(where, "d.exceptions IS NOT NULL AND "+d.jsonHas("d.exceptions", arg(q.Exception)))
 	}
 	if q.ImageGlob != "" && !exact {
 		where = append(where, "EXISTS (SELECT 1 FROM decision_images i WHERE i.decision_id = d.id AND i.image LIKE "+

@@ -39,7 +39,10 @@ func summarySuite(t *testing.T, open func(t *testing.T) Store) {
 
 // smFilters: the list's filters the overview links to.
 func smFilters(t *testing.T, s Store) {
-	smAdd(t, s, smFixture())
+	ds := smFixture()
+	ds[1].Exceptions = []string{"shop/review-1"}
+	ds[5].Exceptions = []string{"shop/review-1", "exceptions[0]"}
+	smAdd(t, s, ds)
 	for _, tc := range []struct {
 		name string
 		q    DecisionQuery
@@ -51,6 +54,9 @@ func smFilters(t *testing.T, s Store) {
 		{"scan", DecisionQuery{Scan: "scan-20261125T060000Z"}, "u2/scan-20261125T060000Z u1/scan-20261125T060000Z"},
 		{"scan and verdict", DecisionQuery{Scan: "scan-20261126T060000Z", Verdicts: []string{"warn"}}, "u2/scan-20261126T060000Z"},
 		{"a scan's name is literal", DecisionQuery{Scan: "scan-2026112_T060000Z"}, ""},
+		{"exception", DecisionQuery{Exception: "shop/review-1", Verdicts: allVerdicts}, "t1 y1"},
+		{"exception, the other", DecisionQuery{Exception: "exceptions[0]"}, "t1"},
+		{"exception never used", DecisionQuery{Exception: "shop/review"}, ""},
 	} {
 		got, err := s.Decisions(t.Context(), tc.q)
 		if err != nil {
