@@ -60,6 +60,9 @@ type ImageRecord struct {
 	ChangeID      string          `json:"changeID"`
 	Findings      []FindingRecord `json:"findings"`
 	Exception     *ExceptionUsed  `json:"exception"`
+	// Checks is what the policy verified (policy.ImageVerdict.Checks);
+	// nil in records made before it was recorded.
+	Checks []string `json:"checks"`
 }
 
 // ExceptionUsed is the exception that admitted an image, as recorded.

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,7 +17,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"k8s.io/apimachinery/pkg/util/duration"
 
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
@@ -41,13 +39,18 @@ func parseTemplates() (map[string]*template.Template, error) {
 			}
 			return id
 		},
+		"rfc3339":   func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+		"compact":   compactTime,
+		"args":      func(v ...any) []any { return v },
+		"toneWord":  toneWord,
+		"exportMax": func() string { return "100,000" },
 	}
-	base, err := template.New("layout.html").Funcs(funcs).ParseFS(files, "templates/layout.html")
+	base, err := template.New("layout.html").Funcs(funcs).ParseFS(files, "templates/layout.html", "templates/parts.html")
 	if err != nil {
 		return nil, err
 	}
 	pages := map[string]*template.Template{}
-	for _, p := range []string{"login", "list", "detail", "error"} {
+	for _, p := range []string{"login", "overview", "list", "detail", "image", "exceptions", "error"} {
 		t, err := template.Must(base.Clone()).ParseFS(files, "templates/"+p+".html")
 		if err != nil {
 			return nil, err
@@ -60,15 +63,21 @@ func parseTemplates() (map[string]*template.Template, error) {
 // page is what every page's layout reads.
 type page struct {
 	Title string
-	User  *User
-	CSRF  string
-	Data  any
+	// Nav is the part of the site the page belongs to: overview,
+	// decisions or exceptions.
+	Nav  string
+	User *User
+	CSRF string
+	Data any
 }
+
+// navOf is the part of the site of each page.
+var navOf = map[string]string{"overview": "overview", "list": "decisions", "detail": "decisions", "image": "decisions", "exceptions": "exceptions"}
 
 // render writes a page with its status; a template that fails is our
 // fault and a 500, never half a page.
 func (h *Handler) render(w http.ResponseWriter, status int, name string, s *session, title string, data any) {
-	p := page{Title: title, Data: data}
+	p := page{Title: title, Nav: navOf[name], Data: data}
 	if s != nil {
 		p.User, p.CSRF = &s.User, s.CSRF
 	}
@@ -189,191 +198,6 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
 	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
-}
-
-// --- the list
-
-// Verdicts a list may filter on; the default is the denials.
-var (
-	allVerdicts     = []string{records.VerdictDeny, records.VerdictWouldDeny, records.VerdictWarn, records.VerdictAllow}
-	defaultVerdicts = []string{records.VerdictDeny, records.VerdictWouldDeny}
-)
-
-// defaultSince is the list's time filter when none is given; the form shows it as "24h".
-const defaultSince = 24 * time.Hour
-
-var (
-	namespaceRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-	ruleRE      = regexp.MustCompile(`^[a-z0-9][-a-z0-9]{0,62}$`)
-)
-
-// Filter is the list's query, as its form and URL carry it.
-type Filter struct {
-	Since     string
-	Namespace string
-	Rule      string
-	Image     string
-	Verdicts  []string
-	Limit     int
-}
-
-// Has reports whether v is among the filter's verdicts (for checkboxes).
-func (f Filter) Has(v string) bool { return slices.Contains(f.Verdicts, v) }
-
-// maxListLimit is the most rows a list shows, and the most decisions it
-// reads from the store (the store's own maximum).
-const maxListLimit = 1000
-
-// parseFilter reads the list's query parameters; an error is the user's.
-func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, error) {
-	f := Filter{Since: strings.TrimSpace(q.Get("since")), Namespace: strings.TrimSpace(q.Get("namespace")),
-		Rule: strings.TrimSpace(q.Get("rule")), Image: strings.TrimSpace(q.Get("image")), Limit: 100}
-	var dq evidence.DecisionQuery
-	switch f.Since {
-	case "":
-		f.Since = "24h"
-		dq.Since = now.Add(-defaultSince)
-	case "all", "0":
-		f.Since = "all"
-	default:
-		d, err := parseSince(f.Since)
-		if err != nil {
-			return f, dq, err
-		}
-		dq.Since = now.Add(-d)
-	}
-	if f.Namespace != "" && !namespaceRE.MatchString(f.Namespace) {
-		return f, dq, fmt.Errorf("namespace %q is not a namespace name", policy.Shorten(f.Namespace, 80))
-	}
-	if f.Rule != "" && !ruleRE.MatchString(f.Rule) {
-		return f, dq, fmt.Errorf("rule %q is not a rule ID (such as fresh-image)", policy.Shorten(f.Rule, 80))
-	}
-	if len(f.Image) > 512 || !utf8.ValidString(f.Image) || strings.ContainsFunc(f.Image, unicode.IsControl) {
-		return f, dq, errors.New("the image pattern is longer than 512 characters or not printable text")
-	}
-	for _, v := range q["verdict"] {
-		if !slices.Contains(allVerdicts, v) {
-			return f, dq, fmt.Errorf("verdict %q: want one of %s", policy.Shorten(v, 40), strings.Join(allVerdicts, ", "))
-		}
-		if !slices.Contains(f.Verdicts, v) {
-			f.Verdicts = append(f.Verdicts, v)
-		}
-	}
-	if len(f.Verdicts) == 0 {
-		f.Verdicts = slices.Clone(defaultVerdicts)
-	}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 || n > maxListLimit {
-			return f, dq, fmt.Errorf("limit %q: want a number from 1 to 1000", policy.Shorten(l, 20))
-		}
-		f.Limit = n
-	}
-	dq.Namespace, dq.Rule, dq.ImageGlob, dq.Verdicts, dq.Limit = f.Namespace, f.Rule, f.Image, f.Verdicts, f.Limit
-	return f, dq, nil
-}
-
-// parseSince reads a Go duration or a number of days ("7d").
-func parseSince(s string) (time.Duration, error) {
-	if d, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.Atoi(d)
-		if err == nil && n > 0 && n <= 3650 {
-			return time.Duration(n) * 24 * time.Hour, nil
-		}
-	} else if d, err := time.ParseDuration(s); err == nil && d > 0 {
-		return d, nil
-	}
-	return 0, fmt.Errorf("since %q: want a duration such as 30m, 24h or 7d, or all", policy.Shorten(s, 40))
-}
-
-type listData struct {
-	Filter   Filter
-	Rules    []string
-	Verdicts []string
-	Rows     []listRow
-	Error    string
-	// Partial: rows in namespaces the user may not list were left out.
-	Partial bool
-	Now     time.Time
-}
-
-type listRow struct {
-	evidence.Decision
-	Age    string
-	Images []string
-}
-
-func (h *Handler) list(w http.ResponseWriter, r *http.Request, s *session) {
-	now := h.c.Now()
-	f, q, err := parseFilter(r.URL.Query(), now)
-	data := listData{Filter: f, Verdicts: allVerdicts, Now: now}
-	for _, id := range append(policy.Rules(), policy.RuleRegistryUnavailable, policy.RuleInvalidModeLabel) {
-		data.Rules = append(data.Rules, string(id))
-	}
-	if err != nil {
-		data.Error = err.Error()
-		h.render(w, http.StatusBadRequest, "list", s, "Decisions", data)
-		return
-	}
-	all, err := h.allowed(r, s, ListDecisions)
-	if err != nil {
-		h.authzFailed(w, r, s, err)
-		return
-	}
-	if !all && f.Namespace != "" {
-		ok, err := h.allowed(r, s, ListDecisions.In(f.Namespace))
-		if err != nil {
-			h.authzFailed(w, r, s, err)
-			return
-		}
-		if !ok {
-			h.fail(w, r, s, http.StatusForbidden, fmt.Sprintf("You (%s) may not list decisions in namespace %s.", s.User.Name, f.Namespace))
-			return
-		}
-		all = true
-	}
-	if !all {
-		// Rows of namespaces the user may not list are dropped below:
-		// ask for as many as the store gives, so that the newest
-		// decisions of other namespaces do not crowd out the user's.
-		q.Limit = maxListLimit
-	}
-	ctx, cancel := h.ctx(r)
-	ds, err := h.c.Store.Decisions(ctx, q)
-	cancel()
-	if err != nil {
-		h.c.Log.Error("review: decisions not listed", "error", err)
-		h.fail(w, r, s, http.StatusServiceUnavailable, "The decision store did not answer; try again later.")
-		return
-	}
-	for _, d := range ds {
-		if len(data.Rows) == f.Limit {
-			break
-		}
-		if !all {
-			ok, err := h.allowed(r, s, ListDecisions.In(d.Namespace))
-			if err != nil {
-				h.authzFailed(w, r, s, err)
-				return
-			}
-			if !ok {
-				data.Partial = true
-				continue
-			}
-		}
-		row := listRow{Decision: d, Age: duration.HumanDuration(max(now.Sub(d.Time), 0))}
-		ims, _ := records.ParseImages(d.Images)
-		for _, im := range ims {
-			if im.Scope != records.ScopeWorkload && im.Image != "" {
-				row.Images = append(row.Images, im.Image)
-			}
-		}
-		data.Rows = append(data.Rows, row)
-	}
-	if !all && len(data.Rows) == 0 && len(ds) > 0 {
-		data.Partial = true
-	}
-	h.render(w, http.StatusOK, "list", s, "Decisions", data)
 }
 
 func (h *Handler) authzFailed(w http.ResponseWriter, r *http.Request, s *session, err error) {
@@ -667,4 +491,31 @@ func human(d time.Duration) string {
 		return fmt.Sprintf("%d days", d/(24*time.Hour))
 	}
 	return d.String()
+}
+
+// compactTime is a time for a list's narrow column, in UTC: the time of
+// day for today, the day and time this year, the date before.
+func compactTime(t, now time.Time) string {
+	t, now = t.UTC(), now.UTC()
+	switch {
+	case t.Year() == now.Year() && t.YearDay() == now.YearDay():
+		return t.Format("15:04:05")
+	case t.Year() == now.Year():
+		return t.Format("Jan 2 15:04")
+	}
+	return t.Format("2006-01-02")
+}
+
+// toneWord says a timeline tone in words, for those who do not see its
+// colour.
+func toneWord(tone string) string {
+	switch tone {
+	case ToneBad:
+		return "Objection"
+	case ToneWarn:
+		return "Warning"
+	case ToneOK:
+		return "Passed"
+	}
+	return "Fact"
 }

@@ -1,15 +1,18 @@
-// Package review is buildguard's web review UI: a list of denials and
-// would-be denials with filters, a detail page that shows a decision's
-// evidence chain as a timeline, and a form that grants a time-boxed
-// exception for one image digest. Pages are rendered on the server with
-// no JavaScript and nothing loaded from elsewhere, so it works in
-// air-gapped clusters.
+// Package review is buildguard's web review UI: an overview of the last
+// two weeks (decisions per day and verdict, rules, what was denied most,
+// audit scans), a list of decisions with filters, paging and export, a
+// detail page that shows a decision's evidence chain as a timeline, a
+// page per image digest, a form that grants a time-boxed exception for
+// one image digest, and a page of exceptions that revokes them. Pages
+// are rendered on the server with no JavaScript and nothing loaded from
+// elsewhere, so it works in air-gapped clusters.
 //
 // Every page but the login prompt needs a session: a bearer token checked
 // by an Authenticator (TokenReview in a cluster) and kept as a signed,
 // expiring cookie. What a user may see and grant is asked of an
 // Authorizer (SubjectAccessReview): list on decisions.buildguard.dev to
-// see a namespace's decisions, create on buildpolicyexceptions to grant.
+// see a namespace's decisions; list, create and delete on
+// buildpolicyexceptions to see, grant and revoke exceptions.
 // docs/review.md describes it.
 package review
 
@@ -55,6 +58,9 @@ type Config struct {
 	// says why on the detail page.
 	Granter  Granter
 	GrantOff string
+	// Exceptions lists exceptions for the exceptions page and revokes
+	// them; nil leaves the page empty, saying so.
+	Exceptions ExceptionSource
 	// Key signs session cookies; at least MinKeyLen bytes. Replicas
 	// behind one Service need the same key. The default is random, so
 	// sessions end when the process does.
@@ -175,7 +181,13 @@ func New(c Config) (*Handler, error) {
 	mux.HandleFunc("GET /login", h.loginPage)
 	mux.HandleFunc("POST /login", h.login)
 	mux.HandleFunc("POST /logout", h.logout)
-	mux.HandleFunc("GET /{$}", h.withSession(h.list))
+	mux.HandleFunc("GET /{$}", h.withSession(h.overview))
+	mux.HandleFunc("GET /decisions", h.withSession(h.list))
+	mux.HandleFunc("GET /decisions.csv", h.withSession(h.export("csv")))
+	mux.HandleFunc("GET /decisions.json", h.withSession(h.export("json")))
+	mux.HandleFunc("GET /images/{digest}", h.withSession(h.image))
+	mux.HandleFunc("GET /exceptions", h.withSession(h.exceptions))
+	mux.HandleFunc("POST /exceptions/revoke", h.withSession(h.revoke))
 	mux.HandleFunc("GET /decisions/{id}", h.withSession(h.detail))
 	mux.HandleFunc("GET /decisions/{id}/raw", h.withSession(h.raw))
 	mux.HandleFunc("POST /decisions/{id}/exceptions", h.withSession(h.grant))

