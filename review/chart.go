@@ -74,7 +74,7 @@ func newSparkline(what string, points []point) sparkline {
 	}
 	fmt.Fprintf(&b, ". %d in all", total)
 	if peak > 0 {
-		fmt.Fprintf(&b, "; most, %d, %s", peak, peakAt)
+		fmt.Fprintf(&b, "; most on %s (%d)", peakAt, peak)
 	}
 	b.WriteString(".")
 	sl.Label = b.String()

@@ -219,12 +219,14 @@ func (h *Handler) overview(w http.ResponseWriter, req *http.Request, s *session)
 			continue
 		}
 		points = append(points, point{Label: scanTime(sc), N: sc.Verdicts[records.VerdictWouldDeny],
-			Href: listLink("scan", sc.ID, "verdict", records.VerdictWouldDeny)})
+			Href: listLink("since", "all", "scan", sc.ID, "verdict", records.VerdictWouldDeny)})
 	}
 	data.ScanChart = newSparkline("Workloads audit scans would deny, per scan", points)
 	for _, sc := range sum.Scans {
-		c := func(v string) count { return count{N: sc.Verdicts[v], Href: listLink("scan", sc.ID, "verdict", v)} }
-		data.Scans = append(data.Scans, scanRow{ID: sc.ID, When: scanTime(sc), Total: sc.Total(), Href: listLink(everyVerdict("scan", sc.ID)...),
+		c := func(v string) count {
+			return count{N: sc.Verdicts[v], Href: listLink("since", "all", "scan", sc.ID, "verdict", v)}
+		}
+		data.Scans = append(data.Scans, scanRow{ID: sc.ID, When: scanTime(sc), Total: sc.Total(), Href: listLink(everyVerdict("since", "all", "scan", sc.ID)...),
 			WouldDeny: c(records.VerdictWouldDeny), Warn: c(records.VerdictWarn), Allow: c(records.VerdictAllow)})
 	}
 	if h.c.Exceptions != nil {

@@ -127,8 +127,10 @@ func newFixture(t *testing.T) *fixture {
 	f := &fixture{t: t, clock: testclock.New(t0), store: st, granter: &fakeGranter{},
 		authz: &fakeAuthz{allow: map[string]bool{
 			"alice list decisions *": true, "alice create buildpolicyexceptions *": true,
-			"bob list decisions *":      true,
+			"alice list buildpolicyexceptions *": true, "alice delete buildpolicyexceptions *": true,
+			"bob list decisions *": true, "bob list buildpolicyexceptions *": true,
 			"carol list decisions shop": true, "carol create buildpolicyexceptions shop": true,
+			"carol list buildpolicyexceptions shop": true, "carol delete buildpolicyexceptions shop": true,
 		}}}
 	f.h, err = New(Config{
 		Store:         st,
