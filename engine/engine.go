@@ -317,9 +317,11 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 			log.Warn("node evidence unavailable", "image", ref.String(), "digest", id, "error", err)
 			return false
 		}
+		// The store lists every node's newest build first; an event ID is
+		// one node's (another node may report the same one).
 		for _, b := range bs[:min(len(bs), maxBuildsPerImage)] {
-			if !seen[b.Source+"\x00"+b.EventID] {
-				seen[b.Source+"\x00"+b.EventID] = true
+			if k := b.Node + "\x00" + b.Source + "\x00" + b.EventID; !seen[k] {
+				seen[k] = true
 				out = append(out, toBuildEvidence(b, "image-id", platform))
 			}
 		}
