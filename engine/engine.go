@@ -379,7 +379,7 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 				}
 				seenConn[k] = true
 				b.Connections = append(b.Connections, policy.ConnectionEvidence{
-					Source: c.Source, Node: c.Node, Time: c.Time, Process: c.Process, PID: c.PID, Cmdline: c.Cmdline,
+					Source: c.Source, Reporter: c.Reporter, Node: c.Node, Time: c.Time, Process: c.Process, PID: c.PID, Cmdline: c.Cmdline,
 					ContainerID: c.ContainerID, DestIP: c.DestIP, DestPort: c.DestPort, DestName: c.DestName,
 				})
 			}
@@ -390,7 +390,7 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 
 func toBuildEvidence(b evidence.Build, matchedBy, platform string) policy.BuildEvidence {
 	return policy.BuildEvidence{
-		Source: b.Source, Node: b.Node, Tool: b.Tool, ImageID: b.ImageID, Tags: b.Tags, Started: b.Started, Finished: b.Finished,
+		Source: b.Source, Reporter: b.Reporter, Node: b.Node, Tool: b.Tool, ImageID: b.ImageID, Tags: b.Tags, Started: b.Started, Finished: b.Finished,
 		MatchedBy: matchedBy, Platform: platform, PIDs: b.PIDs, ContainerIDs: b.ContainerIDs,
 	}
 }

@@ -78,6 +78,8 @@ func TestNodeEvidence(t *testing.T) {
 	}
 }
 
+const agentUser = "system:serviceaccount:buildguard-system:buildguard-node-agent"
+
 // TestNodeEvidenceOfOtherNodes: builds another node reported of the same
 // image — with the same event ID, taken first, or many and newer — do not
 // hide a node's genuine build. ci-runner-1 is an approved build node.
@@ -123,7 +125,7 @@ func TestNodeEvidenceOfOtherNodes(t *testing.T) {
 			defer store.Close()
 			for _, r := range []evidence.Report{
 				{Node: "ci-runner-1", Builds: tc.before},
-				{Node: "worker-3", Builds: []evidence.Build{build("worker-3", agentID, built)}},
+				{Node: "worker-3", Reporter: agentUser, Builds: []evidence.Build{build("worker-3", agentID, built)}},
 			} {
 				if _, _, err := store.AddReport(t.Context(), r); err != nil {
 					t.Fatal(err)
@@ -142,11 +144,18 @@ func TestNodeEvidenceOfOtherNodes(t *testing.T) {
 				t.Fatal(err)
 			}
 			var got []string
+			var reporter any
 			for _, f := range v.Images[0].Findings {
 				got = append(got, string(f.Rule)+": "+f.Message)
+				if f.Rule == policy.RuleHostBuilt && f.Evidence["node"] == "worker-3" {
+					reporter = f.Evidence["reporter"]
+				}
 			}
 			if v.Allowed || !slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, "host-built: node worker-3 built") }) {
 				t.Errorf("Evaluate = allowed %v, findings %q; want denied host-built naming worker-3", v.Allowed, got)
+			}
+			if reporter != agentUser {
+				t.Errorf("the host-built finding's evidence names the reporter %v, want %s", reporter, agentUser)
 			}
 		})
 	}
