@@ -393,7 +393,9 @@ spec:
 
 	t.Run("node reports: a build on a worker that talked to a raw IP is denied, and found late", func(t *testing.T) {
 		e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-system")
-		token := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard"))
+		e.mustKubectl(AgentPodYAML("worker-3"), "apply", "-f", "-")
+		token := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard",
+			"--bound-object-kind=Pod", "--bound-object-name=node-agent-worker-3"))
 		caB64 := e.mustKubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
 		ca, err := base64.StdEncoding.DecodeString(caB64)
 		if err != nil {
