@@ -26,6 +26,8 @@ type SQLite struct {
 	insBuild, insTag, insConn           *sql.Stmt // on w
 	insDecision, insRule, insImage      *sql.Stmt // on w
 	byImage, byTag, conns, decisionByID *sql.Stmt // on r
+
+	reports *reportWriter // AddReport's group commit
 }
 
 // SQLite settings. busy_timeout is how long a connection waits for another
@@ -102,6 +104,7 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		s.Close()
 		return fail(err)
 	}
+	s.reports = newReportWriter(s.addReports)
 	return s, nil
 }
 
@@ -217,7 +220,9 @@ func (s *SQLite) fail(op string, err error) error {
 	return &Error{Backend: "sqlite", Op: op, Err: err}
 }
 
-// AddReport implements Store.
+// AddReport implements Store. Reports that arrive together are committed
+// together, in one transaction, each acknowledged once it is durable
+// (see reportWriter).
 func (s *SQLite) AddReport(ctx context.Context, r Report) (builds, conns int, err error) {
 	p, err := prepareReport(r)
 	if err != nil {
@@ -226,56 +231,58 @@ func (s *SQLite) AddReport(ctx context.Context, r Report) (builds, conns int, er
 	if len(p.builds) == 0 && len(p.conns) == 0 {
 		return 0, 0, nil
 	}
-	builds, conns, err = s.addReport(ctx, p)
+	builds, conns, err = s.reports.add(ctx, p)
 	if err != nil {
 		return 0, 0, s.fail("AddReport", err)
 	}
 	return builds, conns, nil
 }
 
-func (s *SQLite) addReport(ctx context.Context, p prepared) (builds, conns int, err error) {
+// addReports stores a group of reports in one transaction, counting each
+// report's new items.
+func (s *SQLite) addReports(ctx context.Context, group []*pendingReport) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, 0, err
+		return err
 	}
 	defer tx.Rollback()
 	now := s.now()
 	insBuild, insTag, insConn := tx.StmtContext(ctx, s.insBuild), tx.StmtContext(ctx, s.insTag), tx.StmtContext(ctx, s.insConn)
-	for _, b := range p.builds {
-		at := unixMicro(buildTime(b, now))
-		var id int64
-		err := insBuild.QueryRowContext(ctx, b.Source, b.EventID, b.Node, b.Reporter, b.Tool, b.ImageID,
-			microArg(b.Started), microArg(b.Finished), at,
-			jsonList(b.PIDs), jsonList(b.ContainerIDs), b.CgroupID, jsonList(b.Steps), jsonList(b.Tags)).Scan(&id)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue // stored before
-		}
-		if err != nil {
-			return 0, 0, err
-		}
-		builds++
-		for _, tag := range b.Tags {
-			if _, err := insTag.ExecContext(ctx, id, tag, b.Node, at); err != nil {
-				return 0, 0, err
+	for _, pr := range group {
+		pr.builds, pr.conns = 0, 0
+		for _, b := range pr.p.builds {
+			at := unixMicro(buildTime(b, now))
+			var id int64
+			err := insBuild.QueryRowContext(ctx, b.Source, b.EventID, b.Node, b.Reporter, b.Tool, b.ImageID,
+				microArg(b.Started), microArg(b.Finished), at,
+				jsonList(b.PIDs), jsonList(b.ContainerIDs), b.CgroupID, jsonList(b.Steps), jsonList(b.Tags)).Scan(&id)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // stored before
+			}
+			if err != nil {
+				return err
+			}
+			pr.builds++
+			for _, tag := range b.Tags {
+				if _, err := insTag.ExecContext(ctx, id, tag, b.Node, at); err != nil {
+					return err
+				}
 			}
 		}
-	}
-	for _, c := range p.conns {
-		res, err := insConn.ExecContext(ctx, c.Source, c.EventID, c.Node, c.Reporter, unixMicro(c.Time), c.Process, c.PID,
-			c.Cmdline, c.ContainerID, c.CgroupID, addrArg(c.DestIP), c.DestPort, c.DestName)
-		if err != nil {
-			return 0, 0, err
+		for _, c := range pr.p.conns {
+			res, err := insConn.ExecContext(ctx, c.Source, c.EventID, c.Node, c.Reporter, unixMicro(c.Time), c.Process, c.PID,
+				c.Cmdline, c.ContainerID, c.CgroupID, addrArg(c.DestIP), c.DestPort, c.DestName)
+			if err != nil {
+				return err
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			pr.conns += int(n)
 		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return 0, 0, err
-		}
-		conns += int(n)
 	}
-	if err := tx.Commit(); err != nil {
-		return 0, 0, err
-	}
-	return builds, conns, nil
+	return tx.Commit()
 }
 
 // microArg is a nullable time column's value: NULL for the zero time.
@@ -436,6 +443,9 @@ func (r sqliteRunner) queryPair(ctx context.Context, q string, args ...any) (a, 
 // Close implements Store. The last connection to close checkpoints the WAL
 // into the database file.
 func (s *SQLite) Close() error {
+	if s.reports != nil {
+		s.reports.close() // what is queued is committed first
+	}
 	for _, st := range []*sql.Stmt{s.insBuild, s.insTag, s.insConn, s.insDecision, s.insRule, s.insImage,
 		s.byImage, s.byTag, s.conns, s.decisionByID} {
 		if st != nil {
