@@ -73,7 +73,7 @@ const (
 // (k8s.io/apiserver, DelegatingAuthenticationOptions). client-go's default
 // of 5 per second refused most reports of a fleet starting up: each node
 // has its own token, so N nodes need N reviews once, then N per TTL (1,000
-// nodes and a 30 s TTL: 33 a second, reviewed ahead of expiry).
+// nodes and a 30 s TTL: about 40 a second, reviewed ahead of expiry).
 const (
 	ReviewQPS   = 200
 	ReviewBurst = 400
@@ -98,7 +98,7 @@ func NewReviewClient(cfg *rest.Config) (kubernetes.Interface, error) {
 // least-recently-used cache of CacheSize tokens: accepted tokens for TTL,
 // refused ones for FailureTTL; the API server's errors are not cached.
 // Concurrent requests with a token not in the cache share one review. A
-// token used in the last quarter of its TTL is reviewed again in the
+// token used in the last fifth of its TTL is reviewed again in the
 // background, so that a node reporting steadily does not wait for a
 // review once its answer expires; a token that fails that review is
 // refused from then on.
@@ -202,7 +202,7 @@ func (r *TokenReviewer) Authenticate(ctx context.Context, token string) (Identit
 		c := v.(*cachedReview)
 		if c.err == nil {
 			ttl := r.ttl(nil)
-			if r.now().Sub(c.reviewed) >= ttl-ttl/4 && c.refreshing.CompareAndSwap(false, true) {
+			if r.now().Sub(c.reviewed) >= ttl-ttl/5 && c.refreshing.CompareAndSwap(false, true) {
 				r.refresh(key, token)
 			}
 		}

@@ -53,10 +53,10 @@ func TestTokenReviewCache(t *testing.T) {
 		}{
 			{0, 1},                // first use: reviewed
 			{30 * time.Second, 1}, // cached
-			{14 * time.Second, 1}, // 44 s: cached
-			{2 * time.Second, 2},  // 46 s, in the last quarter: answered from the cache, reviewed in the background
-			{20 * time.Second, 2}, // 66 s: the refreshed answer, reviewed at 46 s
-			{60 * time.Second, 3}, // 126 s, unused since 66 s: expired, reviewed on the request's path
+			{17 * time.Second, 1}, // 47 s: cached
+			{2 * time.Second, 2},  // 49 s, in the last fifth: answered from the cache, reviewed in the background
+			{20 * time.Second, 2}, // 69 s: the refreshed answer, reviewed at 49 s
+			{60 * time.Second, 3}, // 129 s, unused since 69 s: expired, reviewed on the request's path
 		} {
 			clock.Advance(step.advance)
 			id, err := authenticate(t, r, env.bound7)

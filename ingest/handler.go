@@ -243,7 +243,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.OnReport(context.WithoutCancel(r.Context()), rep)
 		}
 	}
-	h.log().Info("node report", "node", rep.Node, "user", id.User, "forwarder", id.Forwarder, "path", r.URL.Path,
+	// A fleet reports hundreds of times a second: a report that brought
+	// no build is logged at debug level only.
+	level := slog.LevelDebug
+	if res.Accepted.Builds > 0 {
+		level = slog.LevelInfo
+	}
+	h.log().Log(r.Context(), level, "node report", "node", rep.Node, "user", id.User, "forwarder", id.Forwarder, "path", r.URL.Path,
 		"builds", res.Accepted.Builds, "connections", res.Accepted.Connections, "duplicates", res.Duplicates, "errors", len(res.Errors))
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(res)
