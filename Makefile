@@ -50,10 +50,11 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter FuzzParseExceptionFile; do \
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 
-bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips.
+bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, node reports of a 1,000-node fleet.
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./ingest/
+	$(GO) run ./bench/fleet -nodes 1000 -interval 2s -duration 60s
 
 bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (builds it first: ~8 min).
 	test -x $(BIN)/cosign || GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
