@@ -154,8 +154,13 @@ func run(ctx context.Context, c config, out io.Writer) (missed bool, err error) 
 		}
 	}
 
-	fmt.Fprintf(out, "%d nodes, a report every %v each (%.0f reports/s), %d connections and 1 build in %d reports, for %v after the first interval\n\n",
+	fmt.Fprintf(out, "%d nodes, a report every %v each (%.0f reports/s), %d connections and 1 build in %d reports, for %v after the first interval\n",
 		c.nodes, c.interval, float64(c.nodes)/c.interval.Seconds(), c.conns, c.buildEvery, c.duration)
+	// What the store's commits wait for, on this disk now.
+	if p50, p99, err := fsyncLatency(dir); err == nil {
+		fmt.Fprintf(out, "fsync of a 16 KiB write in the work directory, 200 times: p50 %s, p99 %s; load average %s\n", ms(p50), ms(p99), loadAverage())
+	}
+	fmt.Fprintln(out)
 	phases := []*phase{{name: "cold (first interval)", window: c.interval}, {name: "sustained", window: c.duration}}
 	t0 := time.Now()
 	phases[0].begin(t0, bg.Proc.Pid(), apiserver.Pid(), reviews(ctx, admin))
@@ -185,8 +190,8 @@ func run(ctx context.Context, c config, out io.Writer) (missed bool, err error) 
 		}
 	}
 
-	fmt.Fprintln(out, "| phase | reports | reports/s | refused | p50 | p90 | p99 | max | TokenReviews | buildguard CPU | per report | kube-apiserver CPU | load generator CPU | machine idle |")
-	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(out, "| phase | reports | reports/s | refused | p50 | p90 | p99 | max | TokenReviews | buildguard CPU | per report | kube-apiserver CPU | load generator CPU | machine idle | machine I/O wait |")
+	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, p := range phases {
 		p.print(out)
 	}
@@ -204,7 +209,41 @@ func run(ctx context.Context, c config, out io.Writer) (missed bool, err error) 
 	want := float64(c.nodes) / c.interval.Seconds()
 	got := float64(len(s.lat)) / c.duration.Seconds()
 	fmt.Fprintf(out, "- sustained, reports/s: %.0f of the %.0f the nodes would send on time (a node's next report waits for the last answer)\n", got, want)
+	fmt.Fprintf(out, "- load average at the end: %s\n", loadAverage())
 	return !ok || p99 >= targetP99, nil
+}
+
+// fsyncLatency writes and fsyncs 16 KiB 200 times in dir.
+func fsyncLatency(dir string) (p50, p99 time.Duration, err error) {
+	f, err := os.CreateTemp(dir, "fsync-")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 16<<10)
+	var ds []time.Duration
+	for range 200 {
+		if _, err := f.Write(buf); err != nil {
+			return 0, 0, err
+		}
+		t := time.Now()
+		if err := f.Sync(); err != nil {
+			return 0, 0, err
+		}
+		ds = append(ds, time.Since(t))
+	}
+	slices.Sort(ds)
+	return ds[100], ds[198], nil
+}
+
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 func verdict(ok bool) string {
@@ -382,7 +421,8 @@ func report(name string, i, seq int, c config) []byte {
 // phase is the results of the reports sent in a span of time, with the
 // CPU that the server, the API server and this load generator used from
 // its start until its last answer (a share of one core: 200% is both of a
-// 2-core machine's), and the share of the machine's CPU time left idle.
+// 2-core machine's), and the shares of the machine's CPU time left idle
+// and spent waiting for I/O (what the store's fsyncs wait for).
 type phase struct {
 	name                   string
 	window                 time.Duration // when its reports were sent
@@ -391,8 +431,8 @@ type phase struct {
 	bgCPU0, apiCPU0        time.Duration
 	bgCPU, apiCPU          time.Duration
 	selfCPU0, selfCPU      time.Duration
-	idle0, total0          int64
-	idle                   float64 // the machine's idle share
+	idle0, iowait0, total0 int64
+	idle, iowait           float64 // the machine's idle and I/O wait shares
 	reviews0, reviewsTotal float64
 	lat                    []time.Duration
 	refused                map[string]int
@@ -401,16 +441,17 @@ type phase struct {
 func (p *phase) begin(t time.Time, bgPid, apiPid int, reviews float64) {
 	p.from, p.bgPid, p.apiPid, p.reviews0 = t, bgPid, apiPid, reviews
 	p.bgCPU0, p.apiCPU0, p.selfCPU0 = procCPU(bgPid), procCPU(apiPid), procCPU(os.Getpid())
-	p.idle0, p.total0 = machineCPU()
+	p.idle0, p.iowait0, p.total0 = machineCPU()
 }
 
 func (p *phase) finish(t time.Time, reviews float64) {
 	p.to = t
 	p.bgCPU, p.apiCPU, p.selfCPU = procCPU(p.bgPid)-p.bgCPU0, procCPU(p.apiPid)-p.apiCPU0, procCPU(os.Getpid())-p.selfCPU0
 	p.reviewsTotal = reviews - p.reviews0
-	idle, total := machineCPU()
+	idle, iowait, total := machineCPU()
 	if total > p.total0 {
 		p.idle = float64(idle-p.idle0) / float64(total-p.total0)
+		p.iowait = float64(iowait-p.iowait0) / float64(total-p.total0)
 	}
 }
 
@@ -467,9 +508,9 @@ func (p *phase) print(out io.Writer) {
 	if len(p.lat) > 0 {
 		perReport = p.bgCPU / time.Duration(len(p.lat))
 	}
-	fmt.Fprintf(out, "| %s | %d | %.0f | %d | %s | %s | %s | %s | %.0f | %.0f%% | %d µs | %.0f%% | %.0f%% | %.0f%% |\n", p.name, len(p.lat), float64(len(p.lat))/p.window.Seconds(),
+	fmt.Fprintf(out, "| %s | %d | %.0f | %d | %s | %s | %s | %s | %.0f | %.0f%% | %d µs | %.0f%% | %.0f%% | %.0f%% | %.0f%% |\n", p.name, len(p.lat), float64(len(p.lat))/p.window.Seconds(),
 		p.refusedCount(), ms(p.quantile(0.5)), ms(p.quantile(0.9)), ms(p.quantile(0.99)), ms(p.quantile(1)),
-		p.reviewsTotal, 100*p.bgCPU.Seconds()/secs, perReport.Microseconds(), 100*p.apiCPU.Seconds()/secs, 100*p.selfCPU.Seconds()/secs, 100*p.idle)
+		p.reviewsTotal, 100*p.bgCPU.Seconds()/secs, perReport.Microseconds(), 100*p.apiCPU.Seconds()/secs, 100*p.selfCPU.Seconds()/secs, 100*p.idle, 100*p.iowait)
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
@@ -493,13 +534,12 @@ func procCPU(pid int) time.Duration {
 	return time.Duration(u+st) * 10 * time.Millisecond
 }
 
-// machineCPU is the idle and total CPU time of the machine, in clock
-// ticks, from the first line of /proc/stat (idle and iowait count as
-// idle).
-func machineCPU() (idle, total int64) {
+// machineCPU is the idle, I/O wait and total CPU time of the machine, in
+// clock ticks, from the first line of /proc/stat.
+func machineCPU() (idle, iowait, total int64) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, 0
+		return 0, 0, 0
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	for i, f := range strings.Fields(line)[1:] {
@@ -507,9 +547,12 @@ func machineCPU() (idle, total int64) {
 		if i < 8 { // user nice system idle iowait irq softirq steal; guest time is in user already
 			total += v
 		}
-		if i == 3 || i == 4 {
+		switch i {
+		case 3:
 			idle += v
+		case 4:
+			iowait += v
 		}
 	}
-	return idle, total
+	return idle, iowait, total
 }
