@@ -8,18 +8,21 @@ BIN := bin
 IMG ?= ghcr.io/buildguard/buildguard:$(VERSION)
 KUBECTL ?= $(BIN)/kubectl
 
-.PHONY: help build tools test vet fmt-check unit e2e fuzz bench bench-cosign demo image manifests deploy clean
+.PHONY: help deps build tools test vet fmt-check unit e2e fuzz bench bench-cosign demo image manifests deploy clean
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
+deps: ## Install (as root with apt-get) or list what the tests and the demo need besides Go: scripts/deps.sh.
+	scripts/deps.sh
+
 build: ## Build bin/buildguard (static, version stamped in).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/buildguard ./cmd/buildguard
 
-tools: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl into bin/ (cached; ~8 min the first time).
+tools: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm into bin/ (cached; ~11 min the first time).
 	tools/build.sh
 
-test: fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).
+test: deps fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).
 
 fmt-check: ## Fail if any Go file is not gofmt-formatted.
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -28,18 +31,22 @@ fmt-check: ## Fail if any Go file is not gofmt-formatted.
 vet: ## go vet every package.
 	$(GO) vet ./...
 
-unit: ## Unit, integration and e2e tests (race detector on; fuzz seed corpora run too).
+unit: deps ## Unit, integration and e2e tests (race detector on; fuzz seed corpora run too).
 	$(GO) test -race -count=1 -timeout 30m ./...
 
-e2e: tools ## Only the end-to-end tests on a real control plane.
+e2e: deps tools ## Only the end-to-end tests on a real control plane.
 	$(GO) test -count=1 -timeout 30m -v ./e2e/
 
 fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzAnalyzeStep$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzAnalyzeHistory$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzParseSources$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzImageReference$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzForbiddenHost$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDecodeReview$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDecodeOnce$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./registry/ -run '^$$' -fuzz '^FuzzJSONCounter$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseAgent FuzzParseFalco FuzzParseTetragon FuzzParseDocker; do \
 	  $(GO) test ./evidence/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./provenance/ -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $${FUZZTIME:-30s}
@@ -50,9 +57,10 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter FuzzParseExceptionFile; do \
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 
-bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, node reports of a 1,000-node fleet.
+bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, node reports of a 1,000-node fleet.
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
+	$(GO) test -run '^$$' -bench 'AnalyzeStep|AnalyzeHistory' -benchmem -count 5 ./policy/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./ingest/
 	$(GO) run ./bench/fleet -nodes 1000 -interval 2s -duration 60s
 
@@ -60,11 +68,11 @@ bench-cosign: ## Cold provenance verification against the cosign CLI of the pinn
 	test -x $(BIN)/cosign || GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
 	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign
 
-demo: build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
+demo: deps build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
 	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard
 
-image: ## Build the container image IMG (needs a Docker daemon).
-	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
+image: ## Build the container image IMG with BuildKit (needs a Docker daemon; IMAGE_ARGS adds docker build flags).
+	DOCKER_BUILDKIT=1 docker build --build-arg VERSION=$(VERSION) $(IMAGE_ARGS) -t $(IMG) .
 
 manifests: tools ## Render the kustomize manifests to stdout.
 	$(KUBECTL) kustomize manifests/

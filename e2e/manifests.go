@@ -78,7 +78,7 @@ const webhookNamespaces = `  namespaceSelector:
     matchExpressions:
     - key: kubernetes.io/metadata.name
       operator: NotIn
-      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
+      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system", "buildguard-node-agent"]
 `
 
 // WebhookYAML is the Validating- and MutatingWebhookConfiguration
@@ -89,13 +89,13 @@ func WebhookYAML(validateURL string) string {
 }
 
 // AgentPodYAML is a Node and a pod of the node agent's service account
-// on it, node-agent-<node> in buildguard-system, tolerating everything as
-// the DaemonSet's pods do (no kubelet runs: the node goes NotReady). A
-// token bound to the pod carries the node's name, as the agent's
-// projected token does, and buildguard takes reports made with it as that
-// node's:
+// on it, node-agent-<node> in buildguard-node-agent (which must exist),
+// tolerating everything as the DaemonSet's pods do (no kubelet runs: the
+// node goes NotReady). A token bound to the pod carries the node's name,
+// as the agent's projected token does, and buildguard takes reports made
+// with it as that node's:
 //
-//	kubectl create token buildguard-node-agent -n buildguard-system --audience=buildguard \
+//	kubectl create token buildguard-node-agent -n buildguard-node-agent --audience=buildguard \
 //	    --bound-object-kind=Pod --bound-object-name=node-agent-<node>
 func AgentPodYAML(node string) string {
 	return fmt.Sprintf(`apiVersion: v1
@@ -104,7 +104,7 @@ metadata: {name: %[1]s}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: node-agent-%[1]s, namespace: buildguard-system}
+metadata: {name: node-agent-%[1]s, namespace: buildguard-node-agent}
 spec:
   nodeName: %[1]s
   serviceAccountName: buildguard-node-agent

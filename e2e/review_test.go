@@ -214,9 +214,10 @@ func TestReviewUI(t *testing.T) {
 
 	// worker-3 reports building the api image and a connection to a raw IP
 	// during the build; then both images are denied.
-	e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-system")
+	e.mustKubectl("", "create", "namespace", "buildguard-node-agent")
+	e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-node-agent")
 	e.mustKubectl(AgentPodYAML("worker-3"), "apply", "-f", "-")
-	agentToken := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard",
+	agentToken := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard",
 		"--bound-object-kind=Pod", "--bound-object-name=node-agent-worker-3"))
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)

@@ -78,6 +78,67 @@ func TestNodeEvidence(t *testing.T) {
 	}
 }
 
+// TestTagFallback: a build found only by the image's tag is this image's
+// build when it names no image ID; one whose image ID is none of the
+// image's digests (config, manifest, index) built another image that
+// happens to share the tag, and must not deny this one.
+func TestTagFallback(t *testing.T) {
+	reg := testregistry.New(t)
+	img := testregistry.Build(t, testregistry.Image{Created: now.Add(-2 * time.Hour)})
+	reg.Push(t, "acme/shop:1", img)
+	ref := reg.Host + "/acme/shop:1"
+	other := "sha256:" + strings.Repeat("ab", 32)
+	built := now.Add(-90 * time.Minute)
+	for _, tc := range []struct {
+		name    string
+		imageID string
+		want    string
+	}{
+		{"a build of another image with the same tag", other, ""},
+		{"a build that names no image", "", "host-built"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "evidence.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			_, _, err = store.AddReport(t.Context(), evidence.Report{Node: "worker-3", Sensor: "ebpf",
+				Builds: []evidence.Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker", ImageID: tc.imageID,
+					Tags: []string{ref}, Started: built, Finished: built.Add(time.Minute)}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := policy.Compile(policy.Spec{
+				Registries:   policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}},
+				NodeEvidence: &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-runner-*"}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			clock := testclock.New(now)
+			e := &engine.Engine{
+				Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
+				Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+				Evidence: store,
+				Now:      clock.Now,
+			}
+			v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod",
+				Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: ref}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, f := range v.Images[0].Findings {
+				got = append(got, string(f.Rule))
+			}
+			if strings.Join(got, " ") != tc.want {
+				t.Errorf("Evaluate findings = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
 const agentUser = "system:serviceaccount:buildguard-system:buildguard-node-agent"
 
 // TestNodeEvidenceOfOtherNodes: builds another node reported of the same

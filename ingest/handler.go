@@ -239,7 +239,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		res.Accepted.Builds, res.Accepted.Connections = nb, nc
 		res.Duplicates = items - nb - nc
-		if h.OnReport != nil && nb > 0 {
+		if h.OnReport != nil && nb+nc > 0 { // a late connection is late evidence too
 			h.OnReport(context.WithoutCancel(r.Context()), rep)
 		}
 	}

@@ -144,12 +144,17 @@ type Image struct {
 type Platform struct {
 	// Platform is "os/arch[/variant]", or "" when the manifest is not part
 	// of an index.
-	Platform     string
-	Digest       string // manifest digest
-	ConfigDigest string // the Docker image ID
+	Platform string
+	Digest   string // manifest digest
+	// ConfigDigest is the Docker image ID. It names the config, and so the
+	// history and run config: analyses are remembered by it.
+	ConfigDigest string
 	Created      time.Time
 	History      []History
 	Labels       map[string]string
+	// Config is what the image runs and its environment (config Env,
+	// Entrypoint, Cmd, WorkingDir), judged like a build step.
+	Config RunConfig
 }
 
 // History is one entry of an image config's history: one Dockerfile step.
@@ -176,6 +181,14 @@ const (
 	// ErrInvalidImage: the registry served something that is not a valid
 	// image (bad manifest or config).
 	ErrInvalidImage ErrorKind = "invalid-image"
+	// ErrTooLarge: the registry served a manifest or config larger, or
+	// costlier to decode, than buildguard reads, or the images of one
+	// workload hold more than it keeps in memory to judge them.
+	ErrTooLarge ErrorKind = "too-large"
+	// ErrForbiddenAddress: buildguard refused to contact the registry on
+	// purpose: its name resolved, or it redirected, to a link-local or
+	// cloud-metadata address. A policy finding, not an outage.
+	ErrForbiddenAddress ErrorKind = "forbidden-address"
 )
 
 // ResolveError says why an image could not be looked up.

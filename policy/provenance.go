@@ -306,10 +306,23 @@ func (p *Policy) provenanceFindings(c Container, img *Image) []Finding {
 	if pv == nil {
 		pv = &Provenance{}
 	}
-	if pv.Err != nil && pv.Err.Kind != ErrTrustConfig {
-		ev := map[string]any{"reason": string(pv.Err.Kind), "registry": registryOf(c.Image), "error": pv.Err.Message}
-		return []Finding{p.finding(RuleRegistryUnavailable, SeverityMedium,
-			fmt.Sprintf("signatures and attestations of %s could not be fetched in time (%s); failurePolicy is %s", c.Image, pv.Err.Kind, p.failure), ev)}
+	if pv.Err != nil {
+		switch pv.Err.Kind {
+		case ErrForbiddenAddress:
+			repo := registryOf(c.Image)
+			if c.Ref != nil {
+				repo = c.Ref.Context().Name()
+			}
+			return []Finding{p.forbidden(registryOf(c.Image), pv.Err, map[string]any{"repository": repo})}
+		case ErrTrustConfig, ErrInvalidImage, ErrTooLarge, ErrNotFound:
+			// Nothing valid could be read: judged as no signatures or
+			// attestations, the error given as evidence. What a registry
+			// that answered served is never an outage.
+		default:
+			ev := map[string]any{"reason": string(pv.Err.Kind), "registry": registryOf(c.Image), "error": pv.Err.Message}
+			return []Finding{p.finding(RuleRegistryUnavailable, SeverityMedium,
+				fmt.Sprintf("signatures and attestations of %s could not be fetched in time (%s); failurePolicy is %s", c.Image, pv.Err.Kind, p.failure), ev)}
+		}
 	}
 	var out []Finding
 	if p.prov.required {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -50,6 +52,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var pvf provenanceFlags
 	pvf.register(fs)
 	listen := fs.String("listen", ":8443", "address to serve HTTPS on")
+	drainDelay := fs.Duration("drain-delay", defaultDrainDelay(), "on SIGTERM, keep serving this long with /readyz failing before stopping, while the cluster takes the pod out of the Service's endpoints (default 5s in a pod, 0 elsewhere)")
 	certFile := fs.String("tls-cert-file", "", "PEM certificate (chain); reloaded when it changes (required)")
 	keyFile := fs.String("tls-private-key-file", "", "PEM private key; reloaded when it changes (required)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for namespace labels and pull secrets; in a cluster the pod's service account is used")
@@ -58,9 +61,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	source := fs.String("policy-source", "", `where policies come from: "file" (--config) or "crd" (ClusterBuildPolicy and BuildPolicyException resources); the default is file when --config is set`)
 	caSecret := fs.String("self-managed-ca-secret", "", "instead of TLS files, keep a CA in this Secret ([namespace/]name) and serve certificates it signs for --tls-dns-names")
 	dnsNames := fs.String("tls-dns-names", "", "comma-separated DNS names of the serving certificate with --self-managed-ca-secret")
+	tlsCAFile := fs.String("tls-ca-file", "", "PEM file of the CA that signed --tls-cert-file (cert-manager writes ca.crt beside it), published with --ca-configmap")
+	caConfigMap := fs.String("ca-configmap", "", "[namespace/]name of a ConfigMap whose key ca.crt is kept equal to the CA of the serving certificate (the self-managed CA, or --tls-ca-file): the node agents' (in another namespace) check buildguard with it")
 	var sf storeFlags
 	sf.register(fs)
-	reporters := fs.String("reporters", "system:serviceaccount:buildguard-system:buildguard-node-agent", "comma-separated users (service accounts) that may post node reports for the node their token is bound to")
+	reporters := fs.String("reporters", defaultReporters, "comma-separated users (service accounts) that may post node reports for the node their token is bound to")
 	forwarders := fs.String("report-forwarders", "", "comma-separated users (service accounts) that may post node reports for any node, such as a central falcosidekick (none by default)")
 	reportAudience := fs.String("report-audience", "buildguard", "audience node reporters' tokens must be bound to")
 	reportRate := fs.Float64("report-rate", ingest.DefaultRate, "node reports a second each node may post (bursts of twice as many)")
@@ -69,6 +74,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	retentionRows := fs.Int("retention-rows", 5_000_000, "at most this many rows per store table (0: no cap)")
 	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
 	decisionQueue := fs.Int("decision-queue", records.DefaultQueueSize, "decision records kept in memory for the store before they go to the journal")
+	statusLease := fs.String("status-lease", cluster.DefaultStatusLease, "with --policy-source=crd, the Lease ([namespace/]name; the default namespace is the pod's) that elects the one replica writing the status of ClusterBuildPolicies and BuildPolicyExceptions (\"\": every replica writes)")
 	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the name of the Validating- and MutatingWebhookConfiguration whose caBundle is kept current")
 	var al auditLoop
 	al.register(fs)
@@ -94,6 +100,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return &usageError{msg: "--self-managed-ca-secret needs --tls-dns-names"}
 	case !(*reportRate > 0) || !(*forwarderRate > 0):
 		return &usageError{msg: fmt.Sprintf("--report-rate %v, --forwarder-report-rate %v: want more than 0", *reportRate, *forwarderRate)}
+	case *drainDelay < 0:
+		return &usageError{msg: fmt.Sprintf("--drain-delay %v: want 0 or more", *drainDelay)}
+	case *caSecret != "" && *tlsCAFile != "":
+		return &usageError{msg: "--tls-ca-file is for --tls-cert-file: the self-managed CA is published from its Secret"}
+	case *caConfigMap != "" && *caSecret == "" && *tlsCAFile == "":
+		return &usageError{msg: "--ca-configmap needs the CA: --self-managed-ca-secret, or --tls-ca-file with --tls-cert-file"}
 	}
 	log, err := newLogger(*logFormat, stderr)
 	if err != nil {
@@ -110,8 +122,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg == nil && (*source == "crd" || *caSecret != "") {
-		return &usageError{msg: "--policy-source=crd and --self-managed-ca-secret need a cluster: run inside one or pass --kubeconfig"}
+	if cfg == nil && (*source == "crd" || *caSecret != "" || *caConfigMap != "") {
+		return &usageError{msg: "--policy-source=crd, --self-managed-ca-secret and --ca-configmap need a cluster: run inside one or pass --kubeconfig"}
 	}
 	var kube kubernetes.Interface
 	if cfg != nil {
@@ -148,7 +160,29 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		src := &cluster.Source{Client: dyn, Log: log,
 			Validate: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
+		lease, err := newStatusLease(*statusLease, kube, log)
+		if err != nil {
+			return err
+		}
+		if lease != nil {
+			src.Leading = lease.Leading
+		}
 		synced := src.Start(ctx)
+		if lease != nil {
+			leaseDone := make(chan struct{})
+			go func() {
+				defer close(leaseDone)
+				lease.Run(ctx, src.WriteStatus)
+			}()
+			// The Lease is released when ctx ends: wait for it, or the
+			// next replica waits out its duration (15s) to take over.
+			defer func() {
+				select {
+				case <-leaseDone:
+				case <-time.After(5 * time.Second):
+				}
+			}()
+		}
 		e.Policies = src
 		checks = append(checks, func() error {
 			if !synced() {
@@ -158,8 +192,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		})
 	}
 	var certs certtls.CertificateSource
+	publish := &cluster.CABundle{Client: kube, Log: log}
 	if *caSecret != "" {
-		ns, name, err := secretRef(*caSecret)
+		ns, name, err := objectRef("--self-managed-ca-secret", *caSecret)
 		if err != nil {
 			return err
 		}
@@ -169,10 +204,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 				SecretNamespace: ns, SecretName: name, RESTConfig: cfg, CommonName: "buildguard-ca",
 			},
 		}
-		if *webhookConfig != "" {
-			inj := &cluster.CABundle{Client: kube, SecretNamespace: ns, SecretName: name, Webhook: *webhookConfig, Log: log}
-			go inj.Run(ctx)
+		publish.CA = cluster.SecretCA{Client: kube, Namespace: ns, Name: name}
+		publish.Webhook = *webhookConfig
+	} else if *tlsCAFile != "" {
+		publish.CA = cluster.FileCA(*tlsCAFile)
+	}
+	if *caConfigMap != "" {
+		if publish.ConfigMapNamespace, publish.ConfigMapName, err = objectRef("--ca-configmap", *caConfigMap); err != nil {
+			return err
 		}
+	}
+	if publish.Webhook != "" || publish.ConfigMapName != "" {
+		go publish.Run(ctx)
 	}
 	if kube != nil {
 		factory := informers.NewSharedInformerFactory(kube, 10*time.Minute)
@@ -283,7 +326,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Certificates: certs, Handler: mux, Ready: ready, Log: log}
+	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Certificates: certs, Handler: mux, Ready: ready,
+		DrainDelay: *drainDelay, Log: log}
 	return s.Run(ctx)
 }
 
@@ -307,15 +351,69 @@ func kubeConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// secretRef parses "[namespace/]name"; the namespace defaults to the
-// pod's own.
-func secretRef(s string) (ns, name string, err error) {
+// newStatusLease resolves --status-lease: nil when it is empty, or when
+// it names no namespace outside a pod (a process of its own, which has
+// no other replica to agree with).
+func newStatusLease(flag string, kube kubernetes.Interface, log *slog.Logger) (*cluster.StatusLease, error) {
+	if flag == "" {
+		return nil, nil
+	}
+	if !strings.Contains(flag, "/") {
+		if _, err := os.Stat(podNamespaceFile); err != nil {
+			log.Info("policy status is written without a lease: not in a pod (give --status-lease=namespace/name to elect one writer among replicas)")
+			return nil, nil
+		}
+	}
+	ns, name, err := objectRef("--status-lease", flag)
+	if err != nil {
+		return nil, err
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return nil, fmt.Errorf("--status-lease: naming this replica: %w", err)
+	}
+	var suffix [6]byte
+	if _, err := rand.Read(suffix[:]); err != nil {
+		return nil, err
+	}
+	// The pod's name, and a suffix: a restarted container is a new
+	// candidate, not the holder of its predecessor's lease.
+	return &cluster.StatusLease{Client: kube, Namespace: ns, Name: name, Identity: host + "_" + hex.EncodeToString(suffix[:]), Log: log}, nil
+}
+
+// defaultDrainDelay is 5s in a pod: the API server keeps sending
+// admissions to a terminating pod until the EndpointSlice update reaches
+// it, a second or two, more on a busy cluster; the Deployment's
+// terminationGracePeriodSeconds (30) covers the delay, the requests in
+// flight (server.DefaultShutdownTimeout) and the decision records'
+// flush. Outside a pod nothing routes by endpoints, and a process that
+// stops at once is what its user expects.
+func defaultDrainDelay() time.Duration {
+	if os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return 5 * time.Second
+	}
+	return 0
+}
+
+// podNamespaceFile holds the namespace of the pod the process runs in.
+const podNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// defaultReporters is the node agent's service account of
+// manifests/node-agent, in the agent's own namespace.
+const defaultReporters = "system:serviceaccount:buildguard-node-agent:buildguard-node-agent"
+
+// objectRef parses flag's value "[namespace/]name"; the namespace
+// defaults to the pod's own.
+func objectRef(flag, s string) (ns, name string, err error) {
 	if ns, name, ok := strings.Cut(s, "/"); ok {
+		if ns == "" || name == "" {
+			return "", "", &usageError{msg: fmt.Sprintf("%s %q: want [namespace/]name", flag, s)}
+		}
 		return ns, name, nil
 	}
-	b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+	b, err := os.ReadFile(podNamespaceFile)
 	if err != nil {
-		return "", "", fmt.Errorf("--self-managed-ca-secret %q: give namespace/name outside a pod (%v)", s, err)
+		return "", "", fmt.Errorf("%s %q: give namespace/name outside a pod (%v)", flag, s, err)
 	}
 	return strings.TrimSpace(string(b)), s, nil
 }

@@ -99,6 +99,9 @@ type Image struct {
 	Steps    []string
 	Labels   map[string]string
 	Platform *v1.Platform
+	// Env, Entrypoint and Cmd are the config's run command and
+	// environment; nil leaves them empty.
+	Env, Entrypoint, Cmd []string
 }
 
 // Build makes a random single-layer image with the given config.
@@ -128,6 +131,7 @@ func MakeImage(spec Image) (v1.Image, error) {
 		cf.History = append(cf.History, v1.History{Created: v1.Time{Time: spec.Created}, CreatedBy: s, EmptyLayer: true})
 	}
 	cf.Config.Labels = spec.Labels
+	cf.Config.Env, cf.Config.Entrypoint, cf.Config.Cmd = spec.Env, spec.Entrypoint, spec.Cmd
 	if spec.Platform != nil {
 		cf.OS, cf.Architecture, cf.Variant = spec.Platform.OS, spec.Platform.Architecture, spec.Platform.Variant
 	}
