@@ -11,11 +11,13 @@
 // one report at a time: the next waits for the answer, as the agent's
 // sender does. Nodes start at random moments of the first interval.
 // The first interval is reported apart ("cold": every token is reviewed
-// for the first time, every connection made); the rest is "sustained".
+// for the first time, every connection made), then a warm-up while the
+// cold interval's backlog drains, then the "sustained" time the targets
+// are about.
 //
 // Usage:
 //
-//	go run ./bench/fleet [-nodes 1000] [-interval 2s] [-duration 60s] [-conns 10] [-build-every 10]
+//	go run ./bench/fleet [-nodes 1000] [-interval 2s] [-warmup 10s] [-duration 60s] [-conns 10] [-build-every 10]
 //
 // The exit status is 1 when a target was missed, 2 on an error.
 package main
@@ -57,6 +59,7 @@ const (
 type config struct {
 	nodes      int
 	interval   time.Duration
+	warmup     time.Duration
 	duration   time.Duration
 	conns      int
 	buildEvery int
@@ -70,15 +73,16 @@ func main() {
 	fs := flag.NewFlagSet("fleet", flag.ContinueOnError)
 	fs.IntVar(&c.nodes, "nodes", 1000, "nodes reporting, each with its own token")
 	fs.DurationVar(&c.interval, "interval", 2*time.Second, "how often each node reports (the agent's --batch-interval)")
-	fs.DurationVar(&c.duration, "duration", 60*time.Second, "measured time after the first interval")
+	fs.DurationVar(&c.warmup, "warmup", 10*time.Second, "time after the first interval before the measured one, while the first interval's backlog drains")
+	fs.DurationVar(&c.duration, "duration", 60*time.Second, "measured (sustained) time, after the warm-up")
 	fs.IntVar(&c.conns, "conns", 10, "connections in each report, every one new")
 	fs.IntVar(&c.buildEvery, "build-every", 10, "one report in this many also carries a build")
 	fs.BoolVar(&c.keep, "keep", false, "keep the work directory (logs, the store)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
 	}
-	if c.nodes < 1 || c.interval <= 0 || c.duration <= 0 || c.conns < 0 || c.buildEvery < 1 {
-		fmt.Fprintln(os.Stderr, "fleet: -nodes, -interval, -duration and -build-every must be positive, -conns not negative")
+	if c.nodes < 1 || c.interval <= 0 || c.duration <= 0 || c.warmup < 0 || c.conns < 0 || c.buildEvery < 1 {
+		fmt.Fprintln(os.Stderr, "fleet: -nodes, -interval, -duration and -build-every must be positive, -warmup and -conns not negative")
 		os.Exit(2)
 	}
 	missed, err := run(ctx, c, os.Stdout)
@@ -154,39 +158,46 @@ func run(ctx context.Context, c config, out io.Writer) (missed bool, err error) 
 		}
 	}
 
-	fmt.Fprintf(out, "%d nodes, a report every %v each (%.0f reports/s), %d connections and 1 build in %d reports, for %v after the first interval\n",
-		c.nodes, c.interval, float64(c.nodes)/c.interval.Seconds(), c.conns, c.buildEvery, c.duration)
+	fmt.Fprintf(out, "%d nodes, a report every %v each (%.0f reports/s), %d connections and 1 build in %d reports; %v of warm-up after the first interval, then %v measured\n",
+		c.nodes, c.interval, float64(c.nodes)/c.interval.Seconds(), c.conns, c.buildEvery, c.warmup, c.duration)
 	// What the store's commits wait for, on this disk now.
 	if p50, p99, err := fsyncLatency(dir); err == nil {
 		fmt.Fprintf(out, "fsync of a 16 KiB write in the work directory, 200 times: p50 %s, p99 %s; load average %s\n", ms(p50), ms(p99), loadAverage())
 	}
 	fmt.Fprintln(out)
-	phases := []*phase{{name: "cold (first interval)", window: c.interval}, {name: "sustained", window: c.duration}}
+	phases := []*phase{
+		{name: "cold (first interval)", window: c.interval},
+		{name: "warm-up", window: c.warmup},
+		{name: "sustained", window: c.duration},
+	}
 	t0 := time.Now()
-	phases[0].begin(t0, bg.Proc.Pid(), apiserver.Pid(), reviews(ctx, admin))
-	boundary := t0.Add(c.interval)
-	end := boundary.Add(c.duration)
+	starts := []time.Time{t0, t0.Add(c.interval), t0.Add(c.interval + c.warmup)}
+	end := starts[2].Add(c.duration)
 
 	var wg sync.WaitGroup
 	results := make([][]result, c.nodes)
 	for i := range c.nodes {
 		wg.Go(func() { results[i] = node(ctx, c, i, tokens[i], url, ca, t0, end) })
 	}
-	time.Sleep(time.Until(boundary))
-	phases[0].finish(time.Now(), reviews(ctx, admin))
-	phases[1].begin(time.Now(), bg.Proc.Pid(), apiserver.Pid(), reviews(ctx, admin))
+	for i, p := range phases {
+		time.Sleep(time.Until(starts[i]))
+		if i > 0 {
+			phases[i-1].finish(time.Now(), reviews(ctx, admin))
+		}
+		p.begin(time.Now(), bg.Proc.Pid(), apiserver.Pid(), reviews(ctx, admin))
+	}
 	wg.Wait()
-	phases[1].finish(time.Now(), reviews(ctx, admin))
+	phases[2].finish(time.Now(), reviews(ctx, admin))
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
 	for _, rs := range results {
 		for _, r := range rs {
-			if r.sent.Before(boundary) {
-				phases[0].add(r)
-			} else {
-				phases[1].add(r)
+			i := 0
+			for i < 2 && !r.sent.Before(starts[i+1]) {
+				i++
 			}
+			phases[i].add(r)
 		}
 	}
 
@@ -196,7 +207,7 @@ func run(ctx context.Context, c config, out io.Writer) (missed bool, err error) 
 		p.print(out)
 	}
 	fmt.Fprintln(out)
-	s := phases[1]
+	s := phases[2]
 	for _, p := range phases {
 		if len(p.refused) > 0 {
 			fmt.Fprintf(out, "- %s: refused %s\n", p.name, p.refusedText())
@@ -264,9 +275,13 @@ nodeEvidence:
 // agentTokens creates node-<i>, a pod of the node agent's service account
 // on it, and a token bound to that pod, for i in [0, n).
 func agentTokens(ctx context.Context, admin kubernetes.Interface, n int) ([]string, error) {
-	const ns, sa = "buildguard-system", "buildguard-node-agent"
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		return nil, err
+	// As manifests/node-agent: buildguard serve's default --reporters.
+	// buildguard-system holds buildguard's self-managed CA.
+	const ns, sa = "buildguard-node-agent", "buildguard-node-agent"
+	for _, n := range []string{"buildguard-system", ns} {
+		if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
 		return nil, err
@@ -504,6 +519,10 @@ func (p *phase) quantile(q float64) time.Duration {
 
 func (p *phase) print(out io.Writer) {
 	secs := p.elapsed().Seconds()
+	if p.window <= 0 || len(p.lat) == 0 {
+		fmt.Fprintf(out, "| %s | %d | | | | | | | | | | | | | |\n", p.name, len(p.lat))
+		return
+	}
 	perReport := time.Duration(0)
 	if len(p.lat) > 0 {
 		perReport = p.bgCPU / time.Duration(len(p.lat))
