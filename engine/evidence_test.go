@@ -25,7 +25,9 @@ import (
 // config digest) and the connections of that build.
 func TestNodeEvidence(t *testing.T) {
 	reg := testregistry.New(t)
-	img := testregistry.Build(t, testregistry.Image{Created: now.Add(-2 * time.Hour)})
+	built := now.Add(-90 * time.Minute)
+	// The build writes created as it ends.
+	img := testregistry.Build(t, testregistry.Image{Created: built.Add(time.Minute)})
 	reg.Push(t, "acme/shop:1", img)
 	cfg, err := img.ConfigName()
 	if err != nil {
@@ -36,7 +38,6 @@ func TestNodeEvidence(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	built := now.Add(-90 * time.Minute)
 	_, _, err = store.AddReport(t.Context(), evidence.Report{Node: "worker-3", Sensor: "ebpf",
 		Builds: []evidence.Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker", ImageID: cfg.String(),
 			Tags: []string{reg.Host + "/acme/shop:1"}, Started: built, Finished: built.Add(time.Minute)}},

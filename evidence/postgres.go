@@ -34,7 +34,7 @@ const pgMaxAttempts = 3
 // in the first schema of the search_path: give buildguard a database, or a
 // schema with "search_path=buildguard" in the DSN, of its own.
 //
-// Writes are durable when AddReport or AddDecision returns, as far as the
+// Writes are durable when AddReport or AddDecision(s) returns, as far as the
 // server's synchronous_commit says: "on", its default, waits for the
 // commit's WAL to be flushed to disk (and to synchronous standbys, if any).
 func OpenPostgres(ctx context.Context, dsn string) (*Postgres, error) {
@@ -366,7 +366,7 @@ SELECT count(*) FROM d`
 
 // AddDecision implements Store: one statement, so one round trip.
 func (p *Postgres) AddDecision(ctx context.Context, d Decision) error {
-	refs, err := checkDecision(d)
+	refs, err := checkDecision(-1, d)
 	if err != nil {
 		return err
 	}
@@ -378,6 +378,73 @@ func (p *Postgres) AddDecision(ctx context.Context, d Decision) error {
 	})
 	if err != nil {
 		return p.fail("AddDecision", err)
+	}
+	return nil
+}
+
+// pgInsertDecisions is pgInsertDecision for many decisions: one array
+// per column, and (decision, rule) and (decision, image) pairs.
+const pgInsertDecisions = `WITH d AS (
+	INSERT INTO decisions (id, time, operation, namespace, kind, name, username, user_groups, mode, verdict, rules, images, exceptions)
+	SELECT u.id, u.time, u.operation, u.namespace, u.kind, u.name, u.username, u.user_groups::jsonb, u.mode, u.verdict,
+		u.rules::jsonb, u.images::json, u.exceptions::jsonb
+	FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+		$9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+		AS u(id, time, operation, namespace, kind, name, username, user_groups, mode, verdict, rules, images, exceptions)
+	ON CONFLICT (id) DO NOTHING
+	RETURNING id
+), r AS (
+	INSERT INTO decision_rules (decision_id, rule)
+	SELECT DISTINCT d.id, x.rule FROM d JOIN unnest($14::text[], $15::text[]) AS x(id, rule) USING (id)
+), i AS (
+	INSERT INTO decision_images (decision_id, image)
+	SELECT DISTINCT d.id, x.image FROM d JOIN unnest($16::text[], $17::text[]) AS x(id, image) USING (id)
+)
+SELECT count(*) FROM d`
+
+// AddDecisions implements Store: one statement, so one round trip and one
+// commit, however many decisions.
+func (p *Postgres) AddDecisions(ctx context.Context, ds []Decision) error {
+	pds, err := prepareDecisions(ds)
+	if err != nil {
+		return err
+	}
+	if len(pds) == 0 {
+		return nil
+	}
+	n := len(pds)
+	var (
+		ids, ops, nss, kinds, names, users, modes, verdicts = make([]string, n), make([]string, n), make([]string, n),
+			make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		times                       = make([]time.Time, n)
+		groups, rules, images, excs = make([]*string, n), make([]*string, n), make([]*string, n), make([]*string, n)
+		ruleIDs, ruleVals           []string
+		refIDs, refVals             []string
+	)
+	str := func(v any) *string {
+		if s, ok := v.(string); ok {
+			return &s
+		}
+		return nil
+	}
+	for i, d := range pds {
+		ids[i], times[i], ops[i], nss[i], kinds[i], names[i] = d.ID, microTime(d.Time), d.Operation, d.Namespace, d.Kind, d.Name
+		users[i], modes[i], verdicts[i] = d.User, d.Mode, d.Verdict
+		groups[i], rules[i], images[i], excs[i] = str(jsonList(d.Groups)), str(jsonList(d.Rules)), str(rawArg(d.Images)), str(jsonList(d.Exceptions))
+		for _, r := range d.Rules {
+			ruleIDs, ruleVals = append(ruleIDs, d.ID), append(ruleVals, r)
+		}
+		for _, ref := range d.refs {
+			refIDs, refVals = append(refIDs, d.ID), append(refVals, ref)
+		}
+	}
+	err = retry(ctx, func() error {
+		var stored int
+		return p.pool.QueryRow(ctx, pgInsertDecisions, ids, times, ops, nss, kinds, names, users, groups, modes, verdicts,
+			rules, images, excs, nonNil(ruleIDs), nonNil(ruleVals), nonNil(refIDs), nonNil(refVals)).Scan(&stored)
+	})
+	if err != nil {
+		return p.fail("AddDecisions", err)
 	}
 	return nil
 }

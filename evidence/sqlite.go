@@ -44,7 +44,7 @@ const (
 // OpenSQLite opens or creates the database file at path and brings its
 // schema up to date. A new file is created readable by its owner only.
 //
-// Writes are durable when AddReport or AddDecision returns: the file is in
+// Writes are durable when AddReport or AddDecision(s) returns: the file is in
 // WAL mode with synchronous=FULL, so every commit is fsynced to the WAL
 // before it is acknowledged and survives a crash of the process, the
 // kernel or the machine (NORMAL, SQLite's usual WAL setting, survives a
@@ -342,39 +342,61 @@ func (s *SQLite) Connections(ctx context.Context, node string, from, to time.Tim
 
 // AddDecision implements Store.
 func (s *SQLite) AddDecision(ctx context.Context, d Decision) error {
-	refs, err := checkDecision(d)
+	refs, err := checkDecision(-1, d)
 	if err != nil {
 		return err
 	}
-	if err := s.addDecision(ctx, d, refs); err != nil {
+	if err := s.addDecisions(ctx, []preparedDecision{{Decision: d, refs: refs}}); err != nil {
 		return s.fail("AddDecision", err)
 	}
 	return nil
 }
 
-func (s *SQLite) addDecision(ctx context.Context, d Decision, refs []string) error {
+// AddDecisions implements Store: one transaction, so one fsync of the
+// WAL, however many decisions.
+func (s *SQLite) AddDecisions(ctx context.Context, ds []Decision) error {
+	pds, err := prepareDecisions(ds)
+	if err != nil {
+		return err
+	}
+	if len(pds) == 0 {
+		return nil
+	}
+	if err := s.addDecisions(ctx, pds); err != nil {
+		return s.fail("AddDecisions", err)
+	}
+	return nil
+}
+
+func (s *SQLite) addDecisions(ctx context.Context, pds []preparedDecision) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
-	res, err := tx.StmtContext(ctx, s.insDecision).ExecContext(ctx, d.ID, d.Time.UnixMicro(), d.Operation, d.Namespace,
-		d.Kind, d.Name, d.User, jsonList(d.Groups), d.Mode, d.Verdict, jsonList(d.Rules), rawArg(d.Images), jsonList(d.Exceptions))
-	if err != nil {
-		return err
-	}
-	if n, err := res.RowsAffected(); err != nil || n == 0 {
-		return err // recorded before
-	}
-	insRule, insImage := tx.StmtContext(ctx, s.insRule), tx.StmtContext(ctx, s.insImage)
-	for _, r := range d.Rules {
-		if _, err := insRule.ExecContext(ctx, d.ID, r); err != nil {
+	insDecision, insRule, insImage := tx.StmtContext(ctx, s.insDecision), tx.StmtContext(ctx, s.insRule), tx.StmtContext(ctx, s.insImage)
+	for _, d := range pds {
+		res, err := insDecision.ExecContext(ctx, d.ID, d.Time.UnixMicro(), d.Operation, d.Namespace,
+			d.Kind, d.Name, d.User, jsonList(d.Groups), d.Mode, d.Verdict, jsonList(d.Rules), rawArg(d.Images), jsonList(d.Exceptions))
+		if err != nil {
 			return err
 		}
-	}
-	for _, ref := range refs {
-		if _, err := insImage.ExecContext(ctx, d.ID, ref); err != nil {
+		n, err := res.RowsAffected()
+		if err != nil {
 			return err
+		}
+		if n == 0 {
+			continue // recorded before
+		}
+		for _, r := range d.Rules {
+			if _, err := insRule.ExecContext(ctx, d.ID, r); err != nil {
+				return err
+			}
+		}
+		for _, ref := range d.refs {
+			if _, err := insImage.ExecContext(ctx, d.ID, ref); err != nil {
+				return err
+			}
 		}
 	}
 	return tx.Commit()

@@ -31,6 +31,7 @@ func storeSuite(t *testing.T, open func(t *testing.T) Store) {
 	t.Run("AddrRoundTrip", func(t *testing.T) { stAddrRoundTrip(t, open(t)) })
 	t.Run("Decisions", func(t *testing.T) { stDecisions(t, open(t)) })
 	t.Run("Decision", func(t *testing.T) { stDecision(t, open(t)) })
+	t.Run("AddDecisions", func(t *testing.T) { stAddDecisions(t, open(t)) })
 	t.Run("PruneByAge", func(t *testing.T) { stPruneByAge(t, open(t)) })
 	t.Run("PruneBySize", func(t *testing.T) { stPruneBySize(t, open(t)) })
 	t.Run("ConcurrentAddReport", func(t *testing.T) { stConcurrentAddReport(t, open(t)) })
@@ -472,6 +473,64 @@ func stDecision(t *testing.T, s Store) {
 	_, err := s.Decision(t.Context(), "nope")
 	if !errors.Is(err, ErrNotFound) {
 		t.Errorf("Decision(nope) error = %v, want ErrNotFound", err)
+	}
+}
+
+// stAddDecisions: a batch is stored as the same decisions one by one
+// would be, repeats (stored before, or twice in the batch) are left as
+// they are, and an invalid decision stores nothing of its batch.
+func stAddDecisions(t *testing.T, s Store) {
+	ctx := t.Context()
+	ds := stDecisionFixture()
+	if err := s.AddDecision(ctx, ds[1]); err != nil {
+		t.Fatal(err)
+	}
+	again := ds[1]
+	again.Verdict, again.Rules = "allow", []string{"other"}
+	twice := ds[3]
+	twice.Verdict = "allow"
+	bad := Decision{ID: "bad", Time: stT0, Name: "nul\x00"}
+	err := s.AddDecisions(ctx, []Decision{ds[0], bad, ds[2]})
+	var ie *InvalidError
+	if !errors.As(err, &ie) || ie.Item != "decision" || ie.Index != 1 || ie.Field != "Name" {
+		t.Fatalf("AddDecisions(with an invalid decision at 1) = %v, want an *InvalidError for decision 1, Name", err)
+	}
+	if _, err := s.Decision(ctx, ds[0].ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a refused batch stored %s: %v", ds[0].ID, err)
+	}
+	if err := s.AddDecisions(ctx, []Decision{ds[4], ds[3], again, ds[0], twice, ds[2]}); err != nil {
+		t.Fatalf("AddDecisions: %v", err)
+	}
+	if err := s.AddDecisions(ctx, nil); err != nil {
+		t.Errorf("AddDecisions(nil) = %v", err)
+	}
+	for _, want := range ds {
+		got, err := s.Decision(ctx, want.ID)
+		if err != nil {
+			t.Fatalf("Decision(%s): %v", want.ID, err)
+		}
+		stSame(t, "Decision("+want.ID+")", got, want)
+	}
+	for _, tc := range []struct {
+		q    DecisionQuery
+		want []string
+	}{
+		{DecisionQuery{Rule: "fresh-image"}, []string{"d2", "d1"}},
+		{DecisionQuery{Rule: "other"}, nil},
+		{DecisionQuery{ImageGlob: "nginx:*"}, []string{"d2"}},
+		{DecisionQuery{ImageGlob: "*shop*"}, []string{"d4", "d3", "d1"}},
+	} {
+		got, err := s.Decisions(ctx, tc.q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, d := range got {
+			ids = append(ids, d.ID)
+		}
+		if !slices.Equal(ids, tc.want) {
+			t.Errorf("after AddDecisions, Decisions(%+v) = %v, want %v", tc.q, ids, tc.want)
+		}
 	}
 }
 

@@ -22,6 +22,14 @@ type Evaluator interface {
 	Evaluate(ctx context.Context, w engine.Workload) (policy.Verdict, error)
 }
 
+// DecisionRecorder keeps a record of decisions. *records.Recorder is one.
+type DecisionRecorder interface {
+	// RecordDecision records a decision before it is answered. nil means
+	// the record is kept as the recorder promises (a records.Recorder
+	// has a deny or would-deny on disk); an error, that it may not be.
+	RecordDecision(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) error
+}
+
 // maxWarning is the longest warning the API server shows unshortened.
 const maxWarning = 120
 
@@ -29,31 +37,54 @@ const maxWarning = 120
 const DefaultExceptionHelp = "To admit it anyway, rebuild the image in an approved pipeline, or ask your platform team for a time-boxed exception for this digest."
 
 // Review answers one admission request. It never fails: a request it
-// cannot judge gets a response that says why.
+// cannot judge gets a response that says why. A would-deny the Recorder
+// could not record, which ServeHTTP leaves unanswered (HTTP 503), is
+// refused here, with status code 503.
 func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
-	resp, _ := h.reviewDecoded(ctx, decoded{req: req})
+	resp, _, err := h.reviewDecoded(ctx, decoded{req: req})
+	if err != nil {
+		return errored(req.UID, http.StatusServiceUnavailable, err)
+	}
 	return resp
 }
 
 // reviewDecoded also returns the verdict, when there is one, for metrics.
-func (h *Handler) reviewDecoded(ctx context.Context, d decoded) (*admissionv1.AdmissionResponse, *policy.Verdict) {
+// An error means the request must not be answered (see Handler.Recorder).
+func (h *Handler) reviewDecoded(ctx context.Context, d decoded) (*admissionv1.AdmissionResponse, *policy.Verdict, error) {
 	req := d.req
 	w, _, resp := workloadOf(d)
 	if resp != nil {
-		return resp, nil
+		return resp, nil, nil
 	}
 	v, err := h.Evaluator.Evaluate(ctx, w)
 	if err != nil {
-		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil
+		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil, nil
 	}
-	if log := h.log(); log.Enabled(ctx, slog.LevelInfo) {
+	log := h.log()
+	if log.Enabled(ctx, slog.LevelInfo) {
 		log.Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
 			"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(v.RuleIDs(policy.ActionWarn), ","))
+	}
+	var recErr error
+	if h.Recorder != nil {
+		recErr = h.Recorder.RecordDecision(ctx, req, w, v)
 	}
 	if h.OnDecision != nil {
 		h.OnDecision(ctx, req, w, v)
 	}
-	return h.respond(req, w.Name, v), &v
+	if recErr == nil {
+		return h.respond(req, w.Name, v), &v, nil
+	}
+	log.Error("decision not recorded", "uid", string(req.UID), "namespace", req.Namespace, "verdict", v.Word(), "error", recErr)
+	if v.Allowed {
+		return nil, nil, fmt.Errorf("buildguard could not record its decision (%s) in time: %w", v.Word(), recErr)
+	}
+	// Never admit what the policy denies: refuse, and say the record is
+	// missing.
+	resp = h.respond(req, w.Name, v)
+	resp.Result.Code, resp.Result.Reason = http.StatusInternalServerError, metav1.StatusReasonInternalError
+	resp.Result.Message += "\nbuildguard could not record this denial in time; the request is refused all the same: " + recErr.Error()
+	return resp, nil, nil
 }
 
 // workloadOf decodes what an admission request admits. A request with

@@ -72,8 +72,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	forwarderRate := fs.Float64("forwarder-report-rate", ingest.DefaultForwarderRate, "node reports a second each of --report-forwarders may post (bursts of twice as many)")
 	retention := fs.Duration("retention", 7*24*time.Hour, "how long node evidence and decision records are kept")
 	retentionRows := fs.Int("retention-rows", 5_000_000, "at most this many rows per store table (0: no cap)")
-	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
-	decisionQueue := fs.Int("decision-queue", records.DefaultQueueSize, "decision records kept in memory for the store before they go to the journal")
+	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable, slow or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
+	decisionQueue := fs.Int("decision-queue", records.DefaultQueueSize, "allow and warn records kept in memory for the store before they go to the journal (a deny or would-deny is on disk before it is answered)")
+	decisionCommit := fs.String("decision-commit", "", `where a deny or would-deny is made durable before it is answered: "store" (a transaction for all those waiting; the journal when the store fails or is slow) or "journal" (an fsynced local file, moved to the store within about 100ms; the store when the journal fails); the default is store with SQLite, journal with PostgreSQL`)
 	statusLease := fs.String("status-lease", cluster.DefaultStatusLease, "with --policy-source=crd, the Lease ([namespace/]name; the default namespace is the pod's) that elects the one replica writing the status of ClusterBuildPolicies and BuildPolicyExceptions (\"\": every replica writes)")
 	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the name of the Validating- and MutatingWebhookConfiguration whose caBundle is kept current")
 	var al auditLoop
@@ -88,6 +89,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if *source == "" {
 		*source = "file"
+	}
+	if *decisionCommit != "" && *decisionCommit != "store" && *decisionCommit != "journal" {
+		return &usageError{msg: fmt.Sprintf("--decision-commit %q: want store or journal", *decisionCommit)}
 	}
 	switch {
 	case *source != "file" && *source != "crd":
@@ -245,10 +249,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	// Every decision is counted; with a store it is recorded, in a cluster
-	// a deny or would-deny is posted as an Event. None of them blocks.
+	// Every decision is counted; with a store it is recorded (a deny or
+	// would-deny before it is answered), in a cluster a deny or
+	// would-deny is posted as an Event. The hooks do not block.
 	type hook = func(context.Context, *admissionv1.AdmissionRequest, engine.Workload, policy.Verdict)
 	hooks := []hook{metrics.Decided}
+	var recorder webhook.DecisionRecorder
 	var ev *cluster.Events
 	if kube != nil {
 		ev = cluster.NewEvents(kube)
@@ -267,13 +273,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			journal = filepath.Join(os.TempDir(), "buildguard.decisions.journal")
 			log.Warn("decision records wait in a journal under the temporary directory; set --decision-journal to a volume that outlives the pod", "path", journal)
 		}
+		// A PostgreSQL commit is a round trip and the server's commit; a
+		// local fsync is several times faster (docs/benchmarks.md).
+		journalFirst := *decisionCommit == "journal" || *decisionCommit == "" && sf.sqlite == ""
 		rec, err := records.New(store, journal, records.WithQueueSize(*decisionQueue), records.WithLogger(log),
-			records.WithRegisterer(metrics.Registry()))
+			records.WithJournalFirst(journalFirst), records.WithRegisterer(metrics.Registry()))
 		if err != nil {
 			return err
 		}
 		defer rec.Close() // before store.Close: queued records are stored or journaled
-		hooks = append(hooks, rec.OnDecision)
+		recorder = rec
 		e.Evidence = store
 		go prune(ctx, store, *retention, *retentionRows, log)
 		if kube == nil {
@@ -319,7 +328,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := al.start(ctx, kube, e, store, ready, log, metrics.Registry()); err != nil {
 		return err
 	}
-	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, OnDecision: onDecision})
+	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, OnDecision: onDecision, Recorder: recorder})
 	mux.Handle("/mutate", &webhook.Mutator{Evaluator: e, Log: log})
 	mux.Handle("/metrics", metrics.Handler())
 	ln, err := net.Listen("tcp", *listen)
