@@ -16,7 +16,7 @@ import (
 // records: what happened per day, which rules, namespaces, workloads and
 // images stand out, what audit scans found, and how often exceptions were
 // used. Each is answered from indexes that hold what it counts (schema
-// migration 0002), so its cost grows with the rows counted, not with
+// migration 0003), so its cost grows with the rows counted, not with
 // the size of the records.
 type Summaries interface {
 	// DecisionSummary counts the decisions of q.

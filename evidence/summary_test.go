@@ -330,14 +330,14 @@ func TestSQLiteSummaryPlans(t *testing.T) {
 	}
 }
 
-// TestMigrateBackfillsSummaries: decisions stored before migration 0002
+// TestMigrateBackfillsSummaries: decisions stored before migration 0003
 // are counted by summaries after it.
 func TestMigrateBackfillsSummaries(t *testing.T) {
 	ds := smFixture()[1:5]
 	t.Run("sqlite", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "evidence.db")
 		old := openSQLiteAt(t, path)
-		// Back to schema 1, as a database an older buildguard wrote.
+		// Back to schema 2, as a database an older buildguard wrote.
 		ctx := t.Context()
 		for _, q := range []string{
 			"DROP INDEX decisions_verdict_time", "DROP INDEX decision_rules_time", "DROP INDEX decision_images_verdict_time",
@@ -345,7 +345,7 @@ func TestMigrateBackfillsSummaries(t *testing.T) {
 			"DROP INDEX decision_images_image", "CREATE INDEX decision_images_image ON decision_images (image, decision_id)",
 			"ALTER TABLE decision_rules DROP COLUMN time", "ALTER TABLE decision_rules DROP COLUMN verdict", "ALTER TABLE decision_rules DROP COLUMN namespace",
 			"ALTER TABLE decision_images DROP COLUMN time", "ALTER TABLE decision_images DROP COLUMN verdict", "ALTER TABLE decision_images DROP COLUMN namespace",
-			"DELETE FROM schema_migrations WHERE version > 1",
+			"DELETE FROM schema_migrations WHERE version > 2",
 		} {
 			if _, err := old.w.ExecContext(ctx, q); err != nil {
 				t.Fatalf("%s: %v", q, err)
@@ -385,7 +385,7 @@ func TestMigrateBackfillsSummaries(t *testing.T) {
 			"CREATE INDEX decision_images_image ON decision_images (image text_pattern_ops, decision_id)",
 			"ALTER TABLE decision_rules DROP COLUMN time, DROP COLUMN verdict, DROP COLUMN namespace",
 			"ALTER TABLE decision_images DROP COLUMN time, DROP COLUMN verdict, DROP COLUMN namespace",
-			"DELETE FROM schema_migrations WHERE version > 1",
+			"DELETE FROM schema_migrations WHERE version > 2",
 		} {
 			if _, err := conn.Exec(ctx, q); err != nil {
 				t.Fatalf("%s: %v", q, err)

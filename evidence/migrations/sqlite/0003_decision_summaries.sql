@@ -1,4 +1,4 @@
--- 0002_decision_summaries: what the review UI's overview, exceptions page and
+-- 0003_decision_summaries: what the review UI's overview, exceptions page and
 -- paging read from indexes alone, without the decision rows and their images.
 -- Each rule and image row of a decision carries the decision's time, verdict and
 -- namespace (rows an older buildguard writes keep the defaults and are left out
