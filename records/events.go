@@ -34,6 +34,10 @@ const (
 // 1 KiB and kubectl shows one line.
 const maxEventMessage = 300
 
+// maxEventLink is the longest review link an Event's message ends with:
+// the rest of the message says what happened.
+const maxEventLink = maxEventMessage / 2
+
 // Notifier posts a Warning Event for every deny and would-deny: on the
 // workload, or, for a denied CREATE (the object does not exist) or an
 // object without a name yet (generateName), on its namespace. The Event
@@ -56,6 +60,11 @@ type Notifier struct {
 	MaxKeys int
 	// Now is the clock. The default is time.Now.
 	Now func() time.Time
+	// Review, when set, ends each Event's message with a link to the
+	// decision's page in the review UI (the request's UID is the
+	// record's ID); a link longer than half a message is left out. The
+	// default links nothing.
+	Review ReviewURL
 
 	mu   sync.Mutex
 	seen map[string]time.Time
@@ -94,6 +103,11 @@ func (n *Notifier) OnDecision(_ context.Context, req *admissionv1.AdmissionReque
 		// The object does not exist: put the Event in its namespace, on
 		// the Namespace, where "kubectl get events -n NS" shows it.
 		target = engine.Workload{Kind: "Namespace", Namespace: w.Namespace, Name: w.Namespace}
+	}
+	// The link is whole or absent: the text before it is shortened.
+	if link := n.Review.Decision(string(req.UID)); link != "" && len(link) <= maxEventLink {
+		n.Sink.Event(target, reason, policy.Shorten(msg, maxEventMessage-len(" "+link))+" "+link)
+		return
 	}
 	n.Sink.Event(target, reason, policy.Shorten(msg, maxEventMessage))
 }

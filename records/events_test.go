@@ -120,3 +120,67 @@ func TestBroadcasterDedup(t *testing.T) {
 		t.Errorf("events in shop = %+v, want one Warning with a count", list.Items)
 	}
 }
+
+// TestNotifierReviewLink: with a review URL, every Event's message ends
+// with the decision's link, whole; the text before it is shortened to
+// fit, and without a URL nothing is linked.
+func TestNotifierReviewLink(t *testing.T) {
+	base, err := ParseReviewURL("https://review.example/buildguard/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := denyVerdict(policy.ModeEnforce)
+	long.Images[0].Findings[0].Summary = strings.Repeat("a long reason ", 40)
+	for _, tc := range []struct {
+		name     string
+		review   ReviewURL
+		uid      string
+		v        policy.Verdict
+		want     string // the text before the link, or its start when shortened
+		wantLink string
+	}{
+		{name: "linked", review: base, uid: "0d1e5a7c-1111-4a4a-9b9b-000000000001", v: denyVerdict(policy.ModeEnforce),
+			want:     "buildguard denied Pod hotfix: [fresh-image] hotfix: created 14s before admission, minAge 10m",
+			wantLink: "https://review.example/buildguard/decisions/0d1e5a7c-1111-4a4a-9b9b-000000000001"},
+		{name: "shortened, the link whole", review: base, uid: "0d1e5a7c-1111-4a4a-9b9b-000000000002", v: long,
+			want:     "buildguard denied Pod hotfix: [fresh-image] hotfix: a long reason a long reason",
+			wantLink: "https://review.example/buildguard/decisions/0d1e5a7c-1111-4a4a-9b9b-000000000002"},
+		{name: "no review URL", uid: "0d1e5a7c-1111-4a4a-9b9b-000000000003", v: denyVerdict(policy.ModeAudit),
+			want: "buildguard would deny (audit mode) Pod hotfix: [fresh-image] hotfix: created 14s before admission, minAge 10m"},
+		{name: "no UID", review: base, v: denyVerdict(policy.ModeEnforce),
+			want: "buildguard denied Pod hotfix: [fresh-image] hotfix: created 14s before admission, minAge 10m"},
+		{name: "a link longer than half a message", review: base, uid: strings.Repeat("u", 120), v: denyVerdict(policy.ModeEnforce),
+			want: "buildguard denied Pod hotfix: [fresh-image] hotfix: created 14s before admission, minAge 10m"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sink := &fakeSink{}
+			n := &Notifier{Sink: sink, Review: tc.review}
+			n.OnDecision(t.Context(), request(tc.uid, "CREATE"), workload(), tc.v)
+			if len(sink.events) != 1 {
+				t.Fatalf("posted %d events, want 1", len(sink.events))
+			}
+			msg := sink.events[0].message
+			if len(msg) > maxEventMessage {
+				t.Errorf("message of %d bytes, want at most %d: %q", len(msg), maxEventMessage, msg)
+			}
+			text, link := msg, ""
+			if tc.wantLink != "" {
+				var ok bool
+				text, ok = strings.CutSuffix(msg, " "+tc.wantLink)
+				if !ok {
+					t.Fatalf("message %q does not end with the link %s", msg, tc.wantLink)
+				}
+				link = tc.wantLink
+			} else if strings.Contains(msg, "https://") {
+				t.Errorf("message %q links, want no link", msg)
+			}
+			if prefix, cut := strings.CutSuffix(text, "…"); cut {
+				if !strings.HasPrefix(prefix, tc.want) || len(msg) < maxEventMessage-len("…") {
+					t.Errorf("message %q, want it to start %q and fill %d bytes", msg, tc.want, maxEventMessage)
+				}
+			} else if want := strings.TrimSpace(tc.want + " " + link); msg != want {
+				t.Errorf("message = %q, want %q", msg, want)
+			}
+		})
+	}
+}
