@@ -43,12 +43,17 @@ func denials(ctx context.Context, args []string, stdout, stderr io.Writer, now t
 	fs.StringVar(&output, "output", "table", "output format: table, json (one object a line) or yaml")
 	fs.StringVar(&output, "o", "table", "short for --output")
 	limit := fs.Int("limit", 100, "list at most this many decisions, newest first (at most 1000)")
+	reviewURL := fs.String("review-url", "", "the review UI's address (serve --review-url): each decision comes with a link to its page, as the table's last column (past its 80 columns) and as \"review\" in json and yaml")
 	pos, err := parseInterspersed(fs, args, stderr)
 	if err != nil {
 		return err
 	}
 	if output != "table" && output != "json" && output != "yaml" {
 		return &usageError{msg: fmt.Sprintf("--output %q: want table, json or yaml", output)}
+	}
+	review, err := records.ParseReviewURL(*reviewURL)
+	if err != nil {
+		return &usageError{msg: "--review-url " + err.Error()}
 	}
 	show := len(pos) > 0 && pos[0] == "show"
 	switch {
@@ -82,7 +87,7 @@ func denials(ctx context.Context, args []string, stdout, stderr io.Writer, now t
 		if err != nil {
 			return err
 		}
-		return writeDecisions(stdout, output, []evidence.Decision{d}, true, now)
+		return writeDecisions(stdout, output, []evidence.Decision{d}, true, now, review)
 	}
 	ds, err := st.Decisions(ctx, q)
 	if err != nil {
@@ -92,7 +97,7 @@ func denials(ctx context.Context, args []string, stdout, stderr io.Writer, now t
 		fmt.Fprintln(stderr, "No decisions found.")
 		return nil
 	}
-	return writeDecisions(stdout, output, ds, false, now)
+	return writeDecisions(stdout, output, ds, false, now, review)
 }
 
 // parseInterspersed parses flags given before, between and after the
@@ -166,7 +171,15 @@ func findDecision(ctx context.Context, st evidence.Store, id string) (evidence.D
 	return evidence.Decision{}, fmt.Errorf("decision ID %q is ambiguous: %d decisions start with it; give more of it", id, len(match))
 }
 
-func writeDecisions(w io.Writer, output string, ds []evidence.Decision, one bool, now time.Time) error {
+// linkedJSON is a record as json and yaml output show it: with a link to
+// its page in the review UI when there is one.
+type linkedJSON struct {
+	records.DecisionJSON
+	Review string `json:"review,omitempty"`
+}
+
+func writeDecisions(w io.Writer, output string, ds []evidence.Decision, one bool, now time.Time, review records.ReviewURL) error {
+	linked := func(d evidence.Decision) linkedJSON { return linkedJSON{records.ToJSON(d), review.Decision(d.ID)} }
 	switch output {
 	case "json":
 		enc := json.NewEncoder(w)
@@ -175,26 +188,26 @@ func writeDecisions(w io.Writer, output string, ds []evidence.Decision, one bool
 			enc.SetIndent("", "  ")
 		}
 		for _, d := range ds {
-			if err := enc.Encode(records.ToJSON(d)); err != nil {
+			if err := enc.Encode(linked(d)); err != nil {
 				return err
 			}
 		}
 		return nil
 	case "yaml":
-		var v any = records.ToJSON(ds[0])
+		var v any = linked(ds[0])
 		if !one {
-			l := make([]records.DecisionJSON, len(ds))
+			l := make([]linkedJSON, len(ds))
 			for i, d := range ds {
-				l[i] = records.ToJSON(d)
+				l[i] = linked(d)
 			}
 			v = l
 		}
 		return writeYAML(w, v)
 	}
 	if one {
-		return writeDetail(w, ds[0], now)
+		return writeDetail(w, ds[0], now, review)
 	}
-	return writeTable(w, ds, now)
+	return writeTable(w, ds, now, review)
 }
 
 // writeYAML writes v as YAML with the keys in the order of its JSON.
@@ -228,8 +241,10 @@ func plain(n *yaml.Node) {
 
 // writeTable writes one line per decision, fitting tableWidth:
 // the ID shortened to 8 characters (denials show accepts it), age,
-// verdict, namespace/kind/name and rules, the last two cut to fit.
-func writeTable(w io.Writer, ds []evidence.Decision, now time.Time) error {
+// verdict, namespace/kind/name and rules, the last two cut to fit. With
+// a review URL, each line ends with the decision's link, whole, past
+// tableWidth.
+func writeTable(w io.Writer, ds []evidence.Decision, now time.Time, review records.ReviewURL) error {
 	const gap = 2
 	head := []string{"ID", "AGE", "VERDICT", "WORKLOAD", "RULES"}
 	rows := make([][]string, len(ds))
@@ -270,7 +285,14 @@ func writeTable(w io.Writer, ds []evidence.Decision, now time.Time) error {
 	}
 	var b bytes.Buffer
 	tw := tabwriter.NewWriter(&b, 0, 0, gap, ' ', 0)
-	for _, cells := range append([][]string{head}, rows...) {
+	for i, cells := range append([][]string{head}, rows...) {
+		switch {
+		case review.IsZero():
+		case i == 0:
+			cells = append(cells, "REVIEW")
+		default:
+			cells = append(cells, review.Decision(ds[i-1].ID))
+		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	if err := tw.Flush(); err != nil {
@@ -349,10 +371,13 @@ func fitList(s string, n int) string {
 
 // writeDetail writes one decision for a person: who asked for what, the
 // verdict, and per image its digest, findings and their evidence.
-func writeDetail(w io.Writer, d evidence.Decision, now time.Time) error {
+func writeDetail(w io.Writer, d evidence.Decision, now time.Time, review records.ReviewURL) error {
 	var b bytes.Buffer
 	field := func(k, v string) { fmt.Fprintf(&b, "%-11s %s\n", k+":", v) }
 	field("ID", d.ID)
+	if link := review.Decision(d.ID); link != "" {
+		field("Review", link)
+	}
 	field("Time", fmt.Sprintf("%s (%s ago)", d.Time.UTC().Format(time.RFC3339), age(now.Sub(d.Time))))
 	field("Request", fmt.Sprintf("%s %s %s in namespace %s", d.Operation, d.Kind, orDash(d.Name), d.Namespace))
 	user := orDash(d.User)

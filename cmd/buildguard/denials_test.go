@@ -137,6 +137,10 @@ func TestDenials(t *testing.T) {
 		{"show-prefix.golden", []string{"show", "6f1c2a9e"}},
 		{"show-json.golden", []string{"show", "a03e77d1", "-o", "json"}},
 		{"show-yaml.golden", []string{"show", "a03e77d1", "-o", "yaml"}},
+		{"review-table.golden", []string{"--since", "0", "--review-url", "https://review.example/bg/"}},
+		{"review-show.golden", []string{"show", "a03e77d1", "--review-url", "https://review.example/bg"}},
+		{"review-json.golden", []string{"-o", "json", "--review-url", "https://review.example/bg"}},
+		{"review-yaml.golden", []string{"show", "6f1c2a9e", "-o", "yaml", "--review-url", "https://review.example/bg"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
@@ -153,7 +157,41 @@ func TestDenials(t *testing.T) {
 					}
 				}
 			}
+			if tt.golden == "review-table.golden" {
+				checkReviewTable(t, db, stdout.String())
+			}
 		})
+	}
+}
+
+// checkReviewTable: each line of a table with links ends with its
+// decision's whole link, and what comes before the link fits the
+// table's width.
+func checkReviewTable(t *testing.T, db, out string) {
+	t.Helper()
+	st, err := evidence.OpenSQLite(t.Context(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ds, err := st.Decisions(t.Context(), evidence.DecisionQuery{Verdicts: []string{records.VerdictDeny, records.VerdictWouldDeny}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != len(ds)+1 || !strings.HasSuffix(lines[0], "REVIEW") {
+		t.Fatalf("%d lines, want a header and %d decisions:\n%s", len(lines), len(ds), out)
+	}
+	for i, d := range ds {
+		l := lines[i+1]
+		link := "https://review.example/bg/decisions/" + d.ID
+		before, ok := strings.CutSuffix(l, link)
+		if !ok || !strings.HasPrefix(l, d.ID[:8]) {
+			t.Errorf("line %q, want it to start with %s and end with %s", l, d.ID[:8], link)
+		}
+		if n := utf8.RuneCountInString(strings.TrimRight(before, " ")); n > tableWidth {
+			t.Errorf("line of %d columns before its link, want at most %d: %q", n, tableWidth, l)
+		}
 	}
 }
 
@@ -200,6 +238,7 @@ func TestDenialsErrors(t *testing.T) {
 		{"show unknown", []string{"denials", "--store-sqlite", db, "show", "ffffffff"}, `no decision "ffffffff"`},
 		{"show too short", []string{"denials", "--store-sqlite", db, "show", "a0"}, `no decision "a0"`},
 		{"stray argument", []string{"denials", "--store-sqlite", db, "list"}, `unexpected arguments ["list"]`},
+		{"bad review URL", []string{"denials", "--store-sqlite", db, "--review-url", "review.example"}, `--review-url "review.example": want an absolute https:// URL`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -34,6 +34,7 @@ type reviewFlags struct {
 	sessionTTL     time.Duration
 	maxException   time.Duration
 	exceptionsFile string
+	url            string
 }
 
 func (f *reviewFlags) register(fs *flag.FlagSet) {
@@ -42,6 +43,7 @@ func (f *reviewFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.keyFile, "review-session-key-file", "", "file holding the key (at least 32 bytes) that signs review sessions; replicas behind one Service need the same (default: random, so sessions end at restart)")
 	fs.DurationVar(&f.sessionTTL, "review-session-ttl", review.DefaultSessionTTL, "how long a review login lasts")
 	fs.DurationVar(&f.maxException, "review-max-exception", review.DefaultMaxException, "the longest expiry of an exception granted in the review UI")
+	fs.StringVar(&f.url, "review-url", "", "the review UI's address as its users reach it (through a Service, Ingress or proxy), such as https://buildguard.example: each deny and would-deny Event ends with a link to the decision's page (default: no links)")
 	fs.StringVar(&f.exceptionsFile, "exceptions-file", "", "with --policy-source=file: a YAML file of namespaced exceptions applied with the policy file; the review UI grants into it")
 }
 

@@ -44,6 +44,7 @@ func TestReviewFlagErrors(t *testing.T) {
 		{"bad token file", []string{"--review-listen", "127.0.0.1:0", "--store-sqlite", filepath.Join(dir, "b.db"), "--review-token-file", pol}, "token file"},
 		{"short session key", []string{"--review-listen", "127.0.0.1:0", "--store-sqlite", filepath.Join(dir, "c.db"), "--review-token-file", tokens, "--review-session-key-file", tokens}, "want at least 32"},
 		{"bad exceptions file", []string{"--exceptions-file", pol}, "exceptions file"},
+		{"review URL with a query", []string{"--review-url", "https://review.example/?a=b"}, `--review-url "https://review.example/?a=b": want no credentials, query or fragment`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// serve's goroutines (retention) may still log after it

@@ -111,6 +111,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	case *caConfigMap != "" && *caSecret == "" && *tlsCAFile == "":
 		return &usageError{msg: "--ca-configmap needs the CA: --self-managed-ca-secret, or --tls-ca-file with --tls-cert-file"}
 	}
+	reviewURL, err := records.ParseReviewURL(rvf.url)
+	if err != nil {
+		return &usageError{msg: "--review-url " + err.Error()}
+	}
 	log, err := newLogger(*logFormat, stderr)
 	if err != nil {
 		return err
@@ -259,7 +263,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if kube != nil {
 		ev = cluster.NewEvents(kube)
 		defer ev.Shutdown()
-		hooks = append(hooks, (&records.Notifier{Sink: ev}).OnDecision)
+		hooks = append(hooks, (&records.Notifier{Sink: ev, Review: reviewURL}).OnDecision)
 	}
 	if store != nil {
 		defer store.Close()
