@@ -21,6 +21,7 @@ import (
 
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/review"
 	"buildguard.dev/buildguard/server"
 )
@@ -50,7 +51,8 @@ func (f *reviewFlags) register(fs *flag.FlagSet) {
 // reviewDeps is what serve has ready when the review UI starts.
 type reviewDeps struct {
 	engine         *engine.Engine
-	source         string // policy source: file or crd
+	source         string                // policy source: file or crd
+	policy         func() *policy.Policy // the policy file's, with source file
 	cfg            *rest.Config
 	kube           kubernetes.Interface
 	store          evidence.Store
@@ -156,10 +158,13 @@ func (f *reviewFlags) start(ctx context.Context, d reviewDeps) error {
 			return err
 		}
 		c.Granter = &review.ExceptionCreator{Client: dyn}
+		c.Exceptions = &review.ClusterExceptions{Client: dyn}
 	case d.exceptionsFile != nil:
 		c.Granter = d.exceptionsFile
+		c.Exceptions = &review.FileExceptions{File: d.exceptionsFile, Policy: d.policy}
 	default:
 		c.GrantOff = "policies come from a file and no --exceptions-file is set"
+		c.Exceptions = &review.FileExceptions{Policy: d.policy}
 	}
 	h, err := review.New(c)
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"html"
 	"io"
 	"net"
 	"net/http"
@@ -224,5 +226,29 @@ func TestReviewWithoutCluster(t *testing.T) {
 	}
 	if ok, msg := admit("uid-after-grant"); !ok || !strings.Contains(msg, "admitted by exception shop/review-") {
 		t.Errorf("after the grant: allowed=%v %q, want admitted by the exception", ok, msg)
+	}
+
+	// The exceptions page lists the grant with its use, and revokes it.
+	var form []string
+	eventually("the exceptions page counts the admission", func() error {
+		code, body := get("/exceptions")
+		form = regexp.MustCompile(`name="source" value="([^"]+)">\s*<input type="hidden" name="namespace" value="([^"]+)">\s*<input type="hidden" name="name" value="([^"]+)">`).FindStringSubmatch(body)
+		if code != http.StatusOK || form == nil || !strings.Contains(body, "INC-7: rebuilt tonight") {
+			return fmt.Errorf("GET /exceptions = %d without the granted exception and its Revoke button", code)
+		}
+		if !regexp.MustCompile(`<td class="num"><a href="[^"]*">1</a></td>`).MatchString(body) {
+			return errors.New("the exception's use is not counted")
+		}
+		return nil
+	})
+	resp = post("/exceptions/revoke", url.Values{"csrf": {csrf[1]}, "source": {html.UnescapeString(form[1])}, "namespace": {form[2]}, "name": {form[3]}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("revoke = %d, want 303", resp.StatusCode)
+	}
+	if b, _ := os.ReadFile(exceptions); strings.Contains(string(b), "INC-7") {
+		t.Errorf("the revoked exception is still in the file:\n%s", b)
+	}
+	if ok, msg := admit("uid-after-revoke"); ok || !strings.Contains(msg, "[fresh-image]") {
+		t.Errorf("after revoking: allowed=%v %q, want the fresh-image denial again", ok, msg)
 	}
 }

@@ -153,13 +153,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		v.Log = log // ClusterBuildPolicies' unusable trust files are reported here
 	}
 	var checks []func() error
+	var filePolicy func() *policy.Policy // the review UI lists its exceptions
 	switch *source {
 	case "file":
 		pf := &policyFile{path: rf.config, log: log, check: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
 		if err := pf.load(); err != nil {
 			return err
 		}
-		e.Policies = engine.PolicyFunc(pf.current)
+		e.Policies, filePolicy = engine.PolicyFunc(pf.current), pf.current
 		go pf.watch(ctx, *reload)
 	case "crd":
 		dyn, err := dynamic.NewForConfig(cfg)
@@ -325,7 +326,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	// Before anything evaluates: an --exceptions-file wraps e.Policies.
-	if err := rvf.start(ctx, reviewDeps{engine: e, source: *source, cfg: cfg, kube: kube, store: store, certs: certs,
+	if err := rvf.start(ctx, reviewDeps{engine: e, source: *source, policy: filePolicy, cfg: cfg, kube: kube, store: store, certs: certs,
 		certFile: *certFile, keyFile: *keyFile, reload: *reload, log: log}); err != nil {
 		return err
 	}
