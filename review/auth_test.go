@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"buildguard.dev/buildguard/evidence"
 )
 
 func TestParseTokens(t *testing.T) {
@@ -154,6 +157,9 @@ func FuzzParseFilter(f *testing.F) {
 	f.Add("since=24h&namespace=shop&rule=fresh-image&image=ghcr.io/*&verdict=deny&limit=5")
 	f.Add("since=7d&verdict=allow&verdict=warn")
 	f.Add("since=all&image=%00")
+	f.Add("before=1796126400000000_0d1e5a7c-1111&page=2&day=2026-11-30")
+	f.Add("after=0_u9%2Fscan-20261130T060000Z&limit=1000&exception=staging%2Fby-hand")
+	f.Add("before=-1_x&after=1_y")
 	f.Fuzz(func(t *testing.T, raw string) {
 		q, err := url.ParseQuery(raw)
 		if err != nil {
@@ -165,6 +171,21 @@ func FuzzParseFilter(f *testing.F) {
 		}
 		if dq.Limit < 1 || dq.Limit > 1000 || len(fl.Verdicts) == 0 || dq.Since.After(t0) {
 			t.Fatalf("parseFilter(%q) = %+v, %+v", raw, fl, dq)
+		}
+		// A page's cursor is what its link writes again.
+		for _, c := range []*evidence.Cursor{dq.Before, dq.After} {
+			if c == nil {
+				continue
+			}
+			again, err := decodeCursor(encodeCursor(c))
+			if err != nil || !again.Time.Equal(c.Time) || again.ID != c.ID {
+				t.Fatalf("cursor %+v of %q reads back as %+v, %v", c, raw, again, err)
+			}
+		}
+		// Its link, the filter's own query, reads back as the filter.
+		again, _, err := parseFilter(fl.Query(), t0)
+		if err != nil || again.Since != fl.Since || again.Namespace != fl.Namespace || again.Image != fl.Image || !slices.Equal(again.Verdicts, fl.Verdicts) {
+			t.Fatalf("parseFilter(%q).Query() = %q reads back as %+v, %v; want %+v", raw, fl.Query().Encode(), again, err, fl)
 		}
 	})
 }

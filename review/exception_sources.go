@@ -96,7 +96,7 @@ func (c *ClusterExceptions) list(ctx context.Context, res schema.GroupVersionRes
 // if it is still the one listed (its UID).
 func (c *ClusterExceptions) Revoke(ctx context.Context, ref ExceptionRef) error {
 	if ref.Source != SourceResource {
-		return fmt.Errorf("%s exceptions are not revoked here: edit the policy", ref.Source)
+		return fmt.Errorf("%s exceptions are not revoked here, only BuildPolicyExceptions: %w", ref.Source, ErrNotRevocable)
 	}
 	opts := metav1.DeleteOptions{}
 	if ref.UID != "" {
@@ -155,7 +155,7 @@ func (f *FileExceptions) Exceptions(ctx context.Context) ([]Exception, error) {
 // Revoke implements ExceptionSource.
 func (f *FileExceptions) Revoke(ctx context.Context, ref ExceptionRef) error {
 	if ref.Source != SourceFile || f.File == nil {
-		return fmt.Errorf("%s exceptions are not revoked here: edit the policy file", ref.Source)
+		return fmt.Errorf("%s exceptions are not revoked here, only those of the exceptions file: %w", ref.Source, ErrNotRevocable)
 	}
 	return f.File.Revoke(ctx, ref.Namespace, ref.Name)
 }

@@ -72,7 +72,7 @@ type ExceptionSource interface {
 	Exceptions(ctx context.Context) ([]Exception, error)
 	// Revoke deletes the exception ref names. It returns an error
 	// wrapping ErrExceptionGone when there is no such exception (any
-	// more).
+	// more), ErrNotRevocable when it is not one the source revokes.
 	Revoke(ctx context.Context, ref ExceptionRef) error
 }
 
@@ -83,6 +83,10 @@ type ExceptionRef struct {
 
 // ErrExceptionGone: the exception to revoke does not exist (any more).
 var ErrExceptionGone = errors.New("the exception does not exist (any more)")
+
+// ErrNotRevocable: the source named does not revoke that exception (a
+// policy's own, or one of a source this UI does not read).
+var ErrNotRevocable = errors.New("the exception cannot be revoked here")
 
 // expiringWithin is when an exception is highlighted as expiring soon.
 const expiringWithin = 7 * 24 * time.Hour
@@ -286,6 +290,9 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request, s *session) {
 	switch {
 	case errors.Is(err, ErrExceptionGone):
 		h.fail(w, r, s, http.StatusNotFound, fmt.Sprintf("The exception %s was not revoked: %v.", name, err))
+		return
+	case errors.Is(err, ErrNotRevocable):
+		h.fail(w, r, s, http.StatusBadRequest, fmt.Sprintf("The exception %s was not revoked: %v.", name, err))
 		return
 	case err != nil:
 		h.c.Log.Error("review: exception not revoked", "namespace", ref.Namespace, "exception", ref.Name, "user", s.User.Name, "error", err)

@@ -429,7 +429,7 @@ func TestTimelineTones(t *testing.T) {
 
 // exceptionsFixture serves exceptions from a policy file's and an
 // exceptions file, into which the UI grants.
-func exceptionsFixture(t *testing.T) (*fixture, *ExceptionFile) {
+func exceptionsFixture(t testing.TB) (*fixture, *ExceptionFile) {
 	f := newFixture(t)
 	path := filepath.Join(t.TempDir(), "exceptions.yaml")
 	if err := os.WriteFile(path, []byte(`apiVersion: buildguard.dev/v1alpha1
@@ -547,6 +547,7 @@ func TestRevoke(t *testing.T) {
 		{name: "no delete permission", token: "bob-token", want: http.StatusForbidden, body: "You (bob) may not delete buildpolicyexceptions in namespace staging."},
 		{name: "another namespace", token: "carol-token", want: http.StatusForbidden, body: "may not delete buildpolicyexceptions in namespace staging"},
 		{name: "a policy file's", token: "alice-token", mod: func(v url.Values) { v.Set("source", SourcePolicyFile) }, want: http.StatusBadRequest, body: "does not name an exception that can be revoked"},
+		{name: "a source the UI does not read", token: "alice-token", mod: func(v url.Values) { v.Set("source", SourceResource) }, want: http.StatusBadRequest, body: "BuildPolicyException exceptions are not revoked here"},
 		{name: "no such exception", token: "alice-token", mod: func(v url.Values) { v.Set("name", "nope") }, want: http.StatusNotFound, body: "staging/nope was not revoked"},
 		{name: "bad name", token: "alice-token", mod: func(v url.Values) { v.Set("name", "../x") }, want: http.StatusBadRequest, body: "does not name an exception"},
 	} {

@@ -103,7 +103,7 @@ func (fixedRandom) Read(p []byte) (int, error) {
 }
 
 type fixture struct {
-	t       *testing.T
+	t       testing.TB
 	h       *Handler
 	clock   *testclock.Clock
 	store   evidence.Store
@@ -117,7 +117,7 @@ var (
 	shopper = User{Name: "carol", UID: "u-3"}
 )
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	st, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "review.db"))
 	if err != nil {
