@@ -53,7 +53,7 @@ func newUI(t *testing.T) *ui {
 	f, _ := exceptionsFixture(t)
 	f.addHistory()
 	built := t0.Add(-2 * time.Hour)
-	if _, _, err := f.store.AddReport(t.Context(), evidence.Report{Node: "worker-3", Sensor: "ebpf",
+	if _, _, err := f.store.AddReport(t.Context(), evidence.Report{Node: "worker-3", Sensor: "ebpf", Reporter: "system:serviceaccount:buildguard-node-agent:node-agent",
 		Builds: []evidence.Build{{Source: "agent", EventID: "b1", Tool: "docker", ImageID: "sha256:" + strings.Repeat("c", 64), Started: built, Finished: built.Add(time.Minute)}},
 		Connections: []evidence.Connection{{Source: "agent", EventID: "c1", Time: built.Add(20 * time.Second), Process: "wget", PID: 4242,
 			DestIP: netip.MustParseAddr("203.0.113.9"), DestPort: 8080}},

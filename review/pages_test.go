@@ -336,7 +336,7 @@ func TestImagePage(t *testing.T) {
 	f := newFixture(t)
 	f.addHistory()
 	built := t0.Add(-2 * time.Hour)
-	if _, _, err := f.store.AddReport(t.Context(), evidence.Report{Node: "worker-3", Sensor: "ebpf",
+	if _, _, err := f.store.AddReport(t.Context(), evidence.Report{Node: "worker-3", Sensor: "ebpf", Reporter: "system:serviceaccount:buildguard-node-agent:node-agent",
 		Builds: []evidence.Build{{Source: "agent", EventID: "b1", Tool: "docker", ImageID: "sha256:" + strings.Repeat("c", 64), Started: built, Finished: built.Add(time.Minute)}},
 		Connections: []evidence.Connection{{Source: "agent", EventID: "c1", Time: built.Add(20 * time.Second), Process: "wget", PID: 4242,
 			DestIP: netip.MustParseAddr("203.0.113.9"), DestPort: 8080}},
@@ -356,7 +356,7 @@ func TestImagePage(t *testing.T) {
 		"Decisions 5 · all its decisions in the list",
 		"Rules found host-built 5 , untrusted-egress 5",
 		"Fact: Signatures not checked by this policy",
-		"worker-3 docker 2026-12-01 10:00:00 UTC 2026-12-01 10:01:00 UTC agent 2026-12-01 10:00:20 UTC: wget (pid 4242) → 203.0.113.9:8080",
+		"worker-3 docker 2026-12-01 10:00:00 UTC 2026-12-01 10:01:00 UTC agent system:serviceaccount:buildguard-node-agent:node-agent 2026-12-01 10:00:20 UTC: wget (pid 4242) → 203.0.113.9:8080",
 		"shop/Deployment/api 11:50:00 10m deny 4 , would-deny 1",
 	} {
 		if !strings.Contains(got, want) {
