@@ -61,13 +61,14 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./records/ -run '^$$' -fuzz '^FuzzParseReviewURL$$' -fuzztime $${FUZZTIME:-30s}
 
-bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records, cold provenance verification, node reports of a 1,000-node fleet.
+bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records, cold provenance verification, the review UI's pages over 100,000 decisions, node reports of a 1,000-node fleet.
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
 	$(GO) test -run '^$$' -bench 'AnalyzeStep|AnalyzeHistory' -benchmem -count 5 ./policy/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./ingest/
 	$(GO) test -run '^$$' -bench AddDecisions -benchtime 2s ./evidence/
 	$(GO) test -run '^$$' -bench 'Commit|Recorder' -benchtime 3s ./records/
+	$(GO) test -run '^$$' -bench Pages -benchtime 200x ./review/
 	$(GO) test -run '^$$' -bench DenyPath -benchtime 3s ./bench/denypath/
 	$(GO) test -run '^$$' -bench ColdVerification -benchtime 50x -count 3 ./provenance/
 	$(GO) run ./bench/fleet -nodes 1000 -interval 2s -duration 60s
