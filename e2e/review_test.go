@@ -262,8 +262,9 @@ func TestReviewUI(t *testing.T) {
 		step(t, b, "log in",
 			chromedp.SetValue(chromedp.CSS("#token"), token),
 			press("form.login button"),
+			// The overview is the landing page.
 			loaded(`location.pathname === "/"`),
-			chromedp.WaitVisible(chromedp.CSS("form.filter")),
+			chromedp.WaitVisible(chromedp.CSS("#h-verdicts")),
 		)
 	}
 	login(b, reviewerToken)
@@ -272,7 +273,7 @@ func TestReviewUI(t *testing.T) {
 	t.Run("the list shows the recorded denials", func(t *testing.T) {
 		// Records reach the store asynchronously.
 		e.eventually(30*time.Second, "both denials listed", func() error {
-			step(t, b, "reload", chromedp.Navigate(reviewURL+"/"), loaded(`location.pathname === "/"`))
+			step(t, b, "reload", chromedp.Navigate(reviewURL+"/decisions"), loaded(`location.pathname === "/decisions"`))
 			got := pageText(b)
 			for _, want := range []string{"system:serviceaccount:buildguard-system:reviewer", "Pod api", "Pod site", "host-built", "fresh-image", apiImage, siteImage} {
 				if !strings.Contains(got, want) {
@@ -295,7 +296,7 @@ func TestReviewUI(t *testing.T) {
 		}
 		step(t, b, "filter by rule",
 			clearInput(`input[name="namespace"]`),
-			chromedp.SetValue(chromedp.CSS(`input[name="rule"]`), "fresh-image"),
+			chromedp.SetValue(chromedp.CSS(`select[name="rule"]`), "fresh-image"),
 			press("form.filter button"),
 			loaded(`location.search.includes("rule=fresh-image")`),
 			chromedp.WaitVisible(chromedp.CSS("table.decisions")),
@@ -315,7 +316,7 @@ func TestReviewUI(t *testing.T) {
 
 	t.Run("the detail page shows the evidence chain", func(t *testing.T) {
 		step(t, b, "open the shop denial",
-			chromedp.Navigate(reviewURL+"/?namespace=shop"),
+			chromedp.Navigate(reviewURL+"/decisions?namespace=shop"),
 			loaded(`location.search.includes("namespace=shop")`),
 			press(`table.decisions a[href^="/decisions/"]`),
 			loaded(`location.pathname.startsWith("/decisions/")`),
