@@ -162,6 +162,8 @@ type Engine struct {
 	// nor turn that into a lookup failure failurePolicy allow admits. The
 	// default is DefaultMaxImageBytes.
 	MaxImageBytes int64
+
+	refs refCache
 }
 
 // Evaluate judges w. An error means the facts could not be gathered at
@@ -240,7 +242,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 		if _, seen := results[c.Image]; seen {
 			continue
 		}
-		ref, err := name.ParseReference(c.Image)
+		ref, err := e.refs.parse(c.Image, false)
 		if err == nil {
 			refs[c.Image] = ref
 		}
@@ -259,7 +261,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 		req := registry.Request{Ref: ref, Auth: *auth, Insecure: anyInsecure(sel.Policies, ref)}
 		if req.Insecure {
 			// Re-parse so go-containerregistry speaks plain HTTP to it.
-			if r2, err := name.ParseReference(c.Image, name.Insecure); err == nil {
+			if r2, err := e.refs.parse(c.Image, true); err == nil {
 				req.Ref = r2
 			}
 		}
