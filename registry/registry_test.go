@@ -302,7 +302,9 @@ func TestCached(t *testing.T) {
 	clock := testclock.New(old)
 	c := newClient(registry.WithClock(clock.Now), registry.WithTagTTL(30*time.Second))
 	tag, byDigest := reg.Ref(t, "acme/shop:1"), reg.Ref(t, "acme/shop@"+d.String())
-	cached := func(ref name.Reference) (*policy.Image, bool) { return c.Cached(registry.Request{Ref: ref, Insecure: true}) }
+	cached := func(ref name.Reference) (*policy.Image, bool) {
+		return c.Cached(registry.Request{Ref: ref, Insecure: true})
+	}
 	reg.Reset()
 	if img, ok := cached(tag); ok || reg.Count() != 0 {
 		t.Fatalf("Cached(tag) before any lookup = %v, %v after %d requests; want false and none", img, ok, reg.Count())
