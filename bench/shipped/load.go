@@ -110,7 +110,9 @@ func (e *env) load(ctx context.Context, t *target, b *body, conc int, d time.Dur
 	}
 	wg.Wait()
 	r.elapsed = time.Since(start)
-	if cpu1, err := processCPU(t.pid()); err == nil && cerr0 == nil {
+	// Work the reviews left behind (decision records on their way to the
+	// store) is theirs: wait for the target to go idle, and count it.
+	if cpu1, err := settle(ctx, t.pid()); err == nil && cerr0 == nil {
 		r.cpu = cpu1 - cpu0
 	}
 	r.clientCPU = selfCPU() - ccpu0
@@ -127,6 +129,27 @@ func (e *env) load(ctx context.Context, t *target, b *body, conc int, d time.Dur
 	slices.Sort(r.latencies)
 	r.requests = len(r.latencies)
 	return r
+}
+
+// settle waits, up to 10s, until process pid uses less than 10% of a CPU
+// over 200ms, and returns its CPU time then.
+func settle(ctx context.Context, pid int) (time.Duration, error) {
+	prev, err := processCPU(pid)
+	if err != nil {
+		return 0, err
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; {
+		time.Sleep(200 * time.Millisecond)
+		cur, err := processCPU(pid)
+		if err != nil {
+			return 0, err
+		}
+		if cur-prev <= 20*time.Millisecond {
+			return cur, nil
+		}
+		prev = cur
+	}
+	return prev, nil
 }
 
 // review sends one review with uid and checks the answer without decoding

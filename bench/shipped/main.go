@@ -24,7 +24,7 @@
 // Usage:
 //
 //	go run ./bench/shipped [-buildguard bin/buildguard] [-rounds 3] [-duration 5s] [-warmup 1s]
-//	    [-concurrency 2,8] [-containers 1,3,6] [-targets default,sqlite] [-debug-listen]
+//	    [-concurrency 2,8] [-containers 1,3,6] [-targets default,sqlite] [-baseline OLD-BINARY] [-profile DIR]
 //
 // Without -buildguard it builds ./cmd/buildguard as `make build` does,
 // into a temporary directory. The exit status is 1 when any run had an
@@ -53,6 +53,7 @@ const (
 
 type config struct {
 	buildguard  string
+	baseline    string
 	rounds      int
 	duration    time.Duration
 	warmup      time.Duration
@@ -99,6 +100,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("shipped", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.buildguard, "buildguard", "", "the buildguard binary; built from ./cmd/buildguard into a temporary directory when empty")
+	fs.StringVar(&c.baseline, "baseline", "", "another buildguard binary (say of the commit before a change), run as a target of its own beside each of -targets, for before/after figures from one run")
 	fs.IntVar(&c.rounds, "rounds", 3, "rounds; each runs every target at every concurrency and shape")
 	fs.DurationVar(&c.duration, "duration", 5*time.Second, "measured duration of one run")
 	fs.DurationVar(&c.warmup, "warmup", time.Second, "unrecorded load before each run")
@@ -106,7 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	shapes := fs.String("containers", "1,3,6", "comma-separated containers per Deployment (the first an init container when there are 3 or more)")
 	targets := fs.String("targets", "default,sqlite", "comma-separated buildguard configurations besides do-nothing: default (default flags), sqlite (--store-sqlite)")
 	fs.BoolVar(&c.sameImage, "same-image", false, "every container runs the same image (by tag, tag, digest, ...); by default each runs an image of its own")
-	extra := fs.String("serve-args", "", "space-separated extra flags for every buildguard serve (e.g. --log-level=debug)")
+	extra := fs.String("serve-args", "", "space-separated extra flags for buildguard serve (not the -baseline one), e.g. --log-level=debug")
 	fs.StringVar(&c.profileDir, "profile", "", "start buildguard with --debug-listen and save a CPU profile of its first measured run of each shape and concurrency in `dir`")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, store, certificates)")
 	if err := fs.Parse(args); err != nil {

@@ -168,17 +168,26 @@ func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) 
 			return nil, fmt.Errorf("building buildguard: %w", err)
 		}
 	}
+	bins := []struct{ suffix, path string }{{"", bin}}
+	if cfg.baseline != "" {
+		bins = append(bins, struct{ suffix, path string }{"-baseline", cfg.baseline})
+	}
 	for _, name := range cfg.targets {
-		args := []string{"serve", "--config", pf, "--tls-cert-file", e.certFile, "--tls-private-key-file", e.keyFile}
-		if name == "sqlite" {
-			args = append(args, "--store-sqlite", filepath.Join(e.dir, "store.db"))
+		for _, b := range bins {
+			full := "buildguard-" + name + b.suffix
+			args := []string{"serve", "--config", pf, "--tls-cert-file", e.certFile, "--tls-private-key-file", e.keyFile}
+			if name == "sqlite" {
+				args = append(args, "--store-sqlite", filepath.Join(e.dir, full+".db"))
+			}
+			if b.suffix == "" {
+				args = append(args, cfg.extraArgs...)
+			}
+			t, err := e.startBuildguard(ctx, full, b.path, args)
+			if err != nil {
+				return nil, err
+			}
+			e.targets = append(e.targets, t)
 		}
-		args = append(args, cfg.extraArgs...)
-		t, err := e.startBuildguard(ctx, "buildguard-"+name, bin, args)
-		if err != nil {
-			return nil, err
-		}
-		e.targets = append(e.targets, t)
 	}
 	self, err := os.Executable()
 	if err != nil {

@@ -234,7 +234,7 @@ func report(out io.Writer, cfg config, e *env, results []runResult) error {
 			}
 		}
 	}
-	fmt.Fprintf(out, "\nCPU/review is the target process's own CPU time (user and system, from /proc) over the reviews it answered: TLS, HTTP, JSON, the decision, logging and, with a store, recording. The load generator's CPU is not in it. p99 is measured by the load generator, from sending a review to having read its answer.\n")
+	fmt.Fprintf(out, "\nCPU/review is the target process's own CPU time (user and system, from /proc) over the reviews it answered, counted until the process is idle again after the run (at most 10 s): TLS, HTTP, JSON, the decision, logging and, with a store, the records written after the answer. The load generator's CPU is not in it. p99 is measured by the load generator, from sending a review to having read its answer.\n")
 	for _, r := range results {
 		for _, s := range r.samples {
 			fmt.Fprintf(out, "- round %d %s %d clients %d containers error: %s\n", r.round, r.target, r.concurrency, r.containers, s)
