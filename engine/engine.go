@@ -174,8 +174,13 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	// The webhook has already bounded ctx by the API server's timeout,
+	// nearly always the sooner: a second timer would only cost.
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > timeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	log := e.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
