@@ -58,6 +58,9 @@ type Policy struct {
 	changes      *changeControl
 	steps        *stepMemo
 	allowed      *repoMemo
+	// insecureHosts remembers Insecure's answers as allowed does
+	// RegistryAllowed's.
+	insecureHosts *repoMemo
 	// verifiedAction is the action on steps whose only findings are
 	// verified downloads; "" for the rule's action.
 	verifiedAction Action
@@ -132,7 +135,7 @@ func Compile(s Spec) (*Policy, error) { return CompileNamed("", s) }
 // CompileNamed is Compile for a policy with a name, such as a
 // ClusterBuildPolicy's; findings then say which policy raised them.
 func CompileNamed(name string, s Spec) (*Policy, error) {
-	p := &Policy{name: name, spec: s, mode: s.Mode, failure: s.FailurePolicy, steps: &stepMemo{}, allowed: &repoMemo{}}
+	p := &Policy{name: name, spec: s, mode: s.Mode, failure: s.FailurePolicy, steps: &stepMemo{}, allowed: &repoMemo{}, insecureHosts: &repoMemo{}}
 	if p.mode == "" {
 		p.mode = ModeEnforce
 	}
@@ -327,7 +330,8 @@ func (p *Policy) RegistryAllowed(repo name.Repository) bool {
 // registries.allow for.
 const maxMemoRepos = 8192
 
-// repoMemo remembers RegistryAllowed's answers by repository: the same
+// repoMemo remembers RegistryAllowed's answers by repository (and
+// Insecure's by registry): the same
 // repositories come back with every admission, and matching the globs
 // (regular expressions) and the forbidden addresses cost more than the
 // rest of a cached image's judgement. It only memoizes a pure function.
@@ -359,8 +363,13 @@ func (r *repoMemo) get(repo string, f func(string) bool) bool {
 // Insecure reports whether registry (host[:port]) is to be reached over
 // plain HTTP.
 func (p *Policy) Insecure(registry string) bool {
-	_, ok := matchAny(p.insecure, registry)
-	return ok
+	if len(p.insecure) == 0 {
+		return false
+	}
+	return p.insecureHosts.get(registry, func(registry string) bool {
+		_, ok := matchAny(p.insecure, registry)
+		return ok
+	})
 }
 
 // ForbiddenHost reports whether host (a registry host, optionally with a

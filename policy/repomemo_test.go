@@ -46,3 +46,20 @@ func TestRegistryAllowedMemo(t *testing.T) {
 		t.Errorf("the memo holds %d repositories, want at most %d", n, maxMemoRepos)
 	}
 }
+
+func TestInsecureMemo(t *testing.T) {
+	p, err := Parse([]byte("apiVersion: buildguard.dev/v1alpha1\nkind: Policy\nregistries:\n  allow: [\"**\"]\n  insecure: [\"127.0.0.1:*\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		registry string
+		want     bool
+	}{{"127.0.0.1:5000", true}, {"127.0.0.1", false}, {"ghcr.io", false}} {
+		for i := range 2 {
+			if got := p.Insecure(tc.registry); got != tc.want {
+				t.Errorf("Insecure(%s) #%d = %v, want %v", tc.registry, i+1, got, tc.want)
+			}
+		}
+	}
+}
