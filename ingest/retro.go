@@ -11,15 +11,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	admissionv1 "k8s.io/api/admission/v1"
-	authnv1 "k8s.io/api/authentication/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
-	"buildguard.dev/buildguard/records"
 )
 
 // DefaultRetroWorkloads bounds how many admitted workloads Retro
@@ -47,16 +43,20 @@ type EventSink interface {
 // or implausible-build-time — is logged, counted in
 // buildguard_retroactive_findings_total, recorded, and posted as a
 // Warning Event on the workload.
+//
+// The webhook tells it of admissions (Retro is a decision.Observer), and
+// the node-report endpoint of every report it stored (Report).
 type Retro struct {
 	Evaluator Evaluator
 	// Events posts Events; nil posts none.
 	Events EventSink
-	// Record keeps a decision record of each late judgement that found
-	// something new (records.Recorder.Record), so the denial list shows
-	// it beside the admission decisions; nil keeps none.
-	Record func(evidence.Decision)
-	// Now is the clock of those records, and of the admissions Admitted
-	// is told of. The default is time.Now.
+	// Records is told of each late judgement that found something new, a
+	// decision of source decision.LateEvidence (a records.Recorder keeps
+	// it, so the denial list shows it beside the admission decisions);
+	// nil keeps none.
+	Records decision.Observer
+	// Now is the clock of those decisions, and of the admissions Decided
+	// is told of without a time. The default is time.Now.
 	Now func() time.Time
 	// Max bounds the remembered workloads. The default is
 	// DefaultRetroWorkloads.
@@ -114,19 +114,24 @@ func (r *Retro) log() *slog.Logger {
 	return r.Log
 }
 
-// Admitted remembers an admitted workload, the digests of its images and
-// the windows of their builds' connections. Workloads a controller owns
-// are remembered through their owner. uid is the admission request's UID:
-// late findings are recorded under it, with a suffix. The admission time
-// is taken to be now (Retro.Now) unless w.At says otherwise.
-func (r *Retro) Admitted(uid string, w engine.Workload, v policy.Verdict) {
-	if !v.Allowed || w.Controlled || w.Spec == nil {
+// Decided remembers a workload the webhook admitted, the digests of its
+// images and the windows of their builds' connections; it implements
+// decision.Observer, and ignores denials and decisions of other sources.
+// Workloads a controller owns are remembered through their owner. Late
+// findings are recorded under the decision's ID, with a suffix. The
+// admission time is w.At, else the decision's Time, else now (Retro.Now).
+func (r *Retro) Decided(_ context.Context, d decision.Decision) {
+	w, v := d.Workload, d.Verdict
+	if d.Source != decision.Admission || !v.Allowed || w.Controlled || w.Spec == nil {
 		return
+	}
+	if w.At.IsZero() {
+		w.At = d.Time
 	}
 	if w.At.IsZero() {
 		w.At = r.now()
 	}
-	a := &admitted{key: w.Namespace + "/" + w.Kind + "/" + w.Name, uid: uid, w: w, rules: map[string]bool{}}
+	a := &admitted{key: w.Namespace + "/" + w.Kind + "/" + w.Name, uid: d.ID, w: w, rules: map[string]bool{}}
 	for _, iv := range v.Images {
 		a.digests = append(a.digests, iv.ConfigDigests...)
 		if iv.Digest != "" {
@@ -316,35 +321,33 @@ func (r *Retro) judge(ctx context.Context, a *admitted) {
 			}
 		}
 	}
-	if found && r.Record != nil {
-		r.Record(r.lateDecision(a, v))
+	if found && r.Records != nil {
+		r.Records.Decided(ctx, r.lateDecision(a, v))
 	}
 }
 
-// LateOperation is the Operation of the decision record of a late
-// judgement: nothing was admitted or denied then.
-const LateOperation = "LATE-EVIDENCE"
+// User is who a late judgement's decision says asked for it.
+const User = "buildguard-late-evidence"
 
-// lateDecision is the record of a late judgement of a: the admission
-// decision's record with the verdict judged now. Its ID is the admission
-// request's UID (or the workload's key) followed by "/late-" and the time,
-// and a deny is a would-deny: the workload was admitted.
-func (r *Retro) lateDecision(a *admitted, v policy.Verdict) evidence.Decision {
+// lateDecision is the decision of a late judgement of a: the admission
+// decision with the verdict judged now. Its ID is the admission's (or the
+// workload's key) followed by "/late-" and the time; it is recorded as a
+// would-deny rather than a deny, as the workload was admitted.
+func (r *Retro) lateDecision(a *admitted, v policy.Verdict) decision.Decision {
 	t := r.now().UTC()
 	id := a.uid
 	if id == "" {
 		id = a.key
 	}
-	req := &admissionv1.AdmissionRequest{
-		UID:       types.UID(fmt.Sprintf("%s/late-%d", id, t.UnixMicro())),
-		Operation: admissionv1.Operation(LateOperation),
-		Namespace: a.w.Namespace,
-		Name:      a.w.Name,
-		Kind:      metav1.GroupVersionKind{Kind: a.w.Kind},
-		UserInfo:  authnv1.UserInfo{Username: "buildguard-late-evidence"},
+	return decision.Decision{
+		ID:        fmt.Sprintf("%s/late-%d", id, t.UnixMicro()),
+		Source:    decision.LateEvidence,
+		Operation: decision.OperationLateEvidence,
+		User:      User,
+		Workload:  a.w,
+		Verdict:   v,
+		Time:      t,
 	}
-	v.Allowed = true // admitted already: a deny now is a would-deny
-	return records.Decision(req, a.w, v, t)
 }
 
 func (r *Retro) now() time.Time {

@@ -22,10 +22,7 @@ import (
 	"testing"
 	"time"
 
-	admissionv1 "k8s.io/api/admission/v1"
-	authnv1 "k8s.io/api/authentication/v1"
-	"k8s.io/apimachinery/pkg/types"
-
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/internal/testclock"
@@ -195,9 +192,11 @@ func testDecisions() []evidence.Decision {
 			Digest: "sha256:" + strings.Repeat("f", 64), Created: t0.Add(-9 * time.Minute)}}},
 	}}}
 	rec := func(uid, kind, name string, pol *policy.Policy, f policy.Facts) evidence.Decision {
-		req := &admissionv1.AdmissionRequest{UID: types.UID(uid), Operation: admissionv1.Create, Namespace: f.Namespace, Name: name}
-		req.UserInfo = authnv1.UserInfo{Username: "system:serviceaccount:ci:deployer", Groups: []string{"system:serviceaccounts"}}
-		return records.Decision(req, engine.Workload{Namespace: f.Namespace, Kind: kind, Name: name}, policy.Decide(pol, f), f.Now)
+		return records.FromDecision(decision.Decision{
+			ID: uid, Source: decision.Admission, Operation: "CREATE",
+			User: "system:serviceaccount:ci:deployer", Groups: []string{"system:serviceaccounts"},
+			Workload: engine.Workload{Namespace: f.Namespace, Kind: kind, Name: name}, Verdict: policy.Decide(pol, f), Time: f.Now,
+		})
 	}
 	return []evidence.Decision{
 		rec("0d1e5a7c-1111-4a4a-9b9b-000000000001", "Deployment", "api", p, nodeBuilt),

@@ -21,7 +21,6 @@ import (
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	"github.com/cert-manager/cert-manager/pkg/server/tls/authority"
 
-	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"buildguard.dev/buildguard/cluster"
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/ingest"
@@ -245,15 +245,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	mux := http.NewServeMux()
 	// Every decision is counted; with a store it is recorded (a deny or
 	// would-deny before it is answered), in a cluster a deny or
-	// would-deny is posted as an Event. The hooks do not block.
-	type hook = func(context.Context, *admissionv1.AdmissionRequest, engine.Workload, policy.Verdict)
-	hooks := []hook{metrics.Decided}
+	// would-deny is posted as an Event. The observers do not block.
+	observers := []decision.Observer{metrics}
 	var recorder webhook.DecisionRecorder
 	var ev *cluster.Events
 	if kube != nil {
 		ev = cluster.NewEvents(kube)
 		defer ev.Shutdown()
-		hooks = append(hooks, (&records.Notifier{Sink: ev}).OnDecision)
+		observers = append(observers, &records.Notifier{Sink: ev})
 	}
 	if store != nil {
 		defer store.Close()
@@ -282,26 +281,19 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if kube == nil {
 			log.Warn("node reports are not accepted outside a cluster: they are authenticated with TokenReview")
 		} else {
-			retro := ingest.NewRetro(e, ev, metrics.Registry(), log)
-			retro.Record = rec.Record // late findings join the decision records
-			hooks = append(hooks, func(_ context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
-				retro.Admitted(string(req.UID), w, v)
-			})
+			late := ingest.NewRetro(e, ev, metrics.Registry(), log)
+			late.Records = rec // late findings join the decision records
+			observers = append(observers, late)
 			ih := &ingest.Handler{
 				Store:    store,
 				Auth:     &ingest.TokenReviewer{Client: kube, Audiences: []string{*reportAudience}, Allowed: splitList(*reporters)},
 				Formats:  ingest.Formats(),
-				OnReport: retro.Report,
+				OnReport: late.Report,
 				Log:      log,
 			}
 			for path := range ih.Formats {
 				mux.Handle(path, ih)
 			}
-		}
-	}
-	onDecision := func(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
-		for _, h := range hooks {
-			h(ctx, req, w, v)
 		}
 	}
 	// Before anything evaluates: an --exceptions-file wraps e.Policies.
@@ -312,7 +304,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := al.start(ctx, kube, e, store, ready, log, metrics.Registry()); err != nil {
 		return err
 	}
-	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, OnDecision: onDecision, Recorder: recorder})
+	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, Observers: observers, Recorder: recorder})
 	mux.Handle("/mutate", &webhook.Mutator{Evaluator: e, Log: log})
 	mux.Handle("/metrics", metrics.Handler())
 	ln, err := net.Listen("tcp", *listen)
