@@ -40,6 +40,7 @@ import (
 	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/registry"
+	"buildguard.dev/buildguard/retro"
 	"buildguard.dev/buildguard/server"
 	"buildguard.dev/buildguard/webhook"
 )
@@ -281,7 +282,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if kube == nil {
 			log.Warn("node reports are not accepted outside a cluster: they are authenticated with TokenReview")
 		} else {
-			late := ingest.NewRetro(e, ev, metrics.Registry(), log)
+			late := retro.New(e, ev, metrics.Registry(), log)
 			late.Records = rec // late findings join the decision records
 			observers = append(observers, late)
 			ih := &ingest.Handler{

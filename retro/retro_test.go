@@ -1,4 +1,4 @@
-package ingest_test
+package retro_test
 
 import (
 	"context"
@@ -17,11 +17,11 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
-	"buildguard.dev/buildguard/ingest"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/registry"
+	"buildguard.dev/buildguard/retro"
 )
 
 type events struct {
@@ -65,7 +65,7 @@ func TestRetro(t *testing.T) {
 	}
 	sink := &events{}
 	reg2 := prometheus.NewRegistry()
-	r := ingest.NewRetro(e, sink, reg2, nil)
+	r := retro.New(e, sink, reg2, nil)
 	var recs recorded
 	r.Records = &recs
 	r.Now = func() time.Time { return time.Date(2026, 12, 2, 1, 2, 3, 0, time.UTC) }
@@ -129,7 +129,7 @@ func (r *recorded) Decided(_ context.Context, d decision.Decision) {
 
 // countingEvaluator counts the judgements.
 type countingEvaluator struct {
-	ingest.Evaluator
+	retro.Evaluator
 	mu sync.Mutex
 	n  int
 }
@@ -185,7 +185,7 @@ func TestRetroLateConnection(t *testing.T) {
 	}
 	ev := &countingEvaluator{Evaluator: e}
 	sink := &events{}
-	r := ingest.NewRetro(ev, sink, prometheus.NewRegistry(), nil)
+	r := retro.New(ev, sink, prometheus.NewRegistry(), nil)
 	var recs recorded
 	r.Records = &recs
 	r.Decided(t.Context(), admitted("uid-2", w, v))
@@ -263,7 +263,7 @@ func TestRetroBuildAfterAdmission(t *testing.T) {
 	if err != nil || !v.Allowed {
 		t.Fatalf("admission = %+v, %v", v, err)
 	}
-	r := ingest.NewRetro(e, &events{}, prometheus.NewRegistry(), nil)
+	r := retro.New(e, &events{}, prometheus.NewRegistry(), nil)
 	var recs recorded
 	r.Records = &recs
 	w.At = admission
@@ -333,7 +333,7 @@ func TestRetroRemembersAdmissionsOnly(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ev := &fixedEvaluator{}
-			r := ingest.NewRetro(ev, nil, nil, nil)
+			r := retro.New(ev, nil, nil, nil)
 			r.Decided(t.Context(), tc.d)
 			r.Report(t.Context(), rep)
 			if !tc.judged {

@@ -1,4 +1,9 @@
-package ingest
+// Package retro keeps detection going after admission: it remembers the
+// workloads the webhook admitted and judges them again when a node
+// reports, later, a build of one of their images or a connection made
+// while one was built, raising what that evidence finds as a metric, a
+// decision record and a Warning Event.
+package retro
 
 import (
 	"container/list"
@@ -18,9 +23,8 @@ import (
 	"buildguard.dev/buildguard/policy"
 )
 
-// DefaultRetroWorkloads bounds how many admitted workloads Retro
-// remembers.
-const DefaultRetroWorkloads = 20000
+// DefaultWorkloads bounds how many admitted workloads a Judge remembers.
+const DefaultWorkloads = 20000
 
 // Evaluator judges a workload. *engine.Engine is one.
 type Evaluator interface {
@@ -32,7 +36,7 @@ type EventSink interface {
 	Event(w engine.Workload, reason, message string)
 }
 
-// Retro keeps detection going after admission: it remembers which
+// Judge keeps detection going after admission: it remembers which
 // admitted workloads run which images (by config, manifest and index
 // digest, the keys build reports use) and, for each, the windows in
 // which its images' builds' nodes' connections count
@@ -44,9 +48,9 @@ type EventSink interface {
 // buildguard_retroactive_findings_total, recorded, and posted as a
 // Warning Event on the workload.
 //
-// The webhook tells it of admissions (Retro is a decision.Observer), and
+// The webhook tells it of admissions (Judge is a decision.Observer), and
 // the node-report endpoint of every report it stored (Report).
-type Retro struct {
+type Judge struct {
 	Evaluator Evaluator
 	// Events posts Events; nil posts none.
 	Events EventSink
@@ -59,7 +63,7 @@ type Retro struct {
 	// is told of without a time. The default is time.Now.
 	Now func() time.Time
 	// Max bounds the remembered workloads. The default is
-	// DefaultRetroWorkloads.
+	// DefaultWorkloads.
 	Max int
 	Log *slog.Logger
 
@@ -93,9 +97,9 @@ const maxWatch = 64
 // lateRules are the rules a late judgement reports.
 var lateRules = map[policy.RuleID]bool{policy.RuleHostBuilt: true, policy.RuleUntrustedEgress: true, policy.RuleImplausibleBuildTime: true}
 
-// NewRetro returns a Retro registering its metric on reg.
-func NewRetro(ev Evaluator, events EventSink, reg prometheus.Registerer, log *slog.Logger) *Retro {
-	r := &Retro{Evaluator: ev, Events: events, Log: log,
+// New returns a Judge registering its metric on reg.
+func New(ev Evaluator, events EventSink, reg prometheus.Registerer, log *slog.Logger) *Judge {
+	r := &Judge{Evaluator: ev, Events: events, Log: log,
 		found: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "buildguard_retroactive_findings_total",
 			Help: "Findings raised after admission, when node evidence arrived late, by rule and namespace.",
@@ -107,7 +111,7 @@ func NewRetro(ev Evaluator, events EventSink, reg prometheus.Registerer, log *sl
 	return r
 }
 
-func (r *Retro) log() *slog.Logger {
+func (r *Judge) log() *slog.Logger {
 	if r.Log == nil {
 		return slog.New(slog.DiscardHandler)
 	}
@@ -119,8 +123,8 @@ func (r *Retro) log() *slog.Logger {
 // decision.Observer, and ignores denials and decisions of other sources.
 // Workloads a controller owns are remembered through their owner. Late
 // findings are recorded under the decision's ID, with a suffix. The
-// admission time is w.At, else the decision's Time, else now (Retro.Now).
-func (r *Retro) Decided(_ context.Context, d decision.Decision) {
+// admission time is w.At, else the decision's Time, else now (Judge.Now).
+func (r *Judge) Decided(_ context.Context, d decision.Decision) {
 	w, v := d.Workload, d.Verdict
 	if d.Source != decision.Admission || !v.Allowed || w.Controlled || w.Spec == nil {
 		return
@@ -146,7 +150,7 @@ func (r *Retro) Decided(_ context.Context, d decision.Decision) {
 	}
 	max := r.Max
 	if max <= 0 {
-		max = DefaultRetroWorkloads
+		max = DefaultWorkloads
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -170,7 +174,7 @@ func (r *Retro) Decided(_ context.Context, d decision.Decision) {
 }
 
 // setWatch makes a's connection windows those of verdict v; r.mu is held.
-func (r *Retro) setWatch(a *admitted, v policy.Verdict) {
+func (r *Judge) setWatch(a *admitted, v policy.Verdict) {
 	r.unwatch(a)
 	a.watch = nil
 	for _, iv := range v.Images {
@@ -189,7 +193,7 @@ func (r *Retro) setWatch(a *admitted, v policy.Verdict) {
 }
 
 // unwatch drops a from the node index; r.mu is held.
-func (r *Retro) unwatch(a *admitted) {
+func (r *Judge) unwatch(a *admitted) {
 	for _, w := range a.watch {
 		delete(r.byNode[w.Node], a.key)
 		if len(r.byNode[w.Node]) == 0 {
@@ -198,7 +202,7 @@ func (r *Retro) unwatch(a *admitted) {
 	}
 }
 
-func (r *Retro) forget(e *list.Element) {
+func (r *Judge) forget(e *list.Element) {
 	a := e.Value.(*admitted)
 	r.ll.Remove(e)
 	delete(r.byKey, a.key)
@@ -216,7 +220,7 @@ func (r *Retro) forget(e *list.Element) {
 // a build whose connection window (its node, its span and the build
 // window around it) holds one of its connections. It runs in the
 // background of the report's request.
-func (r *Retro) Report(ctx context.Context, rep evidence.Report) {
+func (r *Judge) Report(ctx context.Context, rep evidence.Report) {
 	var todo []*admitted
 	r.mu.Lock()
 	seen := map[string]bool{}
@@ -288,7 +292,7 @@ func (r *Retro) Report(ctx context.Context, rep evidence.Report) {
 	}()
 }
 
-func (r *Retro) judge(ctx context.Context, a *admitted) {
+func (r *Judge) judge(ctx context.Context, a *admitted) {
 	w := a.w
 	w.Operation = "UPDATE" // a re-judgement, not a new change
 	w.OldSpec = w.Spec
@@ -333,7 +337,7 @@ const User = "buildguard-late-evidence"
 // decision with the verdict judged now. Its ID is the admission's (or the
 // workload's key) followed by "/late-" and the time; it is recorded as a
 // would-deny rather than a deny, as the workload was admitted.
-func (r *Retro) lateDecision(a *admitted, v policy.Verdict) decision.Decision {
+func (r *Judge) lateDecision(a *admitted, v policy.Verdict) decision.Decision {
 	t := r.now().UTC()
 	id := a.uid
 	if id == "" {
@@ -350,7 +354,7 @@ func (r *Retro) lateDecision(a *admitted, v policy.Verdict) decision.Decision {
 	}
 }
 
-func (r *Retro) now() time.Time {
+func (r *Judge) now() time.Time {
 	if r.Now != nil {
 		return r.Now()
 	}
@@ -369,7 +373,7 @@ func shortMessage(s string) string {
 
 // firstTime reports whether rule is new for a, and records it; reports
 // judged at once share a.
-func (r *Retro) firstTime(a *admitted, rule policy.RuleID) bool {
+func (r *Judge) firstTime(a *admitted, rule policy.RuleID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if a.rules[string(rule)] {
@@ -380,4 +384,4 @@ func (r *Retro) firstTime(a *admitted, rule policy.RuleID) bool {
 }
 
 // Found is the counter of retroactive findings, for tests and wiring.
-func (r *Retro) Found() *prometheus.CounterVec { return r.found }
+func (r *Judge) Found() *prometheus.CounterVec { return r.found }
