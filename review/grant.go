@@ -22,7 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 
-	"buildguard.dev/buildguard/cluster"
+	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 )
@@ -54,7 +54,8 @@ type Granter interface {
 }
 
 // ExceptionCreator grants by creating a BuildPolicyException in the
-// decision's namespace, which the CRD policy source applies.
+// decision's namespace, which the CRD policy source (policysource.CRD)
+// applies.
 type ExceptionCreator struct {
 	Client dynamic.Interface
 }
@@ -62,8 +63,8 @@ type ExceptionCreator struct {
 // Grant implements Granter.
 func (c *ExceptionCreator) Grant(ctx context.Context, g Grant) (string, error) {
 	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": cluster.Group + "/" + cluster.Version,
-		"kind":       "BuildPolicyException",
+		"apiVersion": v1alpha1.APIVersion,
+		"kind":       v1alpha1.KindBuildPolicyException,
 		"metadata": map[string]any{
 			"generateName": "review-",
 			"namespace":    g.Namespace,
@@ -87,7 +88,7 @@ func (c *ExceptionCreator) Grant(ctx context.Context, g Grant) (string, error) {
 	var err error
 	for range createAttempts {
 		var out *unstructured.Unstructured
-		out, err = c.Client.Resource(cluster.ExceptionResource).Namespace(g.Namespace).Create(ctx, u, metav1.CreateOptions{})
+		out, err = c.Client.Resource(v1alpha1.ExceptionResource).Namespace(g.Namespace).Create(ctx, u, metav1.CreateOptions{})
 		if err == nil {
 			return g.Namespace + "/" + out.GetName(), nil
 		}
@@ -124,8 +125,8 @@ type compiledFile struct {
 
 // ExceptionFileVersion and ExceptionFileKind head an exceptions file.
 const (
-	ExceptionFileVersion = "buildguard.dev/v1alpha1"
-	ExceptionFileKind    = "ExceptionList"
+	ExceptionFileVersion = v1alpha1.APIVersion
+	ExceptionFileKind    = v1alpha1.KindExceptionList
 )
 
 // exceptionFile is the file's format.

@@ -37,6 +37,7 @@ import (
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/ingest"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/registry"
@@ -157,7 +158,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		src := &cluster.Source{Client: dyn, Log: log,
+		src := &policysource.CRD{Client: dyn, Log: log,
 			Validate: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
 		lease, err := newStatusLease(*statusLease, kube, log)
 		if err != nil {
