@@ -21,6 +21,7 @@ import (
 
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/review"
 	"buildguard.dev/buildguard/server"
 )
@@ -55,7 +56,7 @@ type reviewDeps struct {
 	certs          certtls.CertificateSource // nil: the certificate files
 	certFile       string
 	keyFile        string
-	reload         time.Duration // how often the exceptions file is re-read
+	reloader       *policysource.Reloader // re-reads the exceptions file
 	log            *slog.Logger
 	exceptionsFile *review.ExceptionFile
 }
@@ -80,8 +81,8 @@ func (f *reviewFlags) check(source string, inCluster bool) error {
 }
 
 // setupExceptions reads --exceptions-file and adds its exceptions to the
-// engine's policies; it re-reads the file every d.reload.
-func (f *reviewFlags) setupExceptions(ctx context.Context, d *reviewDeps) error {
+// engine's policies; d.reloader re-reads the file.
+func (f *reviewFlags) setupExceptions(d *reviewDeps) error {
 	if f.exceptionsFile == "" {
 		return nil
 	}
@@ -91,22 +92,7 @@ func (f *reviewFlags) setupExceptions(ctx context.Context, d *reviewDeps) error 
 	}
 	d.exceptionsFile = xf
 	d.engine.Policies = xf.Policies(d.engine.Policies)
-	if d.reload > 0 {
-		go func() {
-			t := time.NewTicker(d.reload)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					if err := xf.Reload(); err != nil {
-						d.log.Error("exceptions file not reloaded; the exceptions read before stay in force", "error", err)
-					}
-				}
-			}
-		}()
-	}
+	d.reloader.Add(xf, "exceptions file not reloaded; the exceptions read before stay in force")
 	return nil
 }
 
@@ -117,7 +103,7 @@ func (f *reviewFlags) start(ctx context.Context, d reviewDeps) error {
 	if err := f.check(d.source, d.kube != nil); err != nil {
 		return err
 	}
-	if err := f.setupExceptions(ctx, &d); err != nil {
+	if err := f.setupExceptions(&d); err != nil {
 		return err
 	}
 	if f.listen == "" {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
@@ -145,14 +143,17 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		v.Log = log // ClusterBuildPolicies' unusable trust files are reported here
 	}
 	var checks []func() error
+	// The policy file and the exceptions file are read again every
+	// --policy-reload-interval.
+	reloader := &policysource.Reloader{Interval: *reload, Log: log}
 	switch *source {
 	case "file":
-		pf := &policyFile{path: rf.config, log: log, check: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
-		if err := pf.load(); err != nil {
+		pf := &policysource.File{Path: rf.config, Log: log, Check: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
+		if err := pf.Load(); err != nil {
 			return err
 		}
-		e.Policies = engine.PolicyFunc(pf.current)
-		go pf.watch(ctx, *reload)
+		e.Policies = pf
+		reloader.Add(pf, "policy not reloaded; the previous policy stays in force")
 	case "crd":
 		dyn, err := dynamic.NewForConfig(cfg)
 		if err != nil {
@@ -300,9 +301,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	// Before anything evaluates: an --exceptions-file wraps e.Policies.
 	if err := rvf.start(ctx, reviewDeps{engine: e, source: *source, cfg: cfg, kube: kube, store: store, certs: certs,
-		certFile: *certFile, keyFile: *keyFile, reload: *reload, log: log}); err != nil {
+		certFile: *certFile, keyFile: *keyFile, reloader: reloader, log: log}); err != nil {
 		return err
 	}
+	go reloader.Run(ctx)
 	if err := al.start(ctx, kube, e, store, ready, log, metrics.Registry()); err != nil {
 		return err
 	}
@@ -431,61 +433,6 @@ func (f fixedLabels) Labels(context.Context, string) (map[string]string, error) 
 
 func podWithImage(img string) *corev1.PodSpec {
 	return &corev1.PodSpec{Containers: []corev1.Container{{Name: "check", Image: img}}}
-}
-
-// policyFile holds the policy read from a file and reloads it when the
-// file changes. A changed file that does not validate is logged and the
-// previous policy stays in force: a policy is never half-applied.
-type policyFile struct {
-	path string
-	log  *slog.Logger
-	cur  atomic.Pointer[policy.Policy]
-	raw  []byte
-	// check validates a parsed policy further (its trust files), or nil.
-	check func(*policy.Policy) error
-}
-
-func (f *policyFile) current() *policy.Policy { return f.cur.Load() }
-
-func (f *policyFile) load() error {
-	raw, err := os.ReadFile(f.path)
-	if err != nil {
-		return fmt.Errorf("policy: %w", err)
-	}
-	if f.raw != nil && bytes.Equal(raw, f.raw) {
-		return nil
-	}
-	p, err := policy.Parse(raw)
-	if err != nil {
-		return fmt.Errorf("policy %s: %w", f.path, err)
-	}
-	if f.check != nil {
-		if err := f.check(p); err != nil {
-			return fmt.Errorf("policy %s: %w", f.path, err)
-		}
-	}
-	f.raw = raw
-	f.cur.Store(p)
-	f.log.Info("policy loaded", "path", f.path, "mode", string(p.Mode()))
-	return nil
-}
-
-func (f *policyFile) watch(ctx context.Context, every time.Duration) {
-	if every <= 0 {
-		return
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := f.load(); err != nil {
-				f.log.Error("policy not reloaded; the previous policy stays in force", "error", err)
-			}
-		}
-	}
 }
 
 func splitList(s string) []string {
