@@ -27,6 +27,7 @@ import (
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/internal/testclock"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/records"
 )
 
@@ -75,11 +76,11 @@ func (f *fakeAuthz) Allowed(_ context.Context, u User, a Attributes) (bool, erro
 
 type fakeGranter struct {
 	mu     sync.Mutex
-	grants []Grant
+	grants []policysource.Grant
 	err    error
 }
 
-func (f *fakeGranter) Grant(_ context.Context, g Grant) (string, error) {
+func (f *fakeGranter) Grant(_ context.Context, g policysource.Grant) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
@@ -708,10 +709,10 @@ func TestGrant(t *testing.T) {
 			g := f.granter.grants[0]
 			form := grantValues(csrf, tc.mod)
 			exp, _ := parseExpiry(form.Get("expires"))
-			want := Grant{Namespace: "shop", Image: "registry.example/shop/api@sha256:" + strings.Repeat("a", 64),
+			want := policysource.Grant{Namespace: "shop", Image: "registry.example/shop/api@sha256:" + strings.Repeat("a", 64),
 				Reason: "INC-1234: rebuilt in the pipeline tomorrow", Expires: exp, At: t0, DecisionID: nodeBuiltID}
-			want.User = g.User
-			if !reflect.DeepEqual(want, g) || g.User.Name == "" {
+			want.GrantedBy = g.GrantedBy
+			if !reflect.DeepEqual(want, g) || g.GrantedBy == "" {
 				t.Errorf("grant = %+v, want %+v", g, want)
 			}
 			// The page it redirects to says so.

@@ -58,7 +58,7 @@ type reviewDeps struct {
 	keyFile        string
 	reloader       *policysource.Reloader // re-reads the exceptions file
 	log            *slog.Logger
-	exceptionsFile *review.ExceptionFile
+	exceptionsFile *policysource.ExceptionFile
 }
 
 // check validates the flags against what serve has.
@@ -86,7 +86,7 @@ func (f *reviewFlags) setupExceptions(d *reviewDeps) error {
 	if f.exceptionsFile == "" {
 		return nil
 	}
-	xf, err := review.OpenExceptionFile(f.exceptionsFile)
+	xf, err := policysource.OpenExceptionFile(f.exceptionsFile)
 	if err != nil {
 		return err
 	}
