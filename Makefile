@@ -19,7 +19,7 @@ deps: ## Install (as root with apt-get) or list what the tests and the demo need
 build: ## Build bin/buildguard (static, version stamped in).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/buildguard ./cmd/buildguard
 
-tools: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl and helm into bin/ (cached; ~11 min the first time).
+tools: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm, cosign-v2 and cosign-v3 into bin/ (cached; ~11 min plus ~20 for the cosign CLIs the first time).
 	tools/build.sh
 
 test: deps fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).
@@ -50,6 +50,9 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	for f in FuzzParseAgent FuzzParseFalco FuzzParseTetragon FuzzParseDocker; do \
 	  $(GO) test ./evidence/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./provenance/ -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $${FUZZTIME:-30s}
+	for f in FuzzParseTrustedRoots FuzzParseVSA FuzzNotationManifest; do \
+	  $(GO) test ./provenance/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzParseResourceURI$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzDecodeEvents$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzContainerdBlobs$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseTraceFormat FuzzParseProcCgroup FuzzParseProcNetTCP FuzzParseStat; do \
@@ -58,7 +61,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./policysource/ -run '^$$' -fuzz '^FuzzParseExceptionFile$$' -fuzztime $${FUZZTIME:-30s}
 
-bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records.
+bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records, cold provenance verification, node reports of a 1,000-node fleet.
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
 	$(GO) test -run '^$$' -bench 'AnalyzeStep|AnalyzeHistory' -benchmem -count 5 ./policy/
@@ -66,10 +69,12 @@ bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, ca
 	$(GO) test -run '^$$' -bench AddDecisions -benchtime 2s ./evidence/
 	$(GO) test -run '^$$' -bench 'Commit|Recorder' -benchtime 3s ./records/
 	$(GO) test -run '^$$' -bench DenyPath -benchtime 3s ./bench/denypath/
+	$(GO) test -run '^$$' -bench ColdVerification -benchtime 50x -count 3 ./provenance/
+	$(GO) run ./bench/fleet -nodes 1000 -interval 2s -duration 60s
 
-bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (builds it first: ~8 min).
-	test -x $(BIN)/cosign || GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
-	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign
+bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (make tools builds it).
+	test -x $(BIN)/cosign-v2 || tools/build.sh
+	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign-v2
 
 demo: deps build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
 	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard

@@ -152,6 +152,9 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		if _, future := ev["maxClockSkew"]; future {
 			return fmt.Sprintf("created in the future (%v)", ev["created"])
 		}
+		if src, _ := ev["timeSource"].(string); src != "" && src != TimeSourceConfig {
+			return fmt.Sprintf("%ds old by %s, minAge %v", ev["ageSeconds"], src, ev["minAge"])
+		}
 		return fmt.Sprintf("created %ds before admission, minAge %v", ev["ageSeconds"], ev["minAge"])
 	case RuleSuspiciousBuildStep:
 		kinds := ev["kinds"].([]string)
@@ -187,7 +190,8 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		if cs, ok := ev["connections"].([]map[string]any); ok && len(cs) > 0 {
 			return fmt.Sprintf("build on %v connected to %v:%v", cs[0]["node"], cs[0]["destIP"], cs[0]["destPort"])
 		}
-	case RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource:
+	case RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource,
+		RuleVSAFailed, RuleVSAStale, RuleInconsistentCreatedTime:
 		return provenanceSummary(rule, ev)
 	}
 	return msg
@@ -219,11 +223,12 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 	case c.Err != nil:
 		iv.Findings = append(iv.Findings, p.lookupFailure(c, ref))
 	case c.Resolved != nil:
-		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now, p.attestedTimes(c, c.Resolved))...)
+		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now, p.trustedTimes(c, c.Resolved, now))...)
+		iv.Findings = append(iv.Findings, p.inconsistentCreated(c, c.Resolved, now)...)
 		iv.Findings = append(iv.Findings, p.buildSteps(c.Resolved)...)
 		iv.Findings = append(iv.Findings, p.nodeFindings(c.Builds, c.Resolved, now)...)
 		iv.Watch = p.connectionWindows(c.Builds, c.Resolved, now)
-		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved)...)
+		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved, ref.Context().Name(), now)...)
 	}
 
 	if err == nil {
@@ -310,15 +315,16 @@ func effectivePullPolicy(set string, ref name.Reference) string {
 // further than maxClockSkew in the future. One fresh child of an index is
 // enough: the node that pulls it runs that child.
 //
-// attested holds, per platform digest, a build finish time signed in a
-// verified provenance attestation; it is used instead of config created,
-// which the build writes itself, and the evidence says so (timeSource).
-func (p *Policy) freshness(img *Image, now time.Time, attested map[string]time.Time) []Finding {
+// trusted holds, per platform digest, the earliest time the digest
+// provably existed (trustedTimes); it is used instead of config created,
+// which the build writes itself, and the evidence says which
+// (timeSource, and configCreated beside it).
+func (p *Policy) freshness(img *Image, now time.Time, trusted map[string]trustedTime) []Finding {
 	var out []Finding
 	for _, pl := range img.Platforms {
-		created, source := pl.Created, ""
-		if t, ok := attested[pl.Digest]; ok {
-			created, source = t, "attestation"
+		created, source, detail := pl.Created, TimeSourceConfig, ""
+		if t, ok := trusted[pl.Digest]; ok {
+			created, source, detail = t.at, t.source, t.detail
 		}
 		if created.IsZero() || created.Unix() <= 0 {
 			continue // reproducible builds write epoch zero: unknown, not fresh
@@ -329,16 +335,29 @@ func (p *Policy) freshness(img *Image, now time.Time, attested map[string]time.T
 			"ageSeconds":   int64(age / time.Second),
 			"minAge":       human(p.minAge),
 			"configDigest": pl.ConfigDigest,
+			"timeSource":   source,
 		}
 		if pl.Platform != "" {
 			ev["platform"] = pl.Platform
 		}
-		if source != "" {
-			ev["timeSource"] = source
+		what := "was created"
+		if source != TimeSourceConfig {
+			what = "provably existed only"
+			if source == TimeSourceAttestation || source == TimeSourceNodeReport {
+				what = "was built"
+			}
+			ev["timeSourceDetail"] = detail
+			if !pl.Created.IsZero() {
+				ev["configCreated"] = pl.Created.UTC().Format(time.RFC3339)
+			}
 		}
 		on := ""
 		if pl.Platform != "" {
 			on = " (" + pl.Platform + ")"
+		}
+		by := ""
+		if source != TimeSourceConfig {
+			by = fmt.Sprintf(" by %s (%s)", source, detail)
 		}
 		switch {
 		case -age > p.maxClockSkew:
@@ -351,7 +370,7 @@ func (p *Policy) freshness(img *Image, now time.Time, attested map[string]time.T
 				age = 0
 			}
 			out = append(out, p.finding(RuleFreshImage, SeverityHigh,
-				fmt.Sprintf("image%s was created %s before admission (%s), less than freshness.minAge %s", on, human(age.Round(time.Second)), ev["created"], human(p.minAge)),
+				fmt.Sprintf("image%s %s %s before admission (%s%s), less than freshness.minAge %s", on, what, human(age.Round(time.Second)), ev["created"], by, human(p.minAge)),
 				ev))
 		}
 	}

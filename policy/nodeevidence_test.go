@@ -51,7 +51,8 @@ func TestNodeEvidence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			v := Decide(p, pod(Container{Image: "ghcr.io/acme/shop:1", Resolved: image(now.Add(-2 * time.Hour)), Builds: tt.builds}))
+			// The build writes created as it ends.
+			v := Decide(p, pod(Container{Image: "ghcr.io/acme/shop:1", Resolved: image(start.Add(time.Minute)), Builds: tt.builds}))
 			if got := strings.Join(rules(v), " "); got != tt.want {
 				t.Errorf("Decide = %q, want %q", got, tt.want)
 			}
@@ -143,14 +144,16 @@ func TestImplausibleBuildTime(t *testing.T) {
 			"implausible-build-time/warn", "after-admission"},
 		{"finished after the admission", []BuildEvidence{build("worker-3", now.Add(-time.Minute), now.Add(10*time.Minute))}, created,
 			"implausible-build-time/warn", "after-admission"},
-		{"within maxClockSkew of the admission", []BuildEvidence{build("worker-3", now.Add(-time.Minute), now.Add(30*time.Second))}, now.Add(-11 * time.Minute),
-			"host-built/deny", ""},
+		{"within maxClockSkew of the admission, fresh by the node's report", []BuildEvidence{build("worker-3", now.Add(-time.Minute), now.Add(30*time.Second))}, now.Add(-30 * time.Second),
+			"fresh-image/deny host-built/deny", ""},
 		{"finished years before the image was created", []BuildEvidence{build("worker-3", time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(2000, 1, 1, 0, 1, 0, 0, time.UTC))}, created,
 			"implausible-build-time/warn", "before-image-created"},
 		{"untrusted egress of a build in the future", []BuildEvidence{build("ci-runner-1", now.Add(time.Hour), now.Add(time.Hour), egress("ci-runner-1", now.Add(time.Hour)))}, created,
 			"implausible-build-time/warn", "after-admission"},
-		{"long after the image was created (a cached or reproducible rebuild)", []BuildEvidence{build("worker-3", now.Add(-time.Hour), now.Add(-time.Hour))}, now.Add(-400 * 24 * time.Hour),
-			"host-built/deny", ""},
+		{"long after the image was created (a cached or reproducible rebuild) on a worker", []BuildEvidence{build("worker-3", now.Add(-time.Hour), now.Add(-time.Hour))}, now.Add(-400 * 24 * time.Hour),
+			"inconsistent-created-time/deny host-built/deny", ""},
+		{"long after the image was created, on an approved node", []BuildEvidence{build("ci-runner-1", now.Add(-time.Hour), now.Add(-time.Hour))}, now.Add(-400 * 24 * time.Hour),
+			"", ""},
 		{"epoch-zero created says nothing", []BuildEvidence{build("worker-3", now.Add(-time.Hour), now.Add(-time.Hour))}, time.Unix(0, 0),
 			"host-built/deny", ""},
 		{"a future build on an approved node, nothing to flag", []BuildEvidence{build("ci-runner-1", now.Add(time.Hour), now.Add(time.Hour))}, created, "", ""},

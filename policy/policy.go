@@ -96,6 +96,11 @@ var defaultActions = map[RuleID]Action{
 	RuleMissingProvenance:    ActionDeny,
 	RuleUnapprovedBuilder:    ActionDeny,
 	RuleUnapprovedSource:     ActionDeny,
+
+	// Signature and attestation checks of issue 16.
+	RuleVSAFailed:               ActionDeny,
+	RuleVSAStale:                ActionDeny,
+	RuleInconsistentCreatedTime: ActionDeny,
 }
 
 // DefaultAction returns the action of rule when a policy does not set one,
@@ -109,7 +114,8 @@ func DefaultAction(rule RuleID) (Action, bool) {
 func Rules() []RuleID {
 	return []RuleID{RuleUnapprovedRegistry, RuleUnresolvableImage, RuleFreshImage, RuleSuspiciousBuildStep, RuleRuntimeSocketMount,
 		RuleOutsideReleaseWindow, RuleEmergencyChange,
-		RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource, RuleHostBuilt, RuleUntrustedEgress}
+		RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource, RuleHostBuilt, RuleUntrustedEgress,
+		RuleVSAFailed, RuleVSAStale, RuleInconsistentCreatedTime}
 }
 
 // Severity grades a finding independently of the action the policy takes.

@@ -30,10 +30,11 @@ type Registry struct {
 	// Host is "127.0.0.1:port".
 	Host string
 
-	mu       sync.Mutex
-	requests []string // "METHOD path"
-	user     string
-	password string
+	mu        sync.Mutex
+	requests  []string // "METHOD path"
+	user      string
+	password  string
+	referrers bool
 }
 
 // Option configures a Registry.
@@ -44,6 +45,13 @@ func WithBasicAuth(user, password string) Option {
 	return func(r *Registry) { r.user, r.password = user, password }
 }
 
+// WithReferrers makes the registry serve the OCI 1.1 referrers API. The
+// default is a registry without it, where referrers live in the
+// referrers tag schema (sha256-<hex> tags).
+func WithReferrers() Option {
+	return func(r *Registry) { r.referrers = true }
+}
+
 // New starts a registry that is closed when the test ends.
 func New(t testing.TB, opts ...Option) *Registry {
 	t.Helper()
@@ -51,7 +59,11 @@ func New(t testing.TB, opts ...Option) *Registry {
 	for _, o := range opts {
 		o(r)
 	}
-	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	ropts := []ggcrregistry.Option{ggcrregistry.Logger(log.New(io.Discard, "", 0))}
+	if r.referrers {
+		ropts = append(ropts, ggcrregistry.WithReferrersSupport(true))
+	}
+	inner := ggcrregistry.New(ropts...)
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		r.requests = append(r.requests, req.Method+" "+req.URL.Path)
