@@ -6,7 +6,8 @@
 // Each top-level workload is judged once: a Deployment, not its
 // ReplicaSets and Pods as well. Evaluations share the engine's caches, so
 // a scan costs about one registry lookup per distinct image, however many
-// Pods run it.
+// Pods run it. `buildguard audit` runs one Scanner; `buildguard serve`
+// runs one every interval (Schedule), claimed by one replica (Claim).
 package audit
 
 import (
