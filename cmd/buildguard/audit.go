@@ -107,14 +107,14 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		return exitError, err
 	}
 	e := &engine.Engine{
-		Resolver:   rf.client(nil),
+		Resolver:   rf.Client(nil),
 		Keychains:  &registry.KubernetesKeychains{Client: kube},
 		Namespaces: &namespaceCache{client: kube},
 		Now:        time.Now,
-		Timeout:    rf.timeout,
+		Timeout:    rf.Timeout,
 		Log:        log,
 	}
-	e.Verifier = pvf.verifier(e.Resolver)
+	e.Verifier = pvf.Verifier(e.Resolver)
 	if v, ok := e.Verifier.(*provenance.Verifier); ok {
 		v.Log = log
 	}
