@@ -7,6 +7,12 @@ BIN := bin
 
 IMG ?= ghcr.io/buildguard/buildguard:$(VERSION)
 KUBECTL ?= $(BIN)/kubectl
+# DOCKER builds the image; its BuildKit is needed for RUN --mount.
+DOCKER ?= docker
+# GO_IMAGE and BASE_IMAGE replace the Dockerfile's base images (golang:1.26,
+# gcr.io/distroless/static-debian12:nonroot) when set, e.g. with a mirror's.
+GO_IMAGE ?=
+BASE_IMAGE ?=
 
 .PHONY: help build tools test vet fmt-check unit e2e fuzz bench bench-cosign demo image manifests deploy clean
 
@@ -16,7 +22,7 @@ help: ## Show this help.
 build: ## Build bin/buildguard (static, version stamped in).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/buildguard ./cmd/buildguard
 
-tools: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl into bin/ (cached; ~8 min the first time).
+tools: ## Build etcd, the Kubernetes binaries, containerd and CoreDNS into bin/ (cached; ~15 min the first time).
 	tools/build.sh
 
 test: fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).
@@ -62,8 +68,9 @@ bench-cosign: ## Cold provenance verification against the cosign CLI of the pinn
 demo: build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
 	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard
 
-image: ## Build the container image IMG (needs a Docker daemon).
-	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
+image: ## Build the container image IMG with BuildKit (GO_IMAGE, BASE_IMAGE: other base images).
+	DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg VERSION=$(VERSION) \
+	  $(if $(GO_IMAGE),--build-arg GO_IMAGE=$(GO_IMAGE)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMG) .
 
 manifests: tools ## Render the kustomize manifests to stdout.
 	$(KUBECTL) kustomize manifests/
