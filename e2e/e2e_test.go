@@ -175,6 +175,9 @@ func TestEndToEnd(t *testing.T) {
 	// CRDs and manifests, with kubectl as an admin would.
 	e.mustKubectl("", "apply", "-f", filepath.Join(root, "manifests", "crd"))
 	e.mustKubectl("", "create", "namespace", "buildguard-system")
+	// A dry run creates no namespace: the node agent's must exist for its
+	// objects to be dry-run.
+	e.mustKubectl("", "create", "namespace", "buildguard-node-agent")
 	t.Run("manifests pass a server-side dry run", func(t *testing.T) {
 		certManagerCRDs, err := certManagerCRDDir(ctx, root)
 		if err != nil {
@@ -392,8 +395,8 @@ spec:
 	})
 
 	t.Run("node reports: a build on a worker that talked to a raw IP is denied, and found late", func(t *testing.T) {
-		e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-system")
-		token := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard"))
+		e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-node-agent")
+		token := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard"))
 		caB64 := e.mustKubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
 		ca, err := base64.StdEncoding.DecodeString(caB64)
 		if err != nil {

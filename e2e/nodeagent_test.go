@@ -85,6 +85,9 @@ func TestNodeAgent(t *testing.T) {
 	}
 	e.mustKubectl("", "apply", "-f", filepath.Join(root, "manifests", "crd"))
 	e.mustKubectl("", "create", "namespace", "buildguard-system")
+	// A dry run creates no namespace: the agent's must exist for its
+	// objects to be dry-run.
+	e.mustKubectl("", "create", "namespace", "buildguard-node-agent")
 	if out, err := e.kubectl("", "apply", "--dry-run=server", "-k", filepath.Join(root, "manifests", "node-agent")); err != nil {
 		t.Errorf("kubectl apply --dry-run=server -k manifests/node-agent: %v\n%s", err, out)
 	}
@@ -117,9 +120,9 @@ func TestNodeAgent(t *testing.T) {
 	// The agent's credentials, as the DaemonSet's projected volume holds
 	// them: a token of buildguard-node-agent for audience buildguard, and
 	// the CA of buildguard's serving certificate.
-	e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-system")
+	e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-node-agent")
 	tokenFile, caFile := filepath.Join(dir, "agent-token"), filepath.Join(dir, "buildguard-ca.pem")
-	token := e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard")
+	token := e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard")
 	ca, err := base64.StdEncoding.DecodeString(caB64)
 	if err != nil {
 		t.Fatal(err)

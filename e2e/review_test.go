@@ -214,8 +214,9 @@ func TestReviewUI(t *testing.T) {
 
 	// worker-3 reports building the api image and a connection to a raw IP
 	// during the build; then both images are denied.
-	e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-system")
-	agentToken := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-system", "--audience=buildguard"))
+	e.mustKubectl("", "create", "namespace", "buildguard-node-agent")
+	e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-node-agent")
+	agentToken := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard"))
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}

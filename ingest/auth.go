@@ -20,7 +20,7 @@ import (
 // Identity is an authenticated reporter.
 type Identity struct {
 	// User is the Kubernetes user name, e.g.
-	// "system:serviceaccount:buildguard-system:buildguard-node-agent".
+	// "system:serviceaccount:buildguard-node-agent:buildguard-node-agent".
 	User string
 	// Node is the node the token is bound to (its pod's node), when the
 	// token says; reports are then taken to come from that node whatever

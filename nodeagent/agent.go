@@ -26,11 +26,16 @@ type Agent struct {
 	Docker     *DockerWatcher
 	Containerd *ContainerdWatcher
 	Conns      conns.Watcher
-	Attrib     *Attributor
-	Spool      *Spool
-	Sender     *Sender
-	Metrics    *Metrics
-	Log        *slog.Logger
+	// SensorFallback is why Conns is the /proc sampler rather than the
+	// eBPF sensor: conns.New's fallback error, or ErrProcfsRequested; nil
+	// when eBPF runs. /status and the metric
+	// buildguard_node_agent_sensor_fallback say it.
+	SensorFallback error
+	Attrib         *Attributor
+	Spool          *Spool
+	Sender         *Sender
+	Metrics        *Metrics
+	Log            *slog.Logger
 	// BatchInterval is the longest an item waits before its batch is
 	// stored for sending. The default is 2s.
 	BatchInterval time.Duration
@@ -75,6 +80,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	sensor := a.Conns.Sensor()
 	a.Attrib.Sensor = sensor
 	a.Metrics.sensor.WithLabelValues(sensor).Set(1)
+	if st := sensorStatus(sensor, a.SensorFallback); st.Reason != "" {
+		a.Metrics.sensorFallback.WithLabelValues(st.Reason).Set(1)
+		a.log().Info("connection sensor", "sensor", sensor, "reason", st.Reason, "detail", st.Detail)
+	} else {
+		a.log().Info("connection sensor", "sensor", sensor)
+	}
 	a.Metrics.watchSensor(a.Conns)
 	a.Metrics.buffer(a.Spool.Len())
 
@@ -262,12 +273,33 @@ func (b *batcher) flush() error {
 	return nil
 }
 
-// Handler serves /metrics, /healthz (the agent's loop goes round: it is
-// not stuck on a hung disk or a deadlock) and /readyz (the connection
-// sensor runs and the buffer takes files).
+// Status reports which sensor runs and why, the runtimes' connections
+// and the buffer.
+func (a *Agent) Status() Status {
+	st := Status{Node: a.Node, Sensor: sensorStatus(a.Conns.Sensor(), a.SensorFallback)}
+	st.Docker, st.Containerd = RuntimeStatus{State: StateOff}, RuntimeStatus{State: StateOff}
+	if a.Docker != nil {
+		st.Docker = a.Docker.Status()
+	}
+	if a.Containerd != nil {
+		st.Containerd = a.Containerd.Status()
+	}
+	st.Buffer.Batches, st.Buffer.Bytes = a.Spool.Len()
+	return st
+}
+
+// Handler serves /metrics, /status (Status, as JSON), /healthz (the
+// agent's loop goes round: it is not stuck on a hung disk or a deadlock)
+// and /readyz (the connection sensor runs and the buffer takes files).
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", a.Metrics.Handler())
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(a.Status())
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if b := a.beat.Load(); b != 0 {
 			if since := a.now().Sub(time.Unix(0, b)); since > stuckAfter {

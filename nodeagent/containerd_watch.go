@@ -61,6 +61,16 @@ type ContainerdWatcher struct {
 	reported map[string]time.Time // config digests reported, and when
 	examined map[string]time.Time // ns/name@target examined, and when
 	lastTime time.Time            // latest time of the events received
+	state    runtimeState
+}
+
+// Status says whether the watcher is connected, and if not, why.
+func (w *ContainerdWatcher) Status() RuntimeStatus { return w.state.get() }
+
+func (w *ContainerdWatcher) connectedMetric(v float64) {
+	if w.Metrics != nil {
+		w.Metrics.containerdUp.Set(v)
+	}
 }
 
 // subscribeGrace is how long after the subscription is sent the images
@@ -124,6 +134,7 @@ func (w *ContainerdWatcher) Run(ctx context.Context, out chan<- BuildInfo) error
 					w.log().Info("no containerd socket; waiting for it", "socket", w.Socket)
 					missing = true
 				}
+				w.state.set(StateWaiting, w.Socket, err, w.now())
 				if !w.wait(ctx, backoff, out) {
 					return ctx.Err()
 				}
@@ -139,6 +150,8 @@ func (w *ContainerdWatcher) Run(ctx context.Context, out chan<- BuildInfo) error
 		if connected {
 			backoff = minB
 		}
+		w.connectedMetric(0)
+		w.state.set(StateReconnecting, w.Socket, err, w.now())
 		w.log().Warn("containerd event stream lost; reconnecting", "socket", w.Socket, "error", err, "in", backoff)
 		if !w.wait(ctx, backoff, out) {
 			return ctx.Err()
@@ -192,6 +205,8 @@ func (w *ContainerdWatcher) session(ctx context.Context, since time.Time, out ch
 		case <-opened:
 			opened, connected = nil, true
 			w.log().Info("containerd event stream open", "socket", w.Socket)
+			w.state.set(StateConnected, w.Socket, nil, w.now())
+			w.connectedMetric(1)
 			t := time.NewTimer(subscribeGrace)
 			defer t.Stop()
 			catchUp = t.C

@@ -3,7 +3,9 @@ package nodeagent
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"log/slog"
+	"os"
 	"regexp"
 	"slices"
 	"sort"
@@ -41,6 +43,10 @@ type BuildInfo struct {
 // build.
 type DockerWatcher struct {
 	Docker *Docker
+	// Socket is the daemon's unix socket: while it does not exist (a node
+	// without Docker) the watcher waits for it, and says so once. Empty:
+	// not checked.
+	Socket string
 	Log    *slog.Logger
 	// Replay is how far back the first connection asks for events, so
 	// that a build that began before the agent (re)started is still
@@ -66,6 +72,7 @@ type DockerWatcher struct {
 	lastTime time.Time               // latest time of the events received
 	seen     map[string]time.Time    // keys of the events within resumeOverlap of lastTime (and up to as much older)
 	pruned   time.Time               // when seen was last pruned, in event time
+	state    runtimeState
 }
 
 // resumeOverlap is how far before the latest event received a reconnect
@@ -143,7 +150,23 @@ func (w *DockerWatcher) Run(ctx context.Context, out chan<- BuildInfo) error {
 	// dockerd skips a listener that does not take an event within 100ms:
 	// read the stream promptly, handle the events from a deep queue.
 	events := make(chan Event, 4096)
+	missing := false
 	for {
+		if w.Socket != "" {
+			if _, err := os.Stat(w.Socket); errors.Is(err, fs.ErrNotExist) {
+				if !missing {
+					w.log().Info("no docker socket; waiting for it", "socket", w.Socket)
+					missing = true
+				}
+				w.state.set(StateWaiting, w.Socket, err, w.now())
+				if !w.waitPending(ctx, backoff, out) {
+					return ctx.Err()
+				}
+				backoff = min(2*backoff, durOr(w.MaxBackoff, 30*time.Second))
+				continue
+			}
+		}
+		missing = false
 		streamCtx, cancel := context.WithCancel(ctx)
 		errc := make(chan error, 1)
 		connected := make(chan struct{})
@@ -170,6 +193,7 @@ func (w *DockerWatcher) Run(ctx context.Context, out chan<- BuildInfo) error {
 		if w.isConnected(connected) {
 			backoff = durOr(w.MinBackoff, 500*time.Millisecond)
 		}
+		w.state.set(StateReconnecting, w.Socket, err, w.now())
 		w.log().Warn("docker event stream lost; reconnecting", "error", err, "in", backoff)
 		if !w.waitPending(ctx, backoff, out) {
 			return ctx.Err()
@@ -180,6 +204,9 @@ func (w *DockerWatcher) Run(ctx context.Context, out chan<- BuildInfo) error {
 		}
 	}
 }
+
+// Status says whether the watcher is connected, and if not, why.
+func (w *DockerWatcher) Status() RuntimeStatus { return w.state.get() }
 
 func (w *DockerWatcher) isConnected(c chan struct{}) bool {
 	select {
@@ -215,6 +242,7 @@ func (w *DockerWatcher) loop(ctx context.Context, events chan Event, errc chan e
 		case <-connected:
 			connected = nil // a nil channel: announced once
 			w.metric(func(m *Metrics) { m.dockerConnects.Inc(); m.dockerUp.Set(1) })
+			w.state.set(StateConnected, w.Socket, nil, w.now())
 			w.log().Info("docker event stream open", "host", w.Docker.Host)
 		case <-tick.C:
 		}

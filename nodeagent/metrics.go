@@ -27,11 +27,13 @@ type Metrics struct {
 	dockerEvents   *prometheus.CounterVec
 	dockerConnects prometheus.Counter
 	dockerUp       prometheus.Gauge
+	containerdUp   prometheus.Gauge
 	builds         *prometheus.CounterVec
 	connsSeen      prometheus.Counter
 	connsReported  prometheus.Counter
 	connsEvicted   prometheus.Counter
 	sensor         *prometheus.GaugeVec
+	sensorFallback *prometheus.GaugeVec
 	sensorStats    sensorStatsCollector
 }
 
@@ -130,6 +132,12 @@ func NewMetrics() *Metrics {
 		sensor: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "buildguard_node_agent_sensor", Help: "1 for the connection sensor in use (ebpf, procfs).",
 		}, []string{"sensor"}),
+		sensorFallback: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "buildguard_node_agent_sensor_fallback", Help: "1 when the /proc sampler runs instead of eBPF, by reason: requested (--sensor=procfs), or the step at which eBPF failed (tracefs: not mounted on the node; format, maps, program, attach, ringbuf), or other. /status has the error.",
+		}, []string{"reason"}),
+		containerdUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "buildguard_node_agent_containerd_connected", Help: "1 while the containerd event stream is open.",
+		}),
 	}
 	m.sensorStats.dropped = prometheus.NewDesc("buildguard_node_agent_sensor_dropped_total",
 		"Connections the eBPF sensor lost in the kernel because its ring buffer was full.", nil, nil)
@@ -138,7 +146,7 @@ func NewMetrics() *Metrics {
 	m.reg.MustRegister(&m.sensorStats)
 	m.reg.MustRegister(m.batchesSent, m.itemsSent, m.itemsRejected, m.batchesDropped, m.bytesDropped, m.sendErrors,
 		m.sendDuration, m.bufferBatches, m.bufferBytes, m.dockerEvents, m.dockerConnects, m.dockerUp, m.builds,
-		m.connsSeen, m.connsReported, m.connsEvicted, m.sensor,
+		m.connsSeen, m.connsReported, m.connsEvicted, m.sensor, m.sensorFallback, m.containerdUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -38,7 +38,7 @@ const policySyncTimeout = 30 * time.Second
 // defaultAuditExclusions are the namespaces the webhook configurations of
 // manifests/base do not send to buildguard: a scan leaves them out too
 // unless told otherwise.
-const defaultAuditExclusions = "kube-system,kube-public,kube-node-lease,buildguard-system"
+const defaultAuditExclusions = "kube-system,kube-public,kube-node-lease,buildguard-system,buildguard-node-agent"
 
 // progressInterval is how often progress is written when stderr is not a
 // terminal.

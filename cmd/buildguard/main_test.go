@@ -51,6 +51,8 @@ func TestCheck(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, 2, "", `unknown command "frobnicate"`},
 		{"serve without TLS files", []string{"serve", "--config", pol}, 2, "", "--tls-cert-file is required"},
 		{"serve with missing TLS file", []string{"serve", "--config", pol, "--tls-cert-file", "/nonexistent.crt", "--tls-private-key-file", "/nonexistent.key"}, 2, "", "no such file"},
+		{"serve publishing no CA", []string{"serve", "--config", pol, "--tls-cert-file", "/t.crt", "--tls-private-key-file", "/t.key", "--ca-configmap", "ns/ca"}, 2, "", "--ca-configmap needs the CA"},
+		{"serve with a CA file and a self-managed CA", []string{"serve", "--config", pol, "--self-managed-ca-secret", "ns/ca", "--tls-dns-names", "a.svc", "--tls-ca-file", "/ca.crt"}, 2, "", "--tls-ca-file is for --tls-cert-file"},
 		{"version", []string{"version"}, 0, "buildguard dev", ""},
 	}
 	for _, tt := range tests {

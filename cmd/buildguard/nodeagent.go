@@ -20,7 +20,7 @@ import (
 // nodeAgent runs `buildguard node-agent` (docs/node-agent.md).
 func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("node-agent", flag.ContinueOnError)
-	dockerHost := fs.String("docker-host", "unix:///var/run/docker.sock", "Docker Engine API address: unix:///path or tcp://host:port (\"\" or off: Docker not watched)")
+	dockerHost := fs.String("docker-host", "unix:///var/run/docker.sock", "Docker Engine API address: unix:///path or tcp://host:port (\"\" or off: Docker not watched); a unix socket is waited for while it does not exist")
 	containerdAddr := fs.String("containerd-address", nodeagent.DefaultContainerdAddress, "containerd's socket, unix:///path (\"\" or off: containerd not watched); waited for while it does not exist")
 	containerdNS := fs.String("containerd-namespaces", nodeagent.DefaultContainerdNamespaces, "comma-separated containerd namespaces whose image events are watched")
 	serverURL := fs.String("server", "", "buildguard's URL (https://buildguard.buildguard-system.svc); reports go to its /v1/node-reports")
@@ -31,7 +31,7 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	bufferMax := fs.Int64("buffer-max-bytes", nodeagent.DefaultBufferMaxBytes, "bound of the buffer; beyond it the oldest reports are dropped")
 	batchInterval := fs.Duration("batch-interval", 2*time.Second, "longest an item waits before its batch is stored for sending")
 	batchMax := fs.Int("batch-max-items", 500, "most builds and connections in one report")
-	metricsListen := fs.String("metrics-listen", ":9090", "address of /metrics, /healthz and /readyz (empty: none)")
+	metricsListen := fs.String("metrics-listen", ":9090", "address of /metrics, /status, /healthz and /readyz (empty: none)")
 	sensor := fs.String("sensor", "auto", "connection sensor: auto (eBPF, else /proc sampling), ebpf (fail without it) or procfs")
 	procRoot := fs.String("proc-root", "/proc", "the host's procfs (the pod must share the host's PID namespace)")
 	window := fs.Duration("window", 5*time.Minute, "how long connections wait in memory for their build, and builds for late connections")
@@ -78,6 +78,10 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 			return &usageError{msg: err.Error()}
 		}
 		dockerW = &nodeagent.DockerWatcher{Docker: docker, Log: log, Replay: *replay}
+		if u, err := url.Parse(h); err == nil && u.Scheme == "unix" {
+			// Waited for while it does not exist: a node without Docker.
+			dockerW.Socket = u.Path
+		}
 	}
 	var ctrW *nodeagent.ContainerdWatcher
 	if addr := strings.TrimSpace(*containerdAddr); addr != "" && addr != "off" {
@@ -105,7 +109,9 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if *sensor == "ebpf" && fallback != nil {
 		return fmt.Errorf("--sensor=ebpf: %w", fallback)
 	}
-	log.Info("connection sensor", "sensor", w.Sensor())
+	if *sensor == "procfs" {
+		fallback = nodeagent.ErrProcfsRequested
+	}
 
 	metrics := nodeagent.NewMetrics()
 	spool, err := nodeagent.OpenSpool(*bufferDir, *bufferMax, metrics.BufferDropped)
@@ -122,15 +128,16 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Info("reports buffered by an earlier run will be sent first", "batches", n, "bytes", b)
 	}
 	a := &nodeagent.Agent{
-		Node:       strings.TrimSpace(*node),
-		Docker:     dockerW,
-		Containerd: ctrW,
-		Conns:      w,
-		Attrib:     &nodeagent.Attributor{Window: *window},
-		Spool:      spool,
-		Sender:     &nodeagent.Sender{URL: endpoint, TokenFile: *tokenFile, CAFile: *caFile, Client: client, Spool: spool, Log: log, Metrics: metrics},
-		Metrics:    metrics,
-		Log:        log,
+		Node:           strings.TrimSpace(*node),
+		Docker:         dockerW,
+		Containerd:     ctrW,
+		Conns:          w,
+		SensorFallback: fallback,
+		Attrib:         &nodeagent.Attributor{Window: *window},
+		Spool:          spool,
+		Sender:         &nodeagent.Sender{URL: endpoint, TokenFile: *tokenFile, CAFile: *caFile, Client: client, Spool: spool, Log: log, Metrics: metrics},
+		Metrics:        metrics,
+		Log:            log,
 
 		ProcRoot:      *procRoot,
 		BatchInterval: *batchInterval,

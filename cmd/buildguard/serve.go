@@ -57,9 +57,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	source := fs.String("policy-source", "", `where policies come from: "file" (--config) or "crd" (ClusterBuildPolicy and BuildPolicyException resources); the default is file when --config is set`)
 	caSecret := fs.String("self-managed-ca-secret", "", "instead of TLS files, keep a CA in this Secret ([namespace/]name) and serve certificates it signs for --tls-dns-names")
 	dnsNames := fs.String("tls-dns-names", "", "comma-separated DNS names of the serving certificate with --self-managed-ca-secret")
+	tlsCAFile := fs.String("tls-ca-file", "", "PEM file of the CA that signed --tls-cert-file (cert-manager writes ca.crt beside it), published with --ca-configmap")
+	caConfigMap := fs.String("ca-configmap", "", "[namespace/]name of a ConfigMap whose key ca.crt is kept equal to the CA of the serving certificate (the self-managed CA, or --tls-ca-file): the node agents' (in another namespace) check buildguard with it")
 	var sf storeFlags
 	sf.register(fs)
-	reporters := fs.String("reporters", "system:serviceaccount:buildguard-system:buildguard-node-agent", "comma-separated users (service accounts) that may post node reports")
+	reporters := fs.String("reporters", defaultReporters, "comma-separated users (service accounts) that may post node reports")
 	reportAudience := fs.String("report-audience", "buildguard", "audience node reporters' tokens must be bound to")
 	retention := fs.Duration("retention", 7*24*time.Hour, "how long node evidence and decision records are kept")
 	retentionRows := fs.Int("retention-rows", 5_000_000, "at most this many rows per store table (0: no cap)")
@@ -88,6 +90,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return &usageError{msg: "--self-managed-ca-secret and --tls-cert-file/--tls-private-key-file exclude each other"}
 	case *caSecret != "" && *dnsNames == "":
 		return &usageError{msg: "--self-managed-ca-secret needs --tls-dns-names"}
+	case *caSecret != "" && *tlsCAFile != "":
+		return &usageError{msg: "--tls-ca-file is for --tls-cert-file: the self-managed CA is published from its Secret"}
+	case *caConfigMap != "" && *caSecret == "" && *tlsCAFile == "":
+		return &usageError{msg: "--ca-configmap needs the CA: --self-managed-ca-secret, or --tls-ca-file with --tls-cert-file"}
 	}
 	log, err := newLogger(*logFormat, stderr)
 	if err != nil {
@@ -104,8 +110,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg == nil && (*source == "crd" || *caSecret != "") {
-		return &usageError{msg: "--policy-source=crd and --self-managed-ca-secret need a cluster: run inside one or pass --kubeconfig"}
+	if cfg == nil && (*source == "crd" || *caSecret != "" || *caConfigMap != "") {
+		return &usageError{msg: "--policy-source=crd, --self-managed-ca-secret and --ca-configmap need a cluster: run inside one or pass --kubeconfig"}
 	}
 	var kube kubernetes.Interface
 	if cfg != nil {
@@ -152,8 +158,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		})
 	}
 	var certs certtls.CertificateSource
+	publish := &cluster.CABundle{Client: kube, Log: log}
 	if *caSecret != "" {
-		ns, name, err := secretRef(*caSecret)
+		ns, name, err := objectRef("--self-managed-ca-secret", *caSecret)
 		if err != nil {
 			return err
 		}
@@ -163,10 +170,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 				SecretNamespace: ns, SecretName: name, RESTConfig: cfg, CommonName: "buildguard-ca",
 			},
 		}
-		if *webhookConfig != "" {
-			inj := &cluster.CABundle{Client: kube, SecretNamespace: ns, SecretName: name, Webhook: *webhookConfig, Log: log}
-			go inj.Run(ctx)
+		publish.CA = cluster.SecretCA{Client: kube, Namespace: ns, Name: name}
+		publish.Webhook = *webhookConfig
+	} else if *tlsCAFile != "" {
+		publish.CA = cluster.FileCA(*tlsCAFile)
+	}
+	if *caConfigMap != "" {
+		if publish.ConfigMapNamespace, publish.ConfigMapName, err = objectRef("--ca-configmap", *caConfigMap); err != nil {
+			return err
 		}
+	}
+	if publish.Webhook != "" || publish.ConfigMapName != "" {
+		go publish.Run(ctx)
 	}
 	if kube != nil {
 		factory := informers.NewSharedInformerFactory(kube, 10*time.Minute)
@@ -291,15 +306,25 @@ func kubeConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// secretRef parses "[namespace/]name"; the namespace defaults to the
-// pod's own.
-func secretRef(s string) (ns, name string, err error) {
+// podNamespaceFile holds the namespace of the pod the process runs in.
+const podNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// defaultReporters is the node agent's service account of
+// manifests/node-agent, in the agent's own namespace.
+const defaultReporters = "system:serviceaccount:buildguard-node-agent:buildguard-node-agent"
+
+// objectRef parses flag's value "[namespace/]name"; the namespace
+// defaults to the pod's own.
+func objectRef(flag, s string) (ns, name string, err error) {
 	if ns, name, ok := strings.Cut(s, "/"); ok {
+		if ns == "" || name == "" {
+			return "", "", &usageError{msg: fmt.Sprintf("%s %q: want [namespace/]name", flag, s)}
+		}
 		return ns, name, nil
 	}
-	b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+	b, err := os.ReadFile(podNamespaceFile)
 	if err != nil {
-		return "", "", fmt.Errorf("--self-managed-ca-secret %q: give namespace/name outside a pod (%v)", s, err)
+		return "", "", fmt.Errorf("%s %q: give namespace/name outside a pod (%v)", flag, s, err)
 	}
 	return strings.TrimSpace(string(b)), s, nil
 }
