@@ -14,10 +14,13 @@ DOCKER ?= docker
 GO_IMAGE ?=
 BASE_IMAGE ?=
 
-.PHONY: help build tools test vet fmt-check unit e2e fuzz bench bench-cosign demo image manifests deploy clean
+.PHONY: help deps build tools test vet fmt-check unit e2e fuzz bench bench-cosign demo image manifests deploy clean
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+deps: ## Install (as root with apt-get) or list what the tests and the demo need besides Go: scripts/deps.sh.
+	scripts/deps.sh
 
 build: ## Build bin/buildguard (static, version stamped in).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/buildguard ./cmd/buildguard
@@ -25,7 +28,7 @@ build: ## Build bin/buildguard (static, version stamped in).
 tools: ## Build etcd, the Kubernetes binaries, containerd and CoreDNS into bin/ (cached; ~15 min the first time).
 	tools/build.sh
 
-test: fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).
+test: deps fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).
 
 fmt-check: ## Fail if any Go file is not gofmt-formatted.
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -34,10 +37,10 @@ fmt-check: ## Fail if any Go file is not gofmt-formatted.
 vet: ## go vet every package.
 	$(GO) vet ./...
 
-unit: ## Unit, integration and e2e tests (race detector on; fuzz seed corpora run too).
+unit: deps ## Unit, integration and e2e tests (race detector on; fuzz seed corpora run too).
 	$(GO) test -race -count=1 -timeout 30m ./...
 
-e2e: tools ## Only the end-to-end tests on a real control plane.
+e2e: deps tools ## Only the end-to-end tests on a real control plane.
 	$(GO) test -count=1 -timeout 30m -v ./e2e/
 
 fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
@@ -65,12 +68,12 @@ bench-cosign: ## Cold provenance verification against the cosign CLI of the pinn
 	test -x $(BIN)/cosign || GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
 	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign
 
-demo: build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
+demo: deps build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
 	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard
 
-image: ## Build the container image IMG with BuildKit (GO_IMAGE, BASE_IMAGE: other base images).
+image: ## Build the container image IMG with BuildKit (GO_IMAGE, BASE_IMAGE: other base images; IMAGE_ARGS: more docker build flags).
 	DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg VERSION=$(VERSION) \
-	  $(if $(GO_IMAGE),--build-arg GO_IMAGE=$(GO_IMAGE)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMG) .
+	  $(if $(GO_IMAGE),--build-arg GO_IMAGE=$(GO_IMAGE)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(IMAGE_ARGS) -t $(IMG) .
 
 manifests: tools ## Render the kustomize manifests to stdout.
 	$(KUBECTL) kustomize manifests/

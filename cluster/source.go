@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -80,10 +81,16 @@ type Source struct {
 	// compiling cannot (trust files it names, say); an error rejects the
 	// generation like a compile error.
 	Validate func(*policy.Policy) error
+	// Leading reports whether this replica writes the resources' status
+	// (StatusLease.Leading); the others only read them. The default, nil,
+	// is always: a single process. A replica that starts leading calls
+	// WriteStatus.
+	Leading func() bool
 
 	mu         sync.RWMutex
 	policies   map[string]*compiledPolicy           // by name
 	exceptions map[string]map[string]compiledExcept // namespace → name →
+	stores     atomic.Pointer[[2]cache.Store]       // the informers' caches: policies, exceptions
 }
 
 type compiledPolicy struct {
@@ -120,8 +127,26 @@ func (s *Source) Start(ctx context.Context) func() bool {
 		UpdateFunc: func(_, o any) { s.exceptionChanged(ctx, o) },
 		DeleteFunc: func(o any) { s.exceptionDeleted(o) },
 	})
+	s.stores.Store(&[2]cache.Store{pi.GetStore(), ei.GetStore()})
 	f.Start(ctx.Done())
 	return func() bool { return pi.HasSynced() && ei.HasSynced() }
+}
+
+// WriteStatus judges every resource the informers hold again and writes
+// its status where it is not current: what a replica that starts leading
+// does, as the events before went by unwritten. Status that another
+// replica wrote for the same generation is left alone.
+func (s *Source) WriteStatus(ctx context.Context) {
+	st := s.stores.Load()
+	if st == nil {
+		return
+	}
+	for _, o := range st[0].List() {
+		s.policyChanged(ctx, o)
+	}
+	for _, o := range st[1].List() {
+		s.exceptionChanged(ctx, o)
+	}
 }
 
 func (s *Source) log() *slog.Logger {
@@ -310,6 +335,9 @@ func (s *Source) exceptionDeleted(o any) {
 // same for this generation, so status writes do not feed back into
 // endless updates.
 func (s *Source) setAccepted(ctx context.Context, gvr schema.GroupVersionResource, u *unstructured.Unstructured, ok bool, reason, msg string) {
+	if s.Leading != nil && !s.Leading() {
+		return
+	}
 	status := metav1.ConditionFalse
 	if ok {
 		status = metav1.ConditionTrue

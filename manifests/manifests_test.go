@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -331,6 +332,33 @@ func TestStoreOverlay(t *testing.T) {
 			}
 			if !toDB {
 				t.Errorf("NetworkPolicy buildguard: no egress to PostgreSQL's port 5432")
+			}
+		})
+	}
+}
+
+// shutdownTimeout is server.DefaultShutdownTimeout: how long buildguard
+// waits for the requests in flight once the drain is over.
+const shutdownTimeout = 10 * time.Second
+
+// TestDrainFitsGracePeriod: every install path drains (serve
+// --drain-delay) for longer than the endpoints take to update, and the
+// drain and the shutdown after it end before the kubelet kills the
+// process (terminationGracePeriodSeconds).
+func TestDrainFitsGracePeriod(t *testing.T) {
+	for _, p := range installPaths {
+		t.Run(p.dir, func(t *testing.T) {
+			objs := Render(t, p.dir)
+			var dep appsv1.Deployment
+			find(t, objs, "Deployment", "buildguard", &dep)
+			v, ok := flag(container(t, dep.Spec.Template.Spec, "buildguard").Args, "drain-delay")
+			drain, err := time.ParseDuration(v)
+			if !ok || err != nil || drain < 2*time.Second {
+				t.Fatalf("--drain-delay=%q (%v): want at least 2s, the time endpoints take to update", v, err)
+			}
+			grace := dep.Spec.Template.Spec.TerminationGracePeriodSeconds
+			if grace == nil || time.Duration(*grace)*time.Second < drain+shutdownTimeout+5*time.Second {
+				t.Errorf("terminationGracePeriodSeconds %v: want at least --drain-delay %s + %s in flight + 5s for the records", grace, drain, shutdownTimeout)
 			}
 		})
 	}

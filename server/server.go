@@ -1,7 +1,8 @@
 // Package server runs buildguard's HTTPS listener: TLS 1.2+ with the
 // certificate and key reloaded from disk when they change (as cert-manager
 // rotates them), health and readiness endpoints, bounded timeouts and a
-// graceful shutdown.
+// graceful shutdown that first drains: it keeps serving, not ready, until
+// the endpoints pointing at it are gone.
 package server
 
 import (
@@ -13,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
@@ -44,8 +46,16 @@ type Server struct {
 	// Ready reports readiness for /readyz beyond having a certificate.
 	// The default is always ready.
 	Ready func() error
+	// DrainDelay is how long, once ctx ends, the server keeps serving
+	// with /readyz failing before it stops listening: the time the
+	// cluster takes to take the pod out of its Service's endpoints, during
+	// which the API server still sends it admissions. The default, 0,
+	// stops at once.
+	DrainDelay time.Duration
 	// Log is the logger. The default discards.
 	Log *slog.Logger
+
+	draining atomic.Bool
 }
 
 // CheckFiles reports a clear error when the certificate or key file is
@@ -107,6 +117,10 @@ func (s *Server) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.draining.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
 		if !hasCertificate(src) {
 			http.Error(w, "no TLS certificate", http.StatusServiceUnavailable)
 			return
@@ -141,12 +155,14 @@ func (s *Server) Run(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
+		err = s.drain(serveErr, log)
 	case err = <-serveErr:
 	case err = <-srcErr:
 		if err != nil {
 			err = fmt.Errorf("TLS certificate source: %w", err)
 		}
 	}
+	log.Info("shutting down", "timeout", DefaultShutdownTimeout.String())
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), DefaultShutdownTimeout)
 	defer scancel()
 	if serr := hs.Shutdown(sctx); serr != nil && err == nil {
@@ -156,6 +172,24 @@ func (s *Server) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// drain serves, not ready, for DrainDelay. The certificate source has
+// stopped with ctx; the certificate it last had is served.
+func (s *Server) drain(serveErr <-chan error, log *slog.Logger) error {
+	if s.DrainDelay <= 0 {
+		return nil
+	}
+	s.draining.Store(true)
+	log.Info("draining: not ready, still serving until the endpoints are updated", "delay", s.DrainDelay.String())
+	t := time.NewTimer(s.DrainDelay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case err := <-serveErr:
+		return err
+	}
 }
 
 // hasCertificate reports whether src has a certificate to serve. It asks

@@ -129,3 +129,67 @@ func TestCheckFiles(t *testing.T) {
 		t.Errorf("CheckFiles(valid) = %v", err)
 	}
 }
+
+// TestDrain: once its context ends, the server answers requests and
+// fails /readyz for DrainDelay, and only then stops listening. Before the
+// drain it stopped at once, and requests the endpoints still sent it
+// failed.
+func TestDrain(t *testing.T) {
+	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const delay = 2 * time.Second
+	ctx, cancel := context.WithCancel(t.Context())
+	s := &server.Server{Listener: ln, CertFile: files.Cert, KeyFile: files.Key, DrainDelay: delay,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	c := client(files.CAPEM)
+	addr := "https://" + ln.Addr().String()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := c.Get(addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready within 10s: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	cancel()
+	stopped := time.Now()
+	// Within the delay: admissions answered, readiness failing.
+	for time.Since(stopped) < delay/2 {
+		if code, body, _ := get(t, c, addr+"/validate"); code != 200 || body != "hello" {
+			t.Fatalf("during the drain: /validate = %d %q, want 200 hello", code, body)
+		}
+		if code, body, _ := get(t, c, addr+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "shutting down") {
+			t.Fatalf("during the drain: /readyz = %d %q, want 503 shutting down", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v %s after the context ended, before the drain delay %s", err, time.Since(stopped), delay)
+	case <-time.After(delay / 4):
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v after the drain, want nil", err)
+	}
+	if since := time.Since(stopped); since < delay {
+		t.Errorf("Run returned %s after the context ended, want at least the drain delay %s", since, delay)
+	}
+	if _, err := c.Get(addr + "/validate"); err == nil {
+		t.Errorf("still serving after the drain")
+	}
+}

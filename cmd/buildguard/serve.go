@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -49,6 +51,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var pvf provenanceFlags
 	pvf.register(fs)
 	listen := fs.String("listen", ":8443", "address to serve HTTPS on")
+	drainDelay := fs.Duration("drain-delay", defaultDrainDelay(), "on SIGTERM, keep serving this long with /readyz failing before stopping, while the cluster takes the pod out of the Service's endpoints (default 5s in a pod, 0 elsewhere)")
 	certFile := fs.String("tls-cert-file", "", "PEM certificate (chain); reloaded when it changes (required)")
 	keyFile := fs.String("tls-private-key-file", "", "PEM private key; reloaded when it changes (required)")
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig for namespace labels and pull secrets; in a cluster the pod's service account is used")
@@ -67,6 +70,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	retentionRows := fs.Int("retention-rows", 5_000_000, "at most this many rows per store table (0: no cap)")
 	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
 	decisionQueue := fs.Int("decision-queue", records.DefaultQueueSize, "decision records kept in memory for the store before they go to the journal")
+	statusLease := fs.String("status-lease", cluster.DefaultStatusLease, "with --policy-source=crd, the Lease ([namespace/]name; the default namespace is the pod's) that elects the one replica writing the status of ClusterBuildPolicies and BuildPolicyExceptions (\"\": every replica writes)")
 	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the name of the Validating- and MutatingWebhookConfiguration whose caBundle is kept current")
 	var al auditLoop
 	al.register(fs)
@@ -90,6 +94,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return &usageError{msg: "--self-managed-ca-secret and --tls-cert-file/--tls-private-key-file exclude each other"}
 	case *caSecret != "" && *dnsNames == "":
 		return &usageError{msg: "--self-managed-ca-secret needs --tls-dns-names"}
+	case *drainDelay < 0:
+		return &usageError{msg: fmt.Sprintf("--drain-delay %v: want 0 or more", *drainDelay)}
 	case *caSecret != "" && *tlsCAFile != "":
 		return &usageError{msg: "--tls-ca-file is for --tls-cert-file: the self-managed CA is published from its Secret"}
 	case *caConfigMap != "" && *caSecret == "" && *tlsCAFile == "":
@@ -148,7 +154,29 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		src := &cluster.Source{Client: dyn, Log: log,
 			Validate: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
+		lease, err := newStatusLease(*statusLease, kube, log)
+		if err != nil {
+			return err
+		}
+		if lease != nil {
+			src.Leading = lease.Leading
+		}
 		synced := src.Start(ctx)
+		if lease != nil {
+			leaseDone := make(chan struct{})
+			go func() {
+				defer close(leaseDone)
+				lease.Run(ctx, src.WriteStatus)
+			}()
+			// The Lease is released when ctx ends: wait for it, or the
+			// next replica waits out its duration (15s) to take over.
+			defer func() {
+				select {
+				case <-leaseDone:
+				case <-time.After(5 * time.Second):
+				}
+			}()
+		}
 		e.Policies = src
 		checks = append(checks, func() error {
 			if !synced() {
@@ -282,7 +310,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Certificates: certs, Handler: mux, Ready: ready, Log: log}
+	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Certificates: certs, Handler: mux, Ready: ready,
+		DrainDelay: *drainDelay, Log: log}
 	return s.Run(ctx)
 }
 
@@ -304,6 +333,50 @@ func kubeConfig(kubeconfig string) (*rest.Config, error) {
 	}
 	cfg.UserAgent = "buildguard/" + version
 	return cfg, nil
+}
+
+// newStatusLease resolves --status-lease: nil when it is empty, or when
+// it names no namespace outside a pod (a process of its own, which has
+// no other replica to agree with).
+func newStatusLease(flag string, kube kubernetes.Interface, log *slog.Logger) (*cluster.StatusLease, error) {
+	if flag == "" {
+		return nil, nil
+	}
+	if !strings.Contains(flag, "/") {
+		if _, err := os.Stat(podNamespaceFile); err != nil {
+			log.Info("policy status is written without a lease: not in a pod (give --status-lease=namespace/name to elect one writer among replicas)")
+			return nil, nil
+		}
+	}
+	ns, name, err := objectRef("--status-lease", flag)
+	if err != nil {
+		return nil, err
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return nil, fmt.Errorf("--status-lease: naming this replica: %w", err)
+	}
+	var suffix [6]byte
+	if _, err := rand.Read(suffix[:]); err != nil {
+		return nil, err
+	}
+	// The pod's name, and a suffix: a restarted container is a new
+	// candidate, not the holder of its predecessor's lease.
+	return &cluster.StatusLease{Client: kube, Namespace: ns, Name: name, Identity: host + "_" + hex.EncodeToString(suffix[:]), Log: log}, nil
+}
+
+// defaultDrainDelay is 5s in a pod: the API server keeps sending
+// admissions to a terminating pod until the EndpointSlice update reaches
+// it, a second or two, more on a busy cluster; the Deployment's
+// terminationGracePeriodSeconds (30) covers the delay, the requests in
+// flight (server.DefaultShutdownTimeout) and the decision records'
+// flush. Outside a pod nothing routes by endpoints, and a process that
+// stops at once is what its user expects.
+func defaultDrainDelay() time.Duration {
+	if os.Getenv("KUBERNETES_SERVICE_HOST") != "" {
+		return 5 * time.Second
+	}
+	return 0
 }
 
 // podNamespaceFile holds the namespace of the pod the process runs in.
