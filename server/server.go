@@ -155,6 +155,14 @@ func (s *Server) Run(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
+		// A kept connection goes to the pod it was opened to for as long
+		// as it lasts: the API server sends every admission over one. From
+		// now on each ends after its next answer (HTTP/2 GOAWAY,
+		// Connection: close), so that the client's next request opens a
+		// new one, which the Service sends to a pod still in its
+		// endpoints. A pod force-deleted is killed 2s after SIGTERM,
+		// within the drain: nothing is then left on its connections.
+		hs.SetKeepAlivesEnabled(false)
 		err = s.drain(serveErr, log)
 	case err = <-serveErr:
 	case err = <-srcErr:

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"strings"
@@ -191,5 +192,80 @@ func TestDrain(t *testing.T) {
 	}
 	if _, err := c.Get(addr + "/validate"); err == nil {
 		t.Errorf("still serving after the drain")
+	}
+}
+
+// TestDrainClosesKeptConnections: the API server sends every admission
+// over one kept-alive HTTP/2 connection, to the pod kube-proxy chose when
+// it was opened. A pod force-deleted is killed two seconds after SIGTERM,
+// in the middle of its drain: what is still on its connection then fails
+// (connection reset, EOF). Draining, the server ends each kept connection
+// after its next answer, so that the client's next request opens a new
+// one, which goes to a pod still in the endpoints.
+func TestDrainClosesKeptConnections(t *testing.T) {
+	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	s := &server.Server{Listener: ln, CertFile: files.Cert, KeyFile: files.Key, DrainDelay: 5 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(files.CAPEM)
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}, ForceAttemptHTTP2: true}}
+	url := "https://" + ln.Addr().String() + "/validate"
+	// post returns whether the request went over a connection used before.
+	post := func() (reused bool) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), &httptrace.ClientTrace{
+			GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
+		}), http.MethodPost, url, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("POST: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("%s, want HTTP/2", resp.Proto)
+		}
+		return reused
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := c.Get("https://" + ln.Addr().String() + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready within 10s: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	post()
+	if !post() {
+		t.Fatal("before the drain, the connection is not kept")
+	}
+	cancel()
+	time.Sleep(200 * time.Millisecond) // the drain begins
+	post()                             // answered on the kept connection, which then ends
+	time.Sleep(200 * time.Millisecond)
+	if post() {
+		t.Error("draining, a request went over the connection kept from before: a pod killed now would fail it")
 	}
 }
