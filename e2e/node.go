@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"math/big"
 	"net"
@@ -787,4 +788,59 @@ func randomToken() string {
 	b := make([]byte, 16)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// SaveLogs copies the logs of the node's processes and of its pods'
+// containers (with those KeepPodLogs kept) to failed-node-logs beside the Docker cache (replacing what
+// an earlier failure kept there), before the tear-down removes them, and
+// returns that directory.
+func (n *Node) SaveLogs() (string, error) {
+	dst := filepath.Join(filepath.Dir(nodeCacheDockerRoot()), "failed-node-logs")
+	if err := os.RemoveAll(dst); err != nil {
+		return "", err
+	}
+	for _, src := range []string{filepath.Join(NodeDir, "logs"), filepath.Join(NodeDir, "control-plane"), filepath.Join(NodeDir, "var", "log", "pods"), filepath.Join(NodeDir, "kept-pod-logs")} {
+		err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".log") {
+				return nil
+			}
+			rel, _ := filepath.Rel(NodeDir, path)
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return nil
+			}
+			out := filepath.Join(dst, rel)
+			if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+				return err
+			}
+			return os.WriteFile(out, b, 0o644)
+		})
+		if err != nil {
+			return "", err
+		}
+	}
+	return dst, nil
+}
+
+// KeepPodLogs copies the container logs of the pods of namespace every
+// second until ctx ends, so that those of pods deleted meanwhile (the
+// kubelet removes their logs with them) are there for SaveLogs.
+func (n *Node) KeepPodLogs(ctx context.Context, namespace string) {
+	for {
+		files, _ := filepath.Glob(filepath.Join(NodeDir, "var", "log", "pods", namespace+"_*", "*", "*.log"))
+		for _, f := range files {
+			rel, _ := filepath.Rel(filepath.Join(NodeDir, "var", "log", "pods"), f)
+			if b, err := os.ReadFile(f); err == nil {
+				out := filepath.Join(NodeDir, "kept-pod-logs", rel)
+				if os.MkdirAll(filepath.Dir(out), 0o755) == nil {
+					os.WriteFile(out, b, 0o644)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }

