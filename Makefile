@@ -68,7 +68,7 @@ bench-cosign: ## Cold provenance verification against the cosign CLI of the pinn
 	test -x $(BIN)/cosign || GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
 	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign
 
-demo: deps build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
+demo: deps build tools ## The main job end to end on a real single-node cluster on this machine (root); stays up until Ctrl-C.
 	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard
 
 image: ## Build the container image IMG with BuildKit (GO_IMAGE, BASE_IMAGE: other base images; IMAGE_ARGS: more docker build flags).
