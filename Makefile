@@ -25,7 +25,7 @@ deps: ## Install (as root with apt-get) or list what the tests and the demo need
 build: ## Build bin/buildguard (static, version stamped in).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/buildguard ./cmd/buildguard
 
-tools: ## Build etcd, the Kubernetes binaries, containerd and CoreDNS into bin/ (cached; ~15 min the first time).
+tools: ## Build etcd, the Kubernetes binaries, containerd, CoreDNS and helm into bin/ (cached; the times: docs/benchmarks.md).
 	tools/build.sh
 
 test: deps fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).

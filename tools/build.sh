@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds the binaries the e2e tests and the demo need into bin/
 # (git-ignored), from the pinned modules under tools/: etcd, the
-# Kubernetes control plane and kubectl, and for the real node
+# Kubernetes control plane, kubectl and helm, and for the real node
 # kube-scheduler, kubelet, kube-proxy, containerd (with its runc shim and
 # ctr), CoreDNS, and the pause binary of the pod sandboxes. A binary is
 # rebuilt only when its module's go.mod or go.sum, or the way it is built,
-# changed since it was built: the first build takes ~15 minutes on 2
-# cores, later runs none.
+# changed since it was built; docs/benchmarks.md has the times of the
+# first build. tools/build.sh NAME... builds those binaries only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bin
@@ -53,6 +53,9 @@ build tools/containerd github.com/containerd/containerd/v2/cmd/containerd contai
 build tools/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 containerd-shim-runc-v2 "$containerd_ldflags" no_btrfs
 build tools/containerd github.com/containerd/containerd/v2/cmd/ctr ctr "$containerd_ldflags" no_btrfs
 build tools/coredns . coredns
+# helm reports the version it was stamped with (chart kubeVersion checks,
+# `helm version`); unstamped it would say v4.3.
+build tools/helm helm.sh/helm/v4/cmd/helm helm '-s -w -X helm.sh/helm/v4/internal/version.version=v4.3.2'
 
 # pause, the process that holds a pod sandbox's namespaces: Kubernetes's
 # own pause.c, as its build/pause Makefile compiles it (static, C: the
