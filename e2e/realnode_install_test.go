@@ -40,16 +40,18 @@ func testInstalled(t *testing.T, e *nodeEnv, img *ImageBuild) {
 			}
 		}
 	})
+	t.Run("helm install, upgrade and uninstall", func(t *testing.T) { testHelm(t, e, in) })
 }
 
 // installed is buildguard as installNode installed it.
 type installed struct {
 	img     *ImageBuild
-	hostDSN string // the store's database, from the host
-	kdir    string // the users' kustomization: the postgres overlay, the image pinned
-	shop    string // a pipeline image by digest, admitted
-	rawip   string // an image whose build downloaded from a raw IP, denied
-	plugin  string // directory holding kubectl-buildguard
+	hostDSN string      // the store's database, from the host
+	kdir    string      // the users' kustomization: the postgres overlay, the image pinned
+	shop    string      // a pipeline image by digest, admitted
+	rawip   string      // an image whose build downloaded from a raw IP, denied
+	next    *ImageBuild // the image of the upgrade
+	plugin  string      // directory holding kubectl-buildguard
 }
 
 // installNode installs buildguard as docs/install.md says (Node.Install)
@@ -66,9 +68,10 @@ func installNode(t *testing.T, e *nodeEnv, img *ImageBuild) *installed {
 	t.Cleanup(store.Stop)
 	in.hostDSN = store.HostDSN
 
+	// The users' kustomization outlives the subtest: the uninstall uses it.
+	in.kdir = t.TempDir()
 	ok := t.Run("installed as docs/install.md says", func(t *testing.T) {
 		e := e.on(t)
-		in.kdir = t.TempDir()
 		t0 := time.Now()
 		if err := e.n.Install(ctx, e.kubectl, img, store.PodDSN, in.kdir); err != nil {
 			t.Fatal(err)
@@ -377,6 +380,7 @@ func testUpgrade(t *testing.T, e *nodeEnv, in *installed) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	in.next = next
 	if next.Ref == in.img.Ref {
 		t.Fatalf("the new version has the same digest %s", next.Ref)
 	}
@@ -394,4 +398,93 @@ func testUpgrade(t *testing.T, e *nodeEnv, in *installed) {
 			t.Errorf("after the upgrade pod %s runs %s", p, image)
 		}
 	}
+}
+
+// helm runs bin/helm against the node, with its caches and configuration
+// under NodeDir.
+func (e *nodeEnv) helm(args ...string) (string, error) {
+	root, err := Root()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(e.ctx, filepath.Join(root, Bin, "helm"), append(args, "--kubeconfig="+e.cp.Kubeconfig)...)
+	cmd.Dir = root
+	h := filepath.Join(NodeDir, "helm")
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+h+"/cache", "HELM_CONFIG_HOME="+h+"/config", "HELM_DATA_HOME="+h+"/data")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("helm %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// testHelm takes the kustomize install away as docs/install.md says, then
+// installs the chart (PostgreSQL store, the image pinned by digest),
+// upgrades it to the next image while admissions go on, and uninstalls
+// it: no webhook configuration is left to fail closed.
+func testHelm(t *testing.T, e *nodeEnv, in *installed) {
+	e = e.on(t)
+	if in.next == nil {
+		t.Skip("the upgrade's image was not built")
+	}
+	// Uninstall, as docs/install.md says: both commands exit 0.
+	e.mustKubectl("", "delete", "validatingwebhookconfiguration,mutatingwebhookconfiguration", "buildguard", "--ignore-not-found")
+	e.mustKubectl("", "delete", "-k", in.kdir, "--ignore-not-found", "--timeout=180s")
+	for _, ns := range []string{"buildguard-system", AgentNamespace} {
+		e.eventually(3*time.Minute, "namespace "+ns+" deleted", func() error {
+			if out, err := e.kubectl("", "get", "namespace", ns, "--ignore-not-found", "-o", "name"); err != nil || out != "" {
+				return fmt.Errorf("%q %v", out, err)
+			}
+			return nil
+		})
+	}
+	e.mustKubectl("", "create", "namespace", "buildguard-system")
+	e.mustKubectl("", "label", "namespace", "buildguard-system", "pod-security.kubernetes.io/enforce=restricted")
+	podDSN := strings.Replace(in.hostDSN, "@"+NodeIP+":5432/", "@postgres.db.svc:5432/", 1)
+	e.mustKubectl("", "-n", "buildguard-system", "create", "secret", "generic", "buildguard-store", "--from-literal=dsn="+podDSN)
+	_, digest, _ := strings.Cut(in.img.Ref, "@")
+	t0 := time.Now()
+	if out, err := e.helm("install", "buildguard", "charts/buildguard", "-n", "buildguard-system", "--wait", "--timeout=5m",
+		"--set", "store.type=postgres", "--set", "image.repository="+ImageRepo, "--set", "image.digest="+digest); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("helm install --wait: %s\n%s", time.Since(t0).Round(100*time.Millisecond), tailString(out, 600))
+	}
+	if got := e.mustKubectl("", "-n", "buildguard-system", "get", "deployment", "buildguard", "-o", "jsonpath={.status.readyReplicas}"); got != "2" {
+		t.Errorf("ready replicas = %q, want 2", got)
+	}
+	e.mustKubectl("", "-n", AgentNamespace, "rollout", "status", "daemonset/buildguard-node-agent", "--timeout=180s")
+	// kubectl delete -k took the CRDs and the policy with it.
+	if err := e.n.ApplyPolicy(e.ctx, e.kubectl, NodePolicy); err != nil {
+		t.Fatal(err)
+	}
+	_, next, _ := strings.Cut(in.next.Ref, "@")
+	loadDuring(t, e, in, 45*time.Second, func() {
+		time.Sleep(5 * time.Second)
+		t0 := time.Now()
+		if _, err := e.helm("upgrade", "buildguard", "charts/buildguard", "-n", "buildguard-system", "--reuse-values",
+			"--set", "image.digest="+next, "--wait", "--timeout=5m"); err != nil {
+			t.Error(err)
+		}
+		t.Logf("helm upgrade --wait to %s: %s", next, time.Since(t0).Round(100*time.Millisecond))
+	})
+	for _, p := range e.podNames("buildguard-system", "app.kubernetes.io/component=webhook") {
+		if image := e.mustKubectl("", "-n", "buildguard-system", "get", "pod", p, "-o", "jsonpath={.spec.containers[0].image}"); image != in.next.Ref {
+			t.Errorf("after helm upgrade pod %s runs %s", p, image)
+		}
+	}
+	if _, err := e.helm("uninstall", "buildguard", "-n", "buildguard-system", "--wait", "--timeout=3m"); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"validatingwebhookconfigurations", "mutatingwebhookconfigurations"} {
+		if out := e.mustKubectl("", "get", kind, "-o", "name"); strings.TrimSpace(out) != "" {
+			t.Errorf("after helm uninstall: %s", out)
+		}
+	}
+	if out := e.mustKubectl("", "-n", "buildguard-system", "get", "deployments,daemonsets,services", "-o", "name"); strings.TrimSpace(out) != "" {
+		t.Errorf("after helm uninstall, left in buildguard-system: %s", out)
+	}
+	// With buildguard gone, workloads are admitted unjudged: no webhook
+	// fails closed.
+	e.mustKubectl("", "-n", "shop", "create", "deployment", "after-uninstall", "--image="+in.rawip, "--replicas=0")
 }
