@@ -13,6 +13,8 @@ DOCKER ?= docker
 # gcr.io/distroless/static-debian12:nonroot) when set, e.g. with a mirror's.
 GO_IMAGE ?=
 BASE_IMAGE ?=
+# DEMO_ARGS are more flags of cmd/demo: -exit stops after the story.
+DEMO_ARGS ?=
 
 .PHONY: help deps build tools test vet fmt-check unit e2e fuzz bench bench-cosign demo image manifests deploy clean
 
@@ -38,10 +40,10 @@ vet: ## go vet every package.
 	$(GO) vet ./...
 
 unit: deps ## Unit, integration and e2e tests (race detector on; fuzz seed corpora run too).
-	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 45m ./...
 
 e2e: deps tools ## Only the end-to-end tests on a real control plane.
-	$(GO) test -count=1 -timeout 30m -v ./e2e/
+	$(GO) test -count=1 -timeout 45m -v ./e2e/
 
 fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzAnalyzeStep$$' -fuzztime $${FUZZTIME:-30s}
@@ -69,7 +71,7 @@ bench-cosign: ## Cold provenance verification against the cosign CLI of the pinn
 	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign
 
 demo: deps build tools ## The main job end to end on a real single-node cluster on this machine (root); stays up until Ctrl-C.
-	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard
+	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard $(DEMO_ARGS)
 
 image: ## Build the container image IMG with BuildKit (GO_IMAGE, BASE_IMAGE: other base images; IMAGE_ARGS: more docker build flags).
 	DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg VERSION=$(VERSION) \
