@@ -51,15 +51,19 @@ type stateProc struct {
 // hostPaths are the places outside NodeDir that the node's programs use
 // or create by default: what did not exist before is removed by the
 // tear-down.
-var hostPaths = []string{
-	"/run/containerd", "/run/containerd/s", "/run/netns", "/var/run/nri", "/run/nri",
-	"/var/log/containers", "/var/log/pods", "/var/lib/cni", "/var/lib/kubelet", "/etc/cni",
-	"/opt/cni", "/opt/containerd", "/etc/kubernetes",
-	"/var/lib/containerd", "/var/lib/buildguard-node-agent",
+func hostPaths() []string {
+	return []string{
+		"/run/containerd", "/run/containerd/s", "/run/netns", "/var/run/nri", "/run/nri",
+		"/var/log/containers", "/var/log/pods", "/var/lib/cni", "/var/lib/kubelet", "/etc/cni",
+		"/opt/cni", "/opt/containerd", "/etc/kubernetes",
+		"/var/lib/containerd", "/var/lib/buildguard-node-agent",
+	}
 }
 
 // volatileSysctls change by themselves; the tear-down leaves them alone.
-var volatileSysctls = []string{"kernel/random/", "kernel/ns_last_pid", "kernel/tainted", "fs/", "vm/stat_refresh"}
+func volatileSysctls() []string {
+	return []string{"kernel/random/", "kernel/ns_last_pid", "kernel/tainted", "fs/", "vm/stat_refresh"}
+}
 
 func statePath() string { return filepath.Join(NodeDir, "host-state.json") }
 
@@ -80,7 +84,7 @@ func recordHost() (*hostState, error) {
 	if st.Tables, err = nftTables(); err != nil {
 		return nil, err
 	}
-	for _, p := range hostPaths {
+	for _, p := range hostPaths() {
 		_, err := os.Lstat(p)
 		st.Existed[p] = err == nil
 	}
@@ -209,7 +213,7 @@ func readSysctls() (map[string]string, error) {
 			return nil
 		}
 		key := strings.TrimPrefix(path, "/proc/sys/")
-		for _, v := range volatileSysctls {
+		for _, v := range volatileSysctls() {
 			if strings.HasPrefix(key, v) {
 				return nil
 			}
@@ -600,8 +604,9 @@ func removeHostPaths(st *hostState) []string {
 	}
 	var left []string
 	shared := map[string]bool{"/run/containerd": true, "/run/containerd/s": true}
-	for i := len(hostPaths) - 1; i >= 0; i-- {
-		p := hostPaths[i]
+	paths := hostPaths()
+	for i := len(paths) - 1; i >= 0; i-- {
+		p := paths[i]
 		if st.Existed[p] {
 			continue
 		}

@@ -204,6 +204,11 @@ func testNodeBuild(t *testing.T, e *nodeEnv, in *installed) {
 	if err := e.n.WaitAgentReport(ctx, 1, 1); err != nil {
 		t.Fatal(err)
 	}
+	for _, s := range []string{"ebpf", "procfs"} {
+		if e.n.AgentMetric(ctx, fmt.Sprintf("buildguard_node_agent_sensor{sensor=%q}", s)) == 1 {
+			t.Logf("the node agent's connection sensor: %s", s)
+		}
+	}
 	out, err = e.kubectl("", "-n", "shop", "create", "deployment", "hotfix", "--image="+hotfix)
 	if err == nil {
 		t.Fatalf("the image built on the node was admitted: %s", out)

@@ -93,7 +93,7 @@ func checkHostClean(t *testing.T, before *hostState) {
 	if left := newTables(before.Tables); len(left) > 0 {
 		t.Errorf("nftables tables left: %v", left)
 	}
-	for _, p := range hostPaths {
+	for _, p := range hostPaths() {
 		if _, err := os.Lstat(p); err == nil && !before.Existed[p] && p != "/run/containerd" && p != "/run/containerd/s" {
 			t.Errorf("%s is left", p)
 		}
