@@ -27,7 +27,7 @@ deps: ## Install (as root with apt-get) or list what the tests and the demo need
 build: ## Build bin/buildguard (static, version stamped in).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/buildguard ./cmd/buildguard
 
-tools: ## Build etcd, the Kubernetes binaries, containerd, CoreDNS and helm into bin/ (cached; the times: docs/benchmarks.md).
+tools: ## Build etcd, the Kubernetes binaries, containerd, CoreDNS, helm, cosign-v2 and cosign-v3 into bin/ (cached; the times: docs/benchmarks.md).
 	tools/build.sh
 
 test: deps fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).
@@ -47,13 +47,20 @@ e2e: deps tools ## Only the end-to-end tests on a real control plane.
 
 fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzAnalyzeStep$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzAnalyzeHistory$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzParseSources$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzImageReference$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzForbiddenHost$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDecodeReview$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDecodeOnce$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./registry/ -run '^$$' -fuzz '^FuzzJSONCounter$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseAgent FuzzParseFalco FuzzParseTetragon FuzzParseDocker; do \
 	  $(GO) test ./evidence/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./provenance/ -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $${FUZZTIME:-30s}
+	for f in FuzzParseTrustedRoots FuzzParseVSA FuzzNotationManifest; do \
+	  $(GO) test ./provenance/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
+	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzParseResourceURI$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzDecodeEvents$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzContainerdBlobs$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseTraceFormat FuzzParseProcCgroup FuzzParseProcNetTCP FuzzParseStat; do \
@@ -61,14 +68,20 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter FuzzParseExceptionFile; do \
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 
-bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips.
+bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records, cold provenance verification, node reports of a 1,000-node fleet.
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
+	$(GO) test -run '^$$' -bench 'AnalyzeStep|AnalyzeHistory' -benchmem -count 5 ./policy/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./ingest/
+	$(GO) test -run '^$$' -bench AddDecisions -benchtime 2s ./evidence/
+	$(GO) test -run '^$$' -bench 'Commit|Recorder' -benchtime 3s ./records/
+	$(GO) test -run '^$$' -bench DenyPath -benchtime 3s ./bench/denypath/
+	$(GO) test -run '^$$' -bench ColdVerification -benchtime 50x -count 3 ./provenance/
+	$(GO) run ./bench/fleet -nodes 1000 -interval 2s -duration 60s
 
-bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (builds it first: ~8 min).
-	test -x $(BIN)/cosign || GOBIN=$(CURDIR)/$(BIN) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5
-	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign
+bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (make tools builds it).
+	test -x $(BIN)/cosign-v2 || tools/build.sh cosign-v2
+	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign-v2
 
 demo: deps build tools ## The main job end to end on a real single-node cluster on this machine (root); stays up until Ctrl-C.
 	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard $(DEMO_ARGS)

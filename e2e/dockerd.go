@@ -228,6 +228,77 @@ func (d *Dockerd) Build(ctx context.Context, tag, dockerfile string) (string, er
 	return id, nil
 }
 
+// Tag tags image src (a reference or an ID) as ref ("repo:tag"), as
+// docker tag does.
+func (d *Dockerd) Tag(ctx context.Context, src, ref string) error {
+	repo, tag, err := splitTag(ref)
+	if err != nil {
+		return err
+	}
+	q := url.Values{"repo": {repo}, "tag": {tag}}
+	return d.call(ctx, http.MethodPost, "/images/"+url.PathEscape(src)+"/tag?"+q.Encode(), nil, "", nil)
+}
+
+// Pull pulls ref ("host:port/repo:tag"), as docker pull does; dockerd
+// speaks plain HTTP to registries on 127.0.0.0/8.
+func (d *Dockerd) Pull(ctx context.Context, ref string) error {
+	repo, tag, err := splitTag(ref)
+	if err != nil {
+		return err
+	}
+	q := url.Values{"fromImage": {repo}, "tag": {tag}}
+	return d.stream(ctx, "/images/create?"+q.Encode(), nil, "")
+}
+
+// splitTag splits "host:port/repo:tag" at the tag's colon.
+func splitTag(ref string) (repo, tag string, err error) {
+	i := strings.LastIndex(ref, ":")
+	if i < 0 || i < strings.LastIndex(ref, "/") {
+		return "", "", fmt.Errorf("%q: want repo:tag", ref)
+	}
+	return ref[:i], ref[i+1:], nil
+}
+
+// Load loads a tarball as docker save writes it, as docker load does.
+func (d *Dockerd) Load(ctx context.Context, tarball io.Reader) error {
+	return d.stream(ctx, "/images/load?quiet=1", tarball, "application/x-tar")
+}
+
+// stream POSTs to path and reads the daemon's JSON progress messages to
+// the end; an "error" message fails it.
+func (d *Dockerd) stream(ctx context.Context, path string, body io.Reader, contentType string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://docker/v1.41"+path, body)
+	if err != nil {
+		return err
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("docker POST %s: %d %s", path, resp.StatusCode, b)
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var m struct{ Error, Stream, Status string }
+		if err := dec.Decode(&m); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("docker POST %s: %w", path, err)
+		}
+		if m.Error != "" {
+			return fmt.Errorf("docker POST %s: %s", path, m.Error)
+		}
+	}
+}
+
 // Image returns image ref as docker save writes it, read back with
 // go-containerregistry: its config digest is the Docker image ID.
 func (d *Dockerd) Image(ctx context.Context, ref string) (v1.Image, error) {
@@ -313,8 +384,9 @@ func mountsUnder(dir string) []string {
 	return out
 }
 
-// Load loads img into the Engine's image store as ref (docker load).
-func (d *Dockerd) Load(ctx context.Context, ref string, img v1.Image) error {
+// LoadImage loads img into the Engine's image store as ref (docker load),
+// streaming the tarball as it is written.
+func (d *Dockerd) LoadImage(ctx context.Context, ref string, img v1.Image) error {
 	tag, err := name.NewTag(ref, name.Insecure)
 	if err != nil {
 		return err
@@ -322,5 +394,5 @@ func (d *Dockerd) Load(ctx context.Context, ref string, img v1.Image) error {
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(tarball.Write(tag, img, pw)) }()
 	defer pr.Close()
-	return d.call(ctx, http.MethodPost, "/images/load?quiet=1", pr, "application/x-tar", nil)
+	return d.Load(ctx, pr)
 }

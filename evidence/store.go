@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	jsonv2 "github.com/go-json-experiment/json"
 )
 
 // Store keeps node evidence and decision records. Implementations are safe
@@ -21,15 +23,22 @@ import (
 // time, else its Started time, else the time it was stored.
 type Store interface {
 	// AddReport stores a report's builds and connections in one transaction; items already stored
-	// (same Source and EventID) are skipped and not counted. It returns how many were new.
-	// A build or connection without a Node takes the report's. An item the store cannot
-	// keep makes AddReport store nothing and return an *InvalidError naming it.
+	// (same Node, Source and EventID) are skipped and not counted. It returns how many were new.
+	// A build or connection without a Node or Reporter takes the report's. An item the store
+	// cannot keep makes AddReport store nothing and return an *InvalidError naming it.
+	//
+	// Items are keyed by node: another node's item with the same Source and EventID is another
+	// item, so that no node can take an event ID another node will report.
 	AddReport(ctx context.Context, r Report) (builds, conns int, err error)
-	// BuildsByImageID returns builds of the image whose config digest is imageID, newest first,
-	// at most DefaultLimit.
+	// BuildsByImageID returns builds of the image whose config digest is imageID, at most
+	// MaxBuildsPerNode of each node and DefaultLimit in all, in node-fair order: the newest
+	// build of every node first (newest first), then every node's second newest, and so on.
+	// However many builds one node reports, they cannot push another node's out of the first
+	// places.
 	BuildsByImageID(ctx context.Context, imageID string) ([]Build, error)
-	// BuildsByTag returns builds that tagged tag (e.g. "registry/repo:1.4"), newest first, at most limit.
-	// Tags match exactly. A limit of 0 or less means DefaultLimit.
+	// BuildsByTag returns builds that tagged tag (e.g. "registry/repo:1.4") in the same
+	// node-fair order, at most limit. Tags match exactly. A limit of 0 or less means
+	// DefaultLimit.
 	BuildsByTag(ctx context.Context, tag string, limit int) ([]Build, error)
 	// Connections returns the connections a node reported in [from, to], oldest first, at most limit.
 	// A limit of 0 or less means DefaultLimit.
@@ -37,6 +46,11 @@ type Store interface {
 	// AddDecision records an admission decision (issue 6); idempotent on Decision.ID:
 	// a decision whose ID is already stored is left as it is.
 	AddDecision(ctx context.Context, d Decision) error
+	// AddDecisions records decisions in one transaction (one durable commit), each as
+	// AddDecision would; a decision whose ID is stored already, or earlier in ds, is left
+	// as it is. A decision the store cannot keep makes it store none of them and return an
+	// *InvalidError whose Index is that decision's position in ds.
+	AddDecisions(ctx context.Context, ds []Decision) error
 	// Decisions lists decisions matching q, newest first.
 	Decisions(ctx context.Context, q DecisionQuery) ([]Decision, error)
 	// Decision returns one decision by ID (ErrNotFound if none).
@@ -52,6 +66,10 @@ type Store interface {
 // DefaultLimit is the number of rows BuildsByTag and Connections return when
 // asked for a limit of 0 or less.
 const DefaultLimit = 1000
+
+// MaxBuildsPerNode is the most builds of one node that BuildsByImageID and
+// BuildsByTag return: the node's newest.
+const MaxBuildsPerNode = 4
 
 // Decision is a recorded admission decision.
 type Decision struct {
@@ -185,8 +203,9 @@ func buildTime(b Build, now time.Time) time.Time {
 }
 
 // prepared is a report checked and ready to insert: items without a Node
-// given the report's, duplicates within the report dropped, sorted by
-// (Source, EventID) so that concurrent writers lock rows in one order.
+// or Reporter given the report's, duplicates within the report dropped,
+// sorted by (Node, Source, EventID) so that concurrent writers lock rows
+// in one order.
 type prepared struct {
 	builds []Build
 	conns  []Connection
@@ -194,15 +213,18 @@ type prepared struct {
 
 func prepareReport(r Report) (prepared, error) {
 	var p prepared
-	seen := make(map[[2]string]bool)
+	seen := make(map[[3]string]bool)
 	for i, b := range r.Builds {
 		if b.Node == "" {
 			b.Node = r.Node
 		}
+		if b.Reporter == "" {
+			b.Reporter = r.Reporter
+		}
 		if err := checkBuild(i, b); err != nil {
 			return prepared{}, err
 		}
-		k := [2]string{b.Source, b.EventID}
+		k := [3]string{b.Node, b.Source, b.EventID}
 		if seen[k] {
 			continue
 		}
@@ -214,10 +236,13 @@ func prepareReport(r Report) (prepared, error) {
 		if c.Node == "" {
 			c.Node = r.Node
 		}
+		if c.Reporter == "" {
+			c.Reporter = r.Reporter
+		}
 		if err := checkConnection(i, c); err != nil {
 			return prepared{}, err
 		}
-		k := [2]string{c.Source, c.EventID}
+		k := [3]string{c.Node, c.Source, c.EventID}
 		if seen[k] {
 			continue
 		}
@@ -225,15 +250,18 @@ func prepareReport(r Report) (prepared, error) {
 		p.conns = append(p.conns, c)
 	}
 	slices.SortFunc(p.builds, func(a, b Build) int {
-		return cmpKey(a.Source, a.EventID, b.Source, b.EventID)
+		return cmpKey(a.Node, a.Source, a.EventID, b.Node, b.Source, b.EventID)
 	})
 	slices.SortFunc(p.conns, func(a, b Connection) int {
-		return cmpKey(a.Source, a.EventID, b.Source, b.EventID)
+		return cmpKey(a.Node, a.Source, a.EventID, b.Node, b.Source, b.EventID)
 	})
 	return p, nil
 }
 
-func cmpKey(s1, e1, s2, e2 string) int {
+func cmpKey(n1, s1, e1, n2, s2, e2 string) int {
+	if c := strings.Compare(n1, n2); c != 0 {
+		return c
+	}
 	if c := strings.Compare(s1, s2); c != 0 {
 		return c
 	}
@@ -269,7 +297,7 @@ func checkBuild(i int, b Build) error {
 		return bad("Node", "is empty (and so is the report's)")
 	}
 	for _, f := range []struct{ name, v string }{
-		{"Source", b.Source}, {"EventID", b.EventID}, {"Node", b.Node}, {"Tool", b.Tool},
+		{"Source", b.Source}, {"EventID", b.EventID}, {"Node", b.Node}, {"Reporter", b.Reporter}, {"Tool", b.Tool},
 		{"ImageID", b.ImageID}, {"CgroupID", b.CgroupID},
 	} {
 		if r := checkText(f.v); r != "" {
@@ -325,7 +353,7 @@ func checkConnection(i int, c Connection) error {
 		return bad("PID", fmt.Sprintf("is %d, outside [0, %d]", c.PID, maxPID))
 	}
 	for _, f := range []struct{ name, v string }{
-		{"Source", c.Source}, {"EventID", c.EventID}, {"Node", c.Node}, {"Process", c.Process},
+		{"Source", c.Source}, {"EventID", c.EventID}, {"Node", c.Node}, {"Reporter", c.Reporter}, {"Process", c.Process},
 		{"Cmdline", c.Cmdline}, {"ContainerID", c.ContainerID}, {"CgroupID", c.CgroupID},
 		{"DestName", c.DestName},
 	} {
@@ -336,9 +364,11 @@ func checkConnection(i int, c Connection) error {
 	return nil
 }
 
-func checkDecision(d Decision) ([]string, error) {
+// checkDecision checks the decision at index i of a batch (-1 for a
+// single one) and returns its image references.
+func checkDecision(i int, d Decision) ([]string, error) {
 	bad := func(field, reason string) error {
-		return &InvalidError{Item: "decision", Index: -1, Field: field, Reason: reason}
+		return &InvalidError{Item: "decision", Index: i, Field: field, Reason: reason}
 	}
 	if d.ID == "" {
 		return nil, bad("ID", "is empty")
@@ -370,36 +400,94 @@ func checkDecision(d Decision) ([]string, error) {
 	if !utf8.Valid(d.Images) {
 		return nil, bad("Images", "is not valid UTF-8")
 	}
-	if !json.Valid(d.Images) {
+	refs, valid := imageRefs(d.Images)
+	if !valid {
 		return nil, bad("Images", "is not valid JSON")
 	}
 	if strings.Contains(string(d.Images), `\u0000`) {
 		return nil, bad("Images", "contains a NUL character")
 	}
-	return imageRefs(d.Images), nil
+	return refs, nil
 }
 
 // imageRefs returns the lower-cased "image" and "digest" strings of the
 // objects in a JSON array, deduplicated: what DecisionQuery.ImageGlob
-// matches. Anything else in raw is kept but not indexed.
-func imageRefs(raw json.RawMessage) []string {
+// matches. Anything else in raw is kept but not indexed. valid reports
+// whether raw is JSON at all.
+func imageRefs(raw json.RawMessage) (refs []string, valid bool) {
+	// The records the webhook writes decode as imageKeys, with
+	// go-json-experiment/json (names matched exactly, as the map below
+	// does) in a third of the time of a map per element, and that
+	// validates them too; anything else (a non-string "image", say) is
+	// read the slow way.
+	var typed []imageKeys
+	if jsonv2.Unmarshal(raw, &typed) == nil {
+		for _, e := range typed {
+			refs = appendRef(appendRef(refs, e.Image), e.Digest)
+		}
+		return refs, true
+	}
+	if !json.Valid(raw) {
+		return nil, false
+	}
 	var elems []map[string]json.RawMessage
 	if json.Unmarshal(raw, &elems) != nil {
-		return nil
+		return nil, true
 	}
-	var refs []string
 	for _, e := range elems {
 		for _, key := range []string{"image", "digest"} {
 			var s string
-			if v, ok := e[key]; ok && json.Unmarshal(v, &s) == nil && s != "" {
-				s = strings.ToLower(s)
-				if !slices.Contains(refs, s) {
-					refs = append(refs, s)
-				}
+			if v, ok := e[key]; ok && json.Unmarshal(v, &s) == nil {
+				refs = appendRef(refs, s)
 			}
 		}
 	}
-	return refs
+	return refs, true
+}
+
+// imageKeys are the indexed members of an element of Decision.Images.
+type imageKeys struct {
+	Image  string `json:"image"`
+	Digest string `json:"digest"`
+}
+
+func appendRef(refs []string, s string) []string {
+	if s == "" {
+		return refs
+	}
+	s = strings.ToLower(s)
+	if slices.Contains(refs, s) {
+		return refs
+	}
+	return append(refs, s)
+}
+
+// preparedDecision is a decision checked and ready to insert, with the
+// image references its index rows hold.
+type preparedDecision struct {
+	Decision
+	refs []string
+}
+
+// prepareDecisions checks ds, drops repeated IDs (the first is kept, as
+// if they were added one by one), and sorts them by ID so that concurrent
+// writers lock rows in one order.
+func prepareDecisions(ds []Decision) ([]preparedDecision, error) {
+	out := make([]preparedDecision, 0, len(ds))
+	seen := make(map[string]bool, len(ds))
+	for i, d := range ds {
+		refs, err := checkDecision(i, d)
+		if err != nil {
+			return nil, err
+		}
+		if seen[d.ID] {
+			continue
+		}
+		seen[d.ID] = true
+		out = append(out, preparedDecision{Decision: d, refs: refs})
+	}
+	slices.SortFunc(out, func(a, b preparedDecision) int { return strings.Compare(a.ID, b.ID) })
+	return out, nil
 }
 
 // likePattern translates an ImageGlob to a lower-cased SQL LIKE pattern
@@ -557,7 +645,7 @@ var prunedTables = []struct{ table, timeCol, keyCol string }{
 // scanner is a row of *sql.Rows, *sql.Row, pgx.Rows or pgx.Row.
 type scanner interface{ Scan(dest ...any) error }
 
-const buildColumns = "b.source, b.event_id, b.node, b.tool, b.image_id, b.started, b.finished, b.pids, b.container_ids, b.cgroup_id, b.steps, b.tags"
+const buildColumns = "b.source, b.event_id, b.node, b.reporter, b.tool, b.image_id, b.started, b.finished, b.pids, b.container_ids, b.cgroup_id, b.steps, b.tags"
 
 // scanBuild reads buildColumns; T is how the backend returns a time column.
 func scanBuild[T any](sc scanner, toTime func(*T) time.Time) (Build, error) {
@@ -566,7 +654,7 @@ func scanBuild[T any](sc scanner, toTime func(*T) time.Time) (Build, error) {
 		started, finished               *T
 		pids, containerIDs, steps, tags *string
 	)
-	if err := sc.Scan(&b.Source, &b.EventID, &b.Node, &b.Tool, &b.ImageID, &started, &finished,
+	if err := sc.Scan(&b.Source, &b.EventID, &b.Node, &b.Reporter, &b.Tool, &b.ImageID, &started, &finished,
 		&pids, &containerIDs, &b.CgroupID, &steps, &tags); err != nil {
 		return Build{}, err
 	}
@@ -588,7 +676,7 @@ func scanBuild[T any](sc scanner, toTime func(*T) time.Time) (Build, error) {
 }
 
 // scanConnection reads the backend's connection columns: source, event_id,
-// node, time, process, pid, cmdline, container_id, cgroup_id, dest_ip (as
+// node, reporter, time, process, pid, cmdline, container_id, cgroup_id, dest_ip (as
 // text), dest_port, dest_name.
 func scanConnection[T any](sc scanner, toTime func(*T) time.Time) (Connection, error) {
 	var (
@@ -596,7 +684,7 @@ func scanConnection[T any](sc scanner, toTime func(*T) time.Time) (Connection, e
 		t    *T
 		dest *string
 	)
-	if err := sc.Scan(&c.Source, &c.EventID, &c.Node, &t, &c.Process, &c.PID, &c.Cmdline, &c.ContainerID,
+	if err := sc.Scan(&c.Source, &c.EventID, &c.Node, &c.Reporter, &t, &c.Process, &c.PID, &c.Cmdline, &c.ContainerID,
 		&c.CgroupID, &dest, &c.DestPort, &c.DestName); err != nil {
 		return Connection{}, err
 	}

@@ -3,6 +3,7 @@ package ingest_test
 import (
 	"context"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -116,4 +117,169 @@ func (r *recorded) add(d evidence.Decision) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.got = append(r.got, d)
+}
+
+// countingEvaluator counts the judgements.
+type countingEvaluator struct {
+	ingest.Evaluator
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingEvaluator) Evaluate(ctx context.Context, w engine.Workload) (policy.Verdict, error) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return c.Evaluator.Evaluate(ctx, w)
+}
+
+func (c *countingEvaluator) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// TestRetroLateConnection: an image built on an approved node, with no
+// connection known, is admitted; the node's sensor reports, later, a
+// connection to an untrusted destination inside the build's window. It is
+// judged exactly like a late build: one untrusted-egress finding, counted,
+// an Event, a decision record. Connections outside every admitted image's
+// build window, or of another node, judge nothing.
+func TestRetroLateConnection(t *testing.T) {
+	reg := testregistry.New(t)
+	img := testregistry.Build(t, testregistry.Image{Created: time.Now().Add(-48 * time.Hour)})
+	reg.Push(t, "acme/lateconn:1", img)
+	cfg, _ := img.ConfigName()
+	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "e.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	p, err := policy.Compile(policy.Spec{
+		Registries:   policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}},
+		NodeEvidence: &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-*"}, TrustedDestinations: []string{"10.0.0.0/8"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := time.Now().Add(-47 * time.Hour).UTC()
+	if _, _, err := store.AddReport(t.Context(), evidence.Report{Node: "ci-runner-1", Builds: []evidence.Build{{Source: "agent", EventID: "b1",
+		Node: "ci-runner-1", Tool: "buildkit", ImageID: cfg.String(), Started: built, Finished: built.Add(time.Minute)}}}); err != nil {
+		t.Fatal(err)
+	}
+	e := &engine.Engine{Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport)), Evidence: store, Now: time.Now}
+	w := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "lateconn",
+		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/lateconn:1"}}}}
+	v, err := e.Evaluate(t.Context(), w)
+	if err != nil || !v.Allowed || len(v.Images[0].Findings) != 0 {
+		t.Fatalf("admission = %+v, %v; want allowed without findings (an approved build node)", v, err)
+	}
+	ev := &countingEvaluator{Evaluator: e}
+	sink := &events{}
+	r := ingest.NewRetro(ev, sink, prometheus.NewRegistry(), nil)
+	var recs recorded
+	r.Record = recs.add
+	r.Admitted("uid-2", w, v)
+
+	conn := func(id, node string, at time.Time, ip string) evidence.Report {
+		return evidence.Report{Node: node, Sensor: "falco", Connections: []evidence.Connection{{Source: "falco", EventID: id, Node: node,
+			Time: at, Process: "wget", PID: 4242, DestIP: netip.MustParseAddr(ip), DestPort: 8080}}}
+	}
+	for _, rep := range []evidence.Report{
+		conn("c-late-hour", "ci-runner-1", built.Add(time.Hour), "203.0.113.9"), // long after the build
+		conn("c-other-node", "ci-runner-2", built.Add(20*time.Second), "203.0.113.9"),
+	} {
+		if _, _, err := store.AddReport(t.Context(), rep); err != nil {
+			t.Fatal(err)
+		}
+		r.Report(t.Context(), rep)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := ev.count(); n != 0 {
+		t.Errorf("%d judgements for connections outside every build's window, want none", n)
+	}
+
+	rep := conn("c-during", "ci-runner-1", built.Add(20*time.Second), "203.0.113.9")
+	if _, _, err := store.AddReport(t.Context(), rep); err != nil {
+		t.Fatal(err)
+	}
+	r.Report(t.Context(), rep)
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(r.Found().WithLabelValues("untrusted-egress", "shop")) < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := testutil.ToFloat64(r.Found().WithLabelValues("untrusted-egress", "shop")); n != 1 {
+		t.Fatalf("retroactive untrusted-egress findings = %v, want 1", n)
+	}
+	time.Sleep(100 * time.Millisecond)
+	sink.mu.Lock()
+	if len(sink.got) != 1 || sink.got[0] != "shop/lateconn BuildguardLateEvidence" {
+		t.Errorf("events = %q, want one BuildguardLateEvidence on shop/lateconn", sink.got)
+	}
+	sink.mu.Unlock()
+	recs.mu.Lock()
+	defer recs.mu.Unlock()
+	if len(recs.got) != 1 || recs.got[0].Verdict != "would-deny" || !slices.Contains(recs.got[0].Rules, "untrusted-egress") {
+		t.Fatalf("decision records = %+v, want one would-deny with untrusted-egress", recs.got)
+	}
+}
+
+// TestRetroBuildAfterAdmission: a build reported later but dated after
+// the admission cannot be the build of what was admitted: the late
+// judgement is as of the admission, and flags it (implausible-build-time)
+// rather than finding host-built.
+func TestRetroBuildAfterAdmission(t *testing.T) {
+	reg := testregistry.New(t)
+	img := testregistry.Build(t, testregistry.Image{Created: time.Now().Add(-48 * time.Hour)})
+	reg.Push(t, "acme/after:1", img)
+	cfg, _ := img.ConfigName()
+	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "e.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	p, err := policy.Compile(policy.Spec{
+		Registries:   policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}},
+		NodeEvidence: &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-*"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &engine.Engine{Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport)), Evidence: store, Now: time.Now}
+	w := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "after",
+		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/after:1"}}}}
+	admission := time.Now().Add(-2 * time.Hour)
+	v, err := e.Evaluate(t.Context(), w)
+	if err != nil || !v.Allowed {
+		t.Fatalf("admission = %+v, %v", v, err)
+	}
+	r := ingest.NewRetro(e, &events{}, prometheus.NewRegistry(), nil)
+	var recs recorded
+	r.Record = recs.add
+	w.At = admission
+	r.Admitted("uid-3", w, v)
+	built := admission.Add(time.Hour) // after the admission, before now
+	rep := evidence.Report{Node: "worker-3", Builds: []evidence.Build{{Source: "agent", EventID: "b-after", Node: "worker-3", Tool: "docker",
+		ImageID: cfg.String(), Started: built, Finished: built.Add(time.Minute)}}}
+	if _, _, err := store.AddReport(t.Context(), rep); err != nil {
+		t.Fatal(err)
+	}
+	r.Report(t.Context(), rep)
+	deadline := time.Now().Add(10 * time.Second)
+	for testutil.ToFloat64(r.Found().WithLabelValues("implausible-build-time", "shop")) < 1 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := testutil.ToFloat64(r.Found().WithLabelValues("implausible-build-time", "shop")); n != 1 {
+		t.Errorf("retroactive implausible-build-time findings = %v, want 1", n)
+	}
+	if n := testutil.ToFloat64(r.Found().WithLabelValues("host-built", "shop")); n != 0 {
+		t.Errorf("retroactive host-built findings = %v, want 0: the build is dated after the admission", n)
+	}
+	recs.mu.Lock()
+	defer recs.mu.Unlock()
+	if len(recs.got) != 1 || recs.got[0].Verdict != "warn" || !slices.Contains(recs.got[0].Rules, "implausible-build-time") {
+		t.Errorf("decision records = %+v, want one warn with implausible-build-time", recs.got)
+	}
 }

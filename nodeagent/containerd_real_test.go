@@ -362,3 +362,67 @@ func (l *logBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// TestContainerdWatcherRetagIsNotABuild: an image made elsewhere and
+// imported while no agent watched, then tagged again (ctr images tag, as
+// nerdctl tag does) is not reported as a build; an image imported while
+// the agent watches is, once, however often it is tagged.
+func TestContainerdWatcherRetagIsNotABuild(t *testing.T) {
+	c := newRealContainerd(t)
+	c.start()
+	client, err := NewContainerd("unix://" + c.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	platform := &v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+	now := time.Now().UTC().Truncate(time.Second)
+	c.importImage("local.test/ci:1", testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Minute), Steps: []string{"RUN ci"}, Platform: platform}))
+	tag := func(src, dst string) {
+		t.Helper()
+		out, err := exec.Command("ctr", "--address", c.sock, "--timeout", "20s", "-n", "default", "images", "tag", src, dst).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ctr images tag: %v: %s", err, out)
+		}
+	}
+	time.Sleep(10 * time.Millisecond) // the import is before the watch's start
+
+	logs := &logBuffer{t: t}
+	w := &ContainerdWatcher{Client: client, Socket: c.sock, Namespaces: []string{"default"}, Replay: time.Millisecond,
+		Log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	ctx, cancel := context.WithCancel(t.Context())
+	out := make(chan BuildInfo, 16)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, out) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(logs.String(), "containerd images changed while not watching") {
+		if time.Now().After(deadline) {
+			t.Fatal("the watcher did not catch up")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	tag("local.test/ci:1", "local.test/ci:prod")
+	fresh := testregistry.Build(t, testregistry.Image{Created: now, Steps: []string{"RUN make"}, Platform: platform})
+	cfg, _ := fresh.ConfigName()
+	c.importImage("local.test/new:1", fresh)
+	tag("local.test/new:1", "local.test/new:prod")
+	select {
+	case b := <-out:
+		if b.ImageID != cfg.String() {
+			t.Errorf("build = %+v, want the image imported while watched (%s): the retag of the image already there was reported", b, cfg)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the image imported while watched was not reported")
+	}
+	// The new tag is examined within a tick (250ms) of its event.
+	select {
+	case b := <-out:
+		t.Errorf("unexpected build %+v", b)
+	case <-time.After(time.Second):
+	}
+}

@@ -26,8 +26,11 @@ type containerdAPI interface {
 // ContainerdWatcher follows containerd's image events and reports the
 // images that look built on the node (nerdctl build, BuildKit with its
 // containerd worker, Docker with the containerd image store, ctr import):
-// an image created or updated whose config was created within Retention
-// and that nothing shows to be pulled from a registry (pullEvidence).
+// an image created or updated whose config was created within Retention,
+// that nothing shows to be pulled from a registry (pullEvidence), and
+// whose manifest (or index) no image record held when the watch began: a
+// new record for such a target is a retag (ctr images tag, nerdctl tag),
+// not a build.
 // Such a build has no step containers or processes: the Attributor judges
 // it by node and time, as Docker's BuildKit builds.
 type ContainerdWatcher struct {
@@ -61,7 +64,11 @@ type ContainerdWatcher struct {
 	reported map[string]time.Time // config digests reported, and when
 	examined map[string]time.Time // ns/name@target examined, and when
 	lastTime time.Time            // latest time of the events received
-	state    runtimeState
+	// known are the targets (ns@digest) of the image records changed
+	// before the first catch-up's since: on the node before the watch.
+	known  map[string]bool
+	listed bool // known was taken
+	state  runtimeState
 }
 
 // Status says whether the watcher is connected, and if not, why.
@@ -123,6 +130,7 @@ func (w *ContainerdWatcher) Run(ctx context.Context, out chan<- BuildInfo) error
 	w.pending = map[ctrRef]ctrPending{}
 	w.reported = map[string]time.Time{}
 	w.examined = map[string]time.Time{}
+	w.known, w.listed = map[string]bool{}, false
 	since := w.now().Add(-durOr(w.Replay, 10*time.Minute))
 	minB, maxB := durOr(w.MinBackoff, 500*time.Millisecond), durOr(w.MaxBackoff, 30*time.Second)
 	backoff := minB
@@ -246,9 +254,13 @@ func (w *ContainerdWatcher) wait(ctx context.Context, d time.Duration, out chan<
 }
 
 // catchUp schedules the images of the watched namespaces changed since
-// since.
+// since. The first time, it remembers the targets of the records changed
+// before: those images were on the node before the watch, by a way it
+// cannot tell (an import of an image made elsewhere, a pull whose labels
+// were lost, a build), and a new name for one is not a build.
 func (w *ContainerdWatcher) catchUp(ctx context.Context, since time.Time) error {
 	n := 0
+	known := map[string]bool{}
 	for _, ns := range w.namespaces() {
 		imgs, err := w.Client.Images(ctx, ns)
 		if err != nil {
@@ -260,11 +272,17 @@ func (w *ContainerdWatcher) catchUp(ctx context.Context, since time.Time) error 
 				t = img.CreatedAt
 			}
 			if t.Before(since) {
+				if !w.listed && len(known) < maxContainers {
+					known[ns+"@"+img.Target.Digest] = true
+				}
 				continue
 			}
 			w.schedule(ctrRef{ns, img.Name}, t)
 			n++
 		}
+	}
+	if !w.listed {
+		w.known, w.listed = known, true
 	}
 	w.log().Info("containerd images changed while not watching", "since", since.UTC().Format(time.RFC3339Nano), "images", n)
 	return nil
@@ -400,6 +418,11 @@ func (w *ContainerdWatcher) examine(ctx context.Context, r ctrRef, at time.Time)
 	if strings.Contains(img.Name, "@sha256:") || img.Labels[criManaged] == "managed" {
 		w.examined[key] = w.now()
 		return BuildInfo{}, false, nil // pulled: nothing more to read
+	}
+	if w.known[r.ns+"@"+img.Target.Digest] {
+		w.examined[key] = w.now()
+		w.log().Debug("containerd image on the node before the watch, named again: not a build", "namespace", r.ns, "image", r.name, "digest", img.Target.Digest)
+		return BuildInfo{}, false, nil
 	}
 	manifest, cfgDesc, err := w.resolve(ctx, r.ns, img.Target)
 	if err != nil {

@@ -169,6 +169,20 @@ func (d *Docker) ImageInspect(ctx context.Context, id string) (Image, error) {
 	return img, err
 }
 
+// ImageSummary is what the agent uses of an entry of GET /images/json.
+type ImageSummary struct {
+	ID      string `json:"Id"`
+	Created int64  `json:"Created"` // seconds since the epoch
+}
+
+// Images lists the daemon's images (tagged and dangling; not the
+// intermediate images of the classic builder).
+func (d *Docker) Images(ctx context.Context) ([]ImageSummary, error) {
+	var l []ImageSummary
+	err := d.get(ctx, "/images/json", nil, &l)
+	return l, err
+}
+
 // HistoryEntry is one entry of GET /images/{id}/history, newest first.
 type HistoryEntry struct {
 	ID        string   `json:"Id"` // "<missing>" when no local image has this layer's config

@@ -35,12 +35,14 @@ type BuildInfo struct {
 // The classic builder runs each step in a short-lived container and
 // commits it to an intermediate image whose Container field names that
 // container; the final image is tagged. The watcher remembers the
-// containers it sees created, and when an image is tagged, imported,
-// loaded or committed, walks the image's parent chain: the chain's
+// containers it sees created, and when an image is tagged, created,
+// imported or committed, walks the image's parent chain: the chain's
 // containers it saw are the build's steps. An image whose chain has none
-// but that was created recently was built outside Docker's containers
-// (BuildKit) or imported; an old image being tagged or loaded is not a
-// build.
+// is a build only when it is new here and came from no registry or
+// tarball: imported (docker import), or made outside Docker's containers
+// (BuildKit) — created recently, without a registry digest, not loaded
+// (docker load), and not on the node already when the watch began. A
+// tag of any other image is a retag, not a build.
 type DockerWatcher struct {
 	Docker *Docker
 	// Socket is the daemon's unix socket: while it does not exist (a node
@@ -69,9 +71,15 @@ type DockerWatcher struct {
 	ctrs     map[string]*seenContainer
 	pending  map[string]pendingImage // image ID → when to examine it
 	reported map[string]time.Time    // image IDs reported, and when
-	lastTime time.Time               // latest time of the events received
-	seen     map[string]time.Time    // keys of the events within resumeOverlap of lastTime (and up to as much older)
-	pruned   time.Time               // when seen was last pruned, in event time
+	// loaded are the images docker load brought (made elsewhere), and
+	// when; known the images on the node, created within Retention,
+	// before the events the first connection asked for.
+	loaded   map[string]time.Time
+	known    map[string]bool
+	listed   bool                 // known was taken
+	lastTime time.Time            // latest time of the events received
+	seen     map[string]time.Time // keys of the events within resumeOverlap of lastTime (and up to as much older)
+	pruned   time.Time            // when seen was last pruned, in event time
 	state    runtimeState
 }
 
@@ -145,7 +153,11 @@ func (w *DockerWatcher) Run(ctx context.Context, out chan<- BuildInfo) error {
 	w.pending = map[string]pendingImage{}
 	w.reported = map[string]time.Time{}
 	w.seen = map[string]time.Time{}
+	w.loaded = map[string]time.Time{}
+	w.known = map[string]bool{}
+	w.listed = false
 	since := w.now().Add(-durOr(w.Replay, 10*time.Minute))
+	first := since
 	backoff := durOr(w.MinBackoff, 500*time.Millisecond)
 	// dockerd skips a listener that does not take an event within 100ms:
 	// read the stream promptly, handle the events from a deep queue.
@@ -184,7 +196,7 @@ func (w *DockerWatcher) Run(ctx context.Context, out chan<- BuildInfo) error {
 				}
 			})
 		}()
-		err := w.loop(ctx, events, errc, connected, out)
+		err := w.loop(ctx, events, errc, connected, first, out)
 		cancel()
 		w.metric(func(m *Metrics) { m.dockerUp.Set(0) })
 		if ctx.Err() != nil {
@@ -224,7 +236,7 @@ func (w *DockerWatcher) metric(f func(*Metrics)) {
 }
 
 // loop handles one connection's events until the stream ends.
-func (w *DockerWatcher) loop(ctx context.Context, events chan Event, errc chan error, connected chan struct{}, out chan<- BuildInfo) error {
+func (w *DockerWatcher) loop(ctx context.Context, events chan Event, errc chan error, connected chan struct{}, first time.Time, out chan<- BuildInfo) error {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
@@ -244,12 +256,37 @@ func (w *DockerWatcher) loop(ctx context.Context, events chan Event, errc chan e
 			w.metric(func(m *Metrics) { m.dockerConnects.Inc(); m.dockerUp.Set(1) })
 			w.state.set(StateConnected, w.Socket, nil, w.now())
 			w.log().Info("docker event stream open", "host", w.Docker.Host)
+			if !w.listed {
+				w.listKnown(ctx, first)
+			}
 		case <-tick.C:
 		}
 		if err := w.examineDue(ctx, out, false); err != nil {
 			return err
 		}
 	}
+}
+
+// listKnown remembers the images on the node created within Retention
+// but before first, the start of the first events asked for: they came
+// before the watch, by a way it cannot tell (a load, a pull, a build), so
+// tagging one now is not building it. Images created since are judged by
+// the events replayed. When the list cannot be had, the next connection
+// tries again; until then such an image is judged as if it were new.
+func (w *DockerWatcher) listKnown(ctx context.Context, first time.Time) {
+	imgs, err := w.Docker.Images(ctx)
+	if err != nil {
+		w.log().Warn("listing the images on the node failed; will retry at the next connection", "error", err)
+		return
+	}
+	cut := first.Add(-durOr(w.Retention, 2*time.Hour))
+	for _, img := range imgs {
+		created := time.Unix(img.Created, 0)
+		if imageIDPattern.MatchString(img.ID) && created.Before(first) && !created.Before(cut) && len(w.known) < maxContainers {
+			w.known[img.ID] = true
+		}
+	}
+	w.listed = true
 }
 
 // waitPending waits d while still examining images that fall due.
@@ -317,10 +354,27 @@ func (w *DockerWatcher) handle(ctx context.Context, ev Event) {
 		}
 	case "image":
 		switch ev.Action {
-		case "tag", "import", "load", "create", "build":
+		case "tag", "import", "create", "build":
 			if imageIDPattern.MatchString(id) {
 				w.schedule(id, ev.Action, t, "")
 			}
+		case "load":
+			// Made elsewhere: neither the load nor a later tag of it is
+			// a build. Docker's containerd image store may name the
+			// image rather than give its ID.
+			if !imageIDPattern.MatchString(id) {
+				img, err := w.Docker.ImageInspect(ctx, id)
+				if err != nil {
+					w.log().Warn("a loaded image could not be inspected", "image", clip(id, 200), "error", err)
+					return
+				}
+				id = img.ID
+			}
+			if len(w.loaded) >= maxContainers {
+				w.forgetOld(true)
+			}
+			w.loaded[id] = t
+			delete(w.pending, id)
 		}
 	case "builder":
 		if imageIDPattern.MatchString(id) {
@@ -353,23 +407,25 @@ func (w *DockerWatcher) forgetOld(full bool) {
 			delete(w.ctrs, id)
 		}
 	}
-	for id, t := range w.reported {
-		if t.Before(cut) {
-			delete(w.reported, id)
+	for _, m := range []map[string]time.Time{w.reported, w.loaded} {
+		for id, t := range m {
+			if t.Before(cut) {
+				delete(m, id)
+			}
 		}
-	}
-	if len(w.reported) > maxContainers {
-		type rep struct {
-			id string
-			at time.Time
-		}
-		all := make([]rep, 0, len(w.reported))
-		for id, t := range w.reported {
-			all = append(all, rep{id, t})
-		}
-		sort.Slice(all, func(i, j int) bool { return all[i].at.Before(all[j].at) })
-		for _, r := range all[:len(all)/2] {
-			delete(w.reported, r.id)
+		if len(m) >= maxContainers {
+			type rep struct {
+				id string
+				at time.Time
+			}
+			all := make([]rep, 0, len(m))
+			for id, t := range m {
+				all = append(all, rep{id, t})
+			}
+			sort.Slice(all, func(i, j int) bool { return all[i].at.Before(all[j].at) })
+			for _, r := range all[:len(all)/2] {
+				delete(m, r.id)
+			}
 		}
 	}
 	if full && len(w.ctrs) >= maxContainers {
@@ -385,7 +441,9 @@ func (w *DockerWatcher) forgetOld(full bool) {
 }
 
 func (w *DockerWatcher) schedule(imageID, action string, at time.Time, ctr string) {
-	if p, ok := w.pending[imageID]; ok && p.ctr != "" {
+	// A commit or an import says more of the image than the tags that
+	// follow it.
+	if p, ok := w.pending[imageID]; ok && (p.ctr != "" || p.action == "import") {
 		return
 	}
 	w.pending[imageID] = pendingImage{due: w.now().Add(durOr(w.Settle, time.Second)), action: action, at: at, ctr: ctr}
@@ -503,11 +561,19 @@ func (w *DockerWatcher) examine(ctx context.Context, id string, p pendingImage) 
 		return b, true, nil
 	}
 	// Nothing of it ran in a container seen here: built elsewhere on the
-	// node (BuildKit), imported — or an old image tagged or loaded.
-	// An image with a registry digest was pulled (or pushed already):
-	// tagging it again is not building it.
+	// node (BuildKit), imported — or an image made elsewhere, tagged.
+	// An image with a registry digest was pulled (or pushed already), one
+	// docker load brought was built where it was saved, one on the node
+	// before the watch began came by a way not seen, one created long ago
+	// is old: tagging any of them is not building it.
 	retention := durOr(w.Retention, 2*time.Hour)
 	if img.Created.IsZero() || p.at.Sub(img.Created) > retention || len(img.RepoDigests) > 0 {
+		return BuildInfo{}, false, nil
+	}
+	if _, loaded := w.loaded[id]; loaded && p.action != "import" {
+		return BuildInfo{}, false, nil
+	}
+	if w.known[id] && p.action != "import" {
 		return BuildInfo{}, false, nil
 	}
 	switch {

@@ -27,6 +27,7 @@ type fakeEngine struct {
 	images     map[string]Image
 	history    map[string][]HistoryEntry
 	containers map[string]Container
+	list       []ImageSummary // GET /images/json
 	// breakAfter ends the first stream after that many events.
 	breakAfter int
 	sinces     []string
@@ -67,6 +68,8 @@ func (f *fakeEngine) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 		<-r.Context().Done()
 		f.mu.Lock()
+	case path == "/images/json":
+		json.NewEncoder(w).Encode(f.list)
 	case strings.HasPrefix(path, "/images/") && strings.HasSuffix(path, "/json"):
 		img, ok := f.images[strings.TrimSuffix(strings.TrimPrefix(path, "/images/"), "/json")]
 		if !ok {
@@ -218,8 +221,16 @@ func TestDockerWatcherClassicBuild(t *testing.T) {
 func TestDockerWatcherWithoutContainers(t *testing.T) {
 	now := time.Now()
 	fresh, old, imported, pulled := "sha256:"+hexID('e'), "sha256:"+hexID('f'), "sha256:"+hexID('a'), "sha256:"+hexID('5')
+	loaded, known := "sha256:"+hexID('7'), "sha256:"+hexID('8')
 	f := &fakeEngine{
+		list: []ImageSummary{{ID: known, Created: now.Add(-20 * time.Minute).Unix()}, {ID: old, Created: now.Add(-30 * 24 * time.Hour).Unix()}},
 		events: []Event{
+			// Built by CI a minute ago, saved, loaded and tagged here.
+			ev("image", "load", loaded, now.Add(-3*time.Second), map[string]string{"name": loaded}),
+			ev("image", "tag", loaded, now.Add(-3*time.Second), map[string]string{"name": "shop/api:1"}),
+			// On the node before the agent started (loaded, say, while
+			// it was down), tagged now.
+			ev("image", "tag", known, now.Add(-2*time.Second), map[string]string{"name": "shop/web:1"}),
 			ev("image", "tag", old, now.Add(-3*time.Second), map[string]string{"name": "mirror/nginx:1"}),
 			ev("image", "tag", fresh, now.Add(-2*time.Second), map[string]string{"name": "bk:1"}),
 			ev("image", "import", imported, now.Add(-time.Second), nil),
@@ -232,6 +243,8 @@ func TestDockerWatcherWithoutContainers(t *testing.T) {
 			imported: {ID: imported, Created: now.Add(-time.Second)},
 			// Pushed by CI a minute ago, pulled and tagged here.
 			pulled: {ID: pulled, Created: now.Add(-time.Minute), RepoTags: []string{"mine:1"}, RepoDigests: []string{"registry.example/mine@sha256:" + hexID('6')}},
+			loaded: {ID: loaded, Created: now.Add(-time.Minute), RepoTags: []string{"shop/api:1"}},
+			known:  {ID: known, Created: now.Add(-20 * time.Minute), RepoTags: []string{"shop/web:1"}},
 		},
 		history: map[string][]HistoryEntry{
 			fresh: {
@@ -258,6 +271,12 @@ func TestDockerWatcherWithoutContainers(t *testing.T) {
 	}
 	if _, ok := byID[pulled]; ok {
 		t.Errorf("tagging a pulled image reported as a build")
+	}
+	if _, ok := byID[loaded]; ok {
+		t.Errorf("loading and tagging an image built elsewhere reported as a build")
+	}
+	if _, ok := byID[known]; ok {
+		t.Errorf("tagging an image on the node before the watch reported as a build")
 	}
 }
 

@@ -36,6 +36,7 @@ func Combine(vs []Verdict) Verdict {
 	for i := range decider.Images {
 		iv := vs[0].Images[i]
 		iv.Findings = append([]Finding{}, iv.Findings...)
+		iv.Watch = slices.Clone(iv.Watch)
 		for _, v := range vs[1:] {
 			other := v.Images[i]
 			if other.Outcome.rank() > iv.Outcome.rank() {
@@ -48,6 +49,11 @@ func Combine(vs []Verdict) Verdict {
 				iv.Exception = other.Exception
 			}
 			iv.Findings = mergeFindings(iv.Findings, other.Findings)
+			for _, w := range other.Watch {
+				if !slices.Contains(iv.Watch, w) {
+					iv.Watch = append(iv.Watch, w)
+				}
+			}
 		}
 		out.Images[i] = iv
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -55,8 +56,11 @@ type Policy struct {
 	exceptions   []exception
 	changes      *changeControl
 	steps        *stepMemo
-	evidence     *nodeEvidence
-	prov         provenanceSettings
+	// verifiedAction is the action on steps whose only findings are
+	// verified downloads; "" for the rule's action.
+	verifiedAction Action
+	evidence       *nodeEvidence
+	prov           provenanceSettings
 }
 
 type exception struct {
@@ -175,6 +179,13 @@ func CompileNamed(name string, s Spec) (*Policy, error) {
 		}
 		p.actions[r] = a
 	}
+	if bs := s.BuildSteps; bs != nil && bs.VerifiedDownloads != "" {
+		a := bs.VerifiedDownloads
+		if a != ActionDeny && a != ActionWarn && a != ActionIgnore {
+			return nil, &FieldError{Field: "buildSteps.verifiedDownloads", Msg: fmt.Sprintf("%q is not one of deny, warn, ignore", a)}
+		}
+		p.verifiedAction = a
+	}
 	x, err := CompileExceptions("exceptions", s.Exceptions)
 	if err != nil {
 		return nil, err
@@ -287,7 +298,7 @@ func (p *Policy) Action(rule RuleID) Action {
 		}
 		return ActionDeny
 	}
-	if rule == RuleInvalidModeLabel {
+	if rule == RuleInvalidModeLabel || rule == RuleImplausibleBuildTime {
 		return ActionWarn
 	}
 	if a, ok := p.actions[rule]; ok {
@@ -318,28 +329,92 @@ func (p *Policy) Insecure(registry string) bool {
 // ForbiddenHost reports whether host (a registry host, optionally with a
 // port) names an address buildguard must never contact: link-local
 // addresses (169.254.0.0/16, fe80::/10), where cloud metadata services
-// live, and the AWS IPv6 metadata address fd00:ec2::254. Host names are
-// checked again at dial time, when they have resolved.
+// live, and the AWS IPv6 metadata address fd00:ec2::254. Besides the
+// usual forms it knows the ones inet_aton, and so many resolvers and
+// proxies, accept for an IPv4 address (2852039166, 0xa9fea9fe,
+// 0251.0376.0251.0376, 169.254.43518), a trailing dot, and IPv4
+// addresses inside IPv6 ones. Host names are checked again at dial time,
+// when they have resolved.
 func ForbiddenHost(host string) bool {
 	h := strings.ToLower(host)
 	if ap, err := netip.ParseAddrPort(h); err == nil {
 		return ForbiddenAddr(ap.Addr())
 	}
-	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
-	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[:i], ":") {
+	if strings.HasPrefix(h, "[") {
+		if i := strings.LastIndexByte(h, ']'); i > 0 {
+			h = h[1:i]
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.Contains(h[:i], ":") {
 		h = h[:i]
 	}
+	// A fully qualified name: "169.254.169.254." is 169.254.169.254.
+	h = strings.TrimRight(h, ".")
 	if a, err := netip.ParseAddr(h); err == nil {
 		return ForbiddenAddr(a)
 	}
-	h = strings.TrimSuffix(h, ".")
+	if a, ok := parseInetAton(h); ok {
+		return ForbiddenAddr(a)
+	}
 	return h == "metadata.google.internal" || h == "metadata" || h == "instance-data" || strings.HasSuffix(h, ".metadata.google.internal")
+}
+
+// parseInetAton parses an IPv4 address the way inet_aton does: one to
+// four parts separated by dots, each decimal, octal (leading 0) or hex
+// (leading 0x), the last part filling the bytes the others leave.
+func parseInetAton(s string) (netip.Addr, bool) {
+	parts := strings.Split(s, ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	var v uint64
+	for i, p := range parts {
+		base := 10
+		switch {
+		case strings.HasPrefix(p, "0x"):
+			base, p = 16, p[2:]
+		case len(p) > 1 && p[0] == '0':
+			base, p = 8, p[1:]
+		}
+		if p == "" {
+			return netip.Addr{}, false
+		}
+		n, err := strconv.ParseUint(p, base, 32)
+		if err != nil || strings.ContainsAny(p, "+-_") {
+			return netip.Addr{}, false
+		}
+		bits := 8
+		if i == len(parts)-1 {
+			bits = 8 * (4 - i)
+		}
+		if n >= 1<<bits {
+			return netip.Addr{}, false
+		}
+		v = v<<bits | n
+	}
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
 }
 
 var awsMetadataV6 = netip.MustParseAddr("fd00:ec2::254")
 
-// ForbiddenAddr reports whether a is link-local or a cloud metadata address.
+// nat64 and nat64Local are the prefixes whose IPv6 addresses a NAT64
+// gateway translates to the IPv4 address in their last 32 bits (RFC 6052,
+// RFC 8215); ipv4Compatible is the deprecated ::a.b.c.d form.
+var (
+	nat64          = netip.MustParsePrefix("64:ff9b::/96")
+	nat64Local     = netip.MustParsePrefix("64:ff9b:1::/48")
+	ipv4Compatible = netip.MustParsePrefix("::/96")
+)
+
+// ForbiddenAddr reports whether a is link-local or a cloud metadata
+// address, or an IPv6 address that carries one (IPv4-mapped, NAT64,
+// IPv4-compatible).
 func ForbiddenAddr(a netip.Addr) bool {
 	a = a.Unmap()
+	if a.Is6() && (nat64.Contains(a) || nat64Local.Contains(a) || ipv4Compatible.Contains(a)) {
+		b := a.As16()
+		if v4 := netip.AddrFrom4([4]byte(b[12:])); ForbiddenAddr(v4) {
+			return true
+		}
+	}
 	return a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a == awsMetadataV6
 }

@@ -116,6 +116,40 @@ func TestForbiddenHost(t *testing.T) {
 		"127.0.0.1:5000":           false,
 		"10.1.2.3":                 false,
 		"[::ffff:169.254.1.1]":     true,
+		// The forms inet_aton, and so many resolvers and proxies, take
+		// for 169.254.169.254: decimal, hex, octal, and shortened.
+		"2852039166:80":             true,
+		"0xa9fea9fe:80":             true,
+		"0XA9FEA9FE":                true,
+		"0251.0376.0251.0376":       true,
+		"0251.0376.0251.0376:5000":  true,
+		"0xa9.0xfe.0xa9.0xfe":       true,
+		"169.254.43518":             true,
+		"169.16689662":              true,
+		"0xa9.254.0251.254":         true,
+		"025177524776":              true,
+		"169.254.169.254.":          true,
+		"169.254.169.254.:443":      true,
+		"2852039166.":               true,
+		"metadata.google.internal.": true,
+		"metadata.:80":              true,
+		"[fe80::1%25eth0]:5000":     true,
+		"[64:ff9b::a9fe:a9fe]":      true,
+		"[::a9fe:a9fe]:5000":        true,
+		"fe80::1":                   true,
+		"[64:ff9b::a9fe:a9fe]:443":  true,
+		// Look alike, are not.
+		"3232235777:80":          false, // 192.168.1.1
+		"0x7f000001:5000":        false, // 127.0.0.1
+		"0251.0376.0251.0376.io": false, // a name; checked when it resolves
+		"169.254.169.254.nip.io": false,
+		"1.2.3.4.":               false,
+		"4294967296":             false, // 2^32: not an address
+		"0x1ffffffff":            false,
+		"08.1.2.3":               false, // 8 is no octal digit
+		"[64:ff9b::a01:203]":     false, // 10.1.2.3
+		"[::1]:5000":             false,
+		"metadata.example.com":   false,
 	}
 	for host, want := range tests {
 		if got := ForbiddenHost(host); got != want {

@@ -74,6 +74,11 @@ type ImageVerdict struct {
 	// Exception is the exception that admitted the image despite its
 	// findings, if any.
 	Exception *ExceptionUse `json:"exception,omitempty"`
+	// Watch are the nodes and times whose connections count as the
+	// connections of the image's builds (see ConnectionWindow): a
+	// connection reported later inside one can change the verdict. Not
+	// part of the decision record.
+	Watch []ConnectionWindow `json:"-"`
 }
 
 // ExceptionUse records an exception that applied to an image.
@@ -147,10 +152,16 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		if _, future := ev["maxClockSkew"]; future {
 			return fmt.Sprintf("created in the future (%v)", ev["created"])
 		}
+		if src, _ := ev["timeSource"].(string); src != "" && src != TimeSourceConfig {
+			return fmt.Sprintf("%ds old by %s, minAge %v", ev["ageSeconds"], src, ev["minAge"])
+		}
 		return fmt.Sprintf("created %ds before admission, minAge %v", ev["ageSeconds"], ev["minAge"])
 	case RuleSuspiciousBuildStep:
 		kinds := ev["kinds"].([]string)
 		s := fmt.Sprintf("step %v: %s", ev["stepIndex"], kinds[0])
+		if _, ok := ev["stepIndex"]; !ok {
+			s = "run command: " + kinds[0]
+		}
 		if hosts, ok := ev["hosts"].([]string); ok {
 			s += " from " + hosts[0]
 		}
@@ -159,6 +170,9 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		}
 		return s
 	case RuleUnapprovedRegistry:
+		if ev["forbiddenAddress"] == true {
+			return fmt.Sprintf("%v leads to a link-local/metadata address", ev["repository"])
+		}
 		return fmt.Sprintf("%v is not in registries.allow", ev["repository"])
 	case RuleUnresolvableImage:
 		return fmt.Sprintf("%v in its registry", ev["reason"])
@@ -168,11 +182,16 @@ func summary(rule RuleID, msg string, ev map[string]any) string {
 		return fmt.Sprintf("mounts %v", ev["socket"])
 	case RuleHostBuilt:
 		return fmt.Sprintf("built on node %v", ev["node"])
+	case RuleImplausibleBuildTime:
+		if b, ok := ev["build"].(map[string]any); ok {
+			return fmt.Sprintf("build on node %v dated %v: %v", b["node"], b["finished"], ev["reason"])
+		}
 	case RuleUntrustedEgress:
 		if cs, ok := ev["connections"].([]map[string]any); ok && len(cs) > 0 {
 			return fmt.Sprintf("build on %v connected to %v:%v", cs[0]["node"], cs[0]["destIP"], cs[0]["destPort"])
 		}
-	case RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource:
+	case RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource,
+		RuleVSAFailed, RuleVSAStale, RuleInconsistentCreatedTime:
 		return provenanceSummary(rule, ev)
 	}
 	return msg
@@ -204,10 +223,12 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 	case c.Err != nil:
 		iv.Findings = append(iv.Findings, p.lookupFailure(c, ref))
 	case c.Resolved != nil:
-		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now, p.attestedTimes(c, c.Resolved))...)
+		iv.Findings = append(iv.Findings, p.freshness(c.Resolved, now, p.trustedTimes(c, c.Resolved, now))...)
+		iv.Findings = append(iv.Findings, p.inconsistentCreated(c, c.Resolved, now)...)
 		iv.Findings = append(iv.Findings, p.buildSteps(c.Resolved)...)
-		iv.Findings = append(iv.Findings, p.nodeFindings(c.Builds)...)
-		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved)...)
+		iv.Findings = append(iv.Findings, p.nodeFindings(c.Builds, c.Resolved, now)...)
+		iv.Watch = p.connectionWindows(c.Builds, c.Resolved, now)
+		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved, ref.Context().Name(), now)...)
 	}
 
 	if err == nil {
@@ -239,16 +260,33 @@ func (p *Policy) unapproved(ref name.Reference) Finding {
 	return p.finding(RuleUnapprovedRegistry, SeverityHigh, msg, ev)
 }
 
+// forbidden is the finding for a registry buildguard refused to contact
+// when it resolved or redirected to a link-local or metadata address:
+// unapproved-registry, as for one written as such an address, whatever
+// failurePolicy says. ev is added to.
+func (p *Policy) forbidden(registry string, err *ResolveError, ev map[string]any) Finding {
+	ev["forbiddenAddress"] = true
+	ev["reason"] = string(err.Kind)
+	ev["error"] = err.Message
+	return p.finding(RuleUnapprovedRegistry, SeverityHigh,
+		fmt.Sprintf("registry %s leads to a link-local or cloud-metadata address and is never contacted (%s)", registry, err.Message), ev)
+}
+
 func (p *Policy) lookupFailure(c Container, ref name.Reference) Finding {
 	ev := map[string]any{"reason": string(c.Err.Kind), "registry": ref.Context().RegistryStr(), "error": c.Err.Message}
 	switch c.Err.Kind {
-	case ErrNotFound, ErrInvalidImage:
+	case ErrForbiddenAddress:
+		return p.forbidden(ref.Context().RegistryStr(), c.Err, map[string]any{"repository": ref.Context().Name()})
+	case ErrNotFound, ErrInvalidImage, ErrTooLarge:
 		policy := effectivePullPolicy(c.PullPolicy, ref)
 		ev["imagePullPolicy"] = policy
 		sev := SeverityMedium
 		msg := fmt.Sprintf("image %s does not exist in registry %s", ref.String(), ref.Context().RegistryStr())
-		if c.Err.Kind == ErrInvalidImage {
+		switch c.Err.Kind {
+		case ErrInvalidImage:
 			msg = fmt.Sprintf("registry %s serves no valid image for %s", ref.Context().RegistryStr(), ref.String())
+		case ErrTooLarge:
+			msg = fmt.Sprintf("image %s is larger than buildguard reads or judges (%s)", ref.String(), c.Err.Message)
 		}
 		if policy == "Never" || policy == "IfNotPresent" {
 			sev = SeverityHigh
@@ -277,15 +315,16 @@ func effectivePullPolicy(set string, ref name.Reference) string {
 // further than maxClockSkew in the future. One fresh child of an index is
 // enough: the node that pulls it runs that child.
 //
-// attested holds, per platform digest, a build finish time signed in a
-// verified provenance attestation; it is used instead of config created,
-// which the build writes itself, and the evidence says so (timeSource).
-func (p *Policy) freshness(img *Image, now time.Time, attested map[string]time.Time) []Finding {
+// trusted holds, per platform digest, the earliest time the digest
+// provably existed (trustedTimes); it is used instead of config created,
+// which the build writes itself, and the evidence says which
+// (timeSource, and configCreated beside it).
+func (p *Policy) freshness(img *Image, now time.Time, trusted map[string]trustedTime) []Finding {
 	var out []Finding
 	for _, pl := range img.Platforms {
-		created, source := pl.Created, ""
-		if t, ok := attested[pl.Digest]; ok {
-			created, source = t, "attestation"
+		created, source, detail := pl.Created, TimeSourceConfig, ""
+		if t, ok := trusted[pl.Digest]; ok {
+			created, source, detail = t.at, t.source, t.detail
 		}
 		if created.IsZero() || created.Unix() <= 0 {
 			continue // reproducible builds write epoch zero: unknown, not fresh
@@ -296,16 +335,29 @@ func (p *Policy) freshness(img *Image, now time.Time, attested map[string]time.T
 			"ageSeconds":   int64(age / time.Second),
 			"minAge":       human(p.minAge),
 			"configDigest": pl.ConfigDigest,
+			"timeSource":   source,
 		}
 		if pl.Platform != "" {
 			ev["platform"] = pl.Platform
 		}
-		if source != "" {
-			ev["timeSource"] = source
+		what := "was created"
+		if source != TimeSourceConfig {
+			what = "provably existed only"
+			if source == TimeSourceAttestation || source == TimeSourceNodeReport {
+				what = "was built"
+			}
+			ev["timeSourceDetail"] = detail
+			if !pl.Created.IsZero() {
+				ev["configCreated"] = pl.Created.UTC().Format(time.RFC3339)
+			}
 		}
 		on := ""
 		if pl.Platform != "" {
 			on = " (" + pl.Platform + ")"
+		}
+		by := ""
+		if source != TimeSourceConfig {
+			by = fmt.Sprintf(" by %s (%s)", source, detail)
 		}
 		switch {
 		case -age > p.maxClockSkew:
@@ -318,7 +370,7 @@ func (p *Policy) freshness(img *Image, now time.Time, attested map[string]time.T
 				age = 0
 			}
 			out = append(out, p.finding(RuleFreshImage, SeverityHigh,
-				fmt.Sprintf("image%s was created %s before admission (%s), less than freshness.minAge %s", on, human(age.Round(time.Second)), ev["created"], human(p.minAge)),
+				fmt.Sprintf("image%s %s %s before admission (%s%s), less than freshness.minAge %s", on, what, human(age.Round(time.Second)), ev["created"], by, human(p.minAge)),
 				ev))
 		}
 	}
@@ -340,64 +392,26 @@ func human(d time.Duration) string {
 // maxQuotedStep bounds how much of a build step a finding quotes.
 const maxQuotedStep = 160
 
-// buildSteps analyses every history entry of every platform and reports
-// each suspicious step once, listing the platforms it appears in.
+// buildSteps analyses the history and run config of every platform and
+// reports each suspicious step once, listing the platforms it appears in.
+// A step's findings depend on the image around it (its environment, files
+// earlier steps fetched), so steps are the same only when their text and
+// findings are.
 func (p *Policy) buildSteps(img *Image) []Finding {
 	var out []Finding
-	seen := map[string]int{} // step text → index in out
+	seen := map[string]int{} // step text and findings → index in out
 	for _, pl := range img.Platforms {
-		for i, h := range pl.History {
-			if h.CreatedBy == "" {
-				continue
-			}
-			if j, ok := seen[h.CreatedBy]; ok {
+		for _, r := range p.steps.analyze(pl, p.sources) {
+			key := r.Step + "\x00" + kindsOf(r.Findings)
+			if j, ok := seen[key]; ok {
 				if pl.Platform != "" {
 					out[j].Evidence["platforms"] = append(out[j].Evidence["platforms"].([]string), pl.Platform)
 				}
 				continue
 			}
-			sfs := p.steps.analyze(h.CreatedBy, p.sources)
-			if len(sfs) == 0 {
-				continue
-			}
-			var kinds, hosts, urls []string
-			sev := SeverityMedium
-			for _, sf := range sfs {
-				kinds = appendUnique(kinds, string(sf.Kind))
-				if sf.Host != "" {
-					hosts = appendUnique(hosts, sf.Host)
-				}
-				if sf.URL != "" {
-					urls = appendUnique(urls, sf.URL)
-				}
-				if sf.Kind == StepRawIPDownload || sf.Kind == StepBase64Exec {
-					sev = SeverityHigh
-				}
-			}
-			step := shorten(h.CreatedBy, maxQuotedStep)
-			ev := map[string]any{"step": step, "stepIndex": i, "kinds": kinds, "platforms": []string{}}
-			if len(hosts) > 0 {
-				ev["hosts"] = hosts
-			}
-			if len(urls) > 0 {
-				ev["urls"] = urls
-			}
-			if !h.Created.IsZero() && h.Created.Unix() > 0 {
-				ev["created"] = h.Created.UTC().Format(time.RFC3339)
-			}
-			if pl.Platform != "" {
-				ev["platforms"] = []string{pl.Platform}
-			}
-			msg := sfs[0].Detail
-			if len(sfs) > 1 {
-				rest := make([]string, 0, len(sfs)-1)
-				for _, sf := range sfs[1:] {
-					rest = append(rest, sf.Detail)
-				}
-				msg += "; " + strings.Join(rest, "; ")
-			}
-			seen[h.CreatedBy] = len(out)
-			out = append(out, p.finding(RuleSuspiciousBuildStep, sev, fmt.Sprintf("build step %d %s: %q", i, msg, step), ev))
+			f := p.stepFinding(r, pl)
+			seen[key] = len(out)
+			out = append(out, f)
 		}
 	}
 	for _, f := range out {
@@ -408,6 +422,91 @@ func (p *Policy) buildSteps(img *Image) []Finding {
 		}
 	}
 	return out
+}
+
+// stepFinding turns the analysis of one step into a finding.
+func (p *Policy) stepFinding(r StepReport, pl Platform) Finding {
+	var kinds, hosts, urls, verified []string
+	var fetchedIn []int
+	sev := SeverityMedium
+	onlyVerified := true
+	for _, sf := range r.Findings {
+		kinds = appendUnique(kinds, string(sf.Kind))
+		if sf.Host != "" {
+			hosts = appendUnique(hosts, sf.Host)
+		}
+		if sf.URL != "" {
+			urls = appendUnique(urls, sf.URL)
+		}
+		if sf.Verified != "" {
+			verified = appendUnique(verified, sf.Verified)
+		}
+		if sf.CrossStep && !containsInt(fetchedIn, sf.FetchedIn) {
+			fetchedIn = append(fetchedIn, sf.FetchedIn)
+		}
+		switch sf.Kind {
+		case StepReverseShell, StepCryptoMiner, StepCloudProbe:
+			sev = SeverityCritical
+		case StepRawIPDownload, StepBase64Exec, StepConnection, StepExecFetched, StepPipeToShell:
+			if sev != SeverityCritical && sf.Verified == "" {
+				sev = SeverityHigh
+			}
+		}
+		switch sf.Kind {
+		case StepRawIPDownload, StepUntrustedDownload, StepChmodFetched, StepExecFetched:
+			onlyVerified = onlyVerified && sf.Verified != ""
+		default:
+			onlyVerified = false
+		}
+	}
+	step := shorten(r.Step, maxQuotedStep)
+	ev := map[string]any{"step": step, "kinds": kinds, "platforms": []string{}}
+	where := "run command"
+	if r.Index == ConfigStep {
+		ev["source"] = "config"
+	} else {
+		ev["stepIndex"] = r.Index
+		where = fmt.Sprintf("build step %d", r.Index)
+	}
+	if len(hosts) > 0 {
+		ev["hosts"] = hosts
+	}
+	if len(urls) > 0 {
+		ev["urls"] = urls
+	}
+	if len(verified) > 0 {
+		ev["verified"] = verified
+	}
+	if len(fetchedIn) > 0 {
+		sort.Ints(fetchedIn)
+		ev["fetchedIn"] = fetchedIn
+	}
+	if r.Index >= 0 && r.Index < len(pl.History) {
+		if c := pl.History[r.Index].Created; !c.IsZero() && c.Unix() > 0 {
+			ev["created"] = c.UTC().Format(time.RFC3339)
+		}
+	}
+	if pl.Platform != "" {
+		ev["platforms"] = []string{pl.Platform}
+	}
+	details := make([]string, 0, len(r.Findings))
+	for _, sf := range r.Findings {
+		details = appendUnique(details, sf.Detail)
+	}
+	f := p.finding(RuleSuspiciousBuildStep, sev, fmt.Sprintf("%s %s: %q", where, strings.Join(details, "; "), step), ev)
+	if onlyVerified && p.verifiedAction != "" && p.verifiedAction.rank() < f.Action.rank() {
+		f.Action = p.verifiedAction
+	}
+	return f
+}
+
+func containsInt(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
 }
 
 func appendUnique(s []string, v string) []string {

@@ -95,6 +95,56 @@ type Signature struct {
 	Source string
 	// Error says why it did not verify.
 	Error string
+
+	// Type is what made it: "cosign" (cosign signatures and Sigstore
+	// bundles; the default when empty) or "notation" (Notary Project).
+	Type string
+	// SignedAt is when a transparency log recorded the signature or a
+	// timestamping authority countersigned it, both verified against the
+	// trusted root; zero when neither was verified. It is a time the
+	// image provably existed.
+	SignedAt time.Time
+	// SignedAtSource says which: TimeSourceTransparencyLog or
+	// TimeSourceTimestampAuthority.
+	SignedAtSource string
+	// GitHub holds the GitHub Actions claims of a Fulcio certificate.
+	GitHub *GitHubClaims
+	// Notation says how a Notary Project signature was verified.
+	Notation *NotationResult
+}
+
+// GitHubClaims are what a Fulcio certificate issued to a GitHub Actions
+// workflow says about it, from its extensions.
+type GitHubClaims struct {
+	// SourceRepository is the repository the workflow ran for
+	// ("https://github.com/acme/shop").
+	SourceRepository string
+	// SourceRef is the git ref it ran on ("refs/heads/main").
+	SourceRef string
+	// SignerWorkflow is the workflow that signed, with its ref: the
+	// certificate's subject ("https://github.com/acme/shared/.github/workflows/build.yml@refs/tags/v1").
+	SignerWorkflow string
+	// RunnerEnvironment is "github-hosted" or "self-hosted".
+	RunnerEnvironment string
+}
+
+// NotationResult is how a Notary Project signature was verified.
+type NotationResult struct {
+	// Envelope is "jws" or "cose".
+	Envelope string
+	// TrustPolicy names the trust policy that applied.
+	TrustPolicy string
+	// VerificationLevel is strict, permissive or audit.
+	VerificationLevel string
+	// Revocation is "crl" (checked against the policy's CRL files) or
+	// "off".
+	Revocation string
+	// Logged are the checks that failed but that the verification level
+	// only logs ("expiry: …"): the signature counts as verified, and the
+	// failure is a warning.
+	Logged []string
+	// Signer is the subject of the signing certificate.
+	Signer string
 }
 
 // Attestation is one in-toto statement with SLSA provenance.
@@ -115,6 +165,45 @@ type Attestation struct {
 	Subject        string
 	Source         string
 	Error          string
+
+	// SignedAt and SignedAtSource are as for a Signature: when the
+	// attestation was provably signed, from a verified transparency-log
+	// entry or RFC 3161 timestamp.
+	SignedAt       time.Time
+	SignedAtSource string
+	// GitHub holds the GitHub Actions claims of its Fulcio certificate.
+	GitHub *GitHubClaims
+	// VSA is the summary of a SLSA Verification Summary Attestation
+	// (PredicateType VSAv1); nil for provenance.
+	VSA *VSA
+}
+
+// IsProvenance reports whether a is SLSA provenance.
+func (a Attestation) IsProvenance() bool {
+	return a.PredicateType == PredicateSLSAv02 || a.PredicateType == PredicateSLSAv1
+}
+
+// Predicate types of the attestations policies judge.
+const (
+	PredicateSLSAv02 = "https://slsa.dev/provenance/v0.2"
+	PredicateSLSAv1  = "https://slsa.dev/provenance/v1"
+	PredicateVSAv1   = "https://slsa.dev/verification_summary/v1"
+)
+
+// VSA is what a SLSA Verification Summary Attestation says.
+type VSA struct {
+	// VerifierID is verifier.id.
+	VerifierID string
+	// TimeVerified is timeVerified; zero when absent.
+	TimeVerified time.Time
+	// ResourceURI is resourceUri: what was verified.
+	ResourceURI string
+	// Result is verificationResult: "PASSED" or "FAILED".
+	Result string
+	// VerifiedLevels are verifiedLevels ("SLSA_BUILD_LEVEL_3").
+	VerifiedLevels []string
+	// PolicyURI is policy.uri.
+	PolicyURI string
 }
 
 // Mount is a volume mount of a container.
@@ -144,12 +233,17 @@ type Image struct {
 type Platform struct {
 	// Platform is "os/arch[/variant]", or "" when the manifest is not part
 	// of an index.
-	Platform     string
-	Digest       string // manifest digest
-	ConfigDigest string // the Docker image ID
+	Platform string
+	Digest   string // manifest digest
+	// ConfigDigest is the Docker image ID. It names the config, and so the
+	// history and run config: analyses are remembered by it.
+	ConfigDigest string
 	Created      time.Time
 	History      []History
 	Labels       map[string]string
+	// Config is what the image runs and its environment (config Env,
+	// Entrypoint, Cmd, WorkingDir), judged like a build step.
+	Config RunConfig
 }
 
 // History is one entry of an image config's history: one Dockerfile step.
@@ -176,6 +270,14 @@ const (
 	// ErrInvalidImage: the registry served something that is not a valid
 	// image (bad manifest or config).
 	ErrInvalidImage ErrorKind = "invalid-image"
+	// ErrTooLarge: the registry served a manifest or config larger, or
+	// costlier to decode, than buildguard reads, or the images of one
+	// workload hold more than it keeps in memory to judge them.
+	ErrTooLarge ErrorKind = "too-large"
+	// ErrForbiddenAddress: buildguard refused to contact the registry on
+	// purpose: its name resolved, or it redirected, to a link-local or
+	// cloud-metadata address. A policy finding, not an outage.
+	ErrForbiddenAddress ErrorKind = "forbidden-address"
 )
 
 // ResolveError says why an image could not be looked up.

@@ -16,6 +16,12 @@ const (
 	// RuleUntrustedEgress: the image's build talked to a destination
 	// outside nodeEvidence.trustedDestinations.
 	RuleUntrustedEgress RuleID = "untrusted-egress"
+	// RuleImplausibleBuildTime: a node reported a build of the image at a
+	// time that cannot be its build's (buildTimeProblem). The build is
+	// not used; what it would have found is this finding instead. Its
+	// action is always warn: a broken clock or a forged report must not
+	// deny by itself. Not configurable under rules.
+	RuleImplausibleBuildTime RuleID = "implausible-build-time"
 )
 
 // DefaultBuildWindow is nodeEvidence.buildWindow when the policy leaves it
@@ -39,7 +45,10 @@ type NodeEvidence struct {
 // BuildEvidence is a build of a container's image reported by a node,
 // with the node's connections around it.
 type BuildEvidence struct {
-	Source   string // sensor or format that reported it
+	Source string // sensor or format that reported it
+	// Reporter is the user (a service account) that posted it: the node's
+	// agent, or a forwarder speaking for the node. Empty when unknown.
+	Reporter string
 	Node     string
 	Tool     string
 	ImageID  string // config digest
@@ -61,6 +70,7 @@ type BuildEvidence struct {
 // ConnectionEvidence is an outbound connection a node reported.
 type ConnectionEvidence struct {
 	Source      string
+	Reporter    string // as BuildEvidence.Reporter
 	Node        string
 	Time        time.Time
 	Process     string
@@ -169,8 +179,13 @@ func sameContainer(a, b string) bool {
 	return strings.HasPrefix(a, b) || strings.HasPrefix(b, a)
 }
 
-// nodeFindings judges the builds nodes reported for one image.
-func (p *Policy) nodeFindings(builds []BuildEvidence) []Finding {
+// nodeFindings judges the builds nodes reported for one image, resolved
+// as img, at now, the time of the admission. A build whose time cannot be
+// that of this image's build (buildTimeProblem) is not evidence of
+// anything: what it would have found becomes one implausible-build-time
+// finding, a warning, so that a broken clock or a forged report is
+// recorded but never denies by itself.
+func (p *Policy) nodeFindings(builds []BuildEvidence, img *Image, now time.Time) []Finding {
 	ne := p.evidence
 	if ne == nil || len(builds) == 0 {
 		return nil
@@ -187,60 +202,207 @@ func (p *Policy) nodeFindings(builds []BuildEvidence) []Finding {
 		if b.Platform != "" {
 			buildEv["platform"] = b.Platform
 		}
-		if _, ok := matchAny(ne.approved, b.Node); !ok {
-			sev := SeverityHigh
-			if b.MatchedBy == "tag" {
-				sev = SeverityMedium
-			}
-			out = append(out, p.finding(RuleHostBuilt, sev,
-				fmt.Sprintf("node %s built this image with %s at %s (matched by %s), and %s is not an approved build node",
-					b.Node, b.Tool, b.Finished.UTC().Format(time.RFC3339), b.MatchedBy, b.Node), buildEv))
+		if b.Reporter != "" {
+			buildEv["reporter"] = b.Reporter
 		}
-		var bad []map[string]any
-		var first ConnectionEvidence
-		conns := append([]ConnectionEvidence(nil), b.Connections...)
-		sort.Slice(conns, func(i, j int) bool { return conns[i].Time.Before(conns[j].Time) })
-		for _, c := range conns {
-			ok, how := ne.attributed(b, c)
-			if !ok || p.trustedDestination(c) {
-				continue
-			}
-			if len(bad) == 0 {
-				first = c
-			}
-			ce := map[string]any{
-				"time": c.Time.UTC().Format(time.RFC3339), "node": c.Node, "destIP": c.DestIP.String(), "destPort": c.DestPort,
-				"process": c.Process, "pid": c.PID, "attributedBy": how, "source": c.Source,
-			}
-			if c.DestName != "" {
-				ce["destName"] = c.DestName
-			}
-			if c.Cmdline != "" {
-				ce["cmdline"] = shorten(c.Cmdline, maxQuotedStep)
-			}
-			if c.ContainerID != "" {
-				ce["containerID"] = c.ContainerID
-			}
-			bad = append(bad, ce)
-			if len(bad) == 20 {
-				break // enough to act on; the store has the rest
+		fs := p.buildFindings(b, buildEv)
+		var would []string
+		for _, f := range fs {
+			if f.Action != ActionIgnore {
+				would = append(would, string(f.Rule))
 			}
 		}
-		if len(bad) == 0 {
+		if len(would) == 0 {
+			out = append(out, fs...) // ignored findings, kept as they were
 			continue
 		}
-		ev := map[string]any{"build": buildEv, "connections": bad}
-		dest := first.DestIP.String()
-		if first.DestName != "" {
-			dest = first.DestName + " (" + dest + ")"
+		if problem := p.buildTimeProblem(b, img, now); problem != nil {
+			ev := map[string]any{"build": buildEv, "reason": problem.reason, "wouldFind": would, "admission": now.UTC().Format(time.RFC3339)}
+			for k, v := range problem.ev {
+				ev[k] = v
+			}
+			out = append(out, p.finding(RuleImplausibleBuildTime, SeverityMedium,
+				fmt.Sprintf("node %s reported building this image with %s %s, %s: a broken clock or a forged report; not taken as evidence (it would find %s)",
+					b.Node, b.Tool, buildSpanShort(b), problem.msg, strings.Join(would, ", ")), ev))
+			continue
 		}
-		msg := fmt.Sprintf("while node %s built this image, %s (pid %d) connected to untrusted %s:%d at %s",
-			b.Node, first.Process, first.PID, dest, first.DestPort, first.Time.UTC().Format(time.RFC3339))
-		if len(bad) > 1 {
-			msg += fmt.Sprintf(", and %d more connection(s)", len(bad)-1)
+		out = append(out, fs...)
+	}
+	return out
+}
+
+// buildFindings are the host-built and untrusted-egress findings of one
+// build; buildEv is its evidence.
+func (p *Policy) buildFindings(b BuildEvidence, buildEv map[string]any) []Finding {
+	ne := p.evidence
+	var out []Finding
+	if _, ok := matchAny(ne.approved, b.Node); !ok {
+		sev := SeverityHigh
+		if b.MatchedBy == "tag" {
+			sev = SeverityMedium
 		}
-		msg += " " + buildSpan(b)
-		out = append(out, p.finding(RuleUntrustedEgress, SeverityHigh, msg, ev))
+		out = append(out, p.finding(RuleHostBuilt, sev,
+			fmt.Sprintf("node %s built this image with %s at %s (matched by %s), and %s is not an approved build node",
+				b.Node, b.Tool, b.Finished.UTC().Format(time.RFC3339), b.MatchedBy, b.Node), buildEv))
+	}
+	var bad []map[string]any
+	var first ConnectionEvidence
+	conns := append([]ConnectionEvidence(nil), b.Connections...)
+	sort.Slice(conns, func(i, j int) bool { return conns[i].Time.Before(conns[j].Time) })
+	for _, c := range conns {
+		ok, how := ne.attributed(b, c)
+		if !ok || p.trustedDestination(c) {
+			continue
+		}
+		if len(bad) == 0 {
+			first = c
+		}
+		ce := map[string]any{
+			"time": c.Time.UTC().Format(time.RFC3339), "node": c.Node, "destIP": c.DestIP.String(), "destPort": c.DestPort,
+			"process": c.Process, "pid": c.PID, "attributedBy": how, "source": c.Source,
+		}
+		if c.DestName != "" {
+			ce["destName"] = c.DestName
+		}
+		if c.Reporter != "" {
+			ce["reporter"] = c.Reporter
+		}
+		if c.Cmdline != "" {
+			ce["cmdline"] = shorten(c.Cmdline, maxQuotedStep)
+		}
+		if c.ContainerID != "" {
+			ce["containerID"] = c.ContainerID
+		}
+		bad = append(bad, ce)
+		if len(bad) == 20 {
+			break // enough to act on; the store has the rest
+		}
+	}
+	if len(bad) == 0 {
+		return out
+	}
+	ev := map[string]any{"build": buildEv, "connections": bad}
+	dest := first.DestIP.String()
+	if first.DestName != "" {
+		dest = first.DestName + " (" + dest + ")"
+	}
+	msg := fmt.Sprintf("while node %s built this image, %s (pid %d) connected to untrusted %s:%d at %s",
+		b.Node, first.Process, first.PID, dest, first.DestPort, first.Time.UTC().Format(time.RFC3339))
+	if len(bad) > 1 {
+		msg += fmt.Sprintf(", and %d more connection(s)", len(bad)-1)
+	}
+	msg += " " + buildSpan(b)
+	return append(out, p.finding(RuleUntrustedEgress, SeverityHigh, msg, ev))
+}
+
+// MaxBuildBeforeCreated is how long before its image's config was created
+// a build may have finished and still be taken as the build that made
+// it. The config's created time is written during the build, by the same
+// node's clock the build report comes from; a build that ended a day
+// before is another build, a forged report or a clock gone wrong. It is
+// generous on purpose: whoever builds on a node writes created himself,
+// and a time far in the future beyond it would make his build a mere
+// warning, so he would have to wait this long to deploy it.
+const MaxBuildBeforeCreated = 24 * time.Hour
+
+type buildTimeProblem struct {
+	reason string // "after-admission" or "before-image-created"
+	msg    string
+	ev     map[string]any
+}
+
+// buildTimeProblem says why build b cannot be the build of img admitted
+// at now, or nil when its times are plausible:
+//   - it is dated (started or finished) more than freshness.maxClockSkew
+//     after the admission: the image existed before it;
+//   - it finished more than MaxBuildBeforeCreated before the image's
+//     config was created (of the platform it matched; of every platform
+//     when it matched none in particular). An epoch-zero or missing
+//     created time says nothing.
+//
+// A build long after the image was created is plausible: a fully cached
+// rebuild, or a reproducible build (SOURCE_DATE_EPOCH) writes an old
+// created time.
+func (p *Policy) buildTimeProblem(b BuildEvidence, img *Image, now time.Time) *buildTimeProblem {
+	last := b.Finished
+	if b.Started.After(last) {
+		last = b.Started
+	}
+	if last.IsZero() {
+		return nil
+	}
+	if ahead := last.Sub(now); ahead > p.maxClockSkew {
+		return &buildTimeProblem{reason: "after-admission",
+			msg: fmt.Sprintf("%s after this admission (more than freshness.maxClockSkew %s)", human(ahead.Round(time.Second)), human(p.maxClockSkew)),
+			ev:  map[string]any{"maxClockSkew": human(p.maxClockSkew)}}
+	}
+	if img == nil {
+		return nil
+	}
+	var created time.Time
+	for _, pl := range img.Platforms {
+		if b.Platform != "" && pl.Platform != b.Platform {
+			continue
+		}
+		if pl.Created.Unix() <= 0 {
+			continue
+		}
+		if created.IsZero() || pl.Created.Before(created) {
+			created = pl.Created
+		}
+	}
+	if created.IsZero() {
+		return nil
+	}
+	if before := created.Sub(last); before > MaxBuildBeforeCreated {
+		return &buildTimeProblem{reason: "before-image-created",
+			msg: fmt.Sprintf("%s before the image's config was created (%s)", human(before.Round(time.Second)), created.UTC().Format(time.RFC3339)),
+			ev:  map[string]any{"imageCreated": created.UTC().Format(time.RFC3339)}}
+	}
+	return nil
+}
+
+// buildSpanShort is a build's span for a sentence: "at T" or "from T1 to T2".
+func buildSpanShort(b BuildEvidence) string {
+	if b.Started.IsZero() || b.Finished.IsZero() || b.Started.Equal(b.Finished) {
+		t := b.Finished
+		if t.IsZero() {
+			t = b.Started
+		}
+		return "at " + t.UTC().Format(time.RFC3339)
+	}
+	return "from " + b.Started.UTC().Format(time.RFC3339) + " to " + b.Finished.UTC().Format(time.RFC3339)
+}
+
+// ConnectionWindow is a node and a span of time in which the node's
+// connections count as a build's: the build's span widened by
+// nodeEvidence.buildWindow on both sides.
+type ConnectionWindow struct {
+	Node     string
+	From, To time.Time
+}
+
+// Contains reports whether a connection of node at t falls in w.
+func (w ConnectionWindow) Contains(node string, t time.Time) bool {
+	return node == w.Node && !t.Before(w.From) && !t.After(w.To)
+}
+
+// connectionWindows are the windows of the builds of img that are taken
+// as evidence (not those of an implausible time).
+func (p *Policy) connectionWindows(builds []BuildEvidence, img *Image, now time.Time) []ConnectionWindow {
+	if p.evidence == nil {
+		return nil
+	}
+	var out []ConnectionWindow
+	for _, b := range builds {
+		if b.Node == "" || p.buildTimeProblem(b, img, now) != nil {
+			continue
+		}
+		end := b.Finished
+		if end.IsZero() || end.Before(b.Started) {
+			end = b.Started
+		}
+		out = append(out, ConnectionWindow{Node: b.Node, From: b.Started.Add(-p.evidence.window), To: end.Add(p.evidence.window)})
 	}
 	return out
 }

@@ -96,6 +96,11 @@ var defaultActions = map[RuleID]Action{
 	RuleMissingProvenance:    ActionDeny,
 	RuleUnapprovedBuilder:    ActionDeny,
 	RuleUnapprovedSource:     ActionDeny,
+
+	// Signature and attestation checks of issue 16.
+	RuleVSAFailed:               ActionDeny,
+	RuleVSAStale:                ActionDeny,
+	RuleInconsistentCreatedTime: ActionDeny,
 }
 
 // DefaultAction returns the action of rule when a policy does not set one,
@@ -109,7 +114,8 @@ func DefaultAction(rule RuleID) (Action, bool) {
 func Rules() []RuleID {
 	return []RuleID{RuleUnapprovedRegistry, RuleUnresolvableImage, RuleFreshImage, RuleSuspiciousBuildStep, RuleRuntimeSocketMount,
 		RuleOutsideReleaseWindow, RuleEmergencyChange,
-		RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource, RuleHostBuilt, RuleUntrustedEgress}
+		RuleUnsigned, RuleUntrustedSigner, RuleMissingProvenance, RuleUnapprovedBuilder, RuleUnapprovedSource, RuleHostBuilt, RuleUntrustedEgress,
+		RuleVSAFailed, RuleVSAStale, RuleInconsistentCreatedTime}
 }
 
 // Severity grades a finding independently of the action the policy takes.
@@ -132,9 +138,12 @@ type Spec struct {
 	FailurePolicy FailurePolicy `json:"failurePolicy,omitempty" yaml:"failurePolicy,omitempty"`
 	Registries    Registries    `json:"registries,omitempty" yaml:"registries,omitempty"`
 	Freshness     Freshness     `json:"freshness,omitempty" yaml:"freshness,omitempty"`
-	// TrustedSources are hosts, host globs (*.example.com) and CIDRs a
-	// build step may download from.
+	// TrustedSources are hosts, host globs (*.example.com), CIDRs and URL
+	// prefixes (github.com/tianon/gosu/releases/) a build step may
+	// download from. See ParseSources.
 	TrustedSources []string `json:"trustedSources,omitempty" yaml:"trustedSources,omitempty"`
+	// BuildSteps tunes the suspicious-build-step rule.
+	BuildSteps *BuildSteps `json:"buildSteps,omitempty" yaml:"buildSteps,omitempty"`
 	// Rules maps a rule ID to deny, warn or ignore. Rules left out keep
 	// their defaults: runtime-socket-mount warns, every other rule denies.
 	Rules map[RuleID]Action `json:"rules,omitempty" yaml:"rules,omitempty"`
@@ -154,6 +163,17 @@ type Spec struct {
 	Signatures Signatures `json:"signatures,omitempty" yaml:"signatures,omitempty"`
 	// Provenance says which SLSA provenance an image must carry.
 	Provenance ProvenanceRequirements `json:"provenance,omitempty" yaml:"provenance,omitempty"`
+}
+
+// BuildSteps tunes the suspicious-build-step rule.
+type BuildSteps struct {
+	// VerifiedDownloads is the action on a step whose only findings are
+	// downloads from outside trustedSources that the same step verified
+	// (sha256sum -c, gpg --verify of the fetched file, ADD --checksum),
+	// and those files made executable or run: deny, warn or ignore. It
+	// never makes the rule stricter than rules["suspicious-build-step"].
+	// The default is the rule's action.
+	VerifiedDownloads Action `json:"verifiedDownloads,omitempty" yaml:"verifiedDownloads,omitempty"`
 }
 
 // Registries says which registries and repositories may be used.

@@ -72,6 +72,14 @@ type Signatures struct {
 	// default is false: the proof is verified offline with the trusted
 	// root's Rekor keys.
 	IgnoreTlog bool `json:"ignoreTlog,omitempty" yaml:"ignoreTlog,omitempty"`
+
+	// GitHub are the GitHub Actions signers to trust, matched on the
+	// claims of their Fulcio certificates (GitHub artifact attestations,
+	// and cosign keyless signatures made in GitHub Actions); they need
+	// trustedRoot.
+	GitHub []GitHubIdentity `json:"github,omitempty" yaml:"github,omitempty"`
+	// Notation verifies Notary Project signatures. The default is none.
+	Notation *NotationTrust `json:"notation,omitempty" yaml:"notation,omitempty"`
 }
 
 // KeylessIdentity matches a Fulcio certificate: its OIDC issuer and its
@@ -106,6 +114,10 @@ type ProvenanceRequirements struct {
 	// Sources are globs over source repositories, written without scheme,
 	// ref or ".git": "github.com/acme/*".
 	Sources []string `json:"sources,omitempty" yaml:"sources,omitempty"`
+
+	// VSA says which SLSA Verification Summary Attestations satisfy
+	// required in place of provenance. The default is none.
+	VSA *VSARequirements `json:"vsa,omitempty" yaml:"vsa,omitempty"`
 }
 
 // TrustSettings is what a verifier needs from a policy to check
@@ -127,6 +139,11 @@ type TrustSettings struct {
 	// Fingerprint identifies these settings, for caches of verification
 	// results. Settings with the same fingerprint verify alike.
 	Fingerprint string
+
+	// GitHub are the GitHub Actions signers to trust, compiled.
+	GitHub []GitHubMatcher
+	// Notation is the Notation trust configuration, nil without one.
+	Notation *NotationTrust
 }
 
 // TrustedKey is one public key of signatures.keys.
@@ -148,6 +165,7 @@ type provenanceSettings struct {
 	sources      []glob
 	trust        TrustSettings
 	enabled      bool
+	vsa          *vsaSettings
 }
 
 // compileProvenance validates signatures and provenance.
@@ -208,12 +226,31 @@ func compileProvenance(sig Signatures, prov ProvenanceRequirements) (provenanceS
 	if len(sig.Keys) > 0 && sig.TrustedRoot == "" && !sig.IgnoreTlog {
 		return ps, &FieldError{Field: "signatures.trustedRoot", Msg: "required to verify the transparency-log proof of key signatures; set it, or set ignoreTlog: true"}
 	}
-	if (sig.Required || prov.Required) && len(sig.Keys) == 0 && len(sig.Keyless) == 0 {
+	// GitHub signers and Notation: issue 16.
+	for i, g := range sig.GitHub {
+		m, err := compileGitHubIdentity(fmt.Sprintf("signatures.github[%d]", i), g)
+		if err != nil {
+			return ps, err
+		}
+		fmt.Fprintf(h, "github=%+v\x00", g)
+		ps.trust.GitHub = append(ps.trust.GitHub, m)
+	}
+	if len(sig.GitHub) > 0 && sig.TrustedRoot == "" {
+		return ps, &FieldError{Field: "signatures.trustedRoot", Msg: "required with signatures.github: the trusted roots as `gh attestation trusted-root` writes them"}
+	}
+	if sig.Notation != nil {
+		n, err := compileNotation("signatures.notation", sig.Notation, h)
+		if err != nil {
+			return ps, err
+		}
+		ps.trust.Notation = n
+	}
+	if (sig.Required || prov.Required) && len(sig.Keys) == 0 && len(sig.Keyless) == 0 && len(sig.GitHub) == 0 && sig.Notation == nil {
 		f := "signatures.required"
 		if !sig.Required {
 			f = "provenance.required"
 		}
-		return ps, &FieldError{Field: f, Msg: "needs signatures.keys or signatures.keyless to verify with"}
+		return ps, &FieldError{Field: f, Msg: "needs signatures.keys, keyless, github or notation to verify with"}
 	}
 	var err error
 	if ps.builders, err = compileGlobs("provenance.builders", prov.Builders); err != nil {
@@ -222,11 +259,14 @@ func compileProvenance(sig Signatures, prov ProvenanceRequirements) (provenanceS
 	if ps.sources, err = compileGlobs("provenance.sources", prov.Sources); err != nil {
 		return ps, err
 	}
+	if ps.vsa, err = compileVSA("provenance.vsa", prov.VSA, h); err != nil {
+		return ps, err
+	}
 	ps.trust.TrustedRoot, ps.trust.IgnoreTlog, ps.trust.On = sig.TrustedRoot, sig.IgnoreTlog, ps.on
-	ps.trust.Attestations = prov.Required || len(prov.Builders) > 0 || len(prov.Sources) > 0
+	ps.trust.Attestations = prov.Required || len(prov.Builders) > 0 || len(prov.Sources) > 0 || prov.VSA != nil
 	fmt.Fprintf(h, "att=%v", ps.trust.Attestations)
 	ps.trust.Fingerprint = hex.EncodeToString(h.Sum(nil)[:16])
-	ps.enabled = sig.Required || len(sig.Keys) > 0 || len(sig.Keyless) > 0 || ps.trust.Attestations
+	ps.enabled = sig.Required || len(sig.Keys) > 0 || len(sig.Keyless) > 0 || len(sig.GitHub) > 0 || sig.Notation != nil || ps.trust.Attestations
 	return ps, nil
 }
 
@@ -298,7 +338,7 @@ func NormalizeSource(s string) string {
 // img under p. Every platform is judged: a multi-platform image with one
 // unsigned child is unsigned (unless its index is signed and
 // signatures.on allows that).
-func (p *Policy) provenanceFindings(c Container, img *Image) []Finding {
+func (p *Policy) provenanceFindings(c Container, img *Image, repo string, now time.Time) []Finding {
 	if !p.prov.enabled || img == nil {
 		return nil
 	}
@@ -306,16 +346,29 @@ func (p *Policy) provenanceFindings(c Container, img *Image) []Finding {
 	if pv == nil {
 		pv = &Provenance{}
 	}
-	if pv.Err != nil && pv.Err.Kind != ErrTrustConfig {
-		ev := map[string]any{"reason": string(pv.Err.Kind), "registry": registryOf(c.Image), "error": pv.Err.Message}
-		return []Finding{p.finding(RuleRegistryUnavailable, SeverityMedium,
-			fmt.Sprintf("signatures and attestations of %s could not be fetched in time (%s); failurePolicy is %s", c.Image, pv.Err.Kind, p.failure), ev)}
+	if pv.Err != nil {
+		switch pv.Err.Kind {
+		case ErrForbiddenAddress:
+			repo := registryOf(c.Image)
+			if c.Ref != nil {
+				repo = c.Ref.Context().Name()
+			}
+			return []Finding{p.forbidden(registryOf(c.Image), pv.Err, map[string]any{"repository": repo})}
+		case ErrTrustConfig, ErrInvalidImage, ErrTooLarge, ErrNotFound:
+			// Nothing valid could be read: judged as no signatures or
+			// attestations, the error given as evidence. What a registry
+			// that answered served is never an outage.
+		default:
+			ev := map[string]any{"reason": string(pv.Err.Kind), "registry": registryOf(c.Image), "error": pv.Err.Message}
+			return []Finding{p.finding(RuleRegistryUnavailable, SeverityMedium,
+				fmt.Sprintf("signatures and attestations of %s could not be fetched in time (%s); failurePolicy is %s", c.Image, pv.Err.Kind, p.failure), ev)}
+		}
 	}
 	var out []Finding
 	if p.prov.required {
 		out = append(out, p.signatureFindings(pv, img)...)
 	}
-	out = append(out, p.attestationFindings(pv, img)...)
+	out = append(out, p.attestationFindings(pv, img, repo, now)...)
 	return out
 }
 
@@ -338,6 +391,12 @@ func (p *Policy) expectedSigners() []string {
 	}
 	for _, id := range p.prov.trust.Keyless {
 		out = append(out, "keyless "+id.String())
+	}
+	for _, g := range p.prov.trust.GitHub {
+		out = append(out, g.Identity.String())
+	}
+	if n := p.prov.trust.Notation; n != nil {
+		out = append(out, n.describe()...)
 	}
 	return out
 }
@@ -382,20 +441,24 @@ func (p *Policy) unsignedTargets(pv *Provenance, img *Image) []string {
 func (p *Policy) signatureFindings(pv *Provenance, img *Image) []Finding {
 	missing := p.unsignedTargets(pv, img)
 	if len(missing) == 0 {
-		return nil
+		return p.loggedSignatureFindings(pv, img)
 	}
 	onMissing := map[string]bool{}
 	for _, m := range missing {
 		onMissing[strings.Fields(m)[0]] = true
 	}
-	var found, errs []string
+	var found, errs, types, github []string
 	n := 0
 	for _, s := range pv.Signatures {
 		if !onMissing[s.On] && s.On != "" {
 			continue
 		}
 		n++
-		found = appendUnique(found, signerOf(s.KeyFingerprint, s.Issuer, s.Subject))
+		found = appendUnique(found, signatureSigner(s))
+		types = appendUnique(types, signatureType(s))
+		if s.GitHub != nil {
+			github = appendUnique(github, s.GitHub.String())
+		}
 		if s.Error != "" {
 			errs = appendUnique(errs, s.Error)
 		}
@@ -404,6 +467,15 @@ func (p *Policy) signatureFindings(pv *Provenance, img *Image) []Finding {
 		"unsignedDigests": missing,
 		"expected":        p.expectedSigners(),
 		"signaturesOn":    string(p.prov.on),
+	}
+	if len(types) > 0 {
+		ev["signatureTypes"] = types
+	}
+	if len(github) > 0 {
+		ev["github"] = github
+	}
+	if rv := p.notationRevocation(); rv != "" {
+		ev["notationRevocation"] = rv
 	}
 	if pv.Err != nil {
 		errs = appendUnique(errs, pv.Err.Message)
@@ -428,6 +500,99 @@ func (p *Policy) signatureFindings(pv *Provenance, img *Image) []Finding {
 	return []Finding{p.finding(RuleUntrustedSigner, SeverityHigh, msg, ev)}
 }
 
+// signatureType is "cosign" or "notation (jws)".
+func signatureType(s Signature) string {
+	switch {
+	case s.Type == "notation" && s.Notation != nil && s.Notation.Envelope != "":
+		return "notation (" + s.Notation.Envelope + ")"
+	case s.Type != "":
+		return s.Type
+	}
+	return "cosign"
+}
+
+// signatureSigner names who made s, whether or not it verified.
+func signatureSigner(s Signature) string {
+	if s.Notation != nil && s.Notation.Signer != "" {
+		return "certificate " + s.Notation.Signer
+	}
+	return signerOf(s.KeyFingerprint, s.Issuer, s.Subject)
+}
+
+func (c GitHubClaims) String() string {
+	return fmt.Sprintf("%s@%s by %s on %s runner", c.SourceRepository, c.SourceRef, c.SignerWorkflow, c.RunnerEnvironment)
+}
+
+// loggedSignatureFindings warns about digests whose only verified
+// signatures are Notary Project signatures that passed with failures
+// their trust policy's verification level only logs (permissive: expiry,
+// revocation, timestamp; audit: authenticity too). Notation logs them;
+// buildguard maps "log" onto a warning: never more than warn, whatever
+// rules.untrusted-signer says, and ignore stays ignore.
+func (p *Policy) loggedSignatureFindings(pv *Provenance, img *Image) []Finding {
+	clean := map[string]bool{}
+	logged := map[string][]Signature{}
+	for _, s := range pv.Signatures {
+		if !s.Verified {
+			continue
+		}
+		if s.Notation != nil && len(s.Notation.Logged) > 0 {
+			logged[s.On] = append(logged[s.On], s)
+		} else {
+			clean[s.On] = true
+		}
+	}
+	var digests, failures, signers, policies, levels []string
+	for _, d := range sortedSigKeys(logged) {
+		if clean[d] || (img.Index && clean[img.Digest] && d != img.Digest) {
+			continue
+		}
+		digests = append(digests, d)
+		for _, s := range logged[d] {
+			for _, l := range s.Notation.Logged {
+				failures = appendUnique(failures, l)
+			}
+			signers = appendUnique(signers, signatureSigner(s))
+			policies = appendUnique(policies, s.Notation.TrustPolicy)
+			levels = appendUnique(levels, s.Notation.VerificationLevel)
+		}
+	}
+	if len(digests) == 0 {
+		return nil
+	}
+	ev := map[string]any{"digests": digests, "signatureTypes": []string{"notation"}, "signers": signers, "logged": failures,
+		"trustPolicies": policies, "verificationLevels": levels, "notationRevocation": p.notationRevocation()}
+	f := p.finding(RuleUntrustedSigner, SeverityMedium,
+		fmt.Sprintf("the Notary Project signature of %s passed only because trust policy %s (level %s) logs what failed: %s",
+			strings.Join(digests, ", "), strings.Join(policies, ", "), strings.Join(levels, ", "), strings.Join(failures, "; ")), ev)
+	if f.Action == ActionDeny {
+		f.Action = ActionWarn
+	}
+	return []Finding{f}
+}
+
+// notationRevocation is how the policy checks the revocation of Notary
+// Project signing certificates, for evidence: "crl" (its CRL files) or
+// "off"; "" without signatures.notation.
+func (p *Policy) notationRevocation() string {
+	switch n := p.prov.trust.Notation; {
+	case n == nil:
+		return ""
+	case n.Revocation.Off:
+		return "off"
+	}
+	return "crl"
+}
+
+func sortedSigKeys(m map[string][]Signature) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
 func signerOf(fp, issuer, subject string) string {
 	switch {
 	case subject != "":
@@ -440,9 +605,10 @@ func signerOf(fp, issuer, subject string) string {
 
 // attestationFindings: each platform (or the index) needs a verified
 // attestation whose subject names it, from an approved builder and an
-// approved source. Builder and source are judged on verified attestations
-// even when provenance is not required.
-func (p *Policy) attestationFindings(pv *Provenance, img *Image) []Finding {
+// approved source, or a VSA that vouches for it. Builder, source and VSAs
+// are judged on verified attestations even when provenance is not
+// required.
+func (p *Policy) attestationFindings(pv *Provenance, img *Image, repo string, now time.Time) []Finding {
 	if !p.prov.trust.Attestations {
 		return nil
 	}
@@ -456,10 +622,11 @@ func (p *Policy) attestationFindings(pv *Provenance, img *Image) []Finding {
 	var out []Finding
 	var missing []string
 	badBuilders, badSources := map[string][]string{}, map[string][]string{}
+	vsaBad := map[string][]vsaVerdict{}
 	for _, t := range targets {
 		ok, about := false, false
 		for _, a := range pv.Attestations {
-			if !a.Verified || !(covers(a, t) || (img.Index && covers(a, img.Digest))) {
+			if !a.Verified || !a.IsProvenance() || !(covers(a, t) || (img.Index && covers(a, img.Digest))) {
 				continue
 			}
 			about = true
@@ -475,7 +642,11 @@ func (p *Policy) attestationFindings(pv *Provenance, img *Image) []Finding {
 				ok = true
 			}
 		}
-		if !ok && !about {
+		vouched, bad := p.vsaResults(pv, repo, img, t, now)
+		if len(bad) > 0 {
+			vsaBad[t] = bad
+		}
+		if !ok && !about && !vouched && len(bad) == 0 {
 			missing = append(missing, t)
 		}
 	}
@@ -497,10 +668,15 @@ func (p *Policy) attestationFindings(pv *Provenance, img *Image) []Finding {
 		out = append(out, p.finding(RuleUnapprovedSource, SeverityHigh,
 			fmt.Sprintf("provenance of %s %s, which matches no provenance.sources (%s)", strings.Join(badSources[s], ", "), what, strings.Join(globSources(p.prov.sources), ", ")), ev))
 	}
+	out = append(out, p.vsaFindings(vsaBad)...)
 	if len(missing) > 0 && p.prov.provRequired {
 		var found, errs []string
 		for _, a := range pv.Attestations {
-			found = appendUnique(found, fmt.Sprintf("%s for %s", a.PredicateType, strings.Join(a.SubjectDigests, ",")))
+			desc := fmt.Sprintf("%s for %s", a.PredicateType, strings.Join(a.SubjectDigests, ","))
+			if a.VSA != nil {
+				desc += " by verifier " + a.VSA.VerifierID
+			}
+			found = appendUnique(found, desc)
 			if a.Error != "" {
 				errs = appendUnique(errs, a.Error)
 			}
@@ -509,7 +685,13 @@ func (p *Policy) attestationFindings(pv *Provenance, img *Image) []Finding {
 		if len(errs) > 0 {
 			ev["errors"] = errs
 		}
+		if p.prov.vsa != nil {
+			ev["vsaVerifiers"] = globSources(p.prov.vsa.verifiers)
+		}
 		msg := fmt.Sprintf("no verified SLSA provenance for %s", strings.Join(missing, ", "))
+		if p.prov.vsa != nil {
+			msg = fmt.Sprintf("no verified SLSA provenance and no verification summary from %s for %s", strings.Join(globSources(p.prov.vsa.verifiers), ", "), strings.Join(missing, ", "))
+		}
 		if len(pv.Attestations) > 0 {
 			msg += fmt.Sprintf(": %d attestation(s) found, none verified for it (%s)", len(pv.Attestations), strings.Join(append(found, errs...), "; "))
 		}
@@ -544,41 +726,15 @@ func sortedKeys(m map[string][]string) []string {
 	return ks
 }
 
-// attestedTimes returns, per platform digest, the build finish time of a
-// verified attestation from an approved builder and source that covers
-// it: a time the builder signed, better than config created, which the
-// build writes itself.
-func (p *Policy) attestedTimes(c Container, img *Image) map[string]time.Time {
-	if !p.prov.trust.Attestations || img == nil {
-		return nil
-	}
-	pv := c.Provenance[p.name]
-	if pv == nil {
-		return nil
-	}
-	out := map[string]time.Time{}
-	for _, pl := range img.Platforms {
-		for _, a := range pv.Attestations {
-			if !a.Verified || a.FinishedOn.IsZero() || !(covers(a, pl.Digest) || covers(a, img.Digest)) {
-				continue
-			}
-			if !p.builderApproved(a.BuilderID) || !p.sourceApproved(a.Sources) {
-				continue
-			}
-			if t, ok := out[pl.Digest]; !ok || a.FinishedOn.After(t) {
-				out[pl.Digest] = a.FinishedOn
-			}
-		}
-	}
-	return out
-}
-
 // provenanceSummary is a provenance finding in a few words.
 func provenanceSummary(rule RuleID, ev map[string]any) string {
 	switch rule {
 	case RuleUnsigned:
 		return fmt.Sprintf("no signature (signatures.on %v)", ev["signaturesOn"])
 	case RuleUntrustedSigner:
+		if logged, ok := ev["logged"].([]string); ok && len(logged) > 0 {
+			return shorten("notation signature passed with logged failures: "+strings.Join(logged, "; "), 90)
+		}
 		return fmt.Sprintf("%v signature(s), none trusted", ev["signatures"])
 	case RuleMissingProvenance:
 		return "no verified SLSA provenance"
@@ -586,6 +742,13 @@ func provenanceSummary(rule RuleID, ev map[string]any) string {
 		return shorten(fmt.Sprintf("builder %v not approved", ev["builderID"]), 90)
 	case RuleUnapprovedSource:
 		return shorten(fmt.Sprintf("source %v not approved", strings.Join(ev["sources"].([]string), ", ")), 90)
+	case RuleVSAFailed, RuleVSAStale:
+		return shorten(fmt.Sprintf("VSA of %v: %v", ev["verifier"], ev["reason"]), 90)
+	case RuleInconsistentCreatedTime:
+		if ev["reason"] == "created-before-build" {
+			return shorten(fmt.Sprintf("created %v, before node %v built it", ev["created"], ev["node"]), 90)
+		}
+		return shorten(fmt.Sprintf("created %v, before its step %v", ev["created"], ev["stepIndex"]), 90)
 	}
 	return string(rule)
 }

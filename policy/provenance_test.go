@@ -60,6 +60,10 @@ func TestProvenanceRules(t *testing.T) {
 			return a
 		}()}}, "unapproved-source"},
 		{"registry down", &Provenance{Err: &ResolveError{Kind: ErrUnavailable, Message: "timeout"}}, "registry-unavailable"},
+		// What a registry that answered served is never an outage.
+		{"signature manifest does not decode", &Provenance{Err: &ResolveError{Kind: ErrInvalidImage, Message: "unexpected EOF"}}, "untrusted-signer,missing-provenance"},
+		{"signature manifest too large", &Provenance{Err: &ResolveError{Kind: ErrTooLarge, Message: "60000000 bytes"}}, "untrusted-signer,missing-provenance"},
+		{"registry redirects to a metadata address", &Provenance{Err: &ResolveError{Kind: ErrForbiddenAddress, Message: "refusing 169.254.169.254"}}, "unapproved-registry"},
 	}
 	for _, tt := range tests {
 		v := Decide(p, Facts{Now: now, Containers: []Container{{Name: "c", Image: "ghcr.io/acme/shop:1", Resolved: img, Provenance: map[string]*Provenance{"": tt.pv}}}})

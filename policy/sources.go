@@ -3,11 +3,14 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"net/url"
+	"path"
 	"strings"
+	"unicode/utf8"
 )
 
 // Sources is a compiled list of trusted download sources: host names, host
-// globs and CIDRs. Build one with ParseSources.
+// globs, CIDRs and URL prefixes. Build one with ParseSources.
 //
 // The zero value trusts nothing. A Sources is never modified after
 // ParseSources returns it, so it is safe for concurrent use and cheap to copy.
@@ -15,6 +18,15 @@ type Sources struct {
 	names    map[string]struct{} // exact names: lower case, no trailing dot
 	suffixes []string            // "*.github.com" is kept as ".github.com"
 	prefixes []netip.Prefix      // CIDRs and single addresses, IPv4 never mapped into IPv6
+	paths    []urlPrefix         // "github.com/tianon/gosu/releases/"
+}
+
+// urlPrefix trusts the URLs of one host (or host glob) whose path starts
+// with path, on a segment boundary.
+type urlPrefix struct {
+	host string // exact name, or ".suffix" for a "*." glob
+	glob bool
+	path string // cleaned, starting with "/"; a trailing "/" is kept
 }
 
 // ParseSources compiles trusted download sources. Each entry is one of:
@@ -24,14 +36,24 @@ type Sources struct {
 //     rest, at any depth, but not the rest itself: "*.github.com" matches
 //     "api.github.com" and "a.b.github.com", not "github.com";
 //   - an IP address, bare or, for IPv6, in brackets: "192.0.2.7", "::1", "[::1]";
-//   - a CIDR: "10.0.0.0/8", "2001:db8::/32". Host bits are ignored.
+//   - a CIDR: "10.0.0.0/8", "2001:db8::/32". Host bits are ignored;
+//   - a URL prefix, a host name or glob followed by a path and no scheme:
+//     "github.com/tianon/gosu/releases/". It trusts the URLs of that host
+//     whose path, once dot segments are resolved, starts with the prefix
+//     on a segment boundary: "github.com/tianon/gosu" matches
+//     "/tianon/gosu" and "/tianon/gosu/x", not "/tianon/gosu-evil". Paths
+//     are matched case-sensitively; query and fragment are ignored. A URL
+//     whose path hides a slash, a backslash or a dot behind a percent
+//     escape matches no prefix. A prefix trusts downloads only, never a
+//     connection (a connection has no path).
 //
-// Entries name hosts, not endpoints, so an entry with a port
-// ("registry.acme.internal:5000"), a scheme or a path is an error rather than
+// Host entries name hosts, not endpoints, so an entry with a port
+// ("registry.acme.internal:5000") or a scheme is an error rather than
 // silently trusting every port of the host. Whitespace, empty entries, IPv6
-// zones and misplaced wildcards are errors too. Host names and IP addresses
-// never match each other: trust in "example.com" does not extend to the
-// addresses it resolves to, because nothing here resolves DNS.
+// zones, misplaced wildcards and a prefix with "..", "%", "?" or "#" are
+// errors too. Host names and IP addresses never match each other: trust in
+// "example.com" does not extend to the addresses it resolves to, because
+// nothing here resolves DNS.
 //
 // An error names the offending entry as `[index] "entry": reason`, so that the
 // caller can prefix the field name: "trustedSources" + err.Error() reads
@@ -54,11 +76,11 @@ func (s *Sources) add(e string) string {
 	case strings.ContainsAny(e, " \t\r\n\v\f"):
 		return "contains whitespace"
 	case strings.Contains(e, "://"):
-		return "is a URL; list only its host"
+		return "is a URL; write its host, or its host and path without the scheme"
 	case strings.Contains(e, "/"):
 		p, err := netip.ParsePrefix(e)
 		if err != nil {
-			return "not a valid CIDR"
+			return s.addURLPrefix(e)
 		}
 		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
 			// Hosts are unmapped before matching, so a mapped prefix must be too.
@@ -115,6 +137,45 @@ func (s *Sources) add(e string) string {
 	return ""
 }
 
+// addURLPrefix compiles "host/path" and returns why it is invalid, or "".
+func (s *Sources) addURLPrefix(e string) string {
+	host, p, _ := strings.Cut(e, "/")
+	if _, err := netip.ParseAddr(host); err == nil || strings.HasPrefix(host, "[") || looksNumeric(strings.ToLower(host)) {
+		return "not a valid CIDR; a URL prefix needs a host name, not an address"
+	}
+	if strings.Contains(host, ":") {
+		return "has a port; ports are not matched, list the host alone"
+	}
+	name := strings.ToLower(strings.TrimSuffix(host, "."))
+	glob := false
+	if rest, ok := strings.CutPrefix(name, "*."); ok {
+		glob, name = true, rest
+	}
+	if strings.Contains(name, "*") {
+		return `only a single leading "*." wildcard is allowed`
+	}
+	if !validHostName(name) {
+		return "not a valid host name before the path"
+	}
+	if strings.ContainsAny(p, "%?#\\") {
+		return `a URL prefix must not contain "%", "?", "#" or a backslash`
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == ".." || seg == "." {
+			return `a URL prefix must not contain "." or ".." segments`
+		}
+	}
+	clean := path.Clean("/" + p)
+	if strings.HasSuffix(p, "/") && clean != "/" {
+		clean += "/"
+	}
+	if glob {
+		name = "." + name
+	}
+	s.paths = append(s.paths, urlPrefix{host: name, glob: glob, path: clean})
+	return ""
+}
+
 func (s *Sources) addAddr(a netip.Addr) string {
 	if a.Zone() != "" {
 		return "has an IPv6 zone; zones are not matched"
@@ -159,6 +220,76 @@ func (s Sources) Trusted(host string) bool {
 	return false
 }
 
+// TrustedURL reports whether a download from host (as Trusted takes it) of
+// the URL path urlPath ("/tianon/gosu/releases/download/1.17/gosu-amd64",
+// query and fragment already removed) is trusted: the host is, or a URL
+// prefix covers host and path. urlPath is percent-decoded and its dot
+// segments resolved before it is compared.
+func (s Sources) TrustedURL(host, urlPath string) bool {
+	if s.Trusted(host) {
+		return true
+	}
+	if len(s.paths) == 0 {
+		return false
+	}
+	h, ip, ok := canonicalHost(host)
+	if !ok || ip {
+		return false
+	}
+	p, ok := cleanURLPath(urlPath)
+	if !ok {
+		return false
+	}
+	for _, pr := range s.paths {
+		if pr.glob {
+			if len(h) <= len(pr.host) || !strings.HasSuffix(h, pr.host) {
+				continue
+			}
+		} else if h != pr.host {
+			continue
+		}
+		if pathHasPrefix(p, pr.path) {
+			return true
+		}
+	}
+	return false
+}
+
+// cleanURLPath decodes a URL path and resolves its dot segments. A path
+// that hides '/', '\' or '.' behind a percent escape, or does not decode,
+// is refused: a server may read it otherwise than we would.
+func cleanURLPath(p string) (string, bool) {
+	if strings.ContainsRune(p, '\\') {
+		return "", false
+	}
+	if strings.Contains(p, "%") {
+		lower := strings.ToLower(p)
+		for _, bad := range []string{"%2f", "%5c", "%2e"} {
+			if strings.Contains(lower, bad) {
+				return "", false
+			}
+		}
+		d, err := url.PathUnescape(p)
+		if err != nil {
+			return "", false
+		}
+		p = d
+	}
+	c := path.Clean("/" + p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c, true
+}
+
+// pathHasPrefix reports whether p starts with prefix on a segment boundary.
+func pathHasPrefix(p, prefix string) bool {
+	if strings.HasSuffix(prefix, "/") {
+		return strings.HasPrefix(p, prefix)
+	}
+	return p == prefix || strings.HasPrefix(p, prefix+"/")
+}
+
 // canonicalHost returns host in the form used for matching and reporting:
 // names in lower case without a trailing dot, IP literals in netip's string
 // form without brackets or zone and with IPv4 unmapped. It reports whether
@@ -189,11 +320,14 @@ func canonicalHost(host string) (canon string, ip, ok bool) {
 }
 
 // validHostName reports whether h, already lower case, is a plausible DNS
-// name: at most 253 bytes of non-empty labels of at most 63 bytes made of
-// letters, digits, '-' and '_'. Bytes above 0x7f are allowed so that
-// internationalised names are reported as written rather than dropped.
+// name: at most 253 bytes of valid UTF-8 in non-empty labels of at most 63
+// bytes made of letters, digits, '-' and '_'. Non-ASCII letters are
+// allowed so that internationalised names are reported as written rather
+// than dropped.
 func validHostName(h string) bool {
-	if h == "" || len(h) > 253 {
+	if h == "" || len(h) > 253 || !utf8.ValidString(h) {
+		// strings.ToLower turns every invalid byte into U+FFFD, which would
+		// make different hosts equal.
 		return false
 	}
 	label := 0

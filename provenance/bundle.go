@@ -2,6 +2,7 @@ package provenance
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -35,9 +36,9 @@ const cosignSignPredicateType = "https://sigstore.dev/cosign/sign/v1"
 // holding an in-toto statement other than cosign's signature predicate)
 // or a signature (a message signature, or cosign's predicate). The
 // classification reads unverified content; verification comes later.
-func bundleArtifact(ctx context.Context, p *remote.Puller, ref name.Digest) (artifact, bool, error) {
+func bundleArtifact(ctx context.Context, p *remote.Puller, ref name.Digest, desc *remote.Descriptor) (artifact, bool, error) {
 	a := artifact{source: "bundle"}
-	desc, err := p.Get(ctx, ref)
+	desc, err := getManifest(ctx, p, ref, desc)
 	if err != nil {
 		return a, false, err
 	}
@@ -87,16 +88,16 @@ func parseBundle(raw []byte) (*sgbundle.Bundle, error) {
 	return &b, nil
 }
 
-// bundleVerifiers are a policy's trust settings as sigstore-go verifiers,
-// built once per settings in LoadTrust.
+// bundleVerifiers are a policy's key trust settings as sigstore-go
+// verifiers, built once per settings in loadTrust. Certificate-signed
+// bundles get a verifier per bundle (verifyCertBundle): which
+// transparency-log and timestamp proofs are required depends on the
+// trusted-root instance that issued the certificate and on what the
+// bundle holds.
 type bundleVerifiers struct {
 	// keys verify bundles signed with a public key, one per trusted key:
 	// the bundle's key hint is not trusted to pick the key.
 	keys []bundleKeyVerifier
-	// keyless verifies bundles signed with a Fulcio certificate, nil
-	// without keyless identities.
-	keyless    *verify.Verifier
-	identities []verify.PolicyOption
 }
 
 type bundleKeyVerifier struct {
@@ -104,12 +105,9 @@ type bundleKeyVerifier struct {
 	verifier    *verify.Verifier
 }
 
-// newBundleVerifiers builds the verifiers. The transparency-log proof
+// newBundleVerifiers builds the key verifiers. The transparency-log proof
 // (an entry whose SET and inclusion proof verify with the trusted root's
-// Rekor keys) is required unless ignoreTlog; a certificate must then be
-// valid at the log's integrated time. With ignoreTlog a certificate needs
-// an RFC 3161 timestamp from a timestamping authority of the trusted
-// root. SCTs are required when the trusted root lists CT logs.
+// Rekor keys) is required unless ignoreTlog.
 func newBundleVerifiers(t *trust) (bundleVerifiers, error) {
 	var bv bundleVerifiers
 	for _, k := range t.keys {
@@ -130,89 +128,164 @@ func newBundleVerifiers(t *trust) (bundleVerifiers, error) {
 		}
 		bv.keys = append(bv.keys, bundleKeyVerifier{fingerprint: k.fingerprint, verifier: v})
 	}
-	if len(t.keyless) == 0 || t.material == nil {
-		return bv, nil
-	}
-	opts := []verify.VerifierOption{verify.WithObserverTimestamps(1)}
-	if !t.ignoreTlog {
-		opts = append(opts, verify.WithTransparencyLog(1))
-	}
-	if len(t.material.CTLogs()) > 0 {
-		opts = append(opts, verify.WithSignedCertificateTimestamps(1))
-	}
-	v, err := verify.NewVerifier(t.material, opts...)
-	if err != nil {
-		return bv, err
-	}
-	bv.keyless = v
-	for i, id := range t.keyless {
-		ci, err := verify.NewShortCertificateIdentity(id.Issuer, id.IssuerRegExp, id.Subject, id.SubjectRegExp)
-		if err != nil {
-			return bv, fmt.Errorf("signatures.keyless[%d]: %v", i, err)
-		}
-		bv.identities = append(bv.identities, verify.WithCertificateIdentity(ci))
-	}
 	return bv, nil
+}
+
+// bundleResult is who signed a bundle and when that is proven.
+type bundleResult struct {
+	id       identity
+	github   *policy.GitHubClaims
+	signedAt time.Time
+	source   string // policy.TimeSourceTransparencyLog or TimeSourceTimestampAuthority
 }
 
 // verifyBundle verifies a bundle for the image digest h: its signature
 // over the digest (a message signature) or over an in-toto statement
 // naming the digest (DSSE), by a trusted key or keyless identity, with
-// its transparency-log proof unless the policy ignores the log. It
-// reports who signed it whether or not that signer is trusted.
-func (t *trust) verifyBundle(raw []byte, h v1.Hash) (identity, error) {
-	var id identity
+// the proofs verifyCertBundle and the key verifiers require. It reports
+// who signed it whether or not that signer is trusted.
+func (t *trust) verifyBundle(raw []byte, h v1.Hash) (bundleResult, error) {
+	var r bundleResult
 	b, err := parseBundle(raw)
 	if err != nil {
-		return id, err
+		return r, err
 	}
 	vc, err := b.VerificationContent()
 	if err != nil {
-		return id, fmt.Errorf("Sigstore bundle: %v", err)
+		return r, fmt.Errorf("Sigstore bundle: %v", err)
 	}
 	digest, err := hex.DecodeString(h.Hex)
 	if err != nil || h.Algorithm != "sha256" {
-		return id, fmt.Errorf("digest %s is not sha256", h)
+		return r, fmt.Errorf("digest %s is not sha256", h)
 	}
 	artifact := verify.WithArtifactDigest("sha256", digest)
 	if cert := vc.Certificate(); cert != nil {
-		id.fingerprint = policy.DERFingerprint(cert.RawSubjectPublicKeyInfo)
-		if s, err := certificate.SummarizeCertificate(cert); err == nil {
-			id.issuer, id.subject = s.Issuer, s.SubjectAlternativeName
-		}
-		if t.bundle.keyless == nil {
-			return id, errors.New("signed by a certificate; no keyless identity is trusted")
-		}
-		if _, err := t.bundle.keyless.Verify(b, verify.NewPolicy(artifact, t.bundle.identities...)); err != nil {
-			return id, err
-		}
-		return id, nil
+		return t.verifyCertBundle(b, cert, artifact)
 	}
 	if len(t.bundle.keys) == 0 {
-		return id, errors.New("signed with a key; no key is trusted")
+		return r, errors.New("signed with a key; no key is trusted")
 	}
 	var errs []string
 	for _, k := range t.bundle.keys {
-		_, err := k.verifier.Verify(b, verify.NewPolicy(artifact, verify.WithKey()))
+		res, err := k.verifier.Verify(b, verify.NewPolicy(artifact, verify.WithKey()))
 		if err == nil {
-			id.fingerprint = k.fingerprint
-			return id, nil
+			r.id.fingerprint = k.fingerprint
+			r.signedAt, r.source = provenTime(res)
+			return r, nil
 		}
 		errs = append(errs, err.Error())
 	}
-	return id, errors.New(dedupe(errs))
+	return r, errors.New(dedupe(errs))
+}
+
+// verifyCertBundle verifies a bundle signed with a Fulcio certificate
+// against the trusted-root instance whose CA issued it (gh attestation
+// trusted-root writes several: the public-good Sigstore and GitHub's
+// own). The proofs it requires:
+//   - a transparency-log entry, when the instance has transparency logs,
+//     unless ignoreTlog: its SET and inclusion proof verify with the
+//     instance's Rekor keys, and the certificate is valid at its
+//     integrated time;
+//   - every RFC 3161 timestamp the bundle holds, from a timestamping
+//     authority of the instance, with the certificate valid at its time:
+//     GitHub's instance has no transparency log and timestamps instead
+//     (private repositories), and a bundle with both is checked on both;
+//   - at least one of the two;
+//   - SCTs, when the instance lists CT logs.
+//
+// The signer is then matched against signatures.keyless and
+// signatures.github.
+func (t *trust) verifyCertBundle(b *sgbundle.Bundle, cert *x509.Certificate, artifact verify.ArtifactPolicyOption) (bundleResult, error) {
+	var r bundleResult
+	r.id.fingerprint = policy.DERFingerprint(cert.RawSubjectPublicKeyInfo)
+	sum, err := certificate.SummarizeCertificate(cert)
+	if err == nil {
+		r.id.issuer, r.id.subject = sum.Issuer, sum.SubjectAlternativeName
+		r.github = claimsOf(sum)
+	}
+	if len(t.keyless) == 0 && len(t.github) == 0 {
+		return r, errors.New("signed by a certificate; no keyless or GitHub identity is trusted")
+	}
+	if len(t.roots) == 0 {
+		return r, errors.New("signed by a certificate; no trusted root to verify it with")
+	}
+	inst := t.instanceOf(cert)
+	if inst == nil {
+		return r, fmt.Errorf("certificate issued by %q chains to no Fulcio CA of the trusted root", cert.Issuer.String())
+	}
+	entries, err := b.TlogEntries()
+	if err != nil {
+		return r, fmt.Errorf("Sigstore bundle: %v", err)
+	}
+	stamps, err := b.Timestamps()
+	if err != nil {
+		return r, fmt.Errorf("Sigstore bundle: %v", err)
+	}
+	requireTlog := len(inst.RekorLogs()) > 0 && !t.ignoreTlog
+	var opts []verify.VerifierOption
+	switch {
+	case requireTlog && len(entries) == 0:
+		return r, errors.New("no transparency-log entry, and the trusted root that issued the certificate has transparency logs (ignoreTlog skips them)")
+	case requireTlog:
+		opts = append(opts, verify.WithTransparencyLog(1), verify.WithIntegratedTimestamps(1))
+	case len(stamps) == 0 && len(inst.RekorLogs()) == 0:
+		return r, errors.New("no RFC 3161 timestamp, and the trusted root that issued the certificate has no transparency log: nothing proves when it was signed")
+	case len(stamps) == 0:
+		return r, errors.New("no RFC 3161 timestamp, and ignoreTlog: nothing proves when it was signed")
+	}
+	if len(stamps) > 0 {
+		opts = append(opts, verify.WithSignedTimestamps(len(stamps)))
+	}
+	if len(inst.CTLogs()) > 0 {
+		opts = append(opts, verify.WithSignedCertificateTimestamps(1))
+	}
+	v, err := verify.NewVerifier(inst, opts...)
+	if err != nil {
+		return r, err
+	}
+	res, err := v.Verify(b, verify.NewPolicy(artifact, verify.WithoutIdentitiesUnsafe()))
+	if err != nil {
+		return r, err
+	}
+	if err := t.matchCertificate(sum); err != nil {
+		return r, err
+	}
+	r.signedAt, r.source = provenTime(res)
+	return r, nil
+}
+
+// provenTime is the earliest verified timestamp of a verification: a
+// transparency log's integrated time or an RFC 3161 timestamp.
+func provenTime(res *verify.VerificationResult) (time.Time, string) {
+	var at time.Time
+	var src string
+	for _, ts := range res.VerifiedTimestamps {
+		var s string
+		switch ts.Type {
+		case "Tlog":
+			s = policy.TimeSourceTransparencyLog
+		case "TimestampAuthority":
+			s = policy.TimeSourceTimestampAuthority
+		default:
+			continue
+		}
+		if at.IsZero() || ts.Timestamp.Before(at) {
+			at, src = ts.Timestamp.UTC(), s
+		}
+	}
+	return at, src
 }
 
 // judgeBundleSignature is a signature fact of a bundle: a message
 // signature over the digest, or cosign's signature statement.
 func judgeBundleSignature(tr *trust, a artifact, h v1.Hash, platform string) policy.Signature {
-	s := policy.Signature{On: h.String(), Platform: platform, Source: a.source}
-	id, err := tr.verifyBundle(a.bundle, h)
-	s.KeyFingerprint, s.Issuer, s.Subject = id.fingerprint, id.issuer, id.subject
+	s := policy.Signature{On: h.String(), Platform: platform, Source: a.source, Type: "cosign"}
+	r, err := tr.verifyBundle(a.bundle, h)
+	s.KeyFingerprint, s.Issuer, s.Subject, s.GitHub = r.id.fingerprint, r.id.issuer, r.id.subject, r.github
 	if err != nil {
 		s.Error = err.Error()
 	} else {
-		s.Verified = true
+		s.Verified, s.SignedAt, s.SignedAtSource = true, r.signedAt, r.source
 	}
 	return s
 }
@@ -239,15 +312,19 @@ func judgeBundleAttestation(tr *trust, a artifact, h v1.Hash) policy.Attestation
 		st, perr = ParseStatement(env.GetPayload())
 	}
 	var verr error
-	var id identity
+	var r bundleResult
 	if st != nil && !contains(st.SubjectDigests, h.String()) {
 		// Checked before the signature so the finding says what is wrong;
 		// sigstore-go would also refuse it.
-		id, _ = tr.verifyBundle(a.bundle, h)
+		r, _ = tr.verifyBundle(a.bundle, h)
 	} else {
-		id, verr = tr.verifyBundle(a.bundle, h)
+		r, verr = tr.verifyBundle(a.bundle, h)
 	}
-	return attestationFacts(at, st, perr, id, verr, h)
+	at.GitHub = r.github
+	if verr == nil {
+		at.SignedAt, at.SignedAtSource = r.signedAt, r.source
+	}
+	return attestationFacts(at, st, perr, r.id, verr, h)
 }
 
 // attestationFacts fills an attestation fact from its statement and the
@@ -256,6 +333,7 @@ func judgeBundleAttestation(tr *trust, a artifact, h v1.Hash) policy.Attestation
 func attestationFacts(at policy.Attestation, st *Statement, perr error, id identity, verr error, h v1.Hash) policy.Attestation {
 	if st != nil {
 		at.PredicateType, at.BuilderID, at.Sources, at.SubjectDigests, at.FinishedOn = st.PredicateType, st.BuilderID, st.Sources, st.SubjectDigests, st.FinishedOn
+		at.VSA = st.VSA
 	}
 	at.KeyFingerprint, at.Issuer, at.Subject = id.fingerprint, id.issuer, id.subject
 	switch {
@@ -263,8 +341,8 @@ func attestationFacts(at policy.Attestation, st *Statement, perr error, id ident
 		at.Error = verr.Error()
 	case perr != nil:
 		at.Error = perr.Error()
-	case !st.IsSLSA():
-		at.Error = fmt.Sprintf("predicate type %q is not SLSA provenance", st.PredicateType)
+	case !st.IsSLSA() && st.VSA == nil:
+		at.Error = fmt.Sprintf("predicate type %q is neither SLSA provenance nor a verification summary", st.PredicateType)
 	case !contains(st.SubjectDigests, h.String()):
 		at.Error = fmt.Sprintf("statement is about %s, not %s", strings.Join(st.SubjectDigests, ", "), h)
 	default:

@@ -30,7 +30,7 @@ import (
 
 // dsseBody is the canonical body of a Rekor "dsse" v0.0.1 entry for the
 // DSSE envelope env, signed by the key or certificate in pubPEM.
-func dsseBody(t *testing.T, env []byte, pubPEM string) string {
+func dsseBody(t testing.TB, env []byte, pubPEM string) string {
 	t.Helper()
 	var e struct {
 		Payload    string `json:"payload"`
@@ -56,7 +56,7 @@ func hashedRekordBody(hexDigest, b64sig, pubPEM string) string {
 
 // signedEntry signs a Rekor entry with body, integrated at when: the SET
 // payload, its signature, and the entry's log index.
-func (ss *sigstore) signedEntry(t *testing.T, body string, when time.Time) (map[string]any, []byte, int64) {
+func (ss *sigstore) signedEntry(t testing.TB, body string, when time.Time) (map[string]any, []byte, int64) {
 	t.Helper()
 	ss.logIndex++
 	p := map[string]any{"body": base64.StdEncoding.EncodeToString([]byte(body)), "integratedTime": when.Unix(), "logIndex": ss.logIndex, "logID": hex.EncodeToString(ss.logID)}
@@ -75,7 +75,7 @@ func (ss *sigstore) signedEntry(t *testing.T, body string, when time.Time) (map[
 
 // cosignBundle is the cosign bundle annotation (a Rekor SET) of an entry
 // with body, integrated at when.
-func (ss *sigstore) cosignBundle(t *testing.T, body string, when time.Time) string {
+func (ss *sigstore) cosignBundle(t testing.TB, body string, when time.Time) string {
 	t.Helper()
 	p, set, _ := ss.signedEntry(t, body, when)
 	b, _ := json.Marshal(map[string]any{"SignedEntryTimestamp": set, "Payload": p})
@@ -85,7 +85,7 @@ func (ss *sigstore) cosignBundle(t *testing.T, body string, when time.Time) stri
 // tlogEntry is a Sigstore bundle's transparency-log entry for body (of
 // kind, version 0.0.1), integrated at when: a SET and an inclusion proof
 // in a one-leaf tree whose checkpoint the test Rekor key signs.
-func (ss *sigstore) tlogEntry(t *testing.T, kind, body string, when time.Time) map[string]any {
+func (ss *sigstore) tlogEntry(t testing.TB, kind, body string, when time.Time) map[string]any {
 	t.Helper()
 	_, set, index := ss.signedEntry(t, body, when)
 	leaf := sha256.Sum256(append([]byte{0}, body...))
@@ -104,7 +104,7 @@ func (ss *sigstore) tlogEntry(t *testing.T, kind, body string, when time.Time) m
 
 // checkpoint is a Rekor v1 signed checkpoint (a signed note) of a
 // one-leaf tree with root hash root, signed by the test Rekor key.
-func (ss *sigstore) checkpoint(t *testing.T, root []byte) string {
+func (ss *sigstore) checkpoint(t testing.TB, root []byte) string {
 	t.Helper()
 	note := fmt.Sprintf("rekor.test - 1\n1\n%s\n", base64.StdEncoding.EncodeToString(root))
 	h := sha256.Sum256([]byte(note))
@@ -124,7 +124,7 @@ type bundleSigner struct {
 	certDER []byte // nil for a key
 }
 
-func (ss *sigstore) keylessSigner(t *testing.T, subject string, notBefore time.Time) bundleSigner {
+func (ss *sigstore) keylessSigner(t testing.TB, subject string, notBefore time.Time) bundleSigner {
 	t.Helper()
 	s, certPEM, _ := ss.leaf(t, subject, ghIssuer, notBefore)
 	blk, _ := pem.Decode([]byte(certPEM))
@@ -146,7 +146,7 @@ func (b bundleSigner) material(tlog []map[string]any) map[string]any {
 // dsseBundle is a Sigstore bundle v0.3 holding statement st in a DSSE
 // envelope; logged at when unless when is zero. tamper edits the
 // statement after signing.
-func (ss *sigstore) dsseBundle(t *testing.T, bs bundleSigner, st []byte, when time.Time, tamper func([]byte) []byte) []byte {
+func (ss *sigstore) dsseBundle(t testing.TB, bs bundleSigner, st []byte, when time.Time, tamper func([]byte) []byte) []byte {
 	t.Helper()
 	env := envelope(t, bs.signer, st)
 	var tlog []map[string]any
@@ -169,7 +169,7 @@ func (ss *sigstore) dsseBundle(t *testing.T, bs bundleSigner, st []byte, when ti
 
 // messageBundle is a Sigstore bundle v0.3 holding a message signature
 // over the image digest d.
-func (ss *sigstore) messageBundle(t *testing.T, bs bundleSigner, d v1.Hash, when time.Time) []byte {
+func (ss *sigstore) messageBundle(t testing.TB, bs bundleSigner, d v1.Hash, when time.Time) []byte {
 	t.Helper()
 	digest, _ := hex.DecodeString(d.Hex)
 	sig, err := bs.signer.SignMessage(bytes.NewReader(nil), options.WithDigest(digest), options.WithCryptoSignerOpts(crypto.SHA256))
@@ -191,7 +191,7 @@ func (ss *sigstore) messageBundle(t *testing.T, bs bundleSigner, d v1.Hash, when
 
 // attachBundle pushes a Sigstore bundle as an OCI 1.1 referrer of digest,
 // as actions/attest-build-provenance does.
-func (r *testRegistry) attachBundle(t *testing.T, repo string, digest v1.Hash, b []byte) {
+func (r *testRegistry) attachBundle(t testing.TB, repo string, digest v1.Hash, b []byte) {
 	t.Helper()
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.MediaType(ArtifactTypeBundle))
@@ -210,6 +210,9 @@ func TestVerifyBundles(t *testing.T) {
 	ss, otherLog := newSigstore(t), newSigstore(t)
 	key, otherKey := newKey(t, "ecdsa"), newKey(t, "ecdsa")
 	now := time.Now()
+	// Judged an hour after signing: freshness, judged on the log's time,
+	// says nothing here.
+	later := now.Add(time.Hour)
 	finished := now.Add(-2 * time.Hour)
 	keyless := []policy.KeylessIdentity{{Issuer: ghIssuer, SubjectRegExp: `^https://github.com/acme/.+/.github/workflows/release.yml@refs/tags/v.*$`}}
 	prov := policy.ProvenanceRequirements{Required: true,
@@ -293,7 +296,7 @@ func TestVerifyBundles(t *testing.T) {
 			ref, d := reg.pushImage(t, "acme/shop:1")
 			reg.attachBundle(t, "acme/shop", d, tt.bundle(t, d))
 			v, _ := newVerifier(t)
-			rules, pv, vd := decide(t, v, ref.String(), nil, compile(t, policy.Spec{Signatures: tt.sig, Provenance: prov}), now)
+			rules, pv, vd := decide(t, v, ref.String(), nil, compile(t, policy.Spec{Signatures: tt.sig, Provenance: prov}), later)
 			if got := strings.Join(rules, ","); got != tt.want {
 				t.Errorf("Decide(%s) rules = %q, want %q; attestations %+v; findings %+v", tt.name, got, tt.want, pv.Attestations, vd.Images[0].Findings)
 			}
@@ -313,6 +316,9 @@ func TestVerifyBundleSignatures(t *testing.T) {
 	ss := newSigstore(t)
 	key, otherKey := newKey(t, "ecdsa"), newKey(t, "ecdsa")
 	now := time.Now()
+	// Judged an hour after signing: freshness, judged on the log's time,
+	// says nothing here.
+	later := now.Add(time.Hour)
 	logged := now.Add(-4 * time.Minute)
 	keyless := []policy.KeylessIdentity{{Issuer: ghIssuer, Subject: ghSubject}}
 	other := v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("cd", 32)}
@@ -356,7 +362,7 @@ func TestVerifyBundleSignatures(t *testing.T) {
 			ref, d := reg.pushImage(t, "acme/shop:1")
 			reg.attachBundle(t, "acme/shop", d, tt.bundle(t, d))
 			v, _ := newVerifier(t)
-			rules, pv, vd := decide(t, v, ref.String(), nil, compile(t, policy.Spec{Signatures: tt.sig}), now)
+			rules, pv, vd := decide(t, v, ref.String(), nil, compile(t, policy.Spec{Signatures: tt.sig}), later)
 			if got := strings.Join(rules, ","); got != tt.want {
 				t.Errorf("Decide(%s) rules = %q, want %q; signatures %+v; findings %+v", tt.name, got, tt.want, pv.Signatures, vd.Images[0].Findings)
 			}

@@ -49,7 +49,7 @@ type testRegistry struct {
 	reqs []string
 }
 
-func newTestRegistry(t *testing.T, referrers bool) *testRegistry {
+func newTestRegistry(t testing.TB, referrers bool) *testRegistry {
 	t.Helper()
 	r := &testRegistry{}
 	opts := []ggcrregistry.Option{ggcrregistry.Logger(log.New(io.Discard, "", 0))}
@@ -76,7 +76,7 @@ func (r *testRegistry) requests() []string {
 	return append([]string(nil), r.reqs...)
 }
 
-func (r *testRegistry) ref(t *testing.T, s string) name.Reference {
+func (r *testRegistry) ref(t testing.TB, s string) name.Reference {
 	t.Helper()
 	ref, err := name.ParseReference(r.host+"/"+s, name.Insecure)
 	if err != nil {
@@ -85,7 +85,7 @@ func (r *testRegistry) ref(t *testing.T, s string) name.Reference {
 	return ref
 }
 
-func (r *testRegistry) pushImage(t *testing.T, repoTag string) (name.Reference, v1.Hash) {
+func (r *testRegistry) pushImage(t testing.TB, repoTag string) (name.Reference, v1.Hash) {
 	t.Helper()
 	img, err := random.Image(128, 1)
 	if err != nil {
@@ -101,7 +101,7 @@ func (r *testRegistry) pushImage(t *testing.T, repoTag string) (name.Reference, 
 
 // pushIndex pushes an index of n random images and returns its digest and
 // the children's digests.
-func (r *testRegistry) pushIndex(t *testing.T, repoTag string, n int) (name.Reference, v1.Hash, []v1.Hash) {
+func (r *testRegistry) pushIndex(t testing.TB, repoTag string, n int) (name.Reference, v1.Hash, []v1.Hash) {
 	t.Helper()
 	var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	var kids []v1.Hash
@@ -128,7 +128,7 @@ type layer struct {
 
 // attach writes layers as a cosign .sig/.att manifest for digest, with the
 // tag scheme or as an OCI 1.1 referrer.
-func (r *testRegistry) attach(t *testing.T, repo string, digest v1.Hash, att, referrer bool, ls ...layer) {
+func (r *testRegistry) attach(t testing.TB, repo string, digest v1.Hash, att, referrer bool, ls ...layer) {
 	t.Helper()
 	mt := types.MediaType("application/vnd.dev.cosign.simplesigning.v1+json")
 	if att {
@@ -171,7 +171,7 @@ type keyPair struct {
 	pem    string
 }
 
-func newKey(t *testing.T, alg string) keyPair {
+func newKey(t testing.TB, alg string) keyPair {
 	t.Helper()
 	var priv crypto.Signer
 	var err error
@@ -202,7 +202,7 @@ func simpleSigning(repo string, digest v1.Hash) []byte {
 	return []byte(fmt.Sprintf(`{"critical":{"identity":{"docker-reference":%q},"image":{"docker-manifest-digest":%q},"type":"cosign container image signature"},"optional":null}`, repo, digest.String()))
 }
 
-func sign(t *testing.T, s signature.Signer, payload []byte) string {
+func sign(t testing.TB, s signature.Signer, payload []byte) string {
 	t.Helper()
 	sig, err := s.SignMessage(strings.NewReader(string(payload)))
 	if err != nil {
@@ -228,7 +228,7 @@ func statement(predicateType, builder, source string, finished time.Time, subjec
 	return []byte(fmt.Sprintf(`{"_type":"https://in-toto.io/Statement/v1","subject":[%s],"predicateType":%q,"predicate":%s}`, strings.Join(subj, ","), predicateType, pred))
 }
 
-func envelope(t *testing.T, s signature.Signer, st []byte) []byte {
+func envelope(t testing.TB, s signature.Signer, st []byte) []byte {
 	t.Helper()
 	env, err := dsse.WrapSigner(s, "application/vnd.in-toto+json").SignMessage(strings.NewReader(string(st)))
 	if err != nil {
@@ -245,13 +245,20 @@ type sigstore struct {
 	rekorKey        *ecdsa.PrivateKey
 	logID           []byte
 	trustedRootPath string
+	trustedRootJSON []byte
 	now             time.Time
 	logIndex        int64
+	tsa             *testTSA // nil without a timestamping authority
 }
 
 var oidcIssuerOID = asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 57264, 1, 1}
 
-func newSigstore(t *testing.T) *sigstore {
+func newSigstore(t testing.TB) *sigstore { return newSigstoreInstance(t, true, false) }
+
+// newSigstoreInstance is a test Sigstore instance: a Fulcio CA chain,
+// a Rekor key when tlog (the public-good instance), and a timestamping
+// authority when tsa (GitHub's instance has one and no log).
+func newSigstoreInstance(t testing.TB, tlog, tsa bool) *sigstore {
 	t.Helper()
 	now := time.Now()
 	ss := &sigstore{now: now}
@@ -275,10 +282,18 @@ func newSigstore(t *testing.T) *sigstore {
 	pkix, _ := x509.MarshalPKIXPublicKey(ss.rekorKey.Public())
 	id := sha256.Sum256(pkix)
 	ss.logID = id[:]
+	logs := map[string]*root.TransparencyLog{}
+	if tlog {
+		logs[hex.EncodeToString(ss.logID)] = &root.TransparencyLog{BaseURL: "https://rekor.test", ID: ss.logID, ValidityPeriodStart: now.Add(-48 * time.Hour), HashFunc: crypto.SHA256, PublicKey: ss.rekorKey.Public(), SignatureHashFunc: crypto.SHA256}
+	}
+	var tsas []root.TimestampingAuthority
+	if tsa {
+		ss.tsa = newTestTSA(t, now)
+		tsas = append(tsas, &root.SigstoreTimestampingAuthority{Root: ss.tsa.root, Leaf: ss.tsa.leaf, ValidityPeriodStart: now.Add(-48 * time.Hour), URI: "https://tsa.test"})
+	}
 	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01,
 		[]root.CertificateAuthority{&root.FulcioCertificateAuthority{Root: ss.root, Intermediates: []*x509.Certificate{ss.inter}, ValidityPeriodStart: now.Add(-48 * time.Hour), URI: "https://fulcio.test"}},
-		nil, nil,
-		map[string]*root.TransparencyLog{hex.EncodeToString(ss.logID): {BaseURL: "https://rekor.test", ID: ss.logID, ValidityPeriodStart: now.Add(-48 * time.Hour), HashFunc: crypto.SHA256, PublicKey: ss.rekorKey.Public(), SignatureHashFunc: crypto.SHA256}})
+		nil, tsas, logs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,6 +301,7 @@ func newSigstore(t *testing.T) *sigstore {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ss.trustedRootJSON = b
 	ss.trustedRootPath = filepath.Join(t.TempDir(), "trusted_root.json")
 	if err := os.WriteFile(ss.trustedRootPath, b, 0o644); err != nil {
 		t.Fatal(err)
@@ -295,7 +311,7 @@ func newSigstore(t *testing.T) *sigstore {
 
 // leaf issues a Fulcio-like certificate for subject (a URI) from issuer,
 // valid from notBefore for ten minutes.
-func (ss *sigstore) leaf(t *testing.T, subject, issuer string, notBefore time.Time) (signature.Signer, string, string) {
+func (ss *sigstore) leaf(t testing.TB, subject, issuer string, notBefore time.Time) (signature.Signer, string, string) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(subject)
@@ -316,7 +332,7 @@ func (ss *sigstore) leaf(t *testing.T, subject, issuer string, notBefore time.Ti
 // set returns the cosign bundle annotation (a Rekor SET over a
 // hashedrekord entry) for a signature b64sig over payload by the key or
 // certificate in pubPEM, integrated at when.
-func (ss *sigstore) set(t *testing.T, payload []byte, b64sig, pubPEM string, when time.Time) string {
+func (ss *sigstore) set(t testing.TB, payload []byte, b64sig, pubPEM string, when time.Time) string {
 	t.Helper()
 	h := sha256.Sum256(payload)
 	return ss.cosignBundle(t, hashedRekordBody(hex.EncodeToString(h[:]), b64sig, pubPEM), when)

@@ -8,12 +8,15 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/policy"
 )
 
-// Predicate types of SLSA provenance.
+// Predicate types of SLSA provenance and verification summaries.
 const (
-	SLSAv02 = "https://slsa.dev/provenance/v0.2"
-	SLSAv1  = "https://slsa.dev/provenance/v1"
+	SLSAv02 = policy.PredicateSLSAv02
+	SLSAv1  = policy.PredicateSLSAv1
+	VSAv1   = policy.PredicateVSAv1
 )
 
 // inTotoPayloadType is the DSSE payload type of an in-toto statement.
@@ -23,13 +26,15 @@ const inTotoPayloadType = "application/vnd.in-toto+json"
 const maxPayloadBytes = 1 << 20
 
 // Statement is what buildguard reads of an in-toto statement with SLSA
-// provenance.
+// provenance or a SLSA verification summary.
 type Statement struct {
 	PredicateType  string
 	SubjectDigests []string // "sha256:<hex>"
 	BuilderID      string
 	Sources        []string
 	FinishedOn     time.Time
+	// VSA is the verification summary, for PredicateType VSAv1.
+	VSA *policy.VSA
 }
 
 // ParseEnvelope decodes a DSSE envelope holding an in-toto statement and
@@ -91,6 +96,8 @@ func ParseStatement(b []byte) (*Statement, error) {
 		err = out.slsa02(st.Predicate)
 	case SLSAv1:
 		err = out.slsa1(st.Predicate)
+	case VSAv1:
+		out.VSA, err = ParseVSA(st.Predicate)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s predicate: %v", st.PredicateType, err)
@@ -186,6 +193,51 @@ func (s *Statement) slsa1(raw json.RawMessage) error {
 		s.FinishedOn = p.RunDetails.Metadata.FinishedOn.UTC()
 	}
 	return nil
+}
+
+// maxVSALevels bounds verifiedLevels kept from one VSA.
+const maxVSALevels = 32
+
+// ParseVSA reads the predicate of a SLSA Verification Summary
+// Attestation v1: verifier.id, timeVerified, resourceUri, policy.uri,
+// verificationResult (PASSED or FAILED) and verifiedLevels. It checks no
+// signature; a VSA without verifier.id, resourceUri or a known result is
+// an error.
+func ParseVSA(raw json.RawMessage) (*policy.VSA, error) {
+	var p struct {
+		Verifier struct {
+			ID string `json:"id"`
+		} `json:"verifier"`
+		TimeVerified       *time.Time           `json:"timeVerified"`
+		ResourceURI        string               `json:"resourceUri"`
+		Policy             struct{ URI string } `json:"policy"`
+		VerificationResult string               `json:"verificationResult"`
+		VerifiedLevels     []string             `json:"verifiedLevels"`
+	}
+	if err := json.Unmarshal(raw, &p); err != nil {
+		return nil, err
+	}
+	switch {
+	case p.Verifier.ID == "":
+		return nil, errors.New("no verifier.id")
+	case p.ResourceURI == "":
+		return nil, errors.New("no resourceUri")
+	case p.VerificationResult != "PASSED" && p.VerificationResult != "FAILED":
+		return nil, fmt.Errorf("verificationResult %q is neither PASSED nor FAILED", p.VerificationResult)
+	}
+	v := &policy.VSA{VerifierID: p.Verifier.ID, ResourceURI: p.ResourceURI, Result: p.VerificationResult, PolicyURI: p.Policy.URI}
+	if p.TimeVerified != nil {
+		v.TimeVerified = p.TimeVerified.UTC()
+	}
+	for _, l := range p.VerifiedLevels {
+		if len(v.VerifiedLevels) == maxVSALevels {
+			break
+		}
+		if l = strings.TrimSpace(l); l != "" && len(l) <= 128 {
+			v.VerifiedLevels = append(v.VerifiedLevels, l)
+		}
+	}
+	return v, nil
 }
 
 // walkSources collects repository URIs from externalParameters, whose

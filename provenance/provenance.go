@@ -17,6 +17,7 @@
 package provenance
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -36,7 +37,9 @@ import (
 	"github.com/sigstore/cosign/v2/pkg/cosign/bundle"
 	"github.com/sigstore/cosign/v2/pkg/oci"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
+	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	"github.com/sigstore/sigstore-go/pkg/root"
+	"github.com/sigstore/sigstore-go/pkg/verify"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"golang.org/x/sync/singleflight"
@@ -151,12 +154,19 @@ func New(reg Registry, opts ...Option) *Verifier {
 }
 
 // artifact is one signature or attestation as fetched: a cosign
-// signature, or the JSON of a Sigstore bundle.
+// signature, the JSON of a Sigstore bundle, or a Notary Project
+// signature envelope.
 type artifact struct {
 	sig    oci.Signature
 	bundle []byte
 	source string // tag, referrers, bundle
 	err    string // set when it could not be read
+
+	// notation is a Notary Project envelope of media type notationType,
+	// signing subject.
+	notation     []byte
+	notationType string
+	subject      v1.Descriptor
 }
 
 type material struct {
@@ -325,18 +335,22 @@ func (v *Verifier) judge(ctx context.Context, tr *trust, m *material, d name.Dig
 	}
 	r := &result{}
 	for _, a := range m.sigs {
-		if a.bundle != nil {
+		switch {
+		case a.bundle != nil:
 			r.sigs = append(r.sigs, judgeBundleSignature(tr, a, h, platform))
 			continue
+		case a.notation != nil || a.notationType != "":
+			r.sigs = append(r.sigs, judgeNotation(ctx, tr, a, d, platform))
+			continue
 		}
-		s := policy.Signature{On: d.DigestStr(), Platform: platform, Source: a.source, Error: a.err}
+		s := policy.Signature{On: d.DigestStr(), Platform: platform, Source: a.source, Error: a.err, Type: "cosign"}
 		if a.sig != nil {
 			id, err := tr.verify(ctx, a.sig, h, false)
-			s.KeyFingerprint, s.Issuer, s.Subject = id.fingerprint, id.issuer, id.subject
+			s.KeyFingerprint, s.Issuer, s.Subject, s.GitHub = id.fingerprint, id.issuer, id.subject, id.github
 			if err != nil {
 				s.Error = err.Error()
 			} else {
-				s.Verified = true
+				s.Verified, s.SignedAt, s.SignedAtSource = true, id.signedAt, id.signedAtSource
 			}
 		}
 		r.sigs = append(r.sigs, s)
@@ -363,7 +377,39 @@ func judgeAttestation(ctx context.Context, tr *trust, a artifact, h v1.Hash) pol
 	}
 	st, perr := ParseEnvelope(payload)
 	id, verr := tr.verify(ctx, a.sig, h, true)
+	at.GitHub = id.github
+	if verr == nil {
+		at.SignedAt, at.SignedAtSource = id.signedAt, id.signedAtSource
+	}
 	return attestationFacts(at, st, perr, id, verr, h)
+}
+
+// judgeNotation verifies a Notary Project signature of d.
+func judgeNotation(ctx context.Context, tr *trust, a artifact, d name.Digest, platform string) policy.Signature {
+	s := policy.Signature{On: d.DigestStr(), Platform: platform, Source: a.source, Type: "notation", Error: a.err,
+		Notation: &policy.NotationResult{Envelope: envelopeName(a.notationType)}}
+	switch {
+	case a.err != "":
+		return s
+	case tr.notation == nil:
+		s.Error = "a Notary Project signature; signatures.notation trusts no certificate"
+		return s
+	case a.subject.Digest.String() != d.DigestStr():
+		s.Error = fmt.Sprintf("Notary Project signature manifest is about %s, not %s", a.subject.Digest, d.DigestStr())
+		return s
+	}
+	o := tr.notation.verify(ctx, a.notation, a.notationType, a.subject, d.Context().Name())
+	s.Notation = &o.res
+	s.KeyFingerprint, s.Issuer, s.Subject = o.id.fingerprint, o.id.issuer, o.id.subject
+	if o.err != nil {
+		s.Error = o.err.Error()
+		return s
+	}
+	s.Verified = true
+	if !o.signedAt.IsZero() {
+		s.SignedAt, s.SignedAtSource = o.signedAt, policy.TimeSourceTimestampAuthority
+	}
+	return s
 }
 
 func contains(ss []string, s string) bool {
@@ -420,6 +466,9 @@ func (v *Verifier) discover(ctx context.Context, req registry.Request, d name.Di
 		return nil, err
 	}
 	m := &material{fetched: v.now()}
+	// cosignSigs: the referrers held cosign signatures, so the .sig tag
+	// is not asked; Notary Project signatures do not count.
+	cosignSigs := false
 	idx, err := remote.Referrers(d, remote.Reuse(p), remote.WithContext(ctx))
 	if err != nil && !notFound(err) {
 		return nil, err
@@ -433,24 +482,42 @@ func (v *Verifier) discover(ctx context.Context, req registry.Request, d name.Di
 			if len(m.sigs)+len(m.atts) >= 2*maxArtifacts {
 				break
 			}
-			switch desc.ArtifactType {
-			case ArtifactTypeSignature:
-				arts, err := artifacts(ctx, p, d.Context().Digest(desc.Digest.String()), "referrers", false)
+			ref := d.Context().Digest(desc.Digest.String())
+			at := desc.ArtifactType
+			var got *remote.Descriptor
+			if vagueArtifactType(at) {
+				// Some registries (go-containerregistry's own, cosign v2's
+				// fallback index) list the config's media type, not the
+				// manifest's artifactType: read the manifest to know.
+				if got, err = p.Get(ctx, ref); err != nil {
+					return nil, err
+				}
+				if at, err = manifestArtifactType(got.Manifest); err != nil {
+					continue // not a manifest of ours
+				}
+			}
+			switch {
+			case at == ArtifactTypeSignature:
+				arts, err := artifacts(ctx, p, ref, got, "referrers", false)
 				if err != nil {
 					return nil, err
 				}
 				m.sigs = append(m.sigs, arts...)
-			case ArtifactTypeAttestation:
-				arts, err := artifacts(ctx, p, d.Context().Digest(desc.Digest.String()), "referrers", true)
+				cosignSigs = true
+			case at == ArtifactTypeAttestation:
+				arts, err := artifacts(ctx, p, ref, got, "referrers", true)
 				if err != nil {
 					return nil, err
 				}
 				m.atts = append(m.atts, arts...)
-			default:
-				if !strings.HasPrefix(desc.ArtifactType, bundleMediaTypePrefix) {
-					continue // not ours: SBOMs, other tools' referrers
+			case at == ArtifactTypeNotation:
+				a, err := notationArtifact(ctx, p, ref, got)
+				if err != nil {
+					return nil, err
 				}
-				a, att, err := bundleArtifact(ctx, p, d.Context().Digest(desc.Digest.String()))
+				m.sigs = append(m.sigs, a)
+			case strings.HasPrefix(at, bundleMediaTypePrefix):
+				a, att, err := bundleArtifact(ctx, p, ref, got)
 				if err != nil {
 					return nil, err
 				}
@@ -458,26 +525,86 @@ func (v *Verifier) discover(ctx context.Context, req registry.Request, d name.Di
 					m.atts = append(m.atts, a)
 				} else {
 					m.sigs = append(m.sigs, a)
+					cosignSigs = true
 				}
+			default:
+				// Not ours: SBOMs, other tools' referrers.
 			}
 		}
 	}
 	prefix := strings.Replace(d.DigestStr(), ":", "-", 1)
-	if len(m.sigs) == 0 {
-		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".sig"), "tag", false)
+	if !cosignSigs {
+		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".sig"), nil, "tag", false)
 		if err != nil && !notFound(err) {
 			return nil, err
 		}
-		m.sigs = arts
+		m.sigs = append(m.sigs, arts...)
 	}
 	if len(m.atts) == 0 {
-		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".att"), "tag", true)
+		arts, err := artifacts(ctx, p, d.Context().Tag(prefix+".att"), nil, "tag", true)
 		if err != nil && !notFound(err) {
 			return nil, err
 		}
 		m.atts = arts
 	}
 	return m, nil
+}
+
+// notationArtifact reads a Notary Project signature referrer: its
+// manifest and its one envelope layer.
+func notationArtifact(ctx context.Context, p *remote.Puller, ref name.Digest, desc *remote.Descriptor) (artifact, error) {
+	a := artifact{source: "referrers", notationType: notationJWS}
+	desc, err := getManifest(ctx, p, ref, desc)
+	if err != nil {
+		return a, err
+	}
+	mf, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
+	if err != nil {
+		a.err = "unreadable Notary Project signature manifest: " + err.Error()
+		return a, nil
+	}
+	mt, layer, subject, err := notationLayer(mf)
+	if err != nil {
+		a.err = err.Error()
+		return a, nil
+	}
+	a.notationType, a.subject = mt, subject
+	if a.notation, err = readBlob(ctx, p, ref.Context().Digest(layer.Digest.String())); err != nil {
+		return a, err
+	}
+	return a, nil
+}
+
+// vagueArtifactType reports whether a referrers index entry's artifact
+// type may hide one of ours: empty, or a config media type rather than
+// the manifest's artifactType.
+func vagueArtifactType(at string) bool {
+	switch at {
+	case "", "application/vnd.oci.empty.v1+json", "application/vnd.oci.image.config.v1+json":
+		return true
+	}
+	return false
+}
+
+// manifestArtifactType reads the artifact type of a referrer manifest:
+// its artifactType, or else its config's media type.
+func manifestArtifactType(raw []byte) (string, error) {
+	mf, err := v1.ParseManifest(bytes.NewReader(raw))
+	if err != nil {
+		return "", err
+	}
+	if mf.ArtifactType != "" {
+		return mf.ArtifactType, nil
+	}
+	return string(mf.Config.MediaType), nil
+}
+
+// getManifest returns desc, or fetches ref's manifest when it is nil.
+func getManifest(ctx context.Context, p *remote.Puller, ref name.Reference, desc *remote.Descriptor) (*remote.Descriptor, error) {
+	if desc != nil {
+		return desc, nil
+	}
+	return p.Get(ctx, ref)
 }
 
 func notFound(err error) bool {
@@ -488,8 +615,8 @@ func notFound(err error) bool {
 // artifacts reads a cosign signature or attestation manifest: one layer
 // per signature, its payload in the blob, the signature, certificate,
 // chain and Rekor bundle in annotations.
-func artifacts(ctx context.Context, p *remote.Puller, ref name.Reference, source string, att bool) ([]artifact, error) {
-	desc, err := p.Get(ctx, ref)
+func artifacts(ctx context.Context, p *remote.Puller, ref name.Reference, desc *remote.Descriptor, source string, att bool) ([]artifact, error) {
+	desc, err := getManifest(ctx, p, ref, desc)
 	if err != nil {
 		return nil, err
 	}
@@ -572,6 +699,17 @@ type trust struct {
 	material    root.TrustedMaterial
 	ignoreTlog  bool
 	bundle      bundleVerifiers
+
+	// roots are the trusted-root instances of the trusted-root file,
+	// apart; material is all of them.
+	roots []*root.TrustedRoot
+	// keylessIDs are keyless as sigstore-go identities; github the
+	// GitHub signers.
+	keylessIDs []verify.CertificateIdentity
+	github     []policy.GitHubMatcher
+	// notation verifies Notary Project signatures; nil without
+	// signatures.notation.
+	notation *notationTrust
 }
 
 type keyVerifier struct {
@@ -629,21 +767,48 @@ func loadTrust(ts policy.TrustSettings) (*trust, error) {
 	for _, id := range ts.Keyless {
 		t.keyless = append(t.keyless, cosign.Identity{Issuer: id.Issuer, IssuerRegExp: id.IssuerRegExp, Subject: id.Subject, SubjectRegExp: id.SubjectRegExp})
 	}
+	var err error
+	if t.keylessIDs, err = keylessIdentities(ts.Keyless); err != nil {
+		return nil, err
+	}
+	t.github = ts.GitHub
 	if ts.TrustedRoot != "" {
-		tr, err := root.NewTrustedRootFromPath(ts.TrustedRoot)
+		b, err := os.ReadFile(ts.TrustedRoot)
 		if err != nil {
 			return nil, fmt.Errorf("signatures.trustedRoot: %v", err)
 		}
-		t.material = tr
+		if t.roots, err = ParseTrustedRoots(b); err != nil {
+			return nil, fmt.Errorf("signatures.trustedRoot %s: %v", ts.TrustedRoot, err)
+		}
+		if len(t.roots) == 1 {
+			t.material = t.roots[0]
+		} else {
+			coll := make(root.TrustedMaterialCollection, len(t.roots))
+			for i, r := range t.roots {
+				coll[i] = r
+			}
+			t.material = coll
+		}
 	}
-	var err error
+	if ts.Notation != nil {
+		if t.notation, err = loadNotation(ts.Notation); err != nil {
+			return nil, err
+		}
+	}
 	if t.bundle, err = newBundleVerifiers(t); err != nil {
 		return nil, err
 	}
 	return t, nil
 }
 
-type identity struct{ fingerprint, issuer, subject string }
+// identity is who made a signature, and, once verified, when that is
+// proven.
+type identity struct {
+	fingerprint, issuer, subject string
+	github                       *policy.GitHubClaims
+	signedAt                     time.Time
+	signedAtSource               string
+}
 
 // verify checks one signature or attestation against every key and, when
 // it carries a certificate, the keyless identities. It reports who signed
@@ -654,11 +819,15 @@ func (t *trust) verify(ctx context.Context, s oci.Signature, h v1.Hash, att bool
 	if err != nil {
 		return id, fmt.Errorf("unreadable certificate: %v", err)
 	}
+	var sum certificate.Summary
 	if cert != nil {
 		id.fingerprint = policy.DERFingerprint(cert.RawSubjectPublicKeyInfo)
 		ce := cosign.CertExtensions{Cert: cert}
 		id.issuer = ce.GetIssuer()
 		id.subject = strings.Join(cryptoutils.GetSubjectAlternateNames(cert), ",")
+		if s, err := certificate.SummarizeCertificate(cert); err == nil {
+			sum, id.github = s, claimsOf(s)
+		}
 	}
 	base := cosign.CheckOpts{
 		TrustedMaterial: t.material,
@@ -683,6 +852,7 @@ func (t *trust) verify(ctx context.Context, s oci.Signature, h v1.Hash, att bool
 		co.SigVerifier = k.verifier
 		if err := check(&co); err == nil {
 			id.fingerprint = k.fingerprint
+			id.signedAt, id.signedAtSource = loggedAt(s, t.ignoreTlog)
 			return id, nil
 		} else {
 			errs = append(errs, err.Error())
@@ -692,10 +862,25 @@ func (t *trust) verify(ctx context.Context, s oci.Signature, h v1.Hash, att bool
 		co := base
 		co.Identities = t.keyless
 		if err := check(&co); err == nil {
+			id.signedAt, id.signedAtSource = loggedAt(s, t.ignoreTlog)
 			return id, nil
 		} else {
 			errs = append(errs, err.Error())
 		}
+	}
+	if cert != nil && len(t.github) > 0 {
+		// Any certificate the trusted root chains, then its claims.
+		co := base
+		co.Identities = []cosign.Identity{{IssuerRegExp: ".*", SubjectRegExp: ".*"}}
+		err := check(&co)
+		if err == nil {
+			err = t.matchCertificate(certificate.Summary{CertificateIssuer: sum.CertificateIssuer, SubjectAlternativeName: sum.SubjectAlternativeName, Extensions: sum.Extensions})
+		}
+		if err == nil {
+			id.signedAt, id.signedAtSource = loggedAt(s, t.ignoreTlog)
+			return id, nil
+		}
+		errs = append(errs, err.Error())
 	}
 	if len(errs) == 0 {
 		if cert != nil {
@@ -709,6 +894,19 @@ func (t *trust) verify(ctx context.Context, s oci.Signature, h v1.Hash, att bool
 		}
 	}
 	return id, errors.New(dedupe(errs))
+}
+
+// loggedAt is the integrated time of a verified signature's Rekor entry
+// (its SET verified offline, unless the policy ignores the log).
+func loggedAt(s oci.Signature, ignoreTlog bool) (time.Time, string) {
+	if ignoreTlog {
+		return time.Time{}, ""
+	}
+	b, err := s.Bundle()
+	if err != nil || b == nil || b.Payload.IntegratedTime <= 0 {
+		return time.Time{}, ""
+	}
+	return time.Unix(b.Payload.IntegratedTime, 0).UTC(), policy.TimeSourceTransparencyLog
 }
 
 // publicKeyOf returns nothing: a bare cosign signature does not say which

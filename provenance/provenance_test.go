@@ -61,7 +61,7 @@ func decide(t *testing.T, v *Verifier, ref string, img *policy.Image, p *policy.
 	return rules, pv, vd
 }
 
-func req(t *testing.T, ref string) registry.Request {
+func req(t testing.TB, ref string) registry.Request {
 	t.Helper()
 	r, err := nameParse(ref)
 	if err != nil {
@@ -74,6 +74,9 @@ func TestVerifySignatures(t *testing.T) {
 	ss := newSigstore(t)
 	ecKey, rsaKey, edKey, otherKey := newKey(t, "ecdsa"), newKey(t, "rsa"), newKey(t, "ed25519"), newKey(t, "ecdsa")
 	now := time.Now()
+	// Judged an hour after signing: freshness, judged on the log's time,
+	// says nothing here.
+	later := now.Add(time.Hour)
 	keyless := []policy.KeylessIdentity{{Issuer: ghIssuer, SubjectRegExp: `^https://github.com/acme/.+/.github/workflows/release.yml@refs/tags/v.*$`}}
 
 	type setup func(t *testing.T, reg *testRegistry, repo string, d v1.Hash, referrer bool)
@@ -134,7 +137,7 @@ func TestVerifySignatures(t *testing.T) {
 				}
 				v, _ := newVerifier(t)
 				p := compile(t, policy.Spec{Signatures: tt.spec})
-				rules, pv, vd := decide(t, v, ref.String(), nil, p, now)
+				rules, pv, vd := decide(t, v, ref.String(), nil, p, later)
 				if got := strings.Join(rules, ","); got != tt.want {
 					t.Errorf("Decide(%s) rules = %q, want %q; provenance %+v; findings %+v", tt.name, got, tt.want, pv, vd.Images[0].Findings)
 				}

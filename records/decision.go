@@ -1,7 +1,8 @@
 // Package records keeps a record of every admission decision: in the
-// evidence store, through a bounded queue and a durable journal that never
-// hold up the admission path (Recorder), and as Kubernetes Events for
-// denials and would-be denials (Notifier).
+// evidence store (Recorder: a deny or would-deny is on disk, in the store
+// or a journal, before it is answered; other decisions go through a
+// bounded queue that never holds up admission), and as Kubernetes Events
+// for denials and would-be denials (Notifier).
 package records
 
 import (

@@ -41,12 +41,41 @@ func openJournal(path string, max int64) (*journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decision journal: %w", err)
 	}
-	st, err := f.Stat()
+	// The file's name must outlast a power loss as its fsynced lines do.
+	syncDir(filepath.Dir(path))
+	size, err := endLine(f, path)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("decision journal: %w", err)
 	}
-	return &journal{path: path, max: max, f: f, size: st.Size()}, nil
+	return &journal{path: path, max: max, f: f, size: size}, nil
+}
+
+// endLine ends a torn last line (a write cut short by a crash) of the
+// journal f at path, so that the next record appended is a line of its
+// own rather than the unreadable end of the torn one, and returns the
+// file's size.
+func endLine(f *os.File, path string) (int64, error) {
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return 0, err
+	}
+	r, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	last := make([]byte, 1)
+	if _, err := r.ReadAt(last, st.Size()-1); err != nil {
+		return 0, err
+	}
+	if last[0] == '\n' {
+		return st.Size(), nil
+	}
+	if _, err := f.Write([]byte{'\n'}); err != nil {
+		return 0, err
+	}
+	return st.Size() + 1, f.Sync()
 }
 
 func (j *journal) replayPath() string { return j.path + ".replay" }
@@ -80,12 +109,18 @@ func (j *journal) append(ds ...evidence.Decision) error {
 
 // pending reports whether there is anything to replay.
 func (j *journal) pending() bool {
+	return j.bytes() > 0 || j.replaying()
+}
+
+// bytes is the size of the journal file appends go to.
+func (j *journal) bytes() int64 {
 	j.mu.Lock()
-	size := j.size
-	j.mu.Unlock()
-	if size > 0 {
-		return true
-	}
+	defer j.mu.Unlock()
+	return j.size
+}
+
+// replaying reports whether a .replay file is left to store.
+func (j *journal) replaying() bool {
 	_, err := os.Stat(j.replayPath())
 	return err == nil
 }

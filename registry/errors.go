@@ -12,11 +12,22 @@ import (
 	"buildguard.dev/buildguard/policy"
 )
 
-// classify sorts a lookup error into the kinds the policy knows.
+// classify sorts a lookup error into the kinds the policy knows. What
+// could not be sent or received — a refused or broken connection, a body
+// cut off, a deadline, a 5xx or 429 — is unavailable. Everything else
+// comes from a registry that answered: bytes that do not match their
+// digest or size, a manifest or config that does not decode. That is an
+// invalid image whatever the error's text says: an "unexpected EOF" from
+// decoding a config cut short with the right digest is not a network
+// fault, and failurePolicy allow must not admit it.
 func classify(err error) policy.ErrorKind {
 	var re *policy.ResolveError
 	if errors.As(err, &re) {
 		return re.Kind
+	}
+	var ce *contentError
+	if errors.As(err, &ce) {
+		return policy.ErrTooLarge
 	}
 	var te *transport.Error
 	if errors.As(err, &te) {
@@ -40,16 +51,19 @@ func classify(err error) policy.ErrorKind {
 	}
 	var ne net.Error
 	var fe *forbiddenError
+	var rd *readError
 	switch {
+	case errors.As(err, &fe) && fe.address:
+		return policy.ErrForbiddenAddress
 	case errors.As(err, &fe):
+		// Plain HTTP refused: go-containerregistry falls back to it for
+		// a private registry that did not answer over HTTPS.
 		return policy.ErrUnavailable
+	case errors.As(err, &rd):
+		return policy.ErrUnavailable
+	// *url.Error is a net.Error: whatever failed while a request was sent
+	// or its response header awaited.
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.As(err, &ne):
-		return policy.ErrUnavailable
-	}
-	// Decoding errors from go-containerregistry are plain errors; a bad
-	// manifest or config is the registry serving no valid image.
-	msg := err.Error()
-	if strings.Contains(msg, "connection refused") || strings.Contains(msg, "no such host") || strings.Contains(msg, "EOF") {
 		return policy.ErrUnavailable
 	}
 	return policy.ErrInvalidImage

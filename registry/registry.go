@@ -5,14 +5,23 @@
 // Everything fetched for a digest is immutable and kept in a bounded
 // cache; tag resolutions are kept briefly. Concurrent lookups of the same
 // image are coalesced, requests to one registry are bounded, and nothing
-// is ever dialled on a link-local or cloud-metadata address.
+// is ever dialled on a link-local or cloud-metadata address. What a
+// registry sends is capped before it is read (4 MiB manifests, 8 MiB
+// configs), and the bytes all lookups hold at once are bounded. Only what
+// could not be sent or received is "unavailable": whatever a registry
+// that answered served, however malformed, is an image that cannot be
+// resolved.
 package registry
 
 import (
 	"context"
-	"errors"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,10 +40,11 @@ const (
 	DefaultMaxImages       = 10000
 	DefaultPerRegistry     = 8
 	DefaultFetchTimeout    = 9 * time.Second
+	DefaultMaxInFlight     = 16 << 20
+	DefaultMaxCacheBytes   = 64 << 20
 	defaultPullerLifetime  = 10 * time.Minute
 	defaultMaxPullers      = 256
 	maxIndexChildren       = 64
-	maxConfigBytes         = 8 << 20
 	attestationRefTypeAnno = "vnd.docker.reference.type"
 )
 
@@ -78,6 +88,23 @@ func WithFetchTimeout(d time.Duration) Option { return func(c *Client) { c.fetch
 // check: tests use it to reach in-process registries.
 func WithTransport(t http.RoundTripper) Option { return func(c *Client) { c.base = t } }
 
+// WithMaxInFlightBytes bounds the bytes of manifests and configs that
+// lookups hold at once, from their response header until they are
+// decoded; decoding them allocates a few times that. Lookups whose bodies do
+// not fit wait, within their deadline. The default is 32 MiB; less than
+// 8 MiB, the largest config, is taken as 8 MiB.
+func WithMaxInFlightBytes(n int64) Option { return func(c *Client) { c.inFlight = n } }
+
+// WithMaxCacheBytes bounds the memory of the images kept in the cache
+// (their history, labels and digests), besides WithMaxImages. The default
+// is 64 MiB.
+func WithMaxCacheBytes(n int64) Option { return func(c *Client) { c.cacheBytes = n } }
+
+// WithResolver sets the resolver of the default transport, whose dialer
+// refuses the link-local and metadata addresses a name resolves to. The
+// default is the system's. It has no effect with WithTransport.
+func WithResolver(r *net.Resolver) Option { return func(c *Client) { c.resolver = r } }
+
 // WithObserver sets who is told about requests and cache results.
 func WithObserver(o Observer) Option { return func(c *Client) { c.obs = o } }
 
@@ -90,11 +117,15 @@ type Client struct {
 	maxImages    int
 	perRegistry  int
 	fetchTimeout time.Duration
+	inFlight     int64
+	cacheBytes   int64
 	base         http.RoundTripper
+	resolver     *net.Resolver
 	obs          Observer
 	now          func() time.Time
 
 	transport http.RoundTripper
+	budget    *budget
 	tags      *lru[string]        // canonical tag → digest
 	images    *lru[*policy.Image] // repo@digest → image
 	pullers   *lru[*pullerEntry]  // auth key → puller
@@ -114,6 +145,8 @@ func New(opts ...Option) *Client {
 		maxImages:    DefaultMaxImages,
 		perRegistry:  DefaultPerRegistry,
 		fetchTimeout: DefaultFetchTimeout,
+		inFlight:     DefaultMaxInFlight,
+		cacheBytes:   DefaultMaxCacheBytes,
 		obs:          nopObserver{},
 		now:          time.Now,
 	}
@@ -121,7 +154,7 @@ func New(opts ...Option) *Client {
 		o(c)
 	}
 	if c.base == nil {
-		c.base = newSafeTransport()
+		c.base = newSafeTransport(c.resolver)
 	}
 	if c.maxImages < 1 {
 		c.maxImages = 1
@@ -129,11 +162,18 @@ func New(opts ...Option) *Client {
 	if c.perRegistry < 1 {
 		c.perRegistry = 1
 	}
-	c.transport = &guardTransport{inner: c.base, sems: map[string]chan struct{}{}, per: c.perRegistry, obs: c.obs}
+	c.budget = newBudget(max(c.inFlight, maxConfigBytes))
+	c.transport = &guardTransport{inner: c.base, sems: map[string]chan struct{}{}, per: c.perRegistry, obs: c.obs, budget: c.budget}
 	c.tags = newLRU[string](c.maxImages)
-	c.images = newLRU[*policy.Image](c.maxImages)
+	c.images = newWeighedLRU(c.maxImages, c.cacheBytes, ImageBytes)
 	c.pullers = newLRU[*pullerEntry](defaultMaxPullers)
 	return c
+}
+
+// forbiddenRegistry is the error of a registry written as a link-local or
+// metadata address, which is never contacted.
+func forbiddenRegistry() error {
+	return &policy.ResolveError{Kind: policy.ErrForbiddenAddress, Message: "registry address is link-local or cloud metadata; not contacted"}
 }
 
 // Auth says how to authenticate a lookup. Key identifies the keychain
@@ -159,7 +199,7 @@ type Request struct {
 // Resolve looks the image up. Errors are *policy.ResolveError.
 func (c *Client) Resolve(ctx context.Context, r Request) (*policy.Image, error) {
 	if policy.ForbiddenHost(r.Ref.Context().RegistryStr()) {
-		return nil, &policy.ResolveError{Kind: policy.ErrUnavailable, Message: "registry address is link-local or cloud metadata; not contacted"}
+		return nil, forbiddenRegistry()
 	}
 	if r.Auth.Keychain == nil {
 		r.Auth = Anonymous
@@ -201,10 +241,14 @@ func (c *Client) digestOf(ctx context.Context, r Request) (name.Digest, error) {
 		if err != nil {
 			return nil, err
 		}
+		// The GET below reads a manifest only for its digest.
+		l := c.budget.lease(priorityOf(ctx))
+		defer l.release()
+		ctx = withLease(ctx, l)
 		// HEAD does not count against Docker Hub's pull limits.
 		desc, err := p.Head(ctx, r.Ref)
 		if err != nil {
-			if k := classify(err); k == policy.ErrNotFound || k == policy.ErrUnauthorized || ctx.Err() != nil {
+			if k := classify(err); k == policy.ErrNotFound || k == policy.ErrUnauthorized || k == policy.ErrForbiddenAddress || ctx.Err() != nil {
 				return nil, err
 			}
 			// Some registries answer HEAD without Docker-Content-Digest or
@@ -303,87 +347,211 @@ func (c *Client) puller(a Auth) (*remote.Puller, error) {
 }
 
 // fetch reads the manifest at d and, for an image, its config; for an
-// index, every platform child.
+// index, every platform child. The manifest and the config are read in
+// steps that each hold their bytes of the budget only until they are
+// decoded: a config is never waited for while a manifest is held.
 func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Image, error) {
 	p, err := c.puller(a)
 	if err != nil {
 		return nil, err
 	}
-	desc, err := p.Get(ctx, d)
+	m, err := c.readManifest(ctx, p, d)
 	if err != nil {
 		return nil, err
 	}
-	img := &policy.Image{Digest: desc.Digest.String()}
-	switch {
-	case desc.MediaType.IsIndex():
-		img.Index = true
-		idx, err := desc.ImageIndex()
-		if err != nil {
-			return nil, err
-		}
-		im, err := idx.IndexManifest()
-		if err != nil {
-			return nil, invalid("index manifest: %v", err)
-		}
-		children := platformChildren(im)
-		if len(children) == 0 {
-			return nil, invalid("index %s has no image for any platform", desc.Digest)
-		}
-		if len(children) > maxIndexChildren {
-			return nil, invalid("index %s has %d children, more than %d", desc.Digest, len(children), maxIndexChildren)
-		}
-		for _, m := range children {
-			if m.MediaType.IsIndex() {
-				// Fetching nested indexes would fan out without bound.
-				return nil, invalid("index %s nests index %s", desc.Digest, m.Digest)
+	img := &policy.Image{Digest: m.digest.String()}
+	if !m.index {
+		if m.platform == nil {
+			cf, err := c.readConfig(ctx, p, d, m.config)
+			if err != nil {
+				return nil, err
 			}
+			pl := platformOf(m.digest.String(), m.config.Digest.String(), cf)
+			m.platform = &pl
 		}
-		img.Platforms = make([]policy.Platform, len(children))
-		errs := make([]error, len(children))
-		var wg sync.WaitGroup
-		for i, m := range children {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				child, err := c.image(ctx, Request{Auth: a}, d.Context().Digest(m.Digest.String()))
-				if err != nil {
-					errs[i] = err
-					return
-				}
-				if child.Index || len(child.Platforms) != 1 {
-					errs[i] = invalid("index child %s is not an image", m.Digest)
-					return
-				}
-				pl := child.Platforms[0]
-				pl.Platform = m.Platform.String()
-				img.Platforms[i] = pl
-			}()
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			return nil, err
-		}
-	case desc.MediaType.IsImage():
-		im, err := desc.Image()
-		if err != nil {
-			return nil, err
-		}
-		m, err := im.Manifest()
-		if err != nil {
-			return nil, invalid("manifest: %v", err)
-		}
-		if m.Config.Size > maxConfigBytes {
-			return nil, invalid("config of %s is %d bytes, more than %d", desc.Digest, m.Config.Size, maxConfigBytes)
-		}
-		cf, err := im.ConfigFile()
-		if err != nil {
-			return nil, err
-		}
-		img.Platforms = []policy.Platform{platformOf(desc.Digest.String(), m.Config.Digest.String(), cf)}
-	default:
-		return nil, invalid("%s has media type %q, which is neither an image nor an index", d.Name(), desc.MediaType)
+		img.Platforms = []policy.Platform{*m.platform}
+		return img, nil
+	}
+	img.Index = true
+	img.Platforms = make([]policy.Platform, len(m.children))
+	errs := make([]error, len(m.children))
+	var wg sync.WaitGroup
+	for i, ch := range m.children {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			child, err := c.image(withUnderWay(ctx), Request{Auth: a}, d.Context().Digest(ch.Digest.String()))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			if child.Index || len(child.Platforms) != 1 {
+				errs[i] = invalid("index child %s is not an image", ch.Digest)
+				return
+			}
+			pl := child.Platforms[0]
+			pl.Platform = ch.Platform.String()
+			img.Platforms[i] = pl
+		}()
+	}
+	wg.Wait()
+	if err := childrenError(errs); err != nil {
+		return nil, err
 	}
 	return img, nil
+}
+
+// manifestFacts is what a lookup keeps of a manifest once decoded.
+type manifestFacts struct {
+	digest v1.Hash
+	index  bool
+	// children are an index's platform images.
+	children []v1.Descriptor
+	// config is an image's config; platform is the image, already
+	// decoded when the manifest embeds its config.
+	config   v1.Descriptor
+	platform *policy.Platform
+}
+
+// readManifest reads and decodes the manifest at d, holding its bytes of
+// the budget until it returns.
+func (c *Client) readManifest(ctx context.Context, p *remote.Puller, d name.Digest) (manifestFacts, error) {
+	l := c.budget.lease(priorityOf(ctx))
+	defer l.release()
+	desc, err := p.Get(withLease(ctx, l), d)
+	if err != nil {
+		return manifestFacts{}, err
+	}
+	f := manifestFacts{digest: desc.Digest}
+	switch {
+	case desc.MediaType.IsIndex():
+		var im v1.IndexManifest
+		if err := json.Unmarshal(desc.Manifest, &im); err != nil {
+			return f, invalid("index %s does not decode: %v", desc.Digest, err)
+		}
+		f.index, f.children = true, platformChildren(&im)
+		if len(f.children) == 0 {
+			return f, invalid("index %s has no image for any platform", desc.Digest)
+		}
+		if len(f.children) > maxIndexChildren {
+			return f, &policy.ResolveError{Kind: policy.ErrTooLarge, Message: fmt.Sprintf("index %s has %d children, more than the limit of %d", desc.Digest, len(f.children), maxIndexChildren)}
+		}
+		for i, m := range f.children {
+			if m.MediaType.IsIndex() {
+				// Fetching nested indexes would fan out without bound.
+				return f, invalid("index %s nests index %s", desc.Digest, m.Digest)
+			}
+			// Only what finding the child takes outlives the step.
+			f.children[i] = v1.Descriptor{MediaType: m.MediaType, Digest: m.Digest, Platform: m.Platform}
+		}
+	case desc.MediaType.IsImage():
+		var m v1.Manifest
+		if err := json.Unmarshal(desc.Manifest, &m); err != nil {
+			return f, invalid("manifest %s does not decode: %v", desc.Digest, err)
+		}
+		if m.Config.Digest == (v1.Hash{}) {
+			return f, invalid("manifest %s names no config", desc.Digest)
+		}
+		if m.Config.Size > maxConfigBytes {
+			return f, &policy.ResolveError{Kind: policy.ErrTooLarge, Message: fmt.Sprintf("config of %s is %d bytes, more than the limit of %d", desc.Digest, m.Config.Size, maxConfigBytes)}
+		}
+		if m.Config.Size < 0 {
+			return f, invalid("config of %s has a negative size", desc.Digest)
+		}
+		f.config = v1.Descriptor{MediaType: m.Config.MediaType, Size: m.Config.Size, Digest: m.Config.Digest}
+		if m.Config.Data != nil {
+			// Embedded in the manifest, counted with it.
+			if !matches(m.Config.Data, m.Config) {
+				return f, invalid("config embedded in %s does not match its digest %s and size %d", desc.Digest, m.Config.Digest, m.Config.Size)
+			}
+			cf, err := decodeConfig(m.Config.Data, m.Config.Digest.String(), desc.Digest.String())
+			if err != nil {
+				return f, err
+			}
+			pl := platformOf(desc.Digest.String(), m.Config.Digest.String(), cf)
+			f.platform = &pl
+		}
+	default:
+		return f, invalid("%s has media type %q, which is neither an image nor an index", d.Name(), desc.MediaType)
+	}
+	return f, nil
+}
+
+// readConfig reads and decodes the config cfg of the image at d, holding
+// its bytes of the budget until it returns.
+func (c *Client) readConfig(ctx context.Context, p *remote.Puller, d name.Digest, cfg v1.Descriptor) (*v1.ConfigFile, error) {
+	l := c.budget.lease(underWay)
+	defer l.release()
+	layer, err := p.Layer(withLease(ctx, l), d.Context().Digest(cfg.Digest.String()))
+	if err != nil {
+		return nil, err
+	}
+	rc, err := layer.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	// One byte more than the manifest says tells a longer blob apart. The
+	// digest is checked as the blob's end is read.
+	raw := make([]byte, cfg.Size+1)
+	n, err := io.ReadFull(rc, raw)
+	switch {
+	case err == nil:
+		return nil, invalid("config %s of %s is longer than the %d bytes its manifest says", cfg.Digest, d.DigestStr(), cfg.Size)
+	case err == io.ErrUnexpectedEOF && int64(n) == cfg.Size, err == io.EOF && cfg.Size == 0:
+	case err == io.ErrUnexpectedEOF || err == io.EOF:
+		return nil, invalid("config %s of %s is %d bytes, not the %d its manifest says", cfg.Digest, d.DigestStr(), n, cfg.Size)
+	default:
+		return nil, err
+	}
+	return decodeConfig(raw[:n], cfg.Digest.String(), d.DigestStr())
+}
+
+// decodeConfig decodes a config read whole: whatever fails here came from
+// a registry that answered, so it is an invalid image.
+func decodeConfig(raw []byte, cfgDigest, of string) (*v1.ConfigFile, error) {
+	var vc jsonCounter
+	if vc.scan(raw); vc.values() > maxJSONValues {
+		return nil, tooManyValues(fmt.Sprintf("config %s of %s", cfgDigest, of))
+	}
+	var cf v1.ConfigFile
+	if err := json.Unmarshal(raw, &cf); err != nil {
+		return nil, invalid("config %s of %s does not decode: %v", cfgDigest, of, err)
+	}
+	return &cf, nil
+}
+
+// matches reports whether b has the digest and size d says.
+func matches(b []byte, d v1.Descriptor) bool {
+	h, err := v1.Hasher(d.Digest.Algorithm)
+	if err != nil || int64(len(b)) != d.Size {
+		return false
+	}
+	h.Write(b)
+	return hex.EncodeToString(h.Sum(nil)) == d.Digest.Hex
+}
+
+// childrenError is the error of an index whose children failed, or nil.
+// One child the registry cannot serve makes the whole index unresolvable
+// (a node pulling it may get that child); only when every failure is an
+// outage is the index unavailable.
+func childrenError(errs []error) error {
+	var kind policy.ErrorKind
+	var msgs []string
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		k := classify(err)
+		if kind == "" || kind == policy.ErrUnavailable {
+			kind = k
+		}
+		msgs = append(msgs, redact(err.Error()))
+	}
+	if kind == "" {
+		return nil
+	}
+	return &policy.ResolveError{Kind: kind, Message: strings.Join(msgs, "; ")}
 }
 
 // platformChildren drops what is not a runnable image: BuildKit
@@ -410,11 +578,28 @@ func platformOf(manifestDigest, configDigest string, cf *v1.ConfigFile) policy.P
 	if len(cf.Config.Labels) > 0 {
 		pl.Labels = cf.Config.Labels
 	}
+	pl.Config = policy.RunConfig{Env: cf.Config.Env, Entrypoint: cf.Config.Entrypoint, Cmd: cf.Config.Cmd, WorkingDir: cf.Config.WorkingDir}
 	pl.History = make([]policy.History, 0, len(cf.History))
 	for _, h := range cf.History {
 		pl.History = append(pl.History, policy.History{Created: h.Created.Time, CreatedBy: h.CreatedBy, EmptyLayer: h.EmptyLayer})
 	}
 	return pl
+}
+
+// ImageBytes is about the memory img takes: its history, labels and
+// digests, and the structs that hold them. The cache is bounded by it.
+func ImageBytes(img *policy.Image) int64 {
+	n := int64(96 + len(img.Digest))
+	for _, pl := range img.Platforms {
+		n += int64(160 + len(pl.Platform) + len(pl.Digest) + len(pl.ConfigDigest))
+		for _, h := range pl.History {
+			n += int64(48 + len(h.CreatedBy))
+		}
+		for k, v := range pl.Labels {
+			n += int64(64 + len(k) + len(v))
+		}
+	}
+	return n
 }
 
 func invalid(format string, args ...any) error {

@@ -215,7 +215,7 @@ func TestErrors(t *testing.T) {
 		{"missing repository", reg.Host + "/acme/nothing:1", true, policy.ErrNotFound},
 		{"missing digest", reg.Host + "/acme/shop@sha256:" + strings.Repeat("a", 64), true, policy.ErrNotFound},
 		{"registry down", closed.Host + "/acme/shop:1", true, policy.ErrUnavailable},
-		{"metadata address", "169.254.169.254/acme/shop:1", true, policy.ErrUnavailable},
+		{"metadata address", "169.254.169.254/acme/shop:1", true, policy.ErrForbiddenAddress},
 		{"plain HTTP not allowed", reg.Host + "/acme/shop:1", false, policy.ErrUnavailable},
 	}
 	for _, tt := range tests {

@@ -11,12 +11,13 @@ import (
 // Puller returns a go-containerregistry puller and a context for talking
 // to r's registry the way Resolve does: r's credentials, the same safe
 // transport (no link-local or metadata addresses, HTTPS unless
-// r.Insecure), the per-registry bound and the observer. Package
+// r.Insecure, the caps on manifests and blobs, the bound on the bytes
+// held at once), the per-registry bound and the observer. Package
 // provenance fetches signatures and attestations with it. Every call on
 // the puller must be given the returned context or one derived from it.
 func (c *Client) Puller(ctx context.Context, r Request) (context.Context, *remote.Puller, error) {
 	if policy.ForbiddenHost(r.Ref.Context().RegistryStr()) {
-		return nil, nil, &policy.ResolveError{Kind: policy.ErrUnavailable, Message: "registry address is link-local or cloud metadata; not contacted"}
+		return nil, nil, forbiddenRegistry()
 	}
 	if r.Auth.Keychain == nil {
 		r.Auth = Anonymous

@@ -166,7 +166,7 @@ func testDecisions() []evidence.Decision {
 	nodeBuilt := policy.Facts{Namespace: "shop", Now: t0.Add(-10 * time.Minute), Containers: []policy.Container{{
 		Name: "app", Image: "registry.example/shop/api:1.4",
 		Resolved: &policy.Image{Digest: "sha256:" + strings.Repeat("a", 64), Platforms: []policy.Platform{{
-			Digest: "sha256:" + strings.Repeat("a", 64), ConfigDigest: "sha256:" + strings.Repeat("c", 64), Created: t0.Add(-48 * time.Hour)}}},
+			Digest: "sha256:" + strings.Repeat("a", 64), ConfigDigest: "sha256:" + strings.Repeat("c", 64), Created: built.Add(time.Minute)}}},
 		Builds: []policy.BuildEvidence{{
 			Source: "ebpf", Node: "worker-3", Tool: "docker", ImageID: "sha256:" + strings.Repeat("c", 64), MatchedBy: "image-id",
 			Started: built, Finished: built.Add(time.Minute),

@@ -104,10 +104,17 @@ func imageEvents(im records.ImageRecord) []Event {
 			if pl := str(f.Evidence["platform"]); pl != "" {
 				e.Detail = append(e.Detail, "platform "+pl)
 			}
-			if src := str(f.Evidence["timeSource"]); src != "" {
-				e.Detail = append(e.Detail, "time from the "+src)
-			} else {
+			switch src := str(f.Evidence["timeSource"]); src {
+			case "", policy.TimeSourceConfig:
 				e.Detail = append(e.Detail, "time from the image config, which the build writes itself")
+			case policy.TimeSourceTransparencyLog:
+				e.Detail = append(e.Detail, "time from the transparency log entry of a verified signature")
+			case policy.TimeSourceTimestampAuthority:
+				e.Detail = append(e.Detail, "time from the RFC 3161 timestamp of a verified signature")
+			case policy.TimeSourceNodeReport:
+				e.Detail = append(e.Detail, "time from a node's report of building it")
+			default:
+				e.Detail = append(e.Detail, "time from the "+src)
 			}
 			e.Detail = append(e.Detail, "["+f.Rule+"] "+f.Message)
 			out = append(out, e)

@@ -19,7 +19,10 @@
 # - iproute2, runc, containernetworking-plugins, iptables, conntrack: the
 #   real single-node cluster (network namespaces, the bridge, the OCI
 #   runtime, kube-proxy's rules); nftables: its tear-down removes the
-#   tables iptables-nft made for it.
+#   tables iptables-nft made for it;
+# - docker-registry: a second, independent registry (CNCF Distribution,
+#   no OCI referrers API) the provenance tests sign into with Notation and
+#   the cosign CLIs, where signatures live in the referrers tag schema.
 set -euo pipefail
 
 check_only=false
@@ -71,11 +74,12 @@ have() {
     iptables) have_cmd iptables ;;
     conntrack) have_cmd conntrack ;;
     nftables) have_cmd nft ;;
+    docker-registry) [[ -x $root/usr/bin/docker-registry ]] ;;
     *) echo "scripts/deps.sh: no check for $1" >&2; return 1 ;;
   esac
 }
 
-packages=(gcc libc6-dev postgresql docker.io busybox-static chromium iproute2 runc containernetworking-plugins iptables conntrack nftables)
+packages=(gcc libc6-dev postgresql docker.io busybox-static chromium iproute2 runc containernetworking-plugins iptables conntrack nftables docker-registry)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -34,7 +34,7 @@ func TestDepsCheck(t *testing.T) {
 		return stderr.String(), code, time.Since(start)
 	}
 	all := []string{"gcc", "libc6-dev", "postgresql", "docker.io", "busybox-static", "chromium",
-		"iproute2", "runc", "containernetworking-plugins", "iptables", "conntrack", "nftables"}
+		"iproute2", "runc", "containernetworking-plugins", "iptables", "conntrack", "nftables", "docker-registry"}
 	out, code, took := run()
 	if code != 1 || took > 5*time.Second {
 		t.Fatalf("on an empty root: exit %d after %s, want 1 within 5s\n%s", code, took, out)
@@ -56,7 +56,7 @@ func TestDepsCheck(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"usr/bin/chromium", "usr/lib/cni/bridge", "usr/lib/cni/host-local", "usr/lib/cni/loopback",
-		"usr/sbin/runc", "usr/lib/postgresql/15/bin/postgres"} {
+		"usr/sbin/runc", "usr/lib/postgresql/15/bin/postgres", "usr/bin/docker-registry"} {
 		exe(p, []byte("#!/bin/sh\n"))
 	}
 	exe("usr/bin/busybox", []byte("\x7fELF\x02\x01\x01\x00/lib64/ld-linux-x86-64.so.2\x00"))

@@ -7,6 +7,11 @@
 # rebuilt only when its module's go.mod or go.sum, or the way it is built,
 # changed since it was built; docs/benchmarks.md has the times of the
 # first build. tools/build.sh NAME... builds those binaries only.
+#
+# It also builds the cosign CLIs the provenance tests sign with, as
+# bin/cosign-v2 and bin/cosign-v3, each with its own go.mod (go install
+# MODULE@VERSION): rebuilt only when the pinned version changes, ~8 minutes
+# each the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bin
@@ -41,6 +46,25 @@ build() { # build MODULE_DIR PACKAGE OUTPUT [LDFLAGS [TAGS]]
   echo "$want" > "$stamp"
 }
 
+# install_at PACKAGE@VERSION OUTPUT: go install with the package's own
+# go.mod, into a temporary GOBIN, then renamed: bin/ may hold another
+# binary of the same base name.
+install_at() {
+  local pkgver=$1 out=bin/$2
+  want_bin "$2" || return 0
+  local stamp="$out.stamp"
+  if [[ -x $out && -f $stamp && $(cat "$stamp") == "$pkgver" ]]; then
+    return
+  fi
+  echo "building $out ($pkgver)..." >&2
+  local tmp
+  tmp=$(mktemp -d)
+  GOBIN=$tmp go install -trimpath -ldflags '-s -w' "$pkgver"
+  mv "$tmp/$(basename "${pkgver%@*}")" "$out"
+  rm -rf "$tmp"
+  echo "$pkgver" > "$stamp"
+}
+
 build tools/etcd . etcd
 build tools/kube k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$kube_ldflags"
 build tools/kube k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager "$kube_ldflags"
@@ -56,6 +80,8 @@ build tools/coredns . coredns
 # helm reports the version it was stamped with (chart kubeVersion checks,
 # `helm version`); unstamped it would say v4.3.
 build tools/helm helm.sh/helm/v4/cmd/helm helm '-s -w -X helm.sh/helm/v4/internal/version.version=v4.3.2'
+install_at github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5 cosign-v2
+install_at github.com/sigstore/cosign/v3/cmd/cosign@v3.1.3 cosign-v3
 
 # pause, the process that holds a pod sandbox's namespaces: Kubernetes's
 # own pause.c, as its build/pause Makefile compiles it (static, C: the

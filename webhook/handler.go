@@ -50,6 +50,14 @@ type Handler struct {
 	// objects once, straight into w, so req.Object and req.OldObject are
 	// empty there; Review passes the request it was given.
 	OnDecision func(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict)
+	// Recorder, when set, records every decision before it is answered
+	// (and before OnDecision is told). A deny it could not record is
+	// still refused, with status code 500 and a message saying the
+	// denial is not recorded; any other decision it could not record
+	// (a would-deny) gets no AdmissionReview but HTTP 503, so that the
+	// API server applies the webhook's failurePolicy, as when buildguard
+	// does not answer at all.
+	Recorder DecisionRecorder
 }
 
 // discard is the logger of a Handler without one.
@@ -94,7 +102,7 @@ type decoded struct {
 // back.
 func serveReview(w http.ResponseWriter, r *http.Request, limit int64, log *slog.Logger, m *Metrics,
 	decode func([]byte) (decoded, error),
-	review func(context.Context, decoded) (*admissionv1.AdmissionResponse, *policy.Verdict)) {
+	review func(context.Context, decoded) (*admissionv1.AdmissionResponse, *policy.Verdict, error)) {
 	start := time.Now()
 	in, err := readReview(w, r, limit, decode)
 	if err != nil {
@@ -117,9 +125,14 @@ func serveReview(w http.ResponseWriter, r *http.Request, limit int64, log *slog.
 		ctx, cancel = context.WithTimeout(ctx, t-Headroom)
 		defer cancel()
 	}
-	resp, v := review(ctx, in)
+	resp, v, err := review(ctx, in)
 	if m != nil {
 		m.observe(resp, v, time.Since(start))
+	}
+	if err != nil {
+		// No answer: the API server applies its failurePolicy.
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
 	}
 	out := admissionv1.AdmissionReview{TypeMeta: in.typeMeta, Response: resp}
 	var buf bytes.Buffer

@@ -82,7 +82,7 @@ func (m *Metrics) observe(resp *admissionv1.AdmissionResponse, v *policy.Verdict
 	verdict, mode := "error", ""
 	if v != nil {
 		verdict, mode = v.Word(), string(v.Mode)
-	} else if resp.Allowed {
+	} else if resp != nil && resp.Allowed {
 		verdict = "allow" // an operation or subresource with nothing to judge
 	}
 	m.reviews.WithLabelValues(verdict, mode).Inc()

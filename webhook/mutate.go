@@ -52,8 +52,8 @@ func (m *Mutator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The mutator looks for the pods' metadata in the raw object, so it
 	// keeps it: decodeTwice.
-	serveReview(w, r, m.MaxBodyBytes, log, nil, decodeTwice, func(ctx context.Context, d decoded) (*admissionv1.AdmissionResponse, *policy.Verdict) {
-		return m.Mutate(ctx, d.req), nil
+	serveReview(w, r, m.MaxBodyBytes, log, nil, decodeTwice, func(ctx context.Context, d decoded) (*admissionv1.AdmissionResponse, *policy.Verdict, error) {
+		return m.Mutate(ctx, d.req), nil, nil
 	})
 }
 

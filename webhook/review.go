@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sort"
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -21,6 +22,14 @@ type Evaluator interface {
 	Evaluate(ctx context.Context, w engine.Workload) (policy.Verdict, error)
 }
 
+// DecisionRecorder keeps a record of decisions. *records.Recorder is one.
+type DecisionRecorder interface {
+	// RecordDecision records a decision before it is answered. nil means
+	// the record is kept as the recorder promises (a records.Recorder
+	// has a deny or would-deny on disk); an error, that it may not be.
+	RecordDecision(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) error
+}
+
 // maxWarning is the longest warning the API server shows unshortened.
 const maxWarning = 120
 
@@ -28,31 +37,54 @@ const maxWarning = 120
 const DefaultExceptionHelp = "To admit it anyway, rebuild the image in an approved pipeline, or ask your platform team for a time-boxed exception for this digest."
 
 // Review answers one admission request. It never fails: a request it
-// cannot judge gets a response that says why.
+// cannot judge gets a response that says why. A would-deny the Recorder
+// could not record, which ServeHTTP leaves unanswered (HTTP 503), is
+// refused here, with status code 503.
 func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
-	resp, _ := h.reviewDecoded(ctx, decoded{req: req})
+	resp, _, err := h.reviewDecoded(ctx, decoded{req: req})
+	if err != nil {
+		return errored(req.UID, http.StatusServiceUnavailable, err)
+	}
 	return resp
 }
 
 // reviewDecoded also returns the verdict, when there is one, for metrics.
-func (h *Handler) reviewDecoded(ctx context.Context, d decoded) (*admissionv1.AdmissionResponse, *policy.Verdict) {
+// An error means the request must not be answered (see Handler.Recorder).
+func (h *Handler) reviewDecoded(ctx context.Context, d decoded) (*admissionv1.AdmissionResponse, *policy.Verdict, error) {
 	req := d.req
 	w, _, resp := workloadOf(d)
 	if resp != nil {
-		return resp, nil
+		return resp, nil, nil
 	}
 	v, err := h.Evaluator.Evaluate(ctx, w)
 	if err != nil {
-		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil
+		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil, nil
 	}
-	if log := h.log(); log.Enabled(ctx, slog.LevelInfo) {
+	log := h.log()
+	if log.Enabled(ctx, slog.LevelInfo) {
 		log.Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
 			"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(v.RuleIDs(policy.ActionWarn), ","))
+	}
+	var recErr error
+	if h.Recorder != nil {
+		recErr = h.Recorder.RecordDecision(ctx, req, w, v)
 	}
 	if h.OnDecision != nil {
 		h.OnDecision(ctx, req, w, v)
 	}
-	return h.respond(req, w.Name, v), &v
+	if recErr == nil {
+		return h.respond(req, w.Name, v), &v, nil
+	}
+	log.Error("decision not recorded", "uid", string(req.UID), "namespace", req.Namespace, "verdict", v.Word(), "error", recErr)
+	if v.Allowed {
+		return nil, nil, fmt.Errorf("buildguard could not record its decision (%s) in time: %w", v.Word(), recErr)
+	}
+	// Never admit what the policy denies: refuse, and say the record is
+	// missing.
+	resp = h.respond(req, w.Name, v)
+	resp.Result.Code, resp.Result.Reason = http.StatusInternalServerError, metav1.StatusReasonInternalError
+	resp.Result.Message += "\nbuildguard could not record this denial in time; the request is refused all the same: " + recErr.Error()
+	return resp, nil, nil
 }
 
 // workloadOf decodes what an admission request admits. A request with
@@ -129,17 +161,54 @@ func (h *Handler) respond(req *admissionv1.AdmissionRequest, name string, v poli
 	return resp
 }
 
+// MaxDenyMessage bounds a denial message, in bytes: what a person reads
+// from kubectl, and what the API server logs and returns. Findings that
+// do not fit are counted, with their rule IDs, in a line of their own;
+// the audit annotation "rules" still names every rule, and the decision
+// record keeps every finding.
+const MaxDenyMessage = 8 << 10
+
+// maxFindingLine bounds one finding's line, and the help line, in a
+// denial message.
+const maxFindingLine = 1024
+
+// omittedReserve is kept free for the line that counts what is left out.
+const omittedReserve = 512
+
 // denyMessage is what a person sees from kubectl: what was denied, which
-// container and image, which rule, the evidence, and what to do.
+// container and image, which rule, the evidence, and what to do. Findings
+// are listed in order while they fit in MaxDenyMessage.
 func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v policy.Verdict) string {
-	var b strings.Builder
 	denied := 0
 	for _, iv := range v.Images {
 		if iv.Outcome == policy.OutcomeDeny {
 			denied++
 		}
 	}
+	help := h.ExceptionHelp
+	if help == "" {
+		help = DefaultExceptionHelp
+	}
+	help = policy.Shorten(help, maxFindingLine)
+	var b strings.Builder
 	fmt.Fprintf(&b, "buildguard denied %s %q in namespace %q: %d of %d images failed policy.", req.Kind.Kind, name, req.Namespace, denied, len(v.Images))
+	limit := MaxDenyMessage - len(help) - 1 - omittedReserve
+	full := false
+	moreFindings, moreImages := 0, 0
+	moreRules := map[policy.RuleID]bool{}
+	// add writes head (unless empty) and line if they fit and nothing
+	// was left out before them; it reports whether it wrote them.
+	add := func(head, line string, rule policy.RuleID) bool {
+		if !full && b.Len()+len(head)+len(line) <= limit {
+			b.WriteString(head)
+			b.WriteString(line)
+			return true
+		}
+		full = true
+		moreFindings++
+		moreRules[rule] = true
+		return false
+	}
 	for _, iv := range v.Images {
 		if iv.Outcome != policy.OutcomeDeny {
 			continue
@@ -148,32 +217,72 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 		if iv.Digest != "" && !strings.HasSuffix(iv.Image, "@"+iv.Digest) {
 			digest = " (" + iv.Digest + ")"
 		}
-		fmt.Fprintf(&b, "\n- %s %q image %s%s:", iv.ContainerKind, iv.Container, iv.Image, digest)
+		head := policy.Shorten(fmt.Sprintf("- %s %q image %s%s:", iv.ContainerKind, iv.Container, iv.Image, digest), maxFindingLine)
+		head = "\n" + head
+		listed, denies := false, false
 		for _, f := range iv.Findings {
 			if f.Action != policy.ActionDeny {
 				continue
 			}
-			fmt.Fprintf(&b, "\n  [%s] %s", f.Rule, f.Message)
+			denies = true
+			first := head
+			if listed {
+				first = ""
+			}
+			if add(first, "\n  ["+string(f.Rule)+"] "+policy.Shorten(f.Message, maxFindingLine), f.Rule) {
+				listed = true
+			}
+		}
+		if denies && !listed {
+			moreImages++
 		}
 	}
 	for _, f := range v.Findings {
 		if f.Action == policy.ActionDeny {
-			fmt.Fprintf(&b, "\n- [%s] %s", f.Rule, f.Message)
+			add("", "\n- ["+string(f.Rule)+"] "+policy.Shorten(f.Message, maxFindingLine), f.Rule)
 		}
 	}
-	help := h.ExceptionHelp
-	if help == "" {
-		help = DefaultExceptionHelp
+	if moreFindings > 0 {
+		rules := make([]string, 0, len(moreRules))
+		for r := range moreRules {
+			rules = append(rules, string(r))
+		}
+		sort.Strings(rules)
+		fmt.Fprintf(&b, "\n… %d more findings", moreFindings)
+		if moreImages > 0 {
+			fmt.Fprintf(&b, " on %d more images", moreImages)
+		}
+		fmt.Fprintf(&b, " not shown (%s)", policy.Shorten(strings.Join(rules, ", "), omittedReserve-80))
 	}
 	b.WriteString("\n")
 	b.WriteString(help)
 	return b.String()
 }
 
+// MaxWarnings bounds the warnings of one admission response: the API
+// server passes on only the first 4 KiB of them. The last one says how
+// many more findings there are.
+const MaxWarnings = 32
+
 // warnings are one line per finding that did not deny, and, outside
-// enforce mode, per finding that would have; each fits in maxWarning.
+// enforce mode, per finding that would have; each fits in maxWarning, and
+// there are at most MaxWarnings.
 func warnings(v policy.Verdict) []string {
 	var out []string
+	seen := map[string]bool{}
+	more := 0
+	add := func(w string) {
+		w = policy.Shorten(w, maxWarning)
+		switch {
+		case seen[w]:
+		case len(out) < MaxWarnings:
+			seen[w] = true
+			out = append(out, w)
+		default:
+			seen[w] = true
+			more++
+		}
+	}
 	prefix := "buildguard: "
 	if v.Outcome == policy.OutcomeDeny {
 		prefix = fmt.Sprintf("buildguard would deny (%s mode): ", v.Mode)
@@ -187,23 +296,16 @@ func warnings(v policy.Verdict) []string {
 			if iv.Exception != nil {
 				w = fmt.Sprintf("buildguard: %s: [%s] admitted by exception %s (%s)", iv.Container, f.Rule, iv.Exception.Name, iv.Exception.Reason)
 			}
-			out = appendWarning(out, w)
+			add(w)
 		}
 	}
 	for _, f := range v.Findings {
-		out = appendWarning(out, fmt.Sprintf("%s[%s] %s", prefix, f.Rule, f.Summary))
+		add(fmt.Sprintf("%s[%s] %s", prefix, f.Rule, f.Summary))
+	}
+	if more > 0 {
+		out = append(out[:MaxWarnings-1], fmt.Sprintf("buildguard: %d more findings not shown", more+1))
 	}
 	return out
-}
-
-func appendWarning(ws []string, w string) []string {
-	w = policy.Shorten(w, maxWarning)
-	for _, x := range ws {
-		if x == w {
-			return ws
-		}
-	}
-	return append(ws, w)
 }
 
 // Audit annotation keys; the API server prefixes them with the webhook's

@@ -20,6 +20,7 @@ import (
 
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	"github.com/cert-manager/cert-manager/pkg/server/tls/authority"
+	"golang.org/x/time/rate"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -64,12 +65,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	caConfigMap := fs.String("ca-configmap", "", "[namespace/]name of a ConfigMap whose key ca.crt is kept equal to the CA of the serving certificate (the self-managed CA, or --tls-ca-file): the node agents' (in another namespace) check buildguard with it")
 	var sf storeFlags
 	sf.register(fs)
-	reporters := fs.String("reporters", defaultReporters, "comma-separated users (service accounts) that may post node reports")
+	reporters := fs.String("reporters", defaultReporters, "comma-separated users (service accounts) that may post node reports for the node their token is bound to")
+	forwarders := fs.String("report-forwarders", "", "comma-separated users (service accounts) that may post node reports for any node, such as a central falcosidekick (none by default)")
 	reportAudience := fs.String("report-audience", "buildguard", "audience node reporters' tokens must be bound to")
+	reportRate := fs.Float64("report-rate", ingest.DefaultRate, "node reports a second each node may post (bursts of twice as many)")
+	forwarderRate := fs.Float64("forwarder-report-rate", ingest.DefaultForwarderRate, "node reports a second each of --report-forwarders may post (bursts of twice as many)")
 	retention := fs.Duration("retention", 7*24*time.Hour, "how long node evidence and decision records are kept")
 	retentionRows := fs.Int("retention-rows", 5_000_000, "at most this many rows per store table (0: no cap)")
-	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
-	decisionQueue := fs.Int("decision-queue", records.DefaultQueueSize, "decision records kept in memory for the store before they go to the journal")
+	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable, slow or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
+	decisionQueue := fs.Int("decision-queue", records.DefaultQueueSize, "allow and warn records kept in memory for the store before they go to the journal (a deny or would-deny is on disk before it is answered)")
+	decisionCommit := fs.String("decision-commit", "", `where a deny or would-deny is made durable before it is answered: "store" (a transaction for all those waiting; the journal when the store fails or is slow) or "journal" (an fsynced local file, moved to the store within about 100ms; the store when the journal fails); the default is store with SQLite, journal with PostgreSQL`)
 	statusLease := fs.String("status-lease", cluster.DefaultStatusLease, "with --policy-source=crd, the Lease ([namespace/]name; the default namespace is the pod's) that elects the one replica writing the status of ClusterBuildPolicies and BuildPolicyExceptions (\"\": every replica writes)")
 	webhookConfig := fs.String("webhook-configuration", "", "with --self-managed-ca-secret, the name of the Validating- and MutatingWebhookConfiguration whose caBundle is kept current")
 	var al auditLoop
@@ -85,6 +90,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if *source == "" {
 		*source = "file"
 	}
+	if *decisionCommit != "" && *decisionCommit != "store" && *decisionCommit != "journal" {
+		return &usageError{msg: fmt.Sprintf("--decision-commit %q: want store or journal", *decisionCommit)}
+	}
 	switch {
 	case *source != "file" && *source != "crd":
 		return &usageError{msg: fmt.Sprintf("--policy-source %q: want file or crd", *source)}
@@ -94,6 +102,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return &usageError{msg: "--self-managed-ca-secret and --tls-cert-file/--tls-private-key-file exclude each other"}
 	case *caSecret != "" && *dnsNames == "":
 		return &usageError{msg: "--self-managed-ca-secret needs --tls-dns-names"}
+	case !(*reportRate > 0) || !(*forwarderRate > 0):
+		return &usageError{msg: fmt.Sprintf("--report-rate %v, --forwarder-report-rate %v: want more than 0", *reportRate, *forwarderRate)}
 	case *drainDelay < 0:
 		return &usageError{msg: fmt.Sprintf("--drain-delay %v: want 0 or more", *drainDelay)}
 	case *caSecret != "" && *tlsCAFile != "":
@@ -239,10 +249,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	// Every decision is counted; with a store it is recorded, in a cluster
-	// a deny or would-deny is posted as an Event. None of them blocks.
+	// Every decision is counted; with a store it is recorded (a deny or
+	// would-deny before it is answered), in a cluster a deny or
+	// would-deny is posted as an Event. The hooks do not block.
 	type hook = func(context.Context, *admissionv1.AdmissionRequest, engine.Workload, policy.Verdict)
 	hooks := []hook{metrics.Decided}
+	var recorder webhook.DecisionRecorder
 	var ev *cluster.Events
 	if kube != nil {
 		ev = cluster.NewEvents(kube)
@@ -261,13 +273,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			journal = filepath.Join(os.TempDir(), "buildguard.decisions.journal")
 			log.Warn("decision records wait in a journal under the temporary directory; set --decision-journal to a volume that outlives the pod", "path", journal)
 		}
+		// A PostgreSQL commit is a round trip and the server's commit; a
+		// local fsync is several times faster (docs/benchmarks.md).
+		journalFirst := *decisionCommit == "journal" || *decisionCommit == "" && sf.sqlite == ""
 		rec, err := records.New(store, journal, records.WithQueueSize(*decisionQueue), records.WithLogger(log),
-			records.WithRegisterer(metrics.Registry()))
+			records.WithJournalFirst(journalFirst), records.WithRegisterer(metrics.Registry()))
 		if err != nil {
 			return err
 		}
 		defer rec.Close() // before store.Close: queued records are stored or journaled
-		hooks = append(hooks, rec.OnDecision)
+		recorder = rec
 		e.Evidence = store
 		go prune(ctx, store, *retention, *retentionRows, log)
 		if kube == nil {
@@ -278,10 +293,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			hooks = append(hooks, func(_ context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
 				retro.Admitted(string(req.UID), w, v)
 			})
+			reviews, err := ingest.NewReviewClient(cfg)
+			if err != nil {
+				return err
+			}
+			auth := &ingest.TokenReviewer{Client: reviews, Audiences: []string{*reportAudience},
+				Allowed: splitList(*reporters), Forwarders: splitList(*forwarders)}
+			defer auth.Close()
 			ih := &ingest.Handler{
-				Store:    store,
-				Auth:     &ingest.TokenReviewer{Client: kube, Audiences: []string{*reportAudience}, Allowed: splitList(*reporters)},
-				Formats:  ingest.Formats(),
+				Store:         store,
+				Auth:          auth,
+				Formats:       ingest.Formats(),
+				Rate:          rate.Limit(*reportRate),
+				Burst:         max(1, int(2**reportRate)),
+				ForwarderRate: rate.Limit(*forwarderRate), ForwarderBurst: max(1, int(2**forwarderRate)),
 				OnReport: retro.Report,
 				Log:      log,
 			}
@@ -303,7 +328,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := al.start(ctx, kube, e, store, ready, log, metrics.Registry()); err != nil {
 		return err
 	}
-	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, OnDecision: onDecision})
+	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, OnDecision: onDecision, Recorder: recorder})
 	mux.Handle("/mutate", &webhook.Mutator{Evaluator: e, Log: log})
 	mux.Handle("/metrics", metrics.Handler())
 	ln, err := net.Listen("tcp", *listen)

@@ -30,10 +30,11 @@ type Registry struct {
 	// Host is "127.0.0.1:port".
 	Host string
 
-	mu       sync.Mutex
-	requests []string // "METHOD path"
-	user     string
-	password string
+	mu        sync.Mutex
+	requests  []string // "METHOD path"
+	user      string
+	password  string
+	referrers bool
 }
 
 // Option configures a Registry.
@@ -44,6 +45,13 @@ func WithBasicAuth(user, password string) Option {
 	return func(r *Registry) { r.user, r.password = user, password }
 }
 
+// WithReferrers makes the registry serve the OCI 1.1 referrers API. The
+// default is a registry without it, where referrers live in the
+// referrers tag schema (sha256-<hex> tags).
+func WithReferrers() Option {
+	return func(r *Registry) { r.referrers = true }
+}
+
 // New starts a registry that is closed when the test ends.
 func New(t testing.TB, opts ...Option) *Registry {
 	t.Helper()
@@ -51,7 +59,11 @@ func New(t testing.TB, opts ...Option) *Registry {
 	for _, o := range opts {
 		o(r)
 	}
-	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	ropts := []ggcrregistry.Option{ggcrregistry.Logger(log.New(io.Discard, "", 0))}
+	if r.referrers {
+		ropts = append(ropts, ggcrregistry.WithReferrersSupport(true))
+	}
+	inner := ggcrregistry.New(ropts...)
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		r.mu.Lock()
 		r.requests = append(r.requests, req.Method+" "+req.URL.Path)
@@ -99,6 +111,9 @@ type Image struct {
 	Steps    []string
 	Labels   map[string]string
 	Platform *v1.Platform
+	// Env, Entrypoint and Cmd are the config's run command and
+	// environment; nil leaves them empty.
+	Env, Entrypoint, Cmd []string
 }
 
 // Build makes a random single-layer image with the given config.
@@ -128,6 +143,7 @@ func MakeImage(spec Image) (v1.Image, error) {
 		cf.History = append(cf.History, v1.History{Created: v1.Time{Time: spec.Created}, CreatedBy: s, EmptyLayer: true})
 	}
 	cf.Config.Labels = spec.Labels
+	cf.Config.Env, cf.Config.Entrypoint, cf.Config.Cmd = spec.Env, spec.Entrypoint, spec.Cmd
 	if spec.Platform != nil {
 		cf.OS, cf.Architecture, cf.Variant = spec.Platform.OS, spec.Platform.Architecture, spec.Platform.Variant
 	}

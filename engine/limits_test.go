@@ -1,0 +1,114 @@
+package engine_test
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/testregistry"
+	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/registry"
+)
+
+// allowEngine is an engine whose policy admits what it cannot look up
+// (failurePolicy allow).
+func allowEngine(t *testing.T, allow string) *engine.Engine {
+	t.Helper()
+	p, err := policy.Compile(policy.Spec{FailurePolicy: policy.FailAllow, Registries: policy.Registries{Allow: []string{allow}, Insecure: []string{"127.0.0.1:*"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := testclock.New(now)
+	return &engine.Engine{
+		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Now:      clock.Now,
+	}
+}
+
+// TestImagesTooLargeForOneWorkload: the images of one workload may hold
+// only so much memory. Past it the rest are unresolvable (too-large) and
+// the workload is denied, even under failurePolicy allow: an attacker
+// cannot turn the bound into a lookup failure that admits.
+func TestImagesTooLargeForOneWorkload(t *testing.T) {
+	reg := testregistry.New(t)
+	steps := make([]string, 20)
+	for i := range steps {
+		steps[i] = fmt.Sprintf("RUN /bin/sh -c echo %d %s", i, strings.Repeat("a", 1000))
+	}
+	var spec corev1.PodSpec
+	for i := range 6 {
+		img := testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Duration(i+24) * time.Hour), Steps: steps})
+		reg.Push(t, fmt.Sprintf("acme/big:%d", i), img)
+		spec.Containers = append(spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Image: fmt.Sprintf("%s/acme/big:%d", reg.Host, i)})
+	}
+	e := allowEngine(t, reg.Host+"/acme/*")
+	v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: &spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, iv := range v.Images {
+		if iv.Digest == "" || iv.Outcome != policy.OutcomeAllow {
+			t.Fatalf("with the default bound: %s judged %q, outcome %s; want every image judged and allowed", iv.Container, iv.Digest, iv.Outcome)
+		}
+	}
+
+	// Room for two or three of the six, not more.
+	img, err := e.Resolver.Resolve(t.Context(), registry.Request{Ref: reg.Ref(t, "acme/big:0"), Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e = allowEngine(t, reg.Host+"/acme/*")
+	e.MaxImageBytes = registry.ImageBytes(img) * 5 / 2
+	v, err = e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: &spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	judged, tooLarge := 0, 0
+	for _, iv := range v.Images {
+		if iv.Digest != "" {
+			judged++
+		}
+		for _, f := range iv.Findings {
+			switch {
+			case f.Rule == policy.RuleUnresolvableImage && f.Evidence["reason"] == string(policy.ErrTooLarge):
+				tooLarge++
+			case f.Rule == policy.RuleRegistryUnavailable:
+				t.Errorf("%s: %s, want no lookup failure", iv.Container, f.Message)
+			}
+		}
+	}
+	if v.Allowed || judged > 2 || tooLarge < 4 || judged+tooLarge != 6 {
+		t.Errorf("with a bound: allowed %v, %d judged, %d too large; want denied, at most 2 judged, the others too large", v.Allowed, judged, tooLarge)
+	}
+}
+
+// TestMetadataAddressIsAFinding: an image whose registry is a metadata
+// address in a form resolvers accept is refused by policy — never
+// contacted, and denied even under failurePolicy allow and a policy that
+// allows every registry — not admitted as a registry that is down.
+func TestMetadataAddressIsAFinding(t *testing.T) {
+	e := allowEngine(t, "**")
+	spec := &corev1.PodSpec{}
+	for i, img := range []string{"2852039166:80/acme/shop:1", "0xa9fea9fe:80/acme/shop:1", "0251.0376.0251.0376:80/acme/shop:1", "169.254.169.254.:80/acme/shop:1"} {
+		spec.Containers = append(spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Image: img})
+	}
+	v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: spec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Allowed {
+		t.Errorf("Evaluate allowed a Pod of metadata-address images: %+v", v)
+	}
+	for _, iv := range v.Images {
+		if len(iv.Findings) != 1 || iv.Findings[0].Rule != policy.RuleUnapprovedRegistry || iv.Findings[0].Evidence["forbiddenAddress"] != true {
+			t.Errorf("%s (%s): findings %+v, want one unapproved-registry with forbiddenAddress", iv.Container, iv.Image, iv.Findings)
+		}
+	}
+}
