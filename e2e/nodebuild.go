@@ -120,8 +120,19 @@ const moduleProxyAddr = "127.0.0.1:38017"
 
 // moduleProxy serves this machine's Go module cache as a module proxy on
 // loopback (GOPROXY protocol: the cache's download directory has its
-// layout), so that the image's `go mod download` needs no network.
-func moduleProxy(ctx context.Context) (url string, stop func(), err error) {
+// layout), so that the image's `go mod download` needs no network. It
+// first runs `go mod download` in the module at root: the image downloads
+// every module go.mod lists, while builds and tests here fetch only those
+// of this platform's packages (not Windows-only ones such as
+// go-ansiterm), so a fresh machine's cache lacks some.
+func moduleProxy(ctx context.Context, root string) (url string, stop func(), err error) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	dl := exec.CommandContext(dctx, "go", "mod", "download")
+	dl.Dir = root
+	if out, err := dl.CombinedOutput(); err != nil {
+		return "", nil, fmt.Errorf("go mod download in %s, to fill the module cache the image's build reads: %w\n%s", root, err, out)
+	}
 	out, err := exec.CommandContext(ctx, "go", "env", "GOMODCACHE").Output()
 	if err != nil {
 		return "", nil, fmt.Errorf("go env GOMODCACHE: %w", err)
@@ -156,7 +167,7 @@ func (n *Node) BuildImage(ctx context.Context, version string) (*ImageBuild, err
 		}
 		n.basesPushed = true
 	}
-	proxy, stop, err := moduleProxy(ctx)
+	proxy, stop, err := moduleProxy(ctx, n.root)
 	if err != nil {
 		return nil, err
 	}
