@@ -37,18 +37,17 @@ func TestNotifier(t *testing.T) {
 	n := &Notifier{Sink: sink, Now: func() time.Time { return now }}
 	allow := policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeAllow, Allowed: true}
 	warn := policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeWarn, Allowed: true}
-	update := request("u2", "UPDATE")
 	deploy := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "web", Operation: "UPDATE"}
 
-	n.OnDecision(t.Context(), request("u0", "CREATE"), workload(), allow)
-	n.OnDecision(t.Context(), request("u0", "CREATE"), workload(), warn)
-	n.OnDecision(t.Context(), request("u1", "CREATE"), workload(), denyVerdict(policy.ModeEnforce))
+	n.Decided(t.Context(), decided("u0", "CREATE", workload(), allow))
+	n.Decided(t.Context(), decided("u0", "CREATE", workload(), warn))
+	n.Decided(t.Context(), decided("u1", "CREATE", workload(), denyVerdict(policy.ModeEnforce)))
 	for range 50 { // a controller retrying
-		n.OnDecision(t.Context(), request("u1", "CREATE"), workload(), denyVerdict(policy.ModeEnforce))
+		n.Decided(t.Context(), decided("u1", "CREATE", workload(), denyVerdict(policy.ModeEnforce)))
 	}
-	n.OnDecision(t.Context(), update, deploy, denyVerdict(policy.ModeAudit))
+	n.Decided(t.Context(), decided("u2", "UPDATE", deploy, denyVerdict(policy.ModeAudit)))
 	now = now.Add(DefaultEventWindow)
-	n.OnDecision(t.Context(), request("u3", "CREATE"), workload(), denyVerdict(policy.ModeEnforce))
+	n.Decided(t.Context(), decided("u3", "CREATE", workload(), denyVerdict(policy.ModeEnforce)))
 
 	want := []struct {
 		kind, ns, name, reason, msg string
@@ -75,7 +74,7 @@ func TestNotifierBounded(t *testing.T) {
 	for i := range 100 {
 		w := workload()
 		w.Name = strings.Repeat("x", i+1)
-		n.OnDecision(t.Context(), request("u", "UPDATE"), w, denyVerdict(policy.ModeAudit))
+		n.Decided(t.Context(), decided("u", "UPDATE", w, denyVerdict(policy.ModeAudit)))
 	}
 	if len(n.seen) > 10 {
 		t.Errorf("remembers %d events, want at most 10", len(n.seen))
@@ -145,6 +144,9 @@ func TestNotifierReviewLink(t *testing.T) {
 		{name: "shortened, the link whole", review: base, uid: "0d1e5a7c-1111-4a4a-9b9b-000000000002", v: long,
 			want:     "buildguard denied Pod hotfix: [fresh-image] hotfix: a long reason a long reason",
 			wantLink: "https://review.example/buildguard/decisions/0d1e5a7c-1111-4a4a-9b9b-000000000002"},
+		{name: "an audit scan's record", review: base, uid: "u7/scan-20261201T060000Z", v: denyVerdict(policy.ModeAudit),
+			want:     "buildguard would deny (audit mode) Pod hotfix: [fresh-image] hotfix: created 14s before admission, minAge 10m",
+			wantLink: "https://review.example/buildguard/decisions/u7%2Fscan-20261201T060000Z"},
 		{name: "no review URL", uid: "0d1e5a7c-1111-4a4a-9b9b-000000000003", v: denyVerdict(policy.ModeAudit),
 			want: "buildguard would deny (audit mode) Pod hotfix: [fresh-image] hotfix: created 14s before admission, minAge 10m"},
 		{name: "no UID", review: base, v: denyVerdict(policy.ModeEnforce),
@@ -155,7 +157,7 @@ func TestNotifierReviewLink(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			sink := &fakeSink{}
 			n := &Notifier{Sink: sink, Review: tc.review}
-			n.OnDecision(t.Context(), request(tc.uid, "CREATE"), workload(), tc.v)
+			n.Decided(t.Context(), decided(tc.uid, "CREATE", workload(), tc.v))
 			if len(sink.events) != 1 {
 				t.Fatalf("posted %d events, want 1", len(sink.events))
 			}

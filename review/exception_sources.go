@@ -3,8 +3,8 @@ package review
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,8 +14,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 
-	"buildguard.dev/buildguard/cluster"
+	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policysource"
 )
 
 // ClusterExceptions is the ExceptionSource of the CRD policy source:
@@ -31,10 +32,10 @@ const listPage = 500
 // Exceptions implements ExceptionSource.
 func (c *ClusterExceptions) Exceptions(ctx context.Context) ([]Exception, error) {
 	var out []Exception
-	err := c.list(ctx, cluster.ExceptionResource, func(u *unstructured.Unstructured) {
+	err := c.list(ctx, v1alpha1.ExceptionResource, func(u *unstructured.Unstructured) {
 		x := Exception{Source: SourceResource, Namespace: u.GetNamespace(), Name: u.GetName(), UID: string(u.GetUID()),
 			Recorded: u.GetNamespace() + "/" + u.GetName(), Revocable: true}
-		var spec cluster.ExceptionSpec
+		var spec v1alpha1.ExceptionSpec
 		if err := decodeField(u, "spec", &spec); err != nil {
 			x.Problem = "its spec does not decode: " + err.Error()
 		}
@@ -50,7 +51,7 @@ func (c *ClusterExceptions) Exceptions(ctx context.Context) ([]Exception, error)
 	if err != nil {
 		return nil, err
 	}
-	err = c.list(ctx, cluster.PolicyResource, func(u *unstructured.Unstructured) {
+	err = c.list(ctx, v1alpha1.PolicyResource, func(u *unstructured.Unstructured) {
 		var spec struct {
 			Exceptions []policy.Exception `json:"exceptions"`
 		}
@@ -103,7 +104,7 @@ func (c *ClusterExceptions) Revoke(ctx context.Context, ref ExceptionRef) error 
 		uid := types.UID(ref.UID)
 		opts.Preconditions = &metav1.Preconditions{UID: &uid}
 	}
-	err := c.Client.Resource(cluster.ExceptionResource).Namespace(ref.Namespace).Delete(ctx, ref.Name, opts)
+	err := c.Client.Resource(v1alpha1.ExceptionResource).Namespace(ref.Namespace).Delete(ctx, ref.Name, opts)
 	switch {
 	case apierrors.IsNotFound(err):
 		return fmt.Errorf("BuildPolicyException %s/%s: %w", ref.Namespace, ref.Name, ErrExceptionGone)
@@ -130,7 +131,7 @@ func decodeField(u *unstructured.Unstructured, field string, v any) error {
 // exceptions file, which it revokes by removing them from the file.
 type FileExceptions struct {
 	// File is the exceptions file, or nil without one.
-	File *ExceptionFile
+	File *policysource.ExceptionFile
 	// Policy returns the policy in force, or nil.
 	Policy func() *policy.Policy
 }
@@ -147,7 +148,7 @@ func (f *FileExceptions) Exceptions(ctx context.Context) ([]Exception, error) {
 		}
 	}
 	if f.File != nil {
-		out = append(out, f.File.entries()...)
+		out = append(out, fileExceptions(f.File.List())...)
 	}
 	return out, nil
 }
@@ -157,14 +158,15 @@ func (f *FileExceptions) Revoke(ctx context.Context, ref ExceptionRef) error {
 	if ref.Source != SourceFile || f.File == nil {
 		return fmt.Errorf("%s exceptions are not revoked here, only those of the exceptions file: %w", ref.Source, ErrNotRevocable)
 	}
-	return f.File.Revoke(ctx, ref.Namespace, ref.Name)
+	err := f.File.Revoke(ctx, ref.Namespace, ref.Name)
+	if errors.Is(err, policysource.ErrNoSuchException) {
+		return fmt.Errorf("%w: %w", ErrExceptionGone, err)
+	}
+	return err
 }
 
-// entries returns the exceptions of the file as last read.
-func (f *ExceptionFile) entries() []Exception {
-	f.mu.Lock()
-	entries := slices.Clone(f.list.Exceptions)
-	f.mu.Unlock()
+// fileExceptions are the exceptions of an exceptions file.
+func fileExceptions(entries []v1alpha1.ListedException) []Exception {
 	var out []Exception
 	for i, e := range entries {
 		name := e.Name

@@ -24,6 +24,7 @@ import (
 
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/records"
 )
 
@@ -429,7 +430,7 @@ func TestTimelineTones(t *testing.T) {
 
 // exceptionsFixture serves exceptions from a policy file's and an
 // exceptions file, into which the UI grants.
-func exceptionsFixture(t testing.TB) (*fixture, *ExceptionFile) {
+func exceptionsFixture(t testing.TB) (*fixture, *policysource.ExceptionFile) {
 	f := newFixture(t)
 	path := filepath.Join(t.TempDir(), "exceptions.yaml")
 	if err := os.WriteFile(path, []byte(`apiVersion: buildguard.dev/v1alpha1
@@ -449,7 +450,7 @@ exceptions:
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	xf, err := OpenExceptionFile(path)
+	xf, err := policysource.OpenExceptionFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,6 +460,7 @@ exceptions:
 	}
 	f.h.c.Granter = xf
 	f.h.c.Exceptions = &FileExceptions{File: xf, Policy: func() *policy.Policy { return p }}
+	f.exceptionsFile = path
 	// Admissions the exceptions let through.
 	used := testDecisions()[3]
 	used.ID, used.Exceptions = "used-1", []string{"staging/by-hand"}
@@ -558,7 +560,7 @@ func TestRevoke(t *testing.T) {
 			if w.Code != tc.want || !strings.Contains(text(w.Body.String()), tc.body) {
 				t.Fatalf("POST = %d, want %d saying %q\n%s", w.Code, tc.want, tc.body, text(w.Body.String()))
 			}
-			raw, err := os.ReadFile(xf.path)
+			raw, err := os.ReadFile(f.exceptionsFile)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -59,12 +59,12 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 	}
 	e := &engine.Engine{
 		Policies:  engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver:  rf.client(nil),
+		Resolver:  rf.Client(nil),
 		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig},
 		Now:       time.Now,
-		Timeout:   rf.timeout,
+		Timeout:   rf.Timeout,
 	}
-	e.Verifier = pvf.verifier(e.Resolver)
+	e.Verifier = pvf.Verifier(e.Resolver)
 	if *namespaceMode != "" {
 		e.Namespaces = fixedLabels{engine.ModeLabel: *namespaceMode}
 	}
