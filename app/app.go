@@ -232,8 +232,7 @@ func (a *App) decisions(cfg *rest.Config, mux *http.ServeMux) ([]decision.Observ
 	observers := []decision.Observer{a.metrics}
 	if a.kube != nil {
 		a.events = cluster.NewEvents(a.kube)
-		link, _ := records.ParseReviewURL(o.Review.URL) // Validate checked it
-		observers = append(observers, &records.Notifier{Sink: a.events, Review: link})
+		observers = append(observers, &records.Notifier{Sink: a.events, Review: o.reviewURL()})
 	}
 	if a.store == nil {
 		return observers, nil, nil
@@ -264,6 +263,7 @@ func (a *App) decisions(cfg *rest.Config, mux *http.ServeMux) ([]decision.Observ
 	}
 	late := retro.New(a.engine, a.events, a.metrics.Registry(), a.log)
 	late.Records = rec // late findings join the decision records
+	late.Review = o.reviewURL()
 	observers = append(observers, late)
 	reviews, err := ingest.NewReviewClient(cfg)
 	if err != nil {

@@ -250,6 +250,12 @@ func (o *Options) Validate() error {
 	return o.validateAudit()
 }
 
+// reviewURL is Review.URL parsed; Validate checked it.
+func (o *Options) reviewURL() records.ReviewURL {
+	u, _ := records.ParseReviewURL(o.Review.URL)
+	return u
+}
+
 func (o *Options) validateReview() error {
 	r := o.Review
 	if _, err := records.ParseReviewURL(r.URL); err != nil {

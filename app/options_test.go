@@ -49,6 +49,8 @@ func TestValidate(t *testing.T) {
 		{"negative forwarder rate", func(o *Options) { o.Reports.ForwarderRate = -1 }, "--report-rate 20, --forwarder-report-rate -1: want more than 0"},
 		{"NaN report rate", func(o *Options) { o.Reports.Rate = math.NaN() }, "--report-rate NaN, --forwarder-report-rate 200: want more than 0"},
 		{"negative drain", func(o *Options) { o.DrainDelay = -time.Second }, "--drain-delay -1s: want 0 or more"},
+		{"review URL", func(o *Options) { o.Review.URL = "https://buildguard.example/review/" }, ""},
+		{"review URL without a scheme", func(o *Options) { o.Review.URL = "buildguard.example" }, `--review-url "buildguard.example": want an absolute https:// URL`},
 		{"debug on loopback", func(o *Options) { o.DebugListen = "127.0.0.1:6060" }, ""},
 		{"debug on IPv6 loopback", func(o *Options) { o.DebugListen = "[::1]:6060" }, ""},
 		{"debug on localhost", func(o *Options) { o.DebugListen = "localhost:0" }, ""},

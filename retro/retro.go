@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/records"
 )
 
 // DefaultWorkloads bounds how many admitted workloads a Judge remembers.
@@ -59,6 +59,10 @@ type Judge struct {
 	// it, so the denial list shows it beside the admission decisions);
 	// nil keeps none.
 	Records decision.Observer
+	// Review, when set and Records keeps the late decisions, ends each
+	// Event's message with a link to the late decision's page in the
+	// review UI. The default links nothing.
+	Review records.ReviewURL
 	// Now is the clock of those decisions, and of the admissions Decided
 	// is told of without a time. The default is time.Now.
 	Now func() time.Time
@@ -307,7 +311,13 @@ func (r *Judge) judge(ctx context.Context, a *admitted) {
 		r.setWatch(a, v)
 	}
 	r.mu.Unlock()
-	found := false
+	// The findings new since admission: each is counted, logged and
+	// posted, and the judgement is recorded once.
+	type finding struct {
+		iv policy.ImageVerdict
+		f  policy.Finding
+	}
+	var found []finding
 	for _, iv := range v.Images {
 		for _, f := range iv.Findings {
 			if !lateRules[f.Rule] {
@@ -316,17 +326,27 @@ func (r *Judge) judge(ctx context.Context, a *admitted) {
 			if f.Action == policy.ActionIgnore || !r.firstTime(a, f.Rule) {
 				continue
 			}
-			found = true
+			found = append(found, finding{iv, f})
 			r.found.WithLabelValues(string(f.Rule), w.Namespace).Inc()
 			r.log().Warn("late evidence: finding after admission", "namespace", w.Namespace, "kind", w.Kind, "name", w.Name,
 				"image", iv.Image, "digest", iv.Digest, "rule", string(f.Rule), "verdict", string(f.Action), "message", f.Message)
-			if r.Events != nil {
-				r.Events.Event(w, "BuildguardLateEvidence", shortMessage(fmt.Sprintf("[%s] %s %s: %s (found after admission)", f.Rule, iv.Container, iv.Image, f.Message)))
-			}
 		}
 	}
-	if found && r.Records != nil {
-		r.Records.Decided(ctx, r.lateDecision(a, v))
+	if len(found) == 0 {
+		return
+	}
+	d := r.lateDecision(a, v)
+	link := ""
+	if r.Records != nil {
+		link = r.Review.Decision(d.ID)
+	}
+	if r.Events != nil {
+		for _, x := range found {
+			r.Events.Event(w, "BuildguardLateEvidence", eventMessage(fmt.Sprintf("[%s] %s %s: %s (found after admission)", x.f.Rule, x.iv.Container, x.iv.Image, x.f.Message), link))
+		}
+	}
+	if r.Records != nil {
+		r.Records.Decided(ctx, d)
 	}
 }
 
@@ -361,14 +381,17 @@ func (r *Judge) now() time.Time {
 	return time.Now()
 }
 
-// shortMessage keeps an Event message within what the API server stores
-// comfortably.
-func shortMessage(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > 1000 {
-		s = s[:997] + "..."
+// maxEventMessage keeps an Event's message within what the API server
+// stores comfortably.
+const maxEventMessage = 1000
+
+// eventMessage is s, shortened to fit an Event with the link after it,
+// whole; "" links nothing.
+func eventMessage(s, link string) string {
+	if link == "" {
+		return policy.Shorten(s, maxEventMessage)
 	}
-	return s
+	return policy.Shorten(s, maxEventMessage-len(" "+link)) + " " + link
 }
 
 // firstTime reports whether rule is new for a, and records it; reports

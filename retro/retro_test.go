@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -25,14 +26,16 @@ import (
 )
 
 type events struct {
-	mu  sync.Mutex
-	got []string
+	mu       sync.Mutex
+	got      []string
+	messages []string
 }
 
 func (e *events) Event(w engine.Workload, reason, message string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.got = append(e.got, w.Namespace+"/"+w.Name+" "+reason)
+	e.messages = append(e.messages, message)
 }
 
 // TestRetro admits a workload, then stores a report that its image was
@@ -68,6 +71,9 @@ func TestRetro(t *testing.T) {
 	r := retro.New(e, sink, reg2, nil)
 	var recs recorded
 	r.Records = &recs
+	if r.Review, err = records.ParseReviewURL("https://review.example"); err != nil {
+		t.Fatal(err)
+	}
 	r.Now = func() time.Time { return time.Date(2026, 12, 2, 1, 2, 3, 0, time.UTC) }
 	r.Decided(t.Context(), admitted("uid-1", w, v))
 	rep := evidence.Report{Node: "worker-3", Builds: []evidence.Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker",
@@ -94,6 +100,11 @@ func TestRetro(t *testing.T) {
 	defer sink.mu.Unlock()
 	if len(sink.got) != 1 || sink.got[0] != "shop/late BuildguardLateEvidence" {
 		t.Errorf("events = %q, want one BuildguardLateEvidence on shop/late", sink.got)
+	}
+	// The Event links the late decision's page, the record made of it.
+	if len(sink.messages) != 1 || !strings.HasPrefix(sink.messages[0], "[host-built] app ") ||
+		!strings.HasSuffix(sink.messages[0], " (found after admission) https://review.example/decisions/uid-1%2Flate-1796173323000000") {
+		t.Errorf("event messages = %q, want the finding and the late decision's link", sink.messages)
 	}
 	recs.mu.Lock()
 	defer recs.mu.Unlock()
