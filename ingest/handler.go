@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // Defaults of Handler's fields.
@@ -43,7 +44,7 @@ type Writer interface {
 
 // Format parses one kind of report body; node is the reporting node
 // when the body does not say.
-type Format func(body []byte, node string) (evidence.Parsed, error)
+type Format func(body []byte, node string) (nodereport.Parsed, error)
 
 // Handler serves the node-report endpoints:
 //
@@ -94,10 +95,10 @@ type limiter struct {
 // Formats are the report formats by path.
 func Formats() map[string]Format {
 	return map[string]Format{
-		"/v1/node-reports":          func(b []byte, _ string) (evidence.Parsed, error) { return evidence.ParseAgent(b) },
-		"/v1/node-reports/falco":    func(b []byte, node string) (evidence.Parsed, error) { return evidence.ParseFalco(b, node) },
-		"/v1/node-reports/tetragon": func(b []byte, node string) (evidence.Parsed, error) { return evidence.ParseTetragon(b, node) },
-		"/v1/node-reports/docker":   func(b []byte, node string) (evidence.Parsed, error) { return evidence.ParseDocker(b, node) },
+		"/v1/node-reports":          func(b []byte, _ string) (nodereport.Parsed, error) { return nodereport.ParseAgent(b) },
+		"/v1/node-reports/falco":    func(b []byte, node string) (nodereport.Parsed, error) { return nodereport.ParseFalco(b, node) },
+		"/v1/node-reports/tetragon": func(b []byte, node string) (nodereport.Parsed, error) { return nodereport.ParseTetragon(b, node) },
+		"/v1/node-reports/docker":   func(b []byte, node string) (nodereport.Parsed, error) { return nodereport.ParseDocker(b, node) },
 	}
 }
 
@@ -109,9 +110,9 @@ type Result struct {
 		Connections int `json:"connections"`
 	} `json:"accepted"`
 	// Duplicates were stored before (a retried batch).
-	Duplicates int                  `json:"duplicates"`
-	Ignored    int                  `json:"ignored"`
-	Errors     []evidence.ItemError `json:"errors,omitempty"`
+	Duplicates int                    `json:"duplicates"`
+	Ignored    int                    `json:"ignored"`
+	Errors     []nodereport.ItemError `json:"errors,omitempty"`
 }
 
 func (h *Handler) log() *slog.Logger {

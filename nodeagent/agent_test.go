@@ -15,8 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/nodeagent/conns"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // fixedConns is a connection sensor that reports the connections it is
@@ -136,7 +136,7 @@ buildguard_node_agent_sensor_dropped_total 7
 	if b := r.Builds[0]; b.CgroupID != "99" || len(b.PIDs) != 2 || b.PIDs[1] != 4243 {
 		t.Errorf("build %+v: want the wget's cgroup and PID added", b)
 	}
-	p, err := evidence.ParseAgent(data)
+	p, err := nodereport.ParseAgent(data)
 	if err != nil || len(p.Errors) != 0 || len(p.Report.Builds) != 1 || len(p.Report.Connections) != 1 {
 		t.Fatalf("ParseAgent = %+v, %v", p, err)
 	}

@@ -3,11 +3,11 @@ package nodeagent
 import (
 	"time"
 
-	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // Report is a NodeReport as POST /v1/node-reports takes it
-// (docs/node-reports.md; evidence.ParseAgent reads it).
+// (docs/node-reports.md; nodereport.ParseAgent reads it).
 type Report struct {
 	APIVersion  string       `json:"apiVersion"`
 	Kind        string       `json:"kind"`
@@ -46,7 +46,7 @@ type Connection struct {
 
 // newReport is an empty report of node and sensor.
 func newReport(node, sensor string) Report {
-	return Report{APIVersion: evidence.AgentAPIVersion, Kind: evidence.AgentKind, Node: node, Sensor: sensor}
+	return Report{APIVersion: nodereport.AgentAPIVersion, Kind: nodereport.AgentKind, Node: node, Sensor: sensor}
 }
 
 // items is how many builds and connections r holds.

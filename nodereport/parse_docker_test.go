@@ -1,6 +1,7 @@
-package evidence
+package nodereport
 
 import (
+	"buildguard.dev/buildguard/evidence"
 	"reflect"
 	"strings"
 	"testing"
@@ -18,7 +19,7 @@ func TestParseDocker(t *testing.T) {
 	event := func(typ, action, id, attrs string) string {
 		return `{"Type":"` + typ + `","Action":"` + action + `","Actor":{"ID":"` + id + `","Attributes":{` + attrs + `}},"scope":"local","time":1795688169,"timeNano":` + stamp + `}`
 	}
-	build := func(b Build) Build {
+	build := func(b evidence.Build) evidence.Build {
 		b.Source, b.Node, b.Tool = "docker", "worker-3", "docker"
 		if b.Started.IsZero() {
 			b.Started = wantTime(when)
@@ -26,12 +27,12 @@ func TestParseDocker(t *testing.T) {
 		b.Finished = b.Started
 		return b
 	}
-	one := func(b Build) Parsed {
-		return Parsed{Report: Report{Node: "worker-3", Sensor: "docker-events", Builds: []Build{build(b)}}}
+	one := func(b evidence.Build) Parsed {
+		return Parsed{Report: evidence.Report{Node: "worker-3", Sensor: "docker-events", Builds: []evidence.Build{build(b)}}}
 	}
-	ignored := Parsed{Report: Report{Node: "worker-3", Sensor: "docker-events"}, Ignored: 1}
+	ignored := Parsed{Report: evidence.Report{Node: "worker-3", Sensor: "docker-events"}, Ignored: 1}
 	failed := func(reason string) Parsed {
-		return Parsed{Report: Report{Node: "worker-3", Sensor: "docker-events"}, Errors: []ItemError{{0, reason}}}
+		return Parsed{Report: evidence.Report{Node: "worker-3", Sensor: "docker-events"}, Errors: []ItemError{{0, reason}}}
 	}
 	for _, tc := range []struct {
 		name string
@@ -44,23 +45,23 @@ func TestParseDocker(t *testing.T) {
 		{name: "image tag is not a build", body: event("image", "tag", app, `"name":"registry.acme.internal/shop/api:1.4.2"`), want: ignored},
 		{name: "load is not a build", body: `{"Type":"image","Action":"load","Actor":{"ID":"` + base + `","Attributes":{"name":"` + base + `"}},"time":1795688100}`, want: ignored},
 		{name: "image create with a tag", body: event("image", "create", app, `"name":"registry.acme.internal/shop/api:1.4.2"`),
-			want: one(Build{EventID: sha256ID([]byte("image/create/" + app + "/" + stamp + "/registry.acme.internal/shop/api:1.4.2")), ImageID: app,
+			want: one(evidence.Build{EventID: sha256ID([]byte("image/create/" + app + "/" + stamp + "/registry.acme.internal/shop/api:1.4.2")), ImageID: app,
 				Tags: []string{"registry.acme.internal/shop/api:1.4.2"}})},
 		{name: "image create names itself", body: event("image", "create", app, `"name":"`+app+`","org.opencontainers.image.source":"https://git.acme.internal/shop/api"`),
-			want: one(Build{EventID: sha256ID([]byte("image/create/" + app + "/" + stamp + "/" + app)), ImageID: app})},
+			want: one(evidence.Build{EventID: sha256ID([]byte("image/create/" + app + "/" + stamp + "/" + app)), ImageID: app})},
 		{name: "import of a bare ID, deprecated fields", body: `{"status":"import","id":"` + base[7:] + `","Type":"image","Action":"import","Actor":{"ID":"` + base[7:] + `","Attributes":{"name":"busybox-static:1.36"}},"time":1795688090,"timeNano":1795688090000000000}`,
-			want: one(Build{EventID: "image/import/" + base[7:] + "/1795688090000000000/busybox-static:1.36", ImageID: base, Tags: []string{"busybox-static:1.36"}, Started: wantTime("2026-11-26T10:14:50Z")})},
+			want: one(evidence.Build{EventID: "image/import/" + base[7:] + "/1795688090000000000/busybox-static:1.36", ImageID: base, Tags: []string{"busybox-static:1.36"}, Started: wantTime("2026-11-26T10:14:50Z")})},
 		{name: "import with time in seconds only", body: `{"Type":"image","Action":"import","Actor":{"ID":"` + base + `","Attributes":{"name":"` + base + `"}},"time":1795688100}`,
-			want: one(Build{EventID: sha256ID([]byte("image/import/" + base + "/1795688100000000000/" + base)), ImageID: base, Started: wantTime("2026-11-26T10:15:00Z")})},
+			want: one(evidence.Build{EventID: sha256ID([]byte("image/import/" + base + "/1795688100000000000/" + base)), ImageID: base, Started: wantTime("2026-11-26T10:15:00Z")})},
 		{name: "timeNano as a string", body: `{"Type":"image","Action":"create","Actor":{"ID":"` + app + `","Attributes":{"name":"r/x:1"}},"timeNano":"` + stamp + `"}`,
-			want: one(Build{EventID: "image/create/" + app + "/" + stamp + "/r/x:1", ImageID: app, Tags: []string{"r/x:1"}})},
+			want: one(evidence.Build{EventID: "image/create/" + app + "/" + stamp + "/r/x:1", ImageID: app, Tags: []string{"r/x:1"}})},
 		{name: "container commit", body: event("container", "commit", cid, `"comment":"","image":"`+base+`","imageID":"`+commit+`","imageRef":"localhost/hotfix:1","name":"vigilant_hopper"`),
-			want: one(Build{EventID: "container/commit/" + cid + "/" + stamp + "/localhost/hotfix:1", ImageID: commit,
+			want: one(evidence.Build{EventID: "container/commit/" + cid + "/" + stamp + "/localhost/hotfix:1", ImageID: commit,
 				Tags: []string{"localhost/hotfix:1"}, ContainerIDs: []string{cid}})},
 		{name: "commit without a tag", body: event("container", "commit", cid, `"imageID":"`+commit+`","imageRef":""`),
-			want: one(Build{EventID: "container/commit/" + cid + "/" + stamp + "/", ImageID: commit, ContainerIDs: []string{cid}})},
+			want: one(evidence.Build{EventID: "container/commit/" + cid + "/" + stamp + "/", ImageID: commit, ContainerIDs: []string{cid}})},
 		{name: "builder event with an image ID", body: event("builder", "build", app, ``),
-			want: one(Build{EventID: "builder/build/" + app + "/" + stamp + "/", ImageID: app})},
+			want: one(evidence.Build{EventID: "builder/build/" + app + "/" + stamp + "/", ImageID: app})},
 		{name: "builder prune", body: event("builder", "prune", "", `"reclaimed":"0"`), want: ignored},
 		{name: "container start", body: event("container", "start", cid, `"image":"`+base+`","name":"vigilant_hopper"`), want: ignored},
 		{name: "exec_start with a command", body: event("container", "exec_start: sh -c wget http://x", cid, ``), want: ignored},
@@ -82,7 +83,7 @@ func TestParseDocker(t *testing.T) {
 			want: failed("Actor.Attributes: want a string, got number")},
 		{name: "not a Docker event", body: `{"scope":"local"}`, want: failed("not a Docker event: no Type, Action or status")},
 		{name: "no node", body: event("image", "create", app, ``), node: "-",
-			want: Parsed{Report: Report{Sensor: "docker-events"}, Errors: []ItemError{{0, "no node: the event names none and the request gave none"}}}},
+			want: Parsed{Report: evidence.Report{Sensor: "docker-events"}, Errors: []ItemError{{0, "no node: the event names none and the request gave none"}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			node := tc.node

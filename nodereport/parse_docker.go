@@ -1,6 +1,7 @@
-package evidence
+package nodereport
 
 import (
+	"buildguard.dev/buildguard/evidence"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,7 +78,7 @@ func dockerItem(raw []byte, node string, now time.Time) (reportItem, error) {
 	}
 	attrs := ev.Actor.Attributes
 
-	b := Build{Source: "docker", Node: node, Tool: "docker"}
+	b := evidence.Build{Source: "docker", Node: node, Tool: "docker"}
 	switch {
 	case typ == "image" && dockerImageBuildActions[action]:
 		id, ok := normImageID(actorID)
