@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"buildguard.dev/buildguard/nodeagent/conns"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // Agent runs the node agent: the Docker and containerd watchers and the
@@ -125,7 +126,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// The pod shares the host's PID namespace: this is the PID the
 	// sensor reports for the agent.
 	self := os.Getpid()
-	b := batcher{agent: a, report: newReport(a.Node, sensor)}
+	b := batcher{agent: a, report: nodereport.NewReport(a.Node, sensor)}
 	var flush <-chan time.Time
 	var timer *time.Timer
 	beat := time.NewTicker(heartbeat)
@@ -173,7 +174,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		switch {
-		case b.report.items() >= a.maxItems() || b.size() >= maxBatchBytes:
+		case b.report.Items() >= a.maxItems() || b.size() >= maxBatchBytes:
 			if timer != nil {
 				timer.Stop()
 				flush, timer = nil, nil
@@ -181,7 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := b.flush(); err != nil {
 				a.log().Error("storing a batch failed", "error", err)
 			}
-		case b.report.items() > 0 && timer == nil:
+		case b.report.Items() > 0 && timer == nil:
 			timer = time.NewTimer(durOr(a.BatchInterval, 2*time.Second))
 			flush = timer.C
 		}
@@ -228,7 +229,7 @@ func (a *Agent) runSensor(ctx context.Context, out chan<- conns.Conn) {
 // batcher gathers one report at a time.
 type batcher struct {
 	agent  *Agent
-	report Report
+	report nodereport.Report
 }
 
 // maxBatchBytes bounds a report's size well below what the server takes
@@ -255,11 +256,11 @@ func (b *batcher) size() int {
 
 // flush stores the report gathered so far, if any.
 func (b *batcher) flush() error {
-	if b.report.items() == 0 {
+	if b.report.Items() == 0 {
 		return nil
 	}
 	r := b.report
-	b.report = newReport(r.Node, r.Sensor)
+	b.report = nodereport.NewReport(r.Node, r.Sensor)
 	data, err := json.Marshal(r)
 	if err != nil {
 		b.agent.Metrics.batchesDropped.WithLabelValues("encode").Inc()

@@ -1,7 +1,6 @@
 package nodereport
 
 import (
-	"buildguard.dev/buildguard/evidence"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"buildguard.dev/buildguard/evidence"
 )
 
 // This file holds what the parsers of node reports share: the result

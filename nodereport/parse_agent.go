@@ -1,7 +1,6 @@
 package nodereport
 
 import (
-	"buildguard.dev/buildguard/evidence"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -10,51 +9,9 @@ import (
 	"regexp"
 	"strconv"
 	"time"
+
+	"buildguard.dev/buildguard/evidence"
 )
-
-// AgentAPIVersion and AgentKind are the apiVersion and kind of a NodeReport,
-// the JSON buildguard's node agent sends to POST /v1/node-reports.
-const (
-	AgentAPIVersion = "buildguard.dev/v1alpha1"
-	AgentKind       = "NodeReport"
-)
-
-// agentReport is a NodeReport's envelope; its items are decoded one by one
-// so that a bad item does not refuse the others.
-type agentReport struct {
-	APIVersion  string            `json:"apiVersion"`
-	Kind        string            `json:"kind"`
-	Node        string            `json:"node"`
-	Sensor      string            `json:"sensor"`
-	Builds      []json.RawMessage `json:"builds"`
-	Connections []json.RawMessage `json:"connections"`
-}
-
-type agentBuild struct {
-	EventID      string   `json:"eventID"`
-	Tool         string   `json:"tool"`
-	ImageID      string   `json:"imageID"`
-	Tags         []string `json:"tags"`
-	Started      string   `json:"started"`
-	Finished     string   `json:"finished"`
-	PIDs         []int64  `json:"pids"`
-	ContainerIDs []string `json:"containerIDs"`
-	CgroupID     string   `json:"cgroupID"`
-	Steps        []string `json:"steps"`
-}
-
-type agentConnection struct {
-	EventID     string `json:"eventID"`
-	Time        string `json:"time"`
-	Process     string `json:"process"`
-	PID         int64  `json:"pid"`
-	Cmdline     string `json:"cmdline"`
-	ContainerID string `json:"containerID"`
-	CgroupID    string `json:"cgroupID"`
-	DestIP      string `json:"destIP"`
-	DestPort    int64  `json:"destPort"`
-	DestName    string `json:"destName"`
-}
 
 // agentSensor is what a NodeReport's sensor may be: a short lowercase token
 // such as "ebpf" or "procfs".
@@ -81,7 +38,7 @@ func ParseAgent(body []byte, opts ...ParseOption) (Parsed, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	dec.DisallowUnknownFields()
-	var env agentReport
+	var env rawReport
 	if err := dec.Decode(&env); err != nil {
 		return fail("%s", describeJSONError(err))
 	}
@@ -125,7 +82,7 @@ func agentBuildItem(raw []byte, node string, now time.Time) (*evidence.Build, er
 	if k := jsonValueKind(raw); k != "object" {
 		return nil, fmt.Errorf("want a JSON object, got %s", k)
 	}
-	var in agentBuild
+	var in Build
 	if err := decodeItem(raw, &in, true); err != nil {
 		return nil, err
 	}
@@ -167,7 +124,7 @@ func agentBuildItem(raw []byte, node string, now time.Time) (*evidence.Build, er
 		if i == limPIDs {
 			break
 		}
-		pid, err := checkItemPID("pids["+strconv.Itoa(i)+"]", p)
+		pid, err := checkItemPID("pids["+strconv.Itoa(i)+"]", int64(p))
 		if err != nil {
 			return nil, err
 		}
@@ -186,7 +143,7 @@ func agentConnectionItem(raw []byte, node string, now time.Time) (*evidence.Conn
 	if k := jsonValueKind(raw); k != "object" {
 		return nil, fmt.Errorf("want a JSON object, got %s", k)
 	}
-	var in agentConnection
+	var in Connection
 	if err := decodeItem(raw, &in, true); err != nil {
 		return nil, err
 	}
@@ -215,10 +172,10 @@ func agentConnectionItem(raw []byte, node string, now time.Time) (*evidence.Conn
 	if in.DestPort == 0 {
 		return nil, errors.New("destPort: missing")
 	}
-	if c.DestPort, err = checkDestPort("destPort", in.DestPort); err != nil {
+	if c.DestPort, err = checkDestPort("destPort", int64(in.DestPort)); err != nil {
 		return nil, err
 	}
-	if c.PID, err = checkItemPID("pid", in.PID); err != nil {
+	if c.PID, err = checkItemPID("pid", int64(in.PID)); err != nil {
 		return nil, err
 	}
 	c.EventID = cleanEventID(in.EventID)

@@ -1,11 +1,12 @@
 package nodereport
 
 import (
-	"buildguard.dev/buildguard/evidence"
 	"errors"
 	"reflect"
 	"strings"
 	"testing"
+
+	"buildguard.dev/buildguard/evidence"
 )
 
 func agentBody(builds, conns string) string {

@@ -1,13 +1,14 @@
 package nodereport
 
 import (
-	"buildguard.dev/buildguard/evidence"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/evidence"
 )
 
 // dockerEvent is one message of the Docker Engine API's GET /events

@@ -1,10 +1,11 @@
 package nodereport
 
 import (
-	"buildguard.dev/buildguard/evidence"
 	"reflect"
 	"strings"
 	"testing"
+
+	"buildguard.dev/buildguard/evidence"
 )
 
 func TestParseDocker(t *testing.T) {

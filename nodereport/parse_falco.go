@@ -1,7 +1,6 @@
 package nodereport
 
 import (
-	"buildguard.dev/buildguard/evidence"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/evidence"
 )
 
 // falcoAlert is the part of a Falco JSON alert (json_output: true) and of

@@ -1,9 +1,10 @@
 package nodereport
 
 import (
-	"buildguard.dev/buildguard/evidence"
 	"reflect"
 	"testing"
+
+	"buildguard.dev/buildguard/evidence"
 )
 
 // falcoAlertJSON is an alert of rule with output_fields fields (a JSON

@@ -1,12 +1,13 @@
 package nodereport
 
 import (
-	"buildguard.dev/buildguard/evidence"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/evidence"
 )
 
 // tetragonEvent is the part of one line of Tetragon's JSON export

@@ -1,10 +1,11 @@
 package nodereport
 
 import (
-	"buildguard.dev/buildguard/evidence"
 	"reflect"
 	"strings"
 	"testing"
+
+	"buildguard.dev/buildguard/evidence"
 )
 
 // tetragonKprobeJSON is a process_kprobe event of fn with args (a JSON
