@@ -76,8 +76,8 @@ func (s *CRD) Start(ctx context.Context) func() bool {
 		resync = 10 * time.Minute
 	}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(s.Client, resync)
-	pi := f.ForResource(v1alpha1.PolicyResource).Informer()
-	ei := f.ForResource(v1alpha1.ExceptionResource).Informer()
+	pi := f.ForResource(v1alpha1.PolicyResource()).Informer()
+	ei := f.ForResource(v1alpha1.ExceptionResource()).Informer()
 	pi.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { s.policyChanged(ctx, o) },
 		UpdateFunc: func(_, o any) { s.policyChanged(ctx, o) },
@@ -218,13 +218,13 @@ func (s *CRD) policyChanged(ctx context.Context, o any) {
 			msg += fmt.Sprintf("; generation %d stays in force", prev.generation)
 		}
 		s.log().Error("ClusterBuildPolicy rejected", "policy", u.GetName(), "generation", u.GetGeneration(), "error", err)
-		s.setAccepted(ctx, v1alpha1.PolicyResource, u, false, "Invalid", msg)
+		s.setAccepted(ctx, v1alpha1.PolicyResource(), u, false, "Invalid", msg)
 		return
 	}
 	if prev == nil || prev.generation != cp.generation {
 		s.log().Info("ClusterBuildPolicy applied", "policy", u.GetName(), "generation", u.GetGeneration(), "mode", string(cp.p.Mode()))
 	}
-	s.setAccepted(ctx, v1alpha1.PolicyResource, u, true, "Valid", fmt.Sprintf("generation %d is in force", u.GetGeneration()))
+	s.setAccepted(ctx, v1alpha1.PolicyResource(), u, true, "Valid", fmt.Sprintf("generation %d is in force", u.GetGeneration()))
 }
 
 // deleted returns the object of a delete event, which may come as the
@@ -270,7 +270,7 @@ func (s *CRD) exceptionChanged(ctx context.Context, o any) {
 		delete(s.exceptions[u.GetNamespace()], u.GetName())
 		s.mu.Unlock()
 		s.log().Error("BuildPolicyException rejected", "namespace", u.GetNamespace(), "exception", u.GetName(), "error", err)
-		s.setAccepted(ctx, v1alpha1.ExceptionResource, u, false, "Invalid", err.Error())
+		s.setAccepted(ctx, v1alpha1.ExceptionResource(), u, false, "Invalid", err.Error())
 		return
 	}
 	s.mu.Lock()
@@ -279,7 +279,7 @@ func (s *CRD) exceptionChanged(ctx context.Context, o any) {
 	}
 	s.exceptions[u.GetNamespace()][u.GetName()] = compiledExcept{x: x}
 	s.mu.Unlock()
-	s.setAccepted(ctx, v1alpha1.ExceptionResource, u, true, "Valid", "applies until "+spec.Expires)
+	s.setAccepted(ctx, v1alpha1.ExceptionResource(), u, true, "Valid", "applies until "+spec.Expires)
 }
 
 func (s *CRD) exceptionDeleted(o any) {

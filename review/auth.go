@@ -60,7 +60,7 @@ var (
 	// ListDecisions is needed to see decisions (in Namespace, or all).
 	ListDecisions = Attributes{Verb: "list", Group: v1alpha1.Group, Resource: "decisions"}
 	// CreateExceptions is needed to grant an exception in Namespace.
-	CreateExceptions = Attributes{Verb: "create", Group: v1alpha1.Group, Resource: v1alpha1.ExceptionResource.Resource}
+	CreateExceptions = Attributes{Verb: "create", Group: v1alpha1.Group, Resource: v1alpha1.ExceptionResourceName}
 )
 
 // In returns a with its namespace set.

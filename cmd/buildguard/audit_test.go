@@ -224,25 +224,25 @@ func TestAuditReadOnlyPolicies(t *testing.T) {
 		"metadata": map[string]any{"name": "hotfix", "namespace": "shop"},
 	}}
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		v1alpha1.PolicyResource:    "ClusterBuildPolicyList",
-		v1alpha1.ExceptionResource: "BuildPolicyExceptionList",
+		v1alpha1.PolicyResource():    "ClusterBuildPolicyList",
+		v1alpha1.ExceptionResource(): "BuildPolicyExceptionList",
 	}, policyObj, exceptionObj)
 	ro := readOnly{dyn}
-	if _, err := ro.Resource(v1alpha1.PolicyResource).UpdateStatus(t.Context(), policyObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
+	if _, err := ro.Resource(v1alpha1.PolicyResource()).UpdateStatus(t.Context(), policyObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
 		t.Errorf("UpdateStatus of a ClusterBuildPolicy = %v, want errReadOnly", err)
 	}
-	if _, err := ro.Resource(v1alpha1.ExceptionResource).Namespace("shop").UpdateStatus(t.Context(), exceptionObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
+	if _, err := ro.Resource(v1alpha1.ExceptionResource()).Namespace("shop").UpdateStatus(t.Context(), exceptionObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
 		t.Errorf("UpdateStatus of a BuildPolicyException = %v, want errReadOnly", err)
 	}
 	for _, a := range dyn.Actions() {
 		t.Errorf("a refused write reached the client: %s %s", a.GetVerb(), a.GetResource().Resource)
 	}
 	// Reads go through.
-	l, err := ro.Resource(v1alpha1.PolicyResource).List(t.Context(), metav1.ListOptions{})
+	l, err := ro.Resource(v1alpha1.PolicyResource()).List(t.Context(), metav1.ListOptions{})
 	if err != nil || len(l.Items) != 1 {
 		t.Errorf("List = %v, %v; want the one policy", l, err)
 	}
-	if _, err := ro.Resource(v1alpha1.ExceptionResource).Namespace("shop").Get(t.Context(), "hotfix", metav1.GetOptions{}); err != nil {
+	if _, err := ro.Resource(v1alpha1.ExceptionResource()).Namespace("shop").Get(t.Context(), "hotfix", metav1.GetOptions{}); err != nil {
 		t.Errorf("Get = %v", err)
 	}
 }
