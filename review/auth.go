@@ -54,19 +54,16 @@ type Authorizer interface {
 	Allowed(ctx context.Context, u User, a Attributes) (bool, error)
 }
 
-// The permissions the review UI checks. Decisions are a virtual resource:
-// no API serves them, RBAC rules name them.
-var (
-	// ListDecisions is needed to see decisions (in Namespace, or all).
-	ListDecisions = Attributes{Verb: "list", Group: v1alpha1.Group, Resource: "decisions"}
-	// CreateExceptions is needed to grant an exception in Namespace.
-	CreateExceptions = Attributes{Verb: "create", Group: v1alpha1.Group, Resource: v1alpha1.ExceptionResourceName}
-)
+// listDecisions is the permission to see decisions in namespace ("": in
+// all). Decisions are a virtual resource: no API serves them, RBAC rules
+// name them.
+func listDecisions(namespace string) Attributes {
+	return Attributes{Verb: "list", Group: v1alpha1.Group, Resource: "decisions", Namespace: namespace}
+}
 
-// In returns a with its namespace set.
-func (a Attributes) In(namespace string) Attributes {
-	a.Namespace = namespace
-	return a
+// createExceptions is the permission to grant an exception in namespace.
+func createExceptions(namespace string) Attributes {
+	return Attributes{Verb: "create", Group: v1alpha1.Group, Resource: v1alpha1.ExceptionResourceName, Namespace: namespace}
 }
 
 // TokenReviewer authenticates tokens with the API server's TokenReview.

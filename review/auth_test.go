@@ -246,7 +246,7 @@ func TestSubjectAccessReviewer(t *testing.T) {
 				out.Status = tc.status
 				return true, out, nil
 			})
-			ok, err := (&SubjectAccessReviewer{Client: cs}).Allowed(t.Context(), u, CreateExceptions.In("shop"))
+			ok, err := (&SubjectAccessReviewer{Client: cs}).Allowed(t.Context(), u, createExceptions("shop"))
 			want := authorizationv1.SubjectAccessReviewSpec{User: "bob", UID: "u-2", Groups: []string{"g"},
 				Extra:              map[string]authorizationv1.ExtraValue{"k": {"v"}},
 				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: "shop", Verb: "create", Group: "buildguard.dev", Resource: "buildpolicyexceptions"}}

@@ -316,13 +316,13 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request, s *session) {
 		h.render(w, http.StatusBadRequest, "list", s, "Decisions", data)
 		return
 	}
-	all, err := h.allowed(r, s, ListDecisions)
+	all, err := h.allowed(r, s, listDecisions(""))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
 		return
 	}
 	if !all && f.Namespace != "" {
-		ok, err := h.allowed(r, s, ListDecisions.In(f.Namespace))
+		ok, err := h.allowed(r, s, listDecisions(f.Namespace))
 		if err != nil {
 			h.authzFailed(w, r, s, err)
 			return
@@ -352,7 +352,7 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request, s *session) {
 			break
 		}
 		if !all {
-			ok, err := h.allowed(r, s, ListDecisions.In(d.Namespace))
+			ok, err := h.allowed(r, s, listDecisions(d.Namespace))
 			if err != nil {
 				h.authzFailed(w, r, s, err)
 				return
@@ -442,7 +442,7 @@ func (h *Handler) loadDecision(w http.ResponseWriter, r *http.Request, s *sessio
 		h.fail(w, r, s, http.StatusServiceUnavailable, "The decision store did not answer; try again later.")
 		return d, false
 	}
-	ok, err := h.allowed(r, s, ListDecisions.In(d.Namespace))
+	ok, err := h.allowed(r, s, listDecisions(d.Namespace))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
 		return d, false
@@ -518,7 +518,7 @@ func (h *Handler) detailData(w http.ResponseWriter, r *http.Request, s *session,
 		data.GrantOff = "the decision has no namespace, and exceptions are namespaced"
 		return data, true
 	}
-	ok, err := h.allowed(r, s, CreateExceptions.In(d.Namespace))
+	ok, err := h.allowed(r, s, createExceptions(d.Namespace))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
 		return data, false
@@ -596,7 +596,7 @@ func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
 		h.fail(w, r, s, http.StatusForbidden, "No exception can be granted for this decision: granting is off, or the decision has no namespace.")
 		return
 	}
-	ok, err := h.allowed(r, s, CreateExceptions.In(d.Namespace))
+	ok, err := h.allowed(r, s, createExceptions(d.Namespace))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
 		return
