@@ -102,7 +102,7 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 	a.metrics = webhook.NewMetrics()
 	e := &engine.Engine{
 		Resolver:  o.Registry.Client(a.metrics),
-		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig},
+		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
 		Now:       time.Now,
 		Timeout:   o.Registry.Timeout,
 		Log:       log,

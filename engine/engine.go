@@ -495,7 +495,7 @@ func anyInsecure(ps []*policy.Policy, ref name.Reference) bool {
 
 func (e *Engine) auth(ctx context.Context, w Workload) (registry.Auth, error) {
 	if e.Keychains == nil {
-		return registry.Anonymous, nil
+		return registry.Anonymous(), nil
 	}
 	secrets := make([]string, 0, len(w.Spec.ImagePullSecrets))
 	for _, s := range w.Spec.ImagePullSecrets {
@@ -503,7 +503,7 @@ func (e *Engine) auth(ctx context.Context, w Workload) (registry.Auth, error) {
 	}
 	a, err := e.Keychains.For(ctx, w.Namespace, w.Spec.ServiceAccountName, secrets)
 	if err != nil {
-		return registry.Anonymous, err
+		return registry.Anonymous(), err
 	}
 	return a, nil
 }

@@ -60,7 +60,7 @@ func check(ctx context.Context, args []string, stdout, stderr io.Writer) (int, e
 	e := &engine.Engine{
 		Policies:  engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver:  rf.Client(nil),
-		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig},
+		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
 		Now:       time.Now,
 		Timeout:   rf.Timeout,
 	}
