@@ -9,6 +9,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -88,7 +89,7 @@ func (n *Notifier) Decided(_ context.Context, d decision.Decision) {
 		// the Namespace, where "kubectl get events -n NS" shows it.
 		target = engine.Workload{Kind: "Namespace", Namespace: w.Namespace, Name: w.Namespace}
 	}
-	n.Sink.Event(target, reason, policy.Shorten(msg, maxEventMessage))
+	n.Sink.Event(target, reason, shorten.Text(msg, maxEventMessage))
 }
 
 // first reports whether key was not seen within the window, and notes it.

@@ -21,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/records"
@@ -244,17 +245,17 @@ func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, e
 		dq.Since = now.Add(-d)
 	}
 	if f.Namespace != "" && !namespaceRE.MatchString(f.Namespace) {
-		return f, dq, fmt.Errorf("namespace %q is not a namespace name", policy.Shorten(f.Namespace, 80))
+		return f, dq, fmt.Errorf("namespace %q is not a namespace name", shorten.Text(f.Namespace, 80))
 	}
 	if f.Rule != "" && !ruleRE.MatchString(f.Rule) {
-		return f, dq, fmt.Errorf("rule %q is not a rule ID (such as fresh-image)", policy.Shorten(f.Rule, 80))
+		return f, dq, fmt.Errorf("rule %q is not a rule ID (such as fresh-image)", shorten.Text(f.Rule, 80))
 	}
 	if len(f.Image) > 512 || !utf8.ValidString(f.Image) || strings.ContainsFunc(f.Image, unicode.IsControl) {
 		return f, dq, errors.New("the image pattern is longer than 512 characters or not printable text")
 	}
 	for _, v := range q["verdict"] {
 		if !slices.Contains(allVerdicts, v) {
-			return f, dq, fmt.Errorf("verdict %q: want one of %s", policy.Shorten(v, 40), strings.Join(allVerdicts, ", "))
+			return f, dq, fmt.Errorf("verdict %q: want one of %s", shorten.Text(v, 40), strings.Join(allVerdicts, ", "))
 		}
 		if !slices.Contains(f.Verdicts, v) {
 			f.Verdicts = append(f.Verdicts, v)
@@ -266,7 +267,7 @@ func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, e
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 || n > maxListLimit {
-			return f, dq, fmt.Errorf("limit %q: want a number from 1 to 1000", policy.Shorten(l, 20))
+			return f, dq, fmt.Errorf("limit %q: want a number from 1 to 1000", shorten.Text(l, 20))
 		}
 		f.Limit = n
 	}
@@ -284,7 +285,7 @@ func parseSince(s string) (time.Duration, error) {
 	} else if d, err := time.ParseDuration(s); err == nil && d > 0 {
 		return d, nil
 	}
-	return 0, fmt.Errorf("since %q: want a duration such as 30m, 24h or 7d, or all", policy.Shorten(s, 40))
+	return 0, fmt.Errorf("since %q: want a duration such as 30m, 24h or 7d, or all", shorten.Text(s, 40))
 }
 
 type listData struct {
@@ -424,7 +425,7 @@ type grantForm struct {
 func (h *Handler) loadDecision(w http.ResponseWriter, r *http.Request, s *session) (evidence.Decision, bool) {
 	id := r.PathValue("id")
 	notFound := func() {
-		h.fail(w, r, s, http.StatusNotFound, fmt.Sprintf("There is no decision %q that you may see.", policy.Shorten(id, 80)))
+		h.fail(w, r, s, http.StatusNotFound, fmt.Sprintf("There is no decision %q that you may see.", shorten.Text(id, 80)))
 	}
 	if id == "" || len(id) > 256 || !utf8.ValidString(id) {
 		notFound()
@@ -580,7 +581,7 @@ func parseExpiry(s string) (time.Time, error) {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("expiry %q: want a UTC date and time such as 2026-12-09T17:00", policy.Shorten(s, 40))
+	return time.Time{}, fmt.Errorf("expiry %q: want a UTC date and time such as 2026-12-09T17:00", shorten.Text(s, 40))
 }
 
 func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
@@ -621,7 +622,7 @@ func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
 		known = known || (im.Ref != "" && im.Ref == form.Ref)
 	}
 	if !known {
-		refuse(fmt.Sprintf("The image %q is not a digest of this decision.", policy.Shorten(form.Ref, 200)))
+		refuse(fmt.Sprintf("The image %q is not a digest of this decision.", shorten.Text(form.Ref, 200)))
 		return
 	}
 	now := h.c.Now()

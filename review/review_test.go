@@ -25,6 +25,7 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/internal/testclock"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/policysource"
@@ -502,15 +503,13 @@ func TestListBadInput(t *testing.T) {
 	} {
 		w := f.do("GET", "/"+query, nil, c)
 		if w.Code != http.StatusBadRequest || !strings.Contains(text(w.Body.String()), want) {
-			t.Errorf("GET /%s = %d, want 400 saying %q\n%s", shorten(query), w.Code, want, text(w.Body.String()))
+			t.Errorf("GET /%s = %d, want 400 saying %q\n%s", shorten.Text(query, 60), w.Code, want, text(w.Body.String()))
 		}
 		if ids := rowIDs(w.Body.String()); len(ids) > 0 {
-			t.Errorf("GET /%s lists %v on bad input", shorten(query), ids)
+			t.Errorf("GET /%s lists %v on bad input", shorten.Text(query, 60), ids)
 		}
 	}
 }
-
-func shorten(s string) string { return policy.Shorten(s, 60) }
 
 func TestListNamespaceAccess(t *testing.T) {
 	f := newFixture(t)
@@ -616,7 +615,7 @@ func TestDetailAccess(t *testing.T) {
 		"/decisions/%ff%fe":                                   http.StatusNotFound,
 	} {
 		if w := f.do("GET", target, nil, c); w.Code != want {
-			t.Errorf("GET %s = %d, want %d", shorten(target), w.Code, want)
+			t.Errorf("GET %s = %d, want %d", shorten.Text(target, 60), w.Code, want)
 		}
 	}
 }

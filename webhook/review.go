@@ -16,6 +16,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -206,7 +207,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 	if help == "" {
 		help = DefaultExceptionHelp
 	}
-	help = policy.Shorten(help, maxFindingLine)
+	help = shorten.Text(help, maxFindingLine)
 	var b strings.Builder
 	fmt.Fprintf(&b, "buildguard denied %s %q in namespace %q: %d of %d images failed policy.", req.Kind.Kind, name, req.Namespace, denied, len(v.Images))
 	limit := MaxDenyMessage - len(help) - 1 - omittedReserve
@@ -234,7 +235,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 		if iv.Digest != "" && !strings.HasSuffix(iv.Image, "@"+iv.Digest) {
 			digest = " (" + iv.Digest + ")"
 		}
-		head := policy.Shorten(fmt.Sprintf("- %s %q image %s%s:", iv.ContainerKind, iv.Container, iv.Image, digest), maxFindingLine)
+		head := shorten.Text(fmt.Sprintf("- %s %q image %s%s:", iv.ContainerKind, iv.Container, iv.Image, digest), maxFindingLine)
 		head = "\n" + head
 		listed, denies := false, false
 		for _, f := range iv.Findings {
@@ -246,7 +247,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 			if listed {
 				first = ""
 			}
-			if add(first, "\n  ["+string(f.Rule)+"] "+policy.Shorten(f.Message, maxFindingLine), f.Rule) {
+			if add(first, "\n  ["+string(f.Rule)+"] "+shorten.Text(f.Message, maxFindingLine), f.Rule) {
 				listed = true
 			}
 		}
@@ -256,7 +257,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 	}
 	for _, f := range v.Findings {
 		if f.Action == policy.ActionDeny {
-			add("", "\n- ["+string(f.Rule)+"] "+policy.Shorten(f.Message, maxFindingLine), f.Rule)
+			add("", "\n- ["+string(f.Rule)+"] "+shorten.Text(f.Message, maxFindingLine), f.Rule)
 		}
 	}
 	if moreFindings > 0 {
@@ -269,7 +270,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 		if moreImages > 0 {
 			fmt.Fprintf(&b, " on %d more images", moreImages)
 		}
-		fmt.Fprintf(&b, " not shown (%s)", policy.Shorten(strings.Join(rules, ", "), omittedReserve-80))
+		fmt.Fprintf(&b, " not shown (%s)", shorten.Text(strings.Join(rules, ", "), omittedReserve-80))
 	}
 	b.WriteString("\n")
 	b.WriteString(help)
@@ -289,7 +290,7 @@ func warnings(v policy.Verdict) []string {
 	seen := map[string]bool{}
 	more := 0
 	add := func(w string) {
-		w = policy.Shorten(w, maxWarning)
+		w = shorten.Text(w, maxWarning)
 		switch {
 		case seen[w]:
 		case len(out) < MaxWarnings:

@@ -25,6 +25,7 @@ import (
 
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/provenance"
@@ -423,9 +424,9 @@ func writeAuditReport(w io.Writer, r *audit.Report, recorded bool) error {
 		workload := res.Namespace + "/" + strings.ToLower(res.Kind) + "/" + res.Name
 		switch {
 		case res.Error != "":
-			failed = append(failed, []string{workload, policy.Shorten(res.Error, 100)})
+			failed = append(failed, []string{workload, shorten.Text(res.Error, 100)})
 		case res.RecordError != "":
-			failed = append(failed, []string{workload, "not recorded: " + policy.Shorten(res.RecordError, 100)})
+			failed = append(failed, []string{workload, "not recorded: " + shorten.Text(res.RecordError, 100)})
 		}
 		if res.Verdict == policy.WouldDeny {
 			denied = append(denied, []string{workload, strings.Join(res.DenyRules, ",")})
