@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/kubeauth"
 	"buildguard.dev/buildguard/nodereport"
 )
 
@@ -140,9 +141,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	id, err := h.Auth.Authenticate(r.Context(), strings.TrimSpace(token))
 	if err != nil {
-		var ae *AuthError
+		var ae *kubeauth.Error
 		if errors.As(err, &ae) {
-			fail(w, ae.Code, "%s", ae.Msg)
+			fail(w, ae.Code, "%s", ae.Reason)
 			return
 		}
 		h.log().Error("authenticating a reporter failed", "error", err)

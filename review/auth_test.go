@@ -19,6 +19,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"buildguard.dev/buildguard/kubeauth"
 )
 
 func TestParseTokens(t *testing.T) {
@@ -61,9 +63,9 @@ func TestParseTokens(t *testing.T) {
 					t.Errorf("Authenticate(%q) = %+v, %v; want %+v", token, got, err, want)
 				}
 			}
-			var ae *AuthError
+			var ae *kubeauth.Error
 			if _, err := st.Authenticate(t.Context(), tok+"nope"); !errors.As(err, &ae) {
-				t.Errorf("unknown token: %v, want an *AuthError", err)
+				t.Errorf("unknown token: %v, want a *kubeauth.Error", err)
 			}
 		})
 	}
@@ -182,7 +184,7 @@ func TestTokenReviewer(t *testing.T) {
 			Extra: map[string]authenticationv1.ExtraValue{"authentication.kubernetes.io/pod-name": {"p"}}}},
 			want: User{Name: "system:serviceaccount:buildguard-system:reviewer", UID: "u-9", Groups: []string{"system:serviceaccounts"},
 				Extra: map[string][]string{"authentication.kubernetes.io/pod-name": {"p"}}}},
-		{name: "refused", status: authenticationv1.TokenReviewStatus{Error: "token has expired"}, err: "not authenticated: token has expired"},
+		{name: "refused", status: authenticationv1.TokenReviewStatus{Error: "token has expired"}, err: "token has expired"},
 		{name: "refused without a reason", status: authenticationv1.TokenReviewStatus{}, err: "did not accept the token"},
 		{name: "API error", apiErr: errors.New("connection refused"), err: "TokenReview: connection refused"},
 	} {
@@ -206,9 +208,12 @@ func TestTokenReviewer(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("Authenticate = %+v, %v; want an error with %q", u, err, tc.err)
 				}
-				var ae *AuthError
+				var ae *kubeauth.Error
 				if errors.As(err, &ae) != (tc.apiErr == nil) {
-					t.Errorf("errors.As(%v, *AuthError) wrong: only refusals are the caller's fault", err)
+					t.Errorf("errors.As(%v, *kubeauth.Error) wrong: only refusals are the caller's fault", err)
+				}
+				if ae != nil && ae.Code != 401 {
+					t.Errorf("refusal's Code = %d, want 401", ae.Code)
 				}
 				return
 			}

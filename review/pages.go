@@ -22,6 +22,7 @@ import (
 
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/internal/shorten"
+	"buildguard.dev/buildguard/kubeauth"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/records"
@@ -149,7 +150,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := h.ctx(r)
 	defer cancel()
 	u, err := h.c.Authenticator.Authenticate(ctx, token)
-	var ae *AuthError
+	var ae *kubeauth.Error
 	switch {
 	case errors.As(err, &ae):
 		h.limiter.fail(client, h.c.Now())

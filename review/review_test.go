@@ -27,6 +27,7 @@ import (
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/kubeauth"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/records"
@@ -49,7 +50,7 @@ func (f fakeAuth) Authenticate(_ context.Context, token string) (User, error) {
 	}
 	u, ok := f.users[token]
 	if !ok {
-		return User{}, &AuthError{Reason: "token expired"}
+		return User{}, &kubeauth.Error{Code: 401, Reason: "token expired"}
 	}
 	return u, nil
 }
