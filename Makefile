@@ -54,6 +54,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDecodeReview$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDecodeOnce$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzAppendReview$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./registry/ -run '^$$' -fuzz '^FuzzJSONCounter$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseAgent FuzzParseFalco FuzzParseTetragon FuzzParseDocker; do \
 	  $(GO) test ./nodereport/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
@@ -69,7 +70,8 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./policysource/ -run '^$$' -fuzz '^FuzzParseExceptionFile$$' -fuzztime $${FUZZTIME:-30s}
 
-bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records, cold provenance verification, node reports of a 1,000-node fleet.
+bench: tools ## Benchmarks: buildguard serve as shipped vs a do-nothing webhook (processes of their own), the in-process harness, cache memory, round trips, build-step analysis, decision records, cold provenance verification, node reports of a 1,000-node fleet.
+	$(GO) run ./bench/shipped -rounds 3 -duration 5s
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
 	$(GO) test -run '^$$' -bench 'AnalyzeStep|AnalyzeHistory' -benchmem -count 5 ./policy/

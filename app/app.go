@@ -62,6 +62,7 @@ type App struct {
 	events    *cluster.Events       // nil outside a cluster
 	reports   *ingest.TokenReviewer // nil: no node-report endpoints
 	review    *reviewServer         // nil without --review-listen
+	debug     net.Listener          // nil without --debug-listen
 	schedule  *audit.Schedule       // nil without --audit-interval
 
 	// checks are what /readyz asks beyond a certificate; Run adds the
@@ -148,6 +149,12 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 		return nil, err
 	}
 	a.listeners = append(a.listeners, ln)
+	if o.DebugListen != "" {
+		if a.debug, err = net.Listen("tcp", o.DebugListen); err != nil {
+			return nil, err
+		}
+		a.listeners = append(a.listeners, a.debug)
+	}
 	a.webhook = &server.Server{Listener: ln, CertFile: o.TLS.CertFile, KeyFile: o.TLS.KeyFile, Certificates: certs, Handler: mux,
 		Ready: a.ready, DrainDelay: o.DrainDelay, Log: log}
 	return a, nil
@@ -365,6 +372,9 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	if a.schedule != nil {
 		g.Go(func() error { return a.schedule.Run(ctx) })
+	}
+	if a.debug != nil {
+		runDebug(ctx, g, a.debug)
 	}
 	g.Go(func() error {
 		defer stop()

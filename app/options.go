@@ -36,6 +36,10 @@ type Options struct {
 	InCluster bool
 	// Version is the program's version, in its Kubernetes user agent.
 	Version string
+	// DebugListen is a loopback address where net/http/pprof is served
+	// over plain HTTP, for profiling the running process; "" (the
+	// default) serves nothing (--debug-listen).
+	DebugListen string
 
 	TLS        TLSOptions
 	Policy     PolicyOptions
@@ -228,6 +232,11 @@ func (o *Options) Validate() error {
 	}
 	if err := o.Store.validate(); err != nil {
 		return err
+	}
+	if o.DebugListen != "" {
+		if err := checkDebugListen(o.DebugListen); err != nil {
+			return err
+		}
 	}
 	if err := o.validateReview(); err != nil {
 		return err

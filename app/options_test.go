@@ -49,6 +49,12 @@ func TestValidate(t *testing.T) {
 		{"negative forwarder rate", func(o *Options) { o.Reports.ForwarderRate = -1 }, "--report-rate 20, --forwarder-report-rate -1: want more than 0"},
 		{"NaN report rate", func(o *Options) { o.Reports.Rate = math.NaN() }, "--report-rate NaN, --forwarder-report-rate 200: want more than 0"},
 		{"negative drain", func(o *Options) { o.DrainDelay = -time.Second }, "--drain-delay -1s: want 0 or more"},
+		{"debug on loopback", func(o *Options) { o.DebugListen = "127.0.0.1:6060" }, ""},
+		{"debug on IPv6 loopback", func(o *Options) { o.DebugListen = "[::1]:6060" }, ""},
+		{"debug on localhost", func(o *Options) { o.DebugListen = "localhost:0" }, ""},
+		{"debug on every address", func(o *Options) { o.DebugListen = ":6060" }, `--debug-listen ":6060": want a loopback address (127.0.0.1:PORT, [::1]:PORT or localhost:PORT); profiles are not for the network`},
+		{"debug on a pod's address", func(o *Options) { o.DebugListen = "10.0.0.5:6060" }, `--debug-listen "10.0.0.5:6060": want a loopback address (127.0.0.1:PORT, [::1]:PORT or localhost:PORT); profiles are not for the network`},
+		{"debug without a port", func(o *Options) { o.DebugListen = "127.0.0.1" }, `--debug-listen "127.0.0.1": address 127.0.0.1: missing port in address`},
 		{"CA file with CA secret", func(o *Options) {
 			inCluster(o)
 			o.TLS = TLSOptions{SelfManagedCASecret: "ca", DNSNames: []string{"b"}, CAFile: "ca.crt"}

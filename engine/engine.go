@@ -162,6 +162,8 @@ type Engine struct {
 	// nor turn that into a lookup failure failurePolicy allow admits. The
 	// default is DefaultMaxImageBytes.
 	MaxImageBytes int64
+
+	refs refCache
 }
 
 // Evaluate judges w. An error means the facts could not be gathered at
@@ -172,8 +174,13 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+	// The webhook has already bounded ctx by the API server's timeout,
+	// nearly always the sooner: a second timer would only cost.
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > timeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	log := e.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -236,11 +243,15 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	tooLarge := &policy.ResolveError{Kind: policy.ErrTooLarge, Message: fmt.Sprintf(
 		"the images of this workload hold more than %d bytes of build history and labels; buildguard judges no more of them", maxBytes)}
 	var held atomic.Int64
+	// fetchesMore is set when an image's lookup goes on to signatures or
+	// node evidence, which may wait for a registry or the store.
+	verifies := e.Verifier != nil && anyNeedsProvenance(sel.Policies)
+	fetchesMore := verifies || e.Evidence != nil && buildWindow(sel.Policies) > 0
 	for _, c := range facts.Containers {
 		if _, seen := results[c.Image]; seen {
 			continue
 		}
-		ref, err := name.ParseReference(c.Image)
+		ref, err := e.refs.parse(c.Image, false)
 		if err == nil {
 			refs[c.Image] = ref
 		}
@@ -259,13 +270,12 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 		req := registry.Request{Ref: ref, Auth: *auth, Insecure: anyInsecure(sel.Policies, ref)}
 		if req.Insecure {
 			// Re-parse so go-containerregistry speaks plain HTTP to it.
-			if r2, err := name.ParseReference(c.Image, name.Insecure); err == nil {
+			if r2, err := e.refs.parse(c.Image, true); err == nil {
 				req.Ref = r2
 			}
 		}
 		image := c.Image
-		lookups = append(lookups, func() {
-			img, err := e.Resolver.Resolve(lctx, req)
+		done := func(img *policy.Image, err error) {
 			if err == nil && held.Add(registry.ImageBytes(img)) > maxBytes {
 				img, err = nil, tooLarge
 				stop(tooLarge)
@@ -285,7 +295,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 				return
 			}
 			res.img = img
-			if e.Verifier != nil {
+			if verifies {
 				res.prov = e.verify(ctx, req, img, sel.Policies)
 			}
 			if e.Evidence != nil {
@@ -293,7 +303,17 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 					res.builds = e.builds(ctx, log, req.Ref, img, w)
 				}
 			}
-		})
+		}
+		// An image in the caches, with nothing more to fetch about it,
+		// is judged without a goroutine of its own: that is every image
+		// of nearly every review.
+		if cr, ok := e.Resolver.(cachedResolver); ok && !fetchesMore {
+			if img, ok := cr.Cached(req); ok {
+				done(img, nil)
+				continue
+			}
+		}
+		lookups = append(lookups, func() { done(e.Resolver.Resolve(lctx, req)) })
 	}
 	// The last lookup runs on this goroutine: most workloads have one
 	// image, and a cached lookup costs less than starting a goroutine.
@@ -473,6 +493,21 @@ func decideAll(ps []*policy.Policy, f policy.Facts) policy.Verdict {
 		vs[i] = policy.Decide(p, f)
 	}
 	return policy.Combine(vs)
+}
+
+// cachedResolver is a Resolver that answers from its caches without
+// waiting. *registry.Client is one.
+type cachedResolver interface {
+	Cached(r registry.Request) (*policy.Image, bool)
+}
+
+func anyNeedsProvenance(ps []*policy.Policy) bool {
+	for _, p := range ps {
+		if p.NeedsProvenance() {
+			return true
+		}
+	}
+	return false
 }
 
 func anyAllows(ps []*policy.Policy, ref name.Reference) bool {

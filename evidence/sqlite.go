@@ -3,6 +3,7 @@ package evidence
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -199,8 +200,15 @@ func (s *SQLite) prepare(ctx context.Context) error {
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, source, event_id) DO NOTHING`},
 		{s.w, &s.insDecision, `INSERT INTO decisions (id, time, operation, namespace, kind, name, username, user_groups, mode, verdict, rules, images, exceptions)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`},
-		{s.w, &s.insRule, `INSERT INTO decision_rules (decision_id, rule) VALUES (?, ?) ON CONFLICT DO NOTHING`},
-		{s.w, &s.insImage, `INSERT INTO decision_images (decision_id, image) VALUES (?, ?) ON CONFLICT DO NOTHING`},
+		// One statement per transaction for all the rows of a batch's
+		// rules and images, given as a JSON array of [decision id, value]
+		// pairs: a statement per row cost more than the decisions' own
+		// rows (two images rows per container; "WHERE true" is how SQLite
+		// parses an upsert after a SELECT).
+		{s.w, &s.insRule, `INSERT INTO decision_rules (decision_id, rule)
+			SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) WHERE true ON CONFLICT DO NOTHING`},
+		{s.w, &s.insImage, `INSERT INTO decision_images (decision_id, image)
+			SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) WHERE true ON CONFLICT DO NOTHING`},
 		{s.r, &s.byImage, sqliteBuildsByImageID},
 		{s.r, &s.byTag, sqliteBuildsByTag},
 		{s.r, &s.conns, "SELECT " + sqliteConnColumns + ` FROM connections c
@@ -375,6 +383,7 @@ func (s *SQLite) addDecisions(ctx context.Context, pds []preparedDecision) error
 	}
 	defer tx.Rollback()
 	insDecision, insRule, insImage := tx.StmtContext(ctx, s.insDecision), tx.StmtContext(ctx, s.insRule), tx.StmtContext(ctx, s.insImage)
+	var rules, images [][2]string
 	for _, d := range pds {
 		res, err := insDecision.ExecContext(ctx, d.ID, d.Time.UnixMicro(), d.Operation, d.Namespace,
 			d.Kind, d.Name, d.User, jsonList(d.Groups), d.Mode, d.Verdict, jsonList(d.Rules), rawArg(d.Images), jsonList(d.Exceptions))
@@ -389,14 +398,25 @@ func (s *SQLite) addDecisions(ctx context.Context, pds []preparedDecision) error
 			continue // recorded before
 		}
 		for _, r := range d.Rules {
-			if _, err := insRule.ExecContext(ctx, d.ID, r); err != nil {
-				return err
-			}
+			rules = append(rules, [2]string{d.ID, r})
 		}
 		for _, ref := range d.refs {
-			if _, err := insImage.ExecContext(ctx, d.ID, ref); err != nil {
-				return err
-			}
+			images = append(images, [2]string{d.ID, ref})
+		}
+	}
+	for _, x := range []struct {
+		st    *sql.Stmt
+		pairs [][2]string
+	}{{insRule, rules}, {insImage, images}} {
+		if len(x.pairs) == 0 {
+			continue
+		}
+		b, err := json.Marshal(x.pairs)
+		if err != nil {
+			return err
+		}
+		if _, err := x.st.ExecContext(ctx, string(b)); err != nil {
+			return err
 		}
 	}
 	return tx.Commit()

@@ -47,10 +47,13 @@ type trustedTime struct {
 // index, or the finish of a build a node outside the approved build nodes
 // reported. Config created is not one of them: the build writes it.
 func (p *Policy) trustedTimes(c Container, img *Image, now time.Time) map[string]trustedTime {
-	out := map[string]trustedTime{}
+	var out map[string]trustedTime // most images have none: no map
 	consider := func(digest string, t trustedTime) {
 		if t.at.IsZero() || t.at.Unix() <= 0 {
 			return
+		}
+		if out == nil {
+			out = map[string]trustedTime{}
 		}
 		if cur, ok := out[digest]; !ok || t.at.Before(cur.at) {
 			out[digest] = t
@@ -141,6 +144,36 @@ func (p *Policy) inconsistentCreated(c Container, img *Image, now time.Time) []F
 		if pl.Created.IsZero() || pl.Created.Unix() <= 0 || p.provenanceVouches(c, img, pl.Digest) {
 			continue
 		}
+		// Nearly every image agrees with itself: look for the
+		// contradiction before building its evidence, which every cached
+		// review would otherwise pay for per container.
+		step := -1
+		for i, h := range pl.History {
+			if h.Created.Sub(pl.Created) > p.maxClockSkew {
+				step = i
+				break
+			}
+		}
+		var build *BuildEvidence
+		var start time.Time
+		if step < 0 && p.evidence != nil {
+			for i := range c.Builds {
+				b := &c.Builds[i]
+				start = b.Started
+				if start.IsZero() {
+					start = b.Finished
+				}
+				if b.MatchedBy != "image-id" || (b.Platform != "" && b.Platform != pl.Platform) || p.approvedNode(b.Node) ||
+					p.buildTimeProblem(*b, img, now) != nil || start.Sub(pl.Created) <= p.maxClockSkew {
+					continue
+				}
+				build = b
+				break
+			}
+		}
+		if step < 0 && build == nil {
+			continue
+		}
 		created := pl.Created.UTC().Format(time.RFC3339)
 		ev := map[string]any{"created": created, "configDigest": pl.ConfigDigest, "maxClockSkew": human(p.maxClockSkew)}
 		on := ""
@@ -149,32 +182,15 @@ func (p *Policy) inconsistentCreated(c Container, img *Image, now time.Time) []F
 			on = " (" + pl.Platform + ")"
 		}
 		var msg string
-		for i, h := range pl.History {
-			if h.Created.Sub(pl.Created) > p.maxClockSkew {
-				ev["reason"], ev["stepIndex"], ev["stepCreated"] = "history-after-created", i, h.Created.UTC().Format(time.RFC3339)
-				msg = fmt.Sprintf("image%s claims to be created at %s, but its build step %d is dated %s, %s later",
-					on, created, i, ev["stepCreated"], human(h.Created.Sub(pl.Created).Round(time.Second)))
-				break
-			}
-		}
-		if msg == "" && p.evidence != nil {
-			for _, b := range c.Builds {
-				start := b.Started
-				if start.IsZero() {
-					start = b.Finished
-				}
-				if b.MatchedBy != "image-id" || (b.Platform != "" && b.Platform != pl.Platform) || p.approvedNode(b.Node) ||
-					p.buildTimeProblem(b, img, now) != nil || start.Sub(pl.Created) <= p.maxClockSkew {
-					continue
-				}
-				ev["reason"], ev["node"], ev["buildStarted"] = "created-before-build", b.Node, start.UTC().Format(time.RFC3339)
-				msg = fmt.Sprintf("image%s claims to be created at %s, %s before node %s started building it (%s)",
-					on, created, human(start.Sub(pl.Created).Round(time.Second)), b.Node, ev["buildStarted"])
-				break
-			}
-		}
-		if msg == "" {
-			continue
+		if step >= 0 {
+			h := pl.History[step]
+			ev["reason"], ev["stepIndex"], ev["stepCreated"] = "history-after-created", step, h.Created.UTC().Format(time.RFC3339)
+			msg = fmt.Sprintf("image%s claims to be created at %s, but its build step %d is dated %s, %s later",
+				on, created, step, ev["stepCreated"], human(h.Created.Sub(pl.Created).Round(time.Second)))
+		} else {
+			ev["reason"], ev["node"], ev["buildStarted"] = "created-before-build", build.Node, start.UTC().Format(time.RFC3339)
+			msg = fmt.Sprintf("image%s claims to be created at %s, %s before node %s started building it (%s)",
+				on, created, human(start.Sub(pl.Created).Round(time.Second)), build.Node, ev["buildStarted"])
 		}
 		out = append(out, p.finding(RuleInconsistentCreatedTime, SeverityHigh,
 			msg+": its metadata contradicts itself, the mark of a created time set back to pass freshness", ev))

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -58,6 +59,10 @@ type Policy struct {
 	exceptions   []exception
 	changes      *changeControl
 	steps        *stepMemo
+	allowed      *repoMemo
+	// insecureHosts remembers Insecure's answers as allowed does
+	// RegistryAllowed's.
+	insecureHosts *repoMemo
 	// verifiedAction is the action on steps whose only findings are
 	// verified downloads; "" for the rule's action.
 	verifiedAction Action
@@ -132,7 +137,7 @@ func Compile(s Spec) (*Policy, error) { return CompileNamed("", s) }
 // CompileNamed is Compile for a policy with a name, such as a
 // ClusterBuildPolicy's; findings then say which policy raised them.
 func CompileNamed(name string, s Spec) (*Policy, error) {
-	p := &Policy{name: name, spec: s, mode: s.Mode, failure: s.FailurePolicy, steps: &stepMemo{}}
+	p := &Policy{name: name, spec: s, mode: s.Mode, failure: s.FailurePolicy, steps: &stepMemo{}, allowed: &repoMemo{}, insecureHosts: &repoMemo{}}
 	if p.mode == "" {
 		p.mode = ModeEnforce
 	}
@@ -314,18 +319,59 @@ func (p *Policy) Action(rule RuleID) Action {
 // on a link-local or cloud-metadata address is never allowed, whatever
 // registries.allow says.
 func (p *Policy) RegistryAllowed(repo name.Repository) bool {
-	if ForbiddenHost(repo.RegistryStr()) {
-		return false
+	return p.allowed.get(repo.Name(), func(string) bool {
+		if ForbiddenHost(repo.RegistryStr()) {
+			return false
+		}
+		_, ok := matchAny(p.allow, repo.Name())
+		return ok
+	})
+}
+
+// maxMemoRepos bounds the repositories a policy remembers the answer of
+// registries.allow for.
+const maxMemoRepos = 8192
+
+// repoMemo remembers RegistryAllowed's answers by repository (and
+// Insecure's by registry): the same
+// repositories come back with every admission, and matching the globs
+// (regular expressions) and the forbidden addresses cost more than the
+// rest of a cached image's judgement. It only memoizes a pure function.
+type repoMemo struct {
+	mu sync.RWMutex
+	m  map[string]bool
+}
+
+func (r *repoMemo) get(repo string, f func(string) bool) bool {
+	if r == nil {
+		return f(repo)
 	}
-	_, ok := matchAny(p.allow, repo.Name())
+	r.mu.RLock()
+	ok, found := r.m[repo]
+	r.mu.RUnlock()
+	if found {
+		return ok
+	}
+	ok = f(repo)
+	r.mu.Lock()
+	if r.m == nil || len(r.m) >= maxMemoRepos {
+		r.m = map[string]bool{}
+	}
+	r.m[repo] = ok
+	r.mu.Unlock()
 	return ok
 }
 
 // Insecure reports whether registry (host[:port]) is to be reached over
 // plain HTTP.
 func (p *Policy) Insecure(registry string) bool {
-	_, ok := matchAny(p.insecure, registry)
-	return ok
+	if len(p.insecure) == 0 {
+		return false
+	}
+	return p.insecureHosts.get(registry, func(registry string) bool {
+		_, ok := matchAny(p.insecure, registry)
+		return ok
+	})
 }
 
 // ForbiddenHost reports whether host (a registry host, optionally with a

@@ -332,6 +332,9 @@ func (p *Policy) freshness(img *Image, now time.Time, trusted map[string]trusted
 			continue // reproducible builds write epoch zero: unknown, not fresh
 		}
 		age := now.Sub(created)
+		if -age <= p.maxClockSkew && age >= p.minAge {
+			continue // old enough: no evidence to build
+		}
 		ev := map[string]any{
 			"created":      created.UTC().Format(time.RFC3339),
 			"ageSeconds":   int64(age / time.Second),

@@ -216,6 +216,53 @@ func (c *Client) Resolve(ctx context.Context, r Request) (*policy.Image, error) 
 	return c.image(ctx, r, dig)
 }
 
+// Cached returns the image r names when the caches hold it (for a tag,
+// a resolution younger than the tag TTL), without contacting a registry
+// or waiting for anyone; false sends the caller to Resolve. Hits are
+// counted as Resolve counts them; misses are left for Resolve to count.
+func (c *Client) Cached(r Request) (*policy.Image, bool) {
+	if policy.ForbiddenHost(r.Ref.Context().RegistryStr()) {
+		return nil, false
+	}
+	if r.Auth.Keychain == nil {
+		r.Auth = Anonymous()
+	}
+	key, tag := "", false
+	switch ref := r.Ref.(type) {
+	case name.Digest:
+		key = ref.Name()
+	default:
+		if c.tagTTL <= 0 {
+			return nil, false
+		}
+		d, ok := c.tags.get(tagKey(r), c.now())
+		if !ok {
+			return nil, false
+		}
+		key, tag = r.Ref.Context().Name()+"@"+d, true
+	}
+	img, ok := c.images.get(key, time.Time{})
+	if !ok {
+		return nil, false
+	}
+	if tag {
+		c.obs.CacheResult("tag", true)
+	}
+	c.obs.CacheResult("digest", true)
+	return img, true
+}
+
+// tagKey is the tag cache's key of r: what a tag names may differ by
+// transport and credentials, so a resolution over plain HTTP or with
+// other credentials is not reused.
+func tagKey(r Request) string {
+	insecure := "false"
+	if r.Insecure {
+		insecure = "true"
+	}
+	return r.Ref.Name() + "\x00" + insecure + "\x00" + r.Auth.Key
+}
+
 // CachedImages returns the number of images in the cache.
 func (c *Client) CachedImages() int { return c.images.len() }
 
@@ -227,7 +274,7 @@ func (c *Client) digestOf(ctx context.Context, r Request) (name.Digest, error) {
 	}
 	// What a tag names may differ by transport and credentials: a
 	// resolution over plain HTTP or with other credentials is not reused.
-	key := fmt.Sprintf("%s\x00%t\x00%s", r.Ref.Name(), r.Insecure, r.Auth.Key)
+	key := tagKey(r)
 	if c.tagTTL > 0 {
 		if d, ok := c.tags.get(key, c.now()); ok {
 			c.obs.CacheResult("tag", true)

@@ -293,3 +293,40 @@ func (k staticKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	}
 	return authn.Anonymous, nil
 }
+
+// TestCached: Cached answers from the caches only, as Resolve would, and
+// never contacts the registry.
+func TestCached(t *testing.T) {
+	reg := testregistry.New(t)
+	d := reg.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: old}))
+	clock := testclock.New(old)
+	c := newClient(registry.WithClock(clock.Now), registry.WithTagTTL(30*time.Second))
+	tag, byDigest := reg.Ref(t, "acme/shop:1"), reg.Ref(t, "acme/shop@"+d.String())
+	cached := func(ref name.Reference) (*policy.Image, bool) {
+		return c.Cached(registry.Request{Ref: ref, Insecure: true})
+	}
+	reg.Reset()
+	if img, ok := cached(tag); ok || reg.Count() != 0 {
+		t.Fatalf("Cached(tag) before any lookup = %v, %v after %d requests; want false and none", img, ok, reg.Count())
+	}
+	want, err := resolve(t, c, tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Reset()
+	for _, ref := range []name.Reference{tag, byDigest} {
+		if img, ok := cached(ref); !ok || img != want {
+			t.Errorf("Cached(%v) = %v, %v; want the image Resolve returned", ref, img, ok)
+		}
+	}
+	clock.Advance(31 * time.Second) // the tag's resolution expires, the image stays
+	if img, ok := cached(tag); ok {
+		t.Errorf("Cached(%v) after the tag TTL = %v, true; want false", tag, img)
+	}
+	if img, ok := cached(byDigest); !ok || img != want {
+		t.Errorf("Cached(%v) after the tag TTL = %v, %v; want the image", byDigest, img, ok)
+	}
+	if n := reg.Count(); n != 0 {
+		t.Errorf("Cached made %d registry requests, want none", n)
+	}
+}

@@ -85,6 +85,7 @@ func TestRetro(t *testing.T) {
 	for testutil.ToFloat64(r.Found().WithLabelValues("host-built", "shop")) < 1 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
+	recs.waitFor(1)
 	time.Sleep(200 * time.Millisecond) // let the other judgements finish
 	if n := testutil.ToFloat64(r.Found().WithLabelValues("host-built", "shop")); n != 1 {
 		t.Errorf("retroactive findings = %v, want 1 (host-built, once)", n)
@@ -125,6 +126,19 @@ func (r *recorded) Decided(_ context.Context, d decision.Decision) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.got = append(r.got, records.FromDecision(d))
+}
+
+// waitFor waits up to 10s for n records: a finding is counted before its
+// record is handed on, so the metric alone does not say the record is there.
+func (r *recorded) waitFor(n int) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		r.mu.Lock()
+		got := len(r.got)
+		r.mu.Unlock()
+		if got >= n {
+			return
+		}
+	}
 }
 
 // countingEvaluator counts the judgements.
@@ -220,6 +234,7 @@ func TestRetroLateConnection(t *testing.T) {
 	if n := testutil.ToFloat64(r.Found().WithLabelValues("untrusted-egress", "shop")); n != 1 {
 		t.Fatalf("retroactive untrusted-egress findings = %v, want 1", n)
 	}
+	recs.waitFor(1)
 	time.Sleep(100 * time.Millisecond)
 	sink.mu.Lock()
 	if len(sink.got) != 1 || sink.got[0] != "shop/lateconn BuildguardLateEvidence" {
@@ -285,6 +300,7 @@ func TestRetroBuildAfterAdmission(t *testing.T) {
 	if n := testutil.ToFloat64(r.Found().WithLabelValues("host-built", "shop")); n != 0 {
 		t.Errorf("retroactive host-built findings = %v, want 0: the build is dated after the admission", n)
 	}
+	recs.waitFor(1)
 	recs.mu.Lock()
 	defer recs.mu.Unlock()
 	if len(recs.got) != 1 || recs.got[0].Verdict != "warn" || !slices.Contains(recs.got[0].Rules, "implausible-build-time") {

@@ -134,14 +134,18 @@ func serveReview(w http.ResponseWriter, r *http.Request, limit int64, log *slog.
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	out := admissionv1.AdmissionReview{TypeMeta: in.typeMeta, Response: resp}
-	var buf bytes.Buffer
-	if err := json.NewEncoder(&buf).Encode(&out); err != nil {
-		http.Error(w, "encoding response: "+err.Error(), http.StatusInternalServerError)
-		return
+	body, ok := appendReview(make([]byte, 0, 512), in.typeMeta, resp)
+	if !ok {
+		var buf bytes.Buffer
+		out := admissionv1.AdmissionReview{TypeMeta: in.typeMeta, Response: resp}
+		if err := json.NewEncoder(&buf).Encode(&out); err != nil {
+			http.Error(w, "encoding response: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		body = buf.Bytes()
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Write(buf.Bytes())
+	w.Write(body)
 }
 
 func readReview(w http.ResponseWriter, r *http.Request, limit int64, decode func([]byte) (decoded, error)) (decoded, error) {

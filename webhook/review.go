@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -64,8 +63,15 @@ func (h *Handler) reviewDecoded(ctx context.Context, d decoded) (*admissionv1.Ad
 		return errored(req.UID, http.StatusInternalServerError, fmt.Errorf("buildguard could not evaluate this request: %w", err)), nil, nil
 	}
 	log := h.log()
-	if log.Enabled(ctx, slog.LevelInfo) {
-		log.Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
+	// An allow is logged at debug: at info, under load, allows were
+	// nearly all of the log (25 MB in 20 s) and 7% of the CPU. Every
+	// deny, would-deny and warn is logged at info.
+	level := slog.LevelInfo
+	if v.Word() == "allow" {
+		level = slog.LevelDebug
+	}
+	if log.Enabled(ctx, level) {
+		log.Log(ctx, level, "decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
 			"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(v.RuleIDs(policy.ActionWarn), ","))
 	}
 	dec := h.decision(req, w, v)
@@ -353,8 +359,7 @@ func auditAnnotations(v policy.Verdict) map[string]string {
 		}
 	}
 	if len(digests) > 0 {
-		b, _ := json.Marshal(digests) // map[string]string always marshals
-		a[AnnotationDigests] = string(b)
+		a[AnnotationDigests] = string(appendStringMap(nil, digests)) // as json.Marshal writes it
 	}
 	if rules := v.RuleIDs(policy.ActionWarn); len(rules) > 0 {
 		a[AnnotationRules] = strings.Join(rules, ",")

@@ -1,8 +1,10 @@
 package webhook_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -286,5 +288,40 @@ func TestDenialGolden(t *testing.T) {
 	}
 	if strings.TrimSpace(string(want)) != s {
 		t.Errorf("denial response differs from %s (run with -update if intended):\ngot:\n%s\nwant:\n%s", golden, s, want)
+	}
+}
+
+// TestDecisionLogLevels: an allow is logged at debug, every other
+// decision at info.
+func TestDecisionLogLevels(t *testing.T) {
+	for _, tt := range []struct {
+		name, mode string
+		image      func(*fixture) string
+		verdict    string
+	}{
+		{"allow", "enforce", func(f *fixture) string { return f.clean }, "allow"},
+		{"deny", "enforce", func(f *fixture) string { return f.fresh }, "deny"},
+		{"would-deny", "warn", func(f *fixture) string { return f.fresh }, "deny"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, "apiVersion: buildguard.dev/v1alpha1\nkind: Policy\nmode: "+tt.mode+"\nregistries:\n  allow: [\"127.0.0.1:*/acme/*\"]\n  insecure: [\"127.0.0.1:*\"]\n")
+			var buf bytes.Buffer
+			f.handler.Log = slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			obj, gvk := workload("Pod", tt.image(f))
+			f.handler.Review(t.Context(), request(t, admissionv1.Create, obj, gvk))
+			var line struct{ Level, Msg, Verdict string }
+			for _, l := range bytes.Split(bytes.TrimSpace(buf.Bytes()), []byte("\n")) {
+				if err := json.Unmarshal(l, &line); err == nil && line.Msg == "decided" {
+					break
+				}
+			}
+			want := "INFO"
+			if tt.name == "allow" {
+				want = "DEBUG"
+			}
+			if line.Msg != "decided" || line.Level != want || line.Verdict != tt.verdict {
+				t.Errorf("decided line = %+v, want level %s verdict %s; log:\n%s", line, want, tt.verdict, buf.Bytes())
+			}
+		})
 	}
 }

@@ -43,7 +43,7 @@ func nodeAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return &usageError{msg: fmt.Sprintf("node-agent takes no arguments, got %q", fs.Args())}
 	}
-	log, err := newLogger(*logFormat, stderr)
+	log, err := newLogger(*logFormat, "", stderr)
 	if err != nil {
 		return err
 	}

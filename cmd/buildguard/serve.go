@@ -16,6 +16,7 @@ import (
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/cluster"
 	"buildguard.dev/buildguard/ingest"
+	"buildguard.dev/buildguard/internal/memlimit"
 	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/review"
 )
@@ -40,8 +41,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&o.DrainDelay, "drain-delay", defaultDrainDelay(), "on SIGTERM, keep serving this long with /readyz failing before stopping, while the cluster takes the pod out of the Service's endpoints (default 5s in a pod, 0 elsewhere)")
 	fs.StringVar(&o.TLS.CertFile, "tls-cert-file", "", "PEM certificate (chain); reloaded when it changes (required)")
 	fs.StringVar(&o.TLS.KeyFile, "tls-private-key-file", "", "PEM private key; reloaded when it changes (required)")
+	fs.StringVar(&o.DebugListen, "debug-listen", "", "loopback address (e.g. 127.0.0.1:6060) to serve net/http/pprof on, over plain HTTP, for profiling (default: off)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig for namespace labels and pull secrets; in a cluster the pod's service account is used")
 	logFormat := fs.String("log-format", "json", "log format: json or text")
+	logLevel := fs.String("log-level", "info", "lowest level logged: debug, info, warn or error; an allowed admission is logged at debug, every denied, would-be denied or warned one at info")
 	fs.DurationVar(&o.Policy.ReloadInterval, "policy-reload-interval", 5*time.Second, "how often the policy file is checked for changes")
 	fs.StringVar(&o.Policy.Source, "policy-source", "", `where policies come from: "file" (--config) or "crd" (ClusterBuildPolicy and BuildPolicyException resources); the default is file when --config is set`)
 	fs.StringVar(&o.TLS.SelfManagedCASecret, "self-managed-ca-secret", "", "instead of TLS files, keep a CA in this Secret ([namespace/]name) and serve certificates it signs for --tls-dns-names")
@@ -88,9 +91,17 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := o.Validate(); err != nil {
 		return asUsage(err)
 	}
-	log, err := newLogger(*logFormat, stderr)
+	log, err := newLogger(*logFormat, *logLevel, stderr)
 	if err != nil {
 		return err
+	}
+	// A container's memory limit, unless GOMEMLIMIT says otherwise:
+	// the collector works harder near it instead of the kernel's OOM
+	// killer ending the process.
+	if ml, err := memlimit.Apply("/", memlimit.DefaultFraction); err != nil {
+		log.Warn("memory limit of the cgroup unreadable; the Go runtime has none", "error", err)
+	} else if ml.Source != "none" {
+		log.Info("Go memory limit", "bytes", ml.Limit, "source", ml.Source, "container", ml.Container)
 	}
 	a, err := app.New(ctx, o, log)
 	if err != nil {

@@ -61,13 +61,21 @@ func (s *storeFlags) open(ctx context.Context) (evidence.Store, error) {
 }
 
 // newLogger returns the logger of --log-format: "json" (for log
-// collectors) or "text", writing to w.
-func newLogger(format string, w io.Writer) (*slog.Logger, error) {
+// collectors) or "text", writing to w, and of --log-level: debug, info
+// (the default when level is ""), warn or error.
+func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if level != "" {
+		if err := l.UnmarshalText([]byte(level)); err != nil {
+			return nil, &usageError{msg: fmt.Sprintf("--log-level %q: want debug, info, warn or error", level)}
+		}
+	}
+	opts := &slog.HandlerOptions{Level: l}
 	switch format {
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, nil)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	case "text":
-		return slog.New(slog.NewTextHandler(w, nil)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), nil
 	}
 	return nil, &usageError{msg: fmt.Sprintf("--log-format %q: want json or text", format)}
 }
