@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -54,10 +55,7 @@ type Schedule struct {
 // Run scans once ready, then at every interval boundary, until ctx ends.
 // It returns nil.
 func (s *Schedule) Run(ctx context.Context) error {
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger.OrDiscard(s.Log)
 	now := s.Now
 	if now == nil {
 		now = time.Now

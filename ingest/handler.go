@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/kubeauth"
 	"buildguard.dev/buildguard/nodereport"
 )
@@ -117,10 +118,7 @@ type Result struct {
 }
 
 func (h *Handler) log() *slog.Logger {
-	if h.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return h.Log
+	return logger.OrDiscard(h.Log)
 }
 
 func fail(w http.ResponseWriter, code int, format string, args ...any) {

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/nodeagent/conns"
 	"buildguard.dev/buildguard/nodereport"
 )
@@ -69,10 +70,7 @@ func (a *Agent) now() time.Time {
 }
 
 func (a *Agent) log() *slog.Logger {
-	if a.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return a.Log
+	return logger.OrDiscard(a.Log)
 }
 
 // Run runs until ctx ends; the batch being gathered is then stored, so a

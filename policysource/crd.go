@@ -21,6 +21,7 @@ import (
 
 	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -111,10 +112,7 @@ func (s *CRD) WriteStatus(ctx context.Context) {
 }
 
 func (s *CRD) log() *slog.Logger {
-	if s.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return s.Log
+	return logger.OrDiscard(s.Log)
 }
 
 func (s *CRD) now() time.Time {

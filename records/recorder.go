@@ -18,6 +18,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -269,7 +270,7 @@ func New(store evidence.Store, journalPath string, opts ...Option) (*Recorder, e
 		return nil, err
 	}
 	r := &Recorder{
-		store: store, journal: j, log: slog.New(slog.DiscardHandler), now: time.Now,
+		store: store, journal: j, log: logger.OrDiscard(nil), now: time.Now,
 		queue: make(chan entry, DefaultQueueSize), pending: make(chan *waiter, pendingSize),
 		maxBatch: DefaultMaxBatch, writeTimeout: DefaultWriteTimeout,
 		health: health{min: DefaultMinBackoff, max: DefaultMaxBackoff},

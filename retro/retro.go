@@ -20,6 +20,7 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -112,10 +113,7 @@ func New(ev Evaluator, events EventSink, reg prometheus.Registerer, log *slog.Lo
 }
 
 func (r *Judge) log() *slog.Logger {
-	if r.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return r.Log
+	return logger.OrDiscard(r.Log)
 }
 
 // Decided remembers a workload the webhook admitted, the digests of its

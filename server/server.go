@@ -19,6 +19,8 @@ import (
 
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	"github.com/go-logr/logr"
+
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // Defaults of Server's fields.
@@ -77,10 +79,7 @@ func CheckFiles(certFile, keyFile string) error {
 
 // Run serves until ctx ends, then shuts down gracefully.
 func (s *Server) Run(ctx context.Context) error {
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger.OrDiscard(s.Log)
 	src := s.Certificates
 	if src == nil {
 		if err := CheckFiles(s.CertFile, s.KeyFile); err != nil {

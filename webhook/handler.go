@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"buildguard.dev/buildguard/decision"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -60,14 +61,8 @@ type Handler struct {
 	Now func() time.Time
 }
 
-// discard is the logger of a Handler without one.
-var discard = slog.New(slog.DiscardHandler)
-
 func (h *Handler) log() *slog.Logger {
-	if h.Log == nil {
-		return discard
-	}
-	return h.Log
+	return logger.OrDiscard(h.Log)
 }
 
 // RequestError is an HTTP request that is not an AdmissionReview.
