@@ -292,18 +292,7 @@ func (s *Source) exceptionChanged(ctx context.Context, o any) {
 	if !ok {
 		return
 	}
-	var spec ExceptionSpec
-	err := decodeSpec(u, &spec)
-	var x policy.Exceptions
-	if err == nil {
-		x, err = policy.CompileExceptions("spec", []policy.Exception{{
-			Images: spec.Images, Reason: spec.Reason, Expires: spec.Expires, ApprovedBy: spec.ApprovedBy,
-			Name: u.GetNamespace() + "/" + u.GetName(),
-		}})
-		if err != nil {
-			err = fmt.Errorf("%s", strings.Replace(err.Error(), "spec[0].", "spec.", 1))
-		}
-	}
+	x, spec, err := compileException(u)
 	if err != nil {
 		s.mu.Lock()
 		delete(s.exceptions[u.GetNamespace()], u.GetName())
@@ -319,6 +308,23 @@ func (s *Source) exceptionChanged(ctx context.Context, o any) {
 	s.exceptions[u.GetNamespace()][u.GetName()] = compiledExcept{x: x}
 	s.mu.Unlock()
 	s.setAccepted(ctx, ExceptionResource, u, true, "Valid", "applies until "+spec.Expires)
+}
+
+// compileException turns a BuildPolicyException into exceptions of its
+// namespace.
+func compileException(u *unstructured.Unstructured) (policy.Exceptions, ExceptionSpec, error) {
+	var spec ExceptionSpec
+	if err := decodeSpec(u, &spec); err != nil {
+		return policy.Exceptions{}, spec, err
+	}
+	x, err := policy.CompileExceptions("spec", []policy.Exception{{
+		Images: spec.Images, Reason: spec.Reason, Expires: spec.Expires, ApprovedBy: spec.ApprovedBy,
+		Name: u.GetNamespace() + "/" + u.GetName(),
+	}})
+	if err != nil {
+		return policy.Exceptions{}, spec, fmt.Errorf("%s", strings.Replace(err.Error(), "spec[0].", "spec.", 1))
+	}
+	return x, spec, nil
 }
 
 func (s *Source) exceptionDeleted(o any) {
