@@ -287,11 +287,18 @@ func (s *Stream) document(file string, d document, isJSON bool) error {
 	var root yaml.Node
 	if err := yaml.Unmarshal(d.data, &root); err != nil {
 		// yaml counts lines from the document's start; say the file's.
+		line := d.line
 		msg := yamlLine.ReplaceAllStringFunc(err.Error(), func(m string) string {
 			n, _ := strconv.Atoi(strings.TrimPrefix(m, "line "))
 			return fmt.Sprintf("line %d", n+d.line-1)
 		})
-		return &Error{File: file, Line: d.line, Err: errors.New(msg)}
+		if m := yamlLine.FindStringSubmatch(err.Error()); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			line = n + d.line - 1
+			// The line is the Error's: "f.yaml:4: yaml: mapping values …".
+			msg = strings.Replace(msg, fmt.Sprintf("line %d: ", line), "", 1)
+		}
+		return &Error{File: file, Line: line, Err: errors.New(msg)}
 	}
 	if root.Kind == 0 || len(root.Content) == 0 {
 		return nil // comments only

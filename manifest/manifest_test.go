@@ -176,8 +176,8 @@ func TestParseErrors(t *testing.T) {
 		line       int
 		msg        string
 	}{
-		{"yaml in the second document", "apiVersion: v1\nkind: Pod\n---\nkind: Pod\nmetadata:\n  name: a: b\n", 4, "yaml: line 6: mapping values are not allowed"},
-		{"tab indentation", "apiVersion: v1\nkind: Pod\nmetadata:\n\tname: a\n", 1, "line 4"},
+		{"yaml in the second document", "apiVersion: v1\nkind: Pod\n---\nkind: Pod\nmetadata:\n  name: a: b\n", 6, "f.yaml:6: yaml: mapping values are not allowed"},
+		{"tab indentation", "apiVersion: v1\nkind: Pod\nmetadata:\n\tname: a\n", 4, "f.yaml:4: yaml: found character that cannot start any token"},
 		{"json", "{\"apiVersion\": \"v1\",\n\"kind\": }\n", 2, "invalid character"},
 		{"helm template", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {{ .Values.name }}\n", 1, "invalid map key"},
 	} {
