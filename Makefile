@@ -61,7 +61,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./manifest/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $${FUZZTIME:-30s}
 
-bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records, cold provenance verification.
+bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records, cold provenance verification, node reports of a 1,000-node fleet.
 	$(GO) run ./bench -duration 10s -runs 3
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
 	$(GO) test -run '^$$' -bench 'AnalyzeStep|AnalyzeHistory' -benchmem -count 5 ./policy/
@@ -70,6 +70,7 @@ bench: ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, ca
 	$(GO) test -run '^$$' -bench 'Commit|Recorder' -benchtime 3s ./records/
 	$(GO) test -run '^$$' -bench DenyPath -benchtime 3s ./bench/denypath/
 	$(GO) test -run '^$$' -bench ColdVerification -benchtime 50x -count 3 ./provenance/
+	$(GO) run ./bench/fleet -nodes 1000 -interval 2s -duration 60s
 
 bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (make tools builds it).
 	test -x $(BIN)/cosign-v2 || tools/build.sh

@@ -106,6 +106,9 @@ func Start(name, logPath string, env []string, bin string, args ...string) (*Pro
 	return p, nil
 }
 
+// Pid is the process's ID.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Exited reports whether the process has ended.
 func (p *Process) Exited() bool {
 	select {

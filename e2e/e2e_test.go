@@ -396,7 +396,17 @@ spec:
 
 	t.Run("node reports: a build on a worker that talked to a raw IP is denied, and found late", func(t *testing.T) {
 		e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-node-agent")
-		token := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard"))
+		// Each node's agent reports with a token bound to its pod on that
+		// node: buildguard takes the node from the token.
+		tokens := map[string]string{}
+		tokenOf := func(node string) string {
+			if tokens[node] == "" {
+				e.mustKubectl(AgentPodYAML(node), "apply", "-f", "-")
+				tokens[node] = strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard",
+					"--bound-object-kind=Pod", "--bound-object-name=node-agent-"+node))
+			}
+			return tokens[node]
+		}
 		caB64 := e.mustKubectl("", "get", "validatingwebhookconfiguration", "buildguard", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}")
 		ca, err := base64.StdEncoding.DecodeString(caB64)
 		if err != nil {
@@ -410,7 +420,7 @@ spec:
 			t.Helper()
 			body := fmt.Sprintf(`{"apiVersion":"buildguard.dev/v1alpha1","kind":"NodeReport","node":%q,"sensor":"ebpf",%s}`, node, items)
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(bg.URL, "/validate")+"/v1/node-reports", strings.NewReader(body))
-			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Authorization", "Bearer "+tokenOf(node))
 			resp, err := client.Do(req)
 			if err != nil {
 				t.Fatal(err)

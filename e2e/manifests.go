@@ -78,7 +78,7 @@ const webhookNamespaces = `  namespaceSelector:
     matchExpressions:
     - key: kubernetes.io/metadata.name
       operator: NotIn
-      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system"]
+      values: ["kube-system", "kube-public", "kube-node-lease", "buildguard-system", "buildguard-node-agent"]
 `
 
 // WebhookYAML is the Validating- and MutatingWebhookConfiguration
@@ -86,6 +86,32 @@ const webhookNamespaces = `  namespaceSelector:
 // same server's /mutate.
 func WebhookYAML(validateURL string) string {
 	return fmt.Sprintf(webhookTemplate, validateURL, strings.TrimSuffix(validateURL, "/validate")+"/mutate", webhookRules, webhookNamespaces)
+}
+
+// AgentPodYAML is a Node and a pod of the node agent's service account
+// on it, node-agent-<node> in buildguard-node-agent (which must exist),
+// tolerating everything as the DaemonSet's pods do (no kubelet runs: the
+// node goes NotReady). A token bound to the pod carries the node's name,
+// as the agent's projected token does, and buildguard takes reports made
+// with it as that node's:
+//
+//	kubectl create token buildguard-node-agent -n buildguard-node-agent --audience=buildguard \
+//	    --bound-object-kind=Pod --bound-object-name=node-agent-<node>
+func AgentPodYAML(node string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Node
+metadata: {name: %[1]s}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: node-agent-%[1]s, namespace: buildguard-node-agent}
+spec:
+  nodeName: %[1]s
+  serviceAccountName: buildguard-node-agent
+  automountServiceAccountToken: false
+  tolerations: [{operator: Exists}]
+  containers: [{name: agent, image: agent:1}]
+`, node)
 }
 
 // PolicyYAML is the ClusterBuildPolicy "default": enforce, images only

@@ -164,7 +164,9 @@ func TestNodeAgent(t *testing.T) {
 	// the CA of buildguard's serving certificate.
 	e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-node-agent")
 	tokenFile, caFile := filepath.Join(dir, "agent-token"), filepath.Join(dir, "buildguard-ca.pem")
-	token := e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard")
+	e.mustKubectl(AgentPodYAML("worker-1"), "apply", "-f", "-")
+	token := e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard",
+		"--bound-object-kind=Pod", "--bound-object-name=node-agent-worker-1")
 	ca, err := base64.StdEncoding.DecodeString(caB64)
 	if err != nil {
 		t.Fatal(err)

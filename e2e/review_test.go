@@ -216,7 +216,9 @@ func TestReviewUI(t *testing.T) {
 	// during the build; then both images are denied.
 	e.mustKubectl("", "create", "namespace", "buildguard-node-agent")
 	e.mustKubectl("", "create", "serviceaccount", "buildguard-node-agent", "-n", "buildguard-node-agent")
-	agentToken := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard"))
+	e.mustKubectl(AgentPodYAML("worker-3"), "apply", "-f", "-")
+	agentToken := strings.TrimSpace(e.mustKubectl("", "create", "token", "buildguard-node-agent", "-n", "buildguard-node-agent", "--audience=buildguard",
+		"--bound-object-kind=Pod", "--bound-object-name=node-agent-worker-3"))
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}

@@ -360,9 +360,11 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 			log.Warn("node evidence unavailable", "image", ref.String(), "digest", id, "error", err)
 			return false
 		}
+		// The store lists every node's newest build first; an event ID is
+		// one node's (another node may report the same one).
 		for _, b := range bs[:min(len(bs), maxBuildsPerImage)] {
-			if !seen[b.Source+"\x00"+b.EventID] {
-				seen[b.Source+"\x00"+b.EventID] = true
+			if k := b.Node + "\x00" + b.Source + "\x00" + b.EventID; !seen[k] {
+				seen[k] = true
 				out = append(out, toBuildEvidence(b, "image-id", platform))
 			}
 		}
@@ -429,7 +431,7 @@ func (e *Engine) builds(ctx context.Context, log *slog.Logger, ref name.Referenc
 				}
 				seenConn[k] = true
 				b.Connections = append(b.Connections, policy.ConnectionEvidence{
-					Source: c.Source, Node: c.Node, Time: c.Time, Process: c.Process, PID: c.PID, Cmdline: c.Cmdline,
+					Source: c.Source, Reporter: c.Reporter, Node: c.Node, Time: c.Time, Process: c.Process, PID: c.PID, Cmdline: c.Cmdline,
 					ContainerID: c.ContainerID, DestIP: c.DestIP, DestPort: c.DestPort, DestName: c.DestName,
 				})
 			}
@@ -451,7 +453,7 @@ func imageDigests(img *policy.Image) map[string]bool {
 
 func toBuildEvidence(b evidence.Build, matchedBy, platform string) policy.BuildEvidence {
 	return policy.BuildEvidence{
-		Source: b.Source, Node: b.Node, Tool: b.Tool, ImageID: b.ImageID, Tags: b.Tags, Started: b.Started, Finished: b.Finished,
+		Source: b.Source, Reporter: b.Reporter, Node: b.Node, Tool: b.Tool, ImageID: b.ImageID, Tags: b.Tags, Started: b.Started, Finished: b.Finished,
 		MatchedBy: matchedBy, Platform: platform, PIDs: b.PIDs, ContainerIDs: b.ContainerIDs,
 	}
 }

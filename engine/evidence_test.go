@@ -1,9 +1,11 @@
 package engine_test
 
 import (
+	"fmt"
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +135,89 @@ func TestTagFallback(t *testing.T) {
 			}
 			if strings.Join(got, " ") != tc.want {
 				t.Errorf("Evaluate findings = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+const agentUser = "system:serviceaccount:buildguard-system:buildguard-node-agent"
+
+// TestNodeEvidenceOfOtherNodes: builds another node reported of the same
+// image — with the same event ID, taken first, or many and newer — do not
+// hide a node's genuine build. ci-runner-1 is an approved build node.
+func TestNodeEvidenceOfOtherNodes(t *testing.T) {
+	reg := testregistry.New(t)
+	img := testregistry.Build(t, testregistry.Image{Created: now.Add(-2 * time.Hour)})
+	reg.Push(t, "acme/shop:1", img)
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Compile(policy.Spec{
+		Registries:   policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}},
+		NodeEvidence: &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-runner-*"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	built := now.Add(-90 * time.Minute)
+	build := func(node, eventID string, finished time.Time) evidence.Build {
+		return evidence.Build{Source: "agent", EventID: eventID, Node: node, Tool: "docker", ImageID: cfg.String(),
+			Tags: []string{reg.Host + "/acme/shop:1"}, Started: finished.Add(-time.Minute), Finished: finished}
+	}
+	// The agent's build ID for an image is predictable.
+	agentID := "docker-build/" + cfg.String()
+	var flood []evidence.Build
+	for i := range 3 * evidence.MaxBuildsPerNode {
+		flood = append(flood, build("ci-runner-1", fmt.Sprint("flood-", i), built.Add(time.Duration(i+1)*time.Minute)))
+	}
+	for _, tc := range []struct {
+		name   string
+		before []evidence.Build // what ci-runner-1 reports first
+	}{
+		{"the same event ID, taken first", []evidence.Build{build("ci-runner-1", agentID, built.Add(time.Minute))}},
+		{"many newer builds", flood},
+		{"both", append([]evidence.Build{build("ci-runner-1", agentID, built.Add(time.Minute))}, flood...)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "evidence.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer store.Close()
+			for _, r := range []evidence.Report{
+				{Node: "ci-runner-1", Builds: tc.before},
+				{Node: "worker-3", Reporter: agentUser, Builds: []evidence.Build{build("worker-3", agentID, built)}},
+			} {
+				if _, _, err := store.AddReport(t.Context(), r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			clock := testclock.New(now)
+			e := &engine.Engine{
+				Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
+				Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+				Evidence: store,
+				Now:      clock.Now,
+			}
+			v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod",
+				Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/shop:1"}}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			var reporter any
+			for _, f := range v.Images[0].Findings {
+				got = append(got, string(f.Rule)+": "+f.Message)
+				if f.Rule == policy.RuleHostBuilt && f.Evidence["node"] == "worker-3" {
+					reporter = f.Evidence["reporter"]
+				}
+			}
+			if v.Allowed || !slices.ContainsFunc(got, func(s string) bool { return strings.HasPrefix(s, "host-built: node worker-3 built") }) {
+				t.Errorf("Evaluate = allowed %v, findings %q; want denied host-built naming worker-3", v.Allowed, got)
+			}
+			if reporter != agentUser {
+				t.Errorf("the host-built finding's evidence names the reporter %v, want %s", reporter, agentUser)
 			}
 		})
 	}

@@ -129,27 +129,62 @@ func retry(ctx context.Context, f func() error) error {
 }
 
 const pgInsertBuilds = `WITH ins AS (
-	INSERT INTO builds (source, event_id, node, tool, image_id, started, finished, at, pids, container_ids, cgroup_id, steps, tags)
-	SELECT u.source, u.event_id, u.node, u.tool, u.image_id, u.started, u.finished, u.at,
+	INSERT INTO builds (source, event_id, node, reporter, tool, image_id, started, finished, at, pids, container_ids, cgroup_id, steps, tags)
+	SELECT u.source, u.event_id, u.node, u.reporter, u.tool, u.image_id, u.started, u.finished, u.at,
 		u.pids::jsonb, u.container_ids::jsonb, u.cgroup_id, u.steps::jsonb, u.tags::jsonb
-	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
-		$8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
-		AS u(source, event_id, node, tool, image_id, started, finished, at, pids, container_ids, cgroup_id, steps, tags)
-	ON CONFLICT (source, event_id) DO NOTHING
-	RETURNING id, source, event_id, at
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[],
+		$9::timestamptz[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[])
+		AS u(source, event_id, node, reporter, tool, image_id, started, finished, at, pids, container_ids, cgroup_id, steps, tags)
+	ON CONFLICT (node, source, event_id) DO NOTHING
+	RETURNING id, node, source, event_id, at
 ), tagged AS (
-	INSERT INTO build_tags (build_id, tag, at)
-	SELECT DISTINCT ins.id, t.tag, ins.at
-	FROM ins JOIN unnest($14::text[], $15::text[], $16::text[]) AS t(source, event_id, tag) USING (source, event_id)
+	INSERT INTO build_tags (build_id, tag, node, at)
+	SELECT DISTINCT ins.id, t.tag, ins.node, ins.at
+	FROM ins JOIN unnest($15::text[], $16::text[], $17::text[], $18::text[]) AS t(node, source, event_id, tag) USING (node, source, event_id)
 )
 SELECT count(*) FROM ins`
 
-const pgInsertConnections = `INSERT INTO connections (source, event_id, node, time, process, pid, cmdline, container_id, cgroup_id, dest_ip, dest_port, dest_name)
-SELECT u.source, u.event_id, u.node, u.time, u.process, u.pid, u.cmdline, u.container_id, u.cgroup_id, u.dest_ip::inet, u.dest_port, u.dest_name
-FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::int[], $7::text[], $8::text[],
-	$9::text[], $10::text[], $11::int[], $12::text[])
-	AS u(source, event_id, node, time, process, pid, cmdline, container_id, cgroup_id, dest_ip, dest_port, dest_name)
-ON CONFLICT (source, event_id) DO NOTHING`
+const pgInsertConnections = `INSERT INTO connections (source, event_id, node, reporter, time, process, pid, cmdline, container_id, cgroup_id, dest_ip, dest_port, dest_name)
+SELECT u.source, u.event_id, u.node, u.reporter, u.time, u.process, u.pid, u.cmdline, u.container_id, u.cgroup_id, u.dest_ip::inet, u.dest_port, u.dest_name
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::int[], $8::text[], $9::text[],
+	$10::text[], $11::text[], $12::int[], $13::text[])
+	AS u(source, event_id, node, reporter, time, process, pid, cmdline, container_id, cgroup_id, dest_ip, dest_port, dest_name)
+ON CONFLICT (node, source, event_id) DO NOTHING`
+
+// pgBuildsByImageID and pgBuildsByTag find the nodes that built an image
+// or tagged a tag by skipping through the index from one node to the next
+// (a loose index scan: one probe per node, however many builds a node
+// has), take each node's newest builds, and order them node-fairly.
+// Parameters: the image ID or tag, the most nodes, the most builds per
+// node, the most builds.
+const (
+	pgBuildsByImageID = `WITH RECURSIVE nodes(node, n) AS (
+	SELECT (SELECT node FROM builds WHERE image_id = $1 ORDER BY node LIMIT 1), 1
+	UNION ALL
+	SELECT (SELECT x.node FROM builds x WHERE x.image_id = $1 AND x.node > nodes.node ORDER BY x.node LIMIT 1), nodes.n + 1
+	FROM nodes WHERE nodes.node IS NOT NULL AND nodes.n < $2
+)
+SELECT ` + buildColumns + ` FROM (
+	SELECT p.*, row_number() OVER (PARTITION BY p.node ORDER BY p.at DESC, p.id DESC) AS rank
+	FROM nodes CROSS JOIN LATERAL (
+		SELECT x.* FROM builds x WHERE x.image_id = $1 AND x.node = nodes.node ORDER BY x.at DESC, x.id DESC LIMIT $3) p
+	WHERE nodes.node IS NOT NULL
+) b ORDER BY b.rank, b.at DESC, b.id DESC LIMIT $4`
+
+	pgBuildsByTag = `WITH RECURSIVE nodes(node, n) AS (
+	SELECT (SELECT node FROM build_tags WHERE tag = $1 ORDER BY node LIMIT 1), 1
+	UNION ALL
+	SELECT (SELECT x.node FROM build_tags x WHERE x.tag = $1 AND x.node > nodes.node ORDER BY x.node LIMIT 1), nodes.n + 1
+	FROM nodes WHERE nodes.node IS NOT NULL AND nodes.n < $2
+)
+SELECT ` + buildColumns + ` FROM (
+	SELECT p.*, row_number() OVER (PARTITION BY p.node ORDER BY p.at DESC, p.id DESC) AS rank
+	FROM nodes CROSS JOIN LATERAL (
+		SELECT x.build_id FROM build_tags x WHERE x.tag = $1 AND x.node = nodes.node ORDER BY x.at DESC, x.build_id DESC LIMIT $3) t
+	JOIN builds p ON p.id = t.build_id
+	WHERE nodes.node IS NOT NULL
+) b ORDER BY b.rank, b.at DESC, b.id DESC LIMIT $4`
+)
 
 // AddReport implements Store. A report is one transaction of at most two
 // statements, whatever its size.
@@ -200,34 +235,34 @@ func pgReportBatch(pr prepared, now time.Time) *pgx.Batch {
 	b := &pgx.Batch{}
 	if n := len(pr.builds); n > 0 {
 		var (
-			source, eventID, node, tool, imageID, cgroup = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-			started, finished                            = make([]*time.Time, n), make([]*time.Time, n)
-			at                                           = make([]time.Time, n)
-			pids, containerIDs, steps, tags              = make([]any, n), make([]any, n), make([]any, n), make([]any, n)
-			tagSource, tagEvent, tagTag                  []string
+			source, eventID, node, reporter, tool, imageID, cgroup = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+			started, finished                                      = make([]*time.Time, n), make([]*time.Time, n)
+			at                                                     = make([]time.Time, n)
+			pids, containerIDs, steps, tags                        = make([]any, n), make([]any, n), make([]any, n), make([]any, n)
+			tagNode, tagSource, tagEvent, tagTag                   []string
 		)
 		for i, bd := range pr.builds {
-			source[i], eventID[i], node[i], tool[i], imageID[i], cgroup[i] = bd.Source, bd.EventID, bd.Node, bd.Tool, bd.ImageID, bd.CgroupID
+			source[i], eventID[i], node[i], reporter[i], tool[i], imageID[i], cgroup[i] = bd.Source, bd.EventID, bd.Node, bd.Reporter, bd.Tool, bd.ImageID, bd.CgroupID
 			started[i], finished[i] = timePtr(bd.Started), timePtr(bd.Finished)
 			at[i] = microTime(buildTime(bd, now))
 			pids[i], containerIDs[i], steps[i], tags[i] = jsonList(bd.PIDs), jsonList(bd.ContainerIDs), jsonList(bd.Steps), jsonList(bd.Tags)
 			for _, t := range bd.Tags {
-				tagSource, tagEvent, tagTag = append(tagSource, bd.Source), append(tagEvent, bd.EventID), append(tagTag, t)
+				tagNode, tagSource, tagEvent, tagTag = append(tagNode, bd.Node), append(tagSource, bd.Source), append(tagEvent, bd.EventID), append(tagTag, t)
 			}
 		}
-		b.Queue(pgInsertBuilds, source, eventID, node, tool, imageID, started, finished, at,
+		b.Queue(pgInsertBuilds, source, eventID, node, reporter, tool, imageID, started, finished, at,
 			textArray(pids), textArray(containerIDs), cgroup, textArray(steps), textArray(tags),
-			nonNil(tagSource), nonNil(tagEvent), nonNil(tagTag))
+			nonNil(tagNode), nonNil(tagSource), nonNil(tagEvent), nonNil(tagTag))
 	}
 	if n := len(pr.conns); n > 0 {
 		var (
-			source, eventID, node, process, cmdline, container, cgroup, destName = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-			t                                                                    = make([]time.Time, n)
-			pid, port                                                            = make([]int, n), make([]int, n)
-			dest                                                                 = make([]*string, n)
+			source, eventID, node, reporter, process, cmdline, container, cgroup, destName = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+			t                                                                              = make([]time.Time, n)
+			pid, port                                                                      = make([]int, n), make([]int, n)
+			dest                                                                           = make([]*string, n)
 		)
 		for i, c := range pr.conns {
-			source[i], eventID[i], node[i], process[i], cmdline[i] = c.Source, c.EventID, c.Node, c.Process, c.Cmdline
+			source[i], eventID[i], node[i], reporter[i], process[i], cmdline[i] = c.Source, c.EventID, c.Node, c.Reporter, c.Process, c.Cmdline
 			container[i], cgroup[i], destName[i] = c.ContainerID, c.CgroupID, c.DestName
 			t[i], pid[i], port[i] = microTime(c.Time), c.PID, c.DestPort
 			if c.DestIP.IsValid() {
@@ -235,7 +270,7 @@ func pgReportBatch(pr prepared, now time.Time) *pgx.Batch {
 				dest[i] = &s
 			}
 		}
-		b.Queue(pgInsertConnections, source, eventID, node, t, process, pid, cmdline, container, cgroup, dest, port, destName)
+		b.Queue(pgInsertConnections, source, eventID, node, reporter, t, process, pid, cmdline, container, cgroup, dest, port, destName)
 	}
 	return b
 }
@@ -274,7 +309,7 @@ func pgTime(t *time.Time) time.Time {
 	return t.UTC()
 }
 
-const pgConnColumns = "c.source, c.event_id, c.node, c.time, c.process, c.pid, c.cmdline, c.container_id, c.cgroup_id, host(c.dest_ip), c.dest_port, c.dest_name"
+const pgConnColumns = "c.source, c.event_id, c.node, c.reporter, c.time, c.process, c.pid, c.cmdline, c.container_id, c.cgroup_id, host(c.dest_ip), c.dest_port, c.dest_name"
 
 // BuildsByImageID implements Store.
 func (p *Postgres) BuildsByImageID(ctx context.Context, imageID string) ([]Build, error) {
@@ -282,7 +317,7 @@ func (p *Postgres) BuildsByImageID(ctx context.Context, imageID string) ([]Build
 		return nil, nil
 	}
 	bs, err := pgQuery(ctx, p.pool, func(sc scanner) (Build, error) { return scanBuild(sc, pgTime) },
-		"SELECT "+buildColumns+" FROM builds b WHERE b.image_id = $1 ORDER BY b.at DESC, b.id DESC LIMIT $2", imageID, DefaultLimit)
+		pgBuildsByImageID, imageID, DefaultLimit, MaxBuildsPerNode, DefaultLimit)
 	if err != nil {
 		return nil, p.fail("BuildsByImageID", err)
 	}
@@ -295,8 +330,7 @@ func (p *Postgres) BuildsByTag(ctx context.Context, tag string, limit int) ([]Bu
 		return nil, nil
 	}
 	bs, err := pgQuery(ctx, p.pool, func(sc scanner) (Build, error) { return scanBuild(sc, pgTime) },
-		"SELECT "+buildColumns+` FROM build_tags t JOIN builds b ON b.id = t.build_id
-		WHERE t.tag = $1 ORDER BY t.at DESC, t.build_id DESC LIMIT $2`, tag, limitOr(limit, DefaultLimit))
+		pgBuildsByTag, tag, DefaultLimit, MaxBuildsPerNode, limitOr(limit, DefaultLimit))
 	if err != nil {
 		return nil, p.fail("BuildsByTag", err)
 	}

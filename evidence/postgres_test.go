@@ -2,8 +2,11 @@ package evidence
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 
 	"buildguard.dev/buildguard/internal/testpostgres"
 )
@@ -26,6 +29,39 @@ func TestPostgres(t *testing.T) {
 	migrateSuite(t, func(t *testing.T) func(context.Context) (Store, error) {
 		dsn := srv.NewDatabase(t)
 		return func(ctx context.Context) (Store, error) { return OpenPostgres(ctx, dsn) }
+	})
+}
+
+// TestPostgresMigrateFrom1 opens a database that schema version 1 made
+// and filled: the rows stay, and the new keys hold.
+func TestPostgresMigrateFrom1(t *testing.T) {
+	ctx := t.Context()
+	srv := testpostgres.Start(t)
+	dsn := srv.NewDatabase(t)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	ms, err := loadMigrations(migrationFiles, "migrations/postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{createMigrationsTable, ms[0].sql,
+		"INSERT INTO schema_migrations (version, name, applied_at) VALUES (1, 'initial', 0)",
+		fmt.Sprintf(v1Seed, fmt.Sprintf("to_timestamp(%d / 1e6)", v1BuildAt))} {
+		if _, err := conn.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s := openPostgresDSN(t, dsn)
+	stCheckVersions(t, s)
+	migratedFrom1(t, s, func(table string) int {
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
 	})
 }
 

@@ -26,6 +26,8 @@ type SQLite struct {
 	insBuild, insTag, insConn           *sql.Stmt // on w
 	insDecision, insRule, insImage      *sql.Stmt // on w
 	byImage, byTag, conns, decisionByID *sql.Stmt // on r
+
+	reports *reportWriter // AddReport's group commit
 }
 
 // SQLite settings. busy_timeout is how long a connection waits for another
@@ -102,6 +104,7 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		s.Close()
 		return fail(err)
 	}
+	s.reports = newReportWriter(s.addReports)
 	return s, nil
 }
 
@@ -147,7 +150,41 @@ func (s *SQLite) apply(ctx context.Context, m migration) error {
 	return tx.Commit()
 }
 
-const sqliteConnColumns = "c.source, c.event_id, c.node, c.time, c.process, c.pid, c.cmdline, c.container_id, c.cgroup_id, c.dest_ip, c.dest_port, c.dest_name"
+// sqliteBuildsByImageID and sqliteBuildsByTag find the nodes that built
+// an image or tagged a tag by skipping through the index from one node to
+// the next (a loose index scan: one probe per node, however many builds a
+// node has), take each node's newest builds by rowid (CROSS JOIN keeps
+// the nodes the outer loop), and order them node-fairly. Parameters: the image ID or tag, the most nodes, the most
+// builds per node, the most builds.
+const (
+	sqliteBuildsByImageID = `WITH RECURSIVE nodes(node, n) AS (
+	SELECT (SELECT node FROM builds WHERE image_id = ?1 ORDER BY node LIMIT 1), 1
+	UNION ALL
+	SELECT (SELECT x.node FROM builds x WHERE x.image_id = ?1 AND x.node > nodes.node ORDER BY x.node LIMIT 1), nodes.n + 1
+	FROM nodes WHERE nodes.node IS NOT NULL AND nodes.n < ?2
+), picked AS (
+	SELECT b.*, row_number() OVER (PARTITION BY b.node ORDER BY b.at DESC, b.id DESC) AS rank
+	FROM nodes CROSS JOIN builds b ON b.id IN (
+		SELECT x.id FROM builds x WHERE x.image_id = ?1 AND x.node = nodes.node ORDER BY x.at DESC, x.id DESC LIMIT ?3)
+	WHERE nodes.node IS NOT NULL
+)
+SELECT ` + buildColumns + ` FROM picked b ORDER BY b.rank, b.at DESC, b.id DESC LIMIT ?4`
+
+	sqliteBuildsByTag = `WITH RECURSIVE nodes(node, n) AS (
+	SELECT (SELECT node FROM build_tags WHERE tag = ?1 ORDER BY node LIMIT 1), 1
+	UNION ALL
+	SELECT (SELECT x.node FROM build_tags x WHERE x.tag = ?1 AND x.node > nodes.node ORDER BY x.node LIMIT 1), nodes.n + 1
+	FROM nodes WHERE nodes.node IS NOT NULL AND nodes.n < ?2
+), picked AS (
+	SELECT b.*, row_number() OVER (PARTITION BY b.node ORDER BY b.at DESC, b.id DESC) AS rank
+	FROM nodes CROSS JOIN builds b ON b.id IN (
+		SELECT x.build_id FROM build_tags x WHERE x.tag = ?1 AND x.node = nodes.node ORDER BY x.at DESC, x.build_id DESC LIMIT ?3)
+	WHERE nodes.node IS NOT NULL
+)
+SELECT ` + buildColumns + ` FROM picked b ORDER BY b.rank, b.at DESC, b.id DESC LIMIT ?4`
+)
+
+const sqliteConnColumns = "c.source, c.event_id, c.node, c.reporter, c.time, c.process, c.pid, c.cmdline, c.container_id, c.cgroup_id, c.dest_ip, c.dest_port, c.dest_name"
 
 func (s *SQLite) prepare(ctx context.Context) error {
 	for _, p := range []struct {
@@ -155,18 +192,17 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		stmt **sql.Stmt
 		sql  string
 	}{
-		{s.w, &s.insBuild, `INSERT INTO builds (source, event_id, node, tool, image_id, started, finished, at, pids, container_ids, cgroup_id, steps, tags)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, event_id) DO NOTHING RETURNING id`},
-		{s.w, &s.insTag, `INSERT INTO build_tags (build_id, tag, at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`},
-		{s.w, &s.insConn, `INSERT INTO connections (source, event_id, node, time, process, pid, cmdline, container_id, cgroup_id, dest_ip, dest_port, dest_name)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (source, event_id) DO NOTHING`},
+		{s.w, &s.insBuild, `INSERT INTO builds (source, event_id, node, reporter, tool, image_id, started, finished, at, pids, container_ids, cgroup_id, steps, tags)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, source, event_id) DO NOTHING RETURNING id`},
+		{s.w, &s.insTag, `INSERT INTO build_tags (build_id, tag, node, at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING`},
+		{s.w, &s.insConn, `INSERT INTO connections (source, event_id, node, reporter, time, process, pid, cmdline, container_id, cgroup_id, dest_ip, dest_port, dest_name)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, source, event_id) DO NOTHING`},
 		{s.w, &s.insDecision, `INSERT INTO decisions (id, time, operation, namespace, kind, name, username, user_groups, mode, verdict, rules, images, exceptions)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`},
 		{s.w, &s.insRule, `INSERT INTO decision_rules (decision_id, rule) VALUES (?, ?) ON CONFLICT DO NOTHING`},
 		{s.w, &s.insImage, `INSERT INTO decision_images (decision_id, image) VALUES (?, ?) ON CONFLICT DO NOTHING`},
-		{s.r, &s.byImage, "SELECT " + buildColumns + " FROM builds b WHERE b.image_id = ? ORDER BY b.at DESC, b.id DESC LIMIT ?"},
-		{s.r, &s.byTag, "SELECT " + buildColumns + ` FROM build_tags t JOIN builds b ON b.id = t.build_id
-			WHERE t.tag = ? ORDER BY t.at DESC, t.build_id DESC LIMIT ?`},
+		{s.r, &s.byImage, sqliteBuildsByImageID},
+		{s.r, &s.byTag, sqliteBuildsByTag},
 		{s.r, &s.conns, "SELECT " + sqliteConnColumns + ` FROM connections c
 			WHERE c.node = ? AND c.time >= ? AND c.time <= ? ORDER BY c.time, c.id LIMIT ?`},
 		{s.r, &s.decisionByID, "SELECT " + decisionColumns + " FROM decisions d WHERE d.id = ?"},
@@ -184,7 +220,9 @@ func (s *SQLite) fail(op string, err error) error {
 	return &Error{Backend: "sqlite", Op: op, Err: err}
 }
 
-// AddReport implements Store.
+// AddReport implements Store. Reports that arrive together are committed
+// together, in one transaction, each acknowledged once it is durable
+// (see reportWriter).
 func (s *SQLite) AddReport(ctx context.Context, r Report) (builds, conns int, err error) {
 	p, err := prepareReport(r)
 	if err != nil {
@@ -193,56 +231,58 @@ func (s *SQLite) AddReport(ctx context.Context, r Report) (builds, conns int, er
 	if len(p.builds) == 0 && len(p.conns) == 0 {
 		return 0, 0, nil
 	}
-	builds, conns, err = s.addReport(ctx, p)
+	builds, conns, err = s.reports.add(ctx, p)
 	if err != nil {
 		return 0, 0, s.fail("AddReport", err)
 	}
 	return builds, conns, nil
 }
 
-func (s *SQLite) addReport(ctx context.Context, p prepared) (builds, conns int, err error) {
+// addReports stores a group of reports in one transaction, counting each
+// report's new items.
+func (s *SQLite) addReports(ctx context.Context, group []*pendingReport) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, 0, err
+		return err
 	}
 	defer tx.Rollback()
 	now := s.now()
 	insBuild, insTag, insConn := tx.StmtContext(ctx, s.insBuild), tx.StmtContext(ctx, s.insTag), tx.StmtContext(ctx, s.insConn)
-	for _, b := range p.builds {
-		at := unixMicro(buildTime(b, now))
-		var id int64
-		err := insBuild.QueryRowContext(ctx, b.Source, b.EventID, b.Node, b.Tool, b.ImageID,
-			microArg(b.Started), microArg(b.Finished), at,
-			jsonList(b.PIDs), jsonList(b.ContainerIDs), b.CgroupID, jsonList(b.Steps), jsonList(b.Tags)).Scan(&id)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue // stored before
-		}
-		if err != nil {
-			return 0, 0, err
-		}
-		builds++
-		for _, tag := range b.Tags {
-			if _, err := insTag.ExecContext(ctx, id, tag, at); err != nil {
-				return 0, 0, err
+	for _, pr := range group {
+		pr.builds, pr.conns = 0, 0
+		for _, b := range pr.p.builds {
+			at := unixMicro(buildTime(b, now))
+			var id int64
+			err := insBuild.QueryRowContext(ctx, b.Source, b.EventID, b.Node, b.Reporter, b.Tool, b.ImageID,
+				microArg(b.Started), microArg(b.Finished), at,
+				jsonList(b.PIDs), jsonList(b.ContainerIDs), b.CgroupID, jsonList(b.Steps), jsonList(b.Tags)).Scan(&id)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue // stored before
+			}
+			if err != nil {
+				return err
+			}
+			pr.builds++
+			for _, tag := range b.Tags {
+				if _, err := insTag.ExecContext(ctx, id, tag, b.Node, at); err != nil {
+					return err
+				}
 			}
 		}
-	}
-	for _, c := range p.conns {
-		res, err := insConn.ExecContext(ctx, c.Source, c.EventID, c.Node, unixMicro(c.Time), c.Process, c.PID,
-			c.Cmdline, c.ContainerID, c.CgroupID, addrArg(c.DestIP), c.DestPort, c.DestName)
-		if err != nil {
-			return 0, 0, err
+		for _, c := range pr.p.conns {
+			res, err := insConn.ExecContext(ctx, c.Source, c.EventID, c.Node, c.Reporter, unixMicro(c.Time), c.Process, c.PID,
+				c.Cmdline, c.ContainerID, c.CgroupID, addrArg(c.DestIP), c.DestPort, c.DestName)
+			if err != nil {
+				return err
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			pr.conns += int(n)
 		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return 0, 0, err
-		}
-		conns += int(n)
 	}
-	if err := tx.Commit(); err != nil {
-		return 0, 0, err
-	}
-	return builds, conns, nil
+	return tx.Commit()
 }
 
 // microArg is a nullable time column's value: NULL for the zero time.
@@ -265,7 +305,8 @@ func (s *SQLite) BuildsByImageID(ctx context.Context, imageID string) ([]Build, 
 	if imageID == "" {
 		return nil, nil
 	}
-	bs, err := queryAll(ctx, s.byImage, func(sc scanner) (Build, error) { return scanBuild(sc, sqliteTime) }, imageID, DefaultLimit)
+	bs, err := queryAll(ctx, s.byImage, func(sc scanner) (Build, error) { return scanBuild(sc, sqliteTime) },
+		imageID, DefaultLimit, MaxBuildsPerNode, DefaultLimit)
 	if err != nil {
 		return nil, s.fail("BuildsByImageID", err)
 	}
@@ -277,7 +318,9 @@ func (s *SQLite) BuildsByTag(ctx context.Context, tag string, limit int) ([]Buil
 	if tag == "" {
 		return nil, nil
 	}
-	bs, err := queryAll(ctx, s.byTag, func(sc scanner) (Build, error) { return scanBuild(sc, sqliteTime) }, tag, limitOr(limit, DefaultLimit))
+	limit = limitOr(limit, DefaultLimit)
+	bs, err := queryAll(ctx, s.byTag, func(sc scanner) (Build, error) { return scanBuild(sc, sqliteTime) },
+		tag, DefaultLimit, MaxBuildsPerNode, limit)
 	if err != nil {
 		return nil, s.fail("BuildsByTag", err)
 	}
@@ -422,6 +465,9 @@ func (r sqliteRunner) queryPair(ctx context.Context, q string, args ...any) (a, 
 // Close implements Store. The last connection to close checkpoints the WAL
 // into the database file.
 func (s *SQLite) Close() error {
+	if s.reports != nil {
+		s.reports.close() // what is queued is committed first
+	}
 	for _, st := range []*sql.Stmt{s.insBuild, s.insTag, s.insConn, s.insDecision, s.insRule, s.insImage,
 		s.byImage, s.byTag, s.conns, s.decisionByID} {
 		if st != nil {

@@ -23,15 +23,22 @@ import (
 // time, else its Started time, else the time it was stored.
 type Store interface {
 	// AddReport stores a report's builds and connections in one transaction; items already stored
-	// (same Source and EventID) are skipped and not counted. It returns how many were new.
-	// A build or connection without a Node takes the report's. An item the store cannot
-	// keep makes AddReport store nothing and return an *InvalidError naming it.
+	// (same Node, Source and EventID) are skipped and not counted. It returns how many were new.
+	// A build or connection without a Node or Reporter takes the report's. An item the store
+	// cannot keep makes AddReport store nothing and return an *InvalidError naming it.
+	//
+	// Items are keyed by node: another node's item with the same Source and EventID is another
+	// item, so that no node can take an event ID another node will report.
 	AddReport(ctx context.Context, r Report) (builds, conns int, err error)
-	// BuildsByImageID returns builds of the image whose config digest is imageID, newest first,
-	// at most DefaultLimit.
+	// BuildsByImageID returns builds of the image whose config digest is imageID, at most
+	// MaxBuildsPerNode of each node and DefaultLimit in all, in node-fair order: the newest
+	// build of every node first (newest first), then every node's second newest, and so on.
+	// However many builds one node reports, they cannot push another node's out of the first
+	// places.
 	BuildsByImageID(ctx context.Context, imageID string) ([]Build, error)
-	// BuildsByTag returns builds that tagged tag (e.g. "registry/repo:1.4"), newest first, at most limit.
-	// Tags match exactly. A limit of 0 or less means DefaultLimit.
+	// BuildsByTag returns builds that tagged tag (e.g. "registry/repo:1.4") in the same
+	// node-fair order, at most limit. Tags match exactly. A limit of 0 or less means
+	// DefaultLimit.
 	BuildsByTag(ctx context.Context, tag string, limit int) ([]Build, error)
 	// Connections returns the connections a node reported in [from, to], oldest first, at most limit.
 	// A limit of 0 or less means DefaultLimit.
@@ -59,6 +66,10 @@ type Store interface {
 // DefaultLimit is the number of rows BuildsByTag and Connections return when
 // asked for a limit of 0 or less.
 const DefaultLimit = 1000
+
+// MaxBuildsPerNode is the most builds of one node that BuildsByImageID and
+// BuildsByTag return: the node's newest.
+const MaxBuildsPerNode = 4
 
 // Decision is a recorded admission decision.
 type Decision struct {
@@ -192,8 +203,9 @@ func buildTime(b Build, now time.Time) time.Time {
 }
 
 // prepared is a report checked and ready to insert: items without a Node
-// given the report's, duplicates within the report dropped, sorted by
-// (Source, EventID) so that concurrent writers lock rows in one order.
+// or Reporter given the report's, duplicates within the report dropped,
+// sorted by (Node, Source, EventID) so that concurrent writers lock rows
+// in one order.
 type prepared struct {
 	builds []Build
 	conns  []Connection
@@ -201,15 +213,18 @@ type prepared struct {
 
 func prepareReport(r Report) (prepared, error) {
 	var p prepared
-	seen := make(map[[2]string]bool)
+	seen := make(map[[3]string]bool)
 	for i, b := range r.Builds {
 		if b.Node == "" {
 			b.Node = r.Node
 		}
+		if b.Reporter == "" {
+			b.Reporter = r.Reporter
+		}
 		if err := checkBuild(i, b); err != nil {
 			return prepared{}, err
 		}
-		k := [2]string{b.Source, b.EventID}
+		k := [3]string{b.Node, b.Source, b.EventID}
 		if seen[k] {
 			continue
 		}
@@ -221,10 +236,13 @@ func prepareReport(r Report) (prepared, error) {
 		if c.Node == "" {
 			c.Node = r.Node
 		}
+		if c.Reporter == "" {
+			c.Reporter = r.Reporter
+		}
 		if err := checkConnection(i, c); err != nil {
 			return prepared{}, err
 		}
-		k := [2]string{c.Source, c.EventID}
+		k := [3]string{c.Node, c.Source, c.EventID}
 		if seen[k] {
 			continue
 		}
@@ -232,15 +250,18 @@ func prepareReport(r Report) (prepared, error) {
 		p.conns = append(p.conns, c)
 	}
 	slices.SortFunc(p.builds, func(a, b Build) int {
-		return cmpKey(a.Source, a.EventID, b.Source, b.EventID)
+		return cmpKey(a.Node, a.Source, a.EventID, b.Node, b.Source, b.EventID)
 	})
 	slices.SortFunc(p.conns, func(a, b Connection) int {
-		return cmpKey(a.Source, a.EventID, b.Source, b.EventID)
+		return cmpKey(a.Node, a.Source, a.EventID, b.Node, b.Source, b.EventID)
 	})
 	return p, nil
 }
 
-func cmpKey(s1, e1, s2, e2 string) int {
+func cmpKey(n1, s1, e1, n2, s2, e2 string) int {
+	if c := strings.Compare(n1, n2); c != 0 {
+		return c
+	}
 	if c := strings.Compare(s1, s2); c != 0 {
 		return c
 	}
@@ -276,7 +297,7 @@ func checkBuild(i int, b Build) error {
 		return bad("Node", "is empty (and so is the report's)")
 	}
 	for _, f := range []struct{ name, v string }{
-		{"Source", b.Source}, {"EventID", b.EventID}, {"Node", b.Node}, {"Tool", b.Tool},
+		{"Source", b.Source}, {"EventID", b.EventID}, {"Node", b.Node}, {"Reporter", b.Reporter}, {"Tool", b.Tool},
 		{"ImageID", b.ImageID}, {"CgroupID", b.CgroupID},
 	} {
 		if r := checkText(f.v); r != "" {
@@ -332,7 +353,7 @@ func checkConnection(i int, c Connection) error {
 		return bad("PID", fmt.Sprintf("is %d, outside [0, %d]", c.PID, maxPID))
 	}
 	for _, f := range []struct{ name, v string }{
-		{"Source", c.Source}, {"EventID", c.EventID}, {"Node", c.Node}, {"Process", c.Process},
+		{"Source", c.Source}, {"EventID", c.EventID}, {"Node", c.Node}, {"Reporter", c.Reporter}, {"Process", c.Process},
 		{"Cmdline", c.Cmdline}, {"ContainerID", c.ContainerID}, {"CgroupID", c.CgroupID},
 		{"DestName", c.DestName},
 	} {
@@ -624,7 +645,7 @@ var prunedTables = []struct{ table, timeCol, keyCol string }{
 // scanner is a row of *sql.Rows, *sql.Row, pgx.Rows or pgx.Row.
 type scanner interface{ Scan(dest ...any) error }
 
-const buildColumns = "b.source, b.event_id, b.node, b.tool, b.image_id, b.started, b.finished, b.pids, b.container_ids, b.cgroup_id, b.steps, b.tags"
+const buildColumns = "b.source, b.event_id, b.node, b.reporter, b.tool, b.image_id, b.started, b.finished, b.pids, b.container_ids, b.cgroup_id, b.steps, b.tags"
 
 // scanBuild reads buildColumns; T is how the backend returns a time column.
 func scanBuild[T any](sc scanner, toTime func(*T) time.Time) (Build, error) {
@@ -633,7 +654,7 @@ func scanBuild[T any](sc scanner, toTime func(*T) time.Time) (Build, error) {
 		started, finished               *T
 		pids, containerIDs, steps, tags *string
 	)
-	if err := sc.Scan(&b.Source, &b.EventID, &b.Node, &b.Tool, &b.ImageID, &started, &finished,
+	if err := sc.Scan(&b.Source, &b.EventID, &b.Node, &b.Reporter, &b.Tool, &b.ImageID, &started, &finished,
 		&pids, &containerIDs, &b.CgroupID, &steps, &tags); err != nil {
 		return Build{}, err
 	}
@@ -655,7 +676,7 @@ func scanBuild[T any](sc scanner, toTime func(*T) time.Time) (Build, error) {
 }
 
 // scanConnection reads the backend's connection columns: source, event_id,
-// node, time, process, pid, cmdline, container_id, cgroup_id, dest_ip (as
+// node, reporter, time, process, pid, cmdline, container_id, cgroup_id, dest_ip (as
 // text), dest_port, dest_name.
 func scanConnection[T any](sc scanner, toTime func(*T) time.Time) (Connection, error) {
 	var (
@@ -663,7 +684,7 @@ func scanConnection[T any](sc scanner, toTime func(*T) time.Time) (Connection, e
 		t    *T
 		dest *string
 	)
-	if err := sc.Scan(&c.Source, &c.EventID, &c.Node, &t, &c.Process, &c.PID, &c.Cmdline, &c.ContainerID,
+	if err := sc.Scan(&c.Source, &c.EventID, &c.Node, &c.Reporter, &t, &c.Process, &c.PID, &c.Cmdline, &c.ContainerID,
 		&c.CgroupID, &dest, &c.DestPort, &c.DestName); err != nil {
 		return Connection{}, err
 	}

@@ -123,6 +123,10 @@ func BenchmarkBuildsLookup(b *testing.B) {
 				for ; i < benchBuilds && len(r.Builds) < benchReport; i++ {
 					bd := stBuild(fmt.Sprint("seed-", i), fmt.Sprintf("sha256:%064x", i), stT0.Add(time.Duration(i)*time.Second),
 						fmt.Sprintf("reg.example/app%d:%d", i%5000, i), fmt.Sprintf("reg.example/app%d:latest", i%5000))
+					// On 37 nodes: the 20 builds of a :latest tag are on 20
+					// of them (lookups return at most MaxBuildsPerNode of
+					// a node).
+					bd.Node = fmt.Sprint("node-", i%37)
 					r.Builds = append(r.Builds, bd)
 				}
 				if _, _, err := s.AddReport(ctx, r); err != nil {

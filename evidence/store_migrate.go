@@ -15,7 +15,9 @@ import (
 // transaction that also records it in schema_migrations. A migration is
 // never edited once released: a change is a new file, with the same number
 // for both backends. Migrations only add, so an older buildguard keeps
-// working on a schema a newer one migrated (replicas of a rolling update).
+// working on a schema a newer one migrated (replicas of a rolling update),
+// with one exception said in docs/store.md: 0002 changes the evidence
+// tables' unique keys, which older versions' inserts name.
 //
 //go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
 var migrationFiles embed.FS

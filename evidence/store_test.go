@@ -35,6 +35,9 @@ func storeSuite(t *testing.T, open func(t *testing.T) Store) {
 	t.Run("PruneByAge", func(t *testing.T) { stPruneByAge(t, open(t)) })
 	t.Run("PruneBySize", func(t *testing.T) { stPruneBySize(t, open(t)) })
 	t.Run("ConcurrentAddReport", func(t *testing.T) { stConcurrentAddReport(t, open(t)) })
+	t.Run("KeyedByNode", func(t *testing.T) { stKeyedByNode(t, open(t)) })
+	t.Run("FairToNodes", func(t *testing.T) { stFairToNodes(t, open(t)) })
+	t.Run("Reporter", func(t *testing.T) { stReporter(t, open(t)) })
 }
 
 // migrateSuite checks schema migrations; newDB returns a function that
@@ -267,8 +270,11 @@ func stBuildsByTag(t *testing.T, s Store) {
 	for i := range 5 {
 		bs = append(bs, stBuild(fmt.Sprint("b", i), fmt.Sprintf("sha256:%02d", i), stAt(time.Duration(i)*time.Minute), "r/app:1", fmt.Sprint("r/app:", i)))
 	}
-	// Listed twice: one tag row.
-	bs = append(bs, stBuild("dup", "sha256:ff", stAt(-time.Hour), "r/app:1", "r/app:1"))
+	// Listed twice: one tag row. Another node's: it comes second, after
+	// node-1's newest (node-fair order).
+	dup := stBuild("dup", "sha256:ff", stAt(-time.Hour), "r/app:1", "r/app:1")
+	dup.Node = "node-2"
+	bs = append(bs, dup)
 	stAdd(t, s, Report{Node: "node-1", Builds: bs})
 	ids := func(bs []Build) []string {
 		var out []string
@@ -282,8 +288,9 @@ func stBuildsByTag(t *testing.T, s Store) {
 		limit int
 		want  []string
 	}{
-		{"r/app:1", 0, []string{"b4", "b3", "b2", "b1", "b0", "dup"}},
-		{"r/app:1", 2, []string{"b4", "b3"}},
+		// At most MaxBuildsPerNode (4) of node-1: b0 is not returned.
+		{"r/app:1", 0, []string{"b4", "dup", "b3", "b2", "b1"}},
+		{"r/app:1", 2, []string{"b4", "dup"}},
 		{"r/app:3", 10, []string{"b3"}},
 		{"r/app", 10, nil},
 		{"R/APP:1", 10, nil}, // exact match
@@ -641,7 +648,9 @@ func stConcurrentAddReport(t *testing.T, s Store) {
 					}
 					rep.Connections = append(rep.Connections, stConn(id, "node-x", stAt(time.Duration(r)*time.Second), "192.0.2.9"))
 				}
-				rep.Builds = []Build{stBuild(fmt.Sprintf("shared-b%d", r), "sha256:cc", stAt(time.Duration(r)*time.Second), "r/c:1")}
+				build := stBuild(fmt.Sprintf("shared-b%d", r), "sha256:cc", stAt(time.Duration(r)*time.Second), "r/c:1")
+				build.Node = fmt.Sprint("builder-", r)
+				rep.Builds = []Build{build}
 				b, c, err := s.AddReport(t.Context(), rep)
 				mu.Lock()
 				builds += b
@@ -667,6 +676,176 @@ func stConcurrentAddReport(t *testing.T, s Store) {
 	}
 	if bs, _ := s.BuildsByTag(t.Context(), "r/c:1", 100); len(bs) != reports {
 		t.Errorf("BuildsByTag = %d, want %d", len(bs), reports)
+	}
+}
+
+// stKeyedByNode: an item is one node's. Another node's report of the
+// same source and event ID is another item, and cannot take its place:
+// the node agent's build IDs are predictable ("docker-build/<imageID>").
+func stKeyedByNode(t *testing.T, s Store) {
+	ctx := t.Context()
+	forged := stBuild("docker-build/sha256:aa", "sha256:aa", stAt(time.Minute))
+	forged.Node = "ci-runner-1"
+	genuine := stBuild("docker-build/sha256:aa", "sha256:aa", stAt(0))
+	genuine.Node = "worker-3"
+	conn := stConn("ebpf/4242/1", "ci-runner-1", stAt(0), "192.0.2.1")
+	for _, tc := range []struct {
+		name          string
+		r             Report
+		builds, conns int
+	}{
+		{"one node takes an event ID first", Report{Node: "ci-runner-1", Builds: []Build{forged}, Connections: []Connection{conn}}, 1, 1},
+		{"the node it belongs to still reports it", Report{Node: "worker-3", Builds: []Build{genuine},
+			Connections: []Connection{stConn("ebpf/4242/1", "worker-3", stAt(0), "203.0.113.9")}}, 1, 1},
+		{"a retry of either is a duplicate", Report{Node: "worker-3", Builds: []Build{genuine, forged}}, 0, 0},
+	} {
+		b, c := stAdd(t, s, tc.r)
+		if b != tc.builds || c != tc.conns {
+			t.Errorf("%s: AddReport = %d builds, %d connections; want %d, %d", tc.name, b, c, tc.builds, tc.conns)
+		}
+	}
+	bs, err := s.BuildsByImageID(ctx, "sha256:aa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []string
+	for _, b := range bs {
+		nodes = append(nodes, b.Node)
+	}
+	if want := []string{"ci-runner-1", "worker-3"}; !slices.Equal(nodes, want) {
+		t.Errorf("BuildsByImageID(sha256:aa) nodes = %v, want %v", nodes, want)
+	}
+	if bs, _ := s.BuildsByTag(ctx, "r/x:1", 0); len(bs) != 0 {
+		t.Errorf("BuildsByTag of an unknown tag = %v", bs)
+	}
+	cs, err := s.Connections(ctx, "worker-3", stAt(-time.Minute), stAt(time.Minute), 0)
+	if err != nil || len(cs) != 1 || cs[0].DestIP.String() != "203.0.113.9" {
+		t.Errorf("worker-3's connections = %v, %v; want its own 203.0.113.9", cs, err)
+	}
+}
+
+// stFairToNodes: one node reporting many builds of an image, newer than
+// another node's, does not push the other node's out of the lookups that
+// admission makes with a small limit.
+func stFairToNodes(t *testing.T, s Store) {
+	ctx := t.Context()
+	genuine := stBuild("genuine", "sha256:aa", stAt(0), "r/app:1")
+	genuine.Node = "worker-3"
+	stAdd(t, s, Report{Node: "worker-3", Builds: []Build{genuine}})
+	var flood []Build
+	for i := range 3 * DefaultLimit / 2 {
+		b := stBuild(fmt.Sprint("flood-", i), "sha256:aa", stAt(time.Duration(i+1)*time.Second), "r/app:1")
+		b.Node = "ci-runner-1"
+		flood = append(flood, b)
+	}
+	stAdd(t, s, Report{Node: "ci-runner-1", Builds: flood})
+	other := stBuild("other", "sha256:aa", stAt(-time.Hour), "r/app:1")
+	other.Node = "worker-4"
+	stAdd(t, s, Report{Node: "worker-4", Builds: []Build{other}})
+
+	firstOf := func(bs []Build) map[string]int {
+		first := map[string]int{}
+		for i, b := range bs {
+			if _, ok := first[b.Node]; !ok {
+				first[b.Node] = i
+			}
+		}
+		return first
+	}
+	bs, err := s.BuildsByImageID(ctx, "sha256:aa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every node's newest build comes before any node's second.
+	if first := firstOf(bs); len(first) != 3 || first["ci-runner-1"] != 0 || first["worker-3"] != 1 || first["worker-4"] != 2 {
+		t.Errorf("BuildsByImageID: the first build of each node at %v (of %d), want ci-runner-1 0, worker-3 1, worker-4 2", first, len(bs))
+	}
+	if len(bs) > 3*MaxBuildsPerNode {
+		t.Errorf("BuildsByImageID returned %d builds, want at most %d per node", len(bs), MaxBuildsPerNode)
+	}
+	tagged, err := s.BuildsByTag(ctx, "r/app:1", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first := firstOf(tagged); len(tagged) != 3 || len(first) != 3 {
+		t.Errorf("BuildsByTag(r/app:1, 3) = %d builds of nodes %v, want one of each of the 3 nodes", len(tagged), first)
+	}
+}
+
+// stReporter: every item records who reported it.
+func stReporter(t *testing.T, s Store) {
+	ctx := t.Context()
+	const agent, forwarder = "system:serviceaccount:buildguard-system:buildguard-node-agent", "system:serviceaccount:falco:falcosidekick"
+	forwarded := stConn("f1", "node-1", stAt(time.Second), "192.0.2.2")
+	forwarded.Reporter = forwarder
+	stAdd(t, s, Report{Node: "node-1", Reporter: agent, Builds: []Build{stBuild("b1", "sha256:aa", stAt(0), "r/a:1")},
+		Connections: []Connection{stConn("c1", "node-1", stAt(0), "192.0.2.1"), forwarded}})
+	bs, err := s.BuildsByImageID(ctx, "sha256:aa")
+	if err != nil || len(bs) != 1 || bs[0].Reporter != agent {
+		t.Errorf("BuildsByImageID = %+v, %v; want one build reported by %s", bs, err, agent)
+	}
+	if bs, err := s.BuildsByTag(ctx, "r/a:1", 0); err != nil || len(bs) != 1 || bs[0].Reporter != agent {
+		t.Errorf("BuildsByTag = %+v, %v; want one build reported by %s", bs, err, agent)
+	}
+	cs, err := s.Connections(ctx, "node-1", stAt(0), stAt(time.Second), 0)
+	if err != nil || len(cs) != 2 || cs[0].Reporter != agent || cs[1].Reporter != forwarder {
+		t.Errorf("Connections = %+v, %v; want c1 by the report's reporter, f1 by its own", cs, err)
+	}
+	if _, _, err := s.AddReport(ctx, Report{Node: "n", Reporter: "\xff", Connections: []Connection{stConn("c2", "n", stT0, "")}}); err == nil {
+		t.Errorf("AddReport with a Reporter that is not UTF-8 succeeded")
+	}
+}
+
+// Evidence stored by schema version 1, keyed by (source, event ID):
+// builds 1 and 2 (the IDs a new database gives) with tags, one connection. migratedFrom1 checks a store
+// opened on it.
+const (
+	v1BuildAt = 1795694400000000 // 2026-11-26T12:00:00Z in microseconds
+	v1Seed    = `INSERT INTO builds (source, event_id, node, tool, image_id, started, finished, at, pids, tags) VALUES
+	('agent', 'docker-build/sha256:aa', 'worker-3', 'docker', 'sha256:aa', %[1]s, %[1]s, %[1]s, '[48100]', '["r/app:1"]'),
+	('docker', 'image/tag/sha256:bb', 'worker-4', 'docker', 'sha256:bb', %[1]s, %[1]s, %[1]s, NULL, '["r/app:2"]');
+INSERT INTO build_tags (build_id, tag, at) VALUES (1, 'r/app:1', %[1]s), (2, 'r/app:2', %[1]s);
+INSERT INTO connections (source, event_id, node, time, process, pid, dest_ip, dest_port) VALUES
+	('agent', 'ebpf/48213/1', 'worker-3', %[1]s, 'wget', 48213, '203.0.113.9', 8080);`
+)
+
+func migratedFrom1(t *testing.T, s Store, count func(table string) int) {
+	ctx := t.Context()
+	at := time.UnixMicro(v1BuildAt).UTC()
+	bs, err := s.BuildsByImageID(ctx, "sha256:aa")
+	want := []Build{{Source: "agent", EventID: "docker-build/sha256:aa", Node: "worker-3", Tool: "docker", ImageID: "sha256:aa",
+		Tags: []string{"r/app:1"}, Started: at, Finished: at, PIDs: []int{48100}}}
+	if err != nil {
+		t.Fatal(err)
+	}
+	stSame(t, "BuildsByImageID(sha256:aa) after the migration", bs, want)
+	if bs, err := s.BuildsByTag(ctx, "r/app:2", 0); err != nil || len(bs) != 1 || bs[0].Node != "worker-4" {
+		t.Errorf("BuildsByTag(r/app:2) after the migration = %+v, %v; want worker-4's build", bs, err)
+	}
+	if cs, err := s.Connections(ctx, "worker-3", at, at, 0); err != nil || len(cs) != 1 || cs[0].DestIP.String() != "203.0.113.9" {
+		t.Errorf("Connections(worker-3) after the migration = %+v, %v", cs, err)
+	}
+	// The key is (node, source, event ID) now.
+	forged := want[0]
+	forged.Node, forged.Tags = "ci-runner-1", nil
+	if b, _ := stAdd(t, s, Report{Node: "ci-runner-1", Builds: []Build{forged}}); b != 1 {
+		t.Errorf("another node's build with a stored event ID: %d new, want 1", b)
+	}
+	if b, _ := stAdd(t, s, Report{Node: "worker-3", Builds: []Build{want[0]}}); b != 0 {
+		t.Errorf("the stored build again: %d new, want 0", b)
+	}
+	if b, c := stAdd(t, s, Report{Node: "worker-3", Builds: []Build{stBuild("new", "sha256:cc", at, "r/app:1")},
+		Connections: []Connection{stConn("new", "worker-3", at, "192.0.2.1")}}); b != 1 || c != 1 {
+		t.Errorf("new items after the migration: %d, %d new; want 1, 1", b, c)
+	}
+	// Tags still go with their build.
+	if _, err := s.Prune(ctx, at.Add(time.Hour), 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"builds", "build_tags", "connections"} {
+		if n := count(table); n != 0 {
+			t.Errorf("after pruning everything, %s has %d rows", table, n)
+		}
 	}
 }
 

@@ -8,9 +8,13 @@ import (
 // Build is an image build a node reported.
 type Build struct {
 	Source  string // sensor or format: "agent", "falco", "tetragon", "docker"
-	EventID string // idempotency key within Source; a retried report is not stored twice
+	EventID string // idempotency key within Node and Source; a retried report is not stored twice
 	Node    string
-	Tool    string // docker, buildkit, buildah, kaniko, …
+	// Reporter is who reported the build: the authenticated user (a
+	// service account) that posted it. Empty for items stored before
+	// buildguard recorded it. Parsers leave it empty: the server sets it.
+	Reporter string `json:",omitempty"`
+	Tool     string // docker, buildkit, buildah, kaniko, …
 	// ImageID is the image's config digest ("sha256:…"): a Docker image ID
 	// equals the config digest of the image pushed from it.
 	ImageID      string
@@ -28,6 +32,7 @@ type Connection struct {
 	Source      string
 	EventID     string
 	Node        string
+	Reporter    string `json:",omitempty"` // as Build.Reporter
 	Time        time.Time
 	Process     string
 	PID         int
@@ -41,8 +46,10 @@ type Connection struct {
 
 // Report is what one node sends at once.
 type Report struct {
-	Node        string
-	Sensor      string // which sensor made it: "ebpf", "procfs", "falco", "tetragon", "docker-events"
+	Node   string
+	Sensor string // which sensor made it: "ebpf", "procfs", "falco", "tetragon", "docker-events"
+	// Reporter is who posted the report; items without a Reporter take it.
+	Reporter    string `json:",omitempty"`
 	Builds      []Build
 	Connections []Connection
 }

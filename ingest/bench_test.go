@@ -16,14 +16,15 @@ import (
 // BenchmarkIngest posts node reports — one build and 20 connections
 // each, every one new — through the real handler: TokenReview (answered
 // by a real kube-apiserver, then cached), parsing, and a real SQLite
-// store. It reports reports/s and the p50 and p99 of one report.
+// store. The token is bound to worker-7's agent pod, so every report is
+// taken as worker-7's. It reports reports/s and the p50 and p99 of one report.
 //
 //	go test -run '^$' -bench Ingest ./ingest/
 func BenchmarkIngest(b *testing.B) {
-	env := newTestEnv(b)
+	env := sharedEnv(b)
 	h := &ingest.Handler{
-		Store:   env.store,
-		Auth:    &ingest.TokenReviewer{Client: env.kube, Audiences: []string{"buildguard"}, Allowed: []string{agentUser}},
+		Store:   openStore(b),
+		Auth:    env.reviewer(b, nil),
 		Formats: ingest.Formats(),
 		Burst:   1 << 30, Rate: 1 << 30,
 	}
@@ -45,7 +46,7 @@ func BenchmarkIngest(b *testing.B) {
 	start := time.Now()
 	for range b.N {
 		r := httptest.NewRequest(http.MethodPost, "/v1/node-reports", strings.NewReader(body()))
-		r.Header.Set("Authorization", "Bearer "+env.agentToken)
+		r.Header.Set("Authorization", "Bearer "+env.bound7)
 		w := httptest.NewRecorder()
 		t0 := time.Now()
 		h.ServeHTTP(w, r)

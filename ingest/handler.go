@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,9 +20,20 @@ import (
 // Defaults of Handler's fields.
 const (
 	DefaultMaxBodyBytes = 4 << 20
-	DefaultRate         = 20 // requests per second per reporter
-	DefaultBurst        = 40
-	maxLimiters         = 10000
+	// DefaultRate and DefaultBurst limit the requests of each node (of a
+	// reporter whose token is bound to a node): the node agent sends a
+	// batch every few seconds.
+	DefaultRate  = 20 // per second
+	DefaultBurst = 40
+	// DefaultForwarderRate and DefaultForwarderBurst limit the requests
+	// of each forwarder, which reports for many nodes.
+	DefaultForwarderRate  = 200 // per second
+	DefaultForwarderBurst = 400
+	// DefaultMaxInFlight is how many requests of one node, or one
+	// forwarder, are handled at once; more are answered 429.
+	DefaultMaxInFlight          = 2
+	DefaultForwarderMaxInFlight = 16
+	maxLimiters                 = 65536
 )
 
 // Writer stores reports. evidence.Store is one.
@@ -48,10 +60,20 @@ type Handler struct {
 	Formats map[string]Format
 	// MaxBodyBytes caps a body. The default is DefaultMaxBodyBytes.
 	MaxBodyBytes int64
-	// Rate and Burst limit each reporter's requests. The defaults are
-	// DefaultRate per second and DefaultBurst.
-	Rate  rate.Limit
-	Burst int
+	// Rate and Burst limit each node's requests, and MaxInFlight how many
+	// of them are handled at once, so that a node that floods is refused
+	// alone. The defaults are DefaultRate per second, DefaultBurst and
+	// DefaultMaxInFlight.
+	Rate        rate.Limit
+	Burst       int
+	MaxInFlight int
+	// ForwarderRate, ForwarderBurst and ForwarderMaxInFlight are the same
+	// for each forwarder (Identity.Forwarder). The defaults are
+	// DefaultForwarderRate per second, DefaultForwarderBurst and
+	// DefaultForwarderMaxInFlight.
+	ForwarderRate        rate.Limit
+	ForwarderBurst       int
+	ForwarderMaxInFlight int
 	// OnReport, when set, is told of every stored report, after it is
 	// stored (late evidence is judged there).
 	OnReport func(ctx context.Context, r evidence.Report)
@@ -59,7 +81,14 @@ type Handler struct {
 	Log *slog.Logger
 
 	mu       sync.Mutex
-	limiters map[string]*rate.Limiter
+	limiters map[string]*limiter
+}
+
+// limiter is the budget of one node or forwarder.
+type limiter struct {
+	rate     *rate.Limiter
+	burst    int
+	inFlight int
 }
 
 // Formats are the report formats by path.
@@ -119,11 +148,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusServiceUnavailable, "cannot authenticate now: %v", err)
 		return
 	}
-	if !h.limiter(id.User).Allow() {
-		w.Header().Set("Retry-After", "1")
-		fail(w, http.StatusTooManyRequests, "too many reports from %s; retry later", id.User)
+	if id.Node == "" && !id.Forwarder {
+		// An Authenticator must not let such a reporter through; if one
+		// does, it could name any node.
+		fail(w, http.StatusForbidden, "%s's token is bound to no node, and %[1]s is not a forwarder", id.User)
 		return
 	}
+	release, ok := h.admit(id)
+	if !ok {
+		w.Header().Set("Retry-After", "1")
+		if id.Forwarder {
+			fail(w, http.StatusTooManyRequests, "too many reports from %s; retry later", id.User)
+		} else {
+			fail(w, http.StatusTooManyRequests, "too many reports from node %s; retry later", id.Node)
+		}
+		return
+	}
+	defer release()
 	limit := h.MaxBodyBytes
 	if limit <= 0 {
 		limit = DefaultMaxBodyBytes
@@ -138,8 +179,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, "reading body: %v", err)
 		return
 	}
+	// A forwarder's reports say which node each item is from (or ?node=
+	// does); its own token's node, where it runs, is not theirs. Anyone
+	// else reports for the node its token is bound to, whatever the body
+	// says.
 	node := id.Node
-	if node == "" {
+	if id.Forwarder {
 		node = r.URL.Query().Get("node")
 	}
 	p, err := parse(body, node)
@@ -148,8 +193,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rep := p.Report
-	// The token's node claim is the truth; the body's word is not.
-	if id.Node != "" {
+	rep.Reporter = id.User
+	if !id.Forwarder {
 		rep.Node = id.Node
 		for i := range rep.Builds {
 			rep.Builds[i].Node = id.Node
@@ -169,13 +214,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, b := range rep.Builds {
 		if b.Node == "" {
-			fail(w, http.StatusBadRequest, "the report names no node: set it in the body or ?node=, or use a token bound to a pod")
+			fail(w, http.StatusBadRequest, "the report names no node: a forwarder sets it in the body or ?node=")
 			return
 		}
 	}
 	for _, c := range rep.Connections {
 		if c.Node == "" {
-			fail(w, http.StatusBadRequest, "the report names no node: set it in the body or ?node=, or use a token bound to a pod")
+			fail(w, http.StatusBadRequest, "the report names no node: a forwarder sets it in the body or ?node=")
 			return
 		}
 	}
@@ -198,29 +243,61 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.OnReport(context.WithoutCancel(r.Context()), rep)
 		}
 	}
-	h.log().Info("node report", "node", rep.Node, "user", id.User, "path", r.URL.Path,
+	// A fleet reports hundreds of times a second: a report that brought
+	// no build is logged at debug level only.
+	level := slog.LevelDebug
+	if res.Accepted.Builds > 0 {
+		level = slog.LevelInfo
+	}
+	h.log().Log(r.Context(), level, "node report", "node", rep.Node, "user", id.User, "forwarder", id.Forwarder, "path", r.URL.Path,
 		"builds", res.Accepted.Builds, "connections", res.Accepted.Connections, "duplicates", res.Duplicates, "errors", len(res.Errors))
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(res)
 }
 
-func (h *Handler) limiter(user string) *rate.Limiter {
+// admit takes a request of id's node, or of the forwarder id, out of its
+// budget: its rate and its requests in flight. release ends the request.
+func (h *Handler) admit(id Identity) (release func(), ok bool) {
+	key, r, b, n := "node:"+id.Node, h.Rate, h.Burst, h.MaxInFlight
+	r, b, n = cmp.Or(r, DefaultRate), cmp.Or(b, DefaultBurst), cmp.Or(n, DefaultMaxInFlight)
+	if id.Forwarder {
+		key, r, b, n = "forwarder:"+id.User, h.ForwarderRate, h.ForwarderBurst, h.ForwarderMaxInFlight
+		r, b, n = cmp.Or(r, DefaultForwarderRate), cmp.Or(b, DefaultForwarderBurst), cmp.Or(n, DefaultForwarderMaxInFlight)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.limiters == nil || len(h.limiters) >= maxLimiters {
-		h.limiters = map[string]*rate.Limiter{}
-	}
-	l, ok := h.limiters[user]
-	if !ok {
-		r, b := h.Rate, h.Burst
-		if r <= 0 {
-			r = DefaultRate
+	l, found := h.limiters[key]
+	if !found {
+		if len(h.limiters) >= maxLimiters {
+			h.sweep()
 		}
-		if b <= 0 {
-			b = DefaultBurst
+		if h.limiters == nil {
+			h.limiters = map[string]*limiter{}
 		}
-		l = rate.NewLimiter(r, b)
-		h.limiters[user] = l
+		l = &limiter{rate: rate.NewLimiter(r, b), burst: b}
+		h.limiters[key] = l
 	}
-	return l
+	if l.inFlight >= n || !l.rate.Allow() {
+		return nil, false
+	}
+	l.inFlight++
+	return func() {
+		h.mu.Lock()
+		l.inFlight--
+		h.mu.Unlock()
+	}, true
+}
+
+// sweep forgets idle budgets (nothing in flight, bucket full), which are
+// as good as new ones; if none is idle, it forgets all. Called with h.mu
+// held.
+func (h *Handler) sweep() {
+	for k, l := range h.limiters {
+		if l.inFlight == 0 && l.rate.Tokens() >= float64(l.burst) {
+			delete(h.limiters, k)
+		}
+	}
+	if len(h.limiters) >= maxLimiters {
+		h.limiters = nil
+	}
 }

@@ -45,7 +45,10 @@ type NodeEvidence struct {
 // BuildEvidence is a build of a container's image reported by a node,
 // with the node's connections around it.
 type BuildEvidence struct {
-	Source   string // sensor or format that reported it
+	Source string // sensor or format that reported it
+	// Reporter is the user (a service account) that posted it: the node's
+	// agent, or a forwarder speaking for the node. Empty when unknown.
+	Reporter string
 	Node     string
 	Tool     string
 	ImageID  string // config digest
@@ -67,6 +70,7 @@ type BuildEvidence struct {
 // ConnectionEvidence is an outbound connection a node reported.
 type ConnectionEvidence struct {
 	Source      string
+	Reporter    string // as BuildEvidence.Reporter
 	Node        string
 	Time        time.Time
 	Process     string
@@ -198,6 +202,9 @@ func (p *Policy) nodeFindings(builds []BuildEvidence, img *Image, now time.Time)
 		if b.Platform != "" {
 			buildEv["platform"] = b.Platform
 		}
+		if b.Reporter != "" {
+			buildEv["reporter"] = b.Reporter
+		}
 		fs := p.buildFindings(b, buildEv)
 		var would []string
 		for _, f := range fs {
@@ -256,6 +263,9 @@ func (p *Policy) buildFindings(b BuildEvidence, buildEv map[string]any) []Findin
 		}
 		if c.DestName != "" {
 			ce["destName"] = c.DestName
+		}
+		if c.Reporter != "" {
+			ce["reporter"] = c.Reporter
 		}
 		if c.Cmdline != "" {
 			ce["cmdline"] = shorten(c.Cmdline, maxQuotedStep)

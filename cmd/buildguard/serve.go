@@ -20,6 +20,7 @@ import (
 
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	"github.com/cert-manager/cert-manager/pkg/server/tls/authority"
+	"golang.org/x/time/rate"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -64,8 +65,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	caConfigMap := fs.String("ca-configmap", "", "[namespace/]name of a ConfigMap whose key ca.crt is kept equal to the CA of the serving certificate (the self-managed CA, or --tls-ca-file): the node agents' (in another namespace) check buildguard with it")
 	var sf storeFlags
 	sf.register(fs)
-	reporters := fs.String("reporters", defaultReporters, "comma-separated users (service accounts) that may post node reports")
+	reporters := fs.String("reporters", defaultReporters, "comma-separated users (service accounts) that may post node reports for the node their token is bound to")
+	forwarders := fs.String("report-forwarders", "", "comma-separated users (service accounts) that may post node reports for any node, such as a central falcosidekick (none by default)")
 	reportAudience := fs.String("report-audience", "buildguard", "audience node reporters' tokens must be bound to")
+	reportRate := fs.Float64("report-rate", ingest.DefaultRate, "node reports a second each node may post (bursts of twice as many)")
+	forwarderRate := fs.Float64("forwarder-report-rate", ingest.DefaultForwarderRate, "node reports a second each of --report-forwarders may post (bursts of twice as many)")
 	retention := fs.Duration("retention", 7*24*time.Hour, "how long node evidence and decision records are kept")
 	retentionRows := fs.Int("retention-rows", 5_000_000, "at most this many rows per store table (0: no cap)")
 	decisionJournal := fs.String("decision-journal", "", "file where decision records wait while the store is unavailable, slow or busy (default: the --store-sqlite file + \".decisions.journal\"; with PostgreSQL: $TMPDIR/buildguard.decisions.journal)")
@@ -98,6 +102,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return &usageError{msg: "--self-managed-ca-secret and --tls-cert-file/--tls-private-key-file exclude each other"}
 	case *caSecret != "" && *dnsNames == "":
 		return &usageError{msg: "--self-managed-ca-secret needs --tls-dns-names"}
+	case !(*reportRate > 0) || !(*forwarderRate > 0):
+		return &usageError{msg: fmt.Sprintf("--report-rate %v, --forwarder-report-rate %v: want more than 0", *reportRate, *forwarderRate)}
 	case *drainDelay < 0:
 		return &usageError{msg: fmt.Sprintf("--drain-delay %v: want 0 or more", *drainDelay)}
 	case *caSecret != "" && *tlsCAFile != "":
@@ -287,10 +293,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			hooks = append(hooks, func(_ context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
 				retro.Admitted(string(req.UID), w, v)
 			})
+			reviews, err := ingest.NewReviewClient(cfg)
+			if err != nil {
+				return err
+			}
+			auth := &ingest.TokenReviewer{Client: reviews, Audiences: []string{*reportAudience},
+				Allowed: splitList(*reporters), Forwarders: splitList(*forwarders)}
+			defer auth.Close()
 			ih := &ingest.Handler{
-				Store:    store,
-				Auth:     &ingest.TokenReviewer{Client: kube, Audiences: []string{*reportAudience}, Allowed: splitList(*reporters)},
-				Formats:  ingest.Formats(),
+				Store:         store,
+				Auth:          auth,
+				Formats:       ingest.Formats(),
+				Rate:          rate.Limit(*reportRate),
+				Burst:         max(1, int(2**reportRate)),
+				ForwarderRate: rate.Limit(*forwarderRate), ForwarderBurst: max(1, int(2**forwarderRate)),
 				OnReport: retro.Report,
 				Log:      log,
 			}
