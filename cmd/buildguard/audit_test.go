@@ -25,8 +25,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	fakediscovery "k8s.io/client-go/discovery/fake"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/cluster"
@@ -35,6 +37,7 @@ import (
 	"buildguard.dev/buildguard/internal/testclock"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policyreport"
 	"buildguard.dev/buildguard/registry"
 )
 
@@ -267,6 +270,12 @@ func TestAuditLoopScan(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock := testclock.New(auditNow)
+	nsRes, clRes := policyreport.OpenReports.Resources()
+	reports := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
+		map[schema.GroupVersionResource]string{nsRes: "ReportList", clRes: "ClusterReportList"})
+	m.reports = &policyreport.Writer{Client: reports, Log: log, Now: clock.Now,
+		Discovery: &fakediscovery.FakeDiscovery{Fake: &k8stesting.Fake{Resources: []*metav1.APIResourceList{{GroupVersion: "openreports.io/v1alpha1",
+			APIResources: []metav1.APIResource{{Name: "reports", Namespaced: true, Kind: "Report"}, {Name: "clusterreports", Kind: "ClusterReport"}}}}}}}
 	s := &audit.Scanner{Client: cs, Evaluator: e, Recorder: store, Now: clock.Now}
 	every := 6 * time.Hour
 	start := intervalStart(clock.Now(), every)
@@ -288,6 +297,32 @@ func TestAuditLoopScan(t *testing.T) {
 	scanOnce(t.Context(), s, start, log, m, clock.Now)
 	if n := count(); n != 3 {
 		t.Errorf("%d would-deny records, want 3", n)
+	}
+	// A complete scan writes its policy reports: a result per workload
+	// and rule that found something.
+	for ns, want := range map[string][]string{
+		"legacy":  {"Pod/tool unapproved-registry fail", "Pod/unreachable registry-unavailable error"},
+		"audited": {"Pod/canary fresh-image fail"},
+		"shop":    nil,
+	} {
+		rep, err := reports.Resource(nsRes).Namespace(ns).Get(t.Context(), policyreport.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("the report of %s: %v", ns, err)
+		}
+		var got []string
+		results, _, _ := unstructured.NestedSlice(rep.Object, "results")
+		for _, r := range results {
+			r := r.(map[string]any)
+			res := r["resources"].([]any)[0].(map[string]any)
+			got = append(got, res["kind"].(string)+"/"+res["name"].(string)+" "+r["rule"].(string)+" "+r["result"].(string))
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("the report of %s has %q, want %q", ns, got, want)
+		}
+		if a := rep.GetAnnotations()[policyreport.ScanAnnotation]; a != "scan-20261202T000000Z" {
+			t.Errorf("the report of %s is of scan %q", ns, a)
+		}
 	}
 	// A restart within the interval scans again, and records nothing new.
 	clock.Advance(time.Hour)
@@ -327,6 +362,7 @@ func TestAuditLoopFlags(t *testing.T) {
 		{auditLoop{every: time.Hour, concurrency: 2}, false, "--audit-interval needs a cluster: run inside one or pass --kubeconfig"},
 		{auditLoop{every: time.Hour, concurrency: 2, lease: "/buildguard-audit"}, true, `--audit-lease "/buildguard-audit": want [namespace/]name`},
 		{auditLoop{every: time.Hour, concurrency: 2, lease: "buildguard-system/"}, true, `--audit-lease "buildguard-system/": want [namespace/]name`},
+		{auditLoop{every: 0, reports: "kyverno"}, false, `--audit-policy-reports: policy report API "kyverno": want openreports or wgpolicyk8s or none`},
 	} {
 		var kube *fake.Clientset
 		if tc.kube {
@@ -334,9 +370,9 @@ func TestAuditLoopFlags(t *testing.T) {
 		}
 		var err error
 		if kube == nil {
-			err = tc.loop.start(t.Context(), nil, e, nil, nil, slog.New(slog.DiscardHandler), nil)
+			err = tc.loop.start(t.Context(), nil, nil, e, nil, nil, slog.New(slog.DiscardHandler), nil)
 		} else {
-			err = tc.loop.start(t.Context(), kube, e, nil, nil, slog.New(slog.DiscardHandler), nil)
+			err = tc.loop.start(t.Context(), nil, kube, e, nil, nil, slog.New(slog.DiscardHandler), nil)
 		}
 		got := ""
 		if err != nil {
@@ -460,6 +496,23 @@ func TestAuditCommand(t *testing.T) {
 	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "-n", "empty", "--no-progress"}, &stdout, &stderr)
 	if code != exitOK || !strings.Contains(stdout.String(), "0 objects listed") {
 		t.Errorf("audit -n empty = %d, %q; want %d", code, stdout.String(), exitOK)
+	}
+
+	// Policy reports asked for where the API server has no CRD for them:
+	// the scan is reported, and its exit status says the reports were not
+	// written.
+	stdout.Reset()
+	stderr.Reset()
+	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "--policy-reports=wgpolicyk8s", "--no-progress"}, &stdout, &stderr)
+	if code != exitError || !strings.Contains(stdout.String(), "shop/pod/tool") ||
+		!strings.Contains(stderr.String(), "buildguard: policy reports: policy report CRDs not served") {
+		t.Errorf("audit --policy-reports=wgpolicyk8s without the CRDs = %d, stdout %q, stderr %q; want %d, the report, and why none was written",
+			code, stdout.String(), stderr.String(), exitError)
+	}
+	stderr.Reset()
+	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "--policy-reports=kyverno"}, &stdout, &stderr)
+	if code != exitError || !strings.Contains(stderr.String(), `policy report API "kyverno": want openreports or wgpolicyk8s or none`) {
+		t.Errorf("audit --policy-reports=kyverno = %d, stderr %q; want %d and a usage error", code, stderr.String(), exitError)
 	}
 
 	// A kind that cannot be listed fails the scan.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -10,11 +11,15 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policyreport"
 )
 
 // Defaults of the server's periodic scan.
@@ -41,6 +46,7 @@ type auditLoop struct {
 	concurrency int
 	exclude     string
 	lease       string
+	reports     string
 }
 
 func (a *auditLoop) register(fs *flag.FlagSet) {
@@ -48,6 +54,28 @@ func (a *auditLoop) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.exclude, "audit-exclude-namespaces", defaultAuditExclusions, "comma-separated namespaces a periodic scan does not judge (\"\" for none)")
 	fs.IntVar(&a.concurrency, "audit-concurrency", defaultAuditConcurrency, "workloads a periodic scan judges at once; it shares registry connections with admission")
 	fs.StringVar(&a.lease, "audit-lease", audit.DefaultClaimLease, "the Lease ([namespace/]name; the default namespace is the pod's) in which replicas claim each periodic scan, so that one of them runs it")
+	fs.StringVar(&a.reports, "audit-policy-reports", string(policyreport.OpenReports), "policy reports each periodic scan writes: openreports (openreports.io/v1alpha1 Report, ClusterReport), wgpolicyk8s (wgpolicyk8s.io/v1alpha2 PolicyReport, ClusterPolicyReport) or none; written only where the API server serves their CRDs")
+}
+
+// newReportWriter returns the policy report writer of api ("none" or ""
+// for none) on the cluster of cfg.
+func newReportWriter(api string, cfg *rest.Config, log *slog.Logger) (*policyreport.Writer, error) {
+	if api == "" || api == "none" {
+		return nil, nil
+	}
+	a, err := policyreport.ParseAPI(api)
+	if err != nil {
+		return nil, &usageError{msg: err.Error() + " or none"}
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	disc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &policyreport.Writer{Client: dyn, Discovery: disc, API: a, Log: log}, nil
 }
 
 // claimer claims scans in a Lease as this process.
@@ -85,8 +113,13 @@ func (a *auditLoop) newClaimer(kube kubernetes.Interface) (*claimer, error) {
 // start checks the flags and, when --audit-interval is set, starts the
 // loop; it ends with ctx. ready reports whether the server can judge
 // (its policies are read); rec stores the records, or is nil.
-func (a *auditLoop) start(ctx context.Context, kube kubernetes.Interface, e audit.Evaluator, rec audit.Recorder, ready func() error,
+func (a *auditLoop) start(ctx context.Context, cfg *rest.Config, kube kubernetes.Interface, e audit.Evaluator, rec audit.Recorder, ready func() error,
 	log *slog.Logger, reg prometheus.Registerer) error {
+	if a.reports != "" && a.reports != "none" {
+		if _, err := policyreport.ParseAPI(a.reports); err != nil {
+			return &usageError{msg: "--audit-policy-reports: " + err.Error() + " or none"}
+		}
+	}
 	if a.every == 0 {
 		return nil
 	}
@@ -113,6 +146,11 @@ func (a *auditLoop) start(ctx context.Context, kube kubernetes.Interface, e audi
 		// policies. The review UI has wrapped the engine's policies by
 		// now (serve starts it first).
 		s.Policies, s.NamespaceLabels = en.Policies, en.Namespaces
+	}
+	if a.reports != "" && a.reports != "none" {
+		if m.reports, err = newReportWriter(a.reports, cfg, log); err != nil {
+			return err
+		}
 	}
 	go a.run(ctx, s, cl.claim, ready, log, m, time.Now)
 	return nil
@@ -196,6 +234,13 @@ func scanOnce(ctx context.Context, s *audit.Scanner, start time.Time, log *slog.
 	}
 	if err == nil {
 		m.observe(r, begun, elapsed)
+		if m.reports != nil {
+			// A complete scan only: a partial one would remove the results
+			// of what it did not get to.
+			if _, err := m.reports.Write(ctx, r); err != nil && !errors.Is(err, policyreport.ErrNotServed) {
+				log.Error("policy reports not written", "scan", r.ID, "error", err)
+			}
+		}
 	}
 }
 
@@ -205,6 +250,8 @@ type auditMetrics struct {
 	last      prometheus.Gauge
 	duration  prometheus.Gauge
 	failed    prometheus.Counter
+	// reports writes each complete scan's policy reports, when set.
+	reports *policyreport.Writer
 }
 
 func newAuditMetrics(reg prometheus.Registerer) (*auditMetrics, error) {

@@ -325,7 +325,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		certFile: *certFile, keyFile: *keyFile, reload: *reload, log: log}); err != nil {
 		return err
 	}
-	if err := al.start(ctx, kube, e, store, ready, log, metrics.Registry()); err != nil {
+	if err := al.start(ctx, cfg, kube, e, store, ready, log, metrics.Registry()); err != nil {
 		return err
 	}
 	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: metrics, Log: log, OnDecision: onDecision, Recorder: recorder})
