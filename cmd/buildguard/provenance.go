@@ -4,6 +4,8 @@ import (
 	"flag"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/registry"
@@ -14,6 +16,8 @@ type provenanceFlags struct {
 	negativeTTL time.Duration
 	materialTTL time.Duration
 	concurrent  int
+	// reg, when set, receives the verifier's metrics (serve).
+	reg prometheus.Registerer
 }
 
 func (f *provenanceFlags) register(fs *flag.FlagSet) {
@@ -29,8 +33,10 @@ func (f *provenanceFlags) verifier(r engine.Resolver) engine.Verifier {
 	if !ok {
 		return nil
 	}
-	return provenance.New(c,
-		provenance.WithNegativeTTL(f.negativeTTL),
-		provenance.WithMaterialTTL(f.materialTTL),
-		provenance.WithMaxConcurrent(f.concurrent))
+	opts := []provenance.Option{provenance.WithNegativeTTL(f.negativeTTL), provenance.WithMaterialTTL(f.materialTTL),
+		provenance.WithMaxConcurrent(f.concurrent)}
+	if f.reg != nil {
+		opts = append(opts, provenance.WithRegisterer(f.reg))
+	}
+	return provenance.New(c, opts...)
 }

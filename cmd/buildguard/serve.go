@@ -144,6 +144,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Timeout:   rf.timeout,
 		Log:       log,
 	}
+	pvf.reg = metrics.Registry()
 	e.Verifier = pvf.verifier(e.Resolver)
 	if v, ok := e.Verifier.(*provenance.Verifier); ok {
 		v.Log = log // ClusterBuildPolicies' unusable trust files are reported here
