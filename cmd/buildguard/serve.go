@@ -336,7 +336,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Certificates: certs, Handler: mux, Ready: ready,
+	s := &server.Server{Listener: ln, CertFile: *certFile, KeyFile: *keyFile, Certificates: certs, Handler: mux, Ready: ready, Metrics: metrics.Registry(),
 		DrainDelay: *drainDelay, Log: log}
 	return s.Run(ctx)
 }
