@@ -301,7 +301,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			auth := &ingest.TokenReviewer{Client: reviews, Audiences: []string{*reportAudience},
 				Allowed: splitList(*reporters), Forwarders: splitList(*forwarders)}
 			defer auth.Close()
+			im, err := ingest.NewMetrics(metrics.Registry(), ingest.Formats())
+			if err != nil {
+				return err
+			}
 			ih := &ingest.Handler{
+				Metrics:       im,
 				Store:         store,
 				Auth:          auth,
 				Formats:       ingest.Formats(),
