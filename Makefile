@@ -57,8 +57,9 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	$(GO) test ./nodeagent/ -run '^$$' -fuzz '^FuzzContainerdBlobs$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseTraceFormat FuzzParseProcCgroup FuzzParseProcNetTCP FuzzParseStat; do \
 	  $(GO) test ./nodeagent/conns/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
-	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter FuzzParseExceptionFile; do \
+	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter; do \
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
+	$(GO) test ./policysource/ -run '^$$' -fuzz '^FuzzParseExceptionFile$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./manifest/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $${FUZZTIME:-30s}
 
 bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webhook, cache memory, round trips, build-step analysis, decision records, cold provenance verification, node reports of a 1,000-node fleet.

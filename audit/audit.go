@@ -6,7 +6,8 @@
 // Each top-level workload is judged once: a Deployment, not its
 // ReplicaSets and Pods as well. Evaluations share the engine's caches, so
 // a scan costs about one registry lookup per distinct image, however many
-// Pods run it.
+// Pods run it. `buildguard audit` runs one Scanner; `buildguard serve`
+// runs one every interval (Schedule), claimed by one replica (Claim).
 package audit
 
 import (
@@ -20,11 +21,10 @@ import (
 	"sync"
 	"time"
 
-	admissionv1 "k8s.io/api/admission/v1"
-	authnv1 "k8s.io/api/authentication/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
@@ -40,7 +40,7 @@ const (
 // What scan records carry in place of an admission request's operation
 // and user.
 const (
-	Operation = "SCAN"
+	Operation = decision.OperationScan
 	User      = "buildguard-audit"
 )
 
@@ -398,18 +398,17 @@ func (s *Scanner) judge(ctx context.Context, log *slog.Logger, scanID string, no
 }
 
 // Decision is the record of a scan's verdict on the object uid, at time
-// t: a decision record as the webhook's (records.Decision), with ID
+// t: a decision record as the webhook's (records.FromDecision), with ID
 // "<uid>/<scanID>", Operation "SCAN", User "buildguard-audit", and
 // "would-deny" for a deny.
 func Decision(scanID string, uid types.UID, w engine.Workload, v policy.Verdict, t time.Time) evidence.Decision {
-	req := &admissionv1.AdmissionRequest{
-		UID:       types.UID(string(uid) + "/" + scanID),
-		Operation: admissionv1.Operation(Operation),
-		Namespace: w.Namespace,
-		Name:      w.Name,
-		UserInfo:  authnv1.UserInfo{Username: User},
-	}
-	d := records.Decision(req, w, v, t)
-	d.Verdict = verdictWord(v)
-	return d
+	return records.FromDecision(decision.Decision{
+		ID:        string(uid) + "/" + scanID,
+		Source:    decision.Scan,
+		Operation: Operation,
+		User:      User,
+		Workload:  w,
+		Verdict:   v,
+		Time:      t,
+	})
 }

@@ -9,10 +9,11 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"buildguard.dev/buildguard/cluster"
+	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/manifest"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policysource"
 )
 
 // Namespaces gives namespaces their labels as the manifests define them:
@@ -124,12 +125,12 @@ func LoadPolicies(path string, manifests *manifest.Stream, ns string) (*Policies
 	}
 	if manifests != nil {
 		for _, u := range buildguardResources(manifests) {
-			if u.GetKind() == cluster.ExceptionKind {
+			if u.GetKind() == v1alpha1.KindBuildPolicyException {
 				resources = append(resources, u)
 			}
 		}
 	}
-	s, err := cluster.NewStatic(resources, ns)
+	s, err := policysource.NewStatic(resources, ns)
 	if err != nil {
 		return nil, fmt.Errorf("policy %s: %w", path, err)
 	}
@@ -140,7 +141,7 @@ func LoadPolicies(path string, manifests *manifest.Stream, ns string) (*Policies
 }
 
 func isBuildguardResource(o *manifest.Object) bool {
-	return o.APIVersion == cluster.Group+"/"+cluster.Version && (o.Kind == cluster.PolicyKind || o.Kind == cluster.ExceptionKind)
+	return o.APIVersion == v1alpha1.APIVersion && (o.Kind == v1alpha1.KindClusterBuildPolicy || o.Kind == v1alpha1.KindBuildPolicyException)
 }
 
 // buildguardResources returns the ClusterBuildPolicies and
@@ -154,7 +155,7 @@ func buildguardResources(s *manifest.Stream) []*unstructured.Unstructured {
 		}
 		u := &unstructured.Unstructured{}
 		if err := u.UnmarshalJSON(o.JSON); err != nil {
-			// Kept as it is: cluster.NewStatic says what is wrong.
+			// Kept as it is: policysource.NewStatic says what is wrong.
 			u.Object = map[string]any{"apiVersion": o.APIVersion, "kind": o.Kind, "metadata": map[string]any{"name": o.Name, "namespace": o.Namespace}}
 		}
 		out = append(out, u)

@@ -32,7 +32,8 @@ var apiVersions = map[string]string{
 	"StatefulSet": "apps/v1", "DaemonSet": "apps/v1", "Job": "batch/v1", "CronJob": "batch/v1",
 }
 
-// Event implements ingest.EventSink: a Warning on the workload.
+// Event implements records.EventSink and retro.EventSink: a Warning on
+// the workload.
 func (e *Events) Event(w engine.Workload, reason, message string) {
 	ref := &corev1.ObjectReference{Kind: w.Kind, APIVersion: apiVersions[w.Kind], Namespace: w.Namespace, Name: w.Name}
 	e.recorder.Event(ref, corev1.EventTypeWarning, reason, message)

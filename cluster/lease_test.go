@@ -20,12 +20,15 @@ import (
 	"k8s.io/client-go/dynamic"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"buildguard.dev/buildguard/apis/v1alpha1"
+	"buildguard.dev/buildguard/policysource"
 )
 
 func policyObject(name string, generation int64, mode string) *unstructured.Unstructured {
 	u := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": Group + "/" + Version,
-		"kind":       "ClusterBuildPolicy",
+		"apiVersion": v1alpha1.APIVersion,
+		"kind":       v1alpha1.KindClusterBuildPolicy,
 		"metadata":   map[string]any{"name": name, "generation": generation},
 		"spec":       map[string]any{"mode": mode},
 	}}
@@ -118,15 +121,15 @@ func TestOneStatusWriter(t *testing.T) {
 		t.Run(fmt.Sprintf("lease=%v", elect), func(t *testing.T) {
 			scheme := runtime.NewScheme()
 			listKinds := map[schema.GroupVersionResource]string{
-				PolicyResource:    "ClusterBuildPolicyList",
-				ExceptionResource: "BuildPolicyExceptionList",
+				v1alpha1.PolicyResource:    "ClusterBuildPolicyList",
+				v1alpha1.ExceptionResource: "BuildPolicyExceptionList",
 			}
 			dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, listKinds, policyObject("default", 1, "audit"))
 			kube := fake.NewClientset()
 			writes := &statusWriters{by: map[string]int{}}
 
 			type replica struct {
-				src    *Source
+				src    *policysource.CRD
 				lease  *StatusLease
 				cancel context.CancelFunc
 				done   chan struct{}
@@ -136,7 +139,7 @@ func TestOneStatusWriter(t *testing.T) {
 				// Each replica's own client, on the shared objects, so
 				// that writes can be told apart.
 				client := &countingDynamic{FakeDynamicClient: dyn, onStatus: writes.count(name)}
-				r := &replica{src: &Source{Client: client}, cancel: cancel, done: make(chan struct{})}
+				r := &replica{src: &policysource.CRD{Client: client}, cancel: cancel, done: make(chan struct{})}
 				if elect {
 					r.lease = &StatusLease{Client: kube, Namespace: "buildguard-system", Name: DefaultStatusLease, Identity: name,
 						LeaseDuration: 5 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 200 * time.Millisecond}
@@ -207,19 +210,19 @@ func TestOneStatusWriter(t *testing.T) {
 
 func setGeneration(t *testing.T, dyn *dynamicfake.FakeDynamicClient, gen int64, mode string) {
 	t.Helper()
-	u, err := dyn.Resource(PolicyResource).Get(t.Context(), "default", metav1.GetOptions{})
+	u, err := dyn.Resource(v1alpha1.PolicyResource).Get(t.Context(), "default", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	u.SetGeneration(gen)
 	unstructured.SetNestedField(u.Object, mode, "spec", "mode")
-	if _, err := dyn.Resource(PolicyResource).Update(t.Context(), u, metav1.UpdateOptions{}); err != nil {
+	if _, err := dyn.Resource(v1alpha1.PolicyResource).Update(t.Context(), u, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func observed(t *testing.T, dyn *dynamicfake.FakeDynamicClient, gen int64) error {
-	u, err := dyn.Resource(PolicyResource).Get(t.Context(), "default", metav1.GetOptions{})
+	u, err := dyn.Resource(v1alpha1.PolicyResource).Get(t.Context(), "default", metav1.GetOptions{})
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"buildguard.dev/buildguard/cluster"
+	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -78,7 +78,7 @@ func TestClusterBuildPolicyProvenanceFields(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &obj); err != nil {
 		t.Fatal(err)
 	}
-	var spec cluster.PolicySpec
+	var spec v1alpha1.PolicySpec
 	dec := json.NewDecoder(bytes.NewReader(obj.Spec))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&spec); err != nil {

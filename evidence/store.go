@@ -43,7 +43,7 @@ type Store interface {
 	// Connections returns the connections a node reported in [from, to], oldest first, at most limit.
 	// A limit of 0 or less means DefaultLimit.
 	Connections(ctx context.Context, node string, from, to time.Time, limit int) ([]Connection, error)
-	// AddDecision records an admission decision (issue 6); idempotent on Decision.ID:
+	// AddDecision records an admission decision; idempotent on Decision.ID:
 	// a decision whose ID is already stored is left as it is.
 	AddDecision(ctx context.Context, d Decision) error
 	// AddDecisions records decisions in one transaction (one durable commit), each as

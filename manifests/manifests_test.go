@@ -21,9 +21,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"buildguard.dev/buildguard/records"
 )
 
 // The identity and audience buildguard serve accepts node reports from by
@@ -359,6 +362,30 @@ func TestDrainFitsGracePeriod(t *testing.T) {
 			grace := dep.Spec.Template.Spec.TerminationGracePeriodSeconds
 			if grace == nil || time.Duration(*grace)*time.Second < drain+shutdownTimeout+5*time.Second {
 				t.Errorf("terminationGracePeriodSeconds %v: want at least --drain-delay %s + %s in flight + 5s for the records", grace, drain, shutdownTimeout)
+			}
+		})
+	}
+}
+
+// TestTmpHoldsTheJournal: the /tmp emptyDir, where the PostgreSQL install
+// keeps its decision journal, holds a full journal and the .replay file
+// being moved to the store (records.DefaultMaxJournalBytes each), with room
+// to spare. A smaller sizeLimit gets the pod evicted while the store is down,
+// which is exactly when the journal grows.
+func TestTmpHoldsTheJournal(t *testing.T) {
+	want := resource.NewQuantity(2*records.DefaultMaxJournalBytes+32<<20, resource.BinarySI)
+	for _, p := range installPaths {
+		t.Run(p.dir, func(t *testing.T) {
+			objs := Render(t, p.dir)
+			var dep appsv1.Deployment
+			find(t, objs, "Deployment", "buildguard", &dep)
+			i := slices.IndexFunc(dep.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == "tmp" })
+			if i < 0 || dep.Spec.Template.Spec.Volumes[i].EmptyDir == nil {
+				t.Fatalf("Deployment buildguard: no emptyDir volume tmp")
+			}
+			got := dep.Spec.Template.Spec.Volumes[i].EmptyDir.SizeLimit
+			if got == nil || got.Cmp(*want) < 0 {
+				t.Errorf("volume tmp sizeLimit %v: want at least %s (a full journal, the file being replayed and 32Mi)", got, want)
 			}
 		})
 	}

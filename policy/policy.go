@@ -97,7 +97,7 @@ var defaultActions = map[RuleID]Action{
 	RuleUnapprovedBuilder:    ActionDeny,
 	RuleUnapprovedSource:     ActionDeny,
 
-	// Signature and attestation checks of issue 16.
+	// Signature, attestation and build-time checks.
 	RuleVSAFailed:               ActionDeny,
 	RuleVSAStale:                ActionDeny,
 	RuleInconsistentCreatedTime: ActionDeny,

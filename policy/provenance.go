@@ -226,7 +226,7 @@ func compileProvenance(sig Signatures, prov ProvenanceRequirements) (provenanceS
 	if len(sig.Keys) > 0 && sig.TrustedRoot == "" && !sig.IgnoreTlog {
 		return ps, &FieldError{Field: "signatures.trustedRoot", Msg: "required to verify the transparency-log proof of key signatures; set it, or set ignoreTlog: true"}
 	}
-	// GitHub signers and Notation: issue 16.
+	// GitHub signers and Notation.
 	for i, g := range sig.GitHub {
 		m, err := compileGitHubIdentity(fmt.Sprintf("signatures.github[%d]", i), g)
 		if err != nil {

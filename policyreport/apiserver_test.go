@@ -227,12 +227,30 @@ func TestWriterAPIServer(t *testing.T) {
 				t.Fatalf("Write = %v, want ErrNotServed", err)
 			}
 		}
-		if n := strings.Count(log.String(), "does not serve openreports.io/v1alpha1 reports and clusterreports"); n != 1 {
-			t.Errorf("said %d times that the CRDs are not served, want once:\n%s", n, log.String())
+		w.Written(t.Context(), scan())
+		if n := strings.Count(log.String(), "does not serve openreports.io/v1alpha1 reports and clusterreports"); n != 1 ||
+			strings.Contains(log.String(), "policy reports not written") {
+			t.Errorf("said %d times that the CRDs are not served, want once and no error:\n%s", n, log.String())
 		}
 	})
 
 	c.applyCRDs(t)
+
+	t.Run("a writer without RBAC logs why it wrote nothing", func(t *testing.T) {
+		var log bytes.Buffer
+		w := c.writer(t, OpenReports, &log)
+		cfg := rest.CopyConfig(c.cfg)
+		cfg.Impersonate.UserName = "system:serviceaccount:buildguard-system:nobody"
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Client = dyn
+		w.Written(t.Context(), scan())
+		if !strings.Contains(log.String(), `"msg":"policy reports not written","scan":"scan-20261202T030000Z","api":"openreports","error":"listing reports: reports.openreports.io is forbidden`) {
+			t.Errorf("log does not say the reports were forbidden:\n%s", log.String())
+		}
+	})
 	for _, api := range []API{OpenReports, WGPolicy} {
 		t.Run(string(api), func(t *testing.T) {
 			var log bytes.Buffer

@@ -13,7 +13,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 
 	"buildguard.dev/buildguard/audit"
 )
@@ -49,6 +51,27 @@ type Writer struct {
 // version; discovery.DiscoveryClient is one.
 type Discovery interface {
 	ServerResourcesForGroupVersionWithContext(ctx context.Context, groupVersion string) (*metav1.APIResourceList, error)
+}
+
+// NewWriter returns a Writer of api to the API server of cfg, or nil for
+// "none" or "": no reports.
+func NewWriter(api string, cfg *rest.Config, log *slog.Logger) (*Writer, error) {
+	if api == "" || api == "none" {
+		return nil, nil
+	}
+	a, err := ParseAPI(api)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	disc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Writer{Client: dyn, Discovery: disc, API: a, Log: log}, nil
 }
 
 // ErrNotServed is returned by Write when the API server does not serve
@@ -186,6 +209,16 @@ func (w *Writer) Write(ctx context.Context, r *audit.Report) (Stats, error) {
 	w.log().Info("policy reports written", "scan", r.ID, "api", string(w.api()), "created", st.Created, "updated", st.Updated,
 		"deleted", st.Deleted, "results", st.Results, "omitted", st.Omitted, "errors", len(errs))
 	return st, errors.Join(errs...)
+}
+
+// Written writes the reports of the complete scan r, as Write does, and
+// logs what went wrong; it has the signature of audit.Schedule's
+// Completed. Nothing is logged when the CRDs are not served: Served has
+// said so.
+func (w *Writer) Written(ctx context.Context, r *audit.Report) {
+	if _, err := w.Write(ctx, r); err != nil && !errors.Is(err, ErrNotServed) {
+		w.log().Error("policy reports not written", "scan", r.ID, "api", string(w.api()), "error", err)
+	}
 }
 
 func count(st *Stats, created bool, rep *report) {

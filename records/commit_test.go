@@ -267,7 +267,7 @@ func TestRecordDecision(t *testing.T) {
 	defer r.Close()
 	allow := policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeAllow, Allowed: true}
 	start := time.Now()
-	if err := r.RecordDecision(t.Context(), request("uid-allow", "CREATE"), workload(), allow); err != nil {
+	if err := r.RecordDecision(t.Context(), decided("uid-allow", "CREATE", workload(), allow)); err != nil {
 		t.Fatalf("RecordDecision(allow) = %v", err)
 	}
 	if d := time.Since(start); d > time.Second {
@@ -275,7 +275,7 @@ func TestRecordDecision(t *testing.T) {
 	}
 	for _, mode := range []policy.Mode{policy.ModeEnforce, policy.ModeAudit} {
 		uid := "uid-" + string(mode)
-		if err := r.RecordDecision(t.Context(), request(uid, "CREATE"), workload(), denyVerdict(mode)); err != nil {
+		if err := r.RecordDecision(t.Context(), decided(uid, "CREATE", workload(), denyVerdict(mode))); err != nil {
 			t.Fatalf("RecordDecision(%s deny) = %v", mode, err)
 		}
 		if !durable(t, r, st.Store, uid) {

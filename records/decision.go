@@ -1,6 +1,6 @@
-// Package records keeps a record of every admission decision: in the
-// evidence store (Recorder: a deny or would-deny is on disk, in the store
-// or a journal, before it is answered; other decisions go through a
+// Package records keeps a record of every decision (decision.Decision):
+// in the evidence store (Recorder: a deny or would-deny is on disk, in the
+// store or a journal, before it is answered; other decisions go through a
 // bounded queue that never holds up admission), and as Kubernetes Events
 // for denials and would-be denials (Notifier).
 package records
@@ -10,11 +10,8 @@ import (
 	"encoding/json"
 	"slices"
 	"strings"
-	"time"
 
-	admissionv1 "k8s.io/api/admission/v1"
-
-	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
 )
@@ -48,53 +45,42 @@ type workloadFindings struct {
 	Findings []policy.Finding `json:"findings"`
 }
 
-// Decision turns an admission decision into its record, at time t. The ID
-// is the request's UID, so recording the same request twice keeps one
-// record. Images is the JSON array of v.Images (policy.ImageVerdict: image,
-// digest, verdict, findings with their evidence, exception), followed,
-// when v has findings about the workload or a change ID, by one element
+// FromDecision returns the record of d. Its ID is d.ID, so recording the
+// same decision twice keeps one record; its time is d.Time. Images is the
+// JSON array of the verdict's images (policy.ImageVerdict: image, digest,
+// verdict, findings with their evidence, exception), followed, when the
+// verdict has findings about the workload or a change ID, by one element
 // with "scope": "workload". Text the store could not keep (invalid UTF-8,
 // NUL) is replaced with U+FFFD rather than losing the record.
-func Decision(req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict, t time.Time) evidence.Decision {
-	d := header(req, w, v, t)
-	d.Images = imagesJSON(v)
-	return d
+func FromDecision(d decision.Decision) evidence.Decision {
+	rec := header(d)
+	rec.Images = imagesJSON(d.Verdict)
+	return rec
 }
 
-// header is the decision without its Images, cheap enough to build on the
+// header is the record without its Images, cheap enough to build on the
 // admission path.
-func header(req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict, t time.Time) evidence.Decision {
-	kind := w.Kind
-	if kind == "" {
-		kind = req.Kind.Kind
-	}
-	name := w.Name
-	if name == "" {
-		name = req.Name
-	}
-	ns := w.Namespace
-	if ns == "" {
-		ns = req.Namespace
-	}
-	d := evidence.Decision{
-		ID:        string(req.UID),
-		Time:      t,
-		Operation: string(req.Operation),
-		Namespace: ns,
-		Kind:      kind,
-		Name:      name,
-		User:      req.UserInfo.Username,
-		Groups:    req.UserInfo.Groups,
+func header(d decision.Decision) evidence.Decision {
+	v := d.Verdict
+	rec := evidence.Decision{
+		ID:        d.ID,
+		Time:      d.Time,
+		Operation: d.Operation,
+		Namespace: d.Workload.Namespace,
+		Kind:      d.Workload.Kind,
+		Name:      d.Workload.Name,
+		User:      d.User,
+		Groups:    d.Groups,
 		Mode:      string(v.Mode),
-		Verdict:   Verdict(v),
+		Verdict:   d.Word(),
 		Rules:     Rules(v),
 	}
 	for _, iv := range v.Images {
-		if iv.Exception != nil && !slices.Contains(d.Exceptions, iv.Exception.Name) {
-			d.Exceptions = append(d.Exceptions, iv.Exception.Name)
+		if iv.Exception != nil && !slices.Contains(rec.Exceptions, iv.Exception.Name) {
+			rec.Exceptions = append(rec.Exceptions, iv.Exception.Name)
 		}
 	}
-	return d
+	return rec
 }
 
 func imagesJSON(v policy.Verdict) json.RawMessage {

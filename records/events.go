@@ -7,8 +7,7 @@ import (
 	"sync"
 	"time"
 
-	admissionv1 "k8s.io/api/admission/v1"
-
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 )
@@ -61,18 +60,12 @@ type Notifier struct {
 	seen map[string]time.Time
 }
 
-// OnDecision posts the Event for a decision, if it needs one; it has the
-// signature of webhook.Handler.OnDecision and does not block (the sink
-// queues).
-func (n *Notifier) OnDecision(_ context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
+// Decided posts the Event for a decision, if it needs one; it implements
+// decision.Observer and does not block (the sink queues).
+func (n *Notifier) Decided(_ context.Context, d decision.Decision) {
+	v, w := d.Verdict, d.Workload
 	if v.Outcome != policy.OutcomeDeny {
 		return
-	}
-	if w.Namespace == "" {
-		w.Namespace = req.Namespace
-	}
-	if w.Kind == "" {
-		w.Kind = req.Kind.Kind
 	}
 	rules := denyRules(v)
 	key := w.Namespace + "/" + w.Kind + "/" + w.Name + "/" + strings.Join(rules, ",")
@@ -90,7 +83,7 @@ func (n *Notifier) OnDecision(_ context.Context, req *admissionv1.AdmissionReque
 	}
 	msg := fmt.Sprintf("buildguard %s %s %s: [%s] %s", verb, w.Kind, name, strings.Join(rules, ","), firstSummary(v))
 	target := w
-	if (!v.Allowed && (req.Operation == admissionv1.Create || req.Operation == "")) || w.Name == "" {
+	if (!v.Allowed && (d.Operation == "CREATE" || d.Operation == "")) || w.Name == "" {
 		// The object does not exist: put the Event in its namespace, on
 		// the Namespace, where "kubectl get events -n NS" shows it.
 		target = engine.Workload{Kind: "Namespace", Namespace: w.Namespace, Name: w.Namespace}

@@ -37,18 +37,17 @@ func TestNotifier(t *testing.T) {
 	n := &Notifier{Sink: sink, Now: func() time.Time { return now }}
 	allow := policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeAllow, Allowed: true}
 	warn := policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeWarn, Allowed: true}
-	update := request("u2", "UPDATE")
 	deploy := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "web", Operation: "UPDATE"}
 
-	n.OnDecision(t.Context(), request("u0", "CREATE"), workload(), allow)
-	n.OnDecision(t.Context(), request("u0", "CREATE"), workload(), warn)
-	n.OnDecision(t.Context(), request("u1", "CREATE"), workload(), denyVerdict(policy.ModeEnforce))
+	n.Decided(t.Context(), decided("u0", "CREATE", workload(), allow))
+	n.Decided(t.Context(), decided("u0", "CREATE", workload(), warn))
+	n.Decided(t.Context(), decided("u1", "CREATE", workload(), denyVerdict(policy.ModeEnforce)))
 	for range 50 { // a controller retrying
-		n.OnDecision(t.Context(), request("u1", "CREATE"), workload(), denyVerdict(policy.ModeEnforce))
+		n.Decided(t.Context(), decided("u1", "CREATE", workload(), denyVerdict(policy.ModeEnforce)))
 	}
-	n.OnDecision(t.Context(), update, deploy, denyVerdict(policy.ModeAudit))
+	n.Decided(t.Context(), decided("u2", "UPDATE", deploy, denyVerdict(policy.ModeAudit)))
 	now = now.Add(DefaultEventWindow)
-	n.OnDecision(t.Context(), request("u3", "CREATE"), workload(), denyVerdict(policy.ModeEnforce))
+	n.Decided(t.Context(), decided("u3", "CREATE", workload(), denyVerdict(policy.ModeEnforce)))
 
 	want := []struct {
 		kind, ns, name, reason, msg string
@@ -75,7 +74,7 @@ func TestNotifierBounded(t *testing.T) {
 	for i := range 100 {
 		w := workload()
 		w.Name = strings.Repeat("x", i+1)
-		n.OnDecision(t.Context(), request("u", "UPDATE"), w, denyVerdict(policy.ModeAudit))
+		n.Decided(t.Context(), decided("u", "UPDATE", w, denyVerdict(policy.ModeAudit)))
 	}
 	if len(n.seen) > 10 {
 		t.Errorf("remembers %d events, want at most 10", len(n.seen))

@@ -15,9 +15,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
-	admissionv1 "k8s.io/api/admission/v1"
 
-	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
 )
@@ -292,16 +291,25 @@ func New(store evidence.Store, journalPath string, opts ...Option) (*Recorder, e
 	return r, nil
 }
 
-// RecordDecision records a webhook decision; it has the signature of
-// webhook.DecisionRecorder. A deny or would-deny is committed (see
-// Commit) before it returns; anything else is queued, as OnDecision does,
-// and it returns nil at once.
-func (r *Recorder) RecordDecision(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) error {
-	if v.Allowed && v.Outcome != policy.OutcomeDeny {
-		r.OnDecision(ctx, req, w, v)
+// RecordDecision records a decision before it is answered; it implements
+// webhook.DecisionRecorder. A deny or would-deny is committed (see Commit)
+// before it returns; anything else is queued, as Decided does, and it
+// returns nil at once. A decision without a Time is recorded at the
+// Recorder's clock (WithClock).
+func (r *Recorder) RecordDecision(ctx context.Context, d decision.Decision) error {
+	if v := d.Verdict; v.Allowed && v.Outcome != policy.OutcomeDeny {
+		r.Decided(ctx, d)
 		return nil
 	}
-	return r.Commit(ctx, Decision(req, w, v, r.now()))
+	return r.Commit(ctx, FromDecision(r.stamped(d)))
+}
+
+// stamped is d with a Time: its own, or now.
+func (r *Recorder) stamped(d decision.Decision) decision.Decision {
+	if d.Time.IsZero() {
+		d.Time = r.now()
+	}
+	return d
 }
 
 // Commit records d and returns once it is durable: committed to the
@@ -382,10 +390,11 @@ func (r *Recorder) submit(ctx context.Context, w *waiter) error {
 	}
 }
 
-// OnDecision records a webhook decision without waiting for the store,
-// whatever its verdict; it has the signature of webhook.Handler.OnDecision.
-func (r *Recorder) OnDecision(_ context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) {
-	r.enqueue(entry{d: header(req, w, v, r.now()), v: v, hasVerdict: true})
+// Decided records a decision without waiting for the store, whatever its
+// verdict; it implements decision.Observer.
+func (r *Recorder) Decided(_ context.Context, d decision.Decision) {
+	d = r.stamped(d)
+	r.enqueue(entry{d: header(d), v: d.Verdict, hasVerdict: true})
 }
 
 // Record records d. It never waits for the store: d goes on the queue or,

@@ -14,11 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	admissionv1 "k8s.io/api/admission/v1"
-	authnv1 "k8s.io/api/authentication/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
@@ -26,15 +23,19 @@ import (
 
 var t0 = time.Date(2026, 11, 26, 21, 5, 25, 0, time.UTC)
 
-func request(uid, op string) *admissionv1.AdmissionRequest {
-	return &admissionv1.AdmissionRequest{
-		UID:       types.UID(uid),
-		Kind:      metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
-		Namespace: "shop",
-		Name:      "hotfix",
-		Operation: admissionv1.Operation(op),
-		UserInfo:  authnv1.UserInfo{Username: "alice", Groups: []string{"dev", "system:authenticated"}},
+// decided is alice's admission uid (operation op) of w, with verdict v.
+func decided(uid, op string, w engine.Workload, v policy.Verdict) decision.Decision {
+	return decision.Decision{
+		ID: uid, Source: decision.Admission, Operation: op,
+		User: "alice", Groups: []string{"dev", "system:authenticated"},
+		Workload: w, Verdict: v,
 	}
+}
+
+// at is d made at t.
+func at(d decision.Decision, t time.Time) decision.Decision {
+	d.Time = t
+	return d
 }
 
 func workload() engine.Workload {
@@ -63,7 +64,7 @@ func denyVerdict(mode policy.Mode) policy.Verdict {
 }
 
 func TestDecision(t *testing.T) {
-	got := Decision(request("uid-1", "CREATE"), workload(), denyVerdict(policy.ModeAudit), t0)
+	got := FromDecision(at(decided("uid-1", "CREATE", workload(), denyVerdict(policy.ModeAudit)), t0))
 	images := got.Images
 	got.Images = nil
 	want := evidence.Decision{
@@ -100,11 +101,11 @@ func TestDecision(t *testing.T) {
 }
 
 func TestDecisionSanitizes(t *testing.T) {
-	req := request("uid-2", "CREATE")
-	req.UserInfo.Username = "bad\x00user\xff"
 	v := denyVerdict(policy.ModeEnforce)
 	v.Images[0].Findings[0].Message = "nul \x00 here"
-	e := entry{d: header(req, workload(), v, t0), v: v, hasVerdict: true}
+	d0 := at(decided("uid-2", "CREATE", workload(), v), t0)
+	d0.User = "bad\x00user\xff"
+	e := entry{d: header(d0), v: v, hasVerdict: true}
 	d := e.decision()
 	st := openStore(t)
 	if err := st.AddDecision(t.Context(), d); err != nil {
@@ -123,7 +124,7 @@ func openStore(t testing.TB) *evidence.SQLite {
 }
 
 func record(i int) evidence.Decision {
-	return Decision(request(fmt.Sprintf("uid-%04d", i), "CREATE"), workload(), denyVerdict(policy.ModeEnforce), t0.Add(time.Duration(i)*time.Second))
+	return FromDecision(at(decided(fmt.Sprintf("uid-%04d", i), "CREATE", workload(), denyVerdict(policy.ModeEnforce)), t0.Add(time.Duration(i)*time.Second)))
 }
 
 // storedIDs returns how many of the first n records the store has.
@@ -163,7 +164,7 @@ func TestRecorderStores(t *testing.T) {
 	for i := range n {
 		r.Record(record(i))
 	}
-	r.OnDecision(t.Context(), request("uid-0000", "CREATE"), workload(), denyVerdict(policy.ModeEnforce)) // a repeat
+	r.Decided(t.Context(), decided("uid-0000", "CREATE", workload(), denyVerdict(policy.ModeEnforce))) // a repeat
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -366,9 +367,9 @@ func TestRecorderJournalCap(t *testing.T) {
 	}
 }
 
-// BenchmarkOnDecision measures what the admission path pays: building the
+// BenchmarkDecided measures what the admission path pays: building the
 // record's header and putting it on the queue (a consumer keeps it empty).
-func BenchmarkOnDecision(b *testing.B) {
+func BenchmarkDecided(b *testing.B) {
 	j, err := openJournal(filepath.Join(b.TempDir(), "journal"), 0)
 	if err != nil {
 		b.Fatal(err)
@@ -381,11 +382,11 @@ func BenchmarkOnDecision(b *testing.B) {
 		}
 		close(done)
 	}()
-	req, w, v := request("uid-b", "CREATE"), workload(), denyVerdict(policy.ModeEnforce)
+	d := decided("uid-b", "CREATE", workload(), denyVerdict(policy.ModeEnforce))
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		r.OnDecision(ctx, req, w, v)
+		r.Decided(ctx, d)
 	}
 	close(r.queue)
 	<-done
@@ -409,7 +410,7 @@ func BenchmarkSpill(b *testing.B) {
 }
 
 // BenchmarkRecorderSQLite measures the writer: the time per record from
-// OnDecision to stored in SQLite (synchronous=FULL), records arriving
+// Decided to stored in SQLite (synchronous=FULL), records arriving
 // faster than it stores them, in transactions of up to DefaultMaxBatch.
 func BenchmarkRecorderSQLite(b *testing.B) { benchmarkWriter(b, openStore(b)) }
 
@@ -420,11 +421,11 @@ func benchmarkWriter(b *testing.B, st evidence.Store) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		req, w, v := request("", "CREATE"), workload(), denyVerdict(policy.ModeEnforce)
+		d := decided("", "CREATE", workload(), denyVerdict(policy.ModeEnforce))
 		b.ResetTimer()
 		for range b.N {
-			req.UID = types.UID(fmt.Sprintf("uid-%d", seq.Add(1)))
-			r.OnDecision(context.Background(), req, w, v)
+			d.ID = fmt.Sprintf("uid-%d", seq.Add(1))
+			r.Decided(context.Background(), d)
 		}
 		r.Close() // waits for the writer to store everything
 		b.StopTimer()

@@ -18,6 +18,8 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"buildguard.dev/buildguard/apis/v1alpha1"
 )
 
 // User is an authenticated person (or service account), as the API
@@ -56,9 +58,9 @@ type Authorizer interface {
 // no API serves them, RBAC rules name them.
 var (
 	// ListDecisions is needed to see decisions (in Namespace, or all).
-	ListDecisions = Attributes{Verb: "list", Group: "buildguard.dev", Resource: "decisions"}
+	ListDecisions = Attributes{Verb: "list", Group: v1alpha1.Group, Resource: "decisions"}
 	// CreateExceptions is needed to grant an exception in Namespace.
-	CreateExceptions = Attributes{Verb: "create", Group: "buildguard.dev", Resource: "buildpolicyexceptions"}
+	CreateExceptions = Attributes{Verb: "create", Group: v1alpha1.Group, Resource: v1alpha1.ExceptionResource.Resource}
 )
 
 // In returns a with its namespace set.

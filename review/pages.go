@@ -22,6 +22,7 @@ import (
 
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/records"
 )
 
@@ -647,7 +648,7 @@ func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
 	}
 	ctx, cancel := h.ctx(r)
 	defer cancel()
-	g := Grant{Namespace: d.Namespace, Image: form.Ref, Reason: form.Reason, Expires: expires, User: s.User, At: now, DecisionID: d.ID}
+	g := policysource.Grant{Namespace: d.Namespace, Image: form.Ref, Reason: form.Reason, Expires: expires, GrantedBy: s.User.Name, At: now, DecisionID: d.ID}
 	got, err := h.c.Granter.Grant(ctx, g)
 	if err != nil {
 		h.c.Log.Error("review: exception not granted", "namespace", d.Namespace, "digest", form.Ref, "uid", d.ID, "user", s.User.Name, "error", err)

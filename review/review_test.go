@@ -22,14 +22,12 @@ import (
 	"testing"
 	"time"
 
-	admissionv1 "k8s.io/api/admission/v1"
-	authnv1 "k8s.io/api/authentication/v1"
-	"k8s.io/apimachinery/pkg/types"
-
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/internal/testclock"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/records"
 )
 
@@ -78,11 +76,11 @@ func (f *fakeAuthz) Allowed(_ context.Context, u User, a Attributes) (bool, erro
 
 type fakeGranter struct {
 	mu     sync.Mutex
-	grants []Grant
+	grants []policysource.Grant
 	err    error
 }
 
-func (f *fakeGranter) Grant(_ context.Context, g Grant) (string, error) {
+func (f *fakeGranter) Grant(_ context.Context, g policysource.Grant) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
@@ -195,9 +193,11 @@ func testDecisions() []evidence.Decision {
 			Digest: "sha256:" + strings.Repeat("f", 64), Created: t0.Add(-9 * time.Minute)}}},
 	}}}
 	rec := func(uid, kind, name string, pol *policy.Policy, f policy.Facts) evidence.Decision {
-		req := &admissionv1.AdmissionRequest{UID: types.UID(uid), Operation: admissionv1.Create, Namespace: f.Namespace, Name: name}
-		req.UserInfo = authnv1.UserInfo{Username: "system:serviceaccount:ci:deployer", Groups: []string{"system:serviceaccounts"}}
-		return records.Decision(req, engine.Workload{Namespace: f.Namespace, Kind: kind, Name: name}, policy.Decide(pol, f), f.Now)
+		return records.FromDecision(decision.Decision{
+			ID: uid, Source: decision.Admission, Operation: "CREATE",
+			User: "system:serviceaccount:ci:deployer", Groups: []string{"system:serviceaccounts"},
+			Workload: engine.Workload{Namespace: f.Namespace, Kind: kind, Name: name}, Verdict: policy.Decide(pol, f), Time: f.Now,
+		})
 	}
 	return []evidence.Decision{
 		rec("0d1e5a7c-1111-4a4a-9b9b-000000000001", "Deployment", "api", p, nodeBuilt),
@@ -709,10 +709,10 @@ func TestGrant(t *testing.T) {
 			g := f.granter.grants[0]
 			form := grantValues(csrf, tc.mod)
 			exp, _ := parseExpiry(form.Get("expires"))
-			want := Grant{Namespace: "shop", Image: "registry.example/shop/api@sha256:" + strings.Repeat("a", 64),
+			want := policysource.Grant{Namespace: "shop", Image: "registry.example/shop/api@sha256:" + strings.Repeat("a", 64),
 				Reason: "INC-1234: rebuilt in the pipeline tomorrow", Expires: exp, At: t0, DecisionID: nodeBuiltID}
-			want.User = g.User
-			if !reflect.DeepEqual(want, g) || g.User.Name == "" {
+			want.GrantedBy = g.GrantedBy
+			if !reflect.DeepEqual(want, g) || g.GrantedBy == "" {
 				t.Errorf("grant = %+v, want %+v", g, want)
 			}
 			// The page it redirects to says so.

@@ -19,7 +19,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -44,20 +44,20 @@ type Handler struct {
 	// ExceptionHelp ends every denial message. The default is
 	// DefaultExceptionHelp.
 	ExceptionHelp string
-	// OnDecision, when set, is told of every decision after it is made,
-	// for records and for judging evidence that arrives later. It must
-	// not block: the API server is waiting. ServeHTTP decodes the
-	// objects once, straight into w, so req.Object and req.OldObject are
-	// empty there; Review passes the request it was given.
-	OnDecision func(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict)
+	// Observers are told of every decision after it is made (metrics,
+	// Events, judging evidence that arrives later), in order. They must
+	// not block: the API server is waiting.
+	Observers []decision.Observer
 	// Recorder, when set, records every decision before it is answered
-	// (and before OnDecision is told). A deny it could not record is
+	// (and before the Observers are told). A deny it could not record is
 	// still refused, with status code 500 and a message saying the
 	// denial is not recorded; any other decision it could not record
 	// (a would-deny) gets no AdmissionReview but HTTP 503, so that the
 	// API server applies the webhook's failurePolicy, as when buildguard
 	// does not answer at all.
 	Recorder DecisionRecorder
+	// Now is the clock of decisions' times. The default is time.Now.
+	Now func() time.Time
 }
 
 // discard is the logger of a Handler without one.

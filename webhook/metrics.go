@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	admissionv1 "k8s.io/api/admission/v1"
 
-	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -88,17 +88,17 @@ func (m *Metrics) observe(resp *admissionv1.AdmissionResponse, v *policy.Verdict
 	m.reviews.WithLabelValues(verdict, mode).Inc()
 }
 
-// Decided counts a decision in buildguard_decisions_total; it has the
-// signature of Handler.OnDecision.
-func (m *Metrics) Decided(_ context.Context, req *admissionv1.AdmissionRequest, _ engine.Workload, v policy.Verdict) {
-	verdict := v.Word()
-	rules := v.RuleIDs(policy.ActionWarn)
+// Decided counts a decision in buildguard_decisions_total; it implements
+// decision.Observer.
+func (m *Metrics) Decided(_ context.Context, d decision.Decision) {
+	verdict, ns := d.Word(), d.Workload.Namespace
+	rules := d.Verdict.RuleIDs(policy.ActionWarn)
 	if len(rules) == 0 {
-		m.decisions.WithLabelValues(verdict, "", req.Namespace).Inc()
+		m.decisions.WithLabelValues(verdict, "", ns).Inc()
 		return
 	}
 	for _, r := range rules {
-		m.decisions.WithLabelValues(verdict, r, req.Namespace).Inc()
+		m.decisions.WithLabelValues(verdict, r, ns).Inc()
 	}
 }
 

@@ -4,23 +4,24 @@ import (
 	"reflect"
 	"testing"
 
-	admissionv1 "k8s.io/api/admission/v1"
-
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 )
 
 func TestMetricsDecided(t *testing.T) {
 	m := NewMetrics()
-	req := &admissionv1.AdmissionRequest{Namespace: "shop"}
+	decided := func(v policy.Verdict) decision.Decision {
+		return decision.Decision{Source: decision.Admission, Workload: engine.Workload{Namespace: "shop"}, Verdict: v}
+	}
 	deny := policy.Verdict{Mode: policy.ModeAudit, Outcome: policy.OutcomeDeny, Allowed: true, Images: []policy.ImageVerdict{{
 		Findings: []policy.Finding{
 			{Rule: "fresh-image", Action: policy.ActionDeny},
 			{Rule: "unsigned", Action: policy.ActionIgnore},
 		}}}}
-	m.Decided(t.Context(), req, engine.Workload{}, deny)
-	m.Decided(t.Context(), req, engine.Workload{}, deny)
-	m.Decided(t.Context(), req, engine.Workload{}, policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeAllow, Allowed: true})
+	m.Decided(t.Context(), decided(deny))
+	m.Decided(t.Context(), decided(deny))
+	m.Decided(t.Context(), decided(policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeAllow, Allowed: true}))
 	mfs, err := m.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)

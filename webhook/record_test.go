@@ -2,20 +2,25 @@ package webhook_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/webhook"
 )
@@ -172,4 +177,50 @@ func metricValue(t *testing.T, m *webhook.Metrics, name, label, value string) fl
 		}
 	}
 	return 0
+}
+
+// orderedRecorder notes, into the same list as the observers, what it
+// records.
+type orderedRecorder struct{ seen *[]string }
+
+func (r orderedRecorder) RecordDecision(_ context.Context, d decision.Decision) error {
+	*r.seen = append(*r.seen, "recorder:"+d.ID)
+	return nil
+}
+
+// TestObservers: every observer is told, in order and after the
+// Recorder, the decision ServeHTTP answered: who asked, the operation,
+// the workload and the verdict, stamped by the handler's clock.
+func TestObservers(t *testing.T) {
+	f := newFixture(t, policyWithMode("audit"))
+	at := time.Date(2026, 11, 26, 21, 5, 25, 0, time.UTC)
+	var seen []string
+	var got []decision.Decision
+	observer := func(name string) decision.Observer {
+		return decision.ObserverFunc(func(_ context.Context, d decision.Decision) {
+			seen = append(seen, name+":"+d.ID)
+			got = append(got, d)
+		})
+	}
+	f.handler.Recorder = orderedRecorder{&seen}
+	f.handler.Observers = []decision.Observer{observer("first"), observer("second")}
+	f.handler.Now = func() time.Time { return at }
+	obj, gvk := workload("Deployment", f.fresh)
+	req := request(t, admissionv1.Update, obj, gvk)
+	req.UserInfo = authnv1.UserInfo{Username: "alice", Groups: []string{"dev"}}
+	if code, resp, body := serveReview(t, f.handler, req); code != http.StatusOK || resp == nil || !resp.Allowed {
+		t.Fatalf("ServeHTTP = %d %s, want 200 allowed (audit mode)", code, body)
+	}
+	uid := string(req.UID)
+	if want := []string{"recorder:" + uid, "first:" + uid, "second:" + uid}; !slices.Equal(seen, want) {
+		t.Errorf("told %v, want %v", seen, want)
+	}
+	for _, d := range got {
+		w := d.Workload
+		if d.ID != uid || d.Source != decision.Admission || d.Operation != "UPDATE" || d.User != "alice" || !slices.Equal(d.Groups, []string{"dev"}) ||
+			w.Namespace != "shop" || w.Kind != "Deployment" || w.Name != "shop" || w.Spec == nil || !d.Time.Equal(at) ||
+			d.Word() != "would-deny" || !slices.Contains(d.Verdict.RuleIDs(policy.ActionDeny), "fresh-image") {
+			t.Errorf("observer told %+v, want %s UPDATE of Deployment shop/shop by alice, would-deny for fresh-image at %v", d, uid, at)
+		}
+	}
 }

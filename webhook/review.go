@@ -8,11 +8,13 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 )
@@ -27,7 +29,7 @@ type DecisionRecorder interface {
 	// RecordDecision records a decision before it is answered. nil means
 	// the record is kept as the recorder promises (a records.Recorder
 	// has a deny or would-deny on disk); an error, that it may not be.
-	RecordDecision(ctx context.Context, req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) error
+	RecordDecision(ctx context.Context, d decision.Decision) error
 }
 
 // maxWarning is the longest warning the API server shows unshortened.
@@ -65,12 +67,13 @@ func (h *Handler) reviewDecoded(ctx context.Context, d decoded) (*admissionv1.Ad
 		log.Info("decided", "uid", string(req.UID), "namespace", req.Namespace, "kind", req.Kind.Kind, "name", w.Name,
 			"verdict", string(v.Outcome), "mode", string(v.Mode), "allowed", v.Allowed, "rule", strings.Join(v.RuleIDs(policy.ActionWarn), ","))
 	}
+	dec := h.decision(req, w, v)
 	var recErr error
 	if h.Recorder != nil {
-		recErr = h.Recorder.RecordDecision(ctx, req, w, v)
+		recErr = h.Recorder.RecordDecision(ctx, dec)
 	}
-	if h.OnDecision != nil {
-		h.OnDecision(ctx, req, w, v)
+	for _, o := range h.Observers {
+		o.Decided(ctx, dec)
 	}
 	if recErr == nil {
 		return h.respond(req, w.Name, v), &v, nil
@@ -85,6 +88,20 @@ func (h *Handler) reviewDecoded(ctx context.Context, d decoded) (*admissionv1.Ad
 	resp.Result.Code, resp.Result.Reason = http.StatusInternalServerError, metav1.StatusReasonInternalError
 	resp.Result.Message += "\nbuildguard could not record this denial in time; the request is refused all the same: " + recErr.Error()
 	return resp, nil, nil
+}
+
+// decision is the decision v on the workload w of the request req, made
+// now.
+func (h *Handler) decision(req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) decision.Decision {
+	now := time.Now
+	if h.Now != nil {
+		now = h.Now
+	}
+	return decision.Decision{
+		ID: string(req.UID), Source: decision.Admission, Operation: string(req.Operation),
+		User: req.UserInfo.Username, Groups: req.UserInfo.Groups,
+		Workload: w, Verdict: v, Time: now(),
+	}
 }
 
 // workloadOf decodes what an admission request admits. A request with

@@ -24,9 +24,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"buildguard.dev/buildguard/audit"
-	"buildguard.dev/buildguard/cluster"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policyreport"
+	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/registry"
 )
@@ -103,23 +104,23 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	if err != nil {
 		return exitError, err
 	}
-	rw, err := newReportWriter(*reports, cfg, log)
+	rw, err := policyreport.NewWriter(*reports, cfg, log)
 	if err != nil {
-		return exitError, err
+		return exitError, &usageError{msg: "--policy-reports: " + err.Error() + " or none"}
 	}
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return exitError, err
 	}
 	e := &engine.Engine{
-		Resolver:   rf.client(nil),
+		Resolver:   rf.Client(nil),
 		Keychains:  &registry.KubernetesKeychains{Client: kube},
 		Namespaces: &namespaceCache{client: kube},
 		Now:        time.Now,
-		Timeout:    rf.timeout,
+		Timeout:    rf.Timeout,
 		Log:        log,
 	}
-	e.Verifier = pvf.verifier(e.Resolver)
+	e.Verifier = pvf.Verifier(e.Resolver, nil)
 	if v, ok := e.Verifier.(*provenance.Verifier); ok {
 		v.Log = log
 	}
@@ -141,7 +142,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		// The scan reads policies; whether they are accepted is the
 		// server's to say: a trust file missing here must not mark a
 		// policy Invalid in the cluster.
-		src := &cluster.Source{Client: readOnly{dyn}, Log: log,
+		src := &policysource.CRD{Client: readOnly{dyn}, Log: log,
 			Validate: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
 		sctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -261,7 +262,7 @@ func (n *namespaceCache) Labels(ctx context.Context, ns string) (map[string]stri
 var errReadOnly = errors.New("buildguard audit does not write to the cluster")
 
 // readOnly is a dynamic client that refuses status writes, the only
-// writes cluster.Source makes.
+// writes policysource.CRD makes.
 type readOnly struct{ dynamic.Interface }
 
 func (r readOnly) Resource(gvr schema.GroupVersionResource) dynamic.NamespaceableResourceInterface {

@@ -2,10 +2,8 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,19 +21,15 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	fakediscovery "k8s.io/client-go/discovery/fake"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 
+	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/audit"
-	"buildguard.dev/buildguard/cluster"
 	"buildguard.dev/buildguard/engine"
-	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/internal/testclock"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
-	"buildguard.dev/buildguard/policyreport"
 	"buildguard.dev/buildguard/registry"
 )
 
@@ -232,155 +224,26 @@ func TestAuditReadOnlyPolicies(t *testing.T) {
 		"metadata": map[string]any{"name": "hotfix", "namespace": "shop"},
 	}}
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		cluster.PolicyResource:    "ClusterBuildPolicyList",
-		cluster.ExceptionResource: "BuildPolicyExceptionList",
+		v1alpha1.PolicyResource:    "ClusterBuildPolicyList",
+		v1alpha1.ExceptionResource: "BuildPolicyExceptionList",
 	}, policyObj, exceptionObj)
 	ro := readOnly{dyn}
-	if _, err := ro.Resource(cluster.PolicyResource).UpdateStatus(t.Context(), policyObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
+	if _, err := ro.Resource(v1alpha1.PolicyResource).UpdateStatus(t.Context(), policyObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
 		t.Errorf("UpdateStatus of a ClusterBuildPolicy = %v, want errReadOnly", err)
 	}
-	if _, err := ro.Resource(cluster.ExceptionResource).Namespace("shop").UpdateStatus(t.Context(), exceptionObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
+	if _, err := ro.Resource(v1alpha1.ExceptionResource).Namespace("shop").UpdateStatus(t.Context(), exceptionObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
 		t.Errorf("UpdateStatus of a BuildPolicyException = %v, want errReadOnly", err)
 	}
 	for _, a := range dyn.Actions() {
 		t.Errorf("a refused write reached the client: %s %s", a.GetVerb(), a.GetResource().Resource)
 	}
 	// Reads go through.
-	l, err := ro.Resource(cluster.PolicyResource).List(t.Context(), metav1.ListOptions{})
+	l, err := ro.Resource(v1alpha1.PolicyResource).List(t.Context(), metav1.ListOptions{})
 	if err != nil || len(l.Items) != 1 {
 		t.Errorf("List = %v, %v; want the one policy", l, err)
 	}
-	if _, err := ro.Resource(cluster.ExceptionResource).Namespace("shop").Get(t.Context(), "hotfix", metav1.GetOptions{}); err != nil {
+	if _, err := ro.Resource(v1alpha1.ExceptionResource).Namespace("shop").Get(t.Context(), "hotfix", metav1.GetOptions{}); err != nil {
 		t.Errorf("Get = %v", err)
-	}
-}
-
-func TestAuditLoopScan(t *testing.T) {
-	cs, e := auditFixture(t)
-	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "evidence.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	var logs bytes.Buffer
-	log := slog.New(slog.NewJSONHandler(&logs, nil))
-	reg := prometheus.NewRegistry()
-	m, err := newAuditMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := testclock.New(auditNow)
-	nsRes, clRes := policyreport.OpenReports.Resources()
-	reports := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(),
-		map[schema.GroupVersionResource]string{nsRes: "ReportList", clRes: "ClusterReportList"})
-	m.reports = &policyreport.Writer{Client: reports, Log: log, Now: clock.Now,
-		Discovery: &fakediscovery.FakeDiscovery{Fake: &k8stesting.Fake{Resources: []*metav1.APIResourceList{{GroupVersion: "openreports.io/v1alpha1",
-			APIResources: []metav1.APIResource{{Name: "reports", Namespaced: true, Kind: "Report"}, {Name: "clusterreports", Kind: "ClusterReport"}}}}}}}
-	s := &audit.Scanner{Client: cs, Evaluator: e, Recorder: store, Now: clock.Now}
-	every := 6 * time.Hour
-	start := intervalStart(clock.Now(), every)
-	if want := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC); !start.Equal(want) {
-		t.Fatalf("intervalStart = %s, want %s", start, want)
-	}
-	count := func() int {
-		ds, err := store.Decisions(t.Context(), evidence.DecisionQuery{Verdicts: []string{"would-deny"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range ds {
-			if !strings.HasSuffix(d.ID, "/scan-20261202T000000Z") && !strings.HasSuffix(d.ID, "/scan-20261202T060000Z") {
-				t.Errorf("record ID %q is not named after its interval", d.ID)
-			}
-		}
-		return len(ds)
-	}
-	scanOnce(t.Context(), s, start, log, m, clock.Now)
-	if n := count(); n != 3 {
-		t.Errorf("%d would-deny records, want 3", n)
-	}
-	// A complete scan writes its policy reports: a result per workload
-	// and rule that found something.
-	for ns, want := range map[string][]string{
-		"legacy":  {"Pod/tool unapproved-registry fail", "Pod/unreachable registry-unavailable error"},
-		"audited": {"Pod/canary fresh-image fail"},
-		"shop":    nil,
-	} {
-		rep, err := reports.Resource(nsRes).Namespace(ns).Get(t.Context(), policyreport.Name, metav1.GetOptions{})
-		if err != nil {
-			t.Fatalf("the report of %s: %v", ns, err)
-		}
-		var got []string
-		results, _, _ := unstructured.NestedSlice(rep.Object, "results")
-		for _, r := range results {
-			r := r.(map[string]any)
-			res := r["resources"].([]any)[0].(map[string]any)
-			got = append(got, res["kind"].(string)+"/"+res["name"].(string)+" "+r["rule"].(string)+" "+r["result"].(string))
-		}
-		slices.Sort(got)
-		if !slices.Equal(got, want) {
-			t.Errorf("the report of %s has %q, want %q", ns, got, want)
-		}
-		if a := rep.GetAnnotations()[policyreport.ScanAnnotation]; a != "scan-20261202T000000Z" {
-			t.Errorf("the report of %s is of scan %q", ns, a)
-		}
-	}
-	// A restart within the interval scans again, and records nothing new.
-	clock.Advance(time.Hour)
-	scanOnce(t.Context(), s, intervalStart(clock.Now(), every), log, m, clock.Now)
-	if n := count(); n != 3 {
-		t.Errorf("after a second scan in the interval: %d would-deny records, want 3", n)
-	}
-	clock.Advance(every)
-	scanOnce(t.Context(), s, intervalStart(clock.Now(), every), log, m, clock.Now)
-	if n := count(); n != 6 {
-		t.Errorf("after the next interval's scan: %d would-deny records, want 6", n)
-	}
-	for _, want := range []string{`"msg":"audit scan finished","scan":"scan-20261202T060000Z"`, `"would_deny":3`,
-		`"msg":"audit scan: rule","scan":"scan-20261202T060000Z","rule":"fresh-image"`, `"namespace":"legacy"`} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("log does not contain %s:\n%s", want, logs.String())
-		}
-	}
-	if got := testutil.ToFloat64(m.workloads.WithLabelValues("would-deny")); got != 3 {
-		t.Errorf("buildguard_audit_workloads{verdict=would-deny} = %v, want 3", got)
-	}
-	if got := testutil.ToFloat64(m.last); got != float64(clock.Now().Unix()) {
-		t.Errorf("last scan timestamp %v, want %d", got, clock.Now().Unix())
-	}
-}
-
-func TestAuditLoopFlags(t *testing.T) {
-	cs, e := auditFixture(t)
-	for _, tc := range []struct {
-		loop auditLoop
-		kube bool
-		want string
-	}{
-		{auditLoop{every: 0}, false, ""},
-		{auditLoop{every: time.Second, concurrency: 2}, true, "--audit-interval 1s: want 0 (off) or at least 1m0s"},
-		{auditLoop{every: time.Hour, concurrency: 0}, true, "--audit-concurrency 0: want at least 1"},
-		{auditLoop{every: time.Hour, concurrency: 2}, false, "--audit-interval needs a cluster: run inside one or pass --kubeconfig"},
-		{auditLoop{every: time.Hour, concurrency: 2, lease: "/buildguard-audit"}, true, `--audit-lease "/buildguard-audit": want [namespace/]name`},
-		{auditLoop{every: time.Hour, concurrency: 2, lease: "buildguard-system/"}, true, `--audit-lease "buildguard-system/": want [namespace/]name`},
-		{auditLoop{every: 0, reports: "kyverno"}, false, `--audit-policy-reports: policy report API "kyverno": want openreports or wgpolicyk8s or none`},
-	} {
-		var kube *fake.Clientset
-		if tc.kube {
-			kube = cs
-		}
-		var err error
-		if kube == nil {
-			err = tc.loop.start(t.Context(), nil, nil, e, nil, nil, slog.New(slog.DiscardHandler), nil)
-		} else {
-			err = tc.loop.start(t.Context(), nil, kube, e, nil, nil, slog.New(slog.DiscardHandler), nil)
-		}
-		got := ""
-		if err != nil {
-			got = err.Error()
-		}
-		if got != tc.want {
-			t.Errorf("start(%+v) = %q, want %q", tc.loop, got, tc.want)
-		}
 	}
 }
 
@@ -511,7 +374,7 @@ func TestAuditCommand(t *testing.T) {
 	}
 	stderr.Reset()
 	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "--policy-reports=kyverno"}, &stdout, &stderr)
-	if code != exitError || !strings.Contains(stderr.String(), `policy report API "kyverno": want openreports or wgpolicyk8s or none`) {
+	if code != exitError || !strings.Contains(stderr.String(), `--policy-reports: policy report API "kyverno": want openreports or wgpolicyk8s or none`) {
 		t.Errorf("audit --policy-reports=kyverno = %d, stderr %q; want %d and a usage error", code, stderr.String(), exitError)
 	}
 
@@ -521,64 +384,6 @@ func TestAuditCommand(t *testing.T) {
 	code = run(t.Context(), []string{"audit", "--kubeconfig=" + apiServer(t, pods, "replicasets"), "--config=" + policyFile, "--no-progress"}, &stdout, &stderr)
 	if code != exitError || !strings.Contains(stderr.String(), "buildguard: listing ReplicaSets in all namespaces: replicasets is forbidden") {
 		t.Errorf("audit with replicasets forbidden = %d, stderr %q; want %d and the listing error", code, stderr.String(), exitError)
-	}
-}
-
-// TestAuditLoopRun: the server's loop waits until it is ready, claims
-// the scan, scans, and stops with its context; a second replica on the
-// same schedule finds the scan claimed and does not run it.
-func TestAuditLoopRun(t *testing.T) {
-	cs, e := auditFixture(t)
-	m, err := newAuditMetrics(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	calls := 0
-	ready := func() error {
-		if calls++; calls == 1 {
-			return errors.New("policy informers not synced")
-		}
-		return nil
-	}
-	loop := &auditLoop{every: time.Hour, concurrency: 2}
-	// Both replicas live in the same interval, even one that starts as
-	// the hour turns.
-	at := time.Now()
-	now := func() time.Time { return at }
-	runLoop := func(owner, until string, ready func() error) string {
-		t.Helper()
-		var logs syncBuffer
-		log := slog.New(slog.NewTextHandler(&logs, nil))
-		cl := &claimer{client: cs, ns: "buildguard-system", name: audit.DefaultClaimLease, owner: owner}
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			loop.run(ctx, &audit.Scanner{Client: cs, Evaluator: e}, cl.claim, ready, log, m, now)
-		}()
-		deadline := time.Now().Add(30 * time.Second)
-		for !strings.Contains(logs.String(), until) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: no %q within 30s; log:\n%s", owner, until, logs.String())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s: the loop did not stop with its context", owner)
-		}
-		return logs.String()
-	}
-	logs := runLoop("replica-a", "audit scan finished", ready)
-	want := "scan=" + audit.ScanID(at.UTC().Truncate(time.Hour))
-	if !strings.Contains(logs, want) || calls < 2 {
-		t.Errorf("log does not name the scan after its interval (%s), or the loop did not wait to be ready (%d checks):\n%s", want, calls, logs)
-	}
-	logs = runLoop("replica-b", "audit scan run by another replica", nil)
-	if strings.Contains(logs, "audit scan started") {
-		t.Errorf("replica-b scanned what replica-a had claimed:\n%s", logs)
 	}
 }
 

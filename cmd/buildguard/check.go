@@ -13,9 +13,9 @@ import (
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/manifest"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/registry"
-	"buildguard.dev/buildguard/review"
 )
 
 // checkResult is one line of `check --output json`; docs/check.md is its
@@ -80,12 +80,12 @@ func check(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	}
 	e := &engine.Engine{
 		Policies:  engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver:  rf.client(nil),
+		Resolver:  rf.Client(nil),
 		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig},
 		Now:       time.Now,
-		Timeout:   rf.timeout,
+		Timeout:   rf.Timeout,
 	}
-	e.Verifier = pvf.verifier(e.Resolver)
+	e.Verifier = pvf.Verifier(e.Resolver, nil)
 	if *namespaceMode != "" {
 		e.Namespaces = fixedLabels{engine.ModeLabel: *namespaceMode}
 	}
@@ -163,7 +163,7 @@ func checkManifests(ctx context.Context, files []string, stdin io.Reader, stdout
 		if ps.CRD {
 			return exitError, &usageError{msg: "--exceptions-file goes with a policy file; with ClusterBuildPolicies, exceptions are BuildPolicyException resources"}
 		}
-		xf, err := review.OpenExceptionFile(mc.exceptionsFile)
+		xf, err := policysource.OpenExceptionFile(mc.exceptionsFile)
 		if err != nil {
 			return exitError, err
 		}
@@ -175,13 +175,13 @@ func checkManifests(ctx context.Context, files []string, stdin io.Reader, stdout
 	}
 	e := &engine.Engine{
 		Policies:   ps.Policies,
-		Resolver:   mc.rf.client(nil),
+		Resolver:   mc.rf.Client(nil),
 		Keychains:  registry.StaticKeychain{Auth: registry.DockerConfig},
 		Namespaces: ns,
 		Now:        time.Now,
-		Timeout:    mc.rf.timeout,
+		Timeout:    mc.rf.Timeout,
 	}
-	e.Verifier = mc.pvf.verifier(e.Resolver)
+	e.Verifier = mc.pvf.Verifier(e.Resolver, nil)
 	store, err := mc.sf.open(ctx)
 	if err != nil {
 		return exitError, err

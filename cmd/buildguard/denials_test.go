@@ -13,11 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	admissionv1 "k8s.io/api/admission/v1"
-	authnv1 "k8s.io/api/authentication/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
@@ -83,13 +79,14 @@ func seedStore(t *testing.T) string {
 			Images: []policy.ImageVerdict{img("report", "ghcr.io/acme/report:latest", "", policy.OutcomeDeny, step)}}},
 	}
 	for _, s := range seeds {
-		req := &admissionv1.AdmissionRequest{
-			UID: types.UID(s.uid), Operation: admissionv1.Operation(s.op), Namespace: s.ns, Name: s.name,
-			Kind:     metav1.GroupVersionKind{Kind: s.kind},
-			UserInfo: authnv1.UserInfo{Username: "system:serviceaccount:kube-system:replicaset-controller", Groups: []string{"system:serviceaccounts", "system:authenticated"}},
+		d := decision.Decision{
+			ID: s.uid, Source: decision.Admission, Operation: s.op,
+			User:     "system:serviceaccount:kube-system:replicaset-controller",
+			Groups:   []string{"system:serviceaccounts", "system:authenticated"},
+			Workload: engine.Workload{Namespace: s.ns, Kind: s.kind, Name: s.name, Operation: s.op},
+			Verdict:  s.v, Time: denialsNow.Add(-s.ago),
 		}
-		w := engine.Workload{Namespace: s.ns, Kind: s.kind, Name: s.name, Operation: s.op}
-		if err := st.AddDecision(t.Context(), records.Decision(req, w, s.v, denialsNow.Add(-s.ago))); err != nil {
+		if err := st.AddDecision(t.Context(), records.FromDecision(d)); err != nil {
 			t.Fatal(err)
 		}
 	}

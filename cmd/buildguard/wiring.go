@@ -7,41 +7,25 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"time"
 
-	"buildguard.dev/buildguard/evidence"
-
+	"buildguard.dev/buildguard/app"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/registry"
 )
 
-// registryFlags are the flags serve and check share.
+// registryFlags are the flags serve, check and audit share.
 type registryFlags struct {
-	config      string
-	timeout     time.Duration
-	tagTTL      time.Duration
-	maxImages   int
-	perRegistry int
+	config string
+	app.Registry
 }
 
 func (r *registryFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.config, "config", "", "policy file (required)")
-	fs.DurationVar(&r.timeout, "timeout", engine.DefaultTimeout, "deadline for one evaluation; keep it below the webhook's timeoutSeconds")
-	fs.DurationVar(&r.tagTTL, "tag-ttl", registry.DefaultTagTTL, "how long a tag → digest resolution is reused (0 disables)")
-	fs.IntVar(&r.maxImages, "cache-images", registry.DefaultMaxImages, "images kept in the digest cache")
-	fs.IntVar(&r.perRegistry, "registry-concurrency", registry.DefaultPerRegistry, "concurrent requests to one registry")
-}
-
-func (r *registryFlags) client(obs registry.Observer) *registry.Client {
-	opts := []registry.Option{
-		registry.WithTagTTL(r.tagTTL),
-		registry.WithMaxImages(r.maxImages),
-		registry.WithPerRegistry(r.perRegistry),
-	}
-	if obs != nil {
-		opts = append(opts, registry.WithObserver(obs))
-	}
-	return registry.New(opts...)
+	fs.DurationVar(&r.Timeout, "timeout", engine.DefaultTimeout, "deadline for one evaluation; keep it below the webhook's timeoutSeconds")
+	fs.DurationVar(&r.TagTTL, "tag-ttl", registry.DefaultTagTTL, "how long a tag → digest resolution is reused (0 disables)")
+	fs.IntVar(&r.MaxImages, "cache-images", registry.DefaultMaxImages, "images kept in the digest cache")
+	fs.IntVar(&r.PerRegistry, "registry-concurrency", registry.DefaultPerRegistry, "concurrent requests to one registry")
 }
 
 // storeFlags choose the evidence store: SQLite at a path (embedded, one
@@ -60,29 +44,20 @@ func (s *storeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.postgresDSN, "store-postgres-dsn", "", "PostgreSQL DSN of the store, for several replicas (store.postgres.dsn; or $"+postgresDSNEnv+")")
 }
 
-// open returns the configured store, or nil when none is.
-func (s *storeFlags) open(ctx context.Context) (evidence.Store, error) {
+// options returns the store the flags name, the DSN from the environment
+// unless --store-postgres-dsn is given.
+func (s *storeFlags) options() app.Store {
 	dsn := s.postgresDSN
 	if dsn == "" {
 		dsn = os.Getenv(postgresDSNEnv)
 	}
-	switch {
-	case dsn != "" && s.sqlite != "":
-		return nil, &usageError{msg: "--store-sqlite and --store-postgres-dsn exclude each other"}
-	case dsn != "":
-		st, err := evidence.OpenPostgres(ctx, dsn)
-		if err != nil {
-			return nil, fmt.Errorf("store: %w", err)
-		}
-		return st, nil
-	case s.sqlite != "":
-		st, err := evidence.OpenSQLite(ctx, s.sqlite)
-		if err != nil {
-			return nil, fmt.Errorf("store: %w", err)
-		}
-		return st, nil
-	}
-	return nil, nil
+	return app.Store{SQLite: s.sqlite, PostgresDSN: dsn}
+}
+
+// open returns the configured store, or nil when none is.
+func (s *storeFlags) open(ctx context.Context) (evidence.Store, error) {
+	st, err := s.options().Open(ctx)
+	return st, asUsage(err)
 }
 
 // newLogger returns the logger of --log-format: "json" (for log

@@ -1,4 +1,4 @@
-package cluster
+package policysource
 
 import (
 	"fmt"
@@ -7,25 +7,20 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 )
 
 // Static holds ClusterBuildPolicies and BuildPolicyExceptions read from
 // files rather than from a cluster — what `buildguard check` judges
-// manifests with — and selects them for workloads as a Source does. It
+// manifests with — and selects them for workloads as CRD does. It
 // implements engine.Policies.
 type Static struct {
 	policies   []*compiledPolicy // by name
 	names      []string
 	exceptions map[string]policy.Exceptions // by namespace
 }
-
-// Kinds of buildguard's resources.
-const (
-	PolicyKind    = "ClusterBuildPolicy"
-	ExceptionKind = "BuildPolicyException"
-)
 
 // NewStatic compiles objs, each a ClusterBuildPolicy or a
 // BuildPolicyException of version v1alpha1, as the server would accept
@@ -39,11 +34,11 @@ func NewStatic(objs []*unstructured.Unstructured, defaultNamespace string) (*Sta
 	byName := map[string]*compiledPolicy{}
 	seen := map[string]bool{}
 	for _, u := range objs {
-		if u.GetAPIVersion() != Group+"/"+Version {
-			return nil, fmt.Errorf("%s %q: apiVersion %q, want %s/%s", u.GetKind(), u.GetName(), u.GetAPIVersion(), Group, Version)
+		if u.GetAPIVersion() != v1alpha1.APIVersion {
+			return nil, fmt.Errorf("%s %q: apiVersion %q, want %s", u.GetKind(), u.GetName(), u.GetAPIVersion(), v1alpha1.APIVersion)
 		}
 		switch u.GetKind() {
-		case PolicyKind:
+		case v1alpha1.KindClusterBuildPolicy:
 			if byName[u.GetName()] != nil {
 				return nil, fmt.Errorf("ClusterBuildPolicy %q is defined twice", u.GetName())
 			}
@@ -52,7 +47,7 @@ func NewStatic(objs []*unstructured.Unstructured, defaultNamespace string) (*Sta
 				return nil, fmt.Errorf("ClusterBuildPolicy %q: %w", u.GetName(), err)
 			}
 			byName[u.GetName()] = cp
-		case ExceptionKind:
+		case v1alpha1.KindBuildPolicyException:
 			if u.GetNamespace() == "" {
 				u = u.DeepCopy()
 				u.SetNamespace(defaultNamespace)
@@ -90,7 +85,7 @@ func (s *Static) Policies() []*policy.Policy {
 	return out
 }
 
-// Select implements engine.Policies as Source.Select does: the policies
+// Select implements engine.Policies as CRD.Select does: the policies
 // whose selectors match, in name order, and the namespace's exceptions.
 func (s *Static) Select(namespace string, nsLabels, objLabels map[string]string) (engine.Selection, error) {
 	var sel engine.Selection

@@ -1,4 +1,4 @@
-package ingest_test
+package retro_test
 
 import (
 	"context"
@@ -14,12 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
-	"buildguard.dev/buildguard/ingest"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/registry"
+	"buildguard.dev/buildguard/retro"
 )
 
 type events struct {
@@ -63,11 +65,11 @@ func TestRetro(t *testing.T) {
 	}
 	sink := &events{}
 	reg2 := prometheus.NewRegistry()
-	r := ingest.NewRetro(e, sink, reg2, nil)
+	r := retro.New(e, sink, reg2, nil)
 	var recs recorded
-	r.Record = recs.add
+	r.Records = &recs
 	r.Now = func() time.Time { return time.Date(2026, 12, 2, 1, 2, 3, 0, time.UTC) }
-	r.Admitted("uid-1", w, v)
+	r.Decided(t.Context(), admitted("uid-1", w, v))
 	rep := evidence.Report{Node: "worker-3", Builds: []evidence.Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker",
 		ImageID: cfg.String(), Started: time.Now().Add(-47 * time.Hour), Finished: time.Now().Add(-47 * time.Hour)}}}
 	if _, _, err := store.AddReport(t.Context(), rep); err != nil {
@@ -98,30 +100,36 @@ func TestRetro(t *testing.T) {
 		t.Fatalf("decision records = %d, want 1", len(recs.got))
 	}
 	d := recs.got[0]
-	if d.ID != "uid-1/late-1796173323000000" || d.Operation != ingest.LateOperation || d.Verdict != "would-deny" ||
+	if d.ID != "uid-1/late-1796173323000000" || d.Operation != decision.OperationLateEvidence || d.Verdict != "would-deny" ||
 		d.Namespace != "shop" || d.Kind != "Deployment" || d.Name != "late" || !slices.Contains(d.Rules, "host-built") {
-		t.Errorf("decision record = %+v, want uid-1/late-…, %s, would-deny, shop/Deployment/late, host-built", d, ingest.LateOperation)
+		t.Errorf("decision record = %+v, want uid-1/late-…, %s, would-deny, shop/Deployment/late, host-built", d, decision.OperationLateEvidence)
 	}
 	if err := store.AddDecision(t.Context(), d); err != nil {
 		t.Errorf("the store refuses the late record: %v", err)
 	}
 }
 
-// recorded collects decision records.
+// admitted is the webhook's decision to admit w, of verdict v, as the
+// request uid.
+func admitted(uid string, w engine.Workload, v policy.Verdict) decision.Decision {
+	return decision.Decision{ID: uid, Source: decision.Admission, Operation: "CREATE", Workload: w, Verdict: v}
+}
+
+// recorded collects decision records, as a records.Recorder makes them.
 type recorded struct {
 	mu  sync.Mutex
 	got []evidence.Decision
 }
 
-func (r *recorded) add(d evidence.Decision) {
+func (r *recorded) Decided(_ context.Context, d decision.Decision) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.got = append(r.got, d)
+	r.got = append(r.got, records.FromDecision(d))
 }
 
 // countingEvaluator counts the judgements.
 type countingEvaluator struct {
-	ingest.Evaluator
+	retro.Evaluator
 	mu sync.Mutex
 	n  int
 }
@@ -177,10 +185,10 @@ func TestRetroLateConnection(t *testing.T) {
 	}
 	ev := &countingEvaluator{Evaluator: e}
 	sink := &events{}
-	r := ingest.NewRetro(ev, sink, prometheus.NewRegistry(), nil)
+	r := retro.New(ev, sink, prometheus.NewRegistry(), nil)
 	var recs recorded
-	r.Record = recs.add
-	r.Admitted("uid-2", w, v)
+	r.Records = &recs
+	r.Decided(t.Context(), admitted("uid-2", w, v))
 
 	conn := func(id, node string, at time.Time, ip string) evidence.Report {
 		return evidence.Report{Node: node, Sensor: "falco", Connections: []evidence.Connection{{Source: "falco", EventID: id, Node: node,
@@ -255,11 +263,11 @@ func TestRetroBuildAfterAdmission(t *testing.T) {
 	if err != nil || !v.Allowed {
 		t.Fatalf("admission = %+v, %v", v, err)
 	}
-	r := ingest.NewRetro(e, &events{}, prometheus.NewRegistry(), nil)
+	r := retro.New(e, &events{}, prometheus.NewRegistry(), nil)
 	var recs recorded
-	r.Record = recs.add
+	r.Records = &recs
 	w.At = admission
-	r.Admitted("uid-3", w, v)
+	r.Decided(t.Context(), admitted("uid-3", w, v))
 	built := admission.Add(time.Hour) // after the admission, before now
 	rep := evidence.Report{Node: "worker-3", Builds: []evidence.Build{{Source: "agent", EventID: "b-after", Node: "worker-3", Tool: "docker",
 		ImageID: cfg.String(), Started: built, Finished: built.Add(time.Minute)}}}
@@ -281,5 +289,67 @@ func TestRetroBuildAfterAdmission(t *testing.T) {
 	defer recs.mu.Unlock()
 	if len(recs.got) != 1 || recs.got[0].Verdict != "warn" || !slices.Contains(recs.got[0].Rules, "implausible-build-time") {
 		t.Errorf("decision records = %+v, want one warn with implausible-build-time", recs.got)
+	}
+}
+
+// fixedEvaluator counts judgements and answers an allow.
+type fixedEvaluator struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (f *fixedEvaluator) Evaluate(context.Context, engine.Workload) (policy.Verdict, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n++
+	return policy.Verdict{Outcome: policy.OutcomeAllow, Allowed: true}, nil
+}
+
+func (f *fixedEvaluator) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
+// TestRetroRemembersAdmissionsOnly: only a workload the webhook admitted
+// is judged again when its image's build is reported; a denial, a scan's
+// or a late judgement's decision is not remembered.
+func TestRetroRemembersAdmissionsOnly(t *testing.T) {
+	w := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "web",
+		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.example/shop/web:1"}}}}
+	allowed := policy.Verdict{Outcome: policy.OutcomeAllow, Allowed: true, Images: []policy.ImageVerdict{{Digest: "sha256:aa"}}}
+	denied := allowed
+	denied.Outcome, denied.Allowed = policy.OutcomeDeny, false
+	rep := evidence.Report{Node: "worker-3", Builds: []evidence.Build{{Node: "worker-3", ImageID: "sha256:aa"}}}
+	for _, tc := range []struct {
+		name   string
+		d      decision.Decision
+		judged bool
+	}{
+		{"admitted", decision.Decision{ID: "u", Source: decision.Admission, Workload: w, Verdict: allowed}, true},
+		{"denied", decision.Decision{ID: "u", Source: decision.Admission, Workload: w, Verdict: denied}, false},
+		{"scan", decision.Decision{ID: "u/scan-x", Source: decision.Scan, Workload: w, Verdict: allowed}, false},
+		{"late evidence", decision.Decision{ID: "u/late-1", Source: decision.LateEvidence, Workload: w, Verdict: allowed}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := &fixedEvaluator{}
+			r := retro.New(ev, nil, nil, nil)
+			r.Decided(t.Context(), tc.d)
+			r.Report(t.Context(), rep)
+			if !tc.judged {
+				// Report starts no judgement when it finds no workload.
+				if n := ev.count(); n != 0 {
+					t.Errorf("judged %d times after a report, want none", n)
+				}
+				return
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for ev.count() == 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if ev.count() == 0 {
+				t.Error("not judged again after a report of its image's build")
+			}
+		})
 	}
 }

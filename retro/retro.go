@@ -1,4 +1,9 @@
-package ingest
+// Package retro keeps detection going after admission: it remembers the
+// workloads the webhook admitted and judges them again when a node
+// reports, later, a build of one of their images or a connection made
+// while one was built, raising what that evidence finds as a metric, a
+// decision record and a Warning Event.
+package retro
 
 import (
 	"container/list"
@@ -11,20 +16,15 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	admissionv1 "k8s.io/api/admission/v1"
-	authnv1 "k8s.io/api/authentication/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
+	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/policy"
-	"buildguard.dev/buildguard/records"
 )
 
-// DefaultRetroWorkloads bounds how many admitted workloads Retro
-// remembers.
-const DefaultRetroWorkloads = 20000
+// DefaultWorkloads bounds how many admitted workloads a Judge remembers.
+const DefaultWorkloads = 20000
 
 // Evaluator judges a workload. *engine.Engine is one.
 type Evaluator interface {
@@ -36,7 +36,7 @@ type EventSink interface {
 	Event(w engine.Workload, reason, message string)
 }
 
-// Retro keeps detection going after admission: it remembers which
+// Judge keeps detection going after admission: it remembers which
 // admitted workloads run which images (by config, manifest and index
 // digest, the keys build reports use) and, for each, the windows in
 // which its images' builds' nodes' connections count
@@ -47,19 +47,23 @@ type EventSink interface {
 // or implausible-build-time — is logged, counted in
 // buildguard_retroactive_findings_total, recorded, and posted as a
 // Warning Event on the workload.
-type Retro struct {
+//
+// The webhook tells it of admissions (Judge is a decision.Observer), and
+// the node-report endpoint of every report it stored (Report).
+type Judge struct {
 	Evaluator Evaluator
 	// Events posts Events; nil posts none.
 	Events EventSink
-	// Record keeps a decision record of each late judgement that found
-	// something new (records.Recorder.Record), so the denial list shows
-	// it beside the admission decisions; nil keeps none.
-	Record func(evidence.Decision)
-	// Now is the clock of those records, and of the admissions Admitted
-	// is told of. The default is time.Now.
+	// Records is told of each late judgement that found something new, a
+	// decision of source decision.LateEvidence (a records.Recorder keeps
+	// it, so the denial list shows it beside the admission decisions);
+	// nil keeps none.
+	Records decision.Observer
+	// Now is the clock of those decisions, and of the admissions Decided
+	// is told of without a time. The default is time.Now.
 	Now func() time.Time
 	// Max bounds the remembered workloads. The default is
-	// DefaultRetroWorkloads.
+	// DefaultWorkloads.
 	Max int
 	Log *slog.Logger
 
@@ -93,9 +97,9 @@ const maxWatch = 64
 // lateRules are the rules a late judgement reports.
 var lateRules = map[policy.RuleID]bool{policy.RuleHostBuilt: true, policy.RuleUntrustedEgress: true, policy.RuleImplausibleBuildTime: true}
 
-// NewRetro returns a Retro registering its metric on reg.
-func NewRetro(ev Evaluator, events EventSink, reg prometheus.Registerer, log *slog.Logger) *Retro {
-	r := &Retro{Evaluator: ev, Events: events, Log: log,
+// New returns a Judge registering its metric on reg.
+func New(ev Evaluator, events EventSink, reg prometheus.Registerer, log *slog.Logger) *Judge {
+	r := &Judge{Evaluator: ev, Events: events, Log: log,
 		found: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "buildguard_retroactive_findings_total",
 			Help: "Findings raised after admission, when node evidence arrived late, by rule and namespace.",
@@ -107,26 +111,31 @@ func NewRetro(ev Evaluator, events EventSink, reg prometheus.Registerer, log *sl
 	return r
 }
 
-func (r *Retro) log() *slog.Logger {
+func (r *Judge) log() *slog.Logger {
 	if r.Log == nil {
 		return slog.New(slog.DiscardHandler)
 	}
 	return r.Log
 }
 
-// Admitted remembers an admitted workload, the digests of its images and
-// the windows of their builds' connections. Workloads a controller owns
-// are remembered through their owner. uid is the admission request's UID:
-// late findings are recorded under it, with a suffix. The admission time
-// is taken to be now (Retro.Now) unless w.At says otherwise.
-func (r *Retro) Admitted(uid string, w engine.Workload, v policy.Verdict) {
-	if !v.Allowed || w.Controlled || w.Spec == nil {
+// Decided remembers a workload the webhook admitted, the digests of its
+// images and the windows of their builds' connections; it implements
+// decision.Observer, and ignores denials and decisions of other sources.
+// Workloads a controller owns are remembered through their owner. Late
+// findings are recorded under the decision's ID, with a suffix. The
+// admission time is w.At, else the decision's Time, else now (Judge.Now).
+func (r *Judge) Decided(_ context.Context, d decision.Decision) {
+	w, v := d.Workload, d.Verdict
+	if d.Source != decision.Admission || !v.Allowed || w.Controlled || w.Spec == nil {
 		return
+	}
+	if w.At.IsZero() {
+		w.At = d.Time
 	}
 	if w.At.IsZero() {
 		w.At = r.now()
 	}
-	a := &admitted{key: w.Namespace + "/" + w.Kind + "/" + w.Name, uid: uid, w: w, rules: map[string]bool{}}
+	a := &admitted{key: w.Namespace + "/" + w.Kind + "/" + w.Name, uid: d.ID, w: w, rules: map[string]bool{}}
 	for _, iv := range v.Images {
 		a.digests = append(a.digests, iv.ConfigDigests...)
 		if iv.Digest != "" {
@@ -141,7 +150,7 @@ func (r *Retro) Admitted(uid string, w engine.Workload, v policy.Verdict) {
 	}
 	max := r.Max
 	if max <= 0 {
-		max = DefaultRetroWorkloads
+		max = DefaultWorkloads
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -165,7 +174,7 @@ func (r *Retro) Admitted(uid string, w engine.Workload, v policy.Verdict) {
 }
 
 // setWatch makes a's connection windows those of verdict v; r.mu is held.
-func (r *Retro) setWatch(a *admitted, v policy.Verdict) {
+func (r *Judge) setWatch(a *admitted, v policy.Verdict) {
 	r.unwatch(a)
 	a.watch = nil
 	for _, iv := range v.Images {
@@ -184,7 +193,7 @@ func (r *Retro) setWatch(a *admitted, v policy.Verdict) {
 }
 
 // unwatch drops a from the node index; r.mu is held.
-func (r *Retro) unwatch(a *admitted) {
+func (r *Judge) unwatch(a *admitted) {
 	for _, w := range a.watch {
 		delete(r.byNode[w.Node], a.key)
 		if len(r.byNode[w.Node]) == 0 {
@@ -193,7 +202,7 @@ func (r *Retro) unwatch(a *admitted) {
 	}
 }
 
-func (r *Retro) forget(e *list.Element) {
+func (r *Judge) forget(e *list.Element) {
 	a := e.Value.(*admitted)
 	r.ll.Remove(e)
 	delete(r.byKey, a.key)
@@ -211,7 +220,7 @@ func (r *Retro) forget(e *list.Element) {
 // a build whose connection window (its node, its span and the build
 // window around it) holds one of its connections. It runs in the
 // background of the report's request.
-func (r *Retro) Report(ctx context.Context, rep evidence.Report) {
+func (r *Judge) Report(ctx context.Context, rep evidence.Report) {
 	var todo []*admitted
 	r.mu.Lock()
 	seen := map[string]bool{}
@@ -283,7 +292,7 @@ func (r *Retro) Report(ctx context.Context, rep evidence.Report) {
 	}()
 }
 
-func (r *Retro) judge(ctx context.Context, a *admitted) {
+func (r *Judge) judge(ctx context.Context, a *admitted) {
 	w := a.w
 	w.Operation = "UPDATE" // a re-judgement, not a new change
 	w.OldSpec = w.Spec
@@ -316,38 +325,36 @@ func (r *Retro) judge(ctx context.Context, a *admitted) {
 			}
 		}
 	}
-	if found && r.Record != nil {
-		r.Record(r.lateDecision(a, v))
+	if found && r.Records != nil {
+		r.Records.Decided(ctx, r.lateDecision(a, v))
 	}
 }
 
-// LateOperation is the Operation of the decision record of a late
-// judgement: nothing was admitted or denied then.
-const LateOperation = "LATE-EVIDENCE"
+// User is who a late judgement's decision says asked for it.
+const User = "buildguard-late-evidence"
 
-// lateDecision is the record of a late judgement of a: the admission
-// decision's record with the verdict judged now. Its ID is the admission
-// request's UID (or the workload's key) followed by "/late-" and the time,
-// and a deny is a would-deny: the workload was admitted.
-func (r *Retro) lateDecision(a *admitted, v policy.Verdict) evidence.Decision {
+// lateDecision is the decision of a late judgement of a: the admission
+// decision with the verdict judged now. Its ID is the admission's (or the
+// workload's key) followed by "/late-" and the time; it is recorded as a
+// would-deny rather than a deny, as the workload was admitted.
+func (r *Judge) lateDecision(a *admitted, v policy.Verdict) decision.Decision {
 	t := r.now().UTC()
 	id := a.uid
 	if id == "" {
 		id = a.key
 	}
-	req := &admissionv1.AdmissionRequest{
-		UID:       types.UID(fmt.Sprintf("%s/late-%d", id, t.UnixMicro())),
-		Operation: admissionv1.Operation(LateOperation),
-		Namespace: a.w.Namespace,
-		Name:      a.w.Name,
-		Kind:      metav1.GroupVersionKind{Kind: a.w.Kind},
-		UserInfo:  authnv1.UserInfo{Username: "buildguard-late-evidence"},
+	return decision.Decision{
+		ID:        fmt.Sprintf("%s/late-%d", id, t.UnixMicro()),
+		Source:    decision.LateEvidence,
+		Operation: decision.OperationLateEvidence,
+		User:      User,
+		Workload:  a.w,
+		Verdict:   v,
+		Time:      t,
 	}
-	v.Allowed = true // admitted already: a deny now is a would-deny
-	return records.Decision(req, a.w, v, t)
 }
 
-func (r *Retro) now() time.Time {
+func (r *Judge) now() time.Time {
 	if r.Now != nil {
 		return r.Now()
 	}
@@ -366,7 +373,7 @@ func shortMessage(s string) string {
 
 // firstTime reports whether rule is new for a, and records it; reports
 // judged at once share a.
-func (r *Retro) firstTime(a *admitted, rule policy.RuleID) bool {
+func (r *Judge) firstTime(a *admitted, rule policy.RuleID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if a.rules[string(rule)] {
@@ -377,4 +384,4 @@ func (r *Retro) firstTime(a *admitted, rule policy.RuleID) bool {
 }
 
 // Found is the counter of retroactive findings, for tests and wiring.
-func (r *Retro) Found() *prometheus.CounterVec { return r.found }
+func (r *Judge) Found() *prometheus.CounterVec { return r.found }

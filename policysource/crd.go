@@ -1,9 +1,4 @@
-// Package cluster reads buildguard's policies and exceptions from the
-// Kubernetes API — ClusterBuildPolicy and BuildPolicyException resources
-// in group buildguard.dev, version v1alpha1 — keeps them compiled in
-// memory through informers, and reports in each resource's status whether
-// it was accepted.
-package cluster
+package policysource
 
 import (
 	"context"
@@ -24,51 +19,17 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/tools/cache"
 
+	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/policy"
 )
 
-// Group and version of buildguard's resources.
-const (
-	Group   = "buildguard.dev"
-	Version = "v1alpha1"
-)
-
-var (
-	// PolicyResource is the ClusterBuildPolicy resource.
-	PolicyResource = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "clusterbuildpolicies"}
-	// ExceptionResource is the BuildPolicyException resource.
-	ExceptionResource = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "buildpolicyexceptions"}
-)
-
-// PolicySpec is the spec of a ClusterBuildPolicy: the fields of a policy
-// file and the selectors of what it governs.
-type PolicySpec struct {
-	policy.Spec `json:",inline"`
-	// NamespaceSelector chooses the namespaces the policy governs, by
-	// their labels. The default is every namespace.
-	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
-	// ObjectSelector chooses the workloads the policy governs, by their
-	// own labels. The default is every workload.
-	ObjectSelector *metav1.LabelSelector `json:"objectSelector,omitempty"`
-}
-
-// ExceptionSpec is the spec of a BuildPolicyException. It applies to
-// workloads in its own namespace only.
-type ExceptionSpec struct {
-	Images     []string `json:"images"`
-	Reason     string   `json:"reason"`
-	Expires    string   `json:"expires"`
-	ApprovedBy string   `json:"approvedBy,omitempty"`
-}
-
-// ConditionAccepted is the status condition saying whether buildguard
-// accepted a resource; its reason is Valid or Invalid.
-const ConditionAccepted = "Accepted"
-
-// Source keeps ClusterBuildPolicies and BuildPolicyExceptions compiled
-// and selects them for workloads. It implements engine.Policies.
-type Source struct {
+// CRD is the policy source of --policy-source=crd: it reads
+// ClusterBuildPolicies and BuildPolicyExceptions through informers, keeps
+// them compiled, selects them for workloads, and reports in each
+// resource's status whether it was accepted. It implements
+// engine.Policies.
+type CRD struct {
 	// Client reads the resources and writes their status. Required.
 	Client dynamic.Interface
 	// Log is the logger. The default discards.
@@ -82,9 +43,9 @@ type Source struct {
 	// generation like a compile error.
 	Validate func(*policy.Policy) error
 	// Leading reports whether this replica writes the resources' status
-	// (StatusLease.Leading); the others only read them. The default, nil,
-	// is always: a single process. A replica that starts leading calls
-	// WriteStatus.
+	// (cluster.StatusLease.Leading); the others only read them. The
+	// default, nil, is always: a single process. A replica that starts
+	// leading calls WriteStatus.
 	Leading func() bool
 
 	mu         sync.RWMutex
@@ -105,7 +66,7 @@ type compiledExcept struct {
 
 // Start starts the informers; the returned function reports whether both
 // have synced.
-func (s *Source) Start(ctx context.Context) func() bool {
+func (s *CRD) Start(ctx context.Context) func() bool {
 	s.mu.Lock()
 	s.policies = map[string]*compiledPolicy{}
 	s.exceptions = map[string]map[string]compiledExcept{}
@@ -115,8 +76,8 @@ func (s *Source) Start(ctx context.Context) func() bool {
 		resync = 10 * time.Minute
 	}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(s.Client, resync)
-	pi := f.ForResource(PolicyResource).Informer()
-	ei := f.ForResource(ExceptionResource).Informer()
+	pi := f.ForResource(v1alpha1.PolicyResource).Informer()
+	ei := f.ForResource(v1alpha1.ExceptionResource).Informer()
 	pi.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { s.policyChanged(ctx, o) },
 		UpdateFunc: func(_, o any) { s.policyChanged(ctx, o) },
@@ -136,7 +97,7 @@ func (s *Source) Start(ctx context.Context) func() bool {
 // its status where it is not current: what a replica that starts leading
 // does, as the events before went by unwritten. Status that another
 // replica wrote for the same generation is left alone.
-func (s *Source) WriteStatus(ctx context.Context) {
+func (s *CRD) WriteStatus(ctx context.Context) {
 	st := s.stores.Load()
 	if st == nil {
 		return
@@ -149,14 +110,14 @@ func (s *Source) WriteStatus(ctx context.Context) {
 	}
 }
 
-func (s *Source) log() *slog.Logger {
+func (s *CRD) log() *slog.Logger {
 	if s.Log == nil {
 		return slog.New(slog.DiscardHandler)
 	}
 	return s.Log
 }
 
-func (s *Source) now() time.Time {
+func (s *CRD) now() time.Time {
 	if s.Now == nil {
 		return time.Now()
 	}
@@ -165,7 +126,7 @@ func (s *Source) now() time.Time {
 
 // Select implements engine.Policies: the policies whose selectors match,
 // in name order, and the live exceptions of the namespace.
-func (s *Source) Select(namespace string, nsLabels, objLabels map[string]string) (engine.Selection, error) {
+func (s *CRD) Select(namespace string, nsLabels, objLabels map[string]string) (engine.Selection, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var sel engine.Selection
@@ -193,7 +154,7 @@ func (s *Source) Select(namespace string, nsLabels, objLabels map[string]string)
 
 // compilePolicy turns a ClusterBuildPolicy into a policy and selectors.
 func compilePolicy(u *unstructured.Unstructured) (*compiledPolicy, error) {
-	var spec PolicySpec
+	var spec v1alpha1.PolicySpec
 	if err := decodeSpec(u, &spec); err != nil {
 		return nil, err
 	}
@@ -235,7 +196,7 @@ func decodeSpec(u *unstructured.Unstructured, into any) error {
 	return nil
 }
 
-func (s *Source) policyChanged(ctx context.Context, o any) {
+func (s *CRD) policyChanged(ctx context.Context, o any) {
 	u, ok := o.(*unstructured.Unstructured)
 	if !ok {
 		return
@@ -257,13 +218,13 @@ func (s *Source) policyChanged(ctx context.Context, o any) {
 			msg += fmt.Sprintf("; generation %d stays in force", prev.generation)
 		}
 		s.log().Error("ClusterBuildPolicy rejected", "policy", u.GetName(), "generation", u.GetGeneration(), "error", err)
-		s.setAccepted(ctx, PolicyResource, u, false, "Invalid", msg)
+		s.setAccepted(ctx, v1alpha1.PolicyResource, u, false, "Invalid", msg)
 		return
 	}
 	if prev == nil || prev.generation != cp.generation {
 		s.log().Info("ClusterBuildPolicy applied", "policy", u.GetName(), "generation", u.GetGeneration(), "mode", string(cp.p.Mode()))
 	}
-	s.setAccepted(ctx, PolicyResource, u, true, "Valid", fmt.Sprintf("generation %d is in force", u.GetGeneration()))
+	s.setAccepted(ctx, v1alpha1.PolicyResource, u, true, "Valid", fmt.Sprintf("generation %d is in force", u.GetGeneration()))
 }
 
 // deleted returns the object of a delete event, which may come as the
@@ -276,7 +237,7 @@ func deleted(o any) (*unstructured.Unstructured, bool) {
 	return u, ok
 }
 
-func (s *Source) policyDeleted(o any) {
+func (s *CRD) policyDeleted(o any) {
 	u, ok := deleted(o)
 	if !ok {
 		return
@@ -287,7 +248,7 @@ func (s *Source) policyDeleted(o any) {
 	s.log().Info("ClusterBuildPolicy removed", "policy", u.GetName())
 }
 
-func (s *Source) exceptionChanged(ctx context.Context, o any) {
+func (s *CRD) exceptionChanged(ctx context.Context, o any) {
 	u, ok := o.(*unstructured.Unstructured)
 	if !ok {
 		return
@@ -298,7 +259,7 @@ func (s *Source) exceptionChanged(ctx context.Context, o any) {
 		delete(s.exceptions[u.GetNamespace()], u.GetName())
 		s.mu.Unlock()
 		s.log().Error("BuildPolicyException rejected", "namespace", u.GetNamespace(), "exception", u.GetName(), "error", err)
-		s.setAccepted(ctx, ExceptionResource, u, false, "Invalid", err.Error())
+		s.setAccepted(ctx, v1alpha1.ExceptionResource, u, false, "Invalid", err.Error())
 		return
 	}
 	s.mu.Lock()
@@ -307,13 +268,13 @@ func (s *Source) exceptionChanged(ctx context.Context, o any) {
 	}
 	s.exceptions[u.GetNamespace()][u.GetName()] = compiledExcept{x: x}
 	s.mu.Unlock()
-	s.setAccepted(ctx, ExceptionResource, u, true, "Valid", "applies until "+spec.Expires)
+	s.setAccepted(ctx, v1alpha1.ExceptionResource, u, true, "Valid", "applies until "+spec.Expires)
 }
 
 // compileException turns a BuildPolicyException into exceptions of its
 // namespace.
-func compileException(u *unstructured.Unstructured) (policy.Exceptions, ExceptionSpec, error) {
-	var spec ExceptionSpec
+func compileException(u *unstructured.Unstructured) (policy.Exceptions, v1alpha1.ExceptionSpec, error) {
+	var spec v1alpha1.ExceptionSpec
 	if err := decodeSpec(u, &spec); err != nil {
 		return policy.Exceptions{}, spec, err
 	}
@@ -327,7 +288,7 @@ func compileException(u *unstructured.Unstructured) (policy.Exceptions, Exceptio
 	return x, spec, nil
 }
 
-func (s *Source) exceptionDeleted(o any) {
+func (s *CRD) exceptionDeleted(o any) {
 	u, ok := deleted(o)
 	if !ok {
 		return
@@ -340,7 +301,7 @@ func (s *Source) exceptionDeleted(o any) {
 // setAccepted writes the Accepted condition unless it already says the
 // same for this generation, so status writes do not feed back into
 // endless updates.
-func (s *Source) setAccepted(ctx context.Context, gvr schema.GroupVersionResource, u *unstructured.Unstructured, ok bool, reason, msg string) {
+func (s *CRD) setAccepted(ctx context.Context, gvr schema.GroupVersionResource, u *unstructured.Unstructured, ok bool, reason, msg string) {
 	if s.Leading != nil && !s.Leading() {
 		return
 	}
@@ -351,13 +312,13 @@ func (s *Source) setAccepted(ctx context.Context, gvr schema.GroupVersionResourc
 	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
 	for _, c := range conds {
 		m, _ := c.(map[string]any)
-		if m["type"] == ConditionAccepted && m["status"] == string(status) && m["reason"] == reason && m["message"] == msg &&
+		if m["type"] == v1alpha1.ConditionAccepted && m["status"] == string(status) && m["reason"] == reason && m["message"] == msg &&
 			fmt.Sprint(m["observedGeneration"]) == fmt.Sprint(u.GetGeneration()) {
 			return
 		}
 	}
 	cond := map[string]any{
-		"type":               ConditionAccepted,
+		"type":               v1alpha1.ConditionAccepted,
 		"status":             string(status),
 		"reason":             reason,
 		"message":            msg,

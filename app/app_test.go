@@ -1,0 +1,301 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+
+	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/selfsigned"
+	"buildguard.dev/buildguard/internal/testregistry"
+)
+
+// syncBuffer is a bytes.Buffer safe for a logger's goroutines and the
+// test's.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// serverOptions are a server without a cluster, with a policy file that
+// allows reg's acme/ images, a SQLite store, the review UI with a token
+// file, and an exceptions file, on loopback.
+func serverOptions(t *testing.T, reg *testregistry.Registry) (Options, selfsigned.Files) {
+	t.Helper()
+	dir := t.TempDir()
+	files, err := selfsigned.Write(dir, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(pol, []byte("apiVersion: buildguard.dev/v1alpha1\nkind: Policy\nregistries:\n  allow: [\""+reg.Host+"/acme/*\"]\n  insecure: [\"127.0.0.1:*\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tokens := filepath.Join(dir, "tokens.csv")
+	if err := os.WriteFile(tokens, []byte("0123456789abcdef0123,alice,1001\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o := valid()
+	o.Listen = freeAddr(t)
+	o.TLS = TLSOptions{CertFile: files.Cert, KeyFile: files.Key}
+	o.Policy.File, o.Policy.ExceptionsFile = pol, filepath.Join(dir, "exceptions.yaml")
+	o.Store.SQLite = filepath.Join(dir, "evidence.db")
+	o.Records.Queue, o.Records.Retention = 16, time.Hour
+	o.Review.Listen, o.Review.TokenFile = freeAddr(t), tokens
+	o.Registry.Timeout = 5 * time.Second
+	return o, files
+}
+
+func admissionReview(t *testing.T, uid, image string) []byte {
+	t.Helper()
+	pod, err := json.Marshal(&corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: image}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+		Request: &admissionv1.AdmissionRequest{UID: types.UID("0d2d9bd5-" + uid), Kind: metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+			Namespace: "shop", Name: "web", Operation: admissionv1.Create, Object: k8sruntime.RawExtension{Raw: pod}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestRunStops: Run serves the webhook and the review UI, and returns
+// only once both have stopped listening and the decision records queued
+// in memory are in the store.
+func TestRunStops(t *testing.T) {
+	reg := testregistry.New(t)
+	reg.Push(t, "acme/web:1", testregistry.Build(t, testregistry.Image{Created: time.Now().Add(-72 * time.Hour)}))
+	o, files := serverOptions(t, reg)
+	var logs syncBuffer
+	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(mustRead(t, files.CA))
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, u := range []string{"https://" + o.Listen + "/readyz", "https://" + o.Review.Listen + "/"} {
+		for {
+			resp, err := client.Get(u)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode < 500 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET %s: %v; log:\n%s", u, err, logs.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// An allow is queued, not written before the answer.
+	resp, err := client.Post("https://"+o.Listen+"/validate?timeout=10s", "application/json",
+		bytes.NewReader(admissionReview(t, "allow", reg.Host+"/acme/web:1")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out admissionv1.AdmissionReview
+	err = json.NewDecoder(resp.Body).Decode(&out)
+	resp.Body.Close()
+	if err != nil || out.Response == nil || !out.Response.Allowed {
+		t.Fatalf("the review of a clean image: %+v, %v; want allowed", out.Response, err)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil after its context ended", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Run did not return within 30s of its context's end; log:\n%s", logs.String())
+	}
+	for _, addr := range []string{o.Listen, o.Review.Listen} {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts connections after Run returned", addr)
+		}
+	}
+	st, err := evidence.OpenSQLite(t.Context(), o.Store.SQLite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if d, err := st.Decision(t.Context(), "0d2d9bd5-allow"); err != nil || d.Verdict != "allow" {
+		t.Errorf("the allowed admission's record after Run returned: %+v, %v; want it stored", d, err)
+	}
+}
+
+// TestRunEndsWithWebhook: when the webhook's server stops on its own
+// (here: its certificate is gone), Run stops everything else, the
+// review UI included, and returns the webhook's error.
+func TestRunEndsWithWebhook(t *testing.T) {
+	reg := testregistry.New(t)
+	o, files := serverOptions(t, reg)
+	var logs syncBuffer
+	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(files.Cert); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(t.Context()) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "--tls-cert-file") {
+			t.Errorf("Run = %v, want the webhook's error about --tls-cert-file", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Run did not return within 30s of the webhook's failure; log:\n%s", logs.String())
+	}
+	for _, addr := range []string{o.Listen, o.Review.Listen} {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts connections after Run returned", addr)
+		}
+	}
+}
+
+// TestNewFails: New refuses what it cannot build before anything runs,
+// and releases what it had opened.
+func TestNewFails(t *testing.T) {
+	reg := testregistry.New(t)
+	for _, tc := range []struct {
+		name string
+		mod  func(t *testing.T, o *Options)
+		want string
+	}{
+		{"invalid options", func(_ *testing.T, o *Options) { o.Review.TokenFile = "" }, "--review-listen without a cluster needs --review-token-file"},
+		{"webhook address taken", func(t *testing.T, o *Options) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			o.Listen = ln.Addr().String()
+		}, "address already in use"},
+		{"bad exceptions file", func(t *testing.T, o *Options) {
+			if err := os.WriteFile(o.Policy.ExceptionsFile, []byte("kind: Policy\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, "exceptions file"},
+		{"short session key", func(t *testing.T, o *Options) { o.Review.SessionKeyFile = o.Review.TokenFile }, "want at least 32"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, _ := serverOptions(t, reg)
+			tc.mod(t, &o)
+			before := runtime.NumGoroutine()
+			a, err := New(t.Context(), o, slog.New(slog.DiscardHandler))
+			if err == nil || !strings.Contains(err.Error(), tc.want) || a != nil {
+				t.Fatalf("New = %v, %v; want an error with %q", a, err, tc.want)
+			}
+			var oe *OptionError
+			if errors.As(err, &oe) != (tc.name == "invalid options") {
+				t.Errorf("New = %T, an *OptionError only for invalid options", err)
+			}
+			// The review UI's address was opened before the webhook's.
+			ln, err := net.Listen("tcp", o.Review.Listen)
+			if err != nil {
+				t.Fatalf("the review UI's address is still taken after New failed: %v", err)
+			}
+			ln.Close()
+			// Nothing New started goes on: the store and the recorder
+			// it opened are closed, and with invalid options nothing
+			// was opened at all.
+			if tc.name == "invalid options" {
+				if _, err := os.Stat(o.Store.SQLite); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("New with invalid options created the store %s: %v", o.Store.SQLite, err)
+				}
+			}
+			if n := settledGoroutines(before); n > before {
+				t.Errorf("%d goroutines after New failed, %d before:\n%s", n, before, goroutines())
+			}
+		})
+	}
+}
+
+// settledGoroutines waits up to 5s for the goroutines to number at most
+// want, and returns how many there are.
+func settledGoroutines(want int) int {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func goroutines() string {
+	b := make([]byte, 1<<20)
+	return string(b[:runtime.Stack(b, true)])
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
