@@ -7,6 +7,14 @@ BIN := bin
 
 IMG ?= ghcr.io/buildguard/buildguard:$(VERSION)
 KUBECTL ?= $(BIN)/kubectl
+# DOCKER builds the image; its BuildKit is needed for RUN --mount.
+DOCKER ?= docker
+# GO_IMAGE and BASE_IMAGE replace the Dockerfile's base images (golang:1.26,
+# gcr.io/distroless/static-debian12:nonroot) when set, e.g. with a mirror's.
+GO_IMAGE ?=
+BASE_IMAGE ?=
+# DEMO_ARGS are more flags of cmd/demo: -exit stops after the story.
+DEMO_ARGS ?=
 
 .PHONY: help deps build tools test vet fmt-check unit e2e fuzz bench bench-cosign demo image manifests deploy clean
 
@@ -19,7 +27,7 @@ deps: ## Install (as root with apt-get) or list what the tests and the demo need
 build: ## Build bin/buildguard (static, version stamped in).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/buildguard ./cmd/buildguard
 
-tools: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm, cosign-v2 and cosign-v3 into bin/ (cached; ~11 min plus ~20 for the cosign CLIs the first time).
+tools: ## Build etcd, the Kubernetes binaries, containerd, CoreDNS, helm, cosign-v2 and cosign-v3 into bin/ (cached; the times: docs/benchmarks.md).
 	tools/build.sh
 
 test: deps fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).
@@ -32,10 +40,10 @@ vet: ## go vet every package.
 	$(GO) vet ./...
 
 unit: deps ## Unit, integration and e2e tests (race detector on; fuzz seed corpora run too).
-	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 45m ./...
 
 e2e: deps tools ## Only the end-to-end tests on a real control plane.
-	$(GO) test -count=1 -timeout 30m -v ./e2e/
+	$(GO) test -count=1 -timeout 45m -v ./e2e/
 
 fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	$(GO) test ./policy/ -run '^$$' -fuzz '^FuzzAnalyzeStep$$' -fuzztime $${FUZZTIME:-30s}
@@ -74,14 +82,15 @@ bench: tools ## Benchmarks: webhook throughput and latency vs a do-nothing webho
 	$(GO) run ./bench/fleet -nodes 1000 -interval 2s -duration 60s
 
 bench-cosign: ## Cold provenance verification against the cosign CLI of the pinned version (make tools builds it).
-	test -x $(BIN)/cosign-v2 || tools/build.sh
+	test -x $(BIN)/cosign-v2 || tools/build.sh cosign-v2
 	$(GO) run ./bench/cosigncmp -cosign $(BIN)/cosign-v2
 
-demo: deps build tools ## The main job end to end on a local control plane; stays up until Ctrl-C.
-	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard
+demo: deps build tools ## The main job end to end on a real single-node cluster on this machine (root); stays up until Ctrl-C.
+	$(GO) run ./cmd/demo -buildguard $(BIN)/buildguard $(DEMO_ARGS)
 
-image: ## Build the container image IMG with BuildKit (needs a Docker daemon; IMAGE_ARGS adds docker build flags).
-	DOCKER_BUILDKIT=1 docker build --build-arg VERSION=$(VERSION) $(IMAGE_ARGS) -t $(IMG) .
+image: ## Build the container image IMG with BuildKit (GO_IMAGE, BASE_IMAGE: other base images; IMAGE_ARGS: more docker build flags).
+	DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg VERSION=$(VERSION) \
+	  $(if $(GO_IMAGE),--build-arg GO_IMAGE=$(GO_IMAGE)) $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(IMAGE_ARGS) -t $(IMG) .
 
 manifests: tools ## Render the kustomize manifests to stdout.
 	$(KUBECTL) kustomize manifests/

@@ -185,10 +185,43 @@ func binary(root, name string) (string, error) {
 	return p, nil
 }
 
+// ControlPlaneOptions say where and how StartControlPlaneWith runs the
+// control plane. The zero value is StartControlPlane's: on loopback, on
+// free ports, with no Service endpoints.
+type ControlPlaneOptions struct {
+	// Address is where the API server listens and what it advertises as
+	// the kubernetes Service's endpoint. The default is 127.0.0.1.
+	Address string
+	// Port is the API server's port. The default is a free one.
+	Port int
+	// ServiceCIDR is the Service IP range. The default is 10.96.0.0/24.
+	ServiceCIDR string
+	// ServingHosts are more DNS names and IPs of the API server's serving
+	// certificate (besides 127.0.0.1, localhost and Address).
+	ServingHosts []string
+	// Tokens are more lines of the API server's token file:
+	// token,user,uid,"group1,group2".
+	Tokens []string
+	// APIServerArgs and ControllerManagerArgs are added to those
+	// commands' flags; a flag given again here wins.
+	APIServerArgs, ControllerManagerArgs []string
+}
+
 // StartControlPlane starts etcd, kube-apiserver and kube-controller-manager
 // on free loopback ports, with work files under dir, and waits until the
 // API server is ready.
-func StartControlPlane(ctx context.Context, dir string) (_ *ControlPlane, err error) {
+func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
+	return StartControlPlaneWith(ctx, dir, ControlPlaneOptions{})
+}
+
+// StartControlPlaneWith is StartControlPlane as opts say.
+func StartControlPlaneWith(ctx context.Context, dir string, opts ControlPlaneOptions) (_ *ControlPlane, err error) {
+	if opts.Address == "" {
+		opts.Address = "127.0.0.1"
+	}
+	if opts.ServiceCIDR == "" {
+		opts.ServiceCIDR = "10.96.0.0/24"
+	}
 	root, err := Root()
 	if err != nil {
 		return nil, err
@@ -241,7 +274,7 @@ func StartControlPlane(ctx context.Context, dir string) (_ *ControlPlane, err er
 	if err := os.MkdirAll(pki, 0o700); err != nil {
 		return nil, err
 	}
-	certs, err := selfsigned.Write(pki, "127.0.0.1", "localhost")
+	certs, err := selfsigned.Write(pki, append([]string{"127.0.0.1", "localhost", opts.Address}, opts.ServingHosts...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -253,8 +286,9 @@ func StartControlPlane(ctx context.Context, dir string) (_ *ControlPlane, err er
 	tokens := filepath.Join(pki, "tokens.csv")
 	// kube-controller-manager authenticates as itself, so buildguard sees
 	// what its controllers create as a controller's.
-	if err := os.WriteFile(tokens, []byte(AdminToken+`,e2e-admin,e2e-admin,"system:masters"`+"\n"+
-		kcmToken+`,system:kube-controller-manager,kcm,"system:masters"`+"\n"), 0o600); err != nil {
+	tokenLines := append([]string{AdminToken + `,e2e-admin,e2e-admin,"system:masters"`,
+		kcmToken + `,system:kube-controller-manager,kcm,"system:masters"`}, opts.Tokens...)
+	if err := os.WriteFile(tokens, []byte(strings.Join(tokenLines, "\n")+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	policyPath := filepath.Join(dir, "audit-policy.yaml")
@@ -263,23 +297,25 @@ func StartControlPlane(ctx context.Context, dir string) (_ *ControlPlane, err er
 	}
 	cp.AuditLog = filepath.Join(dir, "audit.log")
 
-	apiPort, err := FreePort()
-	if err != nil {
-		return nil, err
+	apiPort := opts.Port
+	if apiPort == 0 {
+		if apiPort, err = FreePort(); err != nil {
+			return nil, err
+		}
 	}
-	cp.URL = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
-	api, err := Start("kube-apiserver", filepath.Join(dir, "kube-apiserver.log"), nil, apiBin,
-		"--etcd-servers="+etcdURL,
-		fmt.Sprintf("--secure-port=%d", apiPort), "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-		"--tls-cert-file="+certs.Cert, "--tls-private-key-file="+certs.Key, "--client-ca-file="+certs.CA,
-		"--token-auth-file="+tokens,
-		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file="+saPub,
-		"--service-account-signing-key-file="+saKey, "--api-audiences=https://kubernetes.default.svc",
-		"--service-cluster-ip-range=10.96.0.0/24", "--authorization-mode=RBAC",
-		"--audit-policy-file="+policyPath, "--audit-log-path="+cp.AuditLog,
-		"--audit-log-mode=blocking", "--cert-dir="+filepath.Join(dir, "apiserver-certs"),
+	cp.URL = "https://" + net.JoinHostPort(opts.Address, fmt.Sprint(apiPort))
+	api, err := Start("kube-apiserver", filepath.Join(dir, "kube-apiserver.log"), nil, apiBin, withFlags([]string{
+		"--etcd-servers=" + etcdURL,
+		fmt.Sprintf("--secure-port=%d", apiPort), "--bind-address=" + opts.Address, "--advertise-address=" + opts.Address,
+		"--tls-cert-file=" + certs.Cert, "--tls-private-key-file=" + certs.Key, "--client-ca-file=" + certs.CA,
+		"--token-auth-file=" + tokens,
+		"--service-account-issuer=https://kubernetes.default.svc", "--service-account-key-file=" + saPub,
+		"--service-account-signing-key-file=" + saKey, "--api-audiences=https://kubernetes.default.svc",
+		"--service-cluster-ip-range=" + opts.ServiceCIDR, "--authorization-mode=RBAC",
+		"--audit-policy-file=" + policyPath, "--audit-log-path=" + cp.AuditLog,
+		"--audit-log-mode=blocking", "--cert-dir=" + filepath.Join(dir, "apiserver-certs"),
 		"--allow-privileged=true", "--profiling=false", "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false",
-	)
+	}, opts.APIServerArgs)...)
 	if err != nil {
 		return nil, err
 	}
@@ -296,16 +332,33 @@ func StartControlPlane(ctx context.Context, dir string) (_ *ControlPlane, err er
 	if err := os.WriteFile(kcmKubeconfig, []byte(strings.Replace(cp.kubeconfig(), AdminToken, kcmToken, 1)), 0o600); err != nil {
 		return nil, err
 	}
-	kcm, err := Start("kube-controller-manager", filepath.Join(dir, "kube-controller-manager.log"), nil, kcmBin,
-		"--kubeconfig="+kcmKubeconfig, "--leader-elect=false",
-		"--service-account-private-key-file="+saKey, "--root-ca-file="+certs.CA,
+	kcm, err := Start("kube-controller-manager", filepath.Join(dir, "kube-controller-manager.log"), nil, kcmBin, withFlags([]string{
+		"--kubeconfig=" + kcmKubeconfig, "--leader-elect=false",
+		"--service-account-private-key-file=" + saKey, "--root-ca-file=" + certs.CA,
 		"--use-service-account-credentials=false", "--secure-port=0",
-	)
+	}, opts.ControllerManagerArgs)...)
 	if err != nil {
 		return nil, err
 	}
 	cp.procs = append(cp.procs, kcm)
 	return cp, nil
+}
+
+// withFlags returns base with more added; a flag of more replaces the
+// same flag of base (list flags like --authorization-mode would add up).
+func withFlags(base, more []string) []string {
+	name := func(arg string) string { n, _, _ := strings.Cut(arg, "="); return n }
+	given := map[string]bool{}
+	for _, a := range more {
+		given[name(a)] = true
+	}
+	var out []string
+	for _, a := range base {
+		if !given[name(a)] {
+			out = append(out, a)
+		}
+	}
+	return append(out, more...)
 }
 
 func (cp *ControlPlane) client() *http.Client {

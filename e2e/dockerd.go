@@ -38,6 +38,8 @@ type Dockerd struct {
 
 	sock, logPath string
 	client        *http.Client
+	// args are dockerd's flags; nil: StartDockerd's.
+	args []string
 }
 
 // StartDockerd starts dockerd with its files under a new short directory
@@ -81,10 +83,13 @@ func (d *Dockerd) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.Proc, err = Start("dockerd", d.logPath, nil, bin,
-		"--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
-		"--data-root="+filepath.Join(d.Dir, "d"), "--exec-root="+filepath.Join(d.Dir, "e"),
-		"--pidfile="+filepath.Join(d.Dir, "dockerd.pid"), "-H", d.Host)
+	args := d.args
+	if args == nil {
+		args = []string{"--iptables=false", "--ip6tables=false", "--bridge=none", "--storage-driver=vfs",
+			"--data-root=" + filepath.Join(d.Dir, "d"), "--exec-root=" + filepath.Join(d.Dir, "e"),
+			"--pidfile=" + filepath.Join(d.Dir, "dockerd.pid"), "-H", d.Host}
+	}
+	d.Proc, err = Start("dockerd", d.logPath, nil, bin, args...)
 	if err != nil {
 		return err
 	}
@@ -377,4 +382,17 @@ func mountsUnder(dir string) []string {
 	}
 	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
 	return out
+}
+
+// LoadImage loads img into the Engine's image store as ref (docker load),
+// streaming the tarball as it is written.
+func (d *Dockerd) LoadImage(ctx context.Context, ref string, img v1.Image) error {
+	tag, err := name.NewTag(ref, name.Insecure)
+	if err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(tarball.Write(tag, img, pw)) }()
+	defer pr.Close()
+	return d.Load(ctx, pr)
 }

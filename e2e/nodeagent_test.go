@@ -1,19 +1,15 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,53 +39,15 @@ spec:
     trustedDestinations: ["127.0.0.1/32"]
 `
 
-// payloadServer serves /payload on addr. It holds each answer for a while
-// so that the connection is open across a /proc sampling interval when
-// the agent has to fall back from eBPF.
+// payloadServer is PayloadServer for t, stopped when t ends.
 func payloadServer(t *testing.T, addr string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", addr)
+	port, stop, err := PayloadServer(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-time.After(2500 * time.Millisecond):
-		case <-r.Context().Done():
-		}
-		io.WriteString(w, "#!/bin/sh\necho payload\n")
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// agentMetrics reads the agent's Prometheus metrics into name{labels} →
-// value.
-func agentMetrics(addr string) (map[string]float64, error) {
-	c := &http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out, sc.Err()
+	t.Cleanup(stop)
+	return port
 }
 
 // TestNodeAgent reproduces MITRE ATT&CK analytic AN1261 on this machine: a

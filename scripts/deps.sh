@@ -18,7 +18,8 @@
 # - chromium: the review UI is tested in a real headless browser;
 # - iproute2, runc, containernetworking-plugins, iptables, conntrack: the
 #   real single-node cluster (network namespaces, the bridge, the OCI
-#   runtime, kube-proxy's rules);
+#   runtime, kube-proxy's rules); nftables: its tear-down removes the
+#   tables iptables-nft made for it;
 # - docker-registry: a second, independent registry (CNCF Distribution,
 #   no OCI referrers API) the provenance tests sign into with Notation and
 #   the cosign CLIs, where signatures live in the referrers tag schema.
@@ -72,12 +73,13 @@ have() {
     containernetworking-plugins) [[ -x $root/usr/lib/cni/bridge && -x $root/usr/lib/cni/host-local && -x $root/usr/lib/cni/loopback ]] ;;
     iptables) have_cmd iptables ;;
     conntrack) have_cmd conntrack ;;
+    nftables) have_cmd nft ;;
     docker-registry) [[ -x $root/usr/bin/docker-registry ]] ;;
     *) echo "scripts/deps.sh: no check for $1" >&2; return 1 ;;
   esac
 }
 
-packages=(gcc libc6-dev postgresql docker.io busybox-static chromium iproute2 runc containernetworking-plugins iptables conntrack docker-registry)
+packages=(gcc libc6-dev postgresql docker.io busybox-static chromium iproute2 runc containernetworking-plugins iptables conntrack nftables docker-registry)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -34,7 +34,7 @@ func TestDepsCheck(t *testing.T) {
 		return stderr.String(), code, time.Since(start)
 	}
 	all := []string{"gcc", "libc6-dev", "postgresql", "docker.io", "busybox-static", "chromium",
-		"iproute2", "runc", "containernetworking-plugins", "iptables", "conntrack", "docker-registry"}
+		"iproute2", "runc", "containernetworking-plugins", "iptables", "conntrack", "nftables", "docker-registry"}
 	out, code, took := run()
 	if code != 1 || took > 5*time.Second {
 		t.Fatalf("on an empty root: exit %d after %s, want 1 within 5s\n%s", code, took, out)
@@ -61,14 +61,14 @@ func TestDepsCheck(t *testing.T) {
 	}
 	exe("usr/bin/busybox", []byte("\x7fELF\x02\x01\x01\x00/lib64/ld-linux-x86-64.so.2\x00"))
 	out, code, _ = run()
-	want := []string{"gcc", "libc6-dev", "docker.io", "busybox-static", "iproute2", "iptables", "conntrack"}
+	want := []string{"gcc", "libc6-dev", "docker.io", "busybox-static", "iproute2", "iptables", "conntrack", "nftables"}
 	if code != 1 || !strings.Contains(out, "--no-install-recommends "+strings.Join(want, " ")+"\n") {
 		t.Errorf("with some installed: exit %d, want 1 and the command for %v only\n%s", code, want, out)
 	}
 
 	// All there: exit 0, nothing said.
 	for _, p := range []string{"usr/sbin/gcc", "usr/sbin/dockerd", "usr/bin/docker", "usr/sbin/ip", "usr/sbin/iptables",
-		"usr/sbin/conntrack", "usr/include/stdio.h"} {
+		"usr/sbin/conntrack", "usr/sbin/nft", "usr/include/stdio.h"} {
 		exe(p, []byte("#!/bin/sh\n"))
 	}
 	exe("usr/bin/busybox", []byte("\x7fELF\x02\x01\x01\x00 statically built, no interpreter\x00"))

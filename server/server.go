@@ -153,7 +153,7 @@ func (s *Server) Run(ctx context.Context) error {
 	mux.Handle("/", s.Handler)
 
 	hs := &http.Server{
-		Handler: mux,
+		Handler: s.closeWhenDraining(mux),
 		TLSConfig: &tls.Config{
 			MinVersion:     tls.VersionTLS12,
 			GetCertificate: src.GetCertificate,
@@ -189,6 +189,25 @@ func (s *Server) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// closeWhenDraining answers with Connection: close while the server
+// drains. The API server calls webhooks over HTTP/1.1 and keeps idle
+// connections to reuse: each leads to the pod it was opened to, whatever
+// the endpoints say now. Answered with Connection: close, the client
+// drops the connection and its next request opens a new one, which the
+// Service sends to a pod still in its endpoints. A kept connection is not
+// closed under the client (as http.Server.SetKeepAlivesEnabled(false)
+// closes idle ones): a request it is sending at that moment would fail,
+// and a POST is not retried. So a pod that is force-deleted, and killed
+// 2s after SIGTERM within its drain, has few connections left to cut.
+func (s *Server) closeWhenDraining(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() && r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // drain serves, not ready, for DrainDelay. The certificate source has

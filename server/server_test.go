@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"strings"
@@ -216,5 +217,81 @@ func TestDrain(t *testing.T) {
 	}
 	if _, err := c.Get(addr + "/validate"); err == nil {
 		t.Errorf("still serving after the drain")
+	}
+}
+
+// TestDrainClosesKeptConnections: the API server calls webhooks over
+// HTTP/1.1 and reuses idle connections, each to the pod it was opened to
+// whatever the endpoints say now. Draining, the server answers requests on
+// a kept connection (closing it under the client would fail the request
+// it is sending: a POST is not retried) with Connection: close, so that
+// the client's next request opens a new connection, to a pod still in
+// the endpoints. A pod force-deleted is killed 2s after SIGTERM, within
+// its drain: it then has few connections left to cut.
+func TestDrainClosesKeptConnections(t *testing.T) {
+	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	s := &server.Server{Listener: ln, CertFile: files.Cert, KeyFile: files.Key, DrainDelay: 5 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(files.CAPEM)
+	// As the API server's webhook client: HTTP/1.1, connections kept.
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{"http/1.1"}}}}
+	url := "https://" + ln.Addr().String() + "/validate"
+	// post returns whether the request went over a connection used
+	// before, and whether the answer closes it.
+	post := func() (reused, closes bool) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(t.Context(), &httptrace.ClientTrace{
+			GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
+		}), http.MethodPost, url, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("POST: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return reused, resp.Close
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := c.Get("https://" + ln.Addr().String() + "/readyz")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready within 10s: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if reused, closes := post(); !reused || closes {
+		t.Fatalf("before the drain: connection reused %v, closed by the answer %v; want kept", reused, closes)
+	}
+	cancel()
+	time.Sleep(300 * time.Millisecond) // the drain begins
+	if reused, closes := post(); !reused || !closes {
+		t.Errorf("draining, on the connection kept from before: reused %v (want true: not closed under the client), answer closes it %v (want true)", reused, closes)
+	}
+	if reused, _ := post(); reused {
+		t.Error("draining, a request went over a connection kept from before: a pod killed now would fail it")
 	}
 }

@@ -1,7 +1,8 @@
 // Package testpostgres gives tests a real PostgreSQL server: a throwaway one
 // it starts from Debian's postgresql package (initdb into the test's
-// temporary directory, postgres on 127.0.0.1 at a free port, stopped when
-// the test ends), or the existing server named by BUILDGUARD_TEST_POSTGRES_DSN.
+// temporary directory, postgres on 127.0.0.1 at a free port or where
+// StartWith says, stopped when the test ends), or the existing server
+// named by BUILDGUARD_TEST_POSTGRES_DSN.
 // Each test then takes a fresh database of it with NewDatabase.
 package testpostgres
 
@@ -46,7 +47,10 @@ type Server struct {
 	// A throwaway server's state.
 	binDir   string
 	dir      string // the test's temporary directory; data/ and server.log in it
+	host     string
+	clients  []string
 	port     int
+	portSet  bool // the port is Options.Port: never another
 	password string
 	cred     *syscall.Credential // the postgres user's, when the test runs as root
 	cmd      *exec.Cmd
@@ -66,33 +70,71 @@ func Start(tb testing.TB) *Server {
 		}
 		return s
 	}
+	return StartWith(tb, Options{})
+}
+
+// Options say where a throwaway server listens and who may connect.
+type Options struct {
+	// Host is the address it listens on. The default is 127.0.0.1.
+	Host string
+	// Port is its port. The default is a free one.
+	Port int
+	// Clients are CIDRs, besides loopback, whose clients may log in with
+	// the password (pg_hba.conf).
+	Clients []string
+}
+
+// StartWith returns a new throwaway server as opts say, whatever EnvDSN
+// names: for clients that must reach it at a given address, like the pods
+// of a node. It is stopped, and its files removed, when tb ends.
+func StartWith(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	s, err := Launch(tb.TempDir(), opts)
+	if err != nil {
+		tb.Fatalf("testpostgres: %v", err)
+	}
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// Launch starts a throwaway server as opts say, with its files in dir (an
+// empty directory), for programs that are not tests, like the demo. The
+// caller stops it with Stop; it also dies with the calling process.
+func Launch(dir string, opts Options) (*Server, error) {
 	binDir, err := findBinDir(binGlob)
 	if err != nil {
-		tb.Fatalf("testpostgres: %v\nInstall Debian's postgresql package (apt-get install postgresql; CI does), or set %s to use an existing server.", err, EnvDSN)
+		return nil, fmt.Errorf("%v\nInstall Debian's postgresql package (apt-get install postgresql; CI does), or set %s to use an existing server.", err, EnvDSN)
 	}
-	s := &Server{binDir: binDir, dir: tb.TempDir(), password: randomHex(16)}
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	s := &Server{binDir: binDir, dir: dir, password: randomHex(16), host: opts.Host, port: opts.Port, portSet: opts.Port != 0, clients: opts.Clients}
 	if os.Geteuid() == 0 {
 		// postgres refuses to run as root: run it as the postgres user
 		// the package creates, in a directory that user owns.
 		u, err := user.Lookup("postgres")
 		if err != nil {
-			tb.Fatalf("testpostgres: running as root, and there is no postgres user to run the server as (%v).\nInstall Debian's postgresql package (apt-get install postgresql), which creates it.", err)
+			return nil, fmt.Errorf("running as root, and there is no postgres user to run the server as (%v).\nInstall Debian's postgresql package (apt-get install postgresql), which creates it.", err)
 		}
 		uid, _ := strconv.Atoi(u.Uid)
 		gid, _ := strconv.Atoi(u.Gid)
 		s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 		if err := os.Chown(s.dir, uid, gid); err != nil {
-			tb.Fatalf("testpostgres: %v", err)
+			return nil, err
 		}
-		// testing made the directory above s.dir 0700: let postgres through.
+		// The directory above (a test's is 0700): let postgres through.
 		if err := os.Chmod(filepath.Dir(s.dir), 0o711); err != nil {
-			tb.Fatalf("testpostgres: %v", err)
+			return nil, err
 		}
 	}
-	s.initdb(tb)
-	tb.Cleanup(s.stop)
-	s.start(tb)
-	return s
+	if err := s.initdb(); err != nil {
+		return nil, err
+	}
+	if err := s.start(); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
 }
 
 // Managed reports whether the server is a throwaway one this package
@@ -105,8 +147,8 @@ func (s *Server) NewDatabase(tb testing.TB) string {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	name := "buildguard_test_" + randomHex(6)
-	if err := s.exec(ctx, "CREATE DATABASE "+name); err != nil {
+	dsn, name, err := s.createDatabase(ctx)
+	if err != nil {
 		tb.Fatalf("testpostgres: create database: %v", err)
 	}
 	if s.external {
@@ -118,7 +160,21 @@ func (s *Server) NewDatabase(tb testing.TB) string {
 			}
 		})
 	}
-	return withDatabase(s.admin, name)
+	return dsn
+}
+
+// CreateDatabase creates an empty database and returns its DSN.
+func (s *Server) CreateDatabase(ctx context.Context) (string, error) {
+	dsn, _, err := s.createDatabase(ctx)
+	return dsn, err
+}
+
+func (s *Server) createDatabase(ctx context.Context) (dsn, name string, err error) {
+	name = "buildguard_test_" + randomHex(6)
+	if err := s.exec(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", "", err
+	}
+	return withDatabase(s.admin, name), name, nil
 }
 
 // Kill sends SIGKILL to a throwaway server's processes, the postmaster
@@ -171,7 +227,9 @@ func (s *Server) Restart(tb testing.TB) {
 	if s.external {
 		tb.Fatalf("testpostgres: cannot restart the %s server", EnvDSN)
 	}
-	s.start(tb)
+	if err := s.start(); err != nil {
+		tb.Fatalf("testpostgres: %v", err)
+	}
 }
 
 func (s *Server) dataDir() string { return filepath.Join(s.dir, "data") }
@@ -192,11 +250,10 @@ func (s *Server) command(name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-func (s *Server) initdb(tb testing.TB) {
-	tb.Helper()
+func (s *Server) initdb() error {
 	pwfile := filepath.Join(s.dir, "pwfile")
 	if err := os.WriteFile(pwfile, []byte(s.password+"\n"), 0o600); err != nil {
-		tb.Fatalf("testpostgres: %v", err)
+		return err
 	}
 	if s.cred != nil {
 		os.Chown(pwfile, int(s.cred.Uid), int(s.cred.Gid))
@@ -206,36 +263,46 @@ func (s *Server) initdb(tb testing.TB) {
 	out, err := cmd.CombinedOutput()
 	os.Remove(pwfile)
 	if err != nil {
-		tb.Fatalf("testpostgres: initdb: %v\n%s", err, out)
+		return fmt.Errorf("initdb: %v\n%s", err, out)
 	}
+	if len(s.clients) == 0 {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(s.dataDir(), "pg_hba.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	for _, c := range s.clients {
+		fmt.Fprintf(f, "host all all %s scram-sha-256\n", c)
+	}
+	return f.Close()
 }
 
 // start runs postgres and waits until it accepts connections. A port
 // taken between choosing it and binding it is retried with another; a
 // server restarted after a crash is retried while the old one's backends
 // are still exiting.
-func (s *Server) start(tb testing.TB) {
-	tb.Helper()
+func (s *Server) start() error {
 	deadline := time.Now().Add(60 * time.Second)
 	for attempt := 1; ; attempt++ {
 		if s.port == 0 {
-			p, err := freePort()
+			p, err := freePort(s.host)
 			if err != nil {
-				tb.Fatalf("testpostgres: %v", err)
+				return err
 			}
 			s.port = p
 		}
 		err := s.startOnce()
 		if err == nil {
-			return
+			return nil
 		}
 		logText := s.logText()
 		if time.Now().After(deadline) || attempt == 20 ||
 			!strings.Contains(logText, "could not bind") && !strings.Contains(logText, "is still in use") &&
 				!strings.Contains(logText, "lock file") {
-			tb.Fatalf("testpostgres: starting postgres: %v\nserver log:\n%s", err, logText)
+			return fmt.Errorf("starting postgres: %v\nserver log:\n%s", err, logText)
 		}
-		if strings.Contains(logText, "could not bind") && !s.restarted() {
+		if strings.Contains(logText, "could not bind") && !s.restarted() && !s.portSet {
 			s.port = 0
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -258,7 +325,7 @@ func (s *Server) startOnce() error {
 	}
 	s.log = logFile
 	cmd := s.command("postgres", "-D", s.dataDir(), "-p", strconv.Itoa(s.port),
-		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+		"-c", "listen_addresses="+s.host, "-c", "unix_socket_directories=",
 		"-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "max_connections=200")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
@@ -268,7 +335,7 @@ func (s *Server) startOnce() error {
 	exited := make(chan struct{})
 	s.exited = exited
 	go func() { cmd.Wait(); close(exited) }()
-	s.admin = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", s.password, s.port)
+	s.admin = fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", s.password, net.JoinHostPort(s.host, strconv.Itoa(s.port)))
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		select {
@@ -284,17 +351,17 @@ func (s *Server) startOnce() error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			s.stop()
+			s.Stop()
 			return fmt.Errorf("not accepting connections after 60s: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// stop shuts the server down fast (SIGINT: running transactions are
-// rolled back, connections closed) and kills it if it has not exited in
-// 15 seconds.
-func (s *Server) stop() {
+// Stop shuts a throwaway server down fast (SIGINT: running transactions
+// are rolled back, connections closed) and kills it if it has not exited
+// in 15 seconds.
+func (s *Server) Stop() {
 	if s.cmd == nil {
 		return
 	}
@@ -369,8 +436,8 @@ func hasServer(dir string) bool {
 	return true
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, err
 	}
