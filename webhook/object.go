@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"buildguard.dev/buildguard/engine"
 )
 
 // Kinds lists the workload kinds buildguard judges, as group/version/kind.
@@ -114,6 +116,21 @@ func podSpecOf(d decoded) (workloadObject, error) {
 		return workloadFrom(gvk, d.obj)
 	}
 	return decodeWorkload(gvk, d.req.Object.Raw)
+}
+
+// DecodeWorkload decodes raw, the JSON of an object of kind gvk, as the
+// webhook decodes the object of an admission request. It returns the
+// workload it runs — Kind, Name, Labels, Spec and Annotations; the
+// namespace is the caller's to say — and the JSON pointer of its pod spec
+// ("/spec/template/spec" for a Deployment). A kind buildguard does not
+// judge gives an *UnsupportedKindError, an object that does not decode a
+// *DecodeError.
+func DecodeWorkload(gvk schema.GroupVersionKind, raw []byte) (engine.Workload, string, error) {
+	o, err := decodeWorkload(gvk, raw)
+	if err != nil {
+		return engine.Workload{}, "", err
+	}
+	return engine.Workload{Kind: gvk.Kind, Name: o.meta.Name, Labels: o.meta.Labels, Spec: o.spec, Annotations: o.annotations()}, o.specPath, nil
 }
 
 // decodeWorkload decodes raw as a workload of kind gvk. It reads only
