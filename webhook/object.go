@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"buildguard.dev/buildguard/engine"
 )
 
 // The workload kinds buildguard judges, as group/version/kind.
@@ -23,9 +25,9 @@ var (
 	kindCronJob               = schema.GroupVersionKind{Group: "batch", Version: "v1", Kind: "CronJob"}
 )
 
-// kinds lists the workload kinds buildguard judges; the slice is the
+// Kinds lists the workload kinds buildguard judges; the slice is the
 // caller's.
-func kinds() []schema.GroupVersionKind {
+func Kinds() []schema.GroupVersionKind {
 	return []schema.GroupVersionKind{kindPod, kindReplicationController, kindDeployment, kindReplicaSet,
 		kindStatefulSet, kindDaemonSet, kindJob, kindCronJob}
 }
@@ -35,7 +37,7 @@ func kinds() []schema.GroupVersionKind {
 type UnsupportedKindError struct{ GVK schema.GroupVersionKind }
 
 func (e *UnsupportedKindError) Error() string {
-	ks := kinds()
+	ks := Kinds()
 	names := make([]string, len(ks))
 	for i, k := range ks {
 		names[i] = k.Kind
@@ -122,6 +124,21 @@ func podSpecOf(d decoded) (workloadObject, error) {
 		return workloadFrom(gvk, d.obj)
 	}
 	return decodeWorkload(gvk, d.req.Object.Raw)
+}
+
+// DecodeWorkload decodes raw, the JSON of an object of kind gvk, as the
+// webhook decodes the object of an admission request. It returns the
+// workload it runs — Kind, Name, Labels, Spec and Annotations; the
+// namespace is the caller's to say — and the JSON pointer of its pod spec
+// ("/spec/template/spec" for a Deployment). A kind buildguard does not
+// judge gives an *UnsupportedKindError, an object that does not decode a
+// *DecodeError.
+func DecodeWorkload(gvk schema.GroupVersionKind, raw []byte) (engine.Workload, string, error) {
+	o, err := decodeWorkload(gvk, raw)
+	if err != nil {
+		return engine.Workload{}, "", err
+	}
+	return engine.Workload{Kind: gvk.Kind, Name: o.meta.Name, Labels: o.meta.Labels, Spec: o.spec, Annotations: o.annotations()}, o.specPath, nil
 }
 
 // decodeWorkload decodes raw as a workload of kind gvk. It reads only

@@ -361,6 +361,23 @@ func TestAuditCommand(t *testing.T) {
 		t.Errorf("audit -n empty = %d, %q; want %d", code, stdout.String(), exitOK)
 	}
 
+	// Policy reports asked for where the API server has no CRD for them:
+	// the scan is reported, and its exit status says the reports were not
+	// written.
+	stdout.Reset()
+	stderr.Reset()
+	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "--policy-reports=wgpolicyk8s", "--no-progress"}, &stdout, &stderr)
+	if code != exitError || !strings.Contains(stdout.String(), "shop/pod/tool") ||
+		!strings.Contains(stderr.String(), "buildguard: policy reports: policy report CRDs not served") {
+		t.Errorf("audit --policy-reports=wgpolicyk8s without the CRDs = %d, stdout %q, stderr %q; want %d, the report, and why none was written",
+			code, stdout.String(), stderr.String(), exitError)
+	}
+	stderr.Reset()
+	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "--policy-reports=kyverno"}, &stdout, &stderr)
+	if code != exitError || !strings.Contains(stderr.String(), `--policy-reports: policy report API "kyverno": want openreports or wgpolicyk8s or none`) {
+		t.Errorf("audit --policy-reports=kyverno = %d, stderr %q; want %d and a usage error", code, stderr.String(), exitError)
+	}
+
 	// A kind that cannot be listed fails the scan.
 	stdout.Reset()
 	stderr.Reset()
