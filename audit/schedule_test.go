@@ -8,9 +8,10 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"buildguard.dev/buildguard/internal/syncbuffer"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -120,7 +121,7 @@ func TestScheduleRun(t *testing.T) {
 	now := func() time.Time { return at }
 	runSchedule := func(owner, until string, ready func() error) string {
 		t.Helper()
-		var logs syncBuffer
+		var logs syncbuffer.Buffer
 		s := &Schedule{
 			Scanner: &Scanner{Client: cs, Evaluator: e}, Every: time.Hour, Ready: ready, Metrics: m, Now: now,
 			Log: slog.New(slog.NewTextHandler(&logs, nil)),
@@ -166,22 +167,4 @@ func TestScheduleRun(t *testing.T) {
 	if strings.Contains(logs, "audit scan started") || strings.Contains(logs, "completed ") {
 		t.Errorf("replica-b scanned what replica-a had claimed:\n%s", logs)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's goroutine and the test's.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -329,22 +328,4 @@ func TestAuditCommand(t *testing.T) {
 	if code != exitError || !strings.Contains(stderr.String(), "buildguard: listing ReplicaSets in all namespaces: replicasets is forbidden") {
 		t.Errorf("audit with replicasets forbidden = %d, stderr %q; want %d and the listing error", code, stderr.String(), exitError)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's goroutine and the test's.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

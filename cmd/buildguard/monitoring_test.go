@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"buildguard.dev/buildguard/internal/syncbuffer"
+
 	"buildguard.dev/buildguard/manifests/monitoring"
 )
 
@@ -31,7 +33,7 @@ func TestMonitoringNodeAgentMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := freeAddr(t)
-	var stderr syncBuffer
+	var stderr syncbuffer.Buffer
 	// No Docker, a containerd socket that does not exist yet (the agent
 	// waits for it), /proc sampling. Its server does not listen.
 	cmd := exec.Command(exe, "node-agent", "--server=https://"+freeAddr(t), "--token-file="+token, "--node=worker-1",
