@@ -57,7 +57,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzAppendReview$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./registry/ -run '^$$' -fuzz '^FuzzJSONCounter$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseAgent FuzzParseFalco FuzzParseTetragon FuzzParseDocker; do \
-	  $(GO) test ./evidence/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
+	  $(GO) test ./nodereport/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./provenance/ -run '^$$' -fuzz '^FuzzParseEnvelope$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseTrustedRoots FuzzParseVSA FuzzNotationManifest; do \
 	  $(GO) test ./provenance/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
@@ -70,6 +70,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	  $(GO) test ./review/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./policysource/ -run '^$$' -fuzz '^FuzzParseExceptionFile$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./records/ -run '^$$' -fuzz '^FuzzParseReviewURL$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./manifest/ -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $${FUZZTIME:-30s}
 
 bench: tools ## Benchmarks: buildguard serve as shipped vs a do-nothing webhook (processes of their own), the in-process harness, cache memory, round trips, build-step analysis, decision records, cold provenance verification, the review UI's pages over 100,000 decisions, node reports of a 1,000-node fleet.
 	$(GO) run ./bench/shipped -rounds 3 -duration 5s

@@ -26,6 +26,7 @@ import (
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/ingest"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policyreport"
 	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/records"
@@ -104,12 +105,12 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 	a.metrics = webhook.NewMetrics()
 	e := &engine.Engine{
 		Resolver:  o.Registry.Client(a.metrics),
-		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig},
+		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
 		Now:       time.Now,
 		Timeout:   o.Registry.Timeout,
 		Log:       log,
 	}
-	e.Verifier = o.Provenance.Verifier(e.Resolver)
+	e.Verifier = o.Provenance.Verifier(e.Resolver, a.metrics.Registry())
 	if v, ok := e.Verifier.(*provenance.Verifier); ok {
 		v.Log = log // ClusterBuildPolicies' unusable trust files are reported here
 	}
@@ -139,7 +140,7 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 	if err := a.newReview(cfg, certs); err != nil {
 		return nil, err
 	}
-	if err := a.newSchedule(); err != nil {
+	if err := a.newSchedule(cfg); err != nil {
 		return nil, err
 	}
 	mux.Handle("/validate", &webhook.Handler{Evaluator: e, Metrics: a.metrics, Log: log, Observers: observers, Recorder: recorder})
@@ -157,7 +158,7 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 		a.listeners = append(a.listeners, a.debug)
 	}
 	a.webhook = &server.Server{Listener: ln, CertFile: o.TLS.CertFile, KeyFile: o.TLS.KeyFile, Certificates: certs, Handler: mux,
-		Ready: a.ready, DrainDelay: o.DrainDelay, Log: log}
+		Ready: a.ready, DrainDelay: o.DrainDelay, Log: log, Metrics: a.metrics.Registry()}
 	return a, nil
 }
 
@@ -271,7 +272,12 @@ func (a *App) decisions(cfg *rest.Config, mux *http.ServeMux) ([]decision.Observ
 	}
 	a.reports = &ingest.TokenReviewer{Client: reviews, Audiences: []string{o.Reports.Audience},
 		Allowed: o.Reports.Reporters, Forwarders: o.Reports.Forwarders}
+	im, err := ingest.NewMetrics(a.metrics.Registry(), ingest.Formats())
+	if err != nil {
+		return nil, nil, err
+	}
 	ih := &ingest.Handler{
+		Metrics:       im,
 		Store:         a.store,
 		Auth:          a.reports,
 		Formats:       ingest.Formats(),
@@ -287,8 +293,9 @@ func (a *App) decisions(cfg *rest.Config, mux *http.ServeMux) ([]decision.Observ
 	return observers, rec, nil
 }
 
-// newSchedule sets up the periodic audit scan.
-func (a *App) newSchedule() error {
+// newSchedule sets up the periodic audit scan, and the policy reports it
+// writes.
+func (a *App) newSchedule(cfg *rest.Config) error {
 	o := a.opts.Audit
 	if o.Interval == 0 {
 		return nil
@@ -310,6 +317,13 @@ func (a *App) newSchedule() error {
 		s.Recorder = a.store
 	}
 	a.schedule = &audit.Schedule{Scanner: s, Every: o.Interval, Claim: claim, Ready: a.ready, Metrics: m, Log: a.log}
+	reports, err := policyreport.NewWriter(o.PolicyReports, cfg, a.log)
+	if err != nil {
+		return err
+	}
+	if reports != nil {
+		a.schedule.Completed = reports.Written
+	}
 	return nil
 }
 

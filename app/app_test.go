@@ -14,9 +14,10 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"buildguard.dev/buildguard/internal/syncbuffer"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -28,25 +29,6 @@ import (
 	"buildguard.dev/buildguard/internal/selfsigned"
 	"buildguard.dev/buildguard/internal/testregistry"
 )
-
-// syncBuffer is a bytes.Buffer safe for a logger's goroutines and the
-// test's.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -115,7 +97,7 @@ func TestRunStops(t *testing.T) {
 	reg := testregistry.New(t)
 	reg.Push(t, "acme/web:1", testregistry.Build(t, testregistry.Image{Created: time.Now().Add(-72 * time.Hour)}))
 	o, files := serverOptions(t, reg)
-	var logs syncBuffer
+	var logs syncbuffer.Buffer
 	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -189,7 +171,7 @@ func TestRunStops(t *testing.T) {
 func TestRunEndsWithWebhook(t *testing.T) {
 	reg := testregistry.New(t)
 	o, files := serverOptions(t, reg)
-	var logs syncBuffer
+	var logs syncbuffer.Buffer
 	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)

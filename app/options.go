@@ -12,9 +12,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/policyreport"
 	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/registry"
@@ -152,6 +155,11 @@ type AuditOptions struct {
 	// Lease is the [namespace/]name of the Lease in which replicas claim
 	// scans (--audit-lease).
 	Lease string
+	// PolicyReports is the policy report API each complete scan writes
+	// its reports to, where the API server serves its CRDs:
+	// policyreport.OpenReports or policyreport.WGPolicy; "" or "none"
+	// writes none (--audit-policy-reports).
+	PolicyReports string
 }
 
 // ReviewOptions configure the web review UI.
@@ -282,6 +290,11 @@ func (o *Options) validateReview() error {
 
 func (o *Options) validateAudit() error {
 	a := o.Audit
+	if r := a.PolicyReports; r != "" && r != "none" {
+		if _, err := policyreport.ParseAPI(r); err != nil {
+			return optionErrorf("--audit-policy-reports: %v or none", err)
+		}
+	}
 	switch {
 	case a.Interval == 0:
 		return nil
@@ -344,16 +357,19 @@ type Provenance struct {
 }
 
 // Verifier returns a Verifier fetching through the engine's registry
-// client, or nil when the resolver is not one (tests).
-func (p Provenance) Verifier(r engine.Resolver) engine.Verifier {
+// client, or nil when the resolver is not one (tests). With reg, it
+// measures its verifications there.
+func (p Provenance) Verifier(r engine.Resolver, reg prometheus.Registerer) engine.Verifier {
 	c, ok := r.(*registry.Client)
 	if !ok {
 		return nil
 	}
-	return provenance.New(c,
-		provenance.WithNegativeTTL(p.NegativeTTL),
-		provenance.WithMaterialTTL(p.MaterialTTL),
-		provenance.WithMaxConcurrent(p.Concurrency))
+	opts := []provenance.Option{provenance.WithNegativeTTL(p.NegativeTTL), provenance.WithMaterialTTL(p.MaterialTTL),
+		provenance.WithMaxConcurrent(p.Concurrency)}
+	if reg != nil {
+		opts = append(opts, provenance.WithRegisterer(reg))
+	}
+	return provenance.New(c, opts...)
 }
 
 // Store names the evidence store: SQLite at a path (embedded, one

@@ -27,6 +27,7 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/records"
 )
@@ -152,10 +153,7 @@ func (s *Scanner) Scan(ctx context.Context) (*Report, error) {
 	if now == nil {
 		now = time.Now
 	}
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger.OrDiscard(s.Log)
 	pageSize := s.PageSize
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize

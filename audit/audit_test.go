@@ -201,6 +201,35 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 	if !reflect.DeepEqual(got, c.wantJudged) {
 		t.Errorf("judged %v\nwant %v", got, c.wantJudged)
 	}
+	// What each rule found is kept, with the container and image it is
+	// about, for policy reports.
+	type found struct {
+		rule, container, kind, image string
+		denies                       bool
+	}
+	wantFound := map[string][]found{
+		"shop/Pod/web-1-c":      {{"unapproved-registry", "debugger", "ephemeralContainer", c.debug, true}},
+		"shop/ReplicaSet/web-2": {{"fresh-image", "c0", "container", c.fresh, true}},
+		"shop/Pod/mesh-1-a":     {{"unapproved-registry", "c1", "container", "evil.example/proxy:1", true}},
+		"audited/Pod/canary":    {{"fresh-image", "c0", "container", c.fresh, true}},
+		"batch/CronJob/nightly": nil,
+	}
+	for _, w := range r.Workloads {
+		want, ok := wantFound[w.Namespace+"/"+w.Kind+"/"+w.Name]
+		if !ok {
+			continue
+		}
+		var gotFound []found
+		for _, f := range w.Findings {
+			gotFound = append(gotFound, found{f.Rule, f.Container, f.ContainerKind, f.Image, f.Denies})
+			if f.Message == "" || f.Severity == "" || f.Action != "deny" {
+				t.Errorf("%s/%s: finding %+v: want a message, a severity and the deny action", w.Namespace, w.Name, f)
+			}
+		}
+		if !reflect.DeepEqual(gotFound, want) {
+			t.Errorf("%s/%s/%s findings %+v, want %+v", w.Namespace, w.Kind, w.Name, gotFound, want)
+		}
+	}
 	if r.Listed != len(c.objects) || r.Covered != c.wantCovered || r.Inactive != c.wantInactive {
 		t.Errorf("listed %d, covered %d, inactive %d; want %d, %d, %d", r.Listed, r.Covered, r.Inactive, len(c.objects), c.wantCovered, c.wantInactive)
 	}

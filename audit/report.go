@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -94,6 +95,9 @@ type Result struct {
 	// would deny it.
 	Rules     []string `json:"rules,omitempty"`
 	DenyRules []string `json:"denyRules,omitempty"`
+	// Findings are what the rules found, ignored findings aside, in pod
+	// spec order and then the workload's own.
+	Findings []Finding `json:"findings,omitempty"`
 	// Decision is the ID of its decision record, when recorded.
 	Decision string `json:"decision,omitempty"`
 	// Error says why it could not be judged.
@@ -105,6 +109,33 @@ type Result struct {
 	imageRules  map[string][]string
 	unavailable bool
 }
+
+// Finding is what a rule found on a workload: on one of its images, or
+// on the workload itself (Image empty).
+type Finding struct {
+	Rule     string `json:"rule"`
+	Severity string `json:"severity"`
+	// Action is deny or warn.
+	Action string `json:"action"`
+	// Denies is true when the finding denies the workload: a deny action
+	// on an image no exception admitted.
+	Denies        bool   `json:"denies"`
+	Container     string `json:"container,omitempty"`
+	ContainerKind string `json:"containerKind,omitempty"`
+	Image         string `json:"image,omitempty"`
+	Digest        string `json:"digest,omitempty"`
+	// Message is the finding's sentence, at most maxMessage bytes.
+	Message string `json:"message"`
+	// Policy is the ClusterBuildPolicy that raised it; empty for a
+	// policy file.
+	Policy string `json:"policy,omitempty"`
+	// Exception names the exception that admitted the image.
+	Exception string `json:"exception,omitempty"`
+}
+
+// maxMessage bounds a finding's message in a report: a scan keeps the
+// findings of every workload of a cluster.
+const maxMessage = 512
 
 // failed reports whether the workload could not be judged, or not on
 // its images' merits.
@@ -120,6 +151,14 @@ func (r *Result) setVerdict(v policy.Verdict) {
 			if f.Action == policy.ActionIgnore {
 				continue
 			}
+			fd := Finding{Rule: string(f.Rule), Severity: string(f.Severity), Action: string(f.Action),
+				Denies:    f.Action == policy.ActionDeny && iv.Outcome == policy.OutcomeDeny,
+				Container: iv.Container, ContainerKind: string(iv.ContainerKind), Image: iv.Image, Digest: iv.Digest,
+				Message: shorten.Text(f.Message, maxMessage), Policy: f.Policy}
+			if iv.Exception != nil {
+				fd.Exception = iv.Exception.Name
+			}
+			r.Findings = append(r.Findings, fd)
 			if f.Rule == policy.RuleRegistryUnavailable {
 				r.unavailable = true
 			}
@@ -133,7 +172,13 @@ func (r *Result) setVerdict(v policy.Verdict) {
 		}
 	}
 	for _, f := range v.Findings {
-		if f.Action == policy.ActionDeny && v.Outcome == policy.OutcomeDeny && !slices.Contains(r.DenyRules, string(f.Rule)) {
+		if f.Action == policy.ActionIgnore {
+			continue
+		}
+		denies := f.Action == policy.ActionDeny && v.Outcome == policy.OutcomeDeny
+		r.Findings = append(r.Findings, Finding{Rule: string(f.Rule), Severity: string(f.Severity), Action: string(f.Action),
+			Denies: denies, Message: shorten.Text(f.Message, maxMessage), Policy: f.Policy})
+		if denies && !slices.Contains(r.DenyRules, string(f.Rule)) {
 			r.DenyRules = append(r.DenyRules, string(f.Rule))
 		}
 	}

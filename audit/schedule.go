@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -45,6 +46,11 @@ type Schedule struct {
 	Ready func() error
 	// Metrics describe the last complete scan. Required.
 	Metrics *ScheduleMetrics
+	// Completed, when set, is told of each complete scan's report once it
+	// is logged and measured: the server writes its policy reports there.
+	// A scan that stopped part way is not passed on: its report lacks
+	// what it did not get to.
+	Completed func(ctx context.Context, r *Report)
 	// Log says what each scan found. The default discards.
 	Log *slog.Logger
 	// Now is the clock. The default is time.Now.
@@ -54,10 +60,7 @@ type Schedule struct {
 // Run scans once ready, then at every interval boundary, until ctx ends.
 // It returns nil.
 func (s *Schedule) Run(ctx context.Context) error {
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger.OrDiscard(s.Log)
 	now := s.Now
 	if now == nil {
 		now = time.Now
@@ -77,7 +80,9 @@ func (s *Schedule) Run(ctx context.Context) error {
 			log.Error("audit scan not run: its claim failed", "scan", ScanID(start), "error", err)
 			s.Metrics.failed.Inc()
 		case mine:
-			scanOnce(ctx, s.Scanner, start, log, s.Metrics, now)
+			if r := scanOnce(ctx, s.Scanner, start, log, s.Metrics, now); r != nil && s.Completed != nil {
+				s.Completed(ctx, r)
+			}
 		default:
 			log.Info("audit scan run by another replica", "scan", ScanID(start))
 		}
@@ -105,9 +110,9 @@ func intervalStart(t time.Time, every time.Duration) time.Time {
 	return t.UTC().Truncate(every)
 }
 
-// scanOnce runs one scan named after the interval starting at start, and
-// logs and measures what it found.
-func scanOnce(ctx context.Context, s *Scanner, start time.Time, log *slog.Logger, m *ScheduleMetrics, now func() time.Time) {
+// scanOnce runs one scan named after the interval starting at start, logs
+// and measures what it found, and returns its report when it completed.
+func scanOnce(ctx context.Context, s *Scanner, start time.Time, log *slog.Logger, m *ScheduleMetrics, now func() time.Time) *Report {
 	s.ID = ScanID(start)
 	begun := now()
 	log.Info("audit scan started", "scan", s.ID)
@@ -115,7 +120,7 @@ func scanOnce(ctx context.Context, s *Scanner, start time.Time, log *slog.Logger
 	if r == nil {
 		log.Error("audit scan failed", "scan", s.ID, "error", err)
 		m.failed.Inc()
-		return
+		return nil
 	}
 	if err != nil {
 		log.Warn("audit scan stopped", "scan", s.ID, "error", err)
@@ -134,9 +139,11 @@ func scanOnce(ctx context.Context, s *Scanner, start time.Time, log *slog.Logger
 		log.Info("audit scan: rule", "scan", r.ID, "rule", rs.Rule, "workloads", rs.Workloads, "images", rs.Images,
 			"would_deny", rs.WouldDeny, "warn", rs.Warn)
 	}
-	if err == nil {
-		m.observe(r, begun, elapsed)
+	if err != nil {
+		return nil
 	}
+	m.observe(r, begun, elapsed)
+	return r
 }
 
 // ScheduleMetrics describe the last complete scan of a Schedule.

@@ -4,32 +4,27 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
-	"net/http"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"buildguard.dev/buildguard/internal/syncbuffer"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/fake"
 
+	"buildguard.dev/buildguard/audit/audittest"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/internal/testclock"
-	"buildguard.dev/buildguard/internal/testregistry"
-	"buildguard.dev/buildguard/policy"
-	"buildguard.dev/buildguard/registry"
 )
 
-var scheduleNow = time.Date(2026, 12, 2, 3, 15, 0, 0, time.UTC)
+var scheduleNow = audittest.Now()
 
 // clientLabels reads namespaces' labels from the API server.
 type clientLabels struct{ client kubernetes.Interface }
@@ -42,59 +37,8 @@ func (c clientLabels) Labels(ctx context.Context, ns string) (map[string]string,
 	return o.Labels, nil
 }
 
-func scheduleMeta(ns, name string, owner types.UID) metav1.ObjectMeta {
-	m := metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(ns + "-" + name)}
-	if owner != "" {
-		yes := true
-		m.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "rs", UID: owner, Controller: &yes}}
-	}
-	return m
-}
-
-func schedulePod(ns, name string, owner types.UID, image string) *corev1.Pod {
-	return &corev1.Pod{ObjectMeta: scheduleMeta(ns, name, owner), Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}}
-}
-
-// scheduleFixture is a cluster with a clean Deployment, a Pod from an
-// unapproved registry, a fresh image in an audit-mode namespace, and a
-// Pod whose registry is down; and an engine judging it.
-func scheduleFixture(t *testing.T) (*fake.Clientset, *engine.Engine) {
-	reg := testregistry.New(t)
-	reg.Push(t, "acme/old:1", testregistry.Build(t, testregistry.Image{Created: scheduleNow.Add(-48 * time.Hour)}))
-	reg.Push(t, "acme/fresh:1", testregistry.Build(t, testregistry.Image{Created: scheduleNow.Add(-time.Minute)}))
-	down := testregistry.New(t)
-	down.Server.Close()
-	old, fresh := reg.Host+"/acme/old:1", reg.Host+"/acme/fresh:1"
-	cs := fake.NewClientset(
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "audited", Labels: map[string]string{engine.ModeLabel: "audit"}}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "legacy"}},
-		&appsv1.Deployment{ObjectMeta: scheduleMeta("shop", "web", ""), Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
-			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: old}}}}}},
-		&appsv1.ReplicaSet{ObjectMeta: scheduleMeta("shop", "web-1", "shop-web"), Spec: appsv1.ReplicaSetSpec{Template: corev1.PodTemplateSpec{
-			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: old}}}}}},
-		schedulePod("shop", "web-1-a", "shop-web-1", old),
-		schedulePod("legacy", "tool", "", "evil.example/tool:1"),
-		schedulePod("legacy", "unreachable", "", down.Host+"/acme/old:1"),
-		schedulePod("audited", "canary", "", fresh),
-	)
-	p, err := policy.Compile(policy.Spec{Registries: policy.Registries{Allow: []string{reg.Host + "/acme/*", down.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := testclock.New(scheduleNow)
-	e := &engine.Engine{
-		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
-		Namespaces: clientLabels{cs},
-		Now:        clock.Now,
-		Timeout:    5 * time.Second,
-	}
-	return cs, e
-}
-
 func TestScheduleScan(t *testing.T) {
-	cs, e := scheduleFixture(t)
+	cs, e := audittest.Cluster(t, func(c kubernetes.Interface) engine.Namespaces { return clientLabels{c} })
 	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "evidence.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +103,7 @@ func TestScheduleScan(t *testing.T) {
 // the scan, scans, and stops with its context; a second replica on the
 // same schedule finds the scan claimed and does not run it.
 func TestScheduleRun(t *testing.T) {
-	cs, e := scheduleFixture(t)
+	cs, e := audittest.Cluster(t, func(c kubernetes.Interface) engine.Namespaces { return clientLabels{c} })
 	m, err := NewScheduleMetrics(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -177,13 +121,16 @@ func TestScheduleRun(t *testing.T) {
 	now := func() time.Time { return at }
 	runSchedule := func(owner, until string, ready func() error) string {
 		t.Helper()
-		var logs syncBuffer
+		var logs syncbuffer.Buffer
 		s := &Schedule{
 			Scanner: &Scanner{Client: cs, Evaluator: e}, Every: time.Hour, Ready: ready, Metrics: m, Now: now,
 			Log: slog.New(slog.NewTextHandler(&logs, nil)),
 			Claim: func(ctx context.Context, id string) (bool, error) {
 				return Claim(ctx, cs, "buildguard-system", DefaultClaimLease, id, owner, time.Now())
 			},
+		}
+		s.Completed = func(_ context.Context, r *Report) {
+			fmt.Fprintf(&logs, "completed %s with %d workloads\n", r.ID, r.Totals.Workloads)
 		}
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
@@ -206,31 +153,18 @@ func TestScheduleRun(t *testing.T) {
 		}
 		return logs.String()
 	}
-	logs := runSchedule("replica-a", "audit scan finished", ready)
+	logs := runSchedule("replica-a", "completed ", ready)
 	want := "scan=" + ScanID(at.UTC().Truncate(time.Hour))
+	// The complete scan's report is passed on, after it is logged.
+	if c := "completed " + ScanID(at.UTC().Truncate(time.Hour)) + " with 4 workloads"; !strings.Contains(logs, c) ||
+		strings.Index(logs, "audit scan finished") > strings.Index(logs, "completed ") {
+		t.Errorf("log has no %q after the scan finished:\n%s", c, logs)
+	}
 	if !strings.Contains(logs, want) || calls < 2 {
 		t.Errorf("log does not name the scan after its interval (%s), or the schedule did not wait to be ready (%d checks):\n%s", want, calls, logs)
 	}
 	logs = runSchedule("replica-b", "audit scan run by another replica", nil)
-	if strings.Contains(logs, "audit scan started") {
+	if strings.Contains(logs, "audit scan started") || strings.Contains(logs, "completed ") {
 		t.Errorf("replica-b scanned what replica-a had claimed:\n%s", logs)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's goroutine and the test's.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -398,3 +398,35 @@ func TestChartLint(t *testing.T) {
 		}
 	}
 }
+
+// TestChartMonitoring: with monitoring.dashboard and
+// monitoring.prometheusRule enabled the chart renders what `kubectl
+// apply -k manifests/monitoring` applies, with the labels asked for; by
+// default neither (the PrometheusRule CRD may not exist).
+func TestChartMonitoring(t *testing.T) {
+	for _, o := range mustHelm(t, "buildguard-system") {
+		if o.GetKind() == "PrometheusRule" || o.GetName() == "buildguard-dashboard" {
+			t.Errorf("rendered by default: %s", key(o))
+		}
+	}
+	k := byKey(t, kustomize(t, "monitoring"))
+	h := byKey(t, mustHelm(t, "buildguard-system", "monitoring.dashboard.enabled=true", "monitoring.prometheusRule.enabled=true",
+		"monitoring.prometheusRule.labels.release=kube-prometheus-stack"))
+	for _, kk := range []string{"v1 ConfigMap buildguard-system/buildguard-dashboard", "monitoring.coreos.com/v1 PrometheusRule buildguard-system/buildguard"} {
+		ko, ho := k[kk], h[kk]
+		if ko == nil || ho == nil {
+			t.Fatalf("%s: kustomize %v, helm %v", kk, ko != nil, ho != nil)
+		}
+		for _, field := range []string{"data", "spec"} {
+			if !reflect.DeepEqual(ko.Object[field], ho.Object[field]) {
+				t.Errorf("%s: the chart's %s differs from manifests/monitoring's", kk, field)
+			}
+		}
+	}
+	if l := h["monitoring.coreos.com/v1 PrometheusRule buildguard-system/buildguard"].GetLabels(); l["release"] != "kube-prometheus-stack" {
+		t.Errorf("PrometheusRule labels %v, want release: kube-prometheus-stack", l)
+	}
+	if l := h["v1 ConfigMap buildguard-system/buildguard-dashboard"].GetLabels(); l["grafana_dashboard"] != "1" {
+		t.Errorf("ConfigMap labels %v, want grafana_dashboard: \"1\"", l)
+	}
+}

@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // CAKey is the key of the CA certificate in a Secret (cert-manager's and
@@ -128,10 +130,7 @@ func (c *CABundle) Run(ctx context.Context) error {
 // Sync compares the CA with its copies once, updates those that differ,
 // and logs the outcome as Run does. It returns the error logged, if any.
 func (c *CABundle) Sync(ctx context.Context) error {
-	log := c.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger.OrDiscard(c.Log)
 	changed, err := c.sync(ctx)
 	if err == nil {
 		if c.lastErr != "" {

@@ -13,6 +13,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
+
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // DefaultStatusLease is the name of the Lease that elects the replica
@@ -45,10 +47,7 @@ type StatusLease struct {
 func (l *StatusLease) Leading() bool { return l.leading.Load() }
 
 func (l *StatusLease) log() *slog.Logger {
-	if l.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return l.Log
+	return logger.OrDiscard(l.Log)
 }
 
 // Run campaigns for the Lease until ctx ends, and again after losing it.

@@ -121,8 +121,8 @@ func TestOneStatusWriter(t *testing.T) {
 		t.Run(fmt.Sprintf("lease=%v", elect), func(t *testing.T) {
 			scheme := runtime.NewScheme()
 			listKinds := map[schema.GroupVersionResource]string{
-				v1alpha1.PolicyResource:    "ClusterBuildPolicyList",
-				v1alpha1.ExceptionResource: "BuildPolicyExceptionList",
+				v1alpha1.PolicyResource():    "ClusterBuildPolicyList",
+				v1alpha1.ExceptionResource(): "BuildPolicyExceptionList",
 			}
 			dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, listKinds, policyObject("default", 1, "audit"))
 			kube := fake.NewClientset()
@@ -210,19 +210,19 @@ func TestOneStatusWriter(t *testing.T) {
 
 func setGeneration(t *testing.T, dyn *dynamicfake.FakeDynamicClient, gen int64, mode string) {
 	t.Helper()
-	u, err := dyn.Resource(v1alpha1.PolicyResource).Get(t.Context(), "default", metav1.GetOptions{})
+	u, err := dyn.Resource(v1alpha1.PolicyResource()).Get(t.Context(), "default", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	u.SetGeneration(gen)
 	unstructured.SetNestedField(u.Object, mode, "spec", "mode")
-	if _, err := dyn.Resource(v1alpha1.PolicyResource).Update(t.Context(), u, metav1.UpdateOptions{}); err != nil {
+	if _, err := dyn.Resource(v1alpha1.PolicyResource()).Update(t.Context(), u, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func observed(t *testing.T, dyn *dynamicfake.FakeDynamicClient, gen int64) error {
-	u, err := dyn.Resource(v1alpha1.PolicyResource).Get(t.Context(), "default", metav1.GetOptions{})
+	u, err := dyn.Resource(v1alpha1.PolicyResource()).Get(t.Context(), "default", metav1.GetOptions{})
 	if err != nil {
 		return err
 	}

@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +23,7 @@ import (
 
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/internal/testregistry"
+	"buildguard.dev/buildguard/manifests/monitoring"
 )
 
 // auditNamespace holds the workloads created before buildguard's webhook
@@ -188,5 +192,97 @@ func (e *env) testAuditClaim(t *testing.T) {
 		if n := won.Load(); n != 1 {
 			t.Errorf("%s claimed by %d of %d replicas, want exactly 1", id, n, replicas)
 		}
+	}
+}
+
+// testPolicyReports reads the Report the server's periodic scan (every
+// minute) wrote in the namespace of the workloads that ran before
+// buildguard: the Pod from a registry the policy does not allow fails.
+func (e *env) testPolicyReports(t *testing.T) {
+	e.eventually(150*time.Second, "buildguard's Report in "+auditNamespace, func() error {
+		out, err := e.kubectl("", "get", "reports.openreports.io", "buildguard", "-n", auditNamespace, "-o", "json")
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		var r struct {
+			Metadata struct {
+				Labels      map[string]string `json:"labels"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"metadata"`
+			Source  string `json:"source"`
+			Summary struct{ Pass, Fail int }
+			Results []struct {
+				Rule, Result, Source string
+				Resources            []struct{ Kind, Name string }
+			} `json:"results"`
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			return err
+		}
+		found := false
+		for _, res := range r.Results {
+			if res.Rule == "unapproved-registry" && res.Result == "fail" && res.Source == "buildguard" &&
+				len(res.Resources) == 1 && res.Resources[0].Kind == "Pod" && res.Resources[0].Name == "unapproved" {
+				found = true
+			}
+		}
+		if !found || r.Source != "buildguard" || r.Summary.Fail < 1 || r.Summary.Pass < 1 ||
+			r.Metadata.Labels["app.kubernetes.io/managed-by"] != "buildguard" || !strings.HasPrefix(r.Metadata.Annotations["buildguard.dev/scan"], "scan-") {
+			return fmt.Errorf("report %s: want a failed unapproved-registry result on Pod unapproved, a pass (Deployment fine), buildguard's label and scan", out)
+		}
+		return nil
+	})
+}
+
+// testMonitoringMetrics reads the server's /metrics after it has judged,
+// recorded, looked registries up, taken node reports, found late
+// evidence and scanned: every server metric that manifests/monitoring's
+// dashboard and alert rules query is there. (The node agent's are
+// checked against a running agent in cmd/buildguard.)
+func (e *env) testMonitoringMetrics(t *testing.T) {
+	d, err := monitoring.Dashboard()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := monitoring.Rules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	used, err := monitoring.Metrics(append(d, r...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := map[string][]string{}
+	for name, where := range used {
+		if !strings.HasPrefix(name, "buildguard_node_agent_") {
+			server[name] = where
+		}
+	}
+	// The audit metrics describe the last complete scan: wait for one.
+	var body []byte
+	e.eventually(90*time.Second, "a complete periodic scan in /metrics", func() error {
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+		resp, err := c.Get("https://" + e.bg.Addr + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if body, err = io.ReadAll(resp.Body); err != nil {
+			return err
+		}
+		if !strings.Contains(string(body), "buildguard_audit_workloads{") {
+			return fmt.Errorf("no complete scan yet")
+		}
+		return nil
+	})
+	missing, err := monitoring.Missing(server, "buildguard_", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range missing {
+		t.Errorf("buildguard's /metrics has no %s", m)
+	}
+	if len(server) < 15 {
+		t.Errorf("the dashboard and rules query %d server metrics, fewer than they should", len(server))
 	}
 }

@@ -195,12 +195,16 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 	e.applyPolicy(PolicyYAML(reg.Host, "10m"))
+	// OpenReports' CRDs, as Kyverno or Policy Reporter install them: the
+	// periodic scan writes its reports there.
+	e.mustKubectl("", "apply", "-f", filepath.Join(root, "policyreport", "testdata", "crds", "openreports.io_install.yaml"))
 
 	bin, err := BuildBuildguard(ctx, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bg, err := StartBuildguard(ctx, bin, dir, cp, reg.CAFile, "--store-sqlite="+filepath.Join(dir, "evidence.db"))
+	bg, err := StartBuildguard(ctx, bin, dir, cp, reg.CAFile, "--store-sqlite="+filepath.Join(dir, "evidence.db"),
+		"--audit-interval=1m", "--audit-lease=buildguard-system/buildguard-audit")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,6 +502,9 @@ spec:
 			}
 		}
 	})
+
+	t.Run("the periodic scan writes OpenReports", e.testPolicyReports)
+	t.Run("every metric of the dashboard and the alert rules is served", e.testMonitoringMetrics)
 
 	t.Run("buildguard unreachable: failurePolicy Fail applies, kube-system unaffected", func(t *testing.T) {
 		bg.Stop()

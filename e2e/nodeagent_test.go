@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"buildguard.dev/buildguard/nodeagent"
 	"buildguard.dev/buildguard/nodeagent/conns"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // nodeAgentPolicy approves builds on workers and trusts downloads from
@@ -189,16 +189,16 @@ func TestNodeAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("built local/evil:1 = %s", evilID)
-	var buffered nodeagent.Report
+	var buffered nodereport.Report
 	e.eventually(60*time.Second, "the report buffered on disk", func() error {
 		files, _ := filepath.Glob(filepath.Join(bufferDir, "*.json"))
-		buffered = nodeagent.Report{}
+		buffered = nodereport.Report{}
 		for _, f := range files {
 			b, err := os.ReadFile(f)
 			if err != nil {
 				return err
 			}
-			var r nodeagent.Report
+			var r nodereport.Report
 			if err := json.Unmarshal(b, &r); err != nil {
 				return fmt.Errorf("%s: %v", f, err)
 			}
@@ -206,7 +206,7 @@ func TestNodeAgent(t *testing.T) {
 			buffered.Builds = append(buffered.Builds, r.Builds...)
 			buffered.Connections = append(buffered.Connections, r.Connections...)
 		}
-		if !slices.ContainsFunc(buffered.Builds, func(b nodeagent.Build) bool { return b.ImageID == evilID }) {
+		if !slices.ContainsFunc(buffered.Builds, func(b nodereport.Build) bool { return b.ImageID == evilID }) {
 			return fmt.Errorf("%d files, no build of %s yet", len(files), evilID)
 		}
 		for _, c := range buffered.Connections {
@@ -216,7 +216,7 @@ func TestNodeAgent(t *testing.T) {
 		}
 		return fmt.Errorf("no connection to 127.0.0.23 in %+v", buffered.Connections)
 	})
-	var b nodeagent.Build
+	var b nodereport.Build
 	for _, x := range buffered.Builds {
 		switch x.ImageID {
 		case evilID:

@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
 )
@@ -181,10 +182,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	log := e.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger.OrDiscard(e.Log)
 	at := w.At
 	if at.IsZero() {
 		at = e.Now()
@@ -530,7 +528,7 @@ func anyInsecure(ps []*policy.Policy, ref name.Reference) bool {
 
 func (e *Engine) auth(ctx context.Context, w Workload) (registry.Auth, error) {
 	if e.Keychains == nil {
-		return registry.Anonymous, nil
+		return registry.Anonymous(), nil
 	}
 	secrets := make([]string, 0, len(w.Spec.ImagePullSecrets))
 	for _, s := range w.Spec.ImagePullSecrets {
@@ -538,7 +536,7 @@ func (e *Engine) auth(ctx context.Context, w Workload) (registry.Auth, error) {
 	}
 	a, err := e.Keychains.For(ctx, w.Namespace, w.Spec.ServiceAccountName, secrets)
 	if err != nil {
-		return registry.Anonymous, err
+		return registry.Anonymous(), err
 	}
 	return a, nil
 }

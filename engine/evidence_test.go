@@ -57,18 +57,7 @@ func TestNodeEvidence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := testclock.New(now)
-	e := &engine.Engine{
-		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
-		Evidence: store,
-		Now:      clock.Now,
-	}
-	v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod",
-		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/shop:1"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := evaluatePod(t, p, store, now, reg.Host+"/acme/shop:1")
 	var got []string
 	for _, f := range v.Images[0].Findings {
 		got = append(got, string(f.Rule)+": "+f.Message)
@@ -117,18 +106,7 @@ func TestTagFallback(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			clock := testclock.New(now)
-			e := &engine.Engine{
-				Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
-				Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
-				Evidence: store,
-				Now:      clock.Now,
-			}
-			v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod",
-				Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: ref}}}})
-			if err != nil {
-				t.Fatal(err)
-			}
+			v := evaluatePod(t, p, store, now, ref)
 			var got []string
 			for _, f := range v.Images[0].Findings {
 				got = append(got, string(f.Rule))
@@ -193,18 +171,7 @@ func TestNodeEvidenceOfOtherNodes(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			clock := testclock.New(now)
-			e := &engine.Engine{
-				Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
-				Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
-				Evidence: store,
-				Now:      clock.Now,
-			}
-			v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod",
-				Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/shop:1"}}}})
-			if err != nil {
-				t.Fatal(err)
-			}
+			v := evaluatePod(t, p, store, now, reg.Host+"/acme/shop:1")
 			var got []string
 			var reporter any
 			for _, f := range v.Images[0].Findings {
@@ -221,4 +188,23 @@ func TestNodeEvidenceOfOtherNodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// evaluatePod judges a Pod in namespace shop running image, at now on a
+// test clock, with the evidence of store.
+func evaluatePod(t *testing.T, p *policy.Policy, store engine.Evidence, now time.Time, image string) policy.Verdict {
+	t.Helper()
+	clock := testclock.New(now)
+	e := &engine.Engine{
+		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Evidence: store,
+		Now:      clock.Now,
+	}
+	v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod",
+		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

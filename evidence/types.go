@@ -1,3 +1,5 @@
+// Package evidence keeps what nodes report (builds and outbound connections)
+// and the decision records, in SQLite or PostgreSQL (docs/store.md).
 package evidence
 
 import (

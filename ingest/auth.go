@@ -17,11 +17,11 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
-	authv1 "k8s.io/api/authentication/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilcache "k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"buildguard.dev/buildguard/kubeauth"
 )
 
 // Identity is an authenticated reporter.
@@ -38,14 +38,6 @@ type Identity struct {
 	// as they are.
 	Forwarder bool
 }
-
-// AuthError is a request whose credentials were refused.
-type AuthError struct {
-	Code int // 401 or 403
-	Msg  string
-}
-
-func (e *AuthError) Error() string { return e.Msg }
 
 // Authenticator checks a bearer token.
 type Authenticator interface {
@@ -190,11 +182,11 @@ func (r *TokenReviewer) cacheKey(token string) string {
 // Authenticate implements Authenticator.
 func (r *TokenReviewer) Authenticate(ctx context.Context, token string) (Identity, error) {
 	if token == "" {
-		return Identity{}, &AuthError{Code: 401, Msg: "missing bearer token: send the pod's projected service-account token"}
+		return Identity{}, &kubeauth.Error{Code: 401, Reason: "missing bearer token: send the pod's projected service-account token"}
 	}
 	if !isJWT(token) {
 		// Not worth a review: every service-account token is a JWT.
-		return Identity{}, &AuthError{Code: 401, Msg: "token not authenticated: not a service-account token (a JWT)"}
+		return Identity{}, &kubeauth.Error{Code: 401, Reason: "token not authenticated: not a service-account token (a JWT)"}
 	}
 	r.init()
 	key := r.cacheKey(token)
@@ -260,7 +252,7 @@ func (r *TokenReviewer) reviewAndCache(ctx context.Context, key, token string) (
 	ctx, cancel := context.WithTimeout(ctx, cmpOr(r.Timeout, DefaultReviewTimeout))
 	defer cancel()
 	id, err := r.review(ctx, token)
-	var ae *AuthError
+	var ae *kubeauth.Error
 	if err != nil && !errors.As(err, &ae) {
 		return nil, err
 	}
@@ -270,24 +262,23 @@ func (r *TokenReviewer) reviewAndCache(ctx context.Context, key, token string) (
 }
 
 func (r *TokenReviewer) review(ctx context.Context, token string) (Identity, error) {
-	tr, err := r.Client.AuthenticationV1().TokenReviews().Create(ctx, &authv1.TokenReview{
-		Spec: authv1.TokenReviewSpec{Token: token, Audiences: r.Audiences},
-	}, metav1.CreateOptions{})
-	if err != nil {
+	rv, err := kubeauth.ReviewToken(ctx, r.Client, token, r.Audiences)
+	var ae *kubeauth.Error
+	switch {
+	case errors.As(err, &ae):
+		msg := "token not authenticated"
+		if ae.Reason != "" {
+			msg += ": " + ae.Reason
+		}
+		return Identity{}, &kubeauth.Error{Code: 401, Reason: msg}
+	case err != nil:
 		return Identity{}, fmt.Errorf("token review: %w", err)
 	}
-	if !tr.Status.Authenticated {
-		msg := "token not authenticated"
-		if tr.Status.Error != "" {
-			msg += ": " + tr.Status.Error
-		}
-		return Identity{}, &AuthError{Code: 401, Msg: msg}
+	if len(r.Audiences) > 0 && !intersects(rv.Audiences, r.Audiences) {
+		return Identity{}, &kubeauth.Error{Code: 401, Reason: "token not bound to the audience " + strings.Join(r.Audiences, ", ")}
 	}
-	if len(r.Audiences) > 0 && !intersects(tr.Status.Audiences, r.Audiences) {
-		return Identity{}, &AuthError{Code: 401, Msg: "token not bound to the audience " + strings.Join(r.Audiences, ", ")}
-	}
-	id := Identity{User: tr.Status.User.Username}
-	if n := tr.Status.User.Extra[nodeNameExtra]; len(n) > 0 {
+	id := Identity{User: rv.User.Name}
+	if n := rv.User.Extra[nodeNameExtra]; len(n) > 0 {
 		id.Node = n[0]
 	}
 	switch {
@@ -295,9 +286,9 @@ func (r *TokenReviewer) review(ctx context.Context, token string) (Identity, err
 		id.Forwarder = true
 		return id, nil
 	case !slices.Contains(r.Allowed, id.User):
-		return Identity{}, &AuthError{Code: 403, Msg: fmt.Sprintf("%s may not report node evidence", id.User)}
+		return Identity{}, &kubeauth.Error{Code: 403, Reason: fmt.Sprintf("%s may not report node evidence", id.User)}
 	case id.Node == "":
-		return Identity{}, &AuthError{Code: 403, Msg: fmt.Sprintf("%s may report only for the node its token is bound to, and this token is bound to none: "+
+		return Identity{}, &kubeauth.Error{Code: 403, Reason: fmt.Sprintf("%s may report only for the node its token is bound to, and this token is bound to none: "+
 			"use the pod's projected service-account token, or list %[1]s as a forwarder (--report-forwarders)", id.User)}
 	}
 	return id, nil

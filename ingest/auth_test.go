@@ -10,6 +10,7 @@ import (
 
 	"buildguard.dev/buildguard/ingest"
 	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/kubeauth"
 )
 
 // TestTokenReviewCache counts the TokenReviews a real kube-apiserver
@@ -27,7 +28,7 @@ func TestTokenReviewCache(t *testing.T) {
 	authenticate := func(t *testing.T, r *ingest.TokenReviewer, token string) (ingest.Identity, error) {
 		t.Helper()
 		id, err := r.Authenticate(ctx, token)
-		var ae *ingest.AuthError
+		var ae *kubeauth.Error
 		if err != nil && !errors.As(err, &ae) {
 			t.Fatalf("Authenticate: %v", err)
 		}

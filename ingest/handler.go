@@ -9,12 +9,17 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/logger"
+	"buildguard.dev/buildguard/kubeauth"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // Defaults of Handler's fields.
@@ -43,7 +48,7 @@ type Writer interface {
 
 // Format parses one kind of report body; node is the reporting node
 // when the body does not say.
-type Format func(body []byte, node string) (evidence.Parsed, error)
+type Format func(body []byte, node string) (nodereport.Parsed, error)
 
 // Handler serves the node-report endpoints:
 //
@@ -77,6 +82,8 @@ type Handler struct {
 	// OnReport, when set, is told of every stored report, after it is
 	// stored (late evidence is judged there).
 	OnReport func(ctx context.Context, r evidence.Report)
+	// Metrics counts the requests by format and status code, when set.
+	Metrics *Metrics
 	// Log is the logger. The default discards.
 	Log *slog.Logger
 
@@ -94,10 +101,10 @@ type limiter struct {
 // Formats are the report formats by path.
 func Formats() map[string]Format {
 	return map[string]Format{
-		"/v1/node-reports":          func(b []byte, _ string) (evidence.Parsed, error) { return evidence.ParseAgent(b) },
-		"/v1/node-reports/falco":    func(b []byte, node string) (evidence.Parsed, error) { return evidence.ParseFalco(b, node) },
-		"/v1/node-reports/tetragon": func(b []byte, node string) (evidence.Parsed, error) { return evidence.ParseTetragon(b, node) },
-		"/v1/node-reports/docker":   func(b []byte, node string) (evidence.Parsed, error) { return evidence.ParseDocker(b, node) },
+		"/v1/node-reports":          func(b []byte, _ string) (nodereport.Parsed, error) { return nodereport.ParseAgent(b) },
+		"/v1/node-reports/falco":    func(b []byte, node string) (nodereport.Parsed, error) { return nodereport.ParseFalco(b, node) },
+		"/v1/node-reports/tetragon": func(b []byte, node string) (nodereport.Parsed, error) { return nodereport.ParseTetragon(b, node) },
+		"/v1/node-reports/docker":   func(b []byte, node string) (nodereport.Parsed, error) { return nodereport.ParseDocker(b, node) },
 	}
 }
 
@@ -109,16 +116,13 @@ type Result struct {
 		Connections int `json:"connections"`
 	} `json:"accepted"`
 	// Duplicates were stored before (a retried batch).
-	Duplicates int                  `json:"duplicates"`
-	Ignored    int                  `json:"ignored"`
-	Errors     []evidence.ItemError `json:"errors,omitempty"`
+	Duplicates int                    `json:"duplicates"`
+	Ignored    int                    `json:"ignored"`
+	Errors     []nodereport.ItemError `json:"errors,omitempty"`
 }
 
 func (h *Handler) log() *slog.Logger {
-	if h.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return h.Log
+	return logger.OrDiscard(h.Log)
 }
 
 func fail(w http.ResponseWriter, code int, format string, args ...any) {
@@ -127,6 +131,16 @@ func fail(w http.ResponseWriter, code int, format string, args ...any) {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.Metrics == nil {
+		h.serve(w, r)
+		return
+	}
+	sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+	h.serve(sw, r)
+	h.Metrics.reports.WithLabelValues(formatName(h.Formats, r.URL.Path), strconv.Itoa(sw.code)).Inc()
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) {
 	parse, ok := h.Formats[r.URL.Path]
 	if !ok {
 		fail(w, http.StatusNotFound, "no report format at %s", r.URL.Path)
@@ -139,9 +153,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	token, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	id, err := h.Auth.Authenticate(r.Context(), strings.TrimSpace(token))
 	if err != nil {
-		var ae *AuthError
+		var ae *kubeauth.Error
 		if errors.As(err, &ae) {
-			fail(w, ae.Code, "%s", ae.Msg)
+			fail(w, ae.Code, "%s", ae.Reason)
 			return
 		}
 		h.log().Error("authenticating a reporter failed", "error", err)
@@ -300,4 +314,49 @@ func (h *Handler) sweep() {
 	if len(h.limiters) >= maxLimiters {
 		h.limiters = nil
 	}
+}
+
+// Metrics are the node-report endpoints' metrics.
+type Metrics struct {
+	reports *prometheus.CounterVec
+}
+
+// NewMetrics registers buildguard_node_reports_total{format,code} on reg:
+// requests to the node-report endpoints by format (buildguard, falco,
+// tetragon, docker; none for another path) and HTTP status code, 200
+// for a report accepted. The accepted series of each format of formats
+// start at 0.
+func NewMetrics(reg prometheus.Registerer, formats map[string]Format) (*Metrics, error) {
+	m := &Metrics{reports: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "buildguard_node_reports_total",
+		Help: "Requests to the node-report endpoints, by format and HTTP status code: 200 accepted; 401 and 403 refused tokens, 413 too large, 400 invalid, 429 over the node's rate, 503 store or TokenReview unavailable.",
+	}, []string{"format", "code"})}
+	if err := reg.Register(m.reports); err != nil {
+		return nil, fmt.Errorf("node report metrics: %w", err)
+	}
+	for path := range formats {
+		m.reports.WithLabelValues(formatName(formats, path), "200")
+	}
+	return m, nil
+}
+
+// formatName is the format a path is for: the last element of its path
+// under /v1/node-reports, buildguard for that path itself.
+func formatName(formats map[string]Format, path string) string {
+	if _, ok := formats[path]; !ok {
+		return "none"
+	}
+	name, _ := strings.CutPrefix(path, "/v1/node-reports")
+	return cmp.Or(strings.TrimPrefix(name, "/"), "buildguard")
+}
+
+// statusWriter remembers the status code written.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -12,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/ingest"
@@ -50,9 +53,38 @@ func connection(id, ip string) string {
 func TestHandler(t *testing.T) {
 	env := sharedEnv(t)
 	store := openStore(t)
-	h := &ingest.Handler{Store: store, Auth: env.reviewer(t, nil), Formats: ingest.Formats(), MaxBodyBytes: 64 << 10, Burst: 1000}
+	reg := prometheus.NewRegistry()
+	metrics, err := ingest.NewMetrics(reg, ingest.Formats())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &ingest.Handler{Store: store, Auth: env.reviewer(t, nil), Formats: ingest.Formats(), MaxBodyBytes: 64 << 10, Burst: 1000, Metrics: metrics}
 	p := poster{h}
 	ctx := t.Context()
+	// counts reads buildguard_node_reports_total as format/code → count.
+	counts := func() map[string]float64 {
+		mfs, err := reg.Gather()
+		if err != nil || len(mfs) != 1 {
+			t.Fatalf("gathered %v (%v), want buildguard_node_reports_total", mfs, err)
+		}
+		out := map[string]float64{}
+		for _, m := range mfs[0].GetMetric() {
+			var f, c string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "format":
+					f = l.GetValue()
+				case "code":
+					c = l.GetValue()
+				}
+			}
+			out[f+"/"+c] = m.GetCounter().GetValue()
+		}
+		return out
+	}
+	if got, want := counts(), map[string]float64{"buildguard/200": 0, "falco/200": 0, "tetragon/200": 0, "docker/200": 0}; !maps.Equal(got, want) {
+		t.Errorf("before any report: %v, want %v", got, want)
+	}
 	now := time.Now().UTC().Truncate(time.Second)
 
 	tests := []struct {
@@ -82,6 +114,11 @@ func TestHandler(t *testing.T) {
 				t.Errorf("POST %s = %d %s, want %d containing %q", tt.path, code, body, tt.wantCode, tt.want)
 			}
 		})
+	}
+	want := map[string]float64{"buildguard/200": 3, "buildguard/401": 4, "buildguard/403": 1, "buildguard/400": 1, "buildguard/413": 1,
+		"none/404": 1, "falco/200": 0, "tetragon/200": 0, "docker/200": 0}
+	if got := counts(); !maps.Equal(got, want) {
+		t.Errorf("buildguard_node_reports_total %v, want %v", got, want)
 	}
 
 	t.Run("the token's node wins over the body's", func(t *testing.T) {

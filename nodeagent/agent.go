@@ -11,7 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/nodeagent/conns"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // Agent runs the node agent: the Docker and containerd watchers and the
@@ -68,10 +70,7 @@ func (a *Agent) now() time.Time {
 }
 
 func (a *Agent) log() *slog.Logger {
-	if a.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return a.Log
+	return logger.OrDiscard(a.Log)
 }
 
 // Run runs until ctx ends; the batch being gathered is then stored, so a
@@ -125,7 +124,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// The pod shares the host's PID namespace: this is the PID the
 	// sensor reports for the agent.
 	self := os.Getpid()
-	b := batcher{agent: a, report: newReport(a.Node, sensor)}
+	b := batcher{agent: a, report: nodereport.NewReport(a.Node, sensor)}
 	var flush <-chan time.Time
 	var timer *time.Timer
 	beat := time.NewTicker(heartbeat)
@@ -173,7 +172,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		switch {
-		case b.report.items() >= a.maxItems() || b.size() >= maxBatchBytes:
+		case b.report.Items() >= a.maxItems() || b.size() >= maxBatchBytes:
 			if timer != nil {
 				timer.Stop()
 				flush, timer = nil, nil
@@ -181,7 +180,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := b.flush(); err != nil {
 				a.log().Error("storing a batch failed", "error", err)
 			}
-		case b.report.items() > 0 && timer == nil:
+		case b.report.Items() > 0 && timer == nil:
 			timer = time.NewTimer(durOr(a.BatchInterval, 2*time.Second))
 			flush = timer.C
 		}
@@ -228,7 +227,7 @@ func (a *Agent) runSensor(ctx context.Context, out chan<- conns.Conn) {
 // batcher gathers one report at a time.
 type batcher struct {
 	agent  *Agent
-	report Report
+	report nodereport.Report
 }
 
 // maxBatchBytes bounds a report's size well below what the server takes
@@ -255,11 +254,11 @@ func (b *batcher) size() int {
 
 // flush stores the report gathered so far, if any.
 func (b *batcher) flush() error {
-	if b.report.items() == 0 {
+	if b.report.Items() == 0 {
 		return nil
 	}
 	r := b.report
-	b.report = newReport(r.Node, r.Sensor)
+	b.report = nodereport.NewReport(r.Node, r.Sensor)
 	data, err := json.Marshal(r)
 	if err != nil {
 		b.agent.Metrics.batchesDropped.WithLabelValues("encode").Inc()

@@ -15,8 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/nodeagent/conns"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // fixedConns is a connection sensor that reports the connections it is
@@ -72,7 +72,7 @@ func newTestAgent(t *testing.T, f *fakeEngine, sensor conns.Watcher) *Agent {
 // runUntilBuild runs a until it found a build of tool and its sensor's
 // connections; stop ends it and returns the batch it stored at shutdown,
 // decoded and as stored.
-func runUntilBuild(t *testing.T, a *Agent, tool string, conns int) (stop func() (Report, []byte)) {
+func runUntilBuild(t *testing.T, a *Agent, tool string, conns int) (stop func() (nodereport.Report, []byte)) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)
@@ -80,7 +80,7 @@ func runUntilBuild(t *testing.T, a *Agent, tool string, conns int) (stop func() 
 	waitFor(t, "the build found", func() bool {
 		return testutil.ToFloat64(a.Metrics.builds.WithLabelValues(tool)) == 1 && testutil.ToFloat64(a.Metrics.connsSeen) == float64(conns)
 	})
-	return func() (Report, []byte) {
+	return func() (nodereport.Report, []byte) {
 		t.Helper()
 		cancel()
 		if err := <-done; err != nil {
@@ -90,7 +90,7 @@ func runUntilBuild(t *testing.T, a *Agent, tool string, conns int) (stop func() 
 		if err != nil || !ok {
 			t.Fatalf("no batch stored at shutdown: %v", err)
 		}
-		var r Report
+		var r nodereport.Report
 		if err := json.Unmarshal(data, &r); err != nil {
 			t.Fatal(err)
 		}
@@ -136,7 +136,7 @@ buildguard_node_agent_sensor_dropped_total 7
 	if b := r.Builds[0]; b.CgroupID != "99" || len(b.PIDs) != 2 || b.PIDs[1] != 4243 {
 		t.Errorf("build %+v: want the wget's cgroup and PID added", b)
 	}
-	p, err := evidence.ParseAgent(data)
+	p, err := nodereport.ParseAgent(data)
 	if err != nil || len(p.Errors) != 0 || len(p.Report.Builds) != 1 || len(p.Report.Connections) != 1 {
 		t.Fatalf("ParseAgent = %+v, %v", p, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"buildguard.dev/buildguard/nodeagent/conns"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // Attributor ties the node's outbound connections to the builds the Docker
@@ -79,7 +80,7 @@ func (a *Attributor) maxConns() int {
 
 // Conn takes a connection the sensor saw; it returns it as a report item
 // when it belongs to a build already known.
-func (a *Attributor) Conn(c conns.Conn, now time.Time) []Connection {
+func (a *Attributor) Conn(c conns.Conn, now time.Time) []nodereport.Connection {
 	a.expire(now)
 	if !c.Dst.Addr().IsValid() || c.Dst.Port() == 0 {
 		return nil // nothing the server could take
@@ -90,7 +91,7 @@ func (a *Attributor) Conn(c conns.Conn, now time.Time) []Connection {
 		a.conns = a.conns[1:]
 		a.Evicted++
 	}
-	var out []Connection
+	var out []nodereport.Connection
 	for _, b := range a.builds {
 		if b.owns(c, a.window()) {
 			k.reported = true
@@ -107,13 +108,13 @@ func (a *Attributor) Conn(c conns.Conn, now time.Time) []Connection {
 // Build takes a build; it returns the build as a report item, with the
 // processes of the connections found to be its own, and those
 // connections.
-func (a *Attributor) Build(info BuildInfo, now time.Time) (Build, []Connection) {
+func (a *Attributor) Build(info BuildInfo, now time.Time) (nodereport.Build, []nodereport.Connection) {
 	a.expire(now)
 	b := &keptBuild{info: info, ctrs: info.ContainerIDs, pids: map[int]bool{}, seen: now}
 	for _, p := range info.PIDs {
 		b.pids[p] = true
 	}
-	var out []Connection
+	var out []nodereport.Connection
 	// Twice: a connection of a child can come before its parent's was
 	// adopted.
 	for range 2 {
@@ -128,12 +129,12 @@ func (a *Attributor) Build(info BuildInfo, now time.Time) (Build, []Connection) 
 		}
 	}
 	a.builds = append(a.builds, b)
-	item := Build{
+	item := nodereport.Build{
 		EventID:      "docker-build/" + info.ImageID,
 		Tool:         info.Tool,
 		ImageID:      info.ImageID,
 		Tags:         info.Tags,
-		Started:      rfc3339(info.Started),
+		Started:      nodereport.Time(info.Started),
 		ContainerIDs: info.ContainerIDs,
 		Steps:        clipSteps(info.Steps),
 	}
@@ -141,7 +142,7 @@ func (a *Attributor) Build(info BuildInfo, now time.Time) (Build, []Connection) 
 		item.EventID = fmt.Sprintf("docker-build/%d", info.Started.UnixNano())
 	}
 	if !info.Finished.IsZero() {
-		item.Finished = rfc3339(info.Finished)
+		item.Finished = nodereport.Time(info.Finished)
 	}
 	for _, p := range info.PIDs {
 		item.PIDs = append(item.PIDs, p)
@@ -250,10 +251,10 @@ func (a *Attributor) expire(now time.Time) {
 }
 
 // item is c as a report item.
-func (a *Attributor) item(c conns.Conn) Connection {
-	out := Connection{
+func (a *Attributor) item(c conns.Conn) nodereport.Connection {
+	out := nodereport.Connection{
 		EventID:     fmt.Sprintf("%s/%d/%d/%s", a.Sensor, c.PID, c.Time.UnixNano(), c.Dst),
-		Time:        rfc3339(c.Time),
+		Time:        nodereport.Time(c.Time),
 		Process:     c.Comm,
 		PID:         c.PID,
 		Cmdline:     clip(c.Cmdline, maxText),

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"buildguard.dev/buildguard/nodeagent/conns"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 func TestAttributor(t *testing.T) {
@@ -86,7 +87,7 @@ func TestAttributor(t *testing.T) {
 				}
 			}
 			item, withBuild := a.Build(tt.build, at(31))
-			var later []Connection
+			var later []nodereport.Connection
 			for _, c := range tt.after {
 				later = append(later, a.Conn(c, at(32))...)
 			}
@@ -99,14 +100,14 @@ func TestAttributor(t *testing.T) {
 			if !slices.Equal(item.PIDs, tt.wantPIDs) {
 				t.Errorf("build pids %v, want %v", item.PIDs, tt.wantPIDs)
 			}
-			if item.EventID != "docker-build/"+tt.build.ImageID || item.Tool != tt.build.Tool || item.Started != rfc3339(tt.build.Started) {
+			if item.EventID != "docker-build/"+tt.build.ImageID || item.Tool != tt.build.Tool || item.Started != nodereport.Time(tt.build.Started) {
 				t.Errorf("build item %+v", item)
 			}
 		})
 	}
 }
 
-func pids(cs []Connection) []int {
+func pids(cs []nodereport.Connection) []int {
 	var out []int
 	for _, c := range cs {
 		out = append(out, c.PID)
@@ -120,7 +121,7 @@ func TestAttributorItem(t *testing.T) {
 	c := conns.Conn{Time: t0, PID: 48213, Comm: "wget", Cmdline: "wget -q http://[::ffff:203.0.113.9]:8080/p", CgroupID: 10422,
 		ContainerID: hexID('9'), Dst: netip.MustParseAddrPort("[::ffff:203.0.113.9]:8080")}
 	got := a.item(c)
-	want := Connection{EventID: "procfs/48213/1795688103412907311/[::ffff:203.0.113.9]:8080", Time: "2026-11-26T10:15:03.412907311Z",
+	want := nodereport.Connection{EventID: "procfs/48213/1795688103412907311/[::ffff:203.0.113.9]:8080", Time: "2026-11-26T10:15:03.412907311Z",
 		Process: "wget", PID: 48213, Cmdline: c.Cmdline, ContainerID: hexID('9'), CgroupID: "10422", DestIP: "203.0.113.9", DestPort: 8080}
 	if got != want {
 		t.Errorf("item\n got %+v\nwant %+v", got, want)

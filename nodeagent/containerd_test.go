@@ -20,8 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/nodeagent/conns"
+	"buildguard.dev/buildguard/nodereport"
 )
 
 // fakeContainerd is an in-memory containerd: image records, blobs and
@@ -466,7 +466,7 @@ func TestAgentReportsContainerdBuild(t *testing.T) {
 	if b := r.Builds[0]; b.EventID != "containerd-build/"+c.Digest || b.ImageID != c.Digest || b.Tool != "containerd" || len(b.Steps) != 1 {
 		t.Errorf("build %+v", b)
 	}
-	p, err := evidence.ParseAgent(data)
+	p, err := nodereport.ParseAgent(data)
 	if err != nil || len(p.Errors) != 0 || len(p.Report.Builds) != 1 || len(p.Report.Connections) != 1 {
 		t.Fatalf("ParseAgent = %+v, %v", p, err)
 	}

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // containerdAPI is what the containerd watcher asks containerd
@@ -107,10 +109,7 @@ func (w *ContainerdWatcher) now() time.Time {
 }
 
 func (w *ContainerdWatcher) log() *slog.Logger {
-	if w.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return w.Log
+	return logger.OrDiscard(w.Log)
 }
 
 func (w *ContainerdWatcher) namespaces() []string {

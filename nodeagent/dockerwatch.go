@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // BuildInfo is an image build the Docker watcher found.
@@ -131,10 +133,7 @@ func (w *DockerWatcher) now() time.Time {
 }
 
 func (w *DockerWatcher) log() *slog.Logger {
-	if w.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return w.Log
+	return logger.OrDiscard(w.Log)
 }
 
 func durOr(d, def time.Duration) time.Duration {

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // Sender delivers the spool's batches, oldest first, to buildguard's
@@ -270,10 +272,7 @@ func (s *Sender) timeout() time.Duration {
 }
 
 func (s *Sender) log() *slog.Logger {
-	if s.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return s.Log
+	return logger.OrDiscard(s.Log)
 }
 
 // sleep waits d or until ctx ends; false when ctx ended.

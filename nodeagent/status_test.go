@@ -1,7 +1,6 @@
 package nodeagent
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,32 +12,15 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"buildguard.dev/buildguard/internal/syncbuffer"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"buildguard.dev/buildguard/nodeagent/conns"
 )
-
-// syncBuffer is a bytes.Buffer safe for the agent's goroutines to log to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func getStatus(t *testing.T, h http.Handler) Status {
 	t.Helper()
@@ -67,7 +49,7 @@ func TestAgentWithoutDockerSocket(t *testing.T) {
 		{Time: now.Add(-2 * time.Second), PID: 555, Comm: "wget", Dst: netip.MustParseAddrPort("203.0.113.9:80")},
 	}}
 	a := newTestAgent(t, &fakeEngine{}, sensor)
-	var logs syncBuffer
+	var logs syncbuffer.Buffer
 	a.Log = slog.New(slog.NewTextHandler(&logs, nil))
 	sock := filepath.Join(t.TempDir(), "docker.sock")
 	docker, err := NewDocker("unix://" + sock)
@@ -156,7 +138,7 @@ func TestSensorStatus(t *testing.T) {
 			}
 			a := newTestAgent(t, &fakeEngine{}, namedConns{fixedConns{}, sensor})
 			a.SensorFallback = tt.fallback
-			var logs syncBuffer
+			var logs syncbuffer.Buffer
 			a.Log = slog.New(slog.NewTextHandler(&logs, nil))
 			ctx, cancel := context.WithCancel(t.Context())
 			done := make(chan error)

@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"go.yaml.in/yaml/v3"
+
+	"buildguard.dev/buildguard/internal/forbidden"
 )
 
 // DefaultMinAge is freshness.minAge when the policy leaves it out.
@@ -384,7 +386,7 @@ func (p *Policy) Insecure(registry string) bool {
 func ForbiddenHost(host string) bool {
 	h := strings.ToLower(host)
 	if ap, err := netip.ParseAddrPort(h); err == nil {
-		return ForbiddenAddr(ap.Addr())
+		return forbidden.Addr(ap.Addr())
 	}
 	if strings.HasPrefix(h, "[") {
 		if i := strings.LastIndexByte(h, ']'); i > 0 {
@@ -396,10 +398,10 @@ func ForbiddenHost(host string) bool {
 	// A fully qualified name: "169.254.169.254." is 169.254.169.254.
 	h = strings.TrimRight(h, ".")
 	if a, err := netip.ParseAddr(h); err == nil {
-		return ForbiddenAddr(a)
+		return forbidden.Addr(a)
 	}
 	if a, ok := parseInetAton(h); ok {
-		return ForbiddenAddr(a)
+		return forbidden.Addr(a)
 	}
 	return h == "metadata.google.internal" || h == "metadata" || h == "instance-data" || strings.HasSuffix(h, ".metadata.google.internal")
 }
@@ -438,29 +440,4 @@ func parseInetAton(s string) (netip.Addr, bool) {
 		v = v<<bits | n
 	}
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
-}
-
-var awsMetadataV6 = netip.MustParseAddr("fd00:ec2::254")
-
-// nat64 and nat64Local are the prefixes whose IPv6 addresses a NAT64
-// gateway translates to the IPv4 address in their last 32 bits (RFC 6052,
-// RFC 8215); ipv4Compatible is the deprecated ::a.b.c.d form.
-var (
-	nat64          = netip.MustParsePrefix("64:ff9b::/96")
-	nat64Local     = netip.MustParsePrefix("64:ff9b:1::/48")
-	ipv4Compatible = netip.MustParsePrefix("::/96")
-)
-
-// ForbiddenAddr reports whether a is link-local or a cloud metadata
-// address, or an IPv6 address that carries one (IPv4-mapped, NAT64,
-// IPv4-compatible).
-func ForbiddenAddr(a netip.Addr) bool {
-	a = a.Unmap()
-	if a.Is6() && (nat64.Contains(a) || nat64Local.Contains(a) || ipv4Compatible.Contains(a)) {
-		b := a.As16()
-		if v4 := netip.AddrFrom4([4]byte(b[12:])); ForbiddenAddr(v4) {
-			return true
-		}
-	}
-	return a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a == awsMetadataV6
 }

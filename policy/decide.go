@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+
+	"buildguard.dev/buildguard/internal/shorten"
 )
 
 // Outcome is what the rules decide for an image or a workload, before the
@@ -471,7 +473,7 @@ func (p *Policy) stepFinding(r StepReport, pl Platform) Finding {
 			onlyVerified = false
 		}
 	}
-	step := shorten(r.Step, maxQuotedStep)
+	step := shorten.Text(r.Step, maxQuotedStep)
 	ev := map[string]any{"step": step, "kinds": kinds, "platforms": []string{}}
 	where := "run command"
 	if r.Index == ConfigStep {
@@ -528,23 +530,6 @@ func appendUnique(s []string, v string) []string {
 		}
 	}
 	return append(s, v)
-}
-
-// Shorten folds white space in s and cuts it to at most n bytes on a rune
-// boundary, marking the cut with "…": for quoting untrusted text in
-// messages, warnings and Events of bounded size.
-func Shorten(s string, n int) string { return shorten(s, n) }
-
-func shorten(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) <= n {
-		return s
-	}
-	cut := n - len("…")
-	for cut > 0 && !utf8RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
 }
 
 func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 	"unicode"
+
+	"buildguard.dev/buildguard/internal/forbidden"
 )
 
 // FuzzAnalyzeStep checks that any history entry is analysed without a
@@ -204,8 +206,8 @@ func FuzzForbiddenHost(f *testing.F) {
 			s += ".:8443"
 		}
 		addr := netip.AddrFrom4([4]byte{byte(b[0]), byte(b[1]), byte(b[2]), byte(b[3])})
-		if got, want := ForbiddenHost(s), ForbiddenAddr(addr); got != want {
-			t.Fatalf("ForbiddenHost(%q) = %v, ForbiddenAddr(%s) = %v", s, got, addr, want)
+		if got, want := ForbiddenHost(s), forbidden.Addr(addr); got != want {
+			t.Fatalf("ForbiddenHost(%q) = %v, forbidden.Addr(%s) = %v", s, got, addr, want)
 		}
 	})
 }

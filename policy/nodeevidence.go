@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/internal/shorten"
 )
 
 // Rule IDs of node evidence.
@@ -268,7 +270,7 @@ func (p *Policy) buildFindings(b BuildEvidence, buildEv map[string]any) []Findin
 			ce["reporter"] = c.Reporter
 		}
 		if c.Cmdline != "" {
-			ce["cmdline"] = shorten(c.Cmdline, maxQuotedStep)
+			ce["cmdline"] = shorten.Text(c.Cmdline, maxQuotedStep)
 		}
 		if c.ContainerID != "" {
 			ce["containerID"] = c.ContainerID

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/internal/shorten"
 )
 
 // Rule IDs of the provenance checks.
@@ -752,22 +754,22 @@ func provenanceSummary(rule RuleID, ev map[string]any) string {
 		return fmt.Sprintf("no signature (signatures.on %v)", ev["signaturesOn"])
 	case RuleUntrustedSigner:
 		if logged, ok := ev["logged"].([]string); ok && len(logged) > 0 {
-			return shorten("notation signature passed with logged failures: "+strings.Join(logged, "; "), 90)
+			return shorten.Text("notation signature passed with logged failures: "+strings.Join(logged, "; "), 90)
 		}
 		return fmt.Sprintf("%v signature(s), none trusted", ev["signatures"])
 	case RuleMissingProvenance:
 		return "no verified SLSA provenance"
 	case RuleUnapprovedBuilder:
-		return shorten(fmt.Sprintf("builder %v not approved", ev["builderID"]), 90)
+		return shorten.Text(fmt.Sprintf("builder %v not approved", ev["builderID"]), 90)
 	case RuleUnapprovedSource:
-		return shorten(fmt.Sprintf("source %v not approved", strings.Join(ev["sources"].([]string), ", ")), 90)
+		return shorten.Text(fmt.Sprintf("source %v not approved", strings.Join(ev["sources"].([]string), ", ")), 90)
 	case RuleVSAFailed, RuleVSAStale:
-		return shorten(fmt.Sprintf("VSA of %v: %v", ev["verifier"], ev["reason"]), 90)
+		return shorten.Text(fmt.Sprintf("VSA of %v: %v", ev["verifier"], ev["reason"]), 90)
 	case RuleInconsistentCreatedTime:
 		if ev["reason"] == "created-before-build" {
-			return shorten(fmt.Sprintf("created %v, before node %v built it", ev["created"], ev["node"]), 90)
+			return shorten.Text(fmt.Sprintf("created %v, before node %v built it", ev["created"], ev["node"]), 90)
 		}
-		return shorten(fmt.Sprintf("created %v, before its step %v", ev["created"], ev["stepIndex"]), 90)
+		return shorten.Text(fmt.Sprintf("created %v, before its step %v", ev["created"], ev["stepIndex"]), 90)
 	}
 	return string(rule)
 }

@@ -21,6 +21,7 @@ import (
 
 	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -76,8 +77,8 @@ func (s *CRD) Start(ctx context.Context) func() bool {
 		resync = 10 * time.Minute
 	}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(s.Client, resync)
-	pi := f.ForResource(v1alpha1.PolicyResource).Informer()
-	ei := f.ForResource(v1alpha1.ExceptionResource).Informer()
+	pi := f.ForResource(v1alpha1.PolicyResource()).Informer()
+	ei := f.ForResource(v1alpha1.ExceptionResource()).Informer()
 	pi.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { s.policyChanged(ctx, o) },
 		UpdateFunc: func(_, o any) { s.policyChanged(ctx, o) },
@@ -111,10 +112,7 @@ func (s *CRD) WriteStatus(ctx context.Context) {
 }
 
 func (s *CRD) log() *slog.Logger {
-	if s.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return s.Log
+	return logger.OrDiscard(s.Log)
 }
 
 func (s *CRD) now() time.Time {
@@ -218,13 +216,13 @@ func (s *CRD) policyChanged(ctx context.Context, o any) {
 			msg += fmt.Sprintf("; generation %d stays in force", prev.generation)
 		}
 		s.log().Error("ClusterBuildPolicy rejected", "policy", u.GetName(), "generation", u.GetGeneration(), "error", err)
-		s.setAccepted(ctx, v1alpha1.PolicyResource, u, false, "Invalid", msg)
+		s.setAccepted(ctx, v1alpha1.PolicyResource(), u, false, "Invalid", msg)
 		return
 	}
 	if prev == nil || prev.generation != cp.generation {
 		s.log().Info("ClusterBuildPolicy applied", "policy", u.GetName(), "generation", u.GetGeneration(), "mode", string(cp.p.Mode()))
 	}
-	s.setAccepted(ctx, v1alpha1.PolicyResource, u, true, "Valid", fmt.Sprintf("generation %d is in force", u.GetGeneration()))
+	s.setAccepted(ctx, v1alpha1.PolicyResource(), u, true, "Valid", fmt.Sprintf("generation %d is in force", u.GetGeneration()))
 }
 
 // deleted returns the object of a delete event, which may come as the
@@ -253,24 +251,13 @@ func (s *CRD) exceptionChanged(ctx context.Context, o any) {
 	if !ok {
 		return
 	}
-	var spec v1alpha1.ExceptionSpec
-	err := decodeSpec(u, &spec)
-	var x policy.Exceptions
-	if err == nil {
-		x, err = policy.CompileExceptions("spec", []policy.Exception{{
-			Images: spec.Images, Reason: spec.Reason, Expires: spec.Expires, ApprovedBy: spec.ApprovedBy,
-			Name: u.GetNamespace() + "/" + u.GetName(),
-		}})
-		if err != nil {
-			err = fmt.Errorf("%s", strings.Replace(err.Error(), "spec[0].", "spec.", 1))
-		}
-	}
+	x, spec, err := compileException(u)
 	if err != nil {
 		s.mu.Lock()
 		delete(s.exceptions[u.GetNamespace()], u.GetName())
 		s.mu.Unlock()
 		s.log().Error("BuildPolicyException rejected", "namespace", u.GetNamespace(), "exception", u.GetName(), "error", err)
-		s.setAccepted(ctx, v1alpha1.ExceptionResource, u, false, "Invalid", err.Error())
+		s.setAccepted(ctx, v1alpha1.ExceptionResource(), u, false, "Invalid", err.Error())
 		return
 	}
 	s.mu.Lock()
@@ -279,7 +266,24 @@ func (s *CRD) exceptionChanged(ctx context.Context, o any) {
 	}
 	s.exceptions[u.GetNamespace()][u.GetName()] = compiledExcept{x: x}
 	s.mu.Unlock()
-	s.setAccepted(ctx, v1alpha1.ExceptionResource, u, true, "Valid", "applies until "+spec.Expires)
+	s.setAccepted(ctx, v1alpha1.ExceptionResource(), u, true, "Valid", "applies until "+spec.Expires)
+}
+
+// compileException turns a BuildPolicyException into exceptions of its
+// namespace.
+func compileException(u *unstructured.Unstructured) (policy.Exceptions, v1alpha1.ExceptionSpec, error) {
+	var spec v1alpha1.ExceptionSpec
+	if err := decodeSpec(u, &spec); err != nil {
+		return policy.Exceptions{}, spec, err
+	}
+	x, err := policy.CompileExceptions("spec", []policy.Exception{{
+		Images: spec.Images, Reason: spec.Reason, Expires: spec.Expires, ApprovedBy: spec.ApprovedBy,
+		Name: u.GetNamespace() + "/" + u.GetName(),
+	}})
+	if err != nil {
+		return policy.Exceptions{}, spec, fmt.Errorf("%s", strings.Replace(err.Error(), "spec[0].", "spec.", 1))
+	}
+	return x, spec, nil
 }
 
 func (s *CRD) exceptionDeleted(o any) {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"buildguard.dev/buildguard/internal/syncbuffer"
+
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -97,28 +99,10 @@ func (c *countingSource) count() int {
 	return c.n
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestReloader: every source is read again at every tick until the
 // context ends, and a failed reload is logged with its source's message.
 func TestReloader(t *testing.T) {
-	var log syncBuffer
+	var log syncbuffer.Buffer
 	ok, bad := &countingSource{}, &countingSource{fail: true}
 	r := &Reloader{Interval: time.Millisecond, Log: slog.New(slog.NewTextHandler(&log, nil))}
 	r.Add(ok, "ok not reloaded")

@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"time"
+
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // Reloadable is a source read from a file, which Reload reads again if it
@@ -43,10 +45,7 @@ func (r *Reloader) Run(ctx context.Context) error {
 	if r.Interval <= 0 || len(r.files) == 0 {
 		return nil
 	}
-	log := r.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger.OrDiscard(r.Log)
 	t := time.NewTicker(r.Interval)
 	defer t.Stop()
 	for {

@@ -33,6 +33,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sigstore/cosign/v2/pkg/cosign"
 	"github.com/sigstore/cosign/v2/pkg/cosign/bundle"
 	"github.com/sigstore/cosign/v2/pkg/oci"
@@ -100,6 +101,20 @@ func WithMaxDigests(n int) Option { return func(v *Verifier) { v.maxDigests = n 
 // WithMaxConcurrent bounds concurrent verifications. The default is 32.
 func WithMaxConcurrent(n int) Option { return func(v *Verifier) { v.maxConcurrent = n } }
 
+// WithRegisterer registers buildguard_provenance_verification_duration_seconds
+// on reg: how long each Verify took, cache hits included, as admission
+// waits for it. The default registers none.
+func WithRegisterer(reg prometheus.Registerer) Option {
+	return func(v *Verifier) {
+		v.took = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "buildguard_provenance_verification_duration_seconds",
+			Help:    "Time to verify an image's signatures and attestations: fetching them (or finding them cached) and checking them against the policy's trust settings.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		})
+		reg.MustRegister(v.took)
+	}
+}
+
 // WithClock sets the clock of the caches. The default is time.Now.
 func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now = now } }
 
@@ -127,6 +142,8 @@ type Verifier struct {
 
 	mu          sync.Mutex
 	trustErrors map[string]string // policy name → last trust error logged
+
+	took prometheus.Histogram // nil: not measured
 }
 
 type clockFunc func() time.Time
@@ -198,6 +215,10 @@ func (r *result) positive() bool {
 // checked too when the index's own signatures or attestations do not
 // settle the question. It never returns nil.
 func (v *Verifier) Verify(ctx context.Context, req registry.Request, img *policy.Image, p *policy.Policy) *policy.Provenance {
+	if v.took != nil {
+		start := time.Now()
+		defer func() { v.took.Observe(time.Since(start).Seconds()) }()
+	}
 	ts := p.Trust()
 	tr, err := v.trust(ts)
 	v.logTrust(p.Name(), err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
@@ -301,7 +302,8 @@ func TestRoundTrips(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v := New(c)
+		prom := prometheus.NewRegistry()
+		v := New(c, WithRegisterer(prom))
 		p := compile(t, policy.Spec{Signatures: policy.Signatures{Required: true, Keys: pems, IgnoreTlog: true}, Provenance: policy.ProvenanceRequirements{Required: true}})
 		reg.reset()
 		start := time.Now()
@@ -346,6 +348,12 @@ func TestRoundTrips(t *testing.T) {
 			t.Errorf("second Verify made %d requests, want 0", n)
 		}
 		t.Logf("referrers=%v: cold %v (%d requests), warm %v", referrer, cold, len(reqs), warm)
+		// Both verifications are measured.
+		mfs, err := prom.Gather()
+		if err != nil || len(mfs) != 1 || mfs[0].GetName() != "buildguard_provenance_verification_duration_seconds" ||
+			mfs[0].GetMetric()[0].GetHistogram().GetSampleCount() != 2 {
+			t.Errorf("gathered %v (%v), want buildguard_provenance_verification_duration_seconds with 2 observations", mfs, err)
+		}
 	}
 }
 

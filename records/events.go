@@ -9,6 +9,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -99,10 +100,10 @@ func (n *Notifier) Decided(_ context.Context, d decision.Decision) {
 	}
 	// The link is whole or absent: the text before it is shortened.
 	if link := n.Review.Decision(d.ID); link != "" && len(link) <= maxEventLink {
-		n.Sink.Event(target, reason, policy.Shorten(msg, maxEventMessage-len(" "+link))+" "+link)
+		n.Sink.Event(target, reason, shorten.Text(msg, maxEventMessage-len(" "+link))+" "+link)
 		return
 	}
-	n.Sink.Event(target, reason, policy.Shorten(msg, maxEventMessage))
+	n.Sink.Event(target, reason, shorten.Text(msg, maxEventMessage))
 }
 
 // first reports whether key was not seen within the window, and notes it.

@@ -119,6 +119,16 @@ func (j *journal) bytes() int64 {
 	return j.size
 }
 
+// depth is the bytes waiting for the store: the journal's and those of a
+// .replay file being replayed.
+func (j *journal) depth() int64 {
+	n := j.bytes()
+	if fi, err := os.Stat(j.replayPath()); err == nil {
+		n += fi.Size()
+	}
+	return n
+}
+
 // replaying reports whether a .replay file is left to store.
 func (j *journal) replaying() bool {
 	_, err := os.Stat(j.replayPath())

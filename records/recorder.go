@@ -18,6 +18,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -85,10 +86,11 @@ type Recorder struct {
 	mu     sync.RWMutex
 	closed bool
 
-	stats   Stats
-	counter *prometheus.CounterVec
-	queued  prometheus.GaugeFunc
-	waited  prometheus.Histogram
+	stats     Stats
+	counter   *prometheus.CounterVec
+	queued    prometheus.GaugeFunc
+	journaled prometheus.GaugeFunc
+	waited    prometheus.Histogram
 }
 
 // entry is a queued record. Images are marshalled by the writer, off the
@@ -234,9 +236,10 @@ func WithClock(now func() time.Time) Option { return func(r *Recorder) { r.now =
 // WithRegisterer registers the Recorder's metrics on reg:
 // buildguard_decision_records_total{result} (stored, committed, spilled,
 // journaled, replayed, dropped, unrecorded, store-error),
-// buildguard_decision_records_queued and
-// buildguard_decision_commit_seconds, the time a deny or would-deny
-// waited to be durable. The default registers none.
+// buildguard_decision_records_queued,
+// buildguard_decision_journal_bytes (records in the journal, waiting for
+// the store) and buildguard_decision_commit_seconds, the time a deny or
+// would-deny waited to be durable. The default registers none.
 func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(r *Recorder) {
 		r.counter = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -247,12 +250,16 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 			Name: "buildguard_decision_records_queued",
 			Help: "Decision records waiting in memory for the store, their callers not waiting.",
 		}, func() float64 { return float64(r.Queued()) })
+		r.journaled = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "buildguard_decision_journal_bytes",
+			Help: "Bytes of decision records in the journal, waiting for the store; it grows while the store is unavailable or too slow.",
+		}, func() float64 { return float64(r.journal.depth()) })
 		r.waited = prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "buildguard_decision_commit_seconds",
 			Help:    "Time a deny or would-deny waited for its record to be durable (group commit to the store or the journal).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		})
-		reg.MustRegister(r.counter, r.queued, r.waited)
+		reg.MustRegister(r.counter, r.queued, r.journaled, r.waited)
 	}
 }
 
@@ -269,7 +276,7 @@ func New(store evidence.Store, journalPath string, opts ...Option) (*Recorder, e
 		return nil, err
 	}
 	r := &Recorder{
-		store: store, journal: j, log: slog.New(slog.DiscardHandler), now: time.Now,
+		store: store, journal: j, log: logger.OrDiscard(nil), now: time.Now,
 		queue: make(chan entry, DefaultQueueSize), pending: make(chan *waiter, pendingSize),
 		maxBatch: DefaultMaxBatch, writeTimeout: DefaultWriteTimeout,
 		health: health{min: DefaultMinBackoff, max: DefaultMaxBackoff},

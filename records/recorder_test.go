@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
@@ -205,7 +208,8 @@ func TestRecorderRetriesWhenStoreDown(t *testing.T) {
 	st := &switchStore{Store: openStore(t)}
 	st.down.Store(true)
 	dir := t.TempDir()
-	r, err := New(st, filepath.Join(dir, "journal"), WithBackoff(5*time.Millisecond, 20*time.Millisecond))
+	r, err := New(st, filepath.Join(dir, "journal"), WithBackoff(5*time.Millisecond, 20*time.Millisecond),
+		WithRegisterer(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,6 +219,10 @@ func TestRecorderRetriesWhenStoreDown(t *testing.T) {
 		r.Record(record(i))
 	}
 	waitFor(t, "records journaled", func() bool { return r.Stats().Journaled.Load() == n })
+	// A record is a few hundred bytes of JSON.
+	if got := testutil.ToFloat64(r.journaled); got < n*100 {
+		t.Errorf("buildguard_decision_journal_bytes = %v with %d records journaled, want at least %d", got, n, n*100)
+	}
 	waitFor(t, "retries", func() bool { return r.Stats().StoreErrors.Load() >= 3 })
 	tries := st.tries.Load()
 	time.Sleep(50 * time.Millisecond)
@@ -227,6 +235,9 @@ func TestRecorderRetriesWhenStoreDown(t *testing.T) {
 		t.Errorf("Stats: dropped %d replayed %d, want 0 and at least %d", s.Dropped.Load(), s.Replayed.Load(), n)
 	}
 	waitFor(t, "journal emptied", func() bool { return !r.journal.pending() })
+	if got := testutil.ToFloat64(r.journaled); got != 0 {
+		t.Errorf("buildguard_decision_journal_bytes = %v once the journal was replayed, want 0", got)
+	}
 }
 
 func TestRecorderReplaysAfterRestart(t *testing.T) {

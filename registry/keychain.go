@@ -22,7 +22,7 @@ func (s StaticKeychain) For(context.Context, string, string, []string) (Auth, er
 
 // DockerConfig is the keychain of the docker config file ($DOCKER_CONFIG
 // or ~/.docker/config.json), and anonymous access where it has no entry.
-var DockerConfig = Auth{Key: "docker-config", Keychain: authn.DefaultKeychain}
+func DockerConfig() Auth { return Auth{Key: "docker-config", Keychain: authn.DefaultKeychain} }
 
 // DefaultKeychainTTL is how long a pod's keychain is reused.
 const DefaultKeychainTTL = 30 * time.Second

@@ -185,7 +185,11 @@ type Auth struct {
 }
 
 // Anonymous is Auth for public registries.
-var Anonymous = Auth{Key: "anonymous", Keychain: authn.NewMultiKeychain()}
+func Anonymous() Auth { return Auth{Key: "anonymous", Keychain: anonymousKeychain} }
+
+// anonymousKeychain is empty, so it resolves every registry to
+// anonymous access; one for all lookups, which do not change it.
+var anonymousKeychain = authn.NewMultiKeychain()
 
 // Request is one image lookup.
 type Request struct {
@@ -202,7 +206,7 @@ func (c *Client) Resolve(ctx context.Context, r Request) (*policy.Image, error) 
 		return nil, forbiddenRegistry()
 	}
 	if r.Auth.Keychain == nil {
-		r.Auth = Anonymous
+		r.Auth = Anonymous()
 	}
 	ctx = withInsecure(ctx, r.Insecure)
 	dig, err := c.digestOf(ctx, r)
@@ -221,7 +225,7 @@ func (c *Client) Cached(r Request) (*policy.Image, bool) {
 		return nil, false
 	}
 	if r.Auth.Keychain == nil {
-		r.Auth = Anonymous
+		r.Auth = Anonymous()
 	}
 	key, tag := "", false
 	switch ref := r.Ref.(type) {

@@ -20,7 +20,7 @@ func (c *Client) Puller(ctx context.Context, r Request) (context.Context, *remot
 		return nil, nil, forbiddenRegistry()
 	}
 	if r.Auth.Keychain == nil {
-		r.Auth = Anonymous
+		r.Auth = Anonymous()
 	}
 	p, err := c.puller(r.Auth)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"buildguard.dev/buildguard/internal/forbidden"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -40,7 +41,7 @@ func newSafeTransport(resolver *net.Resolver) *http.Transport {
 			if err != nil {
 				return &forbiddenError{msg: fmt.Sprintf("unparsable dial address %q", address)}
 			}
-			if policy.ForbiddenAddr(ap.Addr()) {
+			if forbidden.Addr(ap.Addr()) {
 				return &forbiddenError{msg: fmt.Sprintf("refusing to dial %s: link-local or cloud-metadata address", ap.Addr()), address: true}
 			}
 			return nil

@@ -19,6 +19,8 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/logger"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/records"
 )
@@ -116,10 +118,7 @@ func New(ev Evaluator, events EventSink, reg prometheus.Registerer, log *slog.Lo
 }
 
 func (r *Judge) log() *slog.Logger {
-	if r.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return r.Log
+	return logger.OrDiscard(r.Log)
 }
 
 // Decided remembers a workload the webhook admitted, the digests of its
@@ -389,9 +388,9 @@ const maxEventMessage = 1000
 // whole; "" links nothing.
 func eventMessage(s, link string) string {
 	if link == "" {
-		return policy.Shorten(s, maxEventMessage)
+		return shorten.Text(s, maxEventMessage)
 	}
-	return policy.Shorten(s, maxEventMessage-len(" "+link)) + " " + link
+	return shorten.Text(s, maxEventMessage-len(" "+link)) + " " + link
 }
 
 // firstTime reports whether rule is new for a, and records it; reports

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
@@ -38,30 +39,43 @@ func (e *events) Event(w engine.Workload, reason, message string) {
 	e.messages = append(e.messages, message)
 }
 
-// TestRetro admits a workload, then stores a report that its image was
-// built on a worker, many times at once: one late finding per rule, one
-// Event each, and no race (run with -race).
-func TestRetro(t *testing.T) {
+// lateFixture is an image in an in-memory registry, created two days ago,
+// a workload shop/NAME running it, and an engine judging it with the
+// evidence of a SQLite store under nodeEvidence; it returns the image's
+// config digest, the store, the engine and the workload.
+func lateFixture(t *testing.T, name string, nodeEvidence *policy.NodeEvidence) (v1.Hash, *evidence.SQLite, *engine.Engine, engine.Workload) {
+	t.Helper()
 	reg := testregistry.New(t)
 	img := testregistry.Build(t, testregistry.Image{Created: time.Now().Add(-48 * time.Hour)})
-	reg.Push(t, "acme/late:1", img)
-	cfg, _ := img.ConfigName()
+	reg.Push(t, "acme/"+name+":1", img)
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
 	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "e.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
+	t.Cleanup(func() { store.Close() })
 	p, err := policy.Compile(policy.Spec{
 		Registries:   policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}},
-		NodeEvidence: &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-*"}},
+		NodeEvidence: nodeEvidence,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &engine.Engine{Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithTransport(http.DefaultTransport)), Evidence: store, Now: time.Now}
-	w := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "late",
-		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/late:1"}}}}
+	w := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: name,
+		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/" + name + ":1"}}}}
+	return cfg, store, e, w
+}
+
+// TestRetro admits a workload, then stores a report that its image was
+// built on a worker, many times at once: one late finding per rule, one
+// Event each, and no race (run with -race).
+func TestRetro(t *testing.T) {
+	cfg, store, e, w := lateFixture(t, "late", &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-*"}})
 	v, err := e.Evaluate(t.Context(), w)
 	if err != nil || !v.Allowed {
 		t.Fatalf("admission = %+v, %v", v, err)
@@ -179,31 +193,12 @@ func (c *countingEvaluator) count() int {
 // an Event, a decision record. Connections outside every admitted image's
 // build window, or of another node, judge nothing.
 func TestRetroLateConnection(t *testing.T) {
-	reg := testregistry.New(t)
-	img := testregistry.Build(t, testregistry.Image{Created: time.Now().Add(-48 * time.Hour)})
-	reg.Push(t, "acme/lateconn:1", img)
-	cfg, _ := img.ConfigName()
-	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "e.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	p, err := policy.Compile(policy.Spec{
-		Registries:   policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}},
-		NodeEvidence: &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-*"}, TrustedDestinations: []string{"10.0.0.0/8"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg, store, e, w := lateFixture(t, "lateconn", &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-*"}, TrustedDestinations: []string{"10.0.0.0/8"}})
 	built := time.Now().Add(-47 * time.Hour).UTC()
 	if _, _, err := store.AddReport(t.Context(), evidence.Report{Node: "ci-runner-1", Builds: []evidence.Build{{Source: "agent", EventID: "b1",
 		Node: "ci-runner-1", Tool: "buildkit", ImageID: cfg.String(), Started: built, Finished: built.Add(time.Minute)}}}); err != nil {
 		t.Fatal(err)
 	}
-	e := &engine.Engine{Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver: registry.New(registry.WithTransport(http.DefaultTransport)), Evidence: store, Now: time.Now}
-	w := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "lateconn",
-		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/lateconn:1"}}}}
 	v, err := e.Evaluate(t.Context(), w)
 	if err != nil || !v.Allowed || len(v.Images[0].Findings) != 0 {
 		t.Fatalf("admission = %+v, %v; want allowed without findings (an approved build node)", v, err)
@@ -264,26 +259,7 @@ func TestRetroLateConnection(t *testing.T) {
 // judgement is as of the admission, and flags it (implausible-build-time)
 // rather than finding host-built.
 func TestRetroBuildAfterAdmission(t *testing.T) {
-	reg := testregistry.New(t)
-	img := testregistry.Build(t, testregistry.Image{Created: time.Now().Add(-48 * time.Hour)})
-	reg.Push(t, "acme/after:1", img)
-	cfg, _ := img.ConfigName()
-	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "e.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	p, err := policy.Compile(policy.Spec{
-		Registries:   policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}},
-		NodeEvidence: &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-*"}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &engine.Engine{Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver: registry.New(registry.WithTransport(http.DefaultTransport)), Evidence: store, Now: time.Now}
-	w := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "after",
-		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/after:1"}}}}
+	cfg, store, e, w := lateFixture(t, "after", &policy.NodeEvidence{ApprovedBuildNodes: []string{"ci-*"}})
 	admission := time.Now().Add(-2 * time.Hour)
 	v, err := e.Evaluate(t.Context(), w)
 	if err != nil || !v.Allowed {

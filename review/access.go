@@ -30,7 +30,7 @@ const (
 // not list is refused with 403. On failure it has answered and returns
 // false.
 func (h *Handler) filterScope(w http.ResponseWriter, r *http.Request, s *session, namespace string, since time.Time) (scope, bool) {
-	all, err := h.allowed(r, s, ListDecisions)
+	all, err := h.allowed(r, s, listDecisions(""))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
 		return scope{}, false
@@ -39,7 +39,7 @@ func (h *Handler) filterScope(w http.ResponseWriter, r *http.Request, s *session
 		return scope{all: true}, true
 	}
 	if namespace != "" {
-		ok, err := h.allowed(r, s, ListDecisions.In(namespace))
+		ok, err := h.allowed(r, s, listDecisions(namespace))
 		if err != nil {
 			h.authzFailed(w, r, s, err)
 			return scope{}, false
@@ -69,7 +69,7 @@ func (h *Handler) filterScope(w http.ResponseWriter, r *http.Request, s *session
 	for range min(scopeWorkers, len(nss)) {
 		wg.Go(func() {
 			for i := range work {
-				may[i], errs[i] = h.allowed(r, s, ListDecisions.In(nss[i]))
+				may[i], errs[i] = h.allowed(r, s, listDecisions(nss[i]))
 			}
 		})
 	}

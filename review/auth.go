@@ -14,12 +14,10 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
-	authorizationv1 "k8s.io/api/authorization/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"buildguard.dev/buildguard/apis/v1alpha1"
+	"buildguard.dev/buildguard/kubeauth"
 )
 
 // User is an authenticated person (or service account), as the API
@@ -33,40 +31,29 @@ type User struct {
 
 // Authenticator turns a bearer token into a user.
 type Authenticator interface {
-	// Authenticate returns the token's user, an *AuthError when the token
+	// Authenticate returns the token's user, a *kubeauth.Error when the token
 	// is not valid, or another error when the check itself failed.
 	Authenticate(ctx context.Context, token string) (User, error)
 }
 
-// AuthError is a token that does not authenticate: the caller's fault.
-type AuthError struct{ Reason string }
-
-func (e *AuthError) Error() string { return "not authenticated: " + e.Reason }
-
-// Attributes name what a user wants to do, as a SubjectAccessReview's
-// resource attributes. An empty Namespace means every namespace.
-type Attributes struct {
-	Verb, Group, Resource, Namespace string
-}
+// Attributes name what a user wants to do (kubeauth.Attributes).
+type Attributes = kubeauth.Attributes
 
 // Authorizer decides whether a user may do something.
 type Authorizer interface {
 	Allowed(ctx context.Context, u User, a Attributes) (bool, error)
 }
 
-// The permissions the review UI checks. Decisions are a virtual resource:
-// no API serves them, RBAC rules name them.
-var (
-	// ListDecisions is needed to see decisions (in Namespace, or all).
-	ListDecisions = Attributes{Verb: "list", Group: v1alpha1.Group, Resource: "decisions"}
-	// CreateExceptions is needed to grant an exception in Namespace.
-	CreateExceptions = Attributes{Verb: "create", Group: v1alpha1.Group, Resource: v1alpha1.ExceptionResource.Resource}
-)
+// listDecisions is the permission to see decisions in namespace ("": in
+// all). Decisions are a virtual resource: no API serves them, RBAC rules
+// name them.
+func listDecisions(namespace string) Attributes {
+	return Attributes{Verb: "list", Group: v1alpha1.Group, Resource: "decisions", Namespace: namespace}
+}
 
-// In returns a with its namespace set.
-func (a Attributes) In(namespace string) Attributes {
-	a.Namespace = namespace
-	return a
+// createExceptions is the permission to grant an exception in namespace.
+func createExceptions(namespace string) Attributes {
+	return Attributes{Verb: "create", Group: v1alpha1.Group, Resource: v1alpha1.ExceptionResourceName, Namespace: namespace}
 }
 
 // TokenReviewer authenticates tokens with the API server's TokenReview.
@@ -79,27 +66,18 @@ type TokenReviewer struct {
 
 // Authenticate implements Authenticator.
 func (t *TokenReviewer) Authenticate(ctx context.Context, token string) (User, error) {
-	tr, err := t.Client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
-		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: t.Audiences},
-	}, metav1.CreateOptions{})
-	if err != nil {
+	r, err := kubeauth.ReviewToken(ctx, t.Client, token, t.Audiences)
+	var ae *kubeauth.Error
+	switch {
+	case errors.As(err, &ae):
+		if ae.Reason == "" {
+			ae.Reason = "the API server did not accept the token"
+		}
+		return User{}, ae
+	case err != nil:
 		return User{}, fmt.Errorf("TokenReview: %w", err)
 	}
-	if !tr.Status.Authenticated {
-		reason := tr.Status.Error
-		if reason == "" {
-			reason = "the API server did not accept the token"
-		}
-		return User{}, &AuthError{Reason: reason}
-	}
-	u := User{Name: tr.Status.User.Username, UID: tr.Status.User.UID, Groups: tr.Status.User.Groups}
-	if len(tr.Status.User.Extra) > 0 {
-		u.Extra = make(map[string][]string, len(tr.Status.User.Extra))
-		for k, v := range tr.Status.User.Extra {
-			u.Extra[k] = v
-		}
-	}
-	return u, nil
+	return User(r.User), nil
 }
 
 // SubjectAccessReviewer authorizes with the API server's
@@ -110,25 +88,7 @@ type SubjectAccessReviewer struct {
 
 // Allowed implements Authorizer.
 func (s *SubjectAccessReviewer) Allowed(ctx context.Context, u User, a Attributes) (bool, error) {
-	extra := make(map[string]authorizationv1.ExtraValue, len(u.Extra))
-	for k, v := range u.Extra {
-		extra[k] = v
-	}
-	sar, err := s.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
-		Spec: authorizationv1.SubjectAccessReviewSpec{
-			User: u.Name, UID: u.UID, Groups: u.Groups, Extra: extra,
-			ResourceAttributes: &authorizationv1.ResourceAttributes{
-				Namespace: a.Namespace, Verb: a.Verb, Group: a.Group, Resource: a.Resource,
-			},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		return false, fmt.Errorf("SubjectAccessReview: %w", err)
-	}
-	if sar.Status.EvaluationError != "" && !sar.Status.Allowed {
-		return false, fmt.Errorf("SubjectAccessReview: %s", sar.Status.EvaluationError)
-	}
-	return sar.Status.Allowed && !sar.Status.Denied, nil
+	return kubeauth.Allowed(ctx, s.Client, kubeauth.User(u), a)
 }
 
 // AllowAll lets every authenticated user do everything: the authorizer of
@@ -247,7 +207,7 @@ func (s *StaticTokens) Authenticate(_ context.Context, token string) (User, erro
 		}
 	}
 	if found == nil {
-		return User{}, &AuthError{Reason: "unknown token"}
+		return User{}, &kubeauth.Error{Code: 401, Reason: "unknown token"}
 	}
 	return *found, nil
 }

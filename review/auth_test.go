@@ -22,6 +22,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/kubeauth"
 )
 
 func TestParseTokens(t *testing.T) {
@@ -64,9 +65,9 @@ func TestParseTokens(t *testing.T) {
 					t.Errorf("Authenticate(%q) = %+v, %v; want %+v", token, got, err, want)
 				}
 			}
-			var ae *AuthError
+			var ae *kubeauth.Error
 			if _, err := st.Authenticate(t.Context(), tok+"nope"); !errors.As(err, &ae) {
-				t.Errorf("unknown token: %v, want an *AuthError", err)
+				t.Errorf("unknown token: %v, want a *kubeauth.Error", err)
 			}
 		})
 	}
@@ -203,7 +204,7 @@ func TestTokenReviewer(t *testing.T) {
 			Extra: map[string]authenticationv1.ExtraValue{"authentication.kubernetes.io/pod-name": {"p"}}}},
 			want: User{Name: "system:serviceaccount:buildguard-system:reviewer", UID: "u-9", Groups: []string{"system:serviceaccounts"},
 				Extra: map[string][]string{"authentication.kubernetes.io/pod-name": {"p"}}}},
-		{name: "refused", status: authenticationv1.TokenReviewStatus{Error: "token has expired"}, err: "not authenticated: token has expired"},
+		{name: "refused", status: authenticationv1.TokenReviewStatus{Error: "token has expired"}, err: "token has expired"},
 		{name: "refused without a reason", status: authenticationv1.TokenReviewStatus{}, err: "did not accept the token"},
 		{name: "API error", apiErr: errors.New("connection refused"), err: "TokenReview: connection refused"},
 	} {
@@ -227,9 +228,12 @@ func TestTokenReviewer(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("Authenticate = %+v, %v; want an error with %q", u, err, tc.err)
 				}
-				var ae *AuthError
+				var ae *kubeauth.Error
 				if errors.As(err, &ae) != (tc.apiErr == nil) {
-					t.Errorf("errors.As(%v, *AuthError) wrong: only refusals are the caller's fault", err)
+					t.Errorf("errors.As(%v, *kubeauth.Error) wrong: only refusals are the caller's fault", err)
+				}
+				if ae != nil && ae.Code != 401 {
+					t.Errorf("refusal's Code = %d, want 401", ae.Code)
 				}
 				return
 			}
@@ -267,7 +271,7 @@ func TestSubjectAccessReviewer(t *testing.T) {
 				out.Status = tc.status
 				return true, out, nil
 			})
-			ok, err := (&SubjectAccessReviewer{Client: cs}).Allowed(t.Context(), u, CreateExceptions.In("shop"))
+			ok, err := (&SubjectAccessReviewer{Client: cs}).Allowed(t.Context(), u, createExceptions("shop"))
 			want := authorizationv1.SubjectAccessReviewSpec{User: "bob", UID: "u-2", Groups: []string{"g"},
 				Extra:              map[string]authorizationv1.ExtraValue{"k": {"v"}},
 				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: "shop", Verb: "create", Group: "buildguard.dev", Resource: "buildpolicyexceptions"}}

@@ -32,7 +32,7 @@ const listPage = 500
 // Exceptions implements ExceptionSource.
 func (c *ClusterExceptions) Exceptions(ctx context.Context) ([]Exception, error) {
 	var out []Exception
-	err := c.list(ctx, v1alpha1.ExceptionResource, func(u *unstructured.Unstructured) {
+	err := c.list(ctx, v1alpha1.ExceptionResource(), func(u *unstructured.Unstructured) {
 		x := Exception{Source: SourceResource, Namespace: u.GetNamespace(), Name: u.GetName(), UID: string(u.GetUID()),
 			Recorded: u.GetNamespace() + "/" + u.GetName(), Revocable: true}
 		var spec v1alpha1.ExceptionSpec
@@ -51,7 +51,7 @@ func (c *ClusterExceptions) Exceptions(ctx context.Context) ([]Exception, error)
 	if err != nil {
 		return nil, err
 	}
-	err = c.list(ctx, v1alpha1.PolicyResource, func(u *unstructured.Unstructured) {
+	err = c.list(ctx, v1alpha1.PolicyResource(), func(u *unstructured.Unstructured) {
 		var spec struct {
 			Exceptions []policy.Exception `json:"exceptions"`
 		}
@@ -104,7 +104,7 @@ func (c *ClusterExceptions) Revoke(ctx context.Context, ref ExceptionRef) error 
 		uid := types.UID(ref.UID)
 		opts.Preconditions = &metav1.Preconditions{UID: &uid}
 	}
-	err := c.Client.Resource(v1alpha1.ExceptionResource).Namespace(ref.Namespace).Delete(ctx, ref.Name, opts)
+	err := c.Client.Resource(v1alpha1.ExceptionResource()).Namespace(ref.Namespace).Delete(ctx, ref.Name, opts)
 	switch {
 	case apierrors.IsNotFound(err):
 		return fmt.Errorf("BuildPolicyException %s/%s: %w", ref.Namespace, ref.Name, ErrExceptionGone)

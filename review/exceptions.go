@@ -14,17 +14,21 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/duration"
 
+	"buildguard.dev/buildguard/apis/v1alpha1"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 )
 
-// Attributes of the exceptions page.
-var (
-	// ListExceptions is needed to see the exceptions of Namespace, or,
-	// cluster-wide, those of policies.
-	ListExceptions = Attributes{Verb: "list", Group: "buildguard.dev", Resource: "buildpolicyexceptions"}
-	// DeleteExceptions is needed to revoke an exception in Namespace.
-	DeleteExceptions = Attributes{Verb: "delete", Group: "buildguard.dev", Resource: "buildpolicyexceptions"}
-)
+// listExceptions is the permission to see the exceptions of namespace
+// ("": cluster-wide, which a policy's own need).
+func listExceptions(namespace string) Attributes {
+	return Attributes{Verb: "list", Group: v1alpha1.Group, Resource: v1alpha1.ExceptionResourceName, Namespace: namespace}
+}
+
+// deleteExceptions is the permission to revoke an exception in namespace.
+func deleteExceptions(namespace string) Attributes {
+	return Attributes{Verb: "delete", Group: v1alpha1.Group, Resource: v1alpha1.ExceptionResourceName, Namespace: namespace}
+}
 
 // Where an exception comes from.
 const (
@@ -148,7 +152,7 @@ func (h *Handler) exceptionRows(r *http.Request, s *session) ([]exceptionRow, in
 		if seen {
 			return ok, nil
 		}
-		ok, err := h.allowed(r, s, ListExceptions.In(ns))
+		ok, err := h.allowed(r, s, listExceptions(ns))
 		if err != nil {
 			return false, &authzError{err}
 		}
@@ -185,7 +189,7 @@ func (h *Handler) exceptionRows(r *http.Request, s *session) ([]exceptionRow, in
 			}
 		}
 		if x.Revocable && x.Namespace != "" {
-			if row.CanRevoke, err = h.allowed(r, s, DeleteExceptions.In(x.Namespace)); err != nil {
+			if row.CanRevoke, err = h.allowed(r, s, deleteExceptions(x.Namespace)); err != nil {
 				return nil, 0, &authzError{err}
 			}
 		}
@@ -273,7 +277,7 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request, s *session) {
 		h.fail(w, r, s, http.StatusBadRequest, "The form does not name an exception that can be revoked: a BuildPolicyException or an exception of the exceptions file, by namespace and name.")
 		return
 	}
-	ok, err := h.allowed(r, s, DeleteExceptions.In(ref.Namespace))
+	ok, err := h.allowed(r, s, deleteExceptions(ref.Namespace))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
 		return
@@ -326,7 +330,7 @@ func exceptionsOfPolicy(p *policy.Policy, source string) []Exception {
 func parseExpires(s string) (time.Time, string) {
 	t, err := time.Parse(time.RFC3339, strings.TrimSpace(s))
 	if err != nil {
-		return time.Time{}, fmt.Sprintf("its expiry %q is not RFC 3339, so it does not apply", policy.Shorten(s, 40))
+		return time.Time{}, fmt.Sprintf("its expiry %q is not RFC 3339, so it does not apply", shorten.Text(s, 40))
 	}
 	return t, ""
 }

@@ -63,7 +63,7 @@ func (c *ExceptionCreator) Grant(ctx context.Context, g policysource.Grant) (str
 	var err error
 	for range createAttempts {
 		var out *unstructured.Unstructured
-		out, err = c.Client.Resource(v1alpha1.ExceptionResource).Namespace(g.Namespace).Create(ctx, u, metav1.CreateOptions{})
+		out, err = c.Client.Resource(v1alpha1.ExceptionResource()).Namespace(g.Namespace).Create(ctx, u, metav1.CreateOptions{})
 		if err == nil {
 			return g.Namespace + "/" + out.GetName(), nil
 		}

@@ -27,7 +27,7 @@ var testGrant = policysource.Grant{
 
 func TestExceptionCreator(t *testing.T) {
 	scheme := runtime.NewScheme()
-	c := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, map[schema.GroupVersionResource]string{v1alpha1.ExceptionResource: "BuildPolicyExceptionList"})
+	c := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme, map[schema.GroupVersionResource]string{v1alpha1.ExceptionResource(): "BuildPolicyExceptionList"})
 	// The fake does not generate names as the API server does.
 	c.PrependReactor("create", "buildpolicyexceptions", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		u := a.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured)
@@ -41,7 +41,7 @@ func TestExceptionCreator(t *testing.T) {
 	if name != "shop/review-x7k2p" {
 		t.Errorf("Grant = %q, want shop/review-x7k2p", name)
 	}
-	got, err := c.Resource(v1alpha1.ExceptionResource).Namespace("shop").Get(t.Context(), "review-x7k2p", metavOpts)
+	got, err := c.Resource(v1alpha1.ExceptionResource()).Namespace("shop").Get(t.Context(), "review-x7k2p", metavOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,13 +73,13 @@ func TestExceptionCreatorNameTaken(t *testing.T) {
 		{name: "always taken", collisions: 100, wantErr: "already exists"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{v1alpha1.ExceptionResource: "BuildPolicyExceptionList"})
+			c := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{v1alpha1.ExceptionResource(): "BuildPolicyExceptionList"})
 			calls := 0
 			c.PrependReactor("create", "buildpolicyexceptions", func(a k8stesting.Action) (bool, runtime.Object, error) {
 				calls++
 				u := a.(k8stesting.CreateAction).GetObject().(*unstructured.Unstructured).DeepCopy()
 				if calls <= tc.collisions {
-					return true, nil, apierrors.NewAlreadyExists(v1alpha1.ExceptionResource.GroupResource(), u.GetGenerateName()+"1")
+					return true, nil, apierrors.NewAlreadyExists(v1alpha1.ExceptionResource().GroupResource(), u.GetGenerateName()+"1")
 				}
 				u.SetName(u.GetGenerateName() + strconv.Itoa(calls))
 				return true, u, nil

@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 
 	"buildguard.dev/buildguard/evidence"
-	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/records"
 )
 
@@ -71,7 +71,7 @@ type buildRow struct {
 func (h *Handler) image(w http.ResponseWriter, r *http.Request, s *session) {
 	digest := strings.ToLower(r.PathValue("digest"))
 	notFound := func() {
-		h.fail(w, r, s, http.StatusNotFound, fmt.Sprintf("No decision that you may see recorded the image %q.", policy.Shorten(r.PathValue("digest"), 80)))
+		h.fail(w, r, s, http.StatusNotFound, fmt.Sprintf("No decision that you may see recorded the image %q.", shorten.Text(r.PathValue("digest"), 80)))
 	}
 	if !digestRE.MatchString(digest) {
 		notFound()

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/duration"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/records"
 )
@@ -137,7 +138,7 @@ func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, e
 	if f.Day != "" {
 		t, err := time.Parse(time.DateOnly, f.Day)
 		if err != nil || !dayRE.MatchString(f.Day) {
-			return f, dq, fmt.Errorf("day %q: want a UTC date such as 2026-12-01", policy.Shorten(f.Day, 20))
+			return f, dq, fmt.Errorf("day %q: want a UTC date such as 2026-12-01", shorten.Text(f.Day, 20))
 		}
 		f.Since, dq.Since, dq.Until = "all", t, t.Add(24*time.Hour)
 	}
@@ -153,7 +154,7 @@ func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, e
 		{"scan", f.Scan, scanRE, "is not an audit scan's name (such as scan-20261202T031500Z)"},
 	} {
 		if c.v != "" && !c.re.MatchString(c.v) {
-			return f, dq, fmt.Errorf("%s %q %s", c.name, policy.Shorten(c.v, 80), c.want)
+			return f, dq, fmt.Errorf("%s %q %s", c.name, shorten.Text(c.v, 80), c.want)
 		}
 	}
 	if len(f.Image) > 512 || !utf8.ValidString(f.Image) || strings.ContainsFunc(f.Image, unicode.IsControl) {
@@ -164,7 +165,7 @@ func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, e
 	}
 	for _, v := range q["verdict"] {
 		if !slices.Contains(allVerdicts, v) {
-			return f, dq, fmt.Errorf("verdict %q: want one of %s", policy.Shorten(v, 40), strings.Join(allVerdicts, ", "))
+			return f, dq, fmt.Errorf("verdict %q: want one of %s", shorten.Text(v, 40), strings.Join(allVerdicts, ", "))
 		}
 		if !slices.Contains(f.Verdicts, v) {
 			f.Verdicts = append(f.Verdicts, v)
@@ -176,14 +177,14 @@ func parseFilter(q url.Values, now time.Time) (Filter, evidence.DecisionQuery, e
 	if l := q.Get("limit"); l != "" {
 		n, err := strconv.Atoi(l)
 		if err != nil || n < 1 || n > maxListLimit {
-			return f, dq, fmt.Errorf("limit %q: want a number from 1 to 1000", policy.Shorten(l, 20))
+			return f, dq, fmt.Errorf("limit %q: want a number from 1 to 1000", shorten.Text(l, 20))
 		}
 		f.Limit = n
 	}
 	if p := q.Get("page"); p != "" {
 		n, err := strconv.Atoi(p)
 		if err != nil || n < 1 || n > maxPage {
-			return f, dq, fmt.Errorf("page %q: want a number from 1", policy.Shorten(p, 20))
+			return f, dq, fmt.Errorf("page %q: want a number from 1", shorten.Text(p, 20))
 		}
 		f.Page = n
 	}
@@ -219,7 +220,7 @@ func decodeCursor(s string) (*evidence.Cursor, error) {
 	us, id, ok := strings.Cut(s, "_")
 	n, err := strconv.ParseInt(us, 10, 64)
 	if !ok || err != nil || id == "" || len(id) > 256 || !utf8.ValidString(id) || n < 0 {
-		return nil, fmt.Errorf("%q is not a page of this list; start again from its first page", policy.Shorten(s, 40))
+		return nil, fmt.Errorf("%q is not a page of this list; start again from its first page", shorten.Text(s, 40))
 	}
 	return &evidence.Cursor{Time: time.UnixMicro(n).UTC(), ID: id}, nil
 }
@@ -234,7 +235,7 @@ func parseSince(s string) (time.Duration, error) {
 	} else if d, err := time.ParseDuration(s); err == nil && d > 0 {
 		return d, nil
 	}
-	return 0, fmt.Errorf("since %q: want a duration such as 30m, 24h or 7d, a UTC date such as 2026-12-01, or all", policy.Shorten(s, 40))
+	return 0, fmt.Errorf("since %q: want a duration such as 30m, 24h or 7d, a UTC date such as 2026-12-01, or all", shorten.Text(s, 40))
 }
 
 type listData struct {

@@ -19,7 +19,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"buildguard.dev/buildguard/evidence"
-	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/internal/shorten"
+	"buildguard.dev/buildguard/kubeauth"
 	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/records"
 )
@@ -157,7 +158,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := h.ctx(r)
 	defer cancel()
 	u, err := h.c.Authenticator.Authenticate(ctx, token)
-	var ae *AuthError
+	var ae *kubeauth.Error
 	switch {
 	case errors.As(err, &ae):
 		h.limiter.fail(client, h.c.Now())
@@ -248,7 +249,7 @@ type grantForm struct {
 func (h *Handler) loadDecision(w http.ResponseWriter, r *http.Request, s *session) (evidence.Decision, bool) {
 	id := r.PathValue("id")
 	notFound := func() {
-		h.fail(w, r, s, http.StatusNotFound, fmt.Sprintf("There is no decision %q that you may see.", policy.Shorten(id, 80)))
+		h.fail(w, r, s, http.StatusNotFound, fmt.Sprintf("There is no decision %q that you may see.", shorten.Text(id, 80)))
 	}
 	if id == "" || len(id) > 256 || !utf8.ValidString(id) {
 		notFound()
@@ -266,7 +267,7 @@ func (h *Handler) loadDecision(w http.ResponseWriter, r *http.Request, s *sessio
 		h.fail(w, r, s, http.StatusServiceUnavailable, "The decision store did not answer; try again later.")
 		return d, false
 	}
-	ok, err := h.allowed(r, s, ListDecisions.In(d.Namespace))
+	ok, err := h.allowed(r, s, listDecisions(d.Namespace))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
 		return d, false
@@ -342,7 +343,7 @@ func (h *Handler) detailData(w http.ResponseWriter, r *http.Request, s *session,
 		data.GrantOff = "the decision has no namespace, and exceptions are namespaced"
 		return data, true
 	}
-	ok, err := h.allowed(r, s, CreateExceptions.In(d.Namespace))
+	ok, err := h.allowed(r, s, createExceptions(d.Namespace))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
 		return data, false
@@ -404,7 +405,7 @@ func parseExpiry(s string) (time.Time, error) {
 			return t.UTC(), nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("expiry %q: want a UTC date and time such as 2026-12-09T17:00", policy.Shorten(s, 40))
+	return time.Time{}, fmt.Errorf("expiry %q: want a UTC date and time such as 2026-12-09T17:00", shorten.Text(s, 40))
 }
 
 func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
@@ -420,7 +421,7 @@ func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
 		h.fail(w, r, s, http.StatusForbidden, "No exception can be granted for this decision: granting is off, or the decision has no namespace.")
 		return
 	}
-	ok, err := h.allowed(r, s, CreateExceptions.In(d.Namespace))
+	ok, err := h.allowed(r, s, createExceptions(d.Namespace))
 	if err != nil {
 		h.authzFailed(w, r, s, err)
 		return
@@ -445,7 +446,7 @@ func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
 		known = known || (im.Ref != "" && im.Ref == form.Ref)
 	}
 	if !known {
-		refuse(fmt.Sprintf("The image %q is not a digest of this decision.", policy.Shorten(form.Ref, 200)))
+		refuse(fmt.Sprintf("The image %q is not a digest of this decision.", shorten.Text(form.Ref, 200)))
 		return
 	}
 	now := h.c.Now()

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // Defaults of Config's fields.
@@ -134,9 +135,7 @@ func New(c Config) (*Handler, error) {
 	if c.Random == nil {
 		c.Random = rand.Reader
 	}
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
-	}
+	c.Log = logger.OrDiscard(c.Log)
 	if c.SessionTTL <= 0 {
 		c.SessionTTL = DefaultSessionTTL
 	}

@@ -25,7 +25,9 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/kubeauth"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/records"
@@ -48,7 +50,7 @@ func (f fakeAuth) Authenticate(_ context.Context, token string) (User, error) {
 	}
 	u, ok := f.users[token]
 	if !ok {
-		return User{}, &AuthError{Reason: "token expired"}
+		return User{}, &kubeauth.Error{Code: 401, Reason: "token expired"}
 	}
 	return u, nil
 }
@@ -512,15 +514,13 @@ func TestListBadInput(t *testing.T) {
 	} {
 		w := f.do("GET", "/decisions"+query, nil, c)
 		if w.Code != http.StatusBadRequest || !strings.Contains(text(w.Body.String()), want) {
-			t.Errorf("GET /decisions%s = %d, want 400 saying %q\n%s", shorten(query), w.Code, want, text(w.Body.String()))
+			t.Errorf("GET /decisions%s = %d, want 400 saying %q\n%s", shorten.Text(query, 60), w.Code, want, text(w.Body.String()))
 		}
 		if ids := rowIDs(w.Body.String()); len(ids) > 0 {
-			t.Errorf("GET /decisions%s lists %v on bad input", shorten(query), ids)
+			t.Errorf("GET /decisions%s lists %v on bad input", shorten.Text(query, 60), ids)
 		}
 	}
 }
-
-func shorten(s string) string { return policy.Shorten(s, 60) }
 
 func TestListNamespaceAccess(t *testing.T) {
 	f := newFixture(t)
@@ -630,7 +630,7 @@ func TestDetailAccess(t *testing.T) {
 		"/decisions/%ff%fe":                                   http.StatusNotFound,
 	} {
 		if w := f.do("GET", target, nil, c); w.Code != want {
-			t.Errorf("GET %s = %d, want %d", shorten(target), w.Code, want)
+			t.Errorf("GET %s = %d, want %d", shorten.Text(target, 60), w.Code, want)
 		}
 	}
 }

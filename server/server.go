@@ -8,6 +8,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,9 @@ import (
 
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // Defaults of Server's fields.
@@ -54,6 +58,11 @@ type Server struct {
 	DrainDelay time.Duration
 	// Log is the logger. The default discards.
 	Log *slog.Logger
+	// Metrics, when set, receives
+	// buildguard_tls_certificate_expiry_timestamp_seconds: when the
+	// certificate being served expires, read at each scrape, so that a
+	// rotation that stopped shows before the API server refuses it.
+	Metrics prometheus.Registerer
 
 	draining atomic.Bool
 }
@@ -77,10 +86,7 @@ func CheckFiles(certFile, keyFile string) error {
 
 // Run serves until ctx ends, then shuts down gracefully.
 func (s *Server) Run(ctx context.Context) error {
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger.OrDiscard(s.Log)
 	src := s.Certificates
 	if src == nil {
 		if err := CheckFiles(s.CertFile, s.KeyFile); err != nil {
@@ -91,6 +97,16 @@ func (s *Server) Run(ctx context.Context) error {
 			interval = DefaultCertReloadInterval
 		}
 		src = &certtls.FileCertificateSource{CertPath: s.CertFile, KeyPath: s.KeyFile, UpdateInterval: interval}
+	}
+	if s.Metrics != nil {
+		expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "buildguard_tls_certificate_expiry_timestamp_seconds",
+			Help: "When the serving certificate expires, in seconds since the Unix epoch (0 while there is none).",
+		}, func() float64 { return float64(notAfter(src).Unix()) })
+		if err := s.Metrics.Register(expiry); err != nil {
+			return fmt.Errorf("certificate metric: %w", err)
+		}
+		defer s.Metrics.Unregister(expiry)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -215,6 +231,22 @@ func (s *Server) drain(serveErr <-chan error, log *slog.Logger) error {
 // GetCertificate, which holds the source's lock, rather than Healthy,
 // which in cert-manager v1.21's FileCertificateSource reads the cached
 // certificate without it (a data race under -race).
+// notAfter is when the certificate src serves expires; the zero
+// Unix time when there is none.
+func notAfter(src certtls.CertificateSource) time.Time {
+	c, err := src.GetCertificate(nil)
+	if err != nil || c == nil || len(c.Certificate) == 0 {
+		return time.Unix(0, 0)
+	}
+	leaf := c.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
+			return time.Unix(0, 0)
+		}
+	}
+	return leaf.NotAfter
+}
+
 func hasCertificate(src certtls.CertificateSource) bool {
 	c, err := src.GetCertificate(nil)
 	return err == nil && c != nil

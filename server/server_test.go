@@ -14,11 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"buildguard.dev/buildguard/internal/selfsigned"
 	"buildguard.dev/buildguard/server"
 )
 
-func start(t *testing.T, dir string, files selfsigned.Files) (addr string, stop func() error) {
+func start(t *testing.T, dir string, files selfsigned.Files, reg prometheus.Registerer) (addr string, stop func() error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -28,6 +30,7 @@ func start(t *testing.T, dir string, files selfsigned.Files) (addr string, stop 
 	s := &server.Server{
 		Listener: ln, CertFile: files.Cert, KeyFile: files.Key, ReloadInterval: 50 * time.Millisecond,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }),
+		Metrics: reg,
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -60,14 +63,25 @@ func TestServeAndReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, stop := start(t, dir, files)
+	reg := prometheus.NewRegistry()
+	addr, stop := start(t, dir, files, reg)
 	c := client(files.CAPEM)
+	expiry := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil || len(mfs) != 1 || mfs[0].GetName() != "buildguard_tls_certificate_expiry_timestamp_seconds" {
+			t.Fatalf("gathered %v (%v), want buildguard_tls_certificate_expiry_timestamp_seconds", mfs, err)
+		}
+		return mfs[0].GetMetric()[0].GetGauge().GetValue()
+	}
 	for path, want := range map[string]string{"/healthz": "ok\n", "/readyz": "ok\n", "/validate": "hello"} {
 		if code, body, _ := get(t, c, "https://"+addr+path); code != 200 || body != want {
 			t.Errorf("GET %s = %d %q, want 200 %q", path, code, body, want)
 		}
 	}
 	_, _, first := get(t, c, "https://"+addr+"/healthz")
+	if got, want := expiry(), float64(first.NotAfter.Unix()); got != want {
+		t.Errorf("certificate expiry metric %v, want %v (NotAfter of the certificate served)", got, want)
+	}
 
 	// Rotate, as cert-manager does: a new CA and certificate in place.
 	dir2 := t.TempDir()
@@ -98,6 +112,17 @@ func TestServeAndReload(t *testing.T) {
 			t.Fatalf("the rotated certificate was not served within 5s (last error %v)", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	rotatedCert, err := tls.LoadX509KeyPair(rotated.Cert, rotated.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(rotatedCert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := expiry(), float64(leaf.NotAfter.Unix()); got != want {
+		t.Errorf("certificate expiry metric after rotation %v, want %v", got, want)
 	}
 	if err := stop(); err != nil {
 		t.Errorf("Run returned %v after cancel, want nil", err)

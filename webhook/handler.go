@@ -1,6 +1,13 @@
-// Package webhook speaks admission.k8s.io/v1 AdmissionReview over HTTP:
-// it decodes the review, hands the workload to an Evaluator, and turns the
-// verdict into an admission response. It knows nothing of registries.
+// Package webhook speaks admission.k8s.io/v1 AdmissionReview over HTTP.
+// Handler (/validate) decodes the review and the workload of every kind
+// with a pod template (Kinds), hands it to an Evaluator, makes a deny or
+// would-deny durable through a DecisionRecorder before it answers, tells
+// its observers the decision.Decision, and turns the verdict into the
+// response: allowed, deny message, warnings, audit annotations. Mutator
+// (/mutate) pins each admitted tag to the digest that was judged. Metrics
+// counts reviews by verdict, rule and namespace. DecodeWorkload,
+// DenyMessage and Warnings serve `buildguard check -f` the same way outside
+// admission. It knows nothing of registries or stores.
 package webhook
 
 import (
@@ -20,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"buildguard.dev/buildguard/decision"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -60,14 +68,8 @@ type Handler struct {
 	Now func() time.Time
 }
 
-// discard is the logger of a Handler without one.
-var discard = slog.New(slog.DiscardHandler)
-
 func (h *Handler) log() *slog.Logger {
-	if h.Log == nil {
-		return discard
-	}
-	return h.Log
+	return logger.OrDiscard(h.Log)
 }
 
 // RequestError is an HTTP request that is not an AdmissionReview.

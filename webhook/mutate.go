@@ -14,6 +14,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -46,10 +47,7 @@ type Mutator struct {
 
 // ServeHTTP implements http.Handler.
 func (m *Mutator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	log := m.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := logger.OrDiscard(m.Log)
 	// The mutator looks for the pods' metadata in the raw object, so it
 	// keeps it: decodeTwice.
 	serveReview(w, r, m.MaxBodyBytes, log, nil, decodeTwice, func(ctx context.Context, d decoded) (*admissionv1.AdmissionResponse, *policy.Verdict, error) {

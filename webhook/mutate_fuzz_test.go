@@ -73,16 +73,16 @@ func FuzzPatch(f *testing.F) {
 		var gvk schema.GroupVersionKind
 		if flags&2 != 0 {
 			raw, _ = json.Marshal(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "w"}, Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{ObjectMeta: meta, Spec: spec}}})
-			gvk = Kinds[2]
+			gvk = kindDeployment
 		} else {
 			raw, _ = json.Marshal(&corev1.Pod{ObjectMeta: meta, Spec: spec})
-			gvk = Kinds[0]
+			gvk = kindPod
 		}
 		if flags&4 != 0 {
 			// An object whose JSON has no metadata for the pods at all.
 			var m map[string]any
 			json.Unmarshal(raw, &m)
-			if gvk == Kinds[2] {
+			if gvk == kindDeployment {
 				delete(m["spec"].(map[string]any)["template"].(map[string]any), "metadata")
 			} else {
 				delete(m, "metadata")
@@ -116,7 +116,7 @@ func FuzzPatch(f *testing.F) {
 			var spec *corev1.PodSpec
 			var meta *metav1.ObjectMeta
 			var v any
-			if gvk == Kinds[2] {
+			if gvk == kindDeployment {
 				d := &appsv1.Deployment{}
 				if err := json.Unmarshal(doc, d); err != nil {
 					t.Fatal(err)

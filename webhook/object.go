@@ -9,18 +9,27 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"buildguard.dev/buildguard/engine"
 )
 
-// Kinds lists the workload kinds buildguard judges, as group/version/kind.
-var Kinds = []schema.GroupVersionKind{
-	{Version: "v1", Kind: "Pod"},
-	{Version: "v1", Kind: "ReplicationController"},
-	{Group: "apps", Version: "v1", Kind: "Deployment"},
-	{Group: "apps", Version: "v1", Kind: "ReplicaSet"},
-	{Group: "apps", Version: "v1", Kind: "StatefulSet"},
-	{Group: "apps", Version: "v1", Kind: "DaemonSet"},
-	{Group: "batch", Version: "v1", Kind: "Job"},
-	{Group: "batch", Version: "v1", Kind: "CronJob"},
+// The workload kinds buildguard judges, as group/version/kind.
+var (
+	kindPod                   = schema.GroupVersionKind{Version: "v1", Kind: "Pod"}
+	kindReplicationController = schema.GroupVersionKind{Version: "v1", Kind: "ReplicationController"}
+	kindDeployment            = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}
+	kindReplicaSet            = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "ReplicaSet"}
+	kindStatefulSet           = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "StatefulSet"}
+	kindDaemonSet             = schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "DaemonSet"}
+	kindJob                   = schema.GroupVersionKind{Group: "batch", Version: "v1", Kind: "Job"}
+	kindCronJob               = schema.GroupVersionKind{Group: "batch", Version: "v1", Kind: "CronJob"}
+)
+
+// Kinds lists the workload kinds buildguard judges; the slice is the
+// caller's.
+func Kinds() []schema.GroupVersionKind {
+	return []schema.GroupVersionKind{kindPod, kindReplicationController, kindDeployment, kindReplicaSet,
+		kindStatefulSet, kindDaemonSet, kindJob, kindCronJob}
 }
 
 // UnsupportedKindError is a request for a kind buildguard does not judge:
@@ -28,8 +37,9 @@ var Kinds = []schema.GroupVersionKind{
 type UnsupportedKindError struct{ GVK schema.GroupVersionKind }
 
 func (e *UnsupportedKindError) Error() string {
-	names := make([]string, len(Kinds))
-	for i, k := range Kinds {
+	ks := Kinds()
+	names := make([]string, len(ks))
+	for i, k := range ks {
 		names[i] = k.Kind
 	}
 	return fmt.Sprintf("buildguard does not handle %s; it handles %s (check the webhook configuration's rules)",
@@ -116,6 +126,21 @@ func podSpecOf(d decoded) (workloadObject, error) {
 	return decodeWorkload(gvk, d.req.Object.Raw)
 }
 
+// DecodeWorkload decodes raw, the JSON of an object of kind gvk, as the
+// webhook decodes the object of an admission request. It returns the
+// workload it runs — Kind, Name, Labels, Spec and Annotations; the
+// namespace is the caller's to say — and the JSON pointer of its pod spec
+// ("/spec/template/spec" for a Deployment). A kind buildguard does not
+// judge gives an *UnsupportedKindError, an object that does not decode a
+// *DecodeError.
+func DecodeWorkload(gvk schema.GroupVersionKind, raw []byte) (engine.Workload, string, error) {
+	o, err := decodeWorkload(gvk, raw)
+	if err != nil {
+		return engine.Workload{}, "", err
+	}
+	return engine.Workload{Kind: gvk.Kind, Name: o.meta.Name, Labels: o.meta.Labels, Spec: o.spec, Annotations: o.annotations()}, o.specPath, nil
+}
+
 // decodeWorkload decodes raw as a workload of kind gvk. It reads only
 // the fields buildguard uses: decoding a whole Deployment with the typed
 // API structs cost more than everything else a cached review does.
@@ -130,20 +155,20 @@ func decodeWorkload(gvk schema.GroupVersionKind, raw []byte) (workloadObject, er
 // workloadFrom returns the workload of kind gvk that o holds.
 func workloadFrom(gvk schema.GroupVersionKind, o *wireObject) (workloadObject, error) {
 	switch gvk {
-	case Kinds[0]: // Pod
+	case kindPod:
 		return workloadObject{meta: o.Metadata.meta(), spec: o.Spec.wirePodSpec.podSpec(), specPath: "/spec", metaPath: "/metadata"}, nil
-	case Kinds[1], Kinds[2], Kinds[3], Kinds[4], Kinds[5], Kinds[6]: // template at spec.template
+	case kindReplicationController, kindDeployment, kindReplicaSet, kindStatefulSet, kindDaemonSet, kindJob: // template at spec.template
 		w := workloadObject{meta: o.Metadata.meta(), specPath: "/spec/template/spec", metaPath: "/spec/template/metadata"}
 		if t := o.Spec.Template; t != nil {
 			m := t.Metadata.meta()
 			w.template, w.spec = &m, t.Spec.podSpec()
-		} else if gvk != Kinds[1] {
+		} else if gvk != kindReplicationController {
 			w.spec = (&wirePodSpec{}).podSpec() // the API server defaults a template; an empty one judges nothing
 			m := metav1.ObjectMeta{}
 			w.template = &m
 		}
 		return w, nil
-	case Kinds[7]: // CronJob
+	case kindCronJob:
 		w := workloadObject{meta: o.Metadata.meta(), specPath: "/spec/jobTemplate/spec/template/spec", metaPath: "/spec/jobTemplate/spec/template/metadata"}
 		m := metav1.ObjectMeta{}
 		w.template, w.spec = &m, (&wirePodSpec{}).podSpec()

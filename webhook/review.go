@@ -15,6 +15,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -180,7 +181,7 @@ func (h *Handler) respond(req *admissionv1.AdmissionRequest, name string, v poli
 		}
 		return resp
 	}
-	resp.Warnings = warnings(v)
+	resp.Warnings = Warnings(v)
 	return resp
 }
 
@@ -202,19 +203,25 @@ const omittedReserve = 512
 // container and image, which rule, the evidence, and what to do. Findings
 // are listed in order while they fit in MaxDenyMessage.
 func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v policy.Verdict) string {
+	return DenyMessage(req.Kind.Kind, req.Namespace, name, v, h.ExceptionHelp)
+}
+
+// DenyMessage is the message of a denial of the workload kind
+// namespace/name by v, as kubectl shows it; help is its last line, and
+// DefaultExceptionHelp when empty. `buildguard check` says the same.
+func DenyMessage(kind, namespace, name string, v policy.Verdict, help string) string {
 	denied := 0
 	for _, iv := range v.Images {
 		if iv.Outcome == policy.OutcomeDeny {
 			denied++
 		}
 	}
-	help := h.ExceptionHelp
 	if help == "" {
 		help = DefaultExceptionHelp
 	}
-	help = policy.Shorten(help, maxFindingLine)
+	help = shorten.Text(help, maxFindingLine)
 	var b strings.Builder
-	fmt.Fprintf(&b, "buildguard denied %s %q in namespace %q: %d of %d images failed policy.", req.Kind.Kind, name, req.Namespace, denied, len(v.Images))
+	fmt.Fprintf(&b, "buildguard denied %s %q in namespace %q: %d of %d images failed policy.", kind, name, namespace, denied, len(v.Images))
 	limit := MaxDenyMessage - len(help) - 1 - omittedReserve
 	full := false
 	moreFindings, moreImages := 0, 0
@@ -240,7 +247,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 		if iv.Digest != "" && !strings.HasSuffix(iv.Image, "@"+iv.Digest) {
 			digest = " (" + iv.Digest + ")"
 		}
-		head := policy.Shorten(fmt.Sprintf("- %s %q image %s%s:", iv.ContainerKind, iv.Container, iv.Image, digest), maxFindingLine)
+		head := shorten.Text(fmt.Sprintf("- %s %q image %s%s:", iv.ContainerKind, iv.Container, iv.Image, digest), maxFindingLine)
 		head = "\n" + head
 		listed, denies := false, false
 		for _, f := range iv.Findings {
@@ -252,7 +259,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 			if listed {
 				first = ""
 			}
-			if add(first, "\n  ["+string(f.Rule)+"] "+policy.Shorten(f.Message, maxFindingLine), f.Rule) {
+			if add(first, "\n  ["+string(f.Rule)+"] "+shorten.Text(f.Message, maxFindingLine), f.Rule) {
 				listed = true
 			}
 		}
@@ -262,7 +269,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 	}
 	for _, f := range v.Findings {
 		if f.Action == policy.ActionDeny {
-			add("", "\n- ["+string(f.Rule)+"] "+policy.Shorten(f.Message, maxFindingLine), f.Rule)
+			add("", "\n- ["+string(f.Rule)+"] "+shorten.Text(f.Message, maxFindingLine), f.Rule)
 		}
 	}
 	if moreFindings > 0 {
@@ -275,7 +282,7 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 		if moreImages > 0 {
 			fmt.Fprintf(&b, " on %d more images", moreImages)
 		}
-		fmt.Fprintf(&b, " not shown (%s)", policy.Shorten(strings.Join(rules, ", "), omittedReserve-80))
+		fmt.Fprintf(&b, " not shown (%s)", shorten.Text(strings.Join(rules, ", "), omittedReserve-80))
 	}
 	b.WriteString("\n")
 	b.WriteString(help)
@@ -287,15 +294,16 @@ func (h *Handler) denyMessage(req *admissionv1.AdmissionRequest, name string, v 
 // many more findings there are.
 const MaxWarnings = 32
 
-// warnings are one line per finding that did not deny, and, outside
-// enforce mode, per finding that would have; each fits in maxWarning, and
+// Warnings are the warnings of an admission that v admits, as kubectl
+// shows them: one line per finding that did not deny, and, outside
+// enforce mode, per finding that would have; each fits in 120 bytes, and
 // there are at most MaxWarnings.
-func warnings(v policy.Verdict) []string {
+func Warnings(v policy.Verdict) []string {
 	var out []string
 	seen := map[string]bool{}
 	more := 0
 	add := func(w string) {
-		w = policy.Shorten(w, maxWarning)
+		w = shorten.Text(w, maxWarning)
 		switch {
 		case seen[w]:
 		case len(out) < MaxWarnings:

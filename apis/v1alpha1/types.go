@@ -28,12 +28,21 @@ const (
 	KindExceptionList        = "ExceptionList"
 )
 
-var (
-	// PolicyResource is the ClusterBuildPolicy resource.
-	PolicyResource = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "clusterbuildpolicies"}
-	// ExceptionResource is the BuildPolicyException resource.
-	ExceptionResource = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "buildpolicyexceptions"}
+// Resources of this version, by their plural names.
+const (
+	PolicyResourceName    = "clusterbuildpolicies"
+	ExceptionResourceName = "buildpolicyexceptions"
 )
+
+// PolicyResource is the ClusterBuildPolicy resource.
+func PolicyResource() schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: Group, Version: Version, Resource: PolicyResourceName}
+}
+
+// ExceptionResource is the BuildPolicyException resource.
+func ExceptionResource() schema.GroupVersionResource {
+	return schema.GroupVersionResource{Group: Group, Version: Version, Resource: ExceptionResourceName}
+}
 
 // PolicySpec is the spec of a ClusterBuildPolicy: the fields of a policy
 // file and the selectors of what it governs.

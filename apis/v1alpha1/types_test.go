@@ -62,8 +62,8 @@ func TestMatchesCRDs(t *testing.T) {
 		gvr  string
 		spec reflect.Type
 	}{
-		{"buildguard.dev_clusterbuildpolicies.yaml", v1alpha1.KindClusterBuildPolicy, v1alpha1.PolicyResource.String(), reflect.TypeFor[v1alpha1.PolicySpec]()},
-		{"buildguard.dev_buildpolicyexceptions.yaml", v1alpha1.KindBuildPolicyException, v1alpha1.ExceptionResource.String(), reflect.TypeFor[v1alpha1.ExceptionSpec]()},
+		{"buildguard.dev_clusterbuildpolicies.yaml", v1alpha1.KindClusterBuildPolicy, v1alpha1.PolicyResource().String(), reflect.TypeFor[v1alpha1.PolicySpec]()},
+		{"buildguard.dev_buildpolicyexceptions.yaml", v1alpha1.KindBuildPolicyException, v1alpha1.ExceptionResource().String(), reflect.TypeFor[v1alpha1.ExceptionSpec]()},
 	} {
 		b, err := os.ReadFile(filepath.Join("..", "..", "manifests", "crd", tc.file))
 		if err != nil {

@@ -25,7 +25,9 @@ import (
 
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/policyreport"
 	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/provenance"
 	"buildguard.dev/buildguard/registry"
@@ -67,6 +69,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	var output string
 	fs.StringVar(&output, "output", "table", "output format: table or json (the whole report)")
 	fs.StringVar(&output, "o", "table", "short for --output")
+	reports := fs.String("policy-reports", "none", "write the scan's policy reports to the cluster: openreports (openreports.io/v1alpha1), wgpolicyk8s (wgpolicyk8s.io/v1alpha2) or none")
 	noProgress := fs.Bool("no-progress", false, "do not report progress on stderr")
 	verbose := fs.Bool("v", false, "log lookups that failed and other details on stderr")
 	if err := parseFlags(fs, args, stderr); err != nil {
@@ -102,6 +105,10 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	if err != nil {
 		return exitError, err
 	}
+	rw, err := policyreport.NewWriter(*reports, cfg, log)
+	if err != nil {
+		return exitError, &usageError{msg: "--policy-reports: " + err.Error() + " or none"}
+	}
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return exitError, err
@@ -114,7 +121,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		Timeout:    rf.Timeout,
 		Log:        log,
 	}
-	e.Verifier = pvf.Verifier(e.Resolver)
+	e.Verifier = pvf.Verifier(e.Resolver, nil)
 	if v, ok := e.Verifier.(*provenance.Verifier); ok {
 		v.Log = log
 	}
@@ -161,6 +168,16 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	if err != nil && r == nil {
 		return exitError, err
 	}
+	var reportErr error
+	if rw != nil && err == nil {
+		st, werr := rw.Write(ctx, r)
+		if werr != nil {
+			reportErr = fmt.Errorf("policy reports: %w", werr)
+		} else {
+			fmt.Fprintf(stderr, "audit: policy reports: %d created, %d updated, %d deleted; %d results (%d left out of full reports)\n",
+				st.Created, st.Updated, st.Deleted, st.Results, st.Omitted)
+		}
+	}
 	if output == "json" {
 		if err := json.NewEncoder(stdout).Encode(r); err != nil {
 			return exitError, err
@@ -171,6 +188,8 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	switch {
 	case err != nil:
 		return exitError, err
+	case reportErr != nil:
+		return exitError, reportErr
 	case r.Totals.Errors > 0 || r.Totals.NotRecorded > 0:
 		return exitError, nil
 	case r.Totals.WouldDeny > 0:
@@ -423,9 +442,9 @@ func writeAuditReport(w io.Writer, r *audit.Report, recorded bool) error {
 		workload := res.Namespace + "/" + strings.ToLower(res.Kind) + "/" + res.Name
 		switch {
 		case res.Error != "":
-			failed = append(failed, []string{workload, policy.Shorten(res.Error, 100)})
+			failed = append(failed, []string{workload, shorten.Text(res.Error, 100)})
 		case res.RecordError != "":
-			failed = append(failed, []string{workload, "not recorded: " + policy.Shorten(res.RecordError, 100)})
+			failed = append(failed, []string{workload, "not recorded: " + shorten.Text(res.RecordError, 100)})
 		}
 		if res.Verdict == policy.WouldDeny {
 			denied = append(denied, []string{workload, strings.Join(res.DenyRules, ",")})

@@ -10,30 +10,24 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
-	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes"
 
 	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/audit"
+	"buildguard.dev/buildguard/audit/audittest"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/internal/testclock"
-	"buildguard.dev/buildguard/internal/testregistry"
-	"buildguard.dev/buildguard/policy"
-	"buildguard.dev/buildguard/registry"
 )
 
-var auditNow = time.Date(2026, 12, 2, 3, 15, 0, 0, time.UTC)
+var auditNow = audittest.Now()
 
 func TestAuditUsage(t *testing.T) {
 	for _, tc := range []struct {
@@ -55,59 +49,8 @@ func TestAuditUsage(t *testing.T) {
 	}
 }
 
-func auditMeta(ns, name string, owner types.UID) metav1.ObjectMeta {
-	m := metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID(ns + "-" + name)}
-	if owner != "" {
-		yes := true
-		m.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "rs", UID: owner, Controller: &yes}}
-	}
-	return m
-}
-
-func auditPod(ns, name string, owner types.UID, image string) *corev1.Pod {
-	return &corev1.Pod{ObjectMeta: auditMeta(ns, name, owner), Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}}
-}
-
-// auditFixture is a cluster with a clean Deployment, a Pod from an
-// unapproved registry, a fresh image in an audit-mode namespace, and a
-// Pod whose registry is down; and an engine judging it.
-func auditFixture(t *testing.T) (*fake.Clientset, *engine.Engine) {
-	reg := testregistry.New(t)
-	reg.Push(t, "acme/old:1", testregistry.Build(t, testregistry.Image{Created: auditNow.Add(-48 * time.Hour)}))
-	reg.Push(t, "acme/fresh:1", testregistry.Build(t, testregistry.Image{Created: auditNow.Add(-time.Minute)}))
-	down := testregistry.New(t)
-	down.Server.Close()
-	old, fresh := reg.Host+"/acme/old:1", reg.Host+"/acme/fresh:1"
-	cs := fake.NewClientset(
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "audited", Labels: map[string]string{engine.ModeLabel: "audit"}}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "legacy"}},
-		&appsv1.Deployment{ObjectMeta: auditMeta("shop", "web", ""), Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{
-			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: old}}}}}},
-		&appsv1.ReplicaSet{ObjectMeta: auditMeta("shop", "web-1", "shop-web"), Spec: appsv1.ReplicaSetSpec{Template: corev1.PodTemplateSpec{
-			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: old}}}}}},
-		auditPod("shop", "web-1-a", "shop-web-1", old),
-		auditPod("legacy", "tool", "", "evil.example/tool:1"),
-		auditPod("legacy", "unreachable", "", down.Host+"/acme/old:1"),
-		auditPod("audited", "canary", "", fresh),
-	)
-	p, err := policy.Compile(policy.Spec{Registries: policy.Registries{Allow: []string{reg.Host + "/acme/*", down.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clock := testclock.New(auditNow)
-	e := &engine.Engine{
-		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
-		Namespaces: &namespaceCache{client: cs},
-		Now:        clock.Now,
-		Timeout:    5 * time.Second,
-	}
-	return cs, e
-}
-
 func TestAuditReportTable(t *testing.T) {
-	cs, e := auditFixture(t)
+	cs, e := audittest.Cluster(t, func(c kubernetes.Interface) engine.Namespaces { return &namespaceCache{client: c} })
 	s := &audit.Scanner{Client: cs, Evaluator: e, Now: func() time.Time { return auditNow }}
 	r, err := s.Scan(t.Context())
 	if err != nil {
@@ -224,25 +167,25 @@ func TestAuditReadOnlyPolicies(t *testing.T) {
 		"metadata": map[string]any{"name": "hotfix", "namespace": "shop"},
 	}}
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		v1alpha1.PolicyResource:    "ClusterBuildPolicyList",
-		v1alpha1.ExceptionResource: "BuildPolicyExceptionList",
+		v1alpha1.PolicyResource():    "ClusterBuildPolicyList",
+		v1alpha1.ExceptionResource(): "BuildPolicyExceptionList",
 	}, policyObj, exceptionObj)
 	ro := readOnly{dyn}
-	if _, err := ro.Resource(v1alpha1.PolicyResource).UpdateStatus(t.Context(), policyObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
+	if _, err := ro.Resource(v1alpha1.PolicyResource()).UpdateStatus(t.Context(), policyObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
 		t.Errorf("UpdateStatus of a ClusterBuildPolicy = %v, want errReadOnly", err)
 	}
-	if _, err := ro.Resource(v1alpha1.ExceptionResource).Namespace("shop").UpdateStatus(t.Context(), exceptionObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
+	if _, err := ro.Resource(v1alpha1.ExceptionResource()).Namespace("shop").UpdateStatus(t.Context(), exceptionObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
 		t.Errorf("UpdateStatus of a BuildPolicyException = %v, want errReadOnly", err)
 	}
 	for _, a := range dyn.Actions() {
 		t.Errorf("a refused write reached the client: %s %s", a.GetVerb(), a.GetResource().Resource)
 	}
 	// Reads go through.
-	l, err := ro.Resource(v1alpha1.PolicyResource).List(t.Context(), metav1.ListOptions{})
+	l, err := ro.Resource(v1alpha1.PolicyResource()).List(t.Context(), metav1.ListOptions{})
 	if err != nil || len(l.Items) != 1 {
 		t.Errorf("List = %v, %v; want the one policy", l, err)
 	}
-	if _, err := ro.Resource(v1alpha1.ExceptionResource).Namespace("shop").Get(t.Context(), "hotfix", metav1.GetOptions{}); err != nil {
+	if _, err := ro.Resource(v1alpha1.ExceptionResource()).Namespace("shop").Get(t.Context(), "hotfix", metav1.GetOptions{}); err != nil {
 		t.Errorf("Get = %v", err)
 	}
 }
@@ -361,6 +304,23 @@ func TestAuditCommand(t *testing.T) {
 		t.Errorf("audit -n empty = %d, %q; want %d", code, stdout.String(), exitOK)
 	}
 
+	// Policy reports asked for where the API server has no CRD for them:
+	// the scan is reported, and its exit status says the reports were not
+	// written.
+	stdout.Reset()
+	stderr.Reset()
+	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "--policy-reports=wgpolicyk8s", "--no-progress"}, &stdout, &stderr)
+	if code != exitError || !strings.Contains(stdout.String(), "shop/pod/tool") ||
+		!strings.Contains(stderr.String(), "buildguard: policy reports: policy report CRDs not served") {
+		t.Errorf("audit --policy-reports=wgpolicyk8s without the CRDs = %d, stdout %q, stderr %q; want %d, the report, and why none was written",
+			code, stdout.String(), stderr.String(), exitError)
+	}
+	stderr.Reset()
+	code = run(t.Context(), []string{"audit", "--kubeconfig=" + kc, "--config=" + policyFile, "--policy-reports=kyverno"}, &stdout, &stderr)
+	if code != exitError || !strings.Contains(stderr.String(), `--policy-reports: policy report API "kyverno": want openreports or wgpolicyk8s or none`) {
+		t.Errorf("audit --policy-reports=kyverno = %d, stderr %q; want %d and a usage error", code, stderr.String(), exitError)
+	}
+
 	// A kind that cannot be listed fails the scan.
 	stdout.Reset()
 	stderr.Reset()
@@ -368,22 +328,4 @@ func TestAuditCommand(t *testing.T) {
 	if code != exitError || !strings.Contains(stderr.String(), "buildguard: listing ReplicaSets in all namespaces: replicasets is forbidden") {
 		t.Errorf("audit with replicasets forbidden = %d, stderr %q; want %d and the listing error", code, stderr.String(), exitError)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger's goroutine and the test's.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

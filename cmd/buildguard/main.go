@@ -4,6 +4,7 @@
 //
 //	buildguard serve --config FILE --tls-cert-file FILE --tls-private-key-file FILE
 //	buildguard check --config FILE [--output text|json] IMAGE...
+//	buildguard check --config FILE -f PATH... [--output text|json|junit|sarif]
 //	buildguard denials [--since 24h] [--namespace NS] [--rule ID] [--image GLOB] [--output table|json|yaml]
 //	buildguard denials show ID
 //	buildguard audit [--config FILE | --policy-source=crd] [--namespace NS] [--output table|json]
@@ -59,6 +60,7 @@ const usage = `buildguard denies container images built outside approved pipelin
 Usage:
   buildguard serve --config FILE --tls-cert-file FILE --tls-private-key-file FILE [flags]
   buildguard check --config FILE [--output text|json] IMAGE...
+  buildguard check --config FILE -f FILE|DIR|- ... [--namespace NS] [-o text|json|junit|sarif]
   buildguard denials [--since 24h] [-n NAMESPACE] [--rule ID] [--image GLOB]
                      [--verdict deny,would-deny] [-o table|json|yaml] --store-sqlite PATH
   buildguard denials show ID --store-sqlite PATH
@@ -103,7 +105,7 @@ func runAs(ctx context.Context, prog string, args []string, stdout, stderr io.Wr
 	case "serve":
 		err = serve(ctx, args[1:], stderr)
 	case "check":
-		code, err = check(ctx, args[1:], stdout, stderr)
+		code, err = check(ctx, args[1:], os.Stdin, stdout, stderr)
 	case "denials":
 		err = denials(ctx, args[1:], stdout, stderr, time.Now())
 	case "audit":

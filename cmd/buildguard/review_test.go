@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"buildguard.dev/buildguard/internal/syncbuffer"
+
 	"buildguard.dev/buildguard/internal/selfsigned"
 	"buildguard.dev/buildguard/internal/testregistry"
 )
@@ -51,7 +53,7 @@ func TestReviewFlagErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// serve's goroutines (retention) may still log after it
 			// returns an error: a buffer safe for them.
-			var stdout, stderr syncBuffer
+			var stdout, stderr syncbuffer.Buffer
 			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 			defer cancel()
 			code := run(ctx, append(append([]string{}, base...), tc.args...), &stdout, &stderr)
@@ -92,7 +94,7 @@ func TestReviewWithoutCluster(t *testing.T) {
 	exceptions := filepath.Join(dir, "exceptions.yaml")
 	webhookAddr, reviewAddr := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
-	var stderr syncBuffer
+	var stderr syncbuffer.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--config", pol, "--tls-cert-file", files.Cert, "--tls-private-key-file", files.Key,

@@ -17,6 +17,7 @@ import (
 	"buildguard.dev/buildguard/cluster"
 	"buildguard.dev/buildguard/ingest"
 	"buildguard.dev/buildguard/internal/memlimit"
+	"buildguard.dev/buildguard/policyreport"
 	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/review"
 )
@@ -69,6 +70,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	auditExclude := fs.String("audit-exclude-namespaces", defaultAuditExclusions, "comma-separated namespaces a periodic scan does not judge (\"\" for none)")
 	fs.IntVar(&o.Audit.Concurrency, "audit-concurrency", defaultAuditConcurrency, "workloads a periodic scan judges at once; it shares registry connections with admission")
 	fs.StringVar(&o.Audit.Lease, "audit-lease", audit.DefaultClaimLease, "the Lease ([namespace/]name; the default namespace is the pod's) in which replicas claim each periodic scan, so that one of them runs it")
+	fs.StringVar(&o.Audit.PolicyReports, "audit-policy-reports", string(policyreport.OpenReports), "policy reports each complete periodic scan writes: openreports (openreports.io/v1alpha1 Report, ClusterReport), wgpolicyk8s (wgpolicyk8s.io/v1alpha2 PolicyReport, ClusterPolicyReport) or none; written only where the API server serves their CRDs")
 	fs.StringVar(&o.Review.Listen, "review-listen", "", "address to serve the web review UI on, over HTTPS with the webhook's certificate (default: off)")
 	fs.StringVar(&o.Review.TokenFile, "review-token-file", "", "without a cluster: the review UI's users, one a line as token,user,uid[,\"group1,group2\"] (kube-apiserver's token file format); every user may view and grant")
 	fs.StringVar(&o.Review.SessionKeyFile, "review-session-key-file", "", "file holding the key (at least 32 bytes) that signs review sessions; replicas behind one Service need the same (default: random, so sessions end at restart)")

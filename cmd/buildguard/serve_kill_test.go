@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"buildguard.dev/buildguard/internal/syncbuffer"
+
 	"buildguard.dev/buildguard/internal/selfsigned"
 	"buildguard.dev/buildguard/internal/testpostgres"
 )
@@ -161,7 +163,7 @@ func journaledBytes(args []string) int64 {
 type serveProc struct {
 	cmd    *exec.Cmd
 	addr   string
-	stderr *syncBuffer
+	stderr *syncbuffer.Buffer
 	exited chan struct{}
 }
 
@@ -172,7 +174,7 @@ func startServe(t *testing.T, exe string, env, args []string, client *http.Clien
 	addr := freeAddr(t)
 	cmd := exec.Command(exe, append([]string{"serve", "--listen", addr, "--log-format", "text"}, args...)...)
 	cmd.Env = append(append(os.Environ(), "KUBERNETES_SERVICE_HOST="), env...)
-	p := &serveProc{cmd: cmd, addr: addr, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &serveProc{cmd: cmd, addr: addr, stderr: &syncbuffer.Buffer{}, exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	// Never outlive the test binary.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -426,7 +428,7 @@ func checkListed(t *testing.T, exe string, env, storeArgs []string, ns string, a
 func TestServeDecisionCommitFlag(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	pol := writePolicy(t, "registries:\n  allow: [\"127.0.0.1:*/acme/*\"]\n")
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuffer.Buffer
 	code := run(t.Context(), []string{"serve", "--config", pol, "--listen", "127.0.0.1:0", "--decision-commit", "memory"}, &stdout, &stderr)
 	if code != exitError || !strings.Contains(stderr.String(), `--decision-commit "memory": want store or journal`) {
 		t.Errorf("serve --decision-commit memory = %d, %q; want %d and a usage error", code, stderr.String(), exitError)

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"time"
+
+	"buildguard.dev/buildguard/internal/logger"
 )
 
 // Sensor names reported by Watcher.Sensor.
@@ -86,9 +88,7 @@ func (o Options) withDefaults() Options {
 	if o.Interval <= 0 {
 		o.Interval = time.Second
 	}
-	if o.Log == nil {
-		o.Log = slog.New(slog.DiscardHandler)
-	}
+	o.Log = logger.OrDiscard(o.Log)
 	return o
 }
 

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/internal/shorten"
 )
 
 // traceField is one field of a tracepoint record as tracefs describes it in
@@ -73,7 +73,7 @@ func parseTraceFormat(data []byte) (map[string]traceField, error) {
 func parseFieldLine(text string) (string, traceField, error) {
 	parts := strings.Split(text, ";")
 	if len(parts) < 4 {
-		return "", traceField{}, fmt.Errorf("want field, offset, size and signed in %q", policy.Shorten(text, quoteLen))
+		return "", traceField{}, fmt.Errorf("want field, offset, size and signed in %q", shorten.Text(text, quoteLen))
 	}
 	decl := strings.TrimSpace(strings.TrimPrefix(parts[0], "field:"))
 	name, err := fieldName(decl)
@@ -84,7 +84,7 @@ func parseFieldLine(text string) (string, traceField, error) {
 	for i, key := range []string{"offset", "size", "signed"} {
 		k, v, ok := strings.Cut(strings.TrimSpace(parts[i+1]), ":")
 		if !ok || k != key {
-			return "", traceField{}, fmt.Errorf("field %s: want %s:N, got %q", name, key, policy.Shorten(parts[i+1], quoteLen))
+			return "", traceField{}, fmt.Errorf("field %s: want %s:N, got %q", name, key, shorten.Text(parts[i+1], quoteLen))
 		}
 		n, err := strconv.ParseUint(v, 10, 16)
 		if err != nil {
@@ -117,7 +117,7 @@ func fieldName(decl string) (string, error) {
 	j := strings.LastIndexAny(decl, " \t*")
 	name := decl[j+1:]
 	if !isIdent(name) {
-		return "", fmt.Errorf("no field name in %q", policy.Shorten(decl, quoteLen))
+		return "", fmt.Errorf("no field name in %q", shorten.Text(decl, quoteLen))
 	}
 	return name, nil
 }

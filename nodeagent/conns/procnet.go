@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"buildguard.dev/buildguard/policy"
+	"buildguard.dev/buildguard/internal/shorten"
 )
 
 // TCP states as /proc/net/tcp prints them (include/net/tcp_states.h).
@@ -42,7 +42,7 @@ func parseProcNetTCP(r io.Reader, fn func(tcpEntry)) error {
 		text := sc.Text()
 		if line == 1 {
 			if !strings.Contains(text, "local_address") {
-				return fmt.Errorf("tcp table: line 1 is not the header: %q", policy.Shorten(text, quoteLen))
+				return fmt.Errorf("tcp table: line 1 is not the header: %q", shorten.Text(text, quoteLen))
 			}
 			continue
 		}
@@ -72,7 +72,7 @@ func parseTCPLine(text string) (tcpEntry, error) {
 		return tcpEntry{}, fmt.Errorf("%d fields, want at least 10", len(f))
 	}
 	if !strings.HasSuffix(f[0], ":") {
-		return tcpEntry{}, fmt.Errorf("slot %q", policy.Shorten(f[0], quoteLen))
+		return tcpEntry{}, fmt.Errorf("slot %q", shorten.Text(f[0], quoteLen))
 	}
 	var e tcpEntry
 	var err error
@@ -87,16 +87,16 @@ func parseTCPLine(text string) (tcpEntry, error) {
 	}
 	st, err := strconv.ParseUint(f[3], 16, 8)
 	if err != nil {
-		return tcpEntry{}, fmt.Errorf("state %q", policy.Shorten(f[3], quoteLen))
+		return tcpEntry{}, fmt.Errorf("state %q", shorten.Text(f[3], quoteLen))
 	}
 	e.State = uint8(st)
 	uid, err := strconv.ParseUint(f[7], 10, 32)
 	if err != nil {
-		return tcpEntry{}, fmt.Errorf("uid %q", policy.Shorten(f[7], quoteLen))
+		return tcpEntry{}, fmt.Errorf("uid %q", shorten.Text(f[7], quoteLen))
 	}
 	e.UID = uint32(uid)
 	if e.Inode, err = strconv.ParseUint(f[9], 10, 64); err != nil {
-		return tcpEntry{}, fmt.Errorf("inode %q", policy.Shorten(f[9], quoteLen))
+		return tcpEntry{}, fmt.Errorf("inode %q", shorten.Text(f[9], quoteLen))
 	}
 	return e, nil
 }
@@ -107,18 +107,18 @@ func parseTCPLine(text string) (tcpEntry, error) {
 func parseHexAddrPort(s string) (netip.AddrPort, error) {
 	a, p, ok := strings.Cut(s, ":")
 	if !ok || len(p) != 4 {
-		return netip.AddrPort{}, fmt.Errorf("%q is not ADDR:PORT in hex", policy.Shorten(s, quoteLen))
+		return netip.AddrPort{}, fmt.Errorf("%q is not ADDR:PORT in hex", shorten.Text(s, quoteLen))
 	}
 	port, err := strconv.ParseUint(p, 16, 16)
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("port %q", p)
 	}
 	if len(a) != 8 && len(a) != 32 {
-		return netip.AddrPort{}, fmt.Errorf("address %q has %d hex digits, want 8 or 32", policy.Shorten(a, quoteLen), len(a))
+		return netip.AddrPort{}, fmt.Errorf("address %q has %d hex digits, want 8 or 32", shorten.Text(a, quoteLen), len(a))
 	}
 	raw, err := hex.DecodeString(a)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("address %q is not hex", policy.Shorten(a, quoteLen))
+		return netip.AddrPort{}, fmt.Errorf("address %q is not hex", shorten.Text(a, quoteLen))
 	}
 	// Each word was printed as a number: its big-endian bytes are the
 	// number's bytes; the address bytes are the word in host order.
