@@ -9,9 +9,9 @@ import (
 	"net/http"
 	"runtime"
 	"runtime/pprof"
-	"slices"
-	"sync"
 	"time"
+
+	"buildguard.dev/buildguard/bench/internal/reviewload"
 )
 
 // Names of the two targets.
@@ -19,9 +19,6 @@ const (
 	nameBuildguard = "buildguard"
 	nameNothing    = "do-nothing"
 )
-
-// maxErrorSamples bounds the error messages kept per run.
-const maxErrorSamples = 3
 
 // target is a webhook endpoint under load.
 type target struct {
@@ -52,7 +49,7 @@ func (r runResult) rps() float64 {
 // percentile returns the nearest-rank p-th percentile latency; 100 is the
 // maximum.
 func (r runResult) percentile(p float64) time.Duration {
-	return percentile(r.latencies, p)
+	return reviewload.Percentile(r.latencies, p)
 }
 
 // cpuShare is the share of the machine's CPUs (GOMAXPROCS of them) the
@@ -77,81 +74,25 @@ func (r runResult) cpuPerRequest() time.Duration {
 	return r.cpu / time.Duration(r.requests)
 }
 
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	n := len(sorted)
-	if n == 0 {
-		return 0
-	}
-	// Nearest rank: the smallest value with at least p% of values at or below it.
-	rank := int(p/100*float64(n) + 0.9999999)
-	rank = min(max(rank, 1), n)
-	return sorted[rank-1]
-}
-
-// worker holds what one load goroutine recorded.
-type worker struct {
-	latencies []time.Duration
-	errors    int
-	samples   []string
-}
-
 // load sends reviews to t from f.cfg.concurrency goroutines until d has
 // passed, then waits for the requests in flight (each bounded by the
 // client's timeout). With record false the results are discarded.
 func (f *fixture) load(ctx context.Context, t *target, d time.Duration, record bool) runResult {
-	workers := make([]worker, f.cfg.concurrency)
-	cpu0, cpuOK := processCPU()
-	start := time.Now()
-	deadline := start.Add(d)
-	var wg sync.WaitGroup
-	for i := range workers {
-		w := &workers[i]
-		if record {
-			// Enough for ~20k req/s per worker-second spread over workers.
-			w.latencies = make([]time.Duration, 0, int(d.Seconds()*20000)/len(workers)+16)
-		}
-		wg.Go(func() {
-			loop := func(ctx context.Context) {
-				for ctx.Err() == nil && time.Now().Before(deadline) {
-					uid := f.nextUID()
-					t0 := time.Now()
-					err := f.review(ctx, t, uid)
-					el := time.Since(t0)
-					if err != nil {
-						w.errors++
-						if len(w.samples) < maxErrorSamples {
-							w.samples = append(w.samples, err.Error())
-						}
-						continue
-					}
-					if record {
-						w.latencies = append(w.latencies, el)
-					}
-				}
-			}
-			if f.profiling {
-				pprof.Do(ctx, pprof.Labels("side", "client"), loop)
-			} else {
-				loop(ctx)
-			}
+	send := func(ctx context.Context) error { return f.review(ctx, t, f.nextUID()) }
+	cpu0, cpuOK := reviewload.SelfCPU()
+	var lr reviewload.Result
+	if f.profiling {
+		// The load goroutines inherit the label.
+		pprof.Do(ctx, pprof.Labels("side", "client"), func(ctx context.Context) {
+			lr = reviewload.Run(ctx, f.cfg.concurrency, d, record, send)
 		})
+	} else {
+		lr = reviewload.Run(ctx, f.cfg.concurrency, d, record, send)
 	}
-	wg.Wait()
-	r := runResult{target: t.name, elapsed: time.Since(start)}
-	if cpu1, ok := processCPU(); ok && cpuOK {
+	r := runResult{target: t.name, elapsed: lr.Elapsed, errors: lr.Errors, errorSamples: lr.Samples, latencies: lr.Latencies, requests: len(lr.Latencies)}
+	if cpu1, ok := reviewload.SelfCPU(); ok && cpuOK {
 		r.cpu = cpu1 - cpu0
 	}
-	for _, w := range workers {
-		r.latencies = append(r.latencies, w.latencies...)
-		r.errors += w.errors
-		for _, s := range w.samples {
-			if len(r.errorSamples) < maxErrorSamples {
-				r.errorSamples = append(r.errorSamples, s)
-			}
-		}
-	}
-	slices.Sort(r.latencies)
-	r.requests = len(r.latencies)
 	return r
 }
 

@@ -24,14 +24,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/bench/internal/reviewload"
 )
 
 // Targets of the report.
@@ -49,27 +49,7 @@ type config struct {
 	cpuprofile  string
 }
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	err := run(ctx, os.Args, os.Stdout)
-	var failed *failedRunsError
-	switch {
-	case errors.As(err, &failed):
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(2)
-	}
-}
-
-// failedRunsError reports runs that had errors; the figures were printed.
-type failedRunsError struct{ n int }
-
-func (e *failedRunsError) Error() string {
-	return fmt.Sprintf("%d run(s) had errors; see the table", e.n)
-}
+func main() { reviewload.Main("bench", run) }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var c config
@@ -84,13 +64,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
+	if err := reviewload.CheckFlags(fs, c.duration, c.warmup); err != nil {
+		return c, err
+	}
 	switch {
-	case fs.NArg() > 0:
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
-	case c.duration <= 0:
-		return c, errors.New("-duration must be positive")
-	case c.warmup < 0:
-		return c, errors.New("-warmup must not be negative")
 	case c.runs < 1:
 		return c, errors.New("-runs must be at least 1")
 	case c.concurrency < 1:
@@ -102,10 +79,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 func run(ctx context.Context, args []string, out io.Writer) error {
 	cfg, err := parseFlags(args[1:], os.Stderr)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return err // flag.ErrHelp after -h: reviewload.Main exits 0
 	}
 	proto := "HTTP/1.1 keep-alive (as the kube-apiserver calls admission webhooks)"
 	if cfg.http2 {
@@ -213,9 +187,9 @@ func report(out io.Writer, cfg config, results []runResult) error {
 	}
 	fmt.Fprintln(out)
 
-	medRPS := func(rs []runResult) float64 { return median(mapSlice(rs, runResult.rps)) }
+	medRPS := func(rs []runResult) float64 { return reviewload.Median(mapSlice(rs, runResult.rps)) }
 	medP := func(rs []runResult, p float64) time.Duration {
-		return time.Duration(median(mapSlice(rs, func(r runResult) float64 { return float64(r.percentile(p)) })))
+		return time.Duration(reviewload.Median(mapSlice(rs, func(r runResult) float64 { return float64(r.percentile(p)) })))
 	}
 	bg, nothing := byTarget[nameBuildguard], byTarget[nameNothing]
 	fmt.Fprintf(out, "| median of %d runs | req/s | p50 | p99 |\n|---|---:|---:|---:|\n", cfg.runs)
@@ -224,14 +198,14 @@ func report(out io.Writer, cfg config, results []runResult) error {
 	}
 	fmt.Fprintln(out)
 
-	ratio := median(ratios)
+	ratio := reviewload.Median(ratios)
 	p99 := medP(bg, 99)
 	fmt.Fprintf(out, "- throughput buildguard/do-nothing: %.1f%% (median of the %d pair ratios; ratio of medians %.1f%%); target >= %.0f%%: %s\n",
 		100*ratio, len(ratios), 100*medRPS(bg)/medRPS(nothing), 100*targetMinRatio, verdict(ratio >= targetMinRatio))
 	fmt.Fprintf(out, "- buildguard p99: %s (median of %d runs); target <= %s: %s\n", ms(p99), len(bg), ms(targetMaxP99), verdict(p99 <= targetMaxP99))
 	if len(cpuRatios) > 0 {
 		fmt.Fprintf(out, "- CPU per request, do-nothing/buildguard: %.1f%% (median of the %d pair ratios): the throughput ratio the CPUs allow, which other work on the machine disturbs less than req/s\n",
-			100*median(cpuRatios), len(cpuRatios))
+			100*reviewload.Median(cpuRatios), len(cpuRatios))
 	}
 
 	fmt.Fprintf(out, "\nCPU share is the process's CPU time over the run's wall time × GOMAXPROCS: the client, both servers and the registry are this process, so under saturating load it is high on a quiet machine (85-96%% on the 2-CPU machine of docs/benchmarks.md) and drops when something else competes for the CPUs.\n")
@@ -245,7 +219,7 @@ func report(out io.Writer, cfg config, results []runResult) error {
 		}
 	}
 	if failed > 0 {
-		return &failedRunsError{n: failed}
+		return &reviewload.FailedRunsError{N: failed, Where: "table"}
 	}
 	return nil
 }
@@ -265,19 +239,4 @@ func mapSlice[T, U any](s []T, f func(T) U) []U {
 		out[i] = f(v)
 	}
 	return out
-}
-
-// median returns the median of xs, the mean of the middle two for an even
-// count, and 0 for none.
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
 }

@@ -7,17 +7,13 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
-)
 
-// maxErrorSamples bounds the error messages kept per run.
-const maxErrorSamples = 3
+	"buildguard.dev/buildguard/bench/internal/reviewload"
+)
 
 // runResult is one measured run of one target.
 type runResult struct {
@@ -52,64 +48,21 @@ func (r runResult) cpuPerReview() time.Duration {
 }
 
 func (r runResult) percentile(p float64) time.Duration {
-	n := len(r.latencies)
-	if n == 0 {
-		return 0
-	}
-	rank := int(p/100*float64(n) + 0.9999999)
-	return r.latencies[min(max(rank, 1), n)-1]
-}
-
-var uids atomic.Uint64
-
-// nextUID returns a fresh 36-character request uid.
-func nextUID() string {
-	return fmt.Sprintf("b0b0b0b0-0000-4000-8000-%012x", uids.Add(1))
+	return reviewload.Percentile(r.latencies, p)
 }
 
 // load sends reviews of b to t from conc goroutines for d, each sending
 // its next review as soon as the previous one is answered, then waits for
 // those in flight (each bounded by the client's timeout).
-func (e *env) load(ctx context.Context, t *target, b *body, conc int, d time.Duration, record bool) runResult {
-	type worker struct {
-		lat     []time.Duration
-		errors  int
-		samples []string
-	}
-	workers := make([]worker, conc)
-	r := runResult{target: t.name, containers: b.containers, concurrency: conc, load: loadAverage()}
+func (e *env) load(ctx context.Context, t *target, b *reviewload.Body, conc int, d time.Duration, record bool) runResult {
+	r := runResult{target: t.name, containers: b.Containers, concurrency: conc, load: loadAverage()}
 	cpu0, cerr0 := processCPU(t.pid())
 	ccpu0 := selfCPU()
 	log0 := t.logBytes()
-	start := time.Now()
-	deadline := start.Add(d)
-	var wg sync.WaitGroup
-	for i := range workers {
-		w := &workers[i]
-		if record {
-			w.lat = make([]time.Duration, 0, int(d.Seconds()*30000)/conc+16)
-		}
-		wg.Go(func() {
-			for ctx.Err() == nil && time.Now().Before(deadline) {
-				uid := nextUID()
-				t0 := time.Now()
-				err := e.review(ctx, t, b, uid)
-				el := time.Since(t0)
-				if err != nil {
-					w.errors++
-					if len(w.samples) < maxErrorSamples {
-						w.samples = append(w.samples, err.Error())
-					}
-					continue
-				}
-				if record {
-					w.lat = append(w.lat, el)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	r.elapsed = time.Since(start)
+	lr := reviewload.Run(ctx, conc, d, record, func(ctx context.Context) error {
+		return e.review(ctx, t, b, e.uids.Next())
+	})
+	r.elapsed = lr.Elapsed
 	// Work the reviews left behind (decision records on their way to the
 	// store) is theirs: wait for the target to go idle, and count it.
 	if cpu1, err := settle(ctx, t.pid()); err == nil && cerr0 == nil {
@@ -117,16 +70,7 @@ func (e *env) load(ctx context.Context, t *target, b *body, conc int, d time.Dur
 	}
 	r.clientCPU = selfCPU() - ccpu0
 	r.logBytes = t.logBytes() - log0
-	for _, w := range workers {
-		r.latencies = append(r.latencies, w.lat...)
-		r.errors += w.errors
-		for _, s := range w.samples {
-			if len(r.samples) < maxErrorSamples {
-				r.samples = append(r.samples, s)
-			}
-		}
-	}
-	slices.Sort(r.latencies)
+	r.latencies, r.errors, r.samples = lr.Latencies, lr.Errors, lr.Samples
 	r.requests = len(r.latencies)
 	return r
 }
@@ -155,7 +99,7 @@ func settle(ctx context.Context, pid int) (time.Duration, error) {
 // review sends one review with uid and checks the answer without decoding
 // it: status 200, the uid, allowed. The warm-up checked a whole answer of
 // each target.
-func (e *env) review(ctx context.Context, t *target, b *body, uid string) error {
+func (e *env) review(ctx context.Context, t *target, b *reviewload.Body, uid string) error {
 	ans, status, err := e.post(ctx, t, b, uid)
 	if err != nil {
 		return err
@@ -171,8 +115,8 @@ func (e *env) review(ctx context.Context, t *target, b *body, uid string) error 
 	return nil
 }
 
-func (e *env) post(ctx context.Context, t *target, b *body, uid string) ([]byte, int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url+"?timeout=10s", bytes.NewReader(b.with(uid)))
+func (e *env) post(ctx context.Context, t *target, b *reviewload.Body, uid string) ([]byte, int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url+"?timeout=10s", bytes.NewReader(b.With(uid)))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -201,7 +145,7 @@ func (e *env) warm(ctx context.Context) error {
 	for _, t := range e.targets {
 		for _, c := range e.cfg.containers {
 			b := e.bodies[c]
-			uid := nextUID()
+			uid := e.uids.Next()
 			ans, status, err := e.post(ctx, t, b, uid)
 			if err != nil {
 				return fmt.Errorf("warm-up review of %s: %w", t.name, err)

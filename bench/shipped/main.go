@@ -32,16 +32,16 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"time"
+
+	"buildguard.dev/buildguard/bench/internal/reviewload"
 )
 
 // Targets of issue 15.
@@ -74,25 +74,7 @@ func main() {
 		}
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	err := run(ctx, os.Args, os.Stdout)
-	var failed *failedRunsError
-	switch {
-	case errors.As(err, &failed):
-		fmt.Fprintln(os.Stderr, "shipped:", err)
-		os.Exit(1)
-	case err != nil:
-		fmt.Fprintln(os.Stderr, "shipped:", err)
-		os.Exit(2)
-	}
-}
-
-// failedRunsError reports runs that had errors; the figures were printed.
-type failedRunsError struct{ n int }
-
-func (e *failedRunsError) Error() string {
-	return fmt.Sprintf("%d run(s) had errors; see the tables", e.n)
+	reviewload.Main("shipped", run)
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -131,13 +113,10 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		}
 	}
 	c.extraArgs = strings.Fields(*extra)
+	if err := reviewload.CheckFlags(fs, c.duration, c.warmup); err != nil {
+		return c, err
+	}
 	switch {
-	case fs.NArg() > 0:
-		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
-	case c.duration <= 0:
-		return c, errors.New("-duration must be positive")
-	case c.warmup < 0:
-		return c, errors.New("-warmup must not be negative")
 	case c.rounds < 1:
 		return c, errors.New("-rounds must be at least 1")
 	case len(c.targets) == 0:

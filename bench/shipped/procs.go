@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 
+	"buildguard.dev/buildguard/bench/internal/reviewload"
 	"buildguard.dev/buildguard/server"
 )
 
@@ -81,9 +83,10 @@ type env struct {
 	keyFile  string
 	client   *http.Client
 	tr       *http.Transport
-	images   []pushedImage
-	bodies   map[int]*body // by containers
-	targets  []*target     // buildguard ones first, do-nothing last
+	images   []reviewload.Image
+	bodies   map[int]*reviewload.Body // by containers
+	targets  []*target                // buildguard ones first, do-nothing last
+	uids     reviewload.UIDs
 }
 
 func (e *env) close() {
@@ -102,7 +105,7 @@ func (e *env) close() {
 }
 
 func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) {
-	e := &env{cfg: cfg, bodies: map[int]*body{}}
+	e := &env{cfg: cfg, bodies: map[int]*reviewload.Body{}}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -111,8 +114,8 @@ func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) 
 	if e.dir, err = os.MkdirTemp("", "buildguard-shipped-"); err != nil {
 		return nil, err
 	}
-	var pool *certPool
-	if e.certFile, e.keyFile, pool, err = writeCertificate(e.dir); err != nil {
+	var pool *x509.CertPool
+	if e.certFile, e.keyFile, pool, err = reviewload.WriteCertificate(e.dir); err != nil {
 		return nil, fmt.Errorf("certificate: %w", err)
 	}
 	var protos http.Protocols
@@ -141,7 +144,7 @@ func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) 
 		}
 	}
 	for i := range n {
-		img, err := pushImage(ctx, fmt.Sprintf("%s/bench/app-%d:v1", host, i))
+		img, err := reviewload.PushImage(ctx, fmt.Sprintf("%s/bench/app-%d:v1", host, i))
 		if err != nil {
 			return nil, fmt.Errorf("pushing an image: %w", err)
 		}
@@ -153,7 +156,7 @@ func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) 
 		}
 	}
 	pf := filepath.Join(e.dir, "policy.yaml")
-	if err := os.WriteFile(pf, []byte(policyYAML), 0o600); err != nil {
+	if err := os.WriteFile(pf, []byte(reviewload.PolicyYAML), 0o600); err != nil {
 		return nil, err
 	}
 
@@ -200,15 +203,6 @@ func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) 
 	e.targets = append(e.targets, t)
 	return e, nil
 }
-
-// policyYAML allows and reaches the loopback registry over plain HTTP.
-const policyYAML = `apiVersion: buildguard.dev/v1alpha1
-kind: Policy
-mode: enforce
-registries:
-  allow: ["127.0.0.1:*/**"]
-  insecure: ["127.0.0.1:*"]
-`
 
 // freePort returns a loopback address nothing listens on at the moment.
 func freePort() (string, error) {
@@ -374,7 +368,7 @@ func loadAverage() string {
 }
 
 // serveNothing is the do-nothing webhook's process: server.Server on a
-// loopback port it prints on stdout, with doNothing at /validate.
+// loopback port it prints on stdout, with reviewload.DoNothing at /validate.
 func serveNothing(args []string) error {
 	fs := flag.NewFlagSet("nothing", flag.ContinueOnError)
 	cert := fs.String("tls-cert-file", "", "PEM certificate")
@@ -390,7 +384,7 @@ func serveNothing(args []string) error {
 	}
 	fmt.Println(ln.Addr().String())
 	mux := http.NewServeMux()
-	mux.Handle("/validate", doNothing{})
+	mux.Handle("/validate", reviewload.DoNothing{})
 	s := &server.Server{Listener: ln, CertFile: *cert, KeyFile: *key, Handler: mux, Log: slog.New(slog.DiscardHandler)}
 	return s.Run(ctx)
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,26 +10,21 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
+
+	"buildguard.dev/buildguard/bench/internal/reviewload"
 )
 
-// selfCPU is this process's CPU time, user and system.
+// selfCPU is this process's CPU time, user and system; 0 when unknown.
 func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	d, _ := reviewload.SelfCPU()
+	return d
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	cfg, err := parseFlags(args[1:], os.Stderr)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return err
+		return err // flag.ErrHelp after -h: reviewload.Main exits 0
 	}
 	fmt.Fprintf(out, "# buildguard serve, as shipped, against a do-nothing webhook\n\n")
 	fmt.Fprintf(out, "- command: `go run ./bench/shipped %s`\n", strings.Join(args[1:], " "))
@@ -50,7 +43,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fmt.Fprintf(out, "- load: HTTP/1.1 keep-alive over TLS on 127.0.0.1; %s per run after %s warm-up; %d rounds, every target at every concurrency and shape in each, their order rotating\n",
 		cfg.duration, cfg.warmup, cfg.rounds)
 	for _, c := range cfg.containers {
-		fmt.Fprintf(out, "- Deployment with %d container(s): body %d bytes\n", c, e.bodies[c].size())
+		fmt.Fprintf(out, "- Deployment with %d container(s): body %d bytes\n", c, e.bodies[c].Size())
 	}
 	if err := e.warm(ctx); err != nil {
 		return err
@@ -171,7 +164,7 @@ func report(out io.Writer, cfg config, e *env, results []runResult) error {
 				xs = append(xs, f(bg[i])/d)
 			}
 		}
-		return median(xs)
+		return reviewload.Median(xs)
 	}
 	rps := func(r runResult) float64 { return r.rps() }
 	p99 := func(r runResult) float64 { return float64(r.percentile(99)) }
@@ -241,7 +234,7 @@ func report(out io.Writer, cfg config, e *env, results []runResult) error {
 		}
 	}
 	if failed > 0 {
-		return &failedRunsError{n: failed}
+		return &reviewload.FailedRunsError{N: failed, Where: "tables"}
 	}
 	return nil
 }
@@ -251,7 +244,7 @@ func med(rs []runResult, f func(runResult) float64) float64 {
 	for i, r := range rs {
 		xs[i] = f(r)
 	}
-	return median(xs)
+	return reviewload.Median(xs)
 }
 
 // leastSquares is the slope of the least-squares line through (xs, ys).
@@ -269,21 +262,6 @@ func leastSquares(xs, ys []float64) float64 {
 		return 0
 	}
 	return (n*sxy - sx*sy) / d
-}
-
-// median returns the median of xs, the mean of the middle two for an even
-// count, and 0 for none.
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
 }
 
 func verdict(ok bool) string {
