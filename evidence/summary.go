@@ -211,7 +211,6 @@ func summaryQueries(q SummaryQuery, d summaryDialect, out *Summary) []summaryStm
 		}
 		return strings.Join(conds, " AND "), args
 	}
-	dayOf := func(n int64) time.Time { return time.Unix(n*86400, 0).UTC() }
 	count := "count(*)"
 	deny := "sum(CASE WHEN verdict = 'deny' THEN 1 ELSE 0 END)"
 	wouldDeny := "sum(CASE WHEN verdict = 'would-deny' THEN 1 ELSE 0 END)"
@@ -224,68 +223,29 @@ func summaryQueries(q SummaryQuery, d summaryDialect, out *Summary) []summaryStm
 	stmts = append(stmts, summaryStmt{
 		sql:  "SELECT " + d.day("time") + " AS day, verdict, " + count + " FROM decisions WHERE " + w + " GROUP BY day, verdict ORDER BY day, verdict",
 		args: args,
-		scan: func(sc scanner) error {
-			var c DayCount
-			var day int64
-			if err := sc.Scan(&day, &c.Key, &c.Count); err != nil {
-				return err
-			}
-			c.Day = dayOf(day)
-			out.Days = append(out.Days, c)
-			return nil
-		},
+		scan: dayCounts(&out.Days),
 	})
 	w, args = where(nil)
 	stmts = append(stmts, summaryStmt{
 		sql:  "SELECT " + d.day("time") + " AS day, rule, " + count + " FROM decision_rules WHERE " + w + " GROUP BY day, rule ORDER BY day, rule",
 		args: args,
-		scan: func(sc scanner) error {
-			var c DayCount
-			var day int64
-			if err := sc.Scan(&day, &c.Key, &c.Count); err != nil {
-				return err
-			}
-			c.Day = dayOf(day)
-			out.Rules = append(out.Rules, c)
-			return nil
-		},
+		scan: dayCounts(&out.Rules),
 	})
 	stmts = append(stmts, summaryStmt{
 		sql:  "SELECT rule, namespace, " + count + " FROM decision_rules WHERE " + w + " GROUP BY rule, namespace ORDER BY rule, count(*) DESC, namespace",
 		args: args,
-		scan: func(sc scanner) error {
-			var c RuleCount
-			if err := sc.Scan(&c.Rule, &c.Namespace, &c.Count); err != nil {
-				return err
-			}
-			out.RuleNamespaces = append(out.RuleNamespaces, c)
-			return nil
-		},
+		scan: rows(&out.RuleNamespaces, func(c *RuleCount) []any { return []any{&c.Rule, &c.Namespace, &c.Count} }),
 	})
 	w, args = where(denials)
 	stmts = append(stmts, summaryStmt{
 		sql:  "SELECT namespace, " + deny + ", " + wouldDeny + " FROM decisions WHERE " + w + rank("namespace"),
 		args: args,
-		scan: func(sc scanner) error {
-			var r Ranked
-			if err := sc.Scan(&r.Namespace, &r.Deny, &r.WouldDeny); err != nil {
-				return err
-			}
-			out.Namespaces = append(out.Namespaces, r)
-			return nil
-		},
+		scan: rows(&out.Namespaces, func(r *Ranked) []any { return []any{&r.Namespace, &r.Deny, &r.WouldDeny} }),
 	})
 	stmts = append(stmts, summaryStmt{
 		sql:  "SELECT namespace, kind, name, " + deny + ", " + wouldDeny + " FROM decisions WHERE " + w + rank("namespace, kind, name"),
 		args: args,
-		scan: func(sc scanner) error {
-			var r Ranked
-			if err := sc.Scan(&r.Namespace, &r.Kind, &r.Name, &r.Deny, &r.WouldDeny); err != nil {
-				return err
-			}
-			out.Workloads = append(out.Workloads, r)
-			return nil
-		},
+		scan: rows(&out.Workloads, func(r *Ranked) []any { return []any{&r.Namespace, &r.Kind, &r.Name, &r.Deny, &r.WouldDeny} }),
 	})
 	// Digests: what an image resolved to, whatever tag named it. The
 	// index rows of a decision hold its image references and digests,
@@ -294,14 +254,7 @@ func summaryQueries(q SummaryQuery, d summaryDialect, out *Summary) []summaryStm
 		sql: "SELECT image, " + deny + ", " + wouldDeny + ", max(decision_id) FROM decision_images WHERE " + w +
 			" AND (image LIKE 'sha256:%' OR image LIKE 'sha384:%' OR image LIKE 'sha512:%')" + rank("image"),
 		args: args,
-		scan: func(sc scanner) error {
-			var r Ranked
-			if err := sc.Scan(&r.Name, &r.Deny, &r.WouldDeny, &r.Sample); err != nil {
-				return err
-			}
-			out.Images = append(out.Images, r)
-			return nil
-		},
+		scan: rows(&out.Images, func(r *Ranked) []any { return []any{&r.Name, &r.Deny, &r.WouldDeny, &r.Sample} }),
 	})
 	w, args = where(nil)
 	scans := map[string]int{} // scan name → index in out.Scans
@@ -643,3 +596,31 @@ var (
 	_ Summaries = (*SQLite)(nil)
 	_ Summaries = (*Postgres)(nil)
 )
+
+// rows returns a summaryStmt's scan that appends each row to dst, its
+// columns read into the fields cols names.
+func rows[T any](dst *[]T, cols func(*T) []any) func(scanner) error {
+	return func(sc scanner) error {
+		var v T
+		if err := sc.Scan(cols(&v)...); err != nil {
+			return err
+		}
+		*dst = append(*dst, v)
+		return nil
+	}
+}
+
+// dayCounts returns a summaryStmt's scan that appends each (day, key,
+// count) row to dst, the day a number of days since the Unix epoch (UTC).
+func dayCounts(dst *[]DayCount) func(scanner) error {
+	return func(sc scanner) error {
+		var c DayCount
+		var day int64
+		if err := sc.Scan(&day, &c.Key, &c.Count); err != nil {
+			return err
+		}
+		c.Day = time.Unix(day*86400, 0).UTC()
+		*dst = append(*dst, c)
+		return nil
+	}
+}
