@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -367,20 +366,29 @@ func processesMentioning(s string) []int {
 
 // mountsUnder returns the mount points under dir, deepest first.
 func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
 	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
+	for _, fields := range mountinfo() {
 		if len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
 			out = append(out, fields[4])
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// mountinfo returns the fields of each line of /proc/self/mountinfo
+// (the mount point is the fifth), or nothing when it cannot be read.
+func mountinfo() [][]string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out [][]string
+	for _, line := range strings.Split(string(b), "\n") {
+		if fields := strings.Fields(line); len(fields) > 0 {
+			out = append(out, fields)
+		}
+	}
 	return out
 }
 

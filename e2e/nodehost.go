@@ -433,16 +433,9 @@ func processesOfNode(st *hostState) []int {
 // cgroupMounts returns the mount points of the host's cgroup hierarchies
 // (v1 controllers, or the v2 unified one).
 func cgroupMounts() []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
 	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	for _, fields := range mountinfo() {
 		// ... mountpoint ... - fstype source options
-		fields := strings.Fields(sc.Text())
 		for i, fld := range fields {
 			if fld == "-" && i+1 < len(fields) && (fields[i+1] == "cgroup" || fields[i+1] == "cgroup2") {
 				out = append(out, fields[4])
