@@ -25,7 +25,7 @@ import (
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
@@ -40,7 +40,7 @@ func (l nsLabels) Labels(_ context.Context, ns string) (map[string]string, error
 // newEngine judges with a policy that allows only reg's acme/
 // repositories and wants images at least 10 minutes old; the namespace
 // "audited" is in audit mode.
-func newEngine(t testing.TB, reg *testregistry.Registry, clock *testclock.Clock, opts ...registry.Option) *engine.Engine {
+func newEngine(t testing.TB, reg *testregistry.Registry, clock *clocktest.Clock, opts ...registry.Option) *engine.Engine {
 	t.Helper()
 	p, err := policy.Compile(policy.Spec{Registries: policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}}})
 	if err != nil {
@@ -172,7 +172,7 @@ func newCluster(t testing.TB, reg *testregistry.Registry) cluster {
 func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 	reg := testregistry.New(t)
 	c := newCluster(t, reg)
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "audit.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -306,7 +306,7 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 func TestScanNamespaces(t *testing.T) {
 	reg := testregistry.New(t)
 	c := newCluster(t, reg)
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	s := &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Now: clock.Now,
 		Namespaces: []string{"batch", "audited", "batch"}}
 	r, err := s.Scan(t.Context())
@@ -383,7 +383,7 @@ func TestScanPages(t *testing.T) {
 			}
 			cs := fake.NewClientset(objs...)
 			calls := pagedPods(cs, expire)
-			clock := testclock.New(now)
+			clock := clocktest.New(now)
 			s := &audit.Scanner{Client: cs, Evaluator: newEngine(t, reg, clock), Now: clock.Now, PageSize: 2}
 			r, err := s.Scan(t.Context())
 			if err != nil {
@@ -416,7 +416,7 @@ func TestScanListError(t *testing.T) {
 		return true, nil, apierrors.NewForbidden(appsv1.Resource("replicasets"), "", errors.New("RBAC says no"))
 	})
 	reg := testregistry.New(t)
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	s := &audit.Scanner{Client: cs, Evaluator: newEngine(t, reg, clock), Namespaces: []string{"shop"}}
 	_, err := s.Scan(t.Context())
 	var le *audit.ListError
@@ -437,7 +437,7 @@ func (failingRecorder) AddDecision(context.Context, evidence.Decision) error {
 
 func TestScanCountsFailures(t *testing.T) {
 	reg := testregistry.New(t)
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	down := testregistry.New(t)
 	down.Server.Close() // a registry that cannot be reached
 	p, err := policy.Compile(policy.Spec{Registries: policy.Registries{Allow: []string{reg.Host + "/acme/*", down.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}}})
@@ -473,7 +473,7 @@ func TestScanCountsFailures(t *testing.T) {
 func TestScanStopsWithContext(t *testing.T) {
 	reg := testregistry.New(t)
 	c := newCluster(t, reg)
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	ctx, cancel := context.WithCancel(t.Context())
 	s := &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Now: clock.Now, Concurrency: 1,
 		Progress: func(p audit.Progress) {
@@ -505,7 +505,7 @@ func (l labelPolicies) Select(_ string, _, obj map[string]string) (engine.Select
 // Pods when they are next created.
 func TestScanComparesSelections(t *testing.T) {
 	reg := testregistry.New(t)
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	strict, err := policy.Compile(policy.Spec{Registries: policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}}})
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"buildguard.dev/buildguard/audit"
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/testregistry"
 )
 
@@ -44,7 +44,7 @@ func TestScanSharesCaches(t *testing.T) {
 	reg := testregistry.New(t)
 	cs := fake.NewClientset(bigCluster(t, reg, pods, images)...)
 	reg.Reset()
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	s := &audit.Scanner{Client: cs, Evaluator: newEngine(t, reg, clock), Now: clock.Now, Concurrency: 16}
 	r, err := s.Scan(t.Context())
 	if err != nil {
@@ -97,7 +97,7 @@ func BenchmarkScan(b *testing.B) {
 	const pods, images = 10000, 200
 	reg := testregistry.New(b)
 	cs := fake.NewClientset(bigCluster(b, reg, pods, images)...)
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	reg.Reset()
 	start := time.Now()
 	for b.Loop() {

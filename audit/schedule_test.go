@@ -21,7 +21,7 @@ import (
 	"buildguard.dev/buildguard/audit/audittest"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 )
 
 var scheduleNow = audittest.Now()
@@ -51,7 +51,7 @@ func TestScheduleScan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := testclock.New(scheduleNow)
+	clock := clocktest.New(scheduleNow)
 	s := &Scanner{Client: cs, Evaluator: e, Recorder: store, Now: clock.Now}
 	every := 6 * time.Hour
 	start := intervalStart(clock.Now(), every)

@@ -14,7 +14,7 @@ import (
 
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
@@ -194,7 +194,7 @@ func TestNodeEvidenceOfOtherNodes(t *testing.T) {
 // test clock, with the evidence of store.
 func evaluatePod(t *testing.T, p *policy.Policy, store engine.Evidence, now time.Time, image string) policy.Verdict {
 	t.Helper()
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	e := &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),

@@ -10,7 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"buildguard.dev/buildguard/engine"
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
@@ -24,7 +24,7 @@ func allowEngine(t *testing.T, allow string) *engine.Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	return &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),

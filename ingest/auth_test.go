@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"buildguard.dev/buildguard/ingest"
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/kubeauth"
 )
 
@@ -18,10 +18,10 @@ import (
 func TestTokenReviewCache(t *testing.T) {
 	env := sharedEnv(t)
 	ctx := t.Context()
-	newReviewer := func(t *testing.T) (*ingest.TokenReviewer, *atomic.Int64, *testclock.Clock) {
+	newReviewer := func(t *testing.T) (*ingest.TokenReviewer, *atomic.Int64, *clocktest.Clock) {
 		var n atomic.Int64
 		r := env.reviewer(t, &n)
-		clock := testclock.New(time.Now())
+		clock := clocktest.New(time.Now())
 		r.Now, r.TTL, r.FailureTTL = clock.Now, time.Minute, 10*time.Second
 		return r, &n, clock
 	}

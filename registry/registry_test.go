@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
@@ -111,7 +111,7 @@ func TestRoundTrips(t *testing.T) {
 func TestTagTTL(t *testing.T) {
 	reg := testregistry.New(t)
 	reg.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: old}))
-	clock := testclock.New(old)
+	clock := clocktest.New(old)
 	c := newClient(registry.WithClock(clock.Now), registry.WithTagTTL(30*time.Second))
 	ref := reg.Ref(t, "acme/shop:1")
 	if _, err := resolve(t, c, ref); err != nil {
@@ -299,7 +299,7 @@ func (k staticKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
 func TestCached(t *testing.T) {
 	reg := testregistry.New(t)
 	d := reg.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: old}))
-	clock := testclock.New(old)
+	clock := clocktest.New(old)
 	c := newClient(registry.WithClock(clock.Now), registry.WithTagTTL(30*time.Second))
 	tag, byDigest := reg.Ref(t, "acme/shop:1"), reg.Ref(t, "acme/shop@"+d.String())
 	cached := func(ref name.Reference) (*policy.Image, bool) {

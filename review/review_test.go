@@ -25,8 +25,8 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/shorten"
-	"buildguard.dev/buildguard/internal/testclock"
 	"buildguard.dev/buildguard/kubeauth"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/policysource"
@@ -105,7 +105,7 @@ func (fixedRandom) Read(p []byte) (int, error) {
 type fixture struct {
 	t       testing.TB
 	h       *Handler
-	clock   *testclock.Clock
+	clock   *clocktest.Clock
 	store   evidence.Store
 	authz   *fakeAuthz
 	granter *fakeGranter
@@ -126,7 +126,7 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	f := &fixture{t: t, clock: testclock.New(t0), store: st, granter: &fakeGranter{},
+	f := &fixture{t: t, clock: clocktest.New(t0), store: st, granter: &fakeGranter{},
 		authz: &fakeAuthz{allow: map[string]bool{
 			"alice list decisions *": true, "alice create buildpolicyexceptions *": true,
 			"alice list buildpolicyexceptions *": true, "alice delete buildpolicyexceptions *": true,

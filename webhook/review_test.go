@@ -20,7 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"buildguard.dev/buildguard/engine"
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
@@ -59,7 +59,7 @@ func newFixture(t testing.TB, policyYAML string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := testclock.New(now)
+	clock := clocktest.New(now)
 	f.handler = &webhook.Handler{Evaluator: &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),

@@ -18,7 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"buildguard.dev/buildguard/engine"
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
@@ -55,7 +55,7 @@ func Cluster(t testing.TB, namespaces func(kubernetes.Interface) engine.Namespac
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := testclock.New(Now())
+	clock := clocktest.New(Now())
 	e := &engine.Engine{
 		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),

@@ -24,7 +24,7 @@ import (
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/audit/audittest"
 	"buildguard.dev/buildguard/engine"
-	"buildguard.dev/buildguard/internal/testclock"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 )
 
 var auditNow = audittest.Now()
@@ -96,7 +96,7 @@ func TestAuditReportTable(t *testing.T) {
 }
 
 func TestAuditProgress(t *testing.T) {
-	clock := testclock.New(auditNow)
+	clock := clocktest.New(auditNow)
 	t.Run("plain lines", func(t *testing.T) {
 		var b bytes.Buffer
 		p := newProgress(&b, true, clock.Now)
