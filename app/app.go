@@ -106,7 +106,6 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 	e := &engine.Engine{
 		Resolver:  o.Registry.Client(a.metrics),
 		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
-		Now:       time.Now,
 		Timeout:   o.Registry.Timeout,
 		Log:       log,
 	}

@@ -49,7 +49,7 @@ func newEngine(t testing.TB, reg *testregistry.Registry, clock *clocktest.Clock,
 	return &engine.Engine{
 		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver:   registry.New(append([]registry.Option{registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)}, opts...)...),
-		Now:        clock.Now,
+		Clock:      clock,
 		Namespaces: nsLabels{"audited": {engine.ModeLabel: "audit"}},
 	}
 }
@@ -448,7 +448,7 @@ func TestScanCountsFailures(t *testing.T) {
 	e := &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
-		Now:      clock.Now, Timeout: 5 * time.Second,
+		Clock:    clock, Timeout: 5 * time.Second,
 	}
 	cs := fake.NewClientset(
 		pod("shop", "ok", "", corev1.PodRunning, reg.Host+"/acme/old:1"),

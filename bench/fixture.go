@@ -118,7 +118,6 @@ func newFixture(ctx context.Context, cfg config) (_ *fixture, err error) {
 	e := &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithObserver(f.metrics)),
-		Now:      time.Now,
 		Timeout:  engine.DefaultTimeout,
 	}
 	h := &webhook.Handler{Evaluator: e, Metrics: f.metrics}

@@ -17,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
@@ -131,7 +132,7 @@ func (f PolicyFunc) Select(string, map[string]string, map[string]string) (Select
 	return Selection{Policies: []*policy.Policy{p}}, nil
 }
 
-// Engine evaluates workloads. Policy, Resolver and Now are required.
+// Engine evaluates workloads. Policies and Resolver are required.
 type Engine struct {
 	// Policies chooses the policies in force; it is asked once per
 	// evaluation, so a new policy applies without a restart.
@@ -146,8 +147,9 @@ type Engine struct {
 	// Namespaces gives namespace labels. When nil, the policy's mode
 	// applies everywhere.
 	Namespaces Namespaces
-	// Now is the clock.
-	Now func() time.Time
+	// Clock tells the time a workload without one (Workload.At) is
+	// judged at. The default, nil, is the real clock.
+	Clock clock.Clock
 	// Timeout bounds one evaluation. The default is DefaultTimeout.
 	Timeout time.Duration
 	// Log receives lookup failures. The default discards them.
@@ -185,7 +187,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	log := logger.OrDiscard(e.Log)
 	at := w.At
 	if at.IsZero() {
-		at = e.Now()
+		at = clock.OrReal(e.Clock).Now()
 	}
 	facts := policy.Facts{Now: at, Namespace: w.Namespace,
 		Change: policy.ChangeFacts{ImageChange: w.ImageChange(), Annotations: w.Annotations}}

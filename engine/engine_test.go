@@ -37,7 +37,7 @@ func newEngine(t *testing.T, allow ...string) *engine.Engine {
 	return &engine.Engine{
 		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
-		Now:        clock.Now,
+		Clock:      clock,
 		Namespaces: labels{"audited": {engine.ModeLabel: "audit"}},
 	}
 }
@@ -99,6 +99,32 @@ func TestSameImageLookedUpOnce(t *testing.T) {
 	// ping, HEAD tag, GET manifest, GET config.
 	if n := reg.Count(); n != 4 {
 		t.Errorf("registry requests = %d (%q), want 4", n, reg.Requests())
+	}
+}
+
+// TestZeroClock: an Engine without a Clock judges at the real time: an
+// image built an hour ago (by the machine's clock) is old enough, one
+// built a minute ago is not.
+func TestZeroClock(t *testing.T) {
+	reg := testregistry.New(t)
+	wall := time.Now()
+	reg.Push(t, "acme/old:1", testregistry.Build(t, testregistry.Image{Created: wall.Add(-time.Hour)}))
+	reg.Push(t, "acme/new:1", testregistry.Build(t, testregistry.Image{Created: wall.Add(-time.Minute)}))
+	p, err := policy.Compile(policy.Spec{Registries: policy.Registries{Allow: []string{reg.Host + "/acme/*"}, Insecure: []string{"127.0.0.1:*"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &engine.Engine{Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport))}
+	for image, want := range map[string]policy.Outcome{"acme/old:1": policy.OutcomeAllow, "acme/new:1": policy.OutcomeDeny} {
+		spec := &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/" + image}}}
+		v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: spec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Outcome != want {
+			t.Errorf("Evaluate(%s) with no Clock: outcome %q, want %q (%+v)", image, v.Outcome, want, v)
+		}
 	}
 }
 

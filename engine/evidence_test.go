@@ -199,7 +199,7 @@ func evaluatePod(t *testing.T, p *policy.Policy, store engine.Evidence, now time
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
 		Evidence: store,
-		Now:      clock.Now,
+		Clock:    clock,
 	}
 	v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod",
 		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: image}}}})

@@ -28,7 +28,7 @@ func allowEngine(t *testing.T, allow string) *engine.Engine {
 	return &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
-		Now:      clock.Now,
+		Clock:    clock,
 	}
 }
 

@@ -65,7 +65,7 @@ func lateFixture(t *testing.T, name string, nodeEvidence *policy.NodeEvidence) (
 		t.Fatal(err)
 	}
 	e := &engine.Engine{Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver: registry.New(registry.WithTransport(http.DefaultTransport)), Evidence: store, Now: time.Now}
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport)), Evidence: store}
 	w := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: name,
 		Spec: &corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: reg.Host + "/acme/" + name + ":1"}}}}
 	return cfg, store, e, w

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
 	"buildguard.dev/buildguard/webhook"
@@ -27,7 +28,7 @@ func FuzzDecodeReview(f *testing.F) {
 	h := &webhook.Handler{Evaluator: &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(),
-		Now:      func() time.Time { return time.Unix(1_800_000_000, 0) },
+		Clock:    clocktest.New(time.Unix(1_800_000_000, 0)),
 		Timeout:  time.Second,
 	}}
 	f.Fuzz(func(t *testing.T, body []byte) {

@@ -63,7 +63,7 @@ func newFixture(t testing.TB, policyYAML string) *fixture {
 	f.handler = &webhook.Handler{Evaluator: &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
-		Now:      clock.Now,
+		Clock:    clock,
 	}}
 	return f
 }

@@ -60,7 +60,7 @@ func Cluster(t testing.TB, namespaces func(kubernetes.Interface) engine.Namespac
 		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
 		Namespaces: namespaces(cs),
-		Now:        clock.Now,
+		Clock:      clock,
 		Timeout:    5 * time.Second,
 	}
 	return cs, e

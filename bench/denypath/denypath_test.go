@@ -111,7 +111,6 @@ func newFixture(b *testing.B, st evidence.Store, journalFirst bool) *fixture {
 	e := &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver: registry.New(registry.WithObserver(metrics)),
-		Now:      time.Now,
 		Timeout:  engine.DefaultTimeout,
 	}
 	// As `buildguard serve` wires it, with its defaults.

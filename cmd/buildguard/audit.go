@@ -117,7 +117,6 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		Resolver:   rf.Client(nil),
 		Keychains:  &registry.KubernetesKeychains{Client: kube},
 		Namespaces: &namespaceCache{client: kube},
-		Now:        time.Now,
 		Timeout:    rf.Timeout,
 		Log:        log,
 	}

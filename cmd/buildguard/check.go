@@ -82,7 +82,6 @@ func check(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 		Policies:  engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver:  rf.Client(nil),
 		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
-		Now:       time.Now,
 		Timeout:   rf.Timeout,
 	}
 	e.Verifier = pvf.Verifier(e.Resolver, nil)
@@ -178,7 +177,6 @@ func checkManifests(ctx context.Context, files []string, stdin io.Reader, stdout
 		Resolver:   mc.rf.Client(nil),
 		Keychains:  registry.StaticKeychain{Auth: registry.DockerConfig()},
 		Namespaces: ns,
-		Now:        time.Now,
 		Timeout:    mc.rf.Timeout,
 	}
 	e.Verifier = mc.pvf.Verifier(e.Resolver, nil)
