@@ -27,6 +27,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"buildguard.dev/buildguard/decision"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
@@ -64,8 +65,9 @@ type Handler struct {
 	// API server applies the webhook's failurePolicy, as when buildguard
 	// does not answer at all.
 	Recorder DecisionRecorder
-	// Now is the clock of decisions' times. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time of decisions. The default, nil, is the real
+	// clock.
+	Clock clock.Clock
 }
 
 func (h *Handler) log() *slog.Logger {

@@ -14,6 +14,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
@@ -37,8 +38,9 @@ const (
 type Mutator struct {
 	// Evaluator judges workloads. Required.
 	Evaluator Evaluator
-	// Now is the clock for decided-at. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time of the decided-at annotation. The default,
+	// nil, is the real clock.
+	Clock clock.Clock
 	// Log is the logger. The default discards.
 	Log *slog.Logger
 	// MaxBodyBytes caps the request body. The default is DefaultMaxBodyBytes.
@@ -79,12 +81,8 @@ func (m *Mutator) Mutate(ctx context.Context, req *admissionv1.AdmissionRequest)
 		}
 		return resp
 	}
-	now := time.Now
-	if m.Now != nil {
-		now = m.Now
-	}
 	obj.metaMissing = !pointerExists(req.Object.Raw, obj.metaPath)
-	ops := Patch(obj, w, v, now())
+	ops := Patch(obj, w, v, clock.OrReal(m.Clock).Now())
 	if len(ops) == 0 {
 		return resp
 	}

@@ -6,18 +6,18 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/webhook"
 )
 
 func newMutator(f *fixture) *webhook.Mutator {
-	return &webhook.Mutator{Evaluator: f.handler.Evaluator, Now: func() time.Time { return now }}
+	return &webhook.Mutator{Evaluator: f.handler.Evaluator, Clock: clocktest.New(now)}
 }
 
 // TestMutateGolden keeps the JSON Patch of every workload kind: tags

@@ -20,6 +20,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/records"
 	"buildguard.dev/buildguard/webhook"
@@ -204,7 +205,7 @@ func TestObservers(t *testing.T) {
 	}
 	f.handler.Recorder = orderedRecorder{&seen}
 	f.handler.Observers = []decision.Observer{observer("first"), observer("second")}
-	f.handler.Now = func() time.Time { return at }
+	f.handler.Clock = clocktest.New(at)
 	obj, gvk := workload("Deployment", f.fresh)
 	req := request(t, admissionv1.Update, obj, gvk)
 	req.UserInfo = authnv1.UserInfo{Username: "alice", Groups: []string{"dev"}}

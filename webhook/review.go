@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -15,6 +14,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 )
@@ -100,14 +100,10 @@ func (h *Handler) reviewDecoded(ctx context.Context, d decoded) (*admissionv1.Ad
 // decision is the decision v on the workload w of the request req, made
 // now.
 func (h *Handler) decision(req *admissionv1.AdmissionRequest, w engine.Workload, v policy.Verdict) decision.Decision {
-	now := time.Now
-	if h.Now != nil {
-		now = h.Now
-	}
 	return decision.Decision{
 		ID: string(req.UID), Source: decision.Admission, Operation: string(req.Operation),
 		User: req.UserInfo.Username, Groups: req.UserInfo.Groups,
-		Workload: w, Verdict: v, Time: now(),
+		Workload: w, Verdict: v, Time: clock.OrReal(h.Clock).Now(),
 	}
 }
 
