@@ -9,6 +9,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
 )
@@ -58,8 +59,9 @@ type Notifier struct {
 	// MaxKeys bounds the remembered Events; when full, the oldest are
 	// forgotten first. The default is DefaultEventKeys.
 	MaxKeys int
-	// Now is the clock. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time that starts and ends Windows. The default,
+	// nil, is the real clock.
+	Clock clock.Clock
 	// Review, when set, ends each Event's message with a link to the
 	// decision's page in the review UI (its record's, Decision.ID); a
 	// link longer than half a message is left out. The default links
@@ -108,10 +110,7 @@ func (n *Notifier) Decided(_ context.Context, d decision.Decision) {
 
 // first reports whether key was not seen within the window, and notes it.
 func (n *Notifier) first(key string) bool {
-	now := time.Now()
-	if n.Now != nil {
-		now = n.Now()
-	}
+	now := clock.OrReal(n.Clock).Now()
 	window := n.Window
 	if window <= 0 {
 		window = DefaultEventWindow

@@ -12,6 +12,7 @@ import (
 
 	"buildguard.dev/buildguard/cluster"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -32,9 +33,9 @@ func (s *fakeSink) Event(w engine.Workload, reason, message string) {
 }
 
 func TestNotifier(t *testing.T) {
-	now := t0
+	clk := clocktest.New(t0)
 	sink := &fakeSink{}
-	n := &Notifier{Sink: sink, Now: func() time.Time { return now }}
+	n := &Notifier{Sink: sink, Clock: clk}
 	allow := policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeAllow, Allowed: true}
 	warn := policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeWarn, Allowed: true}
 	deploy := engine.Workload{Namespace: "shop", Kind: "Deployment", Name: "web", Operation: "UPDATE"}
@@ -46,7 +47,7 @@ func TestNotifier(t *testing.T) {
 		n.Decided(t.Context(), decided("u1", "CREATE", workload(), denyVerdict(policy.ModeEnforce)))
 	}
 	n.Decided(t.Context(), decided("u2", "UPDATE", deploy, denyVerdict(policy.ModeAudit)))
-	now = now.Add(DefaultEventWindow)
+	clk.Advance(DefaultEventWindow)
 	n.Decided(t.Context(), decided("u3", "CREATE", workload(), denyVerdict(policy.ModeEnforce)))
 
 	want := []struct {

@@ -18,6 +18,7 @@ import (
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
@@ -66,7 +67,7 @@ type Recorder struct {
 	store   evidence.Store
 	journal *journal
 	log     *slog.Logger
-	now     func() time.Time
+	clock   clock.Clock // of decisions recorded without a time (nil: the real clock)
 
 	queue        chan entry   // decisions stored without waiting
 	pending      chan *waiter // decisions whose callers wait for a commit
@@ -229,9 +230,9 @@ func WithWriteTimeout(d time.Duration) Option {
 // WithLogger sets where failures are logged. The default discards.
 func WithLogger(l *slog.Logger) Option { return func(r *Recorder) { r.log = l } }
 
-// WithClock sets the time source for records' times. The default is
-// time.Now.
-func WithClock(now func() time.Time) Option { return func(r *Recorder) { r.now = now } }
+// WithClock sets the clock that tells the time of decisions recorded
+// without one. The default is the real clock.
+func WithClock(c clock.Clock) Option { return func(r *Recorder) { r.clock = c } }
 
 // WithRegisterer registers the Recorder's metrics on reg:
 // buildguard_decision_records_total{result} (stored, committed, spilled,
@@ -276,7 +277,7 @@ func New(store evidence.Store, journalPath string, opts ...Option) (*Recorder, e
 		return nil, err
 	}
 	r := &Recorder{
-		store: store, journal: j, log: logger.OrDiscard(nil), now: time.Now,
+		store: store, journal: j, log: logger.OrDiscard(nil),
 		queue: make(chan entry, DefaultQueueSize), pending: make(chan *waiter, pendingSize),
 		maxBatch: DefaultMaxBatch, writeTimeout: DefaultWriteTimeout,
 		health: health{min: DefaultMinBackoff, max: DefaultMaxBackoff},
@@ -308,7 +309,7 @@ func (r *Recorder) RecordDecision(ctx context.Context, d decision.Decision) erro
 // stamped is d with a Time: its own, or now.
 func (r *Recorder) stamped(d decision.Decision) decision.Decision {
 	if d.Time.IsZero() {
-		d.Time = r.now()
+		d.Time = clock.OrReal(r.clock).Now()
 	}
 	return d
 }

@@ -375,7 +375,7 @@ func BenchmarkDecided(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer j.close()
-	r := &Recorder{queue: make(chan entry, DefaultQueueSize), now: time.Now, journal: j, kick: make(chan struct{}, 1)}
+	r := &Recorder{queue: make(chan entry, DefaultQueueSize), journal: j, kick: make(chan struct{}, 1)}
 	done := make(chan struct{})
 	go func() {
 		for range r.queue {
