@@ -19,6 +19,7 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
@@ -65,9 +66,10 @@ type Judge struct {
 	// Event's message with a link to the late decision's page in the
 	// review UI. The default links nothing.
 	Review records.ReviewURL
-	// Now is the clock of those decisions, and of the admissions Decided
-	// is told of without a time. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time of those decisions, and of the admissions
+	// Decided is told of without a time. The default, nil, is the real
+	// clock.
+	Clock clock.Clock
 	// Max bounds the remembered workloads. The default is
 	// DefaultWorkloads.
 	Max int
@@ -126,7 +128,7 @@ func (r *Judge) log() *slog.Logger {
 // decision.Observer, and ignores denials and decisions of other sources.
 // Workloads a controller owns are remembered through their owner. Late
 // findings are recorded under the decision's ID, with a suffix. The
-// admission time is w.At, else the decision's Time, else now (Judge.Now).
+// admission time is w.At, else the decision's Time, else now (Judge.Clock).
 func (r *Judge) Decided(_ context.Context, d decision.Decision) {
 	w, v := d.Workload, d.Verdict
 	if d.Source != decision.Admission || !v.Allowed || w.Controlled || w.Spec == nil {
@@ -374,10 +376,7 @@ func (r *Judge) lateDecision(a *admitted, v policy.Verdict) decision.Decision {
 }
 
 func (r *Judge) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
+	return clock.OrReal(r.Clock).Now()
 }
 
 // maxEventMessage keeps an Event's message within what the API server

@@ -19,6 +19,7 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/testregistry"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/records"
@@ -88,7 +89,7 @@ func TestRetro(t *testing.T) {
 	if r.Review, err = records.ParseReviewURL("https://review.example"); err != nil {
 		t.Fatal(err)
 	}
-	r.Now = func() time.Time { return time.Date(2026, 12, 2, 1, 2, 3, 0, time.UTC) }
+	r.Clock = clocktest.New(time.Date(2026, 12, 2, 1, 2, 3, 0, time.UTC))
 	r.Decided(t.Context(), admitted("uid-1", w, v))
 	rep := evidence.Report{Node: "worker-3", Builds: []evidence.Build{{Source: "agent", EventID: "b1", Node: "worker-3", Tool: "docker",
 		ImageID: cfg.String(), Started: time.Now().Add(-47 * time.Hour), Finished: time.Now().Add(-47 * time.Hour)}}}
