@@ -155,7 +155,7 @@ func BenchmarkPages(b *testing.B) {
 			}
 			authz := &fakeAuthz{allow: map[string]bool{"alice list decisions *": true,
 				"carol list decisions team-01": true, "carol list decisions team-02": true, "carol list decisions team-03": true}}
-			h, err := New(Config{Store: st, Authenticator: tokens, Authorizer: authz, Now: clocktest.New(t0).Now,
+			h, err := New(Config{Store: st, Authenticator: tokens, Authorizer: authz, Clock: clocktest.New(t0),
 				Key: []byte(strings.Repeat("k", 32))})
 			if err != nil {
 				b.Fatal(err)

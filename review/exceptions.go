@@ -138,7 +138,7 @@ func (h *Handler) exceptionRows(r *http.Request, s *session) ([]exceptionRow, in
 		h.c.Log.Error("review: exceptions not listed", "error", err)
 		return nil, 0, errors.New("the exceptions could not be listed; try again later")
 	}
-	now := h.c.Now()
+	now := h.c.Clock.Now()
 	var (
 		rows    []exceptionRow
 		hidden  int
@@ -221,7 +221,7 @@ func (h *Handler) exceptionRows(r *http.Request, s *session) ([]exceptionRow, in
 }
 
 func (h *Handler) exceptions(w http.ResponseWriter, r *http.Request, s *session) {
-	data := exceptionsData{Now: h.c.Now()}
+	data := exceptionsData{Now: h.c.Clock.Now()}
 	if h.c.Exceptions == nil {
 		data.Off = true
 		h.render(w, http.StatusOK, "exceptions", s, "Exceptions", data)

@@ -26,7 +26,7 @@ var csvHeader = []string{"id", "time", "verdict", "mode", "operation", "namespac
 // `buildguard denials -o json`. The list's page and limit do not apply.
 func (h *Handler) export(format string) func(http.ResponseWriter, *http.Request, *session) {
 	return func(w http.ResponseWriter, r *http.Request, s *session) {
-		now := h.c.Now()
+		now := h.c.Clock.Now()
 		q := r.URL.Query()
 		q.Del("before")
 		q.Del("after")

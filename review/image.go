@@ -77,7 +77,7 @@ func (h *Handler) image(w http.ResponseWriter, r *http.Request, s *session) {
 		notFound()
 		return
 	}
-	now := h.c.Now()
+	now := h.c.Clock.Now()
 	sc, ok := h.filterScope(w, r, s, "", time.Time{})
 	if !ok {
 		return

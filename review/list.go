@@ -287,7 +287,7 @@ func ruleIDs() []string {
 }
 
 func (h *Handler) list(w http.ResponseWriter, r *http.Request, s *session) {
-	now := h.c.Now()
+	now := h.c.Clock.Now()
 	f, q, err := parseFilter(r.URL.Query(), now)
 	data := listData{Filter: f, Verdicts: allVerdicts, Now: now, Rules: ruleIDs()}
 	if f.Rule != "" && !slices.Contains(data.Rules, f.Rule) {

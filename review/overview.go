@@ -112,7 +112,7 @@ func (h *Handler) overview(w http.ResponseWriter, req *http.Request, s *session)
 		http.Redirect(w, r, "/decisions?"+r.URL.RawQuery, http.StatusSeeOther)
 		return
 	}
-	now := h.c.Now()
+	now := h.c.Clock.Now()
 	today := now.UTC().Truncate(24 * time.Hour)
 	first := today.AddDate(0, 0, -(overviewDays - 1))
 	sc, ok := h.filterScope(w, r, s, "", first)

@@ -141,8 +141,8 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	client := clientKey(r.RemoteAddr)
-	if until, blocked := h.limiter.blocked(client, h.c.Now()); blocked {
-		wait := max(until.Sub(h.c.Now()), time.Second).Round(time.Second)
+	if until, blocked := h.limiter.blocked(client, h.c.Clock.Now()); blocked {
+		wait := max(until.Sub(h.c.Clock.Now()), time.Second).Round(time.Second)
 		h.c.Log.Warn("review login refused: too many failed logins", "client", client)
 		w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)))
 		again(http.StatusTooManyRequests, fmt.Sprintf("Too many failed logins from your address; try again in %s.", wait))
@@ -161,7 +161,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 	var ae *kubeauth.Error
 	switch {
 	case errors.As(err, &ae):
-		h.limiter.fail(client, h.c.Now())
+		h.limiter.fail(client, h.c.Clock.Now())
 		h.c.Log.Info("review login refused", "reason", ae.Reason, "client", client)
 		again(http.StatusUnauthorized, "The token was not accepted: "+ae.Reason)
 		return
@@ -170,7 +170,7 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		again(http.StatusBadGateway, "The token could not be checked; try again later.")
 		return
 	}
-	now := h.c.Now()
+	now := h.c.Clock.Now()
 	s, err := newSession(h.c.Random, u, now.Add(h.c.SessionTTL))
 	if err != nil {
 		again(http.StatusInternalServerError, "No session could be created.")
@@ -196,7 +196,7 @@ func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s != nil {
-		h.revoked.revoke(*s, h.c.Now())
+		h.revoked.revoke(*s, h.c.Clock.Now())
 	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: true, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
@@ -305,7 +305,7 @@ func shortID(id string) string {
 }
 
 func (h *Handler) detailData(w http.ResponseWriter, r *http.Request, s *session, d evidence.Decision) (detailData, bool) {
-	now := h.c.Now()
+	now := h.c.Clock.Now()
 	data := detailData{D: d, Now: now, MaxDays: int(h.c.MaxException / (24 * time.Hour)),
 		Defaults: now.Add(min(7*24*time.Hour, h.c.MaxException)).UTC().Format("2006-01-02T15:04")}
 	raw, err := json.MarshalIndent(records.ToJSON(d), "", "  ")
@@ -449,7 +449,7 @@ func (h *Handler) grant(w http.ResponseWriter, r *http.Request, s *session) {
 		refuse(fmt.Sprintf("The image %q is not a digest of this decision.", shorten.Text(form.Ref, 200)))
 		return
 	}
-	now := h.c.Now()
+	now := h.c.Clock.Now()
 	expires, err := parseExpiry(form.Expires)
 	switch {
 	case form.Reason == "":

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 )
 
@@ -83,8 +84,9 @@ type Config struct {
 	// the proxy's address. The default is 10 per 5 minutes.
 	LoginFailures int
 	LoginWindow   time.Duration
-	// Now is the clock. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time of sessions, exceptions and pages. The
+	// default, nil, is the real clock.
+	Clock clock.Clock
 	// Random is the source of session IDs and CSRF tokens. The default
 	// is crypto/rand.
 	Random io.Reader
@@ -129,9 +131,7 @@ func New(c Config) (*Handler, error) {
 	case c.Authorizer == nil:
 		return nil, errors.New("review: Authorizer is required")
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
+	c.Clock = clock.OrReal(c.Clock)
 	if c.Random == nil {
 		c.Random = rand.Reader
 	}
@@ -229,7 +229,7 @@ func (h *Handler) session(r *http.Request) *session {
 	if err != nil {
 		return nil
 	}
-	s, err := h.codec.decode(c.Value, h.c.Now())
+	s, err := h.codec.decode(c.Value, h.c.Clock.Now())
 	if err != nil || h.revoked.revoked(s) {
 		return nil
 	}
@@ -260,7 +260,7 @@ func checkCSRF(r *http.Request, s *session) bool {
 // allowed asks the Authorizer, reusing answers for AuthzCacheTTL within a
 // session. Errors are not cached.
 func (h *Handler) allowed(r *http.Request, s *session, a Attributes) (bool, error) {
-	now := h.c.Now()
+	now := h.c.Clock.Now()
 	k := authzKey{session: s.ID, attrs: a}
 	h.authzMu.Lock()
 	e, ok := h.authzMap[k]

@@ -140,7 +140,7 @@ func newFixture(t testing.TB) *fixture {
 		Authorizer:    f.authz,
 		Granter:       f.granter,
 		Key:           []byte(strings.Repeat("k", 32)),
-		Now:           f.clock.Now,
+		Clock:         f.clock,
 		Random:        fixedRandom{},
 	})
 	if err != nil {
