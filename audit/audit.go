@@ -27,6 +27,7 @@ import (
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/records"
@@ -104,8 +105,9 @@ type Scanner struct {
 	// starts. Replicas that scan on the same schedule give their scans the
 	// same ID, so they record each verdict once.
 	ID string
-	// Now is the clock. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time of the scan and its records. The default, nil,
+	// is the real clock.
+	Clock clock.Clock
 	// Log receives what could not be judged or recorded. The default
 	// discards.
 	Log *slog.Logger
@@ -149,10 +151,7 @@ func (s *Scanner) Scan(ctx context.Context) (*Report, error) {
 	if s.Client == nil || s.Evaluator == nil {
 		return nil, errors.New("audit: Scanner needs a Client and an Evaluator")
 	}
-	now := s.Now
-	if now == nil {
-		now = time.Now
-	}
+	now := clock.OrReal(s.Clock).Now
 	log := logger.OrDiscard(s.Log)
 	pageSize := s.PageSize
 	if pageSize <= 0 {

@@ -183,7 +183,7 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 		Client:    fake.NewClientset(c.objects...),
 		Evaluator: newEngine(t, reg, clock),
 		Recorder:  store,
-		Now:       clock.Now,
+		Clock:     clock,
 		PageSize:  2,
 		Progress:  func(p audit.Progress) { progress = append(progress, p) },
 	}
@@ -307,7 +307,7 @@ func TestScanNamespaces(t *testing.T) {
 	reg := testregistry.New(t)
 	c := newCluster(t, reg)
 	clock := clocktest.New(now)
-	s := &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Now: clock.Now,
+	s := &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Clock: clock,
 		Namespaces: []string{"batch", "audited", "batch"}}
 	r, err := s.Scan(t.Context())
 	if err != nil {
@@ -327,7 +327,7 @@ func TestScanNamespaces(t *testing.T) {
 		t.Errorf("judged %q, want %q", got, want)
 	}
 
-	s = &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Now: clock.Now,
+	s = &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Clock: clock,
 		ExcludeNamespaces: []string{"shop", "kube-system"}}
 	if r, err = s.Scan(t.Context()); err != nil {
 		t.Fatal(err)
@@ -384,7 +384,7 @@ func TestScanPages(t *testing.T) {
 			cs := fake.NewClientset(objs...)
 			calls := pagedPods(cs, expire)
 			clock := clocktest.New(now)
-			s := &audit.Scanner{Client: cs, Evaluator: newEngine(t, reg, clock), Now: clock.Now, PageSize: 2}
+			s := &audit.Scanner{Client: cs, Evaluator: newEngine(t, reg, clock), Clock: clock, PageSize: 2}
 			r, err := s.Scan(t.Context())
 			if err != nil {
 				t.Fatal(err)
@@ -454,7 +454,7 @@ func TestScanCountsFailures(t *testing.T) {
 		pod("shop", "ok", "", corev1.PodRunning, reg.Host+"/acme/old:1"),
 		pod("shop", "unreachable", "", corev1.PodRunning, down.Host+"/acme/old:1"),
 	)
-	s := &audit.Scanner{Client: cs, Evaluator: e, Recorder: failingRecorder{}, Now: clock.Now}
+	s := &audit.Scanner{Client: cs, Evaluator: e, Recorder: failingRecorder{}, Clock: clock}
 	r, err := s.Scan(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -475,7 +475,7 @@ func TestScanStopsWithContext(t *testing.T) {
 	c := newCluster(t, reg)
 	clock := clocktest.New(now)
 	ctx, cancel := context.WithCancel(t.Context())
-	s := &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Now: clock.Now, Concurrency: 1,
+	s := &audit.Scanner{Client: fake.NewClientset(c.objects...), Evaluator: newEngine(t, reg, clock), Clock: clock, Concurrency: 1,
 		Progress: func(p audit.Progress) {
 			if p.Done == 1 {
 				cancel()
@@ -541,7 +541,7 @@ func TestScanComparesSelections(t *testing.T) {
 			wantJudged: map[string]string{"shop/Deployment/web": "allow", "shop/ReplicaSet/web-1": "would-deny"}, wantCovered: 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &audit.Scanner{Client: fake.NewClientset(objects...), Evaluator: e, Now: clock.Now}
+			s := &audit.Scanner{Client: fake.NewClientset(objects...), Evaluator: e, Clock: clock}
 			if tc.compare {
 				s.Policies, s.NamespaceLabels = e.Policies, e.Namespaces
 			}

@@ -45,7 +45,7 @@ func TestScanSharesCaches(t *testing.T) {
 	cs := fake.NewClientset(bigCluster(t, reg, pods, images)...)
 	reg.Reset()
 	clock := clocktest.New(now)
-	s := &audit.Scanner{Client: cs, Evaluator: newEngine(t, reg, clock), Now: clock.Now, Concurrency: 16}
+	s := &audit.Scanner{Client: cs, Evaluator: newEngine(t, reg, clock), Clock: clock, Concurrency: 16}
 	r, err := s.Scan(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +101,7 @@ func BenchmarkScan(b *testing.B) {
 	reg.Reset()
 	start := time.Now()
 	for b.Loop() {
-		s := &audit.Scanner{Client: cs, Evaluator: newEngine(b, reg, clock), Now: clock.Now}
+		s := &audit.Scanner{Client: cs, Evaluator: newEngine(b, reg, clock), Clock: clock}
 		if _, err := s.Scan(b.Context()); err != nil {
 			b.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
@@ -53,44 +54,37 @@ type Schedule struct {
 	Completed func(ctx context.Context, r *Report)
 	// Log says what each scan found. The default discards.
 	Log *slog.Logger
-	// Now is the clock. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time of the intervals, and waits for them. The
+	// default, nil, is the real clock.
+	Clock clock.Clock
 }
 
 // Run scans once ready, then at every interval boundary, until ctx ends.
 // It returns nil.
 func (s *Schedule) Run(ctx context.Context) error {
 	log := logger.OrDiscard(s.Log)
-	now := s.Now
-	if now == nil {
-		now = time.Now
-	}
+	clk := clock.OrReal(s.Clock)
 	for s.Ready != nil && s.Ready() != nil {
-		select {
-		case <-ctx.Done():
+		if !clock.Sleep(ctx, clk, readyPoll) {
 			return nil
-		case <-time.After(readyPoll):
 		}
 	}
 	for {
-		t := now()
+		t := clk.Now()
 		start := intervalStart(t, s.Every)
 		switch mine, err := claimed(ctx, s.Claim, ScanID(start)); {
 		case err != nil:
 			log.Error("audit scan not run: its claim failed", "scan", ScanID(start), "error", err)
 			s.Metrics.failed.Inc()
 		case mine:
-			if r := scanOnce(ctx, s.Scanner, start, log, s.Metrics, now); r != nil && s.Completed != nil {
+			if r := scanOnce(ctx, s.Scanner, start, log, s.Metrics, clk.Now); r != nil && s.Completed != nil {
 				s.Completed(ctx, r)
 			}
 		default:
 			log.Info("audit scan run by another replica", "scan", ScanID(start))
 		}
-		wait := time.Until(intervalStart(t, s.Every).Add(s.Every))
-		select {
-		case <-ctx.Done():
+		if !clock.Sleep(ctx, clk, start.Add(s.Every).Sub(clk.Now())) {
 			return nil
-		case <-time.After(wait):
 		}
 	}
 }

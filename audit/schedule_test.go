@@ -52,7 +52,7 @@ func TestScheduleScan(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock := clocktest.New(scheduleNow)
-	s := &Scanner{Client: cs, Evaluator: e, Recorder: store, Now: clock.Now}
+	s := &Scanner{Client: cs, Evaluator: e, Recorder: store, Clock: clock}
 	every := 6 * time.Hour
 	start := intervalStart(clock.Now(), every)
 	if want := time.Date(2026, 12, 2, 0, 0, 0, 0, time.UTC); !start.Equal(want) {
@@ -100,8 +100,9 @@ func TestScheduleScan(t *testing.T) {
 }
 
 // TestScheduleRun: the schedule waits until the server is ready, claims
-// the scan, scans, and stops with its context; a second replica on the
-// same schedule finds the scan claimed and does not run it.
+// the scan, scans, and scans again at the next interval boundary, and
+// stops with its context; a second replica on the same schedule finds the
+// scan claimed and does not run it.
 func TestScheduleRun(t *testing.T) {
 	cs, e := audittest.Cluster(t, func(c kubernetes.Interface) engine.Namespaces { return clientLabels{c} })
 	m, err := NewScheduleMetrics(nil)
@@ -115,18 +116,17 @@ func TestScheduleRun(t *testing.T) {
 		}
 		return nil
 	}
-	// Both replicas live in the same interval, even one that starts as
-	// the hour turns.
-	at := time.Now()
-	now := func() time.Time { return at }
-	runSchedule := func(owner, until string, ready func() error) string {
+	clk := clocktest.New(scheduleNow)
+	// runSchedule runs a schedule as owner until it has gone through
+	// intervals intervals, and returns its log.
+	runSchedule := func(owner string, ready func() error, intervals int) string {
 		t.Helper()
 		var logs syncbuffer.Buffer
 		s := &Schedule{
-			Scanner: &Scanner{Client: cs, Evaluator: e}, Every: time.Hour, Ready: ready, Metrics: m, Now: now,
+			Scanner: &Scanner{Client: cs, Evaluator: e}, Every: time.Hour, Ready: ready, Metrics: m, Clock: clk,
 			Log: slog.New(slog.NewTextHandler(&logs, nil)),
 			Claim: func(ctx context.Context, id string) (bool, error) {
-				return Claim(ctx, cs, "buildguard-system", DefaultClaimLease, id, owner, time.Now())
+				return Claim(ctx, cs, "buildguard-system", DefaultClaimLease, id, owner, clk.Now())
 			},
 		}
 		s.Completed = func(_ context.Context, r *Report) {
@@ -135,12 +135,24 @@ func TestScheduleRun(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() { done <- s.Run(ctx) }()
-		deadline := time.Now().Add(30 * time.Second)
-		for !strings.Contains(logs.String(), until) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: no %q within 30s; log:\n%s", owner, until, logs.String())
+		wait, cancelWait := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancelWait()
+		if ready != nil {
+			// Not ready: it waits readyPoll before it asks again.
+			if err := clk.BlockUntil(wait, 1); err != nil {
+				t.Fatalf("%s: no wait to be ready: %v; log:\n%s", owner, err, logs.String())
 			}
-			time.Sleep(20 * time.Millisecond)
+			clk.Advance(readyPoll)
+		}
+		for i := range intervals {
+			if i > 0 {
+				clk.Advance(time.Hour)
+			}
+			// The interval's scan is done (or claimed by another) when
+			// the schedule waits for the next.
+			if err := clk.BlockUntil(wait, 1); err != nil {
+				t.Fatalf("%s: no wait for interval %d: %v; log:\n%s", owner, i+2, err, logs.String())
+			}
 		}
 		cancel()
 		select {
@@ -153,18 +165,24 @@ func TestScheduleRun(t *testing.T) {
 		}
 		return logs.String()
 	}
-	logs := runSchedule("replica-a", "completed ", ready)
-	want := "scan=" + ScanID(at.UTC().Truncate(time.Hour))
-	// The complete scan's report is passed on, after it is logged.
-	if c := "completed " + ScanID(at.UTC().Truncate(time.Hour)) + " with 4 workloads"; !strings.Contains(logs, c) ||
-		strings.Index(logs, "audit scan finished") > strings.Index(logs, "completed ") {
-		t.Errorf("log has no %q after the scan finished:\n%s", c, logs)
+	first := ScanID(scheduleNow.UTC().Truncate(time.Hour))
+	logs := runSchedule("replica-a", ready, 2)
+	if calls != 2 {
+		t.Errorf("the schedule asked %d times whether it was ready, want 2 (not ready, then ready after readyPoll)", calls)
 	}
-	if !strings.Contains(logs, want) || calls < 2 {
-		t.Errorf("log does not name the scan after its interval (%s), or the schedule did not wait to be ready (%d checks):\n%s", want, calls, logs)
+	// Each complete scan's report is passed on, after it is logged; a
+	// scan is named after its interval.
+	for _, id := range []string{first, ScanID(scheduleNow.UTC().Truncate(time.Hour).Add(time.Hour))} {
+		c := "completed " + id + " with 4 workloads"
+		if i := strings.Index(logs, c); i < 0 || !strings.Contains(logs[:i], `msg="audit scan finished" scan=`+id) {
+			t.Errorf("log has no %q after the scan %s finished:\n%s", c, id, logs)
+		}
 	}
-	logs = runSchedule("replica-b", "audit scan run by another replica", nil)
-	if strings.Contains(logs, "audit scan started") || strings.Contains(logs, "completed ") {
-		t.Errorf("replica-b scanned what replica-a had claimed:\n%s", logs)
+	if n := strings.Count(logs, "audit scan started"); n != 2 {
+		t.Errorf("%d scans started in two intervals, want 2:\n%s", n, logs)
+	}
+	logs = runSchedule("replica-b", nil, 1)
+	if !strings.Contains(logs, "audit scan run by another replica") || strings.Contains(logs, "audit scan started") || strings.Contains(logs, "completed ") {
+		t.Errorf("replica-b scanned what replica-a had claimed, or did not say it was claimed:\n%s", logs)
 	}
 }

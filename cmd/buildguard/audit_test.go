@@ -51,7 +51,7 @@ func TestAuditUsage(t *testing.T) {
 
 func TestAuditReportTable(t *testing.T) {
 	cs, e := audittest.Cluster(t, func(c kubernetes.Interface) engine.Namespaces { return &namespaceCache{client: c} })
-	s := &audit.Scanner{Client: cs, Evaluator: e, Now: func() time.Time { return auditNow }}
+	s := &audit.Scanner{Client: cs, Evaluator: e, Clock: clocktest.New(auditNow)}
 	r, err := s.Scan(t.Context())
 	if err != nil {
 		t.Fatal(err)
