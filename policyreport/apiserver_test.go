@@ -25,6 +25,7 @@ import (
 
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/e2e"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 )
 
 // readObjects reads the objects of a multi-document YAML file.
@@ -170,7 +171,7 @@ func (c *testCluster) writer(t *testing.T, api API, log io.Writer) *Writer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &Writer{Client: dyn, Discovery: disc, API: api, Now: func() time.Time { return time.Date(2026, 12, 2, 3, 0, 5, 0, time.UTC) }}
+	w := &Writer{Client: dyn, Discovery: disc, API: api, Clock: clocktest.New(time.Date(2026, 12, 2, 3, 0, 5, 0, time.UTC))}
 	if log != nil {
 		w.Log = slog.New(slog.NewJSONHandler(log, nil))
 	}
@@ -275,7 +276,7 @@ func TestWriterAPIServer(t *testing.T) {
 				if got == nil {
 					t.Fatalf("no report for namespace %q", ns)
 				}
-				sent := want[ns].object(api, r.ID, w.Now(), DefaultMaxResults)
+				sent := want[ns].object(api, r.ID, w.Clock.Now(), DefaultMaxResults)
 				for _, field := range []string{"results", "summary", "source", "configuration"} {
 					if d := cmp.Diff(sent.Object[field], got.Object[field]); d != "" {
 						t.Errorf("report %q: %s as stored differs from what was written (-written +stored):\n%s", ns, field, d)

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"buildguard.dev/buildguard/audit"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 )
 
@@ -37,9 +38,9 @@ type Writer struct {
 	// MaxResults bounds the results of one report. The default is
 	// DefaultMaxResults.
 	MaxResults int
-	// Now is the clock of the results' timestamps. The default is
-	// time.Now.
-	Now func() time.Time
+	// Clock tells the time of the results' timestamps. The default, nil,
+	// is the real clock.
+	Clock clock.Clock
 	// Log receives what was written, and once whether the CRDs are
 	// served. The default discards.
 	Log *slog.Logger
@@ -146,11 +147,7 @@ func (w *Writer) Write(ctx context.Context, r *audit.Report) (Stats, error) {
 	if max <= 0 {
 		max = DefaultMaxResults
 	}
-	now := time.Now
-	if w.Now != nil {
-		now = w.Now
-	}
-	t := now()
+	t := clock.OrReal(w.Clock).Now()
 	reports := build(r, max)
 	nsRes, clRes := w.api().Resources()
 	sel := metav1.ListOptions{LabelSelector: ManagedByLabel + "=" + Source}
