@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/kubeauth"
 )
 
@@ -116,8 +117,9 @@ type TokenReviewer struct {
 	CacheSize int
 	// Timeout bounds one review. The default is DefaultReviewTimeout.
 	Timeout time.Duration
-	// Now is the clock. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time answers are cached at and expire. The default,
+	// nil, is the real clock.
+	Clock clock.Clock
 
 	once   sync.Once
 	key    []byte
@@ -136,10 +138,6 @@ type cachedReview struct {
 	refreshing atomic.Bool
 }
 
-type clockFunc func() time.Time
-
-func (f clockFunc) Now() time.Time { return f() }
-
 func (r *TokenReviewer) init() {
 	r.once.Do(func() {
 		r.key = make([]byte, 32)
@@ -148,15 +146,12 @@ func (r *TokenReviewer) init() {
 		if size <= 0 {
 			size = DefaultCacheSize
 		}
-		r.cache = utilcache.NewLRUExpireCacheWithClock(size, clockFunc(r.now))
+		r.cache = utilcache.NewLRUExpireCacheWithClock(size, clock.OrReal(r.Clock))
 	})
 }
 
 func (r *TokenReviewer) now() time.Time {
-	if r.Now != nil {
-		return r.Now()
-	}
-	return time.Now()
+	return clock.OrReal(r.Clock).Now()
 }
 
 func (r *TokenReviewer) ttl(err error) time.Duration {

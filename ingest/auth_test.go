@@ -22,7 +22,7 @@ func TestTokenReviewCache(t *testing.T) {
 		var n atomic.Int64
 		r := env.reviewer(t, &n)
 		clock := clocktest.New(time.Now())
-		r.Now, r.TTL, r.FailureTTL = clock.Now, time.Minute, 10*time.Second
+		r.Clock, r.TTL, r.FailureTTL = clock, time.Minute, 10*time.Second
 		return r, &n, clock
 	}
 	authenticate := func(t *testing.T, r *ingest.TokenReviewer, token string) (ingest.Identity, error) {
