@@ -48,7 +48,7 @@ func newEngine(t testing.TB, reg *testregistry.Registry, clock *clocktest.Clock,
 	}
 	return &engine.Engine{
 		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver:   registry.New(append([]registry.Option{registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)}, opts...)...),
+		Resolver:   registry.New(append([]registry.Option{registry.WithTransport(http.DefaultTransport), registry.WithClock(clock)}, opts...)...),
 		Clock:      clock,
 		Namespaces: nsLabels{"audited": {engine.ModeLabel: "audit"}},
 	}
@@ -447,7 +447,7 @@ func TestScanCountsFailures(t *testing.T) {
 	reg.Push(t, "acme/old:1", testregistry.Build(t, testregistry.Image{Created: now.Add(-48 * time.Hour)}))
 	e := &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock)),
 		Clock:    clock, Timeout: 5 * time.Second,
 	}
 	cs := fake.NewClientset(

@@ -36,7 +36,7 @@ func newEngine(t *testing.T, allow ...string) *engine.Engine {
 	clock := clocktest.New(now)
 	return &engine.Engine{
 		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock)),
 		Clock:      clock,
 		Namespaces: labels{"audited": {engine.ModeLabel: "audit"}},
 	}

@@ -197,7 +197,7 @@ func evaluatePod(t *testing.T, p *policy.Policy, store engine.Evidence, now time
 	clock := clocktest.New(now)
 	e := &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock)),
 		Evidence: store,
 		Clock:    clock,
 	}

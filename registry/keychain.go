@@ -9,6 +9,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	k8sauthn "github.com/google/go-containerregistry/pkg/authn/kubernetes"
 	"k8s.io/client-go/kubernetes"
+
+	"buildguard.dev/buildguard/internal/clock"
 )
 
 // StaticKeychain gives every pod the same credentials: the docker config
@@ -39,8 +41,9 @@ type KubernetesKeychains struct {
 	// TTL is how long a keychain is reused. The default is
 	// DefaultKeychainTTL.
 	TTL time.Duration
-	// Now is the clock. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time keychains expire. The default, nil, is the
+	// real clock.
+	Clock clock.Clock
 
 	once  sync.Once
 	cache *lru[Auth]
@@ -49,10 +52,7 @@ type KubernetesKeychains struct {
 // For implements engine.Keychains.
 func (k *KubernetesKeychains) For(ctx context.Context, namespace, serviceAccount string, pullSecrets []string) (Auth, error) {
 	k.once.Do(func() { k.cache = newLRU[Auth](1024) })
-	now := time.Now
-	if k.Now != nil {
-		now = k.Now
-	}
+	now := clock.OrReal(k.Clock).Now
 	ttl := k.TTL
 	if ttl <= 0 {
 		ttl = DefaultKeychainTTL

@@ -31,6 +31,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/singleflight"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -108,8 +109,8 @@ func WithResolver(r *net.Resolver) Option { return func(c *Client) { c.resolver 
 // WithObserver sets who is told about requests and cache results.
 func WithObserver(o Observer) Option { return func(c *Client) { c.obs = o } }
 
-// WithClock sets the clock for tag expiry. The default is time.Now.
-func WithClock(now func() time.Time) Option { return func(c *Client) { c.now = now } }
+// WithClock sets the clock of tag expiry. The default is the real clock.
+func WithClock(clk clock.Clock) Option { return func(c *Client) { c.clock = clock.OrReal(clk) } }
 
 // Client resolves image references. It is safe for concurrent use.
 type Client struct {
@@ -122,7 +123,7 @@ type Client struct {
 	base         http.RoundTripper
 	resolver     *net.Resolver
 	obs          Observer
-	now          func() time.Time
+	clock        clock.Clock
 
 	transport http.RoundTripper
 	budget    *budget
@@ -148,7 +149,7 @@ func New(opts ...Option) *Client {
 		inFlight:     DefaultMaxInFlight,
 		cacheBytes:   DefaultMaxCacheBytes,
 		obs:          nopObserver{},
-		now:          time.Now,
+		clock:        clock.Real{},
 	}
 	for _, o := range opts {
 		o(c)
@@ -169,6 +170,8 @@ func New(opts ...Option) *Client {
 	c.pullers = newLRU[*pullerEntry](defaultMaxPullers)
 	return c
 }
+
+func (c *Client) now() time.Time { return c.clock.Now() }
 
 // forbiddenRegistry is the error of a registry written as a link-local or
 // metadata address, which is never contacted.

@@ -112,7 +112,7 @@ func TestTagTTL(t *testing.T) {
 	reg := testregistry.New(t)
 	reg.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: old}))
 	clock := clocktest.New(old)
-	c := newClient(registry.WithClock(clock.Now), registry.WithTagTTL(30*time.Second))
+	c := newClient(registry.WithClock(clock), registry.WithTagTTL(30*time.Second))
 	ref := reg.Ref(t, "acme/shop:1")
 	if _, err := resolve(t, c, ref); err != nil {
 		t.Fatal(err)
@@ -300,7 +300,7 @@ func TestCached(t *testing.T) {
 	reg := testregistry.New(t)
 	d := reg.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: old}))
 	clock := clocktest.New(old)
-	c := newClient(registry.WithClock(clock.Now), registry.WithTagTTL(30*time.Second))
+	c := newClient(registry.WithClock(clock), registry.WithTagTTL(30*time.Second))
 	tag, byDigest := reg.Ref(t, "acme/shop:1"), reg.Ref(t, "acme/shop@"+d.String())
 	cached := func(ref name.Reference) (*policy.Image, bool) {
 		return c.Cached(registry.Request{Ref: ref, Insecure: true})

@@ -62,7 +62,7 @@ func newFixture(t testing.TB, policyYAML string) *fixture {
 	clock := clocktest.New(now)
 	f.handler = &webhook.Handler{Evaluator: &engine.Engine{
 		Policies: engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Resolver: registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock)),
 		Clock:    clock,
 	}}
 	return f

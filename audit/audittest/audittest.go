@@ -58,7 +58,7 @@ func Cluster(t testing.TB, namespaces func(kubernetes.Interface) engine.Namespac
 	clock := clocktest.New(Now())
 	e := &engine.Engine{
 		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock.Now)),
+		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock)),
 		Namespaces: namespaces(cs),
 		Clock:      clock,
 		Timeout:    5 * time.Second,
