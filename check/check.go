@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/manifest"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/webhook"
@@ -45,8 +46,9 @@ type Checker struct {
 	// Concurrency is how many workloads are judged at once. The default
 	// is DefaultConcurrency.
 	Concurrency int
-	// Now is the clock of CheckedAt. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time of CheckedAt. The default, nil, is the real
+	// clock.
+	Clock clock.Clock
 }
 
 // Image is the verdict on one container's image, and where the image is.
@@ -211,10 +213,7 @@ func (c *Checker) Check(ctx context.Context, s *manifest.Stream) (*Report, error
 	if c.Evaluator == nil {
 		return nil, errors.New("check: Checker needs an Evaluator")
 	}
-	now := c.Now
-	if now == nil {
-		now = time.Now
-	}
+	now := clock.OrReal(c.Clock).Now
 	ns := c.Namespace
 	if ns == "" {
 		ns = DefaultNamespace
