@@ -46,6 +46,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	"k8s.io/apimachinery/pkg/util/cache"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
 )
@@ -115,8 +116,8 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 	}
 }
 
-// WithClock sets the clock of the caches. The default is time.Now.
-func WithClock(now func() time.Time) Option { return func(v *Verifier) { v.now = now } }
+// WithClock sets the clock of the caches. The default is the real clock.
+func WithClock(c clock.Clock) Option { return func(v *Verifier) { v.clock = clock.OrReal(c) } }
 
 // Verifier verifies signatures and attestations. It is safe for
 // concurrent use.
@@ -132,7 +133,7 @@ type Verifier struct {
 	matTTL        time.Duration
 	maxDigests    int
 	maxConcurrent int
-	now           func() time.Time
+	clock         clock.Clock
 
 	material *cache.LRUExpireCache // repo@digest → *material
 	results  *cache.LRUExpireCache // trust fingerprint, repo@digest → *result
@@ -146,13 +147,9 @@ type Verifier struct {
 	took prometheus.Histogram // nil: not measured
 }
 
-type clockFunc func() time.Time
-
-func (f clockFunc) Now() time.Time { return f() }
-
 // New returns a Verifier that fetches through reg.
 func New(reg Registry, opts ...Option) *Verifier {
-	v := &Verifier{reg: reg, negTTL: DefaultNegativeTTL, matTTL: DefaultMaterialTTL, maxDigests: DefaultMaxDigests, maxConcurrent: DefaultMaxConcurrent, now: time.Now}
+	v := &Verifier{reg: reg, negTTL: DefaultNegativeTTL, matTTL: DefaultMaterialTTL, maxDigests: DefaultMaxDigests, maxConcurrent: DefaultMaxConcurrent, clock: clock.Real{}}
 	for _, o := range opts {
 		o(v)
 	}
@@ -162,10 +159,9 @@ func New(reg Registry, opts ...Option) *Verifier {
 	if v.maxConcurrent < 1 {
 		v.maxConcurrent = 1
 	}
-	clk := clockFunc(func() time.Time { return v.now() })
-	v.material = cache.NewLRUExpireCacheWithClock(v.maxDigests, clk)
-	v.results = cache.NewLRUExpireCacheWithClock(v.maxDigests, clk)
-	v.trusts = cache.NewLRUExpireCacheWithClock(maxTrustSettings, clk)
+	v.material = cache.NewLRUExpireCacheWithClock(v.maxDigests, v.clock)
+	v.results = cache.NewLRUExpireCacheWithClock(v.maxDigests, v.clock)
+	v.trusts = cache.NewLRUExpireCacheWithClock(maxTrustSettings, v.clock)
 	v.sem = make(chan struct{}, v.maxConcurrent)
 	return v
 }
@@ -324,7 +320,7 @@ func (v *Verifier) digest(ctx context.Context, req registry.Request, tr *trust, 
 	if cerr != nil {
 		return nil, cerr
 	}
-	if !r.positive() && v.now().Sub(m.fetched) > v.negTTL {
+	if !r.positive() && v.clock.Now().Sub(m.fetched) > v.negTTL {
 		if m, err = v.fetch(ctx, req, d, true); err != nil {
 			return nil, err
 		}
@@ -486,7 +482,7 @@ func (v *Verifier) discover(ctx context.Context, req registry.Request, d name.Di
 	if err != nil {
 		return nil, err
 	}
-	m := &material{fetched: v.now()}
+	m := &material{fetched: v.clock.Now()}
 	// cosignSigs: the referrers held cosign signatures, so the .sig tag
 	// is not asked; Notary Project signatures do not count.
 	cosignSigs := false
