@@ -21,6 +21,7 @@ import (
 
 	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/policy"
 )
@@ -35,8 +36,9 @@ type CRD struct {
 	Client dynamic.Interface
 	// Log is the logger. The default discards.
 	Log *slog.Logger
-	// Now is the clock for condition times. The default is time.Now.
-	Now func() time.Time
+	// Clock tells the time of conditions. The default, nil, is the real
+	// clock.
+	Clock clock.Clock
 	// Resync is the informers' resync period. The default is 10m.
 	Resync time.Duration
 	// Validate, when set, checks a compiled policy further, for what
@@ -116,10 +118,7 @@ func (s *CRD) log() *slog.Logger {
 }
 
 func (s *CRD) now() time.Time {
-	if s.Now == nil {
-		return time.Now()
-	}
-	return s.Now()
+	return clock.OrReal(s.Clock).Now()
 }
 
 // Select implements engine.Policies: the policies whose selectors match,
