@@ -14,6 +14,7 @@ import (
 
 	"buildguard.dev/buildguard/internal/syncbuffer"
 
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/policy"
 )
 
@@ -76,17 +77,23 @@ func TestFile(t *testing.T) {
 	}
 }
 
-// countingSource counts its reloads and fails when told to.
+// countingSource counts its reloads and fails when told to; each reload
+// sends its name on reloaded, when set.
 type countingSource struct {
-	mu   sync.Mutex
-	n    int
-	fail bool
+	name     string
+	reloaded chan<- string
+	mu       sync.Mutex
+	n        int
+	fail     bool
 }
 
 func (c *countingSource) Reload() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.n++
+	if c.reloaded != nil {
+		c.reloaded <- c.name
+	}
 	if c.fail {
 		return errors.New("does not validate")
 	}
@@ -99,32 +106,49 @@ func (c *countingSource) count() int {
 	return c.n
 }
 
-// TestReloader: every source is read again at every tick until the
-// context ends, and a failed reload is logged with its source's message.
+// TestReloader: every source is read again, in order, at every tick of
+// the clock until the context ends, and a failed reload is logged with
+// its source's message.
 func TestReloader(t *testing.T) {
 	var log syncbuffer.Buffer
-	ok, bad := &countingSource{}, &countingSource{fail: true}
-	r := &Reloader{Interval: time.Millisecond, Log: slog.New(slog.NewTextHandler(&log, nil))}
+	reloaded := make(chan string, 16)
+	ok := &countingSource{name: "ok", reloaded: reloaded}
+	bad := &countingSource{name: "bad", reloaded: reloaded, fail: true}
+	clk := clocktest.New(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC))
+	const interval = time.Minute
+	r := &Reloader{Interval: interval, Clock: clk, Log: slog.New(slog.NewTextHandler(&log, nil))}
 	r.Add(ok, "ok not reloaded")
 	r.Add(bad, "bad not reloaded; the previous stays in force")
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for (ok.count() < 3 || bad.count() < 3) && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
+	wait, cancelWait := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancelWait()
+	if err := clk.BlockUntil(wait, 1); err != nil {
+		t.Fatalf("Run made no ticker: %v", err)
+	}
+	for tick := range 3 {
+		clk.Advance(interval)
+		for _, want := range []string{"ok", "bad"} {
+			select {
+			case got := <-reloaded:
+				if got != want {
+					t.Fatalf("tick %d: %s reloaded, want %s (the sources in order)", tick+1, got, want)
+				}
+			case <-wait.Done():
+				t.Fatalf("tick %d: %s not reloaded", tick+1, want)
+			}
+		}
 	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run = %v, want nil", err)
 	}
-	if ok.count() < 3 || bad.count() < 3 {
-		t.Fatalf("reloads: %d and %d, want at least 3 each", ok.count(), bad.count())
+	if n := clk.Waiting(); n != 0 {
+		t.Errorf("%d tickers left running after Run returned, want 0", n)
 	}
-	after := ok.count()
-	time.Sleep(20 * time.Millisecond)
-	if ok.count() != after {
-		t.Errorf("reloaded after Run returned")
+	if ok.count() != 3 || bad.count() != 3 {
+		t.Errorf("reloads: %d and %d after three ticks, want 3 each", ok.count(), bad.count())
 	}
 	if got := log.String(); strings.Contains(got, "ok not reloaded") || !strings.Contains(got, `msg="bad not reloaded; the previous stays in force" error="does not validate"`) {
 		t.Errorf("log:\n%s\nwant the failed source's message and error only", got)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 )
 
@@ -23,6 +24,8 @@ type Reloader struct {
 	Interval time.Duration
 	// Log receives each failed reload. The default discards.
 	Log *slog.Logger
+	// Clock ticks every Interval. The default, nil, is the real clock.
+	Clock clock.Clock
 
 	files []reloading
 }
@@ -46,13 +49,13 @@ func (r *Reloader) Run(ctx context.Context) error {
 		return nil
 	}
 	log := logger.OrDiscard(r.Log)
-	t := time.NewTicker(r.Interval)
+	t := clock.OrReal(r.Clock).NewTicker(r.Interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-t.C():
 			for _, f := range r.files {
 				if err := f.src.Reload(); err != nil {
 					log.Error(f.failed, "error", err)
