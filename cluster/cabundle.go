@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 )
 
@@ -103,6 +104,8 @@ type CABundle struct {
 	// default is 5s.
 	Interval time.Duration
 	Log      *slog.Logger
+	// Clock ticks every Interval. The default, nil, is the real clock.
+	Clock clock.Clock
 
 	lastErr string // the error last logged, so that a lasting one is logged once
 }
@@ -115,14 +118,14 @@ func (c *CABundle) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = 5 * time.Second
 	}
-	t := time.NewTicker(interval)
+	t := clock.OrReal(c.Clock).NewTicker(interval)
 	defer t.Stop()
 	for {
 		c.Sync(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 }

@@ -9,13 +9,16 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/selfsigned"
+	"buildguard.dev/buildguard/internal/syncbuffer"
 )
 
 func newCA(t *testing.T) []byte {
@@ -179,5 +182,76 @@ func TestCABundleMissingConfigMap(t *testing.T) {
 	v, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(t.Context(), "buildguard", metav1.GetOptions{})
 	if err != nil || string(v.Webhooks[0].ClientConfig.CABundle) != string(ca) {
 		t.Errorf("validating webhook caBundle not set despite the missing ConfigMap (%v)", err)
+	}
+}
+
+// countedCA is a CASource that sends on reads each time it was read.
+type countedCA struct {
+	CASource
+	reads chan struct{}
+}
+
+func (c countedCA) CA(ctx context.Context) ([]byte, error) {
+	defer func() { c.reads <- struct{}{} }()
+	return c.CASource.CA(ctx)
+}
+
+// TestCABundleRun: Run syncs at once, then at every tick of its clock
+// (every 5s by default): a CA created after the first sync is published
+// at the next tick.
+func TestCABundleRun(t *testing.T) {
+	vwc, mwc := webhookObjects()
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "buildguard-ca", Namespace: "buildguard-node-agent"}}
+	cs := fake.NewClientset(vwc, mwc, cm)
+	var logs syncbuffer.Buffer
+	ca := countedCA{SecretCA{Client: cs, Namespace: "buildguard-system", Name: "buildguard-ca"}, make(chan struct{}, 8)}
+	clk := clocktest.New(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC))
+	b := &CABundle{Client: cs, CA: ca, Webhook: "buildguard", ConfigMapNamespace: "buildguard-node-agent", ConfigMapName: "buildguard-ca",
+		Log: slog.New(slog.NewJSONHandler(&logs, nil)), Clock: clk}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	wait, cancelWait := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancelWait()
+	read := func(what string) {
+		t.Helper()
+		select {
+		case <-ca.reads:
+		case <-wait.Done():
+			t.Fatalf("no read of the CA %s; log:\n%s", what, logs.String())
+		}
+	}
+	read("at start")
+	if err := clk.BlockUntil(wait, 1); err != nil {
+		t.Fatalf("Run made no ticker on its clock: %v", err)
+	}
+	ca1 := newCA(t)
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "buildguard-ca", Namespace: "buildguard-system"},
+		Data: map[string][]byte{CAKey: ca1}}
+	if _, err := cs.CoreV1().Secrets("buildguard-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if v, _, c := published(t, cs); v != "" || c != "" {
+		t.Fatalf("published before a tick: validating %q, configmap %q", v, c)
+	}
+	clk.Advance(5 * time.Second)
+	read("at the first tick")
+	// The next read begins once the first tick's sync is done.
+	clk.Advance(5 * time.Second)
+	read("at the second tick")
+	if v, m, c := published(t, cs); v != string(ca1) || m != string(ca1) || c != string(ca1) {
+		t.Errorf("after a tick: validating %q, mutating %q, configmap %q; want the CA in all three", v, m, c)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run = %v, want nil", err)
+	}
+	if n := clk.Waiting(); n != 0 {
+		t.Errorf("%d tickers left after Run returned, want 0", n)
+	}
+	for _, want := range []string{"waiting for the CA before publishing it", "CA published"} {
+		if n := strings.Count(logs.String(), want); n != 1 {
+			t.Errorf("log has %q %d times, want once:\n%s", want, n, logs.String())
+		}
 	}
 }
