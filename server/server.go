@@ -174,8 +174,13 @@ func (s *Server) Run(ctx context.Context) error {
 		err = s.drain(serveErr, log)
 	case err = <-serveErr:
 	case err = <-srcErr:
-		if err != nil {
+		switch {
+		case err != nil:
 			err = fmt.Errorf("TLS certificate source: %w", err)
+		case ctx.Err() != nil:
+			// The source stops with ctx: when the select comes after
+			// both, it may pick the source, and the drain is still due.
+			err = s.drain(serveErr, log)
 		}
 	}
 	log.Info("shutting down", "timeout", DefaultShutdownTimeout.String())
