@@ -22,6 +22,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 )
 
@@ -56,6 +57,8 @@ type Server struct {
 	// which the API server still sends it admissions. The default, 0,
 	// stops at once.
 	DrainDelay time.Duration
+	// Clock times DrainDelay. The default, nil, is the real clock.
+	Clock clock.Clock
 	// Log is the logger. The default discards.
 	Log *slog.Logger
 	// Metrics, when set, receives
@@ -222,10 +225,10 @@ func (s *Server) drain(serveErr <-chan error, log *slog.Logger) error {
 	}
 	s.draining.Store(true)
 	log.Info("draining: not ready, still serving until the endpoints are updated", "delay", s.DrainDelay.String())
-	t := time.NewTimer(s.DrainDelay)
+	t := clock.OrReal(s.Clock).NewTimer(s.DrainDelay)
 	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-t.C():
 		return nil
 	case err := <-serveErr:
 		return err

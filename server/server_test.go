@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/selfsigned"
 	"buildguard.dev/buildguard/server"
 )
@@ -157,9 +158,9 @@ func TestCheckFiles(t *testing.T) {
 }
 
 // TestDrain: once its context ends, the server answers requests and
-// fails /readyz for DrainDelay, and only then stops listening. Before the
-// drain it stopped at once, and requests the endpoints still sent it
-// failed.
+// fails /readyz for DrainDelay on its clock, and only then stops
+// listening. Before the drain it stopped at once, and requests the
+// endpoints still sent it failed.
 func TestDrain(t *testing.T) {
 	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
 	if err != nil {
@@ -170,8 +171,9 @@ func TestDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	const delay = 2 * time.Second
+	clk := clocktest.New(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC))
 	ctx, cancel := context.WithCancel(t.Context())
-	s := &server.Server{Listener: ln, CertFile: files.Cert, KeyFile: files.Key, DrainDelay: delay,
+	s := &server.Server{Listener: ln, CertFile: files.Cert, KeyFile: files.Key, DrainDelay: delay, Clock: clk,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -193,27 +195,36 @@ func TestDrain(t *testing.T) {
 	}
 
 	cancel()
-	stopped := time.Now()
+	wait, cancelWait := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancelWait()
+	if err := clk.BlockUntil(wait, 1); err != nil {
+		t.Fatalf("no drain began on the clock: %v", err)
+	}
 	// Within the delay: admissions answered, readiness failing.
-	for time.Since(stopped) < delay/2 {
+	var moved time.Duration
+	for _, advance := range []time.Duration{0, delay / 2, delay/2 - time.Nanosecond} {
+		clk.Advance(advance)
+		moved += advance
 		if code, body, _ := get(t, c, addr+"/validate"); code != 200 || body != "hello" {
-			t.Fatalf("during the drain: /validate = %d %q, want 200 hello", code, body)
+			t.Fatalf("%v into the drain: /validate = %d %q, want 200 hello", moved, code, body)
 		}
 		if code, body, _ := get(t, c, addr+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "shutting down") {
-			t.Fatalf("during the drain: /readyz = %d %q, want 503 shutting down", code, body)
+			t.Fatalf("%v into the drain: /readyz = %d %q, want 503 shutting down", moved, code, body)
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned %v %v into the drain, before the drain delay %s", err, moved, delay)
+		default:
+		}
 	}
+	clk.Advance(time.Nanosecond)
 	select {
 	case err := <-done:
-		t.Fatalf("Run returned %v %s after the context ended, before the drain delay %s", err, time.Since(stopped), delay)
-	case <-time.After(delay / 4):
-	}
-	if err := <-done; err != nil {
-		t.Errorf("Run = %v after the drain, want nil", err)
-	}
-	if since := time.Since(stopped); since < delay {
-		t.Errorf("Run returned %s after the context ended, want at least the drain delay %s", since, delay)
+		if err != nil {
+			t.Errorf("Run = %v after the drain, want nil", err)
+		}
+	case <-wait.Done():
+		t.Fatalf("Run did not return once the clock passed the drain delay %s", delay)
 	}
 	if _, err := c.Get(addr + "/validate"); err == nil {
 		t.Errorf("still serving after the drain")
@@ -237,13 +248,23 @@ func TestDrainClosesKeptConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const delay = 5 * time.Second
+	clk := clocktest.New(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC))
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	s := &server.Server{Listener: ln, CertFile: files.Cert, KeyFile: files.Key, DrainDelay: 5 * time.Second,
+	s := &server.Server{Listener: ln, CertFile: files.Cert, KeyFile: files.Key, DrainDelay: delay, Clock: clk,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	wait, cancelWait := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancelWait()
+	defer func() {
+		cancel()
+		if clk.BlockUntil(wait, 1) == nil {
+			clk.Advance(delay) // the drain ends
+		}
+		<-done
+	}()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(files.CAPEM)
 	// As the API server's webhook client: HTTP/1.1, connections kept.
@@ -287,7 +308,9 @@ func TestDrainClosesKeptConnections(t *testing.T) {
 		t.Fatalf("before the drain: connection reused %v, closed by the answer %v; want kept", reused, closes)
 	}
 	cancel()
-	time.Sleep(300 * time.Millisecond) // the drain begins
+	if err := clk.BlockUntil(wait, 1); err != nil {
+		t.Fatalf("no drain began on the clock: %v", err)
+	}
 	if reused, closes := post(); !reused || !closes {
 		t.Errorf("draining, on the connection kept from before: reused %v (want true: not closed under the client), answer closes it %v (want true)", reused, closes)
 	}
