@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/nodeagent/conns"
 	"buildguard.dev/buildguard/nodereport"
 )
@@ -230,7 +231,7 @@ func TestContainerdExamine(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := tt.setup(t)
-			w := &ContainerdWatcher{Client: s.f, Arch: "amd64", Now: func() time.Time { return at }}
+			w := &ContainerdWatcher{Client: s.f, Arch: "amd64", Clock: clocktest.New(at)}
 			w.reported, w.examined, w.pending = map[string]time.Time{}, map[string]time.Time{}, map[ctrRef]ctrPending{}
 			b, ok, err := w.examine(context.Background(), ctrRef{"default", s.img.Name}, at)
 			if tt.wantErr != nil {
@@ -336,7 +337,7 @@ func TestImageEventName(t *testing.T) {
 
 func TestContainerdHandle(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
-	w := &ContainerdWatcher{Namespaces: []string{"k8s.io"}, Now: func() time.Time { return now }}
+	w := &ContainerdWatcher{Namespaces: []string{"k8s.io"}, Clock: clocktest.New(now)}
 	w.pending = map[ctrRef]ctrPending{}
 	ev := imageEvent("app:1", nil)
 	for _, e := range []ctrEnvelope{

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 )
 
@@ -59,8 +60,11 @@ type ContainerdWatcher struct {
 	// OS, Arch and Variant choose an index's manifest. The defaults are
 	// linux, runtime.GOARCH and none.
 	OS, Arch, Variant string
-	// Now is the clock; time.Now when nil.
-	Now func() time.Time
+	// Clock tells the time: when images fall due, what is old enough to
+	// forget, and the times of the status. The default, nil, is the real
+	// clock. The waits between reconnects, and the ticks that look for
+	// images due, are on the real clock.
+	Clock clock.Clock
 
 	pending  map[ctrRef]ctrPending
 	reported map[string]time.Time // config digests reported, and when
@@ -102,10 +106,7 @@ type ctrPending struct {
 }
 
 func (w *ContainerdWatcher) now() time.Time {
-	if w.Now != nil {
-		return w.Now()
-	}
-	return time.Now()
+	return clock.OrReal(w.Clock).Now()
 }
 
 func (w *ContainerdWatcher) log() *slog.Logger {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 )
 
@@ -67,8 +68,11 @@ type DockerWatcher struct {
 	// defaults are 500ms and 30s.
 	MinBackoff, MaxBackoff time.Duration
 	Metrics                *Metrics
-	// Now is the clock; time.Now when nil.
-	Now func() time.Time
+	// Clock tells the time: when images fall due, what is old enough to
+	// forget, and the times of the status. The default, nil, is the real
+	// clock. The waits between reconnects, and the ticks that look for
+	// images due, are on the real clock.
+	Clock clock.Clock
 
 	ctrs     map[string]*seenContainer
 	pending  map[string]pendingImage // image ID → when to examine it
@@ -126,10 +130,7 @@ const maxContainers = 20000
 var imageIDPattern = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 func (w *DockerWatcher) now() time.Time {
-	if w.Now != nil {
-		return w.Now()
-	}
-	return time.Now()
+	return clock.OrReal(w.Clock).Now()
 }
 
 func (w *DockerWatcher) log() *slog.Logger {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 )
 
 // fakeEngine is the part of the Docker Engine API the watcher uses,
@@ -326,12 +328,13 @@ func TestDockerWatcherGivesUpOnAnImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	w := &DockerWatcher{Docker: d, Now: func() time.Time { return now },
+	clk := clocktest.New(now)
+	w := &DockerWatcher{Docker: d, Clock: clk,
 		ctrs: map[string]*seenContainer{}, pending: map[string]pendingImage{}, reported: map[string]time.Time{}}
 	w.schedule("sha256:"+hexID('a'), "tag", now, "")
 	out := make(chan BuildInfo, 1)
 	for i := range maxExamineTries {
-		now = now.Add(3 * time.Second)
+		clk.Advance(3 * time.Second)
 		if err := w.examineDue(t.Context(), out, false); err != nil {
 			t.Fatalf("examineDue #%d: %v", i+1, err)
 		}
@@ -356,7 +359,7 @@ func TestDockerWatcherEventOrder(t *testing.T) {
 		return e
 	}
 	m := NewMetrics()
-	w := &DockerWatcher{Metrics: m, Now: func() time.Time { return t0 },
+	w := &DockerWatcher{Metrics: m, Clock: clocktest.New(t0),
 		ctrs: map[string]*seenContainer{}, pending: map[string]pendingImage{}, reported: map[string]time.Time{}, seen: map[string]time.Time{}}
 	a, b, c := "sha256:"+hexID('a'), "sha256:"+hexID('b'), "sha256:"+hexID('c')
 	live := []Event{ev(10, a), ev(5, b), ev(2000, c)}
@@ -377,7 +380,7 @@ func TestDockerWatcherEventOrder(t *testing.T) {
 // handled but does not move the resume point past the events to come.
 func TestDockerWatcherFutureEvent(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	w := &DockerWatcher{Now: func() time.Time { return t0 },
+	w := &DockerWatcher{Clock: clocktest.New(t0),
 		ctrs: map[string]*seenContainer{}, pending: map[string]pendingImage{}, reported: map[string]time.Time{}, seen: map[string]time.Time{}}
 	w.handle(t.Context(), ev("image", "tag", "sha256:"+hexID('a'), t0.Add(-time.Second), nil))
 	w.handle(t.Context(), ev("image", "tag", "sha256:"+hexID('b'), t0.Add(24*time.Hour), nil))
@@ -390,7 +393,7 @@ func TestDockerWatcherFutureEvent(t *testing.T) {
 // them than maxContainers: the oldest half goes.
 func TestDockerWatcherBoundsReported(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	w := &DockerWatcher{Now: func() time.Time { return t0 },
+	w := &DockerWatcher{Clock: clocktest.New(t0),
 		ctrs: map[string]*seenContainer{}, pending: map[string]pendingImage{}, reported: map[string]time.Time{}}
 	for i := range maxContainers + 2 {
 		w.reported[fmt.Sprintf("sha256:%064x", i)] = t0.Add(-time.Duration(maxContainers+2-i) * time.Millisecond)
