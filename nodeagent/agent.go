@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 	"buildguard.dev/buildguard/nodeagent/conns"
 	"buildguard.dev/buildguard/nodereport"
@@ -46,8 +47,10 @@ type Agent struct {
 	// ProcRoot is the host's procfs, where a connection's parent is
 	// looked up when the sensor found no container. The default is /proc.
 	ProcRoot string
-	// Now is the clock; time.Now when nil.
-	Now func() time.Time
+	// Clock tells the time of connections and builds, and ticks the
+	// heartbeat and the batch interval. The default, nil, is the real
+	// clock.
+	Clock clock.Clock
 
 	sensorUp atomic.Bool
 	// beat is when Run's loop last went round (UnixNano; 0 before Run):
@@ -63,10 +66,7 @@ const (
 )
 
 func (a *Agent) now() time.Time {
-	if a.Now != nil {
-		return a.Now()
-	}
-	return time.Now()
+	return clock.OrReal(a.Clock).Now()
 }
 
 func (a *Agent) log() *slog.Logger {
@@ -125,14 +125,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	// sensor reports for the agent.
 	self := os.Getpid()
 	b := batcher{agent: a, report: nodereport.NewReport(a.Node, sensor)}
+	clk := clock.OrReal(a.Clock)
 	var flush <-chan time.Time
-	var timer *time.Timer
-	beat := time.NewTicker(heartbeat)
+	var timer clock.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	beat := clk.NewTicker(heartbeat)
 	defer beat.Stop()
 	for {
 		a.beat.Store(a.now().UnixNano())
 		select {
-		case <-beat.C:
+		case <-beat.C():
 			continue
 		case <-ctx.Done():
 			if err := b.flush(); err != nil {
@@ -181,8 +187,8 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log().Error("storing a batch failed", "error", err)
 			}
 		case b.report.Items() > 0 && timer == nil:
-			timer = time.NewTimer(durOr(a.BatchInterval, 2*time.Second))
-			flush = timer.C
+			timer = clk.NewTimer(durOr(a.BatchInterval, 2*time.Second))
+			flush = timer.C()
 		}
 	}
 }

@@ -9,12 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/nodeagent/conns"
 	"buildguard.dev/buildguard/nodereport"
 )
@@ -166,14 +166,49 @@ func TestAgentLeavesOutItsOwnConnections(t *testing.T) {
 	}
 }
 
+// The batch gathered is stored for sending once BatchInterval has
+// passed on the agent's clock since its first item, the agent still
+// running.
+func TestAgentStoresBatchAfterInterval(t *testing.T) {
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	sensor := fixedConns{conns: []conns.Conn{
+		{Time: t0.Add(65 * time.Millisecond), PID: 4243, PPID: 4242, Comm: "wget", ContainerID: hexID('2'), CgroupID: 99, Dst: netip.MustParseAddrPort("127.0.0.23:8080")},
+	}}
+	a := newTestAgent(t, classicBuild(t0), sensor)
+	clk := clocktest.New(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC))
+	a.Clock, a.BatchInterval = clk, 0 // the default, 2s
+	stop := runUntilBuild(t, a, "docker", 1)
+	wait, cancelWait := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancelWait()
+	// The heartbeat, and the batch's timer.
+	if err := clk.BlockUntil(wait, 2); err != nil {
+		t.Fatalf("no batch timer on the clock: %v", err)
+	}
+	clk.Advance(2*time.Second - time.Nanosecond)
+	if n, _ := a.Spool.Len(); n != 0 {
+		t.Fatalf("%d batches stored before the batch interval", n)
+	}
+	clk.Advance(time.Nanosecond)
+	waitFor(t, "the batch stored", func() bool { n, _ := a.Spool.Len(); return n == 1 })
+	_, data, _, err := a.Spool.Oldest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r nodereport.Report
+	if err := json.Unmarshal(data, &r); err != nil || len(r.Builds) != 1 || len(r.Connections) != 1 {
+		t.Errorf("batch stored %s (%v), want the build and its connection", data, err)
+	}
+	stop()
+}
+
 // /healthz fails when the agent's loop has not gone round for
 // stuckAfter (a hung buffer disk, a deadlock), so that the kubelet
-// restarts it; a loop that goes round is healthy.
+// restarts it; a loop that goes round, if only at each heartbeat, is
+// healthy.
 func TestAgentHealthzSeesAStuckLoop(t *testing.T) {
-	var clock atomic.Int64
-	clock.Store(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC).UnixNano())
+	clk := clocktest.New(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC))
 	a := newTestAgent(t, &fakeEngine{}, fixedConns{})
-	a.Now = func() time.Time { return time.Unix(0, clock.Load()) }
+	a.Clock = clk
 	h := a.Handler()
 	code := func() int {
 		rec := httptest.NewRecorder()
@@ -187,13 +222,24 @@ func TestAgentHealthzSeesAStuckLoop(t *testing.T) {
 	if c := code(); c != http.StatusOK {
 		t.Errorf("/healthz of a running loop = %d, want 200", c)
 	}
-	// Three minutes on the clock without a round of the loop.
-	clock.Add(int64(3 * time.Minute))
-	if c := code(); c != http.StatusServiceUnavailable {
-		t.Errorf("/healthz of a loop stuck for 3m = %d, want 503", c)
+	// Three minutes on the clock with nothing to do: the heartbeat takes
+	// the loop round.
+	clk.Advance(3 * time.Minute)
+	waitFor(t, "a heartbeat", func() bool { return a.beat.Load() == clk.Now().UnixNano() })
+	if c := code(); c != http.StatusOK {
+		t.Errorf("/healthz of an idle loop 3m on = %d, want 200", c)
 	}
+	// A loop that no longer goes round (here, as it has returned).
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+	clk.Advance(stuckAfter)
+	if c := code(); c != http.StatusOK {
+		t.Errorf("/healthz of a loop stuck for stuckAfter = %d, want 200 (not yet)", c)
+	}
+	clk.Advance(time.Second)
+	if c := code(); c != http.StatusServiceUnavailable {
+		t.Errorf("/healthz of a loop stuck for more than stuckAfter = %d, want 503", c)
 	}
 }
