@@ -25,6 +25,7 @@ import (
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/ingest"
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/policyreport"
 	"buildguard.dev/buildguard/policysource"
@@ -48,6 +49,9 @@ const pruneInterval = time.Hour
 type App struct {
 	opts Options
 	log  *slog.Logger
+	// clock times the store's retention and the wait for the status
+	// Lease's release; nil is the real clock (tests set another).
+	clock clock.Clock
 
 	kube      kubernetes.Interface // nil outside a cluster
 	engine    *engine.Engine
@@ -409,9 +413,11 @@ func (a *App) runLease(ctx context.Context) error {
 		}
 	}()
 	<-ctx.Done()
+	t := clock.OrReal(a.clock).NewTimer(leaseReleaseWait)
+	defer t.Stop()
 	select {
 	case <-done:
-	case <-time.After(leaseReleaseWait):
+	case <-t.C():
 	}
 	return nil
 }
@@ -419,10 +425,11 @@ func (a *App) runLease(ctx context.Context) error {
 // prune applies retention every hour.
 func (a *App) prune(ctx context.Context) error {
 	keep, rows := a.opts.Records.Retention, a.opts.Records.RetentionRows
-	t := time.NewTicker(pruneInterval)
+	clk := clock.OrReal(a.clock)
+	t := clk.NewTicker(pruneInterval)
 	defer t.Stop()
 	for {
-		n, err := a.store.Prune(ctx, time.Now().Add(-keep), rows)
+		n, err := a.store.Prune(ctx, clk.Now().Add(-keep), rows)
 		if err != nil {
 			a.log.Warn("store retention failed", "error", err)
 		} else if n > 0 {
@@ -431,7 +438,7 @@ func (a *App) prune(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 	"buildguard.dev/buildguard/internal/selfsigned"
 	"buildguard.dev/buildguard/internal/testregistry"
 )
@@ -280,4 +281,79 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// prunedStore tells of each Prune once it is done.
+type prunedStore struct {
+	evidence.Store
+	pruned chan time.Time // the cut-off
+}
+
+func (s prunedStore) Prune(ctx context.Context, before time.Time, maxRows int) (int, error) {
+	defer func() { s.pruned <- before }()
+	return s.Store.Prune(ctx, before, maxRows)
+}
+
+// TestPrune: retention is applied at once, then every pruneInterval on
+// the App's clock, to what is older than Retention by that clock.
+func TestPrune(t *testing.T) {
+	st, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "evidence.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	t0 := time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC)
+	for id, at := range map[string]time.Time{"old": t0.Add(-90 * time.Minute), "newer": t0.Add(-30 * time.Minute)} {
+		if err := st.AddDecision(t.Context(), evidence.Decision{ID: id, Time: at, Operation: "CREATE", Namespace: "shop", Kind: "Pod", Name: id, Verdict: "allow"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	store := prunedStore{st, make(chan time.Time, 4)}
+	clk := clocktest.New(t0)
+	a := &App{opts: Options{Records: RecordsOptions{Retention: time.Hour}}, log: slog.New(slog.DiscardHandler), store: store, clock: clk}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.prune(ctx) }()
+	wait, cancelWait := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancelWait()
+	kept := func(id string) bool {
+		_, err := st.Decision(t.Context(), id)
+		if err != nil && !errors.Is(err, evidence.ErrNotFound) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	for i, step := range []struct {
+		advance    time.Duration
+		cut        time.Time
+		old, newer bool // kept
+	}{
+		{0, t0.Add(-time.Hour), false, true},
+		{pruneInterval, t0, false, false},
+	} {
+		clk.Advance(step.advance)
+		select {
+		case cut := <-store.pruned:
+			if !cut.Equal(step.cut) {
+				t.Errorf("prune %d: cut-off %v, want %v", i+1, cut, step.cut)
+			}
+		case <-wait.Done():
+			t.Fatalf("prune %d: not run", i+1)
+		}
+		if old, newer := kept("old"), kept("newer"); old != step.old || newer != step.newer {
+			t.Errorf("after prune %d: old kept %v, newer kept %v; want %v, %v", i+1, old, newer, step.old, step.newer)
+		}
+		if i == 0 {
+			if err := clk.BlockUntil(wait, 1); err != nil {
+				t.Fatalf("no ticker on the clock: %v", err)
+			}
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("prune = %v, want nil", err)
+	}
+	if n := clk.Waiting(); n != 0 {
+		t.Errorf("%d tickers left after prune returned, want 0", n)
+	}
 }
