@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 )
 
 // TestAgentReportRoundTrip writes a NodeReport as the node agent does, with
@@ -46,7 +47,7 @@ func TestAgentReportRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got, err := ParseAgent(body, ParseClock(func() time.Time { return started }))
+	got, err := ParseAgent(body, ParseClock(clocktest.New(started)))
 	if err != nil {
 		t.Fatalf("ParseAgent(%s): %v", body, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/clock"
 )
 
 // This file holds what the parsers of node reports share: the result
@@ -97,18 +98,15 @@ var ErrTooManyItems = errors.New("too many items in one batch")
 type ParseOption func(*parseConfig)
 
 type parseConfig struct {
-	now      func() time.Time
+	clock    clock.Clock
 	maxItems int
 }
 
 // ParseClock sets the clock that item times are checked against (no more
-// than MaxFutureSkew ahead of it). The default is time.Now.
-func ParseClock(now func() time.Time) ParseOption {
-	return func(c *parseConfig) {
-		if now != nil {
-			c.now = now
-		}
-	}
+// than MaxFutureSkew ahead of it). The default, and what nil means, is
+// the real clock.
+func ParseClock(c clock.Clock) ParseOption {
+	return func(cfg *parseConfig) { cfg.clock = clock.OrReal(c) }
 }
 
 // ParseMaxItems sets how many items one body may hold. The default, and
@@ -122,7 +120,7 @@ func ParseMaxItems(n int) ParseOption {
 }
 
 func newParseConfig(opts []ParseOption) parseConfig {
-	c := parseConfig{now: time.Now, maxItems: MaxBatchItems}
+	c := parseConfig{clock: clock.Real{}, maxItems: MaxBatchItems}
 	for _, o := range opts {
 		if o != nil {
 			o(&c)
@@ -182,7 +180,7 @@ func parseEvents(format, sensor string, body []byte, node string, opts []ParseOp
 		return Parsed{}, err
 	}
 	node = cleanText(node, limName)
-	s := itemSink{now: cfg.now().UTC()}
+	s := itemSink{now: cfg.clock.Now().UTC()}
 	for i, raw := range items {
 		where := ""
 		if raw.line > 0 {

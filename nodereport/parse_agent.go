@@ -65,7 +65,7 @@ func ParseAgent(body []byte, opts ...ParseOption) (Parsed, error) {
 			Reason: fmt.Sprintf("%d items (builds and connections) in one report, more than %d; send smaller batches", n, cfg.maxItems)}
 	}
 
-	s := itemSink{now: cfg.now().UTC()}
+	s := itemSink{now: cfg.clock.Now().UTC()}
 	s.out.Report = evidence.Report{Node: node, Sensor: env.Sensor}
 	for i, raw := range env.Builds {
 		b, err := agentBuildItem(raw, node, s.now)

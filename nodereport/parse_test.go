@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"buildguard.dev/buildguard/internal/clock/clocktest"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite the golden files of testdata/fixtures")
@@ -22,7 +24,7 @@ var updateGolden = flag.Bool("update", false, "rewrite the golden files of testd
 // the morning of 2026-11-26.
 var parseTestNow = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
-func parseTestClock() ParseOption { return ParseClock(func() time.Time { return parseTestNow }) }
+func parseTestClock() ParseOption { return ParseClock(clocktest.New(parseTestNow)) }
 
 // parserFor returns the parser of a format, with the test clock, as one
 // signature.
