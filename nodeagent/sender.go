@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"buildguard.dev/buildguard/internal/clock"
 	"buildguard.dev/buildguard/internal/logger"
 )
 
@@ -85,7 +86,7 @@ func (s *Sender) Run(ctx context.Context) {
 		seq, data, ok, err := s.Spool.Oldest()
 		if err != nil {
 			s.log().Error("reading the buffer failed", "error", err)
-			if !sleep(ctx, s.maxBackoff()) {
+			if !clock.Sleep(ctx, clock.Real{}, s.maxBackoff()) {
 				return
 			}
 			continue
@@ -116,7 +117,7 @@ func (s *Sender) Run(ctx context.Context) {
 				wait = backoff/2 + rand.N(backoff/2+1)
 				backoff = min(2*backoff, s.maxBackoff())
 			}
-			if !sleep(ctx, wait) {
+			if !clock.Sleep(ctx, clock.Real{}, wait) {
 				return
 			}
 		}
@@ -273,16 +274,4 @@ func (s *Sender) timeout() time.Duration {
 
 func (s *Sender) log() *slog.Logger {
 	return logger.OrDiscard(s.Log)
-}
-
-// sleep waits d or until ctx ends; false when ctx ended.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
