@@ -198,7 +198,12 @@ func TestDrain(t *testing.T) {
 	wait, cancelWait := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancelWait()
 	if err := clk.BlockUntil(wait, 1); err != nil {
-		t.Fatalf("no drain began on the clock: %v", err)
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned %v without a drain", err)
+		default:
+			t.Fatalf("no drain began on the clock: %v", err)
+		}
 	}
 	// Within the delay: admissions answered, readiness failing.
 	var moved time.Duration
@@ -254,8 +259,9 @@ func TestDrainClosesKeptConnections(t *testing.T) {
 	defer cancel()
 	s := &server.Server{Listener: ln, CertFile: files.Cert, KeyFile: files.Key, DrainDelay: delay, Clock: clk,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	var runErr error
+	stopped := make(chan struct{})
+	go func() { runErr = s.Run(ctx); close(stopped) }()
 	wait, cancelWait := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancelWait()
 	defer func() {
@@ -263,7 +269,7 @@ func TestDrainClosesKeptConnections(t *testing.T) {
 		if clk.BlockUntil(wait, 1) == nil {
 			clk.Advance(delay) // the drain ends
 		}
-		<-done
+		<-stopped
 	}()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(files.CAPEM)
@@ -309,7 +315,12 @@ func TestDrainClosesKeptConnections(t *testing.T) {
 	}
 	cancel()
 	if err := clk.BlockUntil(wait, 1); err != nil {
-		t.Fatalf("no drain began on the clock: %v", err)
+		select {
+		case <-stopped:
+			t.Fatalf("Run returned %v without a drain", runErr)
+		default:
+			t.Fatalf("no drain began on the clock: %v", err)
+		}
 	}
 	if reused, closes := post(); !reused || !closes {
 		t.Errorf("draining, on the connection kept from before: reused %v (want true: not closed under the client), answer closes it %v (want true)", reused, closes)
