@@ -350,9 +350,12 @@ func (a *App) Run(ctx context.Context) error {
 	defer stop()
 	g, ctx := errgroup.WithContext(ctx)
 	if a.crd != nil {
-		synced := a.crd.Start(ctx)
+		g.Go(func() error {
+			a.crd.Run(ctx)
+			return nil
+		})
 		a.checks = append(a.checks, func() error {
-			if !synced() {
+			if !a.crd.Synced() {
 				return errors.New("policy informers not synced")
 			}
 			return nil

@@ -146,8 +146,16 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		src := &policysource.CRD{Client: readOnly{dyn}, Log: log,
 			Validate: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
 		sctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		if err := waitSynced(sctx, src.Start(sctx), policySyncTimeout); err != nil {
+		ran := make(chan struct{})
+		go func() {
+			defer close(ran)
+			src.Run(sctx)
+		}()
+		defer func() {
+			cancel()
+			<-ran
+		}()
+		if err := waitSynced(sctx, src.Synced, policySyncTimeout); err != nil {
 			return exitError, fmt.Errorf("reading ClusterBuildPolicies and BuildPolicyExceptions: %w", err)
 		}
 		e.Policies = src
