@@ -157,7 +157,7 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 		}
 		a.listeners = append(a.listeners, a.debug)
 	}
-	a.webhook = &server.Server{Listener: ln, CertFile: o.TLS.CertFile, KeyFile: o.TLS.KeyFile, Certificates: certs, Handler: mux,
+	a.webhook = &server.Server{Listener: ln, Certificates: certs, Handler: mux,
 		Ready: a.ready, DrainDelay: o.DrainDelay, Log: log, Metrics: a.metrics.Registry()}
 	return a, nil
 }
@@ -189,11 +189,13 @@ func (a *App) policies(cfg *rest.Config) error {
 	return nil
 }
 
-// certificates returns the self-managed CA's certificate source (nil: the
-// certificate files), and sets up the publishing of the CA.
+// certificates returns the source of the serving certificate, the
+// webhook's and the review UI's: the certificate files, or the
+// self-managed CA's. It sets up the publishing of the CA.
 func (a *App) certificates(cfg *rest.Config) (certtls.CertificateSource, error) {
 	tls := a.opts.TLS
-	var certs certtls.CertificateSource
+	var certs certtls.CertificateSource = &certtls.FileCertificateSource{
+		CertPath: tls.CertFile, KeyPath: tls.KeyFile, UpdateInterval: server.DefaultCertReloadInterval}
 	publish := &cluster.CABundle{Client: a.kube, Log: a.log}
 	if tls.SelfManagedCASecret != "" {
 		ns, name, err := objectRef("--self-managed-ca-secret", tls.SelfManagedCASecret)

@@ -39,8 +39,11 @@ type Server struct {
 	// They are used when Certificates is nil.
 	CertFile, KeyFile string
 	// Certificates, when set, provides the serving certificate instead of
-	// the files, such as cert-manager's DynamicSource for a self-managed
-	// CA.
+	// CertFile and KeyFile: cert-manager's FileCertificateSource, whose
+	// files are checked as CheckFiles does before anything is served, or
+	// its DynamicSource for a self-managed CA. Run starts it; another
+	// listener serving the same certificate shares it by calling its
+	// GetCertificate.
 	Certificates certtls.CertificateSource
 	// ReloadInterval is how often the files are checked. The default is
 	// DefaultCertReloadInterval.
@@ -89,14 +92,17 @@ func (s *Server) Run(ctx context.Context) error {
 	log := logger.OrDiscard(s.Log)
 	src := s.Certificates
 	if src == nil {
-		if err := CheckFiles(s.CertFile, s.KeyFile); err != nil {
-			return err
-		}
 		interval := s.ReloadInterval
 		if interval <= 0 {
 			interval = DefaultCertReloadInterval
 		}
 		src = &certtls.FileCertificateSource{CertPath: s.CertFile, KeyPath: s.KeyFile, UpdateInterval: interval}
+	}
+	// A file source whose files are missing would only log, and retry.
+	if f, ok := src.(*certtls.FileCertificateSource); ok {
+		if err := CheckFiles(f.CertPath, f.KeyPath); err != nil {
+			return err
+		}
 	}
 	if s.Metrics != nil {
 		expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
