@@ -233,10 +233,6 @@ func (s *Server) drain(serveErr <-chan error, log *slog.Logger) error {
 	}
 }
 
-// hasCertificate reports whether src has a certificate to serve. It asks
-// GetCertificate, which holds the source's lock, rather than Healthy,
-// which in cert-manager v1.21's FileCertificateSource reads the cached
-// certificate without it (a data race under -race).
 // notAfter is when the certificate src serves expires; the zero
 // Unix time when there is none.
 func notAfter(src certtls.CertificateSource) time.Time {
@@ -253,6 +249,10 @@ func notAfter(src certtls.CertificateSource) time.Time {
 	return leaf.NotAfter
 }
 
+// hasCertificate reports whether src has a certificate to serve. It asks
+// GetCertificate, which holds the source's lock, rather than Healthy,
+// which in cert-manager v1.21's FileCertificateSource reads the cached
+// certificate without it (a data race under -race).
 func hasCertificate(src certtls.CertificateSource) bool {
 	c, err := src.GetCertificate(nil)
 	return err == nil && c != nil
