@@ -12,6 +12,7 @@ import (
 
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	"github.com/cert-manager/cert-manager/pkg/server/tls/authority"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 	"k8s.io/client-go/dynamic"
@@ -103,17 +104,7 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 		}
 	}
 	a.metrics = webhook.NewMetrics()
-	e := &engine.Engine{
-		Resolver:  o.Registry.Client(a.metrics),
-		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
-		Now:       time.Now,
-		Timeout:   o.Registry.Timeout,
-		Log:       log,
-	}
-	e.Verifier = o.Provenance.Verifier(e.Resolver, a.metrics.Registry())
-	if v, ok := e.Verifier.(*provenance.Verifier); ok {
-		v.Log = log // ClusterBuildPolicies' unusable trust files are reported here
-	}
+	e := newEngine(o.Registry, o.Provenance, a.kube, a.metrics, log)
 	a.engine = e
 	if err := a.policies(cfg); err != nil {
 		return nil, err
@@ -125,7 +116,6 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 	if a.kube != nil {
 		a.informers = informers.NewSharedInformerFactory(a.kube, 10*time.Minute)
 		e.Namespaces = namespaceLabels{lister: a.informers.Core().V1().Namespaces().Lister(), client: a.kube}
-		e.Keychains = &registry.KubernetesKeychains{Client: a.kube}
 	}
 	if a.store, err = o.Store.Open(ctx); err != nil {
 		return nil, err
@@ -160,6 +150,34 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 	a.webhook = &server.Server{Listener: ln, Certificates: certs, Handler: mux,
 		Ready: a.ready, DrainDelay: o.DrainDelay, Log: log, Metrics: a.metrics.Registry()}
 	return a, nil
+}
+
+// newEngine is the engine of serve and of a scan, without its policies
+// and namespaces: it looks images up with reg's client and verifies them
+// with prov's verifier, measured by m unless it is nil, with the pull
+// secrets of the pods in kube's cluster, or the docker config file
+// outside a cluster (kube nil).
+func newEngine(reg Registry, prov Provenance, kube kubernetes.Interface, m *webhook.Metrics, log *slog.Logger) *engine.Engine {
+	var obs registry.Observer
+	var measure prometheus.Registerer
+	if m != nil {
+		obs, measure = m, m.Registry()
+	}
+	e := &engine.Engine{
+		Resolver:  reg.Client(obs),
+		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
+		Now:       time.Now,
+		Timeout:   reg.Timeout,
+		Log:       log,
+	}
+	if kube != nil {
+		e.Keychains = &registry.KubernetesKeychains{Client: kube}
+	}
+	e.Verifier = prov.Verifier(e.Resolver, measure)
+	if v, ok := e.Verifier.(*provenance.Verifier); ok {
+		v.Log = log // ClusterBuildPolicies' unusable trust files are reported here
+	}
+	return e
 }
 
 // policies sets up the engine's policy source.

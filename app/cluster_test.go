@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -102,14 +103,75 @@ func informerGoroutines() []string {
 	return out
 }
 
-// TestRunStopsInformers: in a cluster, with policies from
-// ClusterBuildPolicies, Run waits for the informers it started (the
+// TestInCluster runs a scan and the server against one API server, with
+// policies from ClusterBuildPolicies.
+func TestInCluster(t *testing.T) {
+	kubeconfig, admin := startCluster(t)
+	t.Run("scan", func(t *testing.T) { testScan(t, kubeconfig, admin) })
+	t.Run("serve", func(t *testing.T) { testRunStopsInformers(t, kubeconfig, admin) })
+}
+
+// testScan: a scan judges the cluster's workloads against its policies,
+// writes nothing to them, and leaves no informer running once closed.
+func testScan(t *testing.T, kubeconfig string, admin dynamic.Interface) {
+	ns := schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
+	pods := schema.GroupVersionResource{Version: "v1", Resource: "pods"}
+	for _, o := range []struct {
+		gvr schema.GroupVersionResource
+		ns  string
+		obj map[string]any
+	}{
+		{ns, "", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": "shop"}}},
+		{pods, "shop", map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "tool"},
+			"spec": map[string]any{"containers": []any{map[string]any{"name": "tool", "image": "evil.example/tool:1"}}}}},
+		{v1alpha1.PolicyResource(), "", map[string]any{"apiVersion": v1alpha1.APIVersion, "kind": v1alpha1.KindClusterBuildPolicy,
+			"metadata": map[string]any{"name": "registries"},
+			"spec":     map[string]any{"registries": map[string]any{"allow": []any{"registry.example/acme/*"}}}}},
+	} {
+		if _, err := admin.Resource(o.gvr).Namespace(o.ns).Create(t.Context(), &unstructured.Unstructured{Object: o.obj}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := ScanOptions{Kubeconfig: kubeconfig, PolicySource: SourceCRD, Namespaces: []string{"shop"}, Concurrency: 2,
+		Registry:   Registry{Timeout: 5 * time.Second, TagTTL: time.Minute, MaxImages: 100, PerRegistry: 4},
+		Provenance: Provenance{NegativeTTL: time.Minute, MaterialTTL: time.Minute, Concurrency: 4}}
+	var logs syncbuffer.Buffer
+	s, err := NewScan(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Run(t.Context(), nil)
+	if err != nil {
+		t.Fatalf("Run = %v; log:\n%s", err, logs.String())
+	}
+	if r.Totals.Workloads != 1 || r.Totals.WouldDeny != 1 || len(r.Workloads) != 1 || !slices.Equal(r.Workloads[0].DenyRules, []string{"unapproved-registry"}) {
+		t.Errorf("scan totals %+v, workloads %+v; want shop/tool denied by unapproved-registry", r.Totals, r.Workloads)
+	}
+	if s.Recorded() {
+		t.Errorf("Recorded() = true without a store")
+	}
+	if _, written, err := s.WriteReports(t.Context(), r); written || err != nil {
+		t.Errorf("WriteReports = %v, %v; want nothing written when none are asked for", written, err)
+	}
+	s.Close()
+	if g := informerGoroutines(); len(g) > 0 {
+		t.Errorf("%d informer goroutines left after Close:\n%s", len(g), strings.Join(g, "\n\n"))
+	}
+	u, err := admin.Resource(v1alpha1.PolicyResource()).Get(t.Context(), "registries", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, ok := u.Object["status"]; ok {
+		t.Errorf("the scan wrote the policy's status: %v", st)
+	}
+}
+
+// testRunStopsInformers: Run waits for the informers it started (the
 // policy source's and the namespaces') to stop, with the event handler
 // they were calling: none of their goroutines is left when it returns.
 // The handler is held in progress at the end by a policy whose key file
 // is a FIFO, which blocks its trust check until the test writes the key.
-func TestRunStopsInformers(t *testing.T) {
-	kubeconfig, admin := startCluster(t)
+func testRunStopsInformers(t *testing.T, kubeconfig string, admin dynamic.Interface) {
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "key.pub")
 	if err := syscall.Mkfifo(keyFile, 0o600); err != nil {

@@ -1,9 +1,11 @@
-// Package app is `buildguard serve`: its Options (the command's flags as
-// values), a Validate that checks them without touching anything, New
-// that builds the webhook, the node-report endpoints, the review UI and
-// the background loops from them, and Run that serves until its context
-// ends and then shuts everything down in one order. cmd/buildguard turns
-// flags into Options; this package holds no flags.
+// Package app builds buildguard's server (`buildguard serve`) and its
+// one-off scan (`buildguard audit`) from options, and runs them. Options
+// are serve's flags as values; Validate checks them without touching
+// anything; New builds the webhook, the node-report endpoints, the review
+// UI and the background loops from them; Run serves until its context
+// ends, then shuts everything down in one order. ScanOptions and NewScan
+// do the same for a scan, with the same engine. cmd/buildguard turns
+// flags into options; this package holds no flags.
 package app
 
 import (
