@@ -48,6 +48,7 @@ const pruneInterval = time.Hour
 // App is `buildguard serve`, built and not yet running.
 type App struct {
 	opts Options
+	refs refs // parsed from opts
 	log  *slog.Logger
 
 	kube      kubernetes.Interface // nil outside a cluster
@@ -80,10 +81,11 @@ type App struct {
 // listeners, but starts nothing. An error it returns for the options
 // themselves is an *OptionError.
 func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
-	if err := o.Validate(); err != nil {
+	refs, err := o.validate()
+	if err != nil {
 		return nil, err
 	}
-	a := &App{opts: o, log: log, reloader: &policysource.Reloader{Interval: o.Policy.ReloadInterval, Log: log}}
+	a := &App{opts: o, refs: refs, log: log, reloader: &policysource.Reloader{Interval: o.Policy.ReloadInterval, Log: log}}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -197,7 +199,7 @@ func (a *App) policies(cfg *rest.Config) error {
 		return err
 	}
 	a.crd = &policysource.CRD{Client: dyn, Log: a.log, Validate: checkTrust}
-	if a.lease, err = newStatusLease(a.opts.Policy.StatusLease, a.kube, a.log); err != nil {
+	if a.lease, err = newStatusLease(a.refs.statusLease, a.kube, a.log); err != nil {
 		return err
 	}
 	if a.lease != nil {
@@ -216,7 +218,7 @@ func (a *App) certificates(cfg *rest.Config) (certtls.CertificateSource, error) 
 		CertPath: tls.CertFile, KeyPath: tls.KeyFile, UpdateInterval: server.DefaultCertReloadInterval}
 	publish := &cluster.CABundle{Client: a.kube, Log: a.log}
 	if tls.SelfManagedCASecret != "" {
-		ns, name, err := objectRef("--self-managed-ca-secret", tls.SelfManagedCASecret)
+		ns, name, err := a.refs.caSecret.resolve()
 		if err != nil {
 			return nil, err
 		}
@@ -233,7 +235,7 @@ func (a *App) certificates(cfg *rest.Config) (certtls.CertificateSource, error) 
 	}
 	if tls.CAConfigMap != "" {
 		var err error
-		if publish.ConfigMapNamespace, publish.ConfigMapName, err = objectRef("--ca-configmap", tls.CAConfigMap); err != nil {
+		if publish.ConfigMapNamespace, publish.ConfigMapName, err = a.refs.caConfigMap.resolve(); err != nil {
 			return nil, err
 		}
 	}
@@ -320,7 +322,7 @@ func (a *App) newSchedule(cfg *rest.Config) error {
 	if o.Interval == 0 {
 		return nil
 	}
-	claim, err := newClaimer(o.Lease, a.kube)
+	claim, err := newClaimer(a.refs.auditLease, a.kube)
 	if err != nil {
 		return err
 	}
