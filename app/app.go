@@ -271,7 +271,7 @@ func (a *App) decisions(cfg *rest.Config, mux *http.ServeMux) ([]decision.Observ
 		a.log.Warn("decision records wait in a journal under the temporary directory; set --decision-journal to a volume that outlives the pod", "path", journal)
 	}
 	// A PostgreSQL commit is a round trip and the server's commit; a
-	// local fsync is several times faster (docs/benchmarks.md).
+	// local fsync is several times faster (docs/benchmark-results.md).
 	journalFirst := o.Records.Commit == "journal" || o.Records.Commit == "" && o.Store.SQLite == ""
 	rec, err := records.New(a.store, journal, records.WithQueueSize(o.Records.Queue), records.WithLogger(a.log),
 		records.WithJournalFirst(journalFirst), records.WithRegisterer(a.metrics.Registry()))

@@ -48,8 +48,8 @@ const pendingSize = 4096
 // (JSON lines) and fsynced instead, and the store is left alone until its
 // backoff has passed. When neither holds the record in time the caller
 // gets a *NotRecordedError, and must not answer as if it were recorded.
-// WithJournalFirst tries the journal first instead (docs/benchmarks.md
-// compares the two).
+// WithJournalFirst tries the journal first instead
+// (docs/benchmark-results.md compares the two).
 //
 // Other decisions (allow, warn) and Record never wait: they go on a
 // bounded in-memory queue that one writer goroutine stores in
