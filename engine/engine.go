@@ -1,7 +1,8 @@
 // Package engine evaluates a workload: it gathers the facts policy.Decide
-// needs (images looked up in their registries, the namespace's mode
-// label) under one deadline, and calls it. The webhook and `buildguard
-// check` share it.
+// needs (images looked up in their registries, their signatures and
+// attestations, the nodes' evidence of their builds, the namespace's mode
+// label) under one deadline, and calls it. The webhook, audit scans, the
+// judging of late node evidence and `buildguard check` share it.
 package engine
 
 import (

@@ -1,6 +1,7 @@
-// Package server runs buildguard's HTTPS listener: TLS 1.2+ with the
-// certificate and key reloaded from disk when they change (as cert-manager
-// rotates them), health and readiness endpoints, bounded timeouts and a
+// Package server runs buildguard's HTTPS listener: TLS 1.2+ with a
+// serving certificate kept current (the certificate and key files
+// reloaded when they change, as cert-manager rotates them, or a
+// self-managed CA's), health and readiness endpoints, bounded timeouts and a
 // graceful shutdown that first drains: it keeps serving, not ready, until
 // the endpoints pointing at it are gone.
 package server
