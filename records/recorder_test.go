@@ -318,8 +318,8 @@ func (s *slowStore) AddDecisions(ctx context.Context, ds []evidence.Decision) er
 func TestRecorderSpillsWhenQueueFull(t *testing.T) {
 	st := &slowStore{Store: openStore(t), release: make(chan struct{})}
 	// The store answers in a minute at the earliest: a Record that waited
-	// for it would take that long. (Spills fsync, which a busy disk
-	// makes slow, so the bound is loose.)
+	// for it would take that long. (Spills do not wait for an fsync, but
+	// a busy disk can make a write slow, so the bound is loose.)
 	r, err := New(st, filepath.Join(t.TempDir(), "journal"), WithQueueSize(4), WithWriteTimeout(time.Minute))
 	if err != nil {
 		t.Fatal(err)
