@@ -1,8 +1,9 @@
 package webhook
 
 import (
-	"reflect"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
@@ -43,7 +44,7 @@ func TestMetricsDecided(t *testing.T) {
 		"namespace=shop rule= verdict=allow ":                 1,
 		"namespace=shop rule=fresh-image verdict=would-deny ": 2,
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("buildguard_decisions_total = %v, want %v", got, want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("buildguard_decisions_total (-want +got):\n%s", diff)
 	}
 }
