@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -72,8 +72,8 @@ func TestDecision(t *testing.T) {
 		User: "alice", Groups: []string{"dev", "system:authenticated"}, Mode: "audit", Verdict: "would-deny",
 		Rules: []string{"fresh-image", "outside-release-window"}, Exceptions: []string{"proxy-hotfix"},
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("Decision = %+v\nwant %+v", got, want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("FromDecision (-want +got):\n%s", diff)
 	}
 	var elems []map[string]any
 	if err := json.Unmarshal(images, &elems); err != nil {
