@@ -17,23 +17,7 @@ func TestMetricsCacheResult(t *testing.T) {
 			m.CacheResult(c.cache, c.hit)
 		}
 	}
-	mfs, err := m.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != "buildguard_cache_lookups_total" {
-			continue
-		}
-		for _, mt := range mf.GetMetric() {
-			key := ""
-			for _, l := range mt.GetLabel() {
-				key += l.GetName() + "=" + l.GetValue() + " "
-			}
-			got[key] = mt.GetCounter().GetValue()
-		}
-	}
+	got := counters(t, m, "buildguard_cache_lookups_total")
 	want := map[string]float64{
 		"cache=tag result=hit ":     3,
 		"cache=tag result=miss ":    1,
