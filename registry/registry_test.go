@@ -5,12 +5,12 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -61,8 +61,8 @@ func TestResolveImage(t *testing.T) {
 			Labels: map[string]string{"org.opencontainers.image.source": "https://github.com/acme/shop"},
 		}},
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("Resolve = %+v, want %+v", got, want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Resolve (-want +got):\n%s", diff)
 	}
 }
 
@@ -85,8 +85,10 @@ func TestRoundTrips(t *testing.T) {
 		"HEAD /v2/acme/shop/manifests/1",
 		"GET /v2/acme/shop/manifests/" + d1.String(),
 	}
-	if len(got) != 4 || !reflect.DeepEqual(got[:3], want) || !strings.HasPrefix(got[3], "GET /v2/acme/shop/blobs/sha256:") {
+	if len(got) != 4 || !strings.HasPrefix(got[3], "GET /v2/acme/shop/blobs/sha256:") {
 		t.Errorf("cold tag lookup requests = %q, want %q then the config blob", got, want)
+	} else if diff := cmp.Diff(want, got[:3]); diff != "" {
+		t.Errorf("cold tag lookup requests before the config blob (-want +got):\n%s", diff)
 	}
 
 	reg.Reset()
@@ -194,8 +196,8 @@ func TestIndex(t *testing.T) {
 		pls = append(pls, p.Platform+"@"+p.Created.Format(time.RFC3339))
 	}
 	want := []string{"linux/amd64@" + old.Format(time.RFC3339), "linux/arm64/v8@" + old.Add(time.Hour).Format(time.RFC3339)}
-	if !reflect.DeepEqual(pls, want) {
-		t.Errorf("platforms = %q, want %q (attestation manifest left out)", pls, want)
+	if diff := cmp.Diff(want, pls); diff != "" {
+		t.Errorf("platforms, the attestation manifest left out (-want +got):\n%s", diff)
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 
 	"buildguard.dev/buildguard/bench/internal/reviewload"
+	"buildguard.dev/buildguard/internal/benchreview"
 	"buildguard.dev/buildguard/server"
 )
 
@@ -84,9 +85,9 @@ type env struct {
 	client   *http.Client
 	tr       *http.Transport
 	images   []reviewload.Image
-	bodies   map[int]*reviewload.Body // by containers
-	targets  []*target                // buildguard ones first, do-nothing last
-	uids     reviewload.UIDs
+	bodies   map[int]*benchreview.Body // by containers
+	targets  []*target                 // buildguard ones first, do-nothing last
+	uids     benchreview.UIDs
 }
 
 func (e *env) close() {
@@ -105,7 +106,7 @@ func (e *env) close() {
 }
 
 func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) {
-	e := &env{cfg: cfg, bodies: map[int]*reviewload.Body{}}
+	e := &env{cfg: cfg, bodies: map[int]*benchreview.Body{}}
 	defer func() {
 		if err != nil {
 			e.close()

@@ -12,12 +12,14 @@ import (
 	"strings"
 	"time"
 
+	"buildguard.dev/buildguard/internal/proccpu"
+
 	"buildguard.dev/buildguard/bench/internal/reviewload"
 )
 
 // selfCPU is this process's CPU time, user and system; 0 when unknown.
 func selfCPU() time.Duration {
-	d, _ := reviewload.SelfCPU()
+	d, _ := proccpu.Self()
 	return d
 }
 
