@@ -115,11 +115,20 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		defer s.Metrics.Unregister(expiry)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// The source runs until Run returns, through the drain: a certificate
+	// rotated then is served, and the source's end is its failure, never
+	// ctx's (which the select below would take for one, or for the end
+	// of ctx, at random, and skip the drain).
+	srcCtx, srcCancel := context.WithCancel(context.WithoutCancel(ctx))
 	srcErr := make(chan error, 1)
+	srcDone := make(chan struct{})
 	go func() {
-		srcErr <- src.Start(logr.NewContext(ctx, logr.FromSlogHandler(log.Handler())))
+		defer close(srcDone)
+		srcErr <- src.Start(logr.NewContext(srcCtx, logr.FromSlogHandler(log.Handler())))
+	}()
+	defer func() {
+		srcCancel()
+		<-srcDone
 	}()
 	// Wait for the first certificate: a file source reads at once, a
 	// self-managed CA may first have to create its Secret.
@@ -216,8 +225,7 @@ func (s *Server) closeWhenDraining(h http.Handler) http.Handler {
 	})
 }
 
-// drain serves, not ready, for DrainDelay. The certificate source has
-// stopped with ctx; the certificate it last had is served.
+// drain serves, not ready, for DrainDelay.
 func (s *Server) drain(serveErr <-chan error, log *slog.Logger) error {
 	if s.DrainDelay <= 0 {
 		return nil
