@@ -1,6 +1,6 @@
 // Package registry looks container images up in their registries with
 // go-containerregistry and returns them as policy facts: digest, config
-// created time, history and labels of every platform.
+// created time, history and run config of every platform.
 //
 // Everything fetched for a digest is immutable and kept in a bounded
 // cache; tag resolutions are kept briefly. Concurrent lookups of the same
@@ -96,7 +96,7 @@ func WithTransport(t http.RoundTripper) Option { return func(c *Client) { c.base
 func WithMaxInFlightBytes(n int64) Option { return func(c *Client) { c.inFlight = n } }
 
 // WithMaxCacheBytes bounds the memory of the images kept in the cache
-// (their history, labels and digests), besides WithMaxImages. The default
+// (their history, run config and digests), besides WithMaxImages. The default
 // is 64 MiB.
 func WithMaxCacheBytes(n int64) Option { return func(c *Client) { c.cacheBytes = n } }
 
@@ -626,9 +626,6 @@ func platformChildren(im *v1.IndexManifest) []v1.Descriptor {
 
 func platformOf(manifestDigest, configDigest string, cf *v1.ConfigFile) policy.Platform {
 	pl := policy.Platform{Digest: manifestDigest, ConfigDigest: configDigest, Created: cf.Created.Time}
-	if len(cf.Config.Labels) > 0 {
-		pl.Labels = cf.Config.Labels
-	}
 	pl.Config = policy.RunConfig{Env: cf.Config.Env, Entrypoint: cf.Config.Entrypoint, Cmd: cf.Config.Cmd, WorkingDir: cf.Config.WorkingDir}
 	pl.History = make([]policy.History, 0, len(cf.History))
 	for _, h := range cf.History {
@@ -645,9 +642,6 @@ func ImageBytes(img *policy.Image) int64 {
 		n += int64(160 + len(pl.Platform) + len(pl.Digest) + len(pl.ConfigDigest))
 		for _, h := range pl.History {
 			n += int64(48 + len(h.CreatedBy))
-		}
-		for k, v := range pl.Labels {
-			n += int64(64 + len(k) + len(v))
 		}
 	}
 	return n

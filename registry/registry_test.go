@@ -58,7 +58,6 @@ func TestResolveImage(t *testing.T) {
 				{Created: old, CreatedBy: "/bin/sh -c #(nop) ADD file:abc in /", EmptyLayer: true},
 				{Created: old, CreatedBy: "RUN /bin/sh -c apk add curl # buildkit", EmptyLayer: true},
 			},
-			Labels: map[string]string{"org.opencontainers.image.source": "https://github.com/acme/shop"},
 		}},
 	}
 	if !reflect.DeepEqual(got, want) {
