@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -165,7 +166,7 @@ func New(opts ...Option) *Client {
 	c.budget = newBudget(max(c.inFlight, maxConfigBytes))
 	c.transport = &guardTransport{inner: c.base, sems: map[string]chan struct{}{}, per: c.perRegistry, obs: c.obs, budget: c.budget}
 	c.tags = newLRU[string](c.maxImages)
-	c.images = newWeighedLRU(c.maxImages, c.cacheBytes, ImageBytes)
+	c.images = newWeighedLRU(c.maxImages, c.cacheBytes, cachedImageBytes)
 	c.pullers = newLRU[*pullerEntry](defaultMaxPullers)
 	return c
 }
@@ -265,6 +266,10 @@ func tagKey(r Request) string {
 
 // CachedImages returns the number of images in the cache.
 func (c *Client) CachedImages() int { return c.images.len() }
+
+// CachedBytes returns the weight of the images in the cache, which
+// WithMaxCacheBytes bounds: at least the memory they take.
+func (c *Client) CachedBytes() int64 { return c.images.bytes() }
 
 // digestOf returns the digest a reference names: the reference itself
 // for a digest, a cached or HEAD-resolved one for a tag.
@@ -410,7 +415,6 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 	if err != nil {
 		return nil, err
 	}
-	img := &policy.Image{Digest: m.digest.String()}
 	if !m.index {
 		if m.platform == nil {
 			cf, err := c.readConfig(ctx, p, d, m.config)
@@ -420,10 +424,9 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 			pl := platformOf(m.digest.String(), m.config.Digest.String(), cf)
 			m.platform = &pl
 		}
-		img.Platforms = []policy.Platform{*m.platform}
-		return img, nil
+		return &policy.Image{Digest: m.digest.String(), Platforms: []policy.Platform{*m.platform}}, nil
 	}
-	img.Index = true
+	img := &policy.Image{Digest: m.digest.String(), Index: true}
 	img.Platforms = make([]policy.Platform, len(m.children))
 	errs := make([]error, len(m.children))
 	var wg sync.WaitGroup
@@ -634,17 +637,58 @@ func platformOf(manifestDigest, configDigest string, cf *v1.ConfigFile) policy.P
 	return pl
 }
 
-// ImageBytes is about the memory img takes: its history, labels and
-// digests, and the structs that hold them. The cache is bounded by it.
+// ImageBytes is at least the memory img takes: its digests, history and
+// run config and the structs that hold them, each allocation counted as
+// allocBytes rounds it up. Strings and history an image shares with
+// others (an index with its platforms' images) are counted in each. The
+// cache and the images of one workload are bounded by it.
 func ImageBytes(img *policy.Image) int64 {
-	n := int64(96 + len(img.Digest))
+	n := allocBytes(int(unsafe.Sizeof(*img))) + allocBytes(len(img.Digest)) +
+		allocBytes(cap(img.Platforms)*int(unsafe.Sizeof(policy.Platform{})))
 	for _, pl := range img.Platforms {
-		n += int64(160 + len(pl.Platform) + len(pl.Digest) + len(pl.ConfigDigest))
-		for _, h := range pl.History {
-			n += int64(48 + len(h.CreatedBy))
+		n += allocBytes(len(pl.Platform)) + allocBytes(len(pl.ConfigDigest))
+		if unsafe.StringData(pl.Digest) != unsafe.StringData(img.Digest) {
+			n += allocBytes(len(pl.Digest))
 		}
+		n += allocBytes(cap(pl.History) * int(unsafe.Sizeof(policy.History{})))
+		for _, h := range pl.History {
+			n += allocBytes(len(h.CreatedBy))
+		}
+		n += stringsBytes(pl.Config.Env) + stringsBytes(pl.Config.Entrypoint) + stringsBytes(pl.Config.Cmd) + allocBytes(len(pl.Config.WorkingDir))
 	}
 	return n
+}
+
+// cachedImageBytes is what the cache weighs an image by: ImageBytes and
+// the cache's own entry for it.
+func cachedImageBytes(key string, img *policy.Image) int64 {
+	return ImageBytes(img) + entryBytes[*policy.Image](key)
+}
+
+// stringsBytes is at least the memory of s and its strings.
+func stringsBytes(s []string) int64 {
+	n := allocBytes(cap(s) * int(unsafe.Sizeof("")))
+	for _, v := range s {
+		n += allocBytes(len(v))
+	}
+	return n
+}
+
+// allocBytes is at least the heap an allocation of n bytes takes: Go
+// rounds it up to its size class, which up to 256 bytes are 8 or 16
+// bytes apart and up to 32 KiB at most a fifth (4097 bytes take 4864),
+// and beyond to 8 KiB pages.
+func allocBytes(n int) int64 {
+	switch {
+	case n <= 0:
+		return 0
+	case n <= 256:
+		return int64((n + 15) &^ 15)
+	case n <= 32<<10:
+		return int64(n + n/5 + 32)
+	default:
+		return int64((n + 8<<10 - 1) &^ (8<<10 - 1))
+	}
 }
 
 func invalid(format string, args ...any) error {
