@@ -344,6 +344,7 @@ func (c *Client) image(ctx context.Context, r Request, d name.Digest) (*policy.I
 		}
 		img, err := c.fetch(ctx, r.Auth, d)
 		if err == nil {
+			keyDigest(key, img)
 			c.images.add(key, img, time.Time{}) // before the flight ends, as for tags
 		}
 		return img, err
@@ -424,7 +425,8 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 			pl := platformOf(m.digest.String(), m.config.Digest.String(), cf)
 			m.platform = &pl
 		}
-		return &policy.Image{Digest: m.digest.String(), Platforms: []policy.Platform{*m.platform}}, nil
+		// The image's digest is its platform's: one string for both.
+		return &policy.Image{Digest: m.platform.Digest, Platforms: []policy.Platform{*m.platform}}, nil
 	}
 	img := &policy.Image{Digest: m.digest.String(), Index: true}
 	img.Platforms = make([]policy.Platform, len(m.children))
@@ -627,14 +629,40 @@ func platformChildren(im *v1.IndexManifest) []v1.Descriptor {
 	return out
 }
 
+// platformOf is what the cache keeps of an image: what policy reads of
+// its config, nothing else of the decoded config. Times are kept in UTC,
+// the same instants: one written with another offset would hold a
+// time.Location of its own. Slices are kept without spare capacity.
 func platformOf(manifestDigest, configDigest string, cf *v1.ConfigFile) policy.Platform {
-	pl := policy.Platform{Digest: manifestDigest, ConfigDigest: configDigest, Created: cf.Created.Time}
-	pl.Config = policy.RunConfig{Env: cf.Config.Env, Entrypoint: cf.Config.Entrypoint, Cmd: cf.Config.Cmd, WorkingDir: cf.Config.WorkingDir}
+	pl := policy.Platform{Digest: manifestDigest, ConfigDigest: configDigest, Created: cf.Created.Time.UTC()}
+	pl.Config = policy.RunConfig{Env: clip(cf.Config.Env), Entrypoint: clip(cf.Config.Entrypoint), Cmd: clip(cf.Config.Cmd), WorkingDir: cf.Config.WorkingDir}
 	pl.History = make([]policy.History, 0, len(cf.History))
 	for _, h := range cf.History {
-		pl.History = append(pl.History, policy.History{Created: h.Created.Time, CreatedBy: h.CreatedBy, EmptyLayer: h.EmptyLayer})
+		pl.History = append(pl.History, policy.History{Created: h.Created.Time.UTC(), CreatedBy: h.CreatedBy, EmptyLayer: h.EmptyLayer})
 	}
 	return pl
+}
+
+// clip returns s without spare capacity: decoding leaves up to half.
+func clip(s []string) []string {
+	if cap(s) == len(s) {
+		return s
+	}
+	return append(make([]string, 0, len(s)), s...)
+}
+
+// keyDigest makes img's digest, and its platform's for an image, the end
+// of its cache key (repo@digest), which the cache holds anyway: one
+// allocation less per image. img must not be shared yet.
+func keyDigest(key string, img *policy.Image) {
+	i := len(key) - len(img.Digest)
+	if i < 1 || key[i-1] != '@' || key[i:] != img.Digest {
+		return
+	}
+	if !img.Index {
+		img.Platforms[0].Digest = key[i:]
+	}
+	img.Digest = key[i:]
 }
 
 // ImageBytes is at least the memory img takes: its digests, history and
