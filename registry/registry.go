@@ -132,6 +132,7 @@ type Client struct {
 	pullers   *lru[*pullerEntry]  // auth key → puller
 	flight    singleflight.Group
 	pullerMu  sync.Mutex
+	intern    interner
 }
 
 type pullerEntry struct {
@@ -422,7 +423,7 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 			if err != nil {
 				return nil, err
 			}
-			pl := platformOf(m.digest.String(), m.config.Digest.String(), cf)
+			pl := c.platformOf(m.digest.String(), m.config.Digest.String(), cf)
 			m.platform = &pl
 		}
 		// The image's digest is its platform's: one string for both.
@@ -446,7 +447,7 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 				return
 			}
 			pl := child.Platforms[0]
-			pl.Platform = ch.Platform.String()
+			pl.Platform = c.intern.string(ch.Platform.String())
 			img.Platforms[i] = pl
 		}()
 	}
@@ -524,7 +525,7 @@ func (c *Client) readManifest(ctx context.Context, p *remote.Puller, d name.Dige
 			if err != nil {
 				return f, err
 			}
-			pl := platformOf(desc.Digest.String(), m.Config.Digest.String(), cf)
+			pl := c.platformOf(desc.Digest.String(), m.Config.Digest.String(), cf)
 			f.platform = &pl
 		}
 	default:
@@ -630,16 +631,18 @@ func platformChildren(im *v1.IndexManifest) []v1.Descriptor {
 }
 
 // platformOf is what the cache keeps of an image: what policy reads of
-// its config, nothing else of the decoded config. Times are kept in UTC,
-// the same instants: one written with another offset would hold a
-// time.Location of its own. Slices are kept without spare capacity.
-func platformOf(manifestDigest, configDigest string, cf *v1.ConfigFile) policy.Platform {
+// its config, nothing else of the decoded config, with the strings other
+// images have too interned. Times are kept in UTC, the same instants: one
+// written with another offset would hold a time.Location of its own.
+// Slices are kept without spare capacity.
+func (c *Client) platformOf(manifestDigest, configDigest string, cf *v1.ConfigFile) policy.Platform {
 	pl := policy.Platform{Digest: manifestDigest, ConfigDigest: configDigest, Created: cf.Created.Time.UTC()}
 	pl.Config = policy.RunConfig{Env: clip(cf.Config.Env), Entrypoint: clip(cf.Config.Entrypoint), Cmd: clip(cf.Config.Cmd), WorkingDir: cf.Config.WorkingDir}
 	pl.History = make([]policy.History, 0, len(cf.History))
 	for _, h := range cf.History {
 		pl.History = append(pl.History, policy.History{Created: h.Created.Time.UTC(), CreatedBy: h.CreatedBy, EmptyLayer: h.EmptyLayer})
 	}
+	c.intern.platform(&pl)
 	return pl
 }
 
