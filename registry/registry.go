@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/bits"
 	"net"
 	"net/http"
 	"strings"
@@ -705,10 +706,11 @@ func stringsBytes(s []string) int64 {
 	return n
 }
 
-// allocBytes is at least the heap an allocation of n bytes takes: Go
-// rounds it up to its size class, which up to 256 bytes are 8 or 16
-// bytes apart and up to 32 KiB at most a fifth (4097 bytes take 4864),
-// and beyond to 8 KiB pages.
+// allocBytes is at least the heap an allocation of n bytes takes. Go
+// rounds it up to its size class: up to 256 bytes a multiple of 16 at
+// most; up to 32 KiB at most a fifth and 32 bytes more, and at most the
+// next quarter of the power of two at or above n (1000 bytes take 1024,
+// 24000 take 24576); beyond, to 8 KiB pages.
 func allocBytes(n int) int64 {
 	switch {
 	case n <= 0:
@@ -716,7 +718,8 @@ func allocBytes(n int) int64 {
 	case n <= 256:
 		return int64((n + 15) &^ 15)
 	case n <= 32<<10:
-		return int64(n + n/5 + 32)
+		quarter := 1 << (bits.Len(uint(n-1)) - 2)
+		return int64(min((n+quarter-1)&^(quarter-1), n+n/5+32))
 	default:
 		return int64((n + 8<<10 - 1) &^ (8<<10 - 1))
 	}
