@@ -25,7 +25,7 @@ const weightImages = 300
 // (CachedBytes, of ImageBytes and the cache's entries) is at least the
 // heap they take, measured with runtime.MemStats around caching
 // weightImages images of BenchmarkMemoryPerCachedImage's shape, one in
-// ten of them an index of two platforms; and not so far above it that
+// five of them an index of two platforms; and not so far above it that
 // the cache's byte bound would evict images long before it holds that
 // much.
 func TestImageBytesBoundsHeap(t *testing.T) {
@@ -80,6 +80,9 @@ func TestImageBytesBoundsHeap(t *testing.T) {
 	}{{"images", images}, {"indexes", indexes}} {
 		entries0, weight0 := c.CachedImages(), c.CachedBytes()
 		var before, after runtime.MemStats
+		// Twice: what sync.Pools held before the first is freed by the
+		// second, not during the lookups.
+		runtime.GC()
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		for _, r := range set.reqs {
@@ -88,6 +91,7 @@ func TestImageBytesBoundsHeap(t *testing.T) {
 			}
 		}
 		runtime.GC()
+		runtime.GC()
 		runtime.ReadMemStats(&after)
 		entries, weight := c.CachedImages()-entries0, c.CachedBytes()-weight0
 		heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
@@ -95,18 +99,18 @@ func TestImageBytesBoundsHeap(t *testing.T) {
 		if heap > weight {
 			t.Errorf("%s: %d cache entries take %d B of heap, more than their weight of %d B: ImageBytes is not an upper bound", set.name, entries, heap, weight)
 		}
-		if weight > 3*heap {
-			t.Errorf("%s: %d cache entries weigh %d B, more than 3 times the %d B of heap they take: the cache would evict long before its byte bound", set.name, entries, weight, heap)
+		if weight > 4*heap {
+			t.Errorf("%s: %d cache entries weigh %d B, more than 4 times the %d B of heap they take: the cache would evict long before its byte bound", set.name, entries, weight, heap)
 		}
 	}
 	runtime.KeepAlive(c)
 }
 
-func isWeightIndex(i int) bool { return i%10 == 9 }
+func isWeightIndex(i int) bool { return i%5 == 4 }
 
 // pushWeightImage pushes the i-th image of benchImageErr's family, or
-// every tenth time an index of it and its sibling for linux/arm64, and
-// returns a request by digest for it.
+// for isWeightIndex(i) an index of it and its sibling for linux/arm64,
+// and returns a request by digest for it.
 func pushWeightImage(host string, i int) (registry.Request, error) {
 	img, err := benchImageErr(i)
 	if err != nil {
