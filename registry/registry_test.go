@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -58,7 +59,6 @@ func TestResolveImage(t *testing.T) {
 				{Created: old, CreatedBy: "/bin/sh -c #(nop) ADD file:abc in /", EmptyLayer: true},
 				{Created: old, CreatedBy: "RUN /bin/sh -c apk add curl # buildkit", EmptyLayer: true},
 			},
-			Labels: map[string]string{"org.opencontainers.image.source": "https://github.com/acme/shop"},
 		}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -330,5 +330,32 @@ func TestCached(t *testing.T) {
 	}
 	if n := reg.Count(); n != 0 {
 		t.Errorf("Cached made %d registry requests, want none", n)
+	}
+}
+
+// TestImagesShareStrings: two images with the same build steps and run
+// config, looked up one after the other, hold one copy of each.
+func TestImagesShareStrings(t *testing.T) {
+	reg := testregistry.New(t)
+	steps := []string{"/bin/sh -c #(nop) ADD file:abc in /", "RUN /bin/sh -c apk add curl # buildkit"}
+	reg.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: old, Steps: steps}))
+	reg.Push(t, "acme/cart:1", testregistry.Build(t, testregistry.Image{Created: old.Add(time.Hour), Steps: steps}))
+	c := newClient()
+	a, err := resolve(t, c, reg.Ref(t, "acme/shop:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := resolve(t, c, reg.Ref(t, "acme/cart:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ha, hb := a.Platforms[0].History, b.Platforms[0].History
+	if len(ha) != len(steps) || len(hb) != len(steps) {
+		t.Fatalf("histories of %d and %d steps, want %d", len(ha), len(hb), len(steps))
+	}
+	for i := range steps {
+		if ha[i].CreatedBy != steps[i] || unsafe.StringData(ha[i].CreatedBy) != unsafe.StringData(hb[i].CreatedBy) {
+			t.Errorf("step %d: %q and %q are two copies, want one of %q", i, ha[i].CreatedBy, hb[i].CreatedBy, steps[i])
+		}
 	}
 }
