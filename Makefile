@@ -27,7 +27,7 @@ deps: ## Install (as root with apt-get) or list what the tests and the demo need
 build: ## Build bin/buildguard (static, version stamped in).
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/buildguard ./cmd/buildguard
 
-tools: ## Build etcd, the Kubernetes binaries, containerd, CoreDNS, helm, cosign-v2 and cosign-v3 into bin/ (cached; the times: docs/benchmarks.md).
+tools: ## Build etcd, the Kubernetes binaries, containerd, CoreDNS, helm, cosign-v2 and cosign-v3 into bin/ (cached; the times: docs/benchmark-results.md).
 	tools/build.sh
 
 test: deps fmt-check vet tools unit ## All tests: gofmt, go vet, unit, integration and e2e tests (race detector on).

@@ -12,6 +12,7 @@ import (
 
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	"github.com/cert-manager/cert-manager/pkg/server/tls/authority"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 	"k8s.io/client-go/dynamic"
@@ -48,6 +49,7 @@ const pruneInterval = time.Hour
 // App is `buildguard serve`, built and not yet running.
 type App struct {
 	opts Options
+	refs refs // parsed from opts
 	log  *slog.Logger
 	// clock times the store's retention and the wait for the status
 	// Lease's release; nil is the real clock (tests set another).
@@ -83,10 +85,11 @@ type App struct {
 // listeners, but starts nothing. An error it returns for the options
 // themselves is an *OptionError.
 func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
-	if err := o.Validate(); err != nil {
+	refs, err := o.validate()
+	if err != nil {
 		return nil, err
 	}
-	a := &App{opts: o, log: log, reloader: &policysource.Reloader{Interval: o.Policy.ReloadInterval, Log: log}}
+	a := &App{opts: o, refs: refs, log: log, reloader: &policysource.Reloader{Interval: o.Policy.ReloadInterval, Log: log}}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -107,16 +110,7 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 		}
 	}
 	a.metrics = webhook.NewMetrics()
-	e := &engine.Engine{
-		Resolver:  o.Registry.Client(a.metrics),
-		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
-		Timeout:   o.Registry.Timeout,
-		Log:       log,
-	}
-	e.Verifier = o.Provenance.Verifier(e.Resolver, a.metrics.Registry())
-	if v, ok := e.Verifier.(*provenance.Verifier); ok {
-		v.Log = log // ClusterBuildPolicies' unusable trust files are reported here
-	}
+	e := newEngine(o.Registry, o.Provenance, a.kube, a.metrics, log)
 	a.engine = e
 	if err := a.policies(cfg); err != nil {
 		return nil, err
@@ -128,7 +122,6 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 	if a.kube != nil {
 		a.informers = informers.NewSharedInformerFactory(a.kube, 10*time.Minute)
 		e.Namespaces = namespaceLabels{lister: a.informers.Core().V1().Namespaces().Lister(), client: a.kube}
-		e.Keychains = &registry.KubernetesKeychains{Client: a.kube}
 	}
 	if a.store, err = o.Store.Open(ctx); err != nil {
 		return nil, err
@@ -160,9 +153,36 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 		}
 		a.listeners = append(a.listeners, a.debug)
 	}
-	a.webhook = &server.Server{Listener: ln, CertFile: o.TLS.CertFile, KeyFile: o.TLS.KeyFile, Certificates: certs, Handler: mux,
+	a.webhook = &server.Server{Listener: ln, Certificates: certs, Handler: mux,
 		Ready: a.ready, DrainDelay: o.DrainDelay, Log: log, Metrics: a.metrics.Registry()}
 	return a, nil
+}
+
+// newEngine is the engine of serve and of a scan, without its policies
+// and namespaces: it looks images up with reg's client and verifies them
+// with prov's verifier, measured by m unless it is nil, with the pull
+// secrets of the pods in kube's cluster, or the docker config file
+// outside a cluster (kube nil).
+func newEngine(reg Registry, prov Provenance, kube kubernetes.Interface, m *webhook.Metrics, log *slog.Logger) *engine.Engine {
+	var obs registry.Observer
+	var measure prometheus.Registerer
+	if m != nil {
+		obs, measure = m, m.Registry()
+	}
+	e := &engine.Engine{
+		Resolver:  reg.Client(obs),
+		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
+		Timeout:   reg.Timeout,
+		Log:       log,
+	}
+	if kube != nil {
+		e.Keychains = &registry.KubernetesKeychains{Client: kube}
+	}
+	e.Verifier = prov.Verifier(e.Resolver, measure)
+	if v, ok := e.Verifier.(*provenance.Verifier); ok {
+		v.Log = log // ClusterBuildPolicies' unusable trust files are reported here
+	}
+	return e
 }
 
 // policies sets up the engine's policy source.
@@ -182,7 +202,7 @@ func (a *App) policies(cfg *rest.Config) error {
 		return err
 	}
 	a.crd = &policysource.CRD{Client: dyn, Log: a.log, Validate: checkTrust}
-	if a.lease, err = newStatusLease(a.opts.Policy.StatusLease, a.kube, a.log); err != nil {
+	if a.lease, err = newStatusLease(a.refs.statusLease, a.kube, a.log); err != nil {
 		return err
 	}
 	if a.lease != nil {
@@ -192,14 +212,16 @@ func (a *App) policies(cfg *rest.Config) error {
 	return nil
 }
 
-// certificates returns the self-managed CA's certificate source (nil: the
-// certificate files), and sets up the publishing of the CA.
+// certificates returns the source of the serving certificate, the
+// webhook's and the review UI's: the certificate files, or the
+// self-managed CA's. It sets up the publishing of the CA.
 func (a *App) certificates(cfg *rest.Config) (certtls.CertificateSource, error) {
 	tls := a.opts.TLS
-	var certs certtls.CertificateSource
+	var certs certtls.CertificateSource = &certtls.FileCertificateSource{
+		CertPath: tls.CertFile, KeyPath: tls.KeyFile, UpdateInterval: server.DefaultCertReloadInterval}
 	publish := &cluster.CABundle{Client: a.kube, Log: a.log}
 	if tls.SelfManagedCASecret != "" {
-		ns, name, err := objectRef("--self-managed-ca-secret", tls.SelfManagedCASecret)
+		ns, name, err := a.refs.caSecret.resolve()
 		if err != nil {
 			return nil, err
 		}
@@ -216,7 +238,7 @@ func (a *App) certificates(cfg *rest.Config) (certtls.CertificateSource, error) 
 	}
 	if tls.CAConfigMap != "" {
 		var err error
-		if publish.ConfigMapNamespace, publish.ConfigMapName, err = objectRef("--ca-configmap", tls.CAConfigMap); err != nil {
+		if publish.ConfigMapNamespace, publish.ConfigMapName, err = a.refs.caConfigMap.resolve(); err != nil {
 			return nil, err
 		}
 	}
@@ -252,7 +274,7 @@ func (a *App) decisions(cfg *rest.Config, mux *http.ServeMux) ([]decision.Observ
 		a.log.Warn("decision records wait in a journal under the temporary directory; set --decision-journal to a volume that outlives the pod", "path", journal)
 	}
 	// A PostgreSQL commit is a round trip and the server's commit; a
-	// local fsync is several times faster (docs/benchmarks.md).
+	// local fsync is several times faster (docs/benchmark-results.md).
 	journalFirst := o.Records.Commit == "journal" || o.Records.Commit == "" && o.Store.SQLite == ""
 	rec, err := records.New(a.store, journal, records.WithQueueSize(o.Records.Queue), records.WithLogger(a.log),
 		records.WithJournalFirst(journalFirst), records.WithRegisterer(a.metrics.Registry()))
@@ -303,7 +325,7 @@ func (a *App) newSchedule(cfg *rest.Config) error {
 	if o.Interval == 0 {
 		return nil
 	}
-	claim, err := newClaimer(o.Lease, a.kube)
+	claim, err := newClaimer(a.refs.auditLease, a.kube)
 	if err != nil {
 		return err
 	}
@@ -353,9 +375,12 @@ func (a *App) Run(ctx context.Context) error {
 	defer stop()
 	g, ctx := errgroup.WithContext(ctx)
 	if a.crd != nil {
-		synced := a.crd.Start(ctx)
+		g.Go(func() error {
+			a.crd.Run(ctx)
+			return nil
+		})
 		a.checks = append(a.checks, func() error {
-			if !synced() {
+			if !a.crd.Synced() {
 				return errors.New("policy informers not synced")
 			}
 			return nil

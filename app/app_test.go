@@ -19,6 +19,7 @@ import (
 
 	"buildguard.dev/buildguard/internal/syncbuffer"
 
+	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -356,4 +357,75 @@ func TestPrune(t *testing.T) {
 	if n := clk.Waiting(); n != 0 {
 		t.Errorf("%d tickers left after prune returned, want 0", n)
 	}
+}
+
+// TestCertificateRotated: the webhook and the review UI serve the
+// certificate files through one source, which one reader keeps current:
+// a rotated certificate is served by both.
+func TestCertificateRotated(t *testing.T) {
+	reg := testregistry.New(t)
+	o, files := serverOptions(t, reg)
+	var logs syncbuffer.Buffer
+	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, ok := a.webhook.Certificates.(*certtls.FileCertificateSource)
+	if !ok {
+		t.Fatalf("the webhook's certificate source is a %T, want the files'", a.webhook.Certificates)
+	}
+	src.UpdateInterval = 50 * time.Millisecond // not the 10s of serve
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	rotated, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []selfsigned.Files{files, rotated} {
+		if i > 0 {
+			// In place, as cert-manager rotates them.
+			for _, p := range [][2]string{{rotated.Cert, files.Cert}, {rotated.Key, files.Key}} {
+				if err := os.WriteFile(p[1], mustRead(t, p[0]), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		pair, err := tls.LoadX509KeyPair(want.Cert, want.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, addr := range []string{o.Listen, o.Review.Listen} {
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				got, err := servedCertificate(addr)
+				if err == nil && bytes.Equal(got, pair.Certificate[0]) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s does not serve %s within 10s (%v); log:\n%s", addr, want.Cert, err, logs.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+	if n := strings.Count(goroutines(), "(*FileCertificateSource).Start("); n != 1 {
+		t.Errorf("%d goroutines read the certificate files, want 1:\n%s", n, goroutines())
+	}
+}
+
+// servedCertificate is the DER of the certificate addr serves.
+func servedCertificate(addr string) ([]byte, error) {
+	// Not verified: the test compares it with the one it wrote.
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0].Raw, nil
 }

@@ -44,36 +44,33 @@ func kubeConfig(kubeconfig string, inCluster bool, version string) (*rest.Config
 	return cfg, nil
 }
 
-// objectRef parses flag's value "[namespace/]name"; the namespace
-// defaults to the pod's own.
-func objectRef(flag, s string) (ns, name string, err error) {
-	if ns, name, ok := strings.Cut(s, "/"); ok {
-		if ns == "" || name == "" {
-			return "", "", optionErrorf("%s %q: want [namespace/]name", flag, s)
-		}
-		return ns, name, nil
+// resolve returns the reference's namespace, the pod's own when it names
+// none, and its name.
+func (r objectRef) resolve() (ns, name string, err error) {
+	if r.namespace != "" {
+		return r.namespace, r.name, nil
 	}
 	b, err := os.ReadFile(podNamespaceFile)
 	if err != nil {
-		return "", "", fmt.Errorf("%s %q: give namespace/name outside a pod (%v)", flag, s, err)
+		return "", "", optionErrorf("%s %q: give namespace/name outside a pod (%v)", r.flag, r.name, err)
 	}
-	return strings.TrimSpace(string(b)), s, nil
+	return strings.TrimSpace(string(b)), r.name, nil
 }
 
 // newStatusLease resolves --status-lease: nil when it is empty, or when
 // it names no namespace outside a pod (a process of its own, which has
 // no other replica to agree with).
-func newStatusLease(flag string, kube kubernetes.Interface, log *slog.Logger) (*cluster.StatusLease, error) {
-	if flag == "" {
+func newStatusLease(ref objectRef, kube kubernetes.Interface, log *slog.Logger) (*cluster.StatusLease, error) {
+	if ref.name == "" {
 		return nil, nil
 	}
-	if !strings.Contains(flag, "/") {
+	if ref.namespace == "" {
 		if _, err := os.Stat(podNamespaceFile); err != nil {
 			log.Info("policy status is written without a lease: not in a pod (give --status-lease=namespace/name to elect one writer among replicas)")
 			return nil, nil
 		}
 	}
-	ns, name, err := objectRef("--status-lease", flag)
+	ns, name, err := ref.resolve()
 	if err != nil {
 		return nil, err
 	}
@@ -93,18 +90,10 @@ func newStatusLease(flag string, kube kubernetes.Interface, log *slog.Logger) (*
 // newClaimer resolves --audit-lease into a claim of scans in that Lease
 // by this process, named by its host name (in a pod, the pod's name) and
 // its process ID.
-func newClaimer(lease string, kube kubernetes.Interface) (func(context.Context, string) (bool, error), error) {
-	ns, name, ok := strings.Cut(lease, "/")
-	if !ok {
-		name = lease
-		b, err := os.ReadFile(podNamespaceFile)
-		if err != nil {
-			return nil, optionErrorf("--audit-lease %q: give namespace/name outside a pod (%v)", lease, err)
-		}
-		ns = strings.TrimSpace(string(b))
-	}
-	if ns == "" || name == "" {
-		return nil, optionErrorf("--audit-lease %q: want [namespace/]name", lease)
+func newClaimer(lease objectRef, kube kubernetes.Interface) (func(context.Context, string) (bool, error), error) {
+	ns, name, err := lease.resolve()
+	if err != nil {
+		return nil, err
 	}
 	host, err := os.Hostname()
 	if err != nil {

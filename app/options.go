@@ -1,9 +1,11 @@
-// Package app is `buildguard serve`: its Options (the command's flags as
-// values), a Validate that checks them without touching anything, New
-// that builds the webhook, the node-report endpoints, the review UI and
-// the background loops from them, and Run that serves until its context
-// ends and then shuts everything down in one order. cmd/buildguard turns
-// flags into Options; this package holds no flags.
+// Package app builds buildguard's server (`buildguard serve`) and its
+// one-off scan (`buildguard audit`) from options, and runs them. Options
+// are serve's flags as values; Validate checks them without touching
+// anything; New builds the webhook, the node-report endpoints, the review
+// UI and the background loops from them; Run serves until its context
+// ends, then shuts everything down in one order. ScanOptions and NewScan
+// do the same for a scan, with the same engine. cmd/buildguard turns
+// flags into options; this package holds no flags.
 package app
 
 import (
@@ -208,54 +210,66 @@ func (o *Options) policySource() string {
 // what it refuses is an *OptionError. New checks the rest (files, the
 // cluster) as it builds.
 func (o *Options) Validate() error {
+	_, err := o.validate()
+	return err
+}
+
+// refs are the Options' "[namespace/]name" references, parsed; the zero
+// objectRef where one is not used.
+type refs struct {
+	caSecret, caConfigMap, statusLease, auditLease objectRef
+}
+
+// validate is Validate, and returns the references it parsed, for New.
+func (o *Options) validate() (r refs, err error) {
 	tls, source := o.TLS, o.policySource()
 	if c := o.Records.Commit; c != "" && c != "store" && c != "journal" {
-		return optionErrorf("--decision-commit %q: want store or journal", c)
+		return r, optionErrorf("--decision-commit %q: want store or journal", c)
 	}
 	switch {
 	case source != SourceFile && source != SourceCRD:
-		return optionErrorf("--policy-source %q: want file or crd", source)
+		return r, optionErrorf("--policy-source %q: want file or crd", source)
 	case source == SourceFile && o.Policy.File == "":
-		return optionErrorf("--config is required (or --policy-source=crd)")
+		return r, optionErrorf("--config is required (or --policy-source=crd)")
 	case tls.SelfManagedCASecret != "" && (tls.CertFile != "" || tls.KeyFile != ""):
-		return optionErrorf("--self-managed-ca-secret and --tls-cert-file/--tls-private-key-file exclude each other")
+		return r, optionErrorf("--self-managed-ca-secret and --tls-cert-file/--tls-private-key-file exclude each other")
 	case tls.SelfManagedCASecret != "" && len(tls.DNSNames) == 0:
-		return optionErrorf("--self-managed-ca-secret needs --tls-dns-names")
+		return r, optionErrorf("--self-managed-ca-secret needs --tls-dns-names")
 	case !(o.Reports.Rate > 0) || !(o.Reports.ForwarderRate > 0):
-		return optionErrorf("--report-rate %v, --forwarder-report-rate %v: want more than 0", o.Reports.Rate, o.Reports.ForwarderRate)
+		return r, optionErrorf("--report-rate %v, --forwarder-report-rate %v: want more than 0", o.Reports.Rate, o.Reports.ForwarderRate)
 	case o.DrainDelay < 0:
-		return optionErrorf("--drain-delay %v: want 0 or more", o.DrainDelay)
+		return r, optionErrorf("--drain-delay %v: want 0 or more", o.DrainDelay)
 	case tls.SelfManagedCASecret != "" && tls.CAFile != "":
-		return optionErrorf("--tls-ca-file is for --tls-cert-file: the self-managed CA is published from its Secret")
+		return r, optionErrorf("--tls-ca-file is for --tls-cert-file: the self-managed CA is published from its Secret")
 	case tls.CAConfigMap != "" && tls.SelfManagedCASecret == "" && tls.CAFile == "":
-		return optionErrorf("--ca-configmap needs the CA: --self-managed-ca-secret, or --tls-ca-file with --tls-cert-file")
+		return r, optionErrorf("--ca-configmap needs the CA: --self-managed-ca-secret, or --tls-ca-file with --tls-cert-file")
 	case !o.cluster() && (source == SourceCRD || tls.SelfManagedCASecret != "" || tls.CAConfigMap != ""):
-		return optionErrorf("--policy-source=crd, --self-managed-ca-secret and --ca-configmap need a cluster: run inside one or pass --kubeconfig")
+		return r, optionErrorf("--policy-source=crd, --self-managed-ca-secret and --ca-configmap need a cluster: run inside one or pass --kubeconfig")
 	}
-	for _, ref := range []struct{ flag, value string }{
-		{"--self-managed-ca-secret", tls.SelfManagedCASecret}, {"--ca-configmap", tls.CAConfigMap},
-	} {
-		if err := checkRef(ref.flag, ref.value); err != nil {
-			return err
-		}
+	if r.caSecret, err = parseRef("--self-managed-ca-secret", tls.SelfManagedCASecret); err != nil {
+		return r, err
+	}
+	if r.caConfigMap, err = parseRef("--ca-configmap", tls.CAConfigMap); err != nil {
+		return r, err
 	}
 	if source == SourceCRD {
-		if err := checkRef("--status-lease", o.Policy.StatusLease); err != nil {
-			return err
+		if r.statusLease, err = parseRef("--status-lease", o.Policy.StatusLease); err != nil {
+			return r, err
 		}
 	}
 	if err := o.Store.validate(); err != nil {
-		return err
+		return r, err
 	}
 	if o.DebugListen != "" {
 		if err := checkDebugListen(o.DebugListen); err != nil {
-			return err
+			return r, err
 		}
 	}
 	if err := o.validateReview(); err != nil {
-		return err
+		return r, err
 	}
-	return o.validateAudit()
+	r.auditLease, err = o.validateAudit()
+	return r, err
 }
 
 // reviewURL is Review.URL parsed; Validate checked it.
@@ -288,33 +302,50 @@ func (o *Options) validateReview() error {
 	return nil
 }
 
-func (o *Options) validateAudit() error {
+// validateAudit checks the Audit options, and returns the Lease of the
+// scans, which is required with an Interval.
+func (o *Options) validateAudit() (objectRef, error) {
 	a := o.Audit
 	if r := a.PolicyReports; r != "" && r != "none" {
 		if _, err := policyreport.ParseAPI(r); err != nil {
-			return optionErrorf("--audit-policy-reports: %v or none", err)
+			return objectRef{}, optionErrorf("--audit-policy-reports: %v or none", err)
 		}
 	}
 	switch {
 	case a.Interval == 0:
-		return nil
+		return objectRef{}, nil
 	case a.Interval < audit.MinScheduleInterval:
-		return optionErrorf("--audit-interval %v: want 0 (off) or at least %v", a.Interval, audit.MinScheduleInterval)
+		return objectRef{}, optionErrorf("--audit-interval %v: want 0 (off) or at least %v", a.Interval, audit.MinScheduleInterval)
 	case a.Concurrency < 1:
-		return optionErrorf("--audit-concurrency %d: want at least 1", a.Concurrency)
+		return objectRef{}, optionErrorf("--audit-concurrency %d: want at least 1", a.Concurrency)
 	case !o.cluster():
-		return optionErrorf("--audit-interval needs a cluster: run inside one or pass --kubeconfig")
+		return objectRef{}, optionErrorf("--audit-interval needs a cluster: run inside one or pass --kubeconfig")
+	case a.Lease == "":
+		return objectRef{}, optionErrorf("--audit-lease %q: want [namespace/]name", a.Lease)
 	}
-	return checkRef("--audit-lease", a.Lease)
+	return parseRef("--audit-lease", a.Lease)
 }
 
-// checkRef checks the form of a flag's "[namespace/]name" value: an empty
-// value is no reference.
-func checkRef(flag, s string) error {
-	if ns, name, ok := strings.Cut(s, "/"); ok && (ns == "" || name == "") {
-		return optionErrorf("%s %q: want [namespace/]name", flag, s)
+// objectRef is a flag's "[namespace/]name" value, parsed. The zero
+// objectRef is no reference; an empty namespace is the pod's own, which
+// resolve reads.
+type objectRef struct {
+	flag, namespace, name string
+}
+
+// parseRef parses flag's value s: "" is no reference.
+func parseRef(flag, s string) (objectRef, error) {
+	if s == "" {
+		return objectRef{}, nil
 	}
-	return nil
+	r := objectRef{flag: flag, name: s}
+	if ns, name, ok := strings.Cut(s, "/"); ok {
+		if ns == "" || name == "" {
+			return objectRef{}, optionErrorf("%s %q: want [namespace/]name", flag, s)
+		}
+		r.namespace, r.name = ns, name
+	}
+	return r, nil
 }
 
 // Registry configures the registry client that looks images up.

@@ -92,6 +92,7 @@ func TestValidate(t *testing.T) {
 		{"audit without a cluster", func(o *Options) { o.Audit.Interval = time.Hour }, "--audit-interval needs a cluster: run inside one or pass --kubeconfig"},
 		{"audit lease without namespace", func(o *Options) { inCluster(o); o.Audit.Interval, o.Audit.Lease = time.Hour, "/buildguard-audit" }, `--audit-lease "/buildguard-audit": want [namespace/]name`},
 		{"audit lease without name", func(o *Options) { inCluster(o); o.Audit.Interval, o.Audit.Lease = time.Hour, "buildguard-system/" }, `--audit-lease "buildguard-system/": want [namespace/]name`},
+		{"no audit lease", func(o *Options) { inCluster(o); o.Audit.Interval, o.Audit.Lease = time.Hour, "" }, `--audit-lease "": want [namespace/]name`},
 	} {
 		o := valid()
 		tc.mod(&o)
@@ -107,5 +108,41 @@ func TestValidate(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%s: Validate() = %q, want %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestParseRef: the "[namespace/]name" references of the Options, parsed
+// once by Validate.
+func TestParseRef(t *testing.T) {
+	for _, tc := range []struct {
+		in, ns, name, err string
+	}{
+		{"", "", "", ""},
+		{"buildguard-status", "", "buildguard-status", ""},
+		{"buildguard-system/buildguard-status", "buildguard-system", "buildguard-status", ""},
+		{"a/b/c", "a", "b/c", ""},
+		{"/buildguard-status", "", "", `--status-lease "/buildguard-status": want [namespace/]name`},
+		{"buildguard-system/", "", "", `--status-lease "buildguard-system/": want [namespace/]name`},
+	} {
+		r, err := parseRef("--status-lease", tc.in)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if r.namespace != tc.ns || r.name != tc.name || got != tc.err {
+			t.Errorf("parseRef(%q) = %q/%q, %q; want %q/%q, %q", tc.in, r.namespace, r.name, got, tc.ns, tc.name, tc.err)
+		}
+	}
+	o := valid()
+	o.Kubeconfig, o.Policy.Source, o.Policy.StatusLease = "kubeconfig", "crd", "buildguard-system/buildguard-status"
+	o.Audit.Interval, o.Audit.Lease = time.Hour, "buildguard-audit"
+	r, err := o.validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := refs{statusLease: objectRef{flag: "--status-lease", namespace: "buildguard-system", name: "buildguard-status"},
+		auditLease: objectRef{flag: "--audit-lease", name: "buildguard-audit"}}
+	if r != want {
+		t.Errorf("validate() = %+v, want %+v", r, want)
 	}
 }

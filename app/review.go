@@ -13,7 +13,6 @@ import (
 	"time"
 
 	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
-	"github.com/go-logr/logr"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
@@ -25,19 +24,15 @@ import (
 
 // reviewServer is the review UI's HTTPS server.
 type reviewServer struct {
-	hs *http.Server
-	ln net.Listener
-	// files, when set, reads the certificate files for the review UI
-	// alone; the webhook's server reads them too. A self-managed CA's
-	// source is started by the webhook's server, and the review UI only
-	// asks it for the current certificate.
-	files *certtls.FileCertificateSource
-	log   *slog.Logger
+	hs  *http.Server
+	ln  net.Listener
+	log *slog.Logger
 }
 
 // newReview sets up the exceptions file and, with a review address, the
-// review UI. certs is the webhook's certificate source, nil for the
-// certificate files.
+// review UI. certs is the webhook's certificate source: the webhook's
+// server starts it, and the review UI asks it for the current
+// certificate.
 func (a *App) newReview(cfg *rest.Config, certs certtls.CertificateSource) error {
 	o := a.opts
 	var xf *policysource.ExceptionFile
@@ -99,14 +94,9 @@ func (a *App) newReview(cfg *rest.Config, certs certtls.CertificateSource) error
 	}
 	a.listeners = append(a.listeners, ln)
 	rs := &reviewServer{ln: ln, log: a.log}
-	src := certs
-	if src == nil {
-		rs.files = &certtls.FileCertificateSource{CertPath: o.TLS.CertFile, KeyPath: o.TLS.KeyFile, UpdateInterval: server.DefaultCertReloadInterval}
-		src = rs.files
-	}
 	rs.hs = &http.Server{
 		Handler:           h,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: src.GetCertificate},
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate},
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -121,14 +111,6 @@ func (a *App) newReview(cfg *rest.Config, certs certtls.CertificateSource) error
 // run serves the review UI in g until ctx ends, then shuts it down. A
 // review UI that fails is logged; the webhook goes on.
 func (rs *reviewServer) run(ctx context.Context, g *errgroup.Group) {
-	if rs.files != nil {
-		g.Go(func() error {
-			if err := rs.files.Start(logr.NewContext(ctx, logr.FromSlogHandler(rs.log.Handler()))); err != nil && ctx.Err() == nil {
-				rs.log.Error("review UI: TLS certificate source stopped", "error", err)
-			}
-			return nil
-		})
-	}
 	g.Go(func() error {
 		rs.log.Info("serving the review UI", "address", rs.ln.Addr().String())
 		served := make(chan error, 1)

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -198,8 +198,8 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 			t.Errorf("%s/%s: error %q, record error %q", w.Namespace, w.Name, w.Error, w.RecordError)
 		}
 	}
-	if !reflect.DeepEqual(got, c.wantJudged) {
-		t.Errorf("judged %v\nwant %v", got, c.wantJudged)
+	if diff := cmp.Diff(c.wantJudged, got); diff != "" {
+		t.Errorf("judged (-want +got):\n%s", diff)
 	}
 	// What each rule found is kept, with the container and image it is
 	// about, for policy reports.
@@ -226,8 +226,8 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 				t.Errorf("%s/%s: finding %+v: want a message, a severity and the deny action", w.Namespace, w.Name, f)
 			}
 		}
-		if !reflect.DeepEqual(gotFound, want) {
-			t.Errorf("%s/%s/%s findings %+v, want %+v", w.Namespace, w.Kind, w.Name, gotFound, want)
+		if diff := cmp.Diff(want, gotFound, cmp.AllowUnexported(found{})); diff != "" {
+			t.Errorf("%s/%s/%s findings (-want +got):\n%s", w.Namespace, w.Kind, w.Name, diff)
 		}
 	}
 	if r.Listed != len(c.objects) || r.Covered != c.wantCovered || r.Inactive != c.wantInactive {
@@ -242,8 +242,8 @@ func TestScanJudgesEachWorkloadOnce(t *testing.T) {
 		{Namespace: "batch", Counts: audit.Counts{Workloads: 4, Images: 1, Allow: 4}},
 		{Namespace: "shop", Counts: audit.Counts{Workloads: 7, Images: 5, Allow: 3, WouldDeny: 4}},
 	}
-	if !reflect.DeepEqual(r.ByNamespace, wantNS) {
-		t.Errorf("by namespace %+v\nwant %+v", r.ByNamespace, wantNS)
+	if diff := cmp.Diff(wantNS, r.ByNamespace); diff != "" {
+		t.Errorf("by namespace (-want +got):\n%s", diff)
 	}
 	var rules []string
 	for _, rs := range r.ByRule {
@@ -553,8 +553,8 @@ func TestScanComparesSelections(t *testing.T) {
 			for _, w := range r.Workloads {
 				got[w.Namespace+"/"+w.Kind+"/"+w.Name] = w.Verdict
 			}
-			if !reflect.DeepEqual(got, tc.wantJudged) || r.Covered != tc.wantCovered {
-				t.Errorf("judged %v, covered %d; want %v, %d", got, r.Covered, tc.wantJudged, tc.wantCovered)
+			if diff := cmp.Diff(tc.wantJudged, got); diff != "" || r.Covered != tc.wantCovered {
+				t.Errorf("covered %d, want %d; judged (-want +got):\n%s", r.Covered, tc.wantCovered, diff)
 			}
 		})
 	}

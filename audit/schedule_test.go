@@ -15,30 +15,16 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"buildguard.dev/buildguard/audit/audittest"
-	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/evidence"
 	"buildguard.dev/buildguard/internal/clock/clocktest"
 )
 
 var scheduleNow = audittest.Now()
 
-// clientLabels reads namespaces' labels from the API server.
-type clientLabels struct{ client kubernetes.Interface }
-
-func (c clientLabels) Labels(ctx context.Context, ns string) (map[string]string, error) {
-	o, err := c.client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	return o.Labels, nil
-}
-
 func TestScheduleScan(t *testing.T) {
-	cs, e := audittest.Cluster(t, func(c kubernetes.Interface) engine.Namespaces { return clientLabels{c} })
+	cs, e := audittest.Cluster(t)
 	store, err := evidence.OpenSQLite(t.Context(), filepath.Join(t.TempDir(), "evidence.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -104,7 +90,7 @@ func TestScheduleScan(t *testing.T) {
 // stops with its context; a second replica on the same schedule finds the
 // scan claimed and does not run it.
 func TestScheduleRun(t *testing.T) {
-	cs, e := audittest.Cluster(t, func(c kubernetes.Interface) engine.Namespaces { return clientLabels{c} })
+	cs, e := audittest.Cluster(t)
 	m, err := NewScheduleMetrics(nil)
 	if err != nil {
 		t.Fatal(err)

@@ -22,10 +22,10 @@ import (
 
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	admissionv1 "k8s.io/api/admission/v1"
-	corev1 "k8s.io/api/core/v1"
 
 	"buildguard.dev/buildguard/bench/internal/reviewload"
 	"buildguard.dev/buildguard/engine"
+	"buildguard.dev/buildguard/internal/benchreview"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/registry"
 	"buildguard.dev/buildguard/server"
@@ -50,8 +50,8 @@ type fixture struct {
 	imageDigest string
 	warmNote    string
 
-	reviewBody *reviewload.Body
-	uids       reviewload.UIDs
+	reviewBody *benchreview.Body
+	uids       benchreview.UIDs
 
 	buildguard, nothing *target
 
@@ -253,15 +253,8 @@ func (f *fixture) bodySize() int { return f.reviewBody.Size() }
 
 // newBody makes the AdmissionReview template: a CREATE of an apps/v1
 // Deployment whose two containers, app and metrics, run image by tag.
-func newBody(image string) (*reviewload.Body, error) {
-	return reviewload.NewBody(nil, []corev1.Container{
-		reviewload.Container("app", image, 8080),
-		{
-			Name: "metrics", Image: image, Args: []string{"--metrics-only", "--listen=:9090"},
-			Ports:     []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090, Protocol: corev1.ProtocolTCP}},
-			Resources: reviewload.Resources(),
-		},
-	})
+func newBody(image string) (*benchreview.Body, error) {
+	return benchreview.NewBody(nil, benchreview.WebContainers(image))
 }
 
 // requestCounter counts registry requests by method and kind of path.

@@ -11,6 +11,8 @@ import (
 	"runtime/pprof"
 	"time"
 
+	"buildguard.dev/buildguard/internal/proccpu"
+
 	"buildguard.dev/buildguard/bench/internal/reviewload"
 )
 
@@ -79,7 +81,7 @@ func (r runResult) cpuPerRequest() time.Duration {
 // client's timeout). With record false the results are discarded.
 func (f *fixture) load(ctx context.Context, t *target, d time.Duration, record bool) runResult {
 	send := func(ctx context.Context) error { return f.review(ctx, t, f.nextUID()) }
-	cpu0, cpuOK := reviewload.SelfCPU()
+	cpu0, cpuOK := proccpu.Self()
 	var lr reviewload.Result
 	if f.profiling {
 		// The load goroutines inherit the label.
@@ -90,7 +92,7 @@ func (f *fixture) load(ctx context.Context, t *target, d time.Duration, record b
 		lr = reviewload.Run(ctx, f.cfg.concurrency, d, record, send)
 	}
 	r := runResult{target: t.name, elapsed: lr.Elapsed, errors: lr.Errors, errorSamples: lr.Samples, latencies: lr.Latencies, requests: len(lr.Latencies)}
-	if cpu1, ok := reviewload.SelfCPU(); ok && cpuOK {
+	if cpu1, ok := proccpu.Self(); ok && cpuOK {
 		r.cpu = cpu1 - cpu0
 	}
 	return r

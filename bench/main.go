@@ -208,7 +208,7 @@ func report(out io.Writer, cfg config, results []runResult) error {
 			100*reviewload.Median(cpuRatios), len(cpuRatios))
 	}
 
-	fmt.Fprintf(out, "\nCPU share is the process's CPU time over the run's wall time × GOMAXPROCS: the client, both servers and the registry are this process, so under saturating load it is high on a quiet machine (85-96%% on the 2-CPU machine of docs/benchmarks.md) and drops when something else competes for the CPUs.\n")
+	fmt.Fprintf(out, "\nCPU share is the process's CPU time over the run's wall time × GOMAXPROCS: the client, both servers and the registry are this process, so under saturating load it is high on a quiet machine (85-96%% on the 2-CPU machine of docs/benchmark-results.md) and drops when something else competes for the CPUs.\n")
 	fmt.Fprintf(out, "\nDuring the measured buildguard runs:\n\n")
 	for _, r := range bg {
 		fmt.Fprintf(out, "- pair %d: %s\n", r.pair, r.side)

@@ -6,18 +6,16 @@ package charts
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"reflect"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
@@ -118,56 +116,6 @@ func byKey(t *testing.T, objs []*unstructured.Unstructured) map[string]*unstruct
 	return m
 }
 
-// diff lists where a and b differ, by path: values compared as decoded
-// (so key order, quoting and flow or block style do not count; list
-// order does).
-func diff(path string, a, b any) []string {
-	switch av := a.(type) {
-	case map[string]any:
-		bv, ok := b.(map[string]any)
-		if !ok {
-			break
-		}
-		keys := map[string]bool{}
-		for k := range av {
-			keys[k] = true
-		}
-		for k := range bv {
-			keys[k] = true
-		}
-		var out []string
-		for _, k := range sortedKeys(keys) {
-			out = append(out, diff(path+"."+k, av[k], bv[k])...)
-		}
-		return out
-	case []any:
-		bv, ok := b.([]any)
-		if !ok || len(av) != len(bv) {
-			break
-		}
-		var out []string
-		for i := range av {
-			out = append(out, diff(fmt.Sprintf("%s[%d]", path, i), av[i], bv[i])...)
-		}
-		return out
-	}
-	if reflect.DeepEqual(a, b) {
-		return nil
-	}
-	ja, _ := json.Marshal(a)
-	jb, _ := json.Marshal(b)
-	return []string{fmt.Sprintf("%s: kustomize %s, helm %s", path, ja, jb)}
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // keptCRD is the one thing the chart adds to the kustomize objects: its
 // CRDs outlive `helm uninstall`, as they hold every policy.
 const keptCRD = "helm.sh/resource-policy"
@@ -212,8 +160,10 @@ func TestChartMatchesKustomize(t *testing.T) {
 					t.Errorf("kustomize has %s, helm does not", kk)
 					continue
 				}
-				for _, d := range diff("", ko.Object, ho.Object) {
-					t.Errorf("%s%s", kk, d)
+				// Compared as decoded: key order, quoting and flow or block
+				// style do not count; list order does.
+				if d := cmp.Diff(ko.Object, ho.Object); d != "" {
+					t.Errorf("%s (-kustomize +helm):\n%s", kk, d)
 				}
 			}
 			for kk := range h {
@@ -418,8 +368,8 @@ func TestChartMonitoring(t *testing.T) {
 			t.Fatalf("%s: kustomize %v, helm %v", kk, ko != nil, ho != nil)
 		}
 		for _, field := range []string{"data", "spec"} {
-			if !reflect.DeepEqual(ko.Object[field], ho.Object[field]) {
-				t.Errorf("%s: the chart's %s differs from manifests/monitoring's", kk, field)
+			if d := cmp.Diff(ko.Object[field], ho.Object[field]); d != "" {
+				t.Errorf("%s: the chart's %s differs from manifests/monitoring's (-kustomize +helm):\n%s", kk, field, d)
 			}
 		}
 	}

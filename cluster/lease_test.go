@@ -145,9 +145,13 @@ func TestOneStatusWriter(t *testing.T) {
 						LeaseDuration: 5 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 200 * time.Millisecond}
 					r.src.Leading = r.lease.Leading
 				}
-				synced := r.src.Start(ctx)
+				ran := make(chan struct{})
+				go func() {
+					defer close(ran)
+					r.src.Run(ctx)
+				}()
 				eventually(t, name+" synced", func() error {
-					if !synced() {
+					if !r.src.Synced() {
 						return fmt.Errorf("not synced")
 					}
 					return nil
@@ -156,9 +160,8 @@ func TestOneStatusWriter(t *testing.T) {
 					defer close(r.done)
 					if r.lease != nil {
 						r.lease.Run(ctx, r.src.WriteStatus)
-					} else {
-						<-ctx.Done()
 					}
+					<-ran
 				}()
 				return r
 			}

@@ -1,7 +1,8 @@
 // Package engine evaluates a workload: it gathers the facts policy.Decide
-// needs (images looked up in their registries, the namespace's mode
-// label) under one deadline, and calls it. The webhook and `buildguard
-// check` share it.
+// needs (images looked up in their registries, their signatures and
+// attestations, the nodes' evidence of their builds, the namespace's mode
+// label) under one deadline, and calls it. The webhook, audit scans, the
+// judging of late node evidence and `buildguard check` share it.
 package engine
 
 import (
@@ -28,7 +29,7 @@ import (
 const DefaultTimeout = 9500 * time.Millisecond
 
 // DefaultMaxImageBytes bounds what the images of one workload hold in
-// memory once looked up (their build history, labels and digests, as
+// memory once looked up (their build history, run config and digests, as
 // registry.ImageBytes counts them) until the workload is decided.
 const DefaultMaxImageBytes = 32 << 20
 
@@ -241,7 +242,7 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	lctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	tooLarge := &policy.ResolveError{Kind: policy.ErrTooLarge, Message: fmt.Sprintf(
-		"the images of this workload hold more than %d bytes of build history and labels; buildguard judges no more of them", maxBytes)}
+		"the images of this workload hold more than %d bytes of build history and run config; buildguard judges no more of them", maxBytes)}
 	var held atomic.Int64
 	// fetchesMore is set when an image's lookup goes on to signatures or
 	// node evidence, which may wait for a registry or the store.

@@ -3,7 +3,6 @@ package evidence
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -24,9 +23,10 @@ type SQLite struct {
 	r   *sql.DB // read-only connections
 	now func() time.Time
 
-	insBuild, insTag, insConn           *sql.Stmt // on w
-	insDecision, insRule, insImage      *sql.Stmt // on w
-	byImage, byTag, conns, decisionByID *sql.Stmt // on r
+	insBuild, insTag, insConn           *sql.Stmt  // on w
+	insDecision                         *sql.Stmt  // on w
+	insRule, insImage                   rowsInsert // on w
+	byImage, byTag, conns, decisionByID *sql.Stmt  // on r
 
 	reports *reportWriter // AddReport's group commit
 }
@@ -200,19 +200,6 @@ func (s *SQLite) prepare(ctx context.Context) error {
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node, source, event_id) DO NOTHING`},
 		{s.w, &s.insDecision, `INSERT INTO decisions (id, time, operation, namespace, kind, name, username, user_groups, mode, verdict, rules, images, exceptions)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`},
-		// One statement per transaction for all the rows of a batch's
-		// rules and images, given as a JSON array of [decision id, value,
-		// time, verdict, namespace]: a statement per row cost more than
-		// the decisions' own rows (two images rows per container; "WHERE
-		// true" is how SQLite parses an upsert after a SELECT). The
-		// decision's time, verdict and namespace are the summaries'
-		// (migration 0003).
-		{s.w, &s.insRule, `INSERT INTO decision_rules (decision_id, rule, time, verdict, namespace)
-			SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]')
-			FROM json_each(?) WHERE true ON CONFLICT DO NOTHING`},
-		{s.w, &s.insImage, `INSERT INTO decision_images (decision_id, image, time, verdict, namespace)
-			SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]')
-			FROM json_each(?) WHERE true ON CONFLICT DO NOTHING`},
 		{s.r, &s.byImage, sqliteBuildsByImageID},
 		{s.r, &s.byTag, sqliteBuildsByTag},
 		{s.r, &s.conns, "SELECT " + sqliteConnColumns + ` FROM connections c
@@ -225,7 +212,75 @@ func (s *SQLite) prepare(ctx context.Context) error {
 		}
 		*p.stmt = st
 	}
+	// The decision's time, verdict and namespace are in its rule and image
+	// rows for the summaries (migration 0003).
+	for _, p := range []struct {
+		ins  *rowsInsert
+		head string
+	}{
+		{&s.insRule, "INSERT INTO decision_rules (decision_id, rule, time, verdict, namespace) VALUES "},
+		{&s.insImage, "INSERT INTO decision_images (decision_id, image, time, verdict, namespace) VALUES "},
+	} {
+		if err := p.ins.prepare(ctx, s.w, p.head, " ON CONFLICT DO NOTHING", 5); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// rowsInsert inserts rows of a batch with as few statements as it can:
+// statements of 64, 16, 4 and 1 rows of bound values. The rules and images
+// rows of a batch (two images rows per container) cost more than the
+// decisions' own rows when each had a statement, and twice as much again
+// when a batch went as one JSON array through json_each and json_extract.
+type rowsInsert struct {
+	stmts [len(rowsInsertSizes)]*sql.Stmt // by rowsInsertSizes
+}
+
+// rowsInsertSizes are the rows per statement of a rowsInsert, largest
+// first; 64 rows of 5 columns stay far below SQLite's bound parameters.
+var rowsInsertSizes = [...]int{64, 16, 4, 1}
+
+func (ri *rowsInsert) prepare(ctx context.Context, db *sql.DB, head, tail string, cols int) error {
+	row := "(" + strings.TrimSuffix(strings.Repeat("?, ", cols), ", ") + ")"
+	for i, n := range rowsInsertSizes {
+		q := head + strings.TrimSuffix(strings.Repeat(row+", ", n), ", ") + tail
+		st, err := db.PrepareContext(ctx, q)
+		if err != nil {
+			return fmt.Errorf("prepare %q: %w", q, err)
+		}
+		ri.stmts[i] = st
+	}
+	return nil
+}
+
+// exec inserts rows (each of the prepared number of columns) in tx.
+func (ri *rowsInsert) exec(ctx context.Context, tx *sql.Tx, rows [][]any) error {
+	var args []any
+	for len(rows) > 0 {
+		i := 0
+		for rowsInsertSizes[i] > len(rows) {
+			i++
+		}
+		n := rowsInsertSizes[i]
+		args = args[:0]
+		for _, r := range rows[:n] {
+			args = append(args, r...)
+		}
+		if _, err := tx.StmtContext(ctx, ri.stmts[i]).ExecContext(ctx, args...); err != nil {
+			return err
+		}
+		rows = rows[n:]
+	}
+	return nil
+}
+
+func (ri *rowsInsert) close() {
+	for _, st := range ri.stmts {
+		if st != nil {
+			st.Close()
+		}
+	}
 }
 
 func (s *SQLite) fail(op string, err error) error {
@@ -386,7 +441,7 @@ func (s *SQLite) addDecisions(ctx context.Context, pds []preparedDecision) error
 		return err
 	}
 	defer tx.Rollback()
-	insDecision, insRule, insImage := tx.StmtContext(ctx, s.insDecision), tx.StmtContext(ctx, s.insRule), tx.StmtContext(ctx, s.insImage)
+	insDecision := tx.StmtContext(ctx, s.insDecision)
 	var rules, images [][]any
 	for _, d := range pds {
 		at := d.Time.UnixMicro()
@@ -409,20 +464,11 @@ func (s *SQLite) addDecisions(ctx context.Context, pds []preparedDecision) error
 			images = append(images, []any{d.ID, ref, at, d.Verdict, d.Namespace})
 		}
 	}
-	for _, x := range []struct {
-		st   *sql.Stmt
-		rows [][]any
-	}{{insRule, rules}, {insImage, images}} {
-		if len(x.rows) == 0 {
-			continue
-		}
-		b, err := json.Marshal(x.rows)
-		if err != nil {
-			return err
-		}
-		if _, err := x.st.ExecContext(ctx, string(b)); err != nil {
-			return err
-		}
+	if err := s.insRule.exec(ctx, tx, rules); err != nil {
+		return err
+	}
+	if err := s.insImage.exec(ctx, tx, images); err != nil {
+		return err
 	}
 	return tx.Commit()
 }
@@ -497,7 +543,9 @@ func (s *SQLite) Close() error {
 	if s.reports != nil {
 		s.reports.close() // what is queued is committed first
 	}
-	for _, st := range []*sql.Stmt{s.insBuild, s.insTag, s.insConn, s.insDecision, s.insRule, s.insImage,
+	s.insRule.close()
+	s.insImage.close()
+	for _, st := range []*sql.Stmt{s.insBuild, s.insTag, s.insConn, s.insDecision,
 		s.byImage, s.byTag, s.conns, s.decisionByID} {
 		if st != nil {
 			st.Close()

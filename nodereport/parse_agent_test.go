@@ -2,9 +2,10 @@ package nodereport
 
 import (
 	"errors"
-	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"buildguard.dev/buildguard/evidence"
 )
@@ -91,12 +92,12 @@ func TestParseAgent(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseAgent(%s) error: %v", tc.body, err)
 			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("ParseAgent(%s) = %+v, want %+v\nerrors:\n%s", tc.body, got, tc.want, itemReasons(got))
+			if diff := cmp.Diff(tc.want, got, exact); diff != "" {
+				t.Errorf("ParseAgent(%s) (-want +got):\n%s\nerrors:\n%s", tc.body, diff, itemReasons(got))
 			}
 			again, _ := ParseAgent([]byte(tc.body), parseTestClock())
-			if !reflect.DeepEqual(got, again) {
-				t.Errorf("ParseAgent(%s) twice = %+v, then %+v", tc.body, got, again)
+			if diff := cmp.Diff(got, again, exact); diff != "" {
+				t.Errorf("ParseAgent(%s) twice (-first +second):\n%s", tc.body, diff)
 			}
 		})
 	}

@@ -1,9 +1,10 @@
 package nodereport
 
 import (
-	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"buildguard.dev/buildguard/evidence"
 )
@@ -99,8 +100,8 @@ func TestParseDocker(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseDocker(%s) error: %v", tc.body, err)
 			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("ParseDocker(%s) = %+v, want %+v", tc.body, got, tc.want)
+			if diff := cmp.Diff(tc.want, got, exact); diff != "" {
+				t.Errorf("ParseDocker(%s) (-want +got):\n%s", tc.body, diff)
 			}
 		})
 	}

@@ -1,8 +1,9 @@
 package nodereport
 
 import (
-	"reflect"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"buildguard.dev/buildguard/evidence"
 )
@@ -108,8 +109,8 @@ func TestParseFalco(t *testing.T) {
 			if tc.node != "" && tc.want.Report.Node == "worker-3" {
 				tc.want.Report.Node = tc.node
 			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("ParseFalco(%s) = %+v, want %+v", tc.body, got, tc.want)
+			if diff := cmp.Diff(tc.want, got, exact); diff != "" {
+				t.Errorf("ParseFalco(%s) (-want +got):\n%s", tc.body, diff)
 			}
 		})
 	}
@@ -128,7 +129,7 @@ func TestParseFalcoBatch(t *testing.T) {
 		t.Errorf("ParseFalco(two nodes) = %+v, want Report.Node empty and each connection its own node", got)
 	}
 	retried, _ := ParseFalco([]byte(a+"\n"+b+"\n"), "", parseTestClock())
-	if !reflect.DeepEqual(got, retried) {
-		t.Errorf("ParseFalco(same alerts as NDJSON) = %+v, want %+v", retried, got)
+	if diff := cmp.Diff(got, retried, exact); diff != "" {
+		t.Errorf("ParseFalco(same alerts as NDJSON) (-as an array +as NDJSON):\n%s", diff)
 	}
 }

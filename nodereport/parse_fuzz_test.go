@@ -4,9 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // The fuzz tests check, for any body, what checkParsed checks — no panic,
@@ -57,8 +58,8 @@ func fuzzParser(f *testing.F, format string, seeds []string) {
 			}
 		}
 		again, err2 := parse(body, node)
-		if !reflect.DeepEqual(got, again) || (err == nil) != (err2 == nil) {
-			t.Fatalf("Parse%s(%q) twice = %+v, %v then %+v, %v", format, body, got, err, again, err2)
+		if diff := cmp.Diff(got, again, exact); diff != "" || (err == nil) != (err2 == nil) {
+			t.Fatalf("Parse%s(%q) twice: errors %v then %v, results (-first +second):\n%s", format, body, err, err2, diff)
 		}
 	})
 }
@@ -81,8 +82,8 @@ func FuzzParseAgent(f *testing.F) {
 		got, err := ParseAgent(body, parseTestClock())
 		checkParsed(t, "agent", body, got, err)
 		again, err2 := ParseAgent(body, parseTestClock())
-		if !reflect.DeepEqual(got, again) || (err == nil) != (err2 == nil) {
-			t.Fatalf("ParseAgent(%q) twice = %+v, %v then %+v, %v", body, got, err, again, err2)
+		if diff := cmp.Diff(got, again, exact); diff != "" || (err == nil) != (err2 == nil) {
+			t.Fatalf("ParseAgent(%q) twice: errors %v then %v, results (-first +second):\n%s", body, err, err2, diff)
 		}
 	})
 }

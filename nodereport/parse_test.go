@@ -9,11 +9,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"buildguard.dev/buildguard/internal/clock/clocktest"
 )
@@ -172,8 +174,8 @@ func TestParseBatchShape(t *testing.T) {
 			for _, e := range got.Errors {
 				idx = append(idx, e.Index)
 			}
-			if !reflect.DeepEqual(idx, tc.errIndexes) {
-				t.Errorf("ParseFalco(%q) errors at %v, want %v: %+v", tc.body, idx, tc.errIndexes, got.Errors)
+			if diff := cmp.Diff(tc.errIndexes, idx); diff != "" {
+				t.Errorf("ParseFalco(%q) indexes of errors (-want +got):\n%s%+v", tc.body, diff, got.Errors)
 			}
 		})
 	}
@@ -284,8 +286,8 @@ func checkParsed(t *testing.T, format string, body []byte, p Parsed, err error) 
 			(fe.Err != nil && fe.Err != ErrTooManyItems) {
 			t.Fatalf("%s: malformed FormatError %+v", format, fe)
 		}
-		if !reflect.DeepEqual(p, Parsed{}) {
-			t.Fatalf("%s: FormatError %v with a non-empty result %+v", format, err, p)
+		if diff := cmp.Diff(Parsed{}, p, exact); diff != "" {
+			t.Fatalf("%s: FormatError %v with a non-empty result (-want +got):\n%s", format, err, diff)
 		}
 		return
 	}
@@ -391,6 +393,10 @@ func checkParsed(t *testing.T, format string, body []byte, p Parsed, err error) 
 		text("DestName", c.DestName, limName)
 	}
 }
+
+// exact compares parses as reflect.DeepEqual would: addresses and times
+// with ==, so that a time in another location than the one wanted differs.
+var exact = cmpopts.EquateComparable(netip.Addr{}, time.Time{})
 
 // wantIP and wantTime abbreviate expected values in the parsers' tables.
 func wantIP(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -1,9 +1,10 @@
 package nodereport
 
 import (
-	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"buildguard.dev/buildguard/evidence"
 )
@@ -85,8 +86,8 @@ func TestParseTetragon(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseTetragon(%s) error: %v", tc.body, err)
 			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("ParseTetragon(%s) = %+v, want %+v", tc.body, got, tc.want)
+			if diff := cmp.Diff(tc.want, got, exact); diff != "" {
+				t.Errorf("ParseTetragon(%s) (-want +got):\n%s", tc.body, diff)
 			}
 		})
 	}

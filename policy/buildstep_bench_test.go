@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"buildguard.dev/buildguard/internal/proccpu"
 )
 
 // benchSteps are build steps of the shapes official images and attacks
@@ -43,11 +45,11 @@ func BenchmarkAnalyzeStep(b *testing.B) {
 	b.ReportAllocs()
 	// CPU time per step, the garbage collector's included, says more than
 	// ns/op on a machine other work shares.
-	cpu0, ok := processCPU()
+	cpu0, ok := proccpu.Self()
 	for i := 0; b.Loop(); i++ {
 		AnalyzeStep(steps[i%len(steps)], trusted)
 	}
-	if cpu1, ok1 := processCPU(); ok && ok1 {
+	if cpu1, ok1 := proccpu.Self(); ok && ok1 {
 		b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
 	}
 }
@@ -65,11 +67,11 @@ func BenchmarkAnalyzeHistory(b *testing.B) {
 	}
 	cfg := RunConfig{Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TOOL_VERSION=1.2.3"}, Entrypoint: []string{"docker-entrypoint.sh"}, Cmd: []string{"app"}}
 	b.ReportAllocs()
-	cpu0, ok := processCPU()
+	cpu0, ok := proccpu.Self()
 	for b.Loop() {
 		AnalyzeHistory(h, cfg, trusted)
 	}
-	if cpu1, ok1 := processCPU(); ok && ok1 {
+	if cpu1, ok1 := proccpu.Self(); ok && ok1 {
 		b.ReportMetric(float64(cpu1-cpu0)/float64(b.N), "cpu-ns/op")
 	}
 	b.ReportMetric(float64(len(h)), "steps/op")

@@ -594,6 +594,9 @@ func exposedSocket(hostPath string) string {
 // exceptionFor returns the first live exception matching ref (or the
 // digest it resolved to).
 func exceptionFor(es []exception, ref name.Reference, digest string, now time.Time) (ExceptionUse, bool) {
+	if len(es) == 0 {
+		return ExceptionUse{}, false // most policies have none: spare the repository's name
+	}
 	repo := ref.Context().Name()
 	if d, ok := ref.(name.Digest); ok && digest == "" {
 		digest = d.DigestStr()

@@ -229,7 +229,9 @@ type Image struct {
 	Platforms []Platform
 }
 
-// Platform is one image manifest and its config.
+// Platform is one image manifest and what policy judges of its config.
+// The config's labels are not kept: no rule reads them, and images
+// carry dozens of them, which would be most of a cached image's memory.
 type Platform struct {
 	// Platform is "os/arch[/variant]", or "" when the manifest is not part
 	// of an index.
@@ -240,7 +242,6 @@ type Platform struct {
 	ConfigDigest string
 	Created      time.Time
 	History      []History
-	Labels       map[string]string
 	// Config is what the image runs and its environment (config Env,
 	// Entrypoint, Cmd, WorkingDir), judged like a build step.
 	Config RunConfig

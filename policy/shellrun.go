@@ -956,20 +956,9 @@ func utf16le(b []byte) string {
 
 // execFetched reports running a file fetched from outside trustedSources.
 func (a *stepAnalysis) execFetched(prog string, asProgram bool, note string) {
-	r := a.fetchedFile(prog, asProgram)
-	if r == nil {
-		return
+	if r := a.fetchedFile(prog, asProgram); r != nil {
+		a.reportFetched(StepExecFetched, r, "runs %s, fetched from %s", prog, note)
 	}
-	f := StepFinding{Kind: StepExecFetched, Host: r.host, URL: clip(r.url), Detail: a.detail(fmt.Sprintf("runs %s, fetched from %s", prog, r.host), note)}
-	if r.step != a.index {
-		f.CrossStep, f.FetchedIn = true, r.step
-		f.Detail = a.detail(fmt.Sprintf("runs %s, fetched from %s in step %d", prog, r.host, r.step), note)
-		f.Verified = r.verified
-		if f.Verified != "" {
-			f.Detail += ", verified with " + f.Verified
-		}
-	}
-	a.verifyOn = append(a.verifyOn, verifyRef{a.report(f), r})
 }
 
 // chmod reports files fetched from outside trustedSources made executable.
@@ -997,18 +986,24 @@ func (a *stepAnalysis) chmod(args []string, note string) {
 }
 
 func (a *stepAnalysis) chmodFetched(t, note string) {
-	r := a.fetchedFile(t, false)
-	if r == nil {
-		return
+	if r := a.fetchedFile(t, false); r != nil {
+		a.reportFetched(StepChmodFetched, r, "makes %s, fetched from %s, executable", t, note)
 	}
-	f := StepFinding{Kind: StepChmodFetched, Host: r.host, URL: clip(r.url), Detail: a.detail(fmt.Sprintf("makes %s, fetched from %s, executable", t, r.host), note)}
+}
+
+// reportFetched reports a finding of kind about file, fetched as r says:
+// its detail is format with the file and where from ("host", or "host in
+// step n" when an earlier step fetched it, with how that was verified).
+func (a *stepAnalysis) reportFetched(kind StepKind, r *fetchRec, format, file, note string) {
+	f := StepFinding{Kind: kind, Host: r.host, URL: clip(r.url)}
+	from := r.host
 	if r.step != a.index {
-		f.CrossStep, f.FetchedIn = true, r.step
-		f.Detail = a.detail(fmt.Sprintf("makes %s, fetched from %s in step %d, executable", t, r.host, r.step), note)
-		f.Verified = r.verified
-		if f.Verified != "" {
-			f.Detail += ", verified with " + f.Verified
-		}
+		f.CrossStep, f.FetchedIn, f.Verified = true, r.step, r.verified
+		from = fmt.Sprintf("%s in step %d", r.host, r.step)
+	}
+	f.Detail = a.detail(fmt.Sprintf(format, file, from), note)
+	if f.Verified != "" {
+		f.Detail += ", verified with " + f.Verified
 	}
 	a.verifyOn = append(a.verifyOn, verifyRef{a.report(f), r})
 }

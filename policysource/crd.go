@@ -52,9 +52,9 @@ type CRD struct {
 	Leading func() bool
 
 	mu         sync.RWMutex
-	policies   map[string]*compiledPolicy           // by name
-	exceptions map[string]map[string]compiledExcept // namespace → name →
-	stores     atomic.Pointer[[2]cache.Store]       // the informers' caches: policies, exceptions
+	policies   map[string]*compiledPolicy                   // by name
+	exceptions map[string]map[string]compiledExcept         // namespace → name →
+	informers  atomic.Pointer[[2]cache.SharedIndexInformer] // Run's: policies, exceptions
 }
 
 type compiledPolicy struct {
@@ -67,9 +67,10 @@ type compiledExcept struct {
 	x policy.Exceptions
 }
 
-// Start starts the informers; the returned function reports whether both
-// have synced.
-func (s *CRD) Start(ctx context.Context) func() bool {
+// Run runs the informers until ctx ends, and returns once they, and the
+// event handlers they were calling, have stopped. Synced reports when
+// they have listed the resources.
+func (s *CRD) Run(ctx context.Context) {
 	s.mu.Lock()
 	s.policies = map[string]*compiledPolicy{}
 	s.exceptions = map[string]map[string]compiledExcept{}
@@ -91,9 +92,17 @@ func (s *CRD) Start(ctx context.Context) func() bool {
 		UpdateFunc: func(_, o any) { s.exceptionChanged(ctx, o) },
 		DeleteFunc: func(o any) { s.exceptionDeleted(o) },
 	})
-	s.stores.Store(&[2]cache.Store{pi.GetStore(), ei.GetStore()})
+	s.informers.Store(&[2]cache.SharedIndexInformer{pi, ei})
 	f.Start(ctx.Done())
-	return func() bool { return pi.HasSynced() && ei.HasSynced() }
+	<-ctx.Done()
+	f.Shutdown()
+}
+
+// Synced reports whether Run's informers have listed both kinds of
+// resource; false before Run.
+func (s *CRD) Synced() bool {
+	inf := s.informers.Load()
+	return inf != nil && inf[0].HasSynced() && inf[1].HasSynced()
 }
 
 // WriteStatus judges every resource the informers hold again and writes
@@ -101,14 +110,14 @@ func (s *CRD) Start(ctx context.Context) func() bool {
 // does, as the events before went by unwritten. Status that another
 // replica wrote for the same generation is left alone.
 func (s *CRD) WriteStatus(ctx context.Context) {
-	st := s.stores.Load()
-	if st == nil {
+	inf := s.informers.Load()
+	if inf == nil {
 		return
 	}
-	for _, o := range st[0].List() {
+	for _, o := range inf[0].GetStore().List() {
 		s.policyChanged(ctx, o)
 	}
-	for _, o := range st[1].List() {
+	for _, o := range inf[1].GetStore().List() {
 		s.exceptionChanged(ctx, o)
 	}
 }

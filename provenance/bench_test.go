@@ -146,7 +146,7 @@ func BenchmarkColdVerification(b *testing.B) {
 }
 
 // TestColdVerificationRequests pins the registry round trips of a cold
-// verification, the figures docs/benchmarks.md quotes.
+// verification, the figures docs/benchmark-results.md quotes.
 func TestColdVerificationRequests(t *testing.T) {
 	want := map[string]int{
 		// ping, referrers; signature manifest + blob, attestation manifest + blob

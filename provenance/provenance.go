@@ -1,7 +1,8 @@
-// Package provenance verifies the cosign signatures and SLSA provenance
-// attestations of images, and Sigstore bundles (v0.3, as
-// actions/attest-build-provenance writes them), against a policy's trust
-// settings, and returns what it found as policy facts.
+// Package provenance verifies the signatures and attestations of images
+// against a policy's trust settings — cosign and Notation signatures, SLSA
+// provenance and verification summary attestations, and Sigstore bundles
+// (v0.3, as actions/attest-build-provenance writes them) — and returns
+// what it found as policy facts.
 //
 // Signatures, attestations and bundles are discovered with the OCI 1.1
 // referrers API and the cosign tag scheme (sha256-<hex>.sig, .att) for

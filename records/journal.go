@@ -22,9 +22,10 @@ type journal struct {
 	path string
 	max  int64
 
-	mu   sync.Mutex
-	f    *os.File
-	size int64
+	mu       sync.Mutex
+	f        *os.File
+	size     int64
+	unsynced bool // spill wrote lines that no fsync has covered yet
 }
 
 // maxLine bounds one journal line when reading; an AdmissionReview body is
@@ -82,7 +83,27 @@ func (j *journal) replayPath() string { return j.path + ".replay" }
 
 // append writes ds and fsyncs once. It writes nothing and returns
 // errJournalFull when they would take the journal past its maximum size.
-func (j *journal) append(ds ...evidence.Decision) error {
+func (j *journal) append(ds ...evidence.Decision) error { return j.write(true, ds) }
+
+// spill writes ds like append but leaves the fsync to syncSpilled: the
+// records the admission path spills when the writer's queue is full are
+// the asynchronous ones (allows), and an fsync each, under the journal's
+// lock, on the request's goroutine, is what a saturated store made every
+// review wait for. Written, they outlive a kill of the process already.
+func (j *journal) spill(ds ...evidence.Decision) error { return j.write(false, ds) }
+
+// syncSpilled fsyncs what spill wrote since the last fsync, if anything.
+func (j *journal) syncSpilled() error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.f == nil || !j.unsynced {
+		return nil
+	}
+	j.unsynced = false
+	return j.f.Sync()
+}
+
+func (j *journal) write(sync bool, ds []evidence.Decision) error {
 	var buf []byte
 	for _, d := range ds {
 		b, err := json.Marshal(d)
@@ -104,6 +125,11 @@ func (j *journal) append(ds ...evidence.Decision) error {
 	if err != nil {
 		return err
 	}
+	if !sync {
+		j.unsynced = true
+		return nil
+	}
+	j.unsynced = false
 	return j.f.Sync()
 }
 
@@ -161,8 +187,11 @@ func (j *journal) take() (string, error) {
 		// the next take replays it.
 		return "", err
 	}
+	if j.unsynced {
+		j.f.Sync() // the renamed file's spilled lines, before its descriptor goes
+	}
 	j.f.Close()
-	j.f, j.size = f, 0
+	j.f, j.size, j.unsynced = f, 0, false
 	syncDir(filepath.Dir(j.path))
 	return rp, nil
 }
@@ -206,7 +235,11 @@ func (j *journal) close() error {
 	if j.f == nil {
 		return nil
 	}
-	err := j.f.Close()
+	var err error
+	if j.unsynced {
+		err = j.f.Sync()
+	}
+	err = errors.Join(err, j.f.Close())
 	j.f = nil
 	return err
 }

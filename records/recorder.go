@@ -49,8 +49,8 @@ const pendingSize = 4096
 // (JSON lines) and fsynced instead, and the store is left alone until its
 // backoff has passed. When neither holds the record in time the caller
 // gets a *NotRecordedError, and must not answer as if it were recorded.
-// WithJournalFirst tries the journal first instead (docs/benchmarks.md
-// compares the two).
+// WithJournalFirst tries the journal first instead
+// (docs/benchmark-results.md compares the two).
 //
 // Other decisions (allow, warn) and Record never wait: they go on a
 // bounded in-memory queue that one writer goroutine stores in
@@ -417,7 +417,7 @@ func (r *Recorder) enqueue(e entry) {
 	default:
 	}
 	r.count(&r.stats.Spilled, "spilled", 1)
-	if err := r.journal.append(e.decision()); err != nil {
+	if err := r.journal.spill(e.decision()); err != nil {
 		r.count(&r.stats.Dropped, "dropped", 1)
 		r.log.Error("decision record lost: queue and journal full", "uid", e.d.ID, "error", err)
 		return
@@ -550,6 +550,11 @@ func (r *Recorder) run() {
 			wakeAt time.Time
 			more   bool // the journal has more to store now
 		)
+		// What the admission path spilled is made durable here, one
+		// fsync for all the spills since the last, off their goroutines.
+		if err := r.journal.syncSpilled(); err != nil {
+			r.log.Error("decision journal: fsync of spilled records failed", "error", err)
+		}
 		now := time.Now()
 		if r.journal.pending() {
 			retryAt, down := r.health.retry()

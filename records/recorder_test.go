@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"reflect"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -72,8 +72,8 @@ func TestDecision(t *testing.T) {
 		User: "alice", Groups: []string{"dev", "system:authenticated"}, Mode: "audit", Verdict: "would-deny",
 		Rules: []string{"fresh-image", "outside-release-window"}, Exceptions: []string{"proxy-hotfix"},
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("Decision = %+v\nwant %+v", got, want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("FromDecision (-want +got):\n%s", diff)
 	}
 	var elems []map[string]any
 	if err := json.Unmarshal(images, &elems); err != nil {
@@ -318,8 +318,8 @@ func (s *slowStore) AddDecisions(ctx context.Context, ds []evidence.Decision) er
 func TestRecorderSpillsWhenQueueFull(t *testing.T) {
 	st := &slowStore{Store: openStore(t), release: make(chan struct{})}
 	// The store answers in a minute at the earliest: a Record that waited
-	// for it would take that long. (Spills fsync, which a busy disk
-	// makes slow, so the bound is loose.)
+	// for it would take that long. (Spills do not wait for an fsync, but
+	// a busy disk can make a write slow, so the bound is loose.)
 	r, err := New(st, filepath.Join(t.TempDir(), "journal"), WithQueueSize(4), WithWriteTimeout(time.Minute))
 	if err != nil {
 		t.Fatal(err)

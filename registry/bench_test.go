@@ -80,7 +80,9 @@ func BenchmarkCachedResolve(b *testing.B) {
 // benchCachedImages distinct images with realistic configs (15 history
 // entries, 10 labels) are resolved by digest through one Client, after a
 // first image that sets up the connection and the repository's
-// authenticated transport. ns/op is the time to look all of them up.
+// authenticated transport. It reports their weight (CachedBytes, which
+// the cache is bounded by) beside it. ns/op is the time to look all of
+// them up.
 func BenchmarkMemoryPerCachedImage(b *testing.B) {
 	srv, _ := benchRegistry(b)
 	host := benchHost(srv)
@@ -117,7 +119,7 @@ func BenchmarkMemoryPerCachedImage(b *testing.B) {
 	primer, rest := reqs[0], reqs[1:]
 
 	tr := srv.Client().Transport
-	var perImage float64
+	var perImage, weight float64
 	var before, after runtime.MemStats
 	for b.Loop() {
 		b.StopTimer()
@@ -128,12 +130,14 @@ func BenchmarkMemoryPerCachedImage(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		b.StartTimer()
+		w0 := c.CachedBytes()
 		for _, r := range rest {
 			if _, err := c.Resolve(b.Context(), r); err != nil {
 				b.Fatalf("Resolve(%s) = %v", r.Ref, err)
 			}
 		}
 		b.StopTimer()
+		w := c.CachedBytes() - w0
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		if got := c.CachedImages(); got != len(reqs) {
@@ -141,9 +145,11 @@ func BenchmarkMemoryPerCachedImage(b *testing.B) {
 		}
 		runtime.KeepAlive(c)
 		perImage += float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(len(rest))
+		weight += float64(w) / float64(len(rest))
 		b.StartTimer()
 	}
 	b.ReportMetric(perImage/float64(b.N), "B/cached-image")
+	b.ReportMetric(weight/float64(b.N), "weight-B/cached-image")
 }
 
 // BenchmarkColdResolve counts the registry requests of a lookup with a

@@ -1,6 +1,6 @@
 // Package registry looks container images up in their registries with
 // go-containerregistry and returns them as policy facts: digest, config
-// created time, history and labels of every platform.
+// created time, history and run config of every platform.
 //
 // Everything fetched for a digest is immutable and kept in a bounded
 // cache; tag resolutions are kept briefly. Concurrent lookups of the same
@@ -19,11 +19,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/bits"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -97,7 +99,7 @@ func WithTransport(t http.RoundTripper) Option { return func(c *Client) { c.base
 func WithMaxInFlightBytes(n int64) Option { return func(c *Client) { c.inFlight = n } }
 
 // WithMaxCacheBytes bounds the memory of the images kept in the cache
-// (their history, labels and digests), besides WithMaxImages. The default
+// (their history, run config and digests), besides WithMaxImages. The default
 // is 64 MiB.
 func WithMaxCacheBytes(n int64) Option { return func(c *Client) { c.cacheBytes = n } }
 
@@ -132,6 +134,7 @@ type Client struct {
 	pullers   *lru[*pullerEntry]  // auth key → puller
 	flight    singleflight.Group
 	pullerMu  sync.Mutex
+	intern    interner
 }
 
 type pullerEntry struct {
@@ -166,7 +169,7 @@ func New(opts ...Option) *Client {
 	c.budget = newBudget(max(c.inFlight, maxConfigBytes))
 	c.transport = &guardTransport{inner: c.base, sems: map[string]chan struct{}{}, per: c.perRegistry, obs: c.obs, budget: c.budget}
 	c.tags = newLRU[string](c.maxImages)
-	c.images = newWeighedLRU(c.maxImages, c.cacheBytes, ImageBytes)
+	c.images = newWeighedLRU(c.maxImages, c.cacheBytes, cachedImageBytes)
 	c.pullers = newLRU[*pullerEntry](defaultMaxPullers)
 	return c
 }
@@ -269,6 +272,10 @@ func tagKey(r Request) string {
 // CachedImages returns the number of images in the cache.
 func (c *Client) CachedImages() int { return c.images.len() }
 
+// CachedBytes returns the weight of the images in the cache, which
+// WithMaxCacheBytes bounds: at least the memory they take.
+func (c *Client) CachedBytes() int64 { return c.images.bytes() }
+
 // digestOf returns the digest a reference names: the reference itself
 // for a digest, a cached or HEAD-resolved one for a tag.
 func (c *Client) digestOf(ctx context.Context, r Request) (name.Digest, error) {
@@ -342,6 +349,7 @@ func (c *Client) image(ctx context.Context, r Request, d name.Digest) (*policy.I
 		}
 		img, err := c.fetch(ctx, r.Auth, d)
 		if err == nil {
+			keyDigest(key, img)
 			c.images.add(key, img, time.Time{}) // before the flight ends, as for tags
 		}
 		return img, err
@@ -413,20 +421,19 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 	if err != nil {
 		return nil, err
 	}
-	img := &policy.Image{Digest: m.digest.String()}
 	if !m.index {
 		if m.platform == nil {
 			cf, err := c.readConfig(ctx, p, d, m.config)
 			if err != nil {
 				return nil, err
 			}
-			pl := platformOf(m.digest.String(), m.config.Digest.String(), cf)
+			pl := c.platformOf(m.digest.String(), m.config.Digest.String(), cf)
 			m.platform = &pl
 		}
-		img.Platforms = []policy.Platform{*m.platform}
-		return img, nil
+		// The image's digest is its platform's: one string for both.
+		return &policy.Image{Digest: m.platform.Digest, Platforms: []policy.Platform{*m.platform}}, nil
 	}
-	img.Index = true
+	img := &policy.Image{Digest: m.digest.String(), Index: true}
 	img.Platforms = make([]policy.Platform, len(m.children))
 	errs := make([]error, len(m.children))
 	var wg sync.WaitGroup
@@ -444,7 +451,7 @@ func (c *Client) fetch(ctx context.Context, a Auth, d name.Digest) (*policy.Imag
 				return
 			}
 			pl := child.Platforms[0]
-			pl.Platform = ch.Platform.String()
+			pl.Platform = c.intern.string(ch.Platform.String())
 			img.Platforms[i] = pl
 		}()
 	}
@@ -522,7 +529,7 @@ func (c *Client) readManifest(ctx context.Context, p *remote.Puller, d name.Dige
 			if err != nil {
 				return f, err
 			}
-			pl := platformOf(desc.Digest.String(), m.Config.Digest.String(), cf)
+			pl := c.platformOf(desc.Digest.String(), m.Config.Digest.String(), cf)
 			f.platform = &pl
 		}
 	default:
@@ -627,33 +634,98 @@ func platformChildren(im *v1.IndexManifest) []v1.Descriptor {
 	return out
 }
 
-func platformOf(manifestDigest, configDigest string, cf *v1.ConfigFile) policy.Platform {
-	pl := policy.Platform{Digest: manifestDigest, ConfigDigest: configDigest, Created: cf.Created.Time}
-	if len(cf.Config.Labels) > 0 {
-		pl.Labels = cf.Config.Labels
-	}
-	pl.Config = policy.RunConfig{Env: cf.Config.Env, Entrypoint: cf.Config.Entrypoint, Cmd: cf.Config.Cmd, WorkingDir: cf.Config.WorkingDir}
+// platformOf is what the cache keeps of an image: what policy reads of
+// its config, nothing else of the decoded config, with the strings other
+// images have too interned. Times are kept in UTC, the same instants: one
+// written with another offset would hold a time.Location of its own.
+// Slices are kept without spare capacity.
+func (c *Client) platformOf(manifestDigest, configDigest string, cf *v1.ConfigFile) policy.Platform {
+	pl := policy.Platform{Digest: manifestDigest, ConfigDigest: configDigest, Created: cf.Created.Time.UTC()}
+	pl.Config = policy.RunConfig{Env: clip(cf.Config.Env), Entrypoint: clip(cf.Config.Entrypoint), Cmd: clip(cf.Config.Cmd), WorkingDir: cf.Config.WorkingDir}
 	pl.History = make([]policy.History, 0, len(cf.History))
 	for _, h := range cf.History {
-		pl.History = append(pl.History, policy.History{Created: h.Created.Time, CreatedBy: h.CreatedBy, EmptyLayer: h.EmptyLayer})
+		pl.History = append(pl.History, policy.History{Created: h.Created.Time.UTC(), CreatedBy: h.CreatedBy, EmptyLayer: h.EmptyLayer})
 	}
+	c.intern.platform(&pl)
 	return pl
 }
 
-// ImageBytes is about the memory img takes: its history, labels and
-// digests, and the structs that hold them. The cache is bounded by it.
+// clip returns s without spare capacity: decoding leaves up to half.
+func clip(s []string) []string {
+	if cap(s) == len(s) {
+		return s
+	}
+	return append(make([]string, 0, len(s)), s...)
+}
+
+// keyDigest makes img's digest, and its platform's for an image, the end
+// of its cache key (repo@digest), which the cache holds anyway: one
+// allocation less per image. img must not be shared yet.
+func keyDigest(key string, img *policy.Image) {
+	i := len(key) - len(img.Digest)
+	if i < 1 || key[i-1] != '@' || key[i:] != img.Digest {
+		return
+	}
+	if !img.Index {
+		img.Platforms[0].Digest = key[i:]
+	}
+	img.Digest = key[i:]
+}
+
+// ImageBytes is at least the memory img takes: its digests, history and
+// run config and the structs that hold them, each allocation counted as
+// allocBytes rounds it up. Strings and history an image shares with
+// others (an index with its platforms' images) are counted in each. The
+// cache and the images of one workload are bounded by it.
 func ImageBytes(img *policy.Image) int64 {
-	n := int64(96 + len(img.Digest))
+	n := allocBytes(int(unsafe.Sizeof(*img))) + allocBytes(len(img.Digest)) +
+		allocBytes(cap(img.Platforms)*int(unsafe.Sizeof(policy.Platform{})))
 	for _, pl := range img.Platforms {
-		n += int64(160 + len(pl.Platform) + len(pl.Digest) + len(pl.ConfigDigest))
+		n += allocBytes(len(pl.Platform)) + allocBytes(len(pl.ConfigDigest))
+		if unsafe.StringData(pl.Digest) != unsafe.StringData(img.Digest) {
+			n += allocBytes(len(pl.Digest))
+		}
+		n += allocBytes(cap(pl.History) * int(unsafe.Sizeof(policy.History{})))
 		for _, h := range pl.History {
-			n += int64(48 + len(h.CreatedBy))
+			n += allocBytes(len(h.CreatedBy))
 		}
-		for k, v := range pl.Labels {
-			n += int64(64 + len(k) + len(v))
-		}
+		n += stringsBytes(pl.Config.Env) + stringsBytes(pl.Config.Entrypoint) + stringsBytes(pl.Config.Cmd) + allocBytes(len(pl.Config.WorkingDir))
 	}
 	return n
+}
+
+// cachedImageBytes is what the cache weighs an image by: ImageBytes and
+// the cache's own entry for it.
+func cachedImageBytes(key string, img *policy.Image) int64 {
+	return ImageBytes(img) + entryBytes[*policy.Image](key)
+}
+
+// stringsBytes is at least the memory of s and its strings.
+func stringsBytes(s []string) int64 {
+	n := allocBytes(cap(s) * int(unsafe.Sizeof("")))
+	for _, v := range s {
+		n += allocBytes(len(v))
+	}
+	return n
+}
+
+// allocBytes is at least the heap an allocation of n bytes takes. Go
+// rounds it up to its size class: up to 256 bytes a multiple of 16 at
+// most; up to 32 KiB at most a fifth and 32 bytes more, and at most the
+// next quarter of the power of two at or above n (1000 bytes take 1024,
+// 24000 take 24576); beyond, to 8 KiB pages.
+func allocBytes(n int) int64 {
+	switch {
+	case n <= 0:
+		return 0
+	case n <= 256:
+		return int64((n + 15) &^ 15)
+	case n <= 32<<10:
+		quarter := 1 << (bits.Len(uint(n-1)) - 2)
+		return int64(min((n+quarter-1)&^(quarter-1), n+n/5+32))
+	default:
+		return int64((n + 8<<10 - 1) &^ (8<<10 - 1))
+	}
 }
 
 func invalid(format string, args ...any) error {

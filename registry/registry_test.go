@@ -5,12 +5,13 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -58,11 +59,10 @@ func TestResolveImage(t *testing.T) {
 				{Created: old, CreatedBy: "/bin/sh -c #(nop) ADD file:abc in /", EmptyLayer: true},
 				{Created: old, CreatedBy: "RUN /bin/sh -c apk add curl # buildkit", EmptyLayer: true},
 			},
-			Labels: map[string]string{"org.opencontainers.image.source": "https://github.com/acme/shop"},
 		}},
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("Resolve = %+v, want %+v", got, want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Resolve (-want +got):\n%s", diff)
 	}
 }
 
@@ -85,8 +85,10 @@ func TestRoundTrips(t *testing.T) {
 		"HEAD /v2/acme/shop/manifests/1",
 		"GET /v2/acme/shop/manifests/" + d1.String(),
 	}
-	if len(got) != 4 || !reflect.DeepEqual(got[:3], want) || !strings.HasPrefix(got[3], "GET /v2/acme/shop/blobs/sha256:") {
+	if len(got) != 4 || !strings.HasPrefix(got[3], "GET /v2/acme/shop/blobs/sha256:") {
 		t.Errorf("cold tag lookup requests = %q, want %q then the config blob", got, want)
+	} else if diff := cmp.Diff(want, got[:3]); diff != "" {
+		t.Errorf("cold tag lookup requests before the config blob (-want +got):\n%s", diff)
 	}
 
 	reg.Reset()
@@ -194,8 +196,8 @@ func TestIndex(t *testing.T) {
 		pls = append(pls, p.Platform+"@"+p.Created.Format(time.RFC3339))
 	}
 	want := []string{"linux/amd64@" + old.Format(time.RFC3339), "linux/arm64/v8@" + old.Add(time.Hour).Format(time.RFC3339)}
-	if !reflect.DeepEqual(pls, want) {
-		t.Errorf("platforms = %q, want %q (attestation manifest left out)", pls, want)
+	if diff := cmp.Diff(want, pls); diff != "" {
+		t.Errorf("platforms, the attestation manifest left out (-want +got):\n%s", diff)
 	}
 }
 
@@ -328,5 +330,32 @@ func TestCached(t *testing.T) {
 	}
 	if n := reg.Count(); n != 0 {
 		t.Errorf("Cached made %d registry requests, want none", n)
+	}
+}
+
+// TestImagesShareStrings: two images with the same build steps and run
+// config, looked up one after the other, hold one copy of each.
+func TestImagesShareStrings(t *testing.T) {
+	reg := testregistry.New(t)
+	steps := []string{"/bin/sh -c #(nop) ADD file:abc in /", "RUN /bin/sh -c apk add curl # buildkit"}
+	reg.Push(t, "acme/shop:1", testregistry.Build(t, testregistry.Image{Created: old, Steps: steps}))
+	reg.Push(t, "acme/cart:1", testregistry.Build(t, testregistry.Image{Created: old.Add(time.Hour), Steps: steps}))
+	c := newClient()
+	a, err := resolve(t, c, reg.Ref(t, "acme/shop:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := resolve(t, c, reg.Ref(t, "acme/cart:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ha, hb := a.Platforms[0].History, b.Platforms[0].History
+	if len(ha) != len(steps) || len(hb) != len(steps) {
+		t.Fatalf("histories of %d and %d steps, want %d", len(ha), len(hb), len(steps))
+	}
+	for i := range steps {
+		if ha[i].CreatedBy != steps[i] || unsafe.StringData(ha[i].CreatedBy) != unsafe.StringData(hb[i].CreatedBy) {
+			t.Errorf("step %d: %q and %q are two copies, want one of %q", i, ha[i].CreatedBy, hb[i].CreatedBy, steps[i])
+		}
 	}
 }

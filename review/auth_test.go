@@ -9,12 +9,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -61,8 +61,10 @@ func TestParseTokens(t *testing.T) {
 			}
 			for token, want := range tc.want {
 				got, err := st.Authenticate(t.Context(), token)
-				if err != nil || !reflect.DeepEqual(got, want) {
-					t.Errorf("Authenticate(%q) = %+v, %v; want %+v", token, got, err, want)
+				if err != nil {
+					t.Errorf("Authenticate(%q): %v", token, err)
+				} else if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("Authenticate(%q) (-want +got):\n%s", token, diff)
 				}
 			}
 			var ae *kubeauth.Error
@@ -237,8 +239,10 @@ func TestTokenReviewer(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || !reflect.DeepEqual(u, tc.want) {
-				t.Errorf("Authenticate = %+v, %v; want %+v", u, err, tc.want)
+			if err != nil {
+				t.Errorf("Authenticate: %v", err)
+			} else if diff := cmp.Diff(tc.want, u); diff != "" {
+				t.Errorf("Authenticate (-want +got):\n%s", diff)
 			}
 		})
 	}
@@ -275,8 +279,11 @@ func TestSubjectAccessReviewer(t *testing.T) {
 			want := authorizationv1.SubjectAccessReviewSpec{User: "bob", UID: "u-2", Groups: []string{"g"},
 				Extra:              map[string]authorizationv1.ExtraValue{"k": {"v"}},
 				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: "shop", Verb: "create", Group: "buildguard.dev", Resource: "buildpolicyexceptions"}}
-			if sent == nil || !reflect.DeepEqual(sent.Spec, want) {
-				t.Fatalf("SubjectAccessReview sent %+v, want %+v", sent, want)
+			if sent == nil {
+				t.Fatal("no SubjectAccessReview sent")
+			}
+			if diff := cmp.Diff(want, sent.Spec); diff != "" {
+				t.Fatalf("SubjectAccessReview sent (-want +got):\n%s", diff)
 			}
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {

@@ -14,13 +14,14 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
@@ -652,8 +653,8 @@ func TestRaw(t *testing.T) {
 	}
 	b, _ := json.Marshal(records.ToJSON(d))
 	json.Unmarshal(b, &want)
-	if !reflect.DeepEqual(want, got) {
-		t.Errorf("raw JSON = %v, want %v", got, want)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("raw JSON (-want +got):\n%s", diff)
 	}
 	if !strings.Contains(w.Body.String(), `"destIP": "203.0.113.9"`) {
 		t.Error("raw JSON lacks the connection evidence")
@@ -726,8 +727,8 @@ func TestGrant(t *testing.T) {
 			want := policysource.Grant{Namespace: "shop", Image: "registry.example/shop/api@sha256:" + strings.Repeat("a", 64),
 				Reason: "INC-1234: rebuilt in the pipeline tomorrow", Expires: exp, At: t0, DecisionID: nodeBuiltID}
 			want.GrantedBy = g.GrantedBy
-			if !reflect.DeepEqual(want, g) || g.GrantedBy == "" {
-				t.Errorf("grant = %+v, want %+v", g, want)
+			if diff := cmp.Diff(want, g); diff != "" || g.GrantedBy == "" {
+				t.Errorf("grant by %q (-want +got):\n%s", g.GrantedBy, diff)
 			}
 			// The page it redirects to says so.
 			page := text(f.do("GET", w.Header().Get("Location"), nil, c).Body.String())

@@ -1,6 +1,7 @@
-// Package server runs buildguard's HTTPS listener: TLS 1.2+ with the
-// certificate and key reloaded from disk when they change (as cert-manager
-// rotates them), health and readiness endpoints, bounded timeouts and a
+// Package server runs buildguard's HTTPS listener: TLS 1.2+ with a
+// serving certificate kept current (the certificate and key files
+// reloaded when they change, as cert-manager rotates them, or a
+// self-managed CA's), health and readiness endpoints, bounded timeouts and a
 // graceful shutdown that first drains: it keeps serving, not ready, until
 // the endpoints pointing at it are gone.
 package server
@@ -40,8 +41,11 @@ type Server struct {
 	// They are used when Certificates is nil.
 	CertFile, KeyFile string
 	// Certificates, when set, provides the serving certificate instead of
-	// the files, such as cert-manager's DynamicSource for a self-managed
-	// CA.
+	// CertFile and KeyFile: cert-manager's FileCertificateSource, whose
+	// files are checked as CheckFiles does before anything is served, or
+	// its DynamicSource for a self-managed CA. Run starts it; another
+	// listener serving the same certificate shares it by calling its
+	// GetCertificate.
 	Certificates certtls.CertificateSource
 	// ReloadInterval is how often the files are checked. The default is
 	// DefaultCertReloadInterval.
@@ -92,14 +96,17 @@ func (s *Server) Run(ctx context.Context) error {
 	log := logger.OrDiscard(s.Log)
 	src := s.Certificates
 	if src == nil {
-		if err := CheckFiles(s.CertFile, s.KeyFile); err != nil {
-			return err
-		}
 		interval := s.ReloadInterval
 		if interval <= 0 {
 			interval = DefaultCertReloadInterval
 		}
 		src = &certtls.FileCertificateSource{CertPath: s.CertFile, KeyPath: s.KeyFile, UpdateInterval: interval}
+	}
+	// A file source whose files are missing would only log, and retry.
+	if f, ok := src.(*certtls.FileCertificateSource); ok {
+		if err := CheckFiles(f.CertPath, f.KeyPath); err != nil {
+			return err
+		}
 	}
 	if s.Metrics != nil {
 		expiry := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -111,11 +118,20 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		defer s.Metrics.Unregister(expiry)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// The source runs until Run returns, through the drain: a certificate
+	// rotated then is served, and the source's end is its failure, never
+	// ctx's (which the select below would take for one, or for the end
+	// of ctx, at random, and skip the drain).
+	srcCtx, srcCancel := context.WithCancel(context.WithoutCancel(ctx))
 	srcErr := make(chan error, 1)
+	srcDone := make(chan struct{})
 	go func() {
-		srcErr <- src.Start(logr.NewContext(ctx, logr.FromSlogHandler(log.Handler())))
+		defer close(srcDone)
+		srcErr <- src.Start(logr.NewContext(srcCtx, logr.FromSlogHandler(log.Handler())))
+	}()
+	defer func() {
+		srcCancel()
+		<-srcDone
 	}()
 	// Wait for the first certificate: a file source reads at once, a
 	// self-managed CA may first have to create its Secret.
@@ -217,8 +233,7 @@ func (s *Server) closeWhenDraining(h http.Handler) http.Handler {
 	})
 }
 
-// drain serves, not ready, for DrainDelay. The certificate source has
-// stopped with ctx; the certificate it last had is served.
+// drain serves, not ready, for DrainDelay.
 func (s *Server) drain(serveErr <-chan error, log *slog.Logger) error {
 	if s.DrainDelay <= 0 {
 		return nil
@@ -235,10 +250,6 @@ func (s *Server) drain(serveErr <-chan error, log *slog.Logger) error {
 	}
 }
 
-// hasCertificate reports whether src has a certificate to serve. It asks
-// GetCertificate, which holds the source's lock, rather than Healthy,
-// which in cert-manager v1.21's FileCertificateSource reads the cached
-// certificate without it (a data race under -race).
 // notAfter is when the certificate src serves expires; the zero
 // Unix time when there is none.
 func notAfter(src certtls.CertificateSource) time.Time {
@@ -255,6 +266,10 @@ func notAfter(src certtls.CertificateSource) time.Time {
 	return leaf.NotAfter
 }
 
+// hasCertificate reports whether src has a certificate to serve. It asks
+// GetCertificate, which holds the source's lock, rather than Healthy,
+// which in cert-manager v1.21's FileCertificateSource reads the cached
+// certificate without it (a data race under -race).
 func hasCertificate(src certtls.CertificateSource) bool {
 	c, err := src.GetCertificate(nil)
 	return err == nil && c != nil

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	certtls "github.com/cert-manager/cert-manager/pkg/server/tls"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"buildguard.dev/buildguard/internal/clock/clocktest"
@@ -327,5 +328,78 @@ func TestDrainClosesKeptConnections(t *testing.T) {
 	}
 	if reused, _ := post(); reused {
 		t.Error("draining, a request went over a connection kept from before: a pod killed now would fail it")
+	}
+}
+
+// endedSource is a certificate file source that says when its Start has
+// returned.
+type endedSource struct {
+	*certtls.FileCertificateSource
+	ended chan struct{}
+}
+
+func (s *endedSource) Start(ctx context.Context) error {
+	defer close(s.ended)
+	return s.FileCertificateSource.Start(ctx)
+}
+
+// TestSourceOutlivesDrain: the certificate source runs through the drain
+// and has stopped when Run returns. A source that stopped with the
+// context would race its end: taken for the source's failure, it skipped
+// the drain.
+func TestSourceOutlivesDrain(t *testing.T) {
+	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &endedSource{&certtls.FileCertificateSource{CertPath: files.Cert, KeyPath: files.Key, UpdateInterval: 50 * time.Millisecond}, make(chan struct{})}
+	s := &server.Server{Listener: ln, Certificates: src, DrainDelay: time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	c := client(files.CAPEM)
+	readyz := "https://" + ln.Addr().String() + "/readyz"
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := c.Get(readyz)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready within 10s: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	cancel()
+	select {
+	case <-src.ended:
+		t.Errorf("the certificate source stopped with the context, before the drain")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if code, body, _ := get(t, c, readyz); code != http.StatusServiceUnavailable || !strings.Contains(body, "shutting down") {
+		t.Errorf("GET /readyz while draining = %d %q, want 503 shutting down", code, body)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10s of its context's end")
+	}
+	select {
+	case <-src.ended:
+	default:
+		t.Error("the certificate source still runs after Run returned")
 	}
 }

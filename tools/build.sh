@@ -5,7 +5,7 @@
 # kube-scheduler, kubelet, kube-proxy, containerd (with its runc shim and
 # ctr), CoreDNS, and the pause binary of the pod sandboxes. A binary is
 # rebuilt only when its module's go.mod or go.sum, or the way it is built,
-# changed since it was built; docs/benchmarks.md has the times of the
+# changed since it was built; docs/benchmark-results.md has the times of the
 # first build. tools/build.sh NAME... builds those binaries only.
 #
 # It also builds the cosign CLIs the provenance tests sign with, as

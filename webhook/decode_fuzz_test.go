@@ -6,6 +6,15 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"buildguard.dev/buildguard/engine"
 )
 
 // onceSeeds are reviews that decode, and some that almost do, for the
@@ -37,6 +46,17 @@ var onceSeeds = []string{
 	``,
 }
 
+// exactly makes cmp as strict as reflect.DeepEqual: the two decodings
+// must agree in every field, where the Equal methods of these types would
+// take 1000m for 1, an instant in any location for the same, and a nil
+// field set for an empty one.
+var exactly = cmp.Options{
+	cmp.AllowUnexported(workloadObject{}),
+	cmpopts.EquateComparable(time.Time{}),
+	cmp.Comparer(func(a, b resource.Quantity) bool { return reflect.DeepEqual(a, b) }),
+	cmp.Comparer(func(a, b metav1.FieldsV1) bool { return reflect.DeepEqual(a, b) }),
+}
+
 // FuzzDecodeOnce checks that decoding a review and its objects in one
 // pass (what ServeHTTP does) gives the same request, workload, response
 // and errors as decoding the review, then its raw objects (DecodeReview,
@@ -53,8 +73,8 @@ func FuzzDecodeOnce(f *testing.F) {
 		}
 		once, errOnce := decodeOnce(body)
 		twice, errTwice := decodeTwice(body)
-		if (errOnce == nil) != (errTwice == nil) || errOnce != nil && !reflect.DeepEqual(errOnce, errTwice) {
-			t.Fatalf("decodeOnce(%q) error = %v, decodeTwice = %v", body, errOnce, errTwice)
+		if diff := cmp.Diff(errTwice, errOnce); diff != "" {
+			t.Fatalf("decodeOnce(%q) error (-decodeTwice +decodeOnce):\n%s", body, diff)
 		}
 		if errOnce != nil {
 			return
@@ -64,13 +84,19 @@ func FuzzDecodeOnce(f *testing.F) {
 		}
 		req := *twice.req
 		req.Object.Raw, req.OldObject.Raw = nil, nil
-		if once.once && !reflect.DeepEqual(*once.req, req) {
-			t.Errorf("decodeOnce(%q) request = %+v,\ndecodeTwice without its objects %+v", body, *once.req, req)
+		if diff := cmp.Diff(req, *once.req, exactly); once.once && diff != "" {
+			t.Errorf("decodeOnce(%q) request (-decodeTwice without its objects +decodeOnce):\n%s", body, diff)
 		}
-		w1, o1, r1 := workloadOf(once)
-		w2, o2, r2 := workloadOf(twice)
-		if !reflect.DeepEqual(w1, w2) || !reflect.DeepEqual(o1, o2) || !reflect.DeepEqual(r1, r2) {
-			t.Errorf("workloadOf(%q):\none pass  %+v %+v %+v\ntwo passes %+v %+v %+v", body, w1, o1, r1, w2, o2, r2)
+		type result struct {
+			W engine.Workload
+			O workloadObject
+			R *admissionv1.AdmissionResponse
+		}
+		var one, two result
+		one.W, one.O, one.R = workloadOf(once)
+		two.W, two.O, two.R = workloadOf(twice)
+		if diff := cmp.Diff(two, one, exactly); diff != "" {
+			t.Errorf("workloadOf(%q) (-two passes +one pass):\n%s", body, diff)
 		}
 	})
 }

@@ -26,6 +26,10 @@ type Metrics struct {
 	registryTimes prometheus.Histogram
 	cache         *prometheus.CounterVec
 	decisions     *prometheus.CounterVec
+	// cacheCounts are cache's children for the registry client's two
+	// caches: looked up once per image of every review, they are resolved
+	// once here instead of hashing their labels each time.
+	cacheCounts map[string]*[2]prometheus.Counter // cache → miss, hit
 }
 
 // NewMetrics returns metrics registered on a new registry, with the Go
@@ -63,6 +67,10 @@ func NewMetrics() *Metrics {
 			Name: "buildguard_decisions_total",
 			Help: "Workload decisions by verdict (allow, warn, deny, would-deny), rule and namespace: one count per rule found (ignored findings aside), or one with rule=\"\" when none was.",
 		}, []string{"verdict", "rule", "namespace"}),
+	}
+	m.cacheCounts = map[string]*[2]prometheus.Counter{}
+	for _, c := range []string{"tag", "digest"} {
+		m.cacheCounts[c] = &[2]prometheus.Counter{m.cache.WithLabelValues(c, "miss"), m.cache.WithLabelValues(c, "hit")}
 	}
 	m.reg.MustRegister(m.reviews, m.latency, m.badRequests, m.registryReqs, m.registryTimes, m.cache, m.decisions,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -104,6 +112,14 @@ func (m *Metrics) Decided(_ context.Context, d decision.Decision) {
 
 // CacheResult implements registry.Observer.
 func (m *Metrics) CacheResult(cache string, hit bool) {
+	if cs, ok := m.cacheCounts[cache]; ok {
+		i := 0
+		if hit {
+			i = 1
+		}
+		cs[i].Inc()
+		return
+	}
 	result := "miss"
 	if hit {
 		result = "hit"

@@ -1,8 +1,9 @@
 package webhook
 
 import (
-	"reflect"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"buildguard.dev/buildguard/decision"
 	"buildguard.dev/buildguard/engine"
@@ -22,13 +23,27 @@ func TestMetricsDecided(t *testing.T) {
 	m.Decided(t.Context(), decided(deny))
 	m.Decided(t.Context(), decided(deny))
 	m.Decided(t.Context(), decided(policy.Verdict{Mode: policy.ModeEnforce, Outcome: policy.OutcomeAllow, Allowed: true}))
+	got := counters(t, m, "buildguard_decisions_total")
+	want := map[string]float64{
+		"namespace=shop rule= verdict=allow ":                 1,
+		"namespace=shop rule=fresh-image verdict=would-deny ": 2,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("buildguard_decisions_total (-want +got):\n%s", diff)
+	}
+}
+
+// counters returns the values of the counter named name in m, keyed by
+// their labels ("name=value " each, in Prometheus's order).
+func counters(t *testing.T, m *Metrics, name string) map[string]float64 {
+	t.Helper()
 	mfs, err := m.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]float64{}
 	for _, mf := range mfs {
-		if mf.GetName() != "buildguard_decisions_total" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, mt := range mf.GetMetric() {
@@ -39,11 +54,5 @@ func TestMetricsDecided(t *testing.T) {
 			got[key] = mt.GetCounter().GetValue()
 		}
 	}
-	want := map[string]float64{
-		"namespace=shop rule= verdict=allow ":                 1,
-		"namespace=shop rule=fresh-image verdict=would-deny ": 2,
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("buildguard_decisions_total = %v, want %v", got, want)
-	}
+	return got
 }

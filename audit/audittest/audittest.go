@@ -6,6 +6,7 @@
 package audittest
 
 import (
+	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -28,10 +29,9 @@ import (
 // minute before, the others two days before.
 func Now() time.Time { return time.Date(2026, 12, 2, 3, 15, 0, 0, time.UTC) }
 
-// Cluster returns the fake cluster and an engine judging it, whose
-// namespace labels come from namespaces (given the cluster's client): the
-// audit package reads them directly, the command through its cache.
-func Cluster(t testing.TB, namespaces func(kubernetes.Interface) engine.Namespaces) (*fake.Clientset, *engine.Engine) {
+// Cluster returns the fake cluster and an engine judging it, which reads
+// namespace labels from the cluster.
+func Cluster(t testing.TB) (*fake.Clientset, *engine.Engine) {
 	reg := testregistry.New(t)
 	reg.Push(t, "acme/old:1", testregistry.Build(t, testregistry.Image{Created: Now().Add(-48 * time.Hour)}))
 	reg.Push(t, "acme/fresh:1", testregistry.Build(t, testregistry.Image{Created: Now().Add(-time.Minute)}))
@@ -59,11 +59,22 @@ func Cluster(t testing.TB, namespaces func(kubernetes.Interface) engine.Namespac
 	e := &engine.Engine{
 		Policies:   engine.PolicyFunc(func() *policy.Policy { return p }),
 		Resolver:   registry.New(registry.WithTransport(http.DefaultTransport), registry.WithClock(clock)),
-		Namespaces: namespaces(cs),
+		Namespaces: clientLabels{cs},
 		Clock:      clock,
 		Timeout:    5 * time.Second,
 	}
 	return cs, e
+}
+
+// clientLabels reads namespaces' labels from the API server.
+type clientLabels struct{ client kubernetes.Interface }
+
+func (c clientLabels) Labels(ctx context.Context, ns string) (map[string]string, error) {
+	o, err := c.client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return o.Labels, nil
 }
 
 func meta(ns, name string, owner types.UID) metav1.ObjectMeta {

@@ -1,7 +1,8 @@
 // Package denypath benchmarks the admission path of decisions that are
 // recorded: `buildguard serve`'s handler, engine and records.Recorder
 // with a SQLite or PostgreSQL store, behind server.Server over HTTPS on
-// loopback. docs/benchmarks.md gives the commands and the figures.
+// loopback. docs/benchmarks.md gives the commands,
+// docs/benchmark-results.md the figures.
 package denypath
 
 import (
@@ -37,7 +38,7 @@ import (
 )
 
 // callers is the number of concurrent reviews: 8 goroutines per CPU on
-// the 2-CPU machine of docs/benchmarks.md.
+// the 2-CPU machine of docs/benchmark-results.md.
 const callers = 16
 
 // BenchmarkDenyPath sends reviews of a Pod whose image is fresh (denied:

@@ -6,8 +6,8 @@ import (
 )
 
 // What differs from the code before issue 14, when every record was
-// queued after the answer; docs/benchmarks.md says how that was measured
-// with this benchmark.
+// queued after the answer; docs/benchmark-results.md says how that was
+// measured with this benchmark.
 
 // recorderOptions are `buildguard serve`'s, with --decision-commit=journal
 // when journalFirst.

@@ -52,7 +52,7 @@ import (
 )
 
 // targetP99 is the latency a fleet of 1,000 nodes reporting every 2s
-// should see (docs/benchmarks.md).
+// should see (docs/benchmark-results.md).
 const (
 	targetP99 = 100 * time.Millisecond
 )

@@ -13,6 +13,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 
 	"buildguard.dev/buildguard/bench/internal/reviewload"
+	"buildguard.dev/buildguard/internal/benchreview"
 )
 
 // runResult is one measured run of one target.
@@ -54,7 +55,7 @@ func (r runResult) percentile(p float64) time.Duration {
 // load sends reviews of b to t from conc goroutines for d, each sending
 // its next review as soon as the previous one is answered, then waits for
 // those in flight (each bounded by the client's timeout).
-func (e *env) load(ctx context.Context, t *target, b *reviewload.Body, conc int, d time.Duration, record bool) runResult {
+func (e *env) load(ctx context.Context, t *target, b *benchreview.Body, conc int, d time.Duration, record bool) runResult {
 	r := runResult{target: t.name, containers: b.Containers, concurrency: conc, load: loadAverage()}
 	cpu0, cerr0 := processCPU(t.pid())
 	ccpu0 := selfCPU()
@@ -99,7 +100,7 @@ func settle(ctx context.Context, pid int) (time.Duration, error) {
 // review sends one review with uid and checks the answer without decoding
 // it: status 200, the uid, allowed. The warm-up checked a whole answer of
 // each target.
-func (e *env) review(ctx context.Context, t *target, b *reviewload.Body, uid string) error {
+func (e *env) review(ctx context.Context, t *target, b *benchreview.Body, uid string) error {
 	ans, status, err := e.post(ctx, t, b, uid)
 	if err != nil {
 		return err
@@ -115,7 +116,7 @@ func (e *env) review(ctx context.Context, t *target, b *reviewload.Body, uid str
 	return nil
 }
 
-func (e *env) post(ctx context.Context, t *target, b *reviewload.Body, uid string) ([]byte, int, error) {
+func (e *env) post(ctx context.Context, t *target, b *benchreview.Body, uid string) ([]byte, int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url+"?timeout=10s", bytes.NewReader(b.With(uid)))
 	if err != nil {
 		return nil, 0, err

@@ -25,6 +25,13 @@
 //
 //	go run ./bench/shipped [-buildguard bin/buildguard] [-rounds 3] [-duration 5s] [-warmup 1s]
 //	    [-concurrency 2,8] [-containers 1,3,6] [-targets default,sqlite] [-baseline OLD-BINARY] [-profile DIR]
+//	go run ./bench/shipped -cache-fill 10000 [-targets default] [-rounds 3] [-baseline OLD-BINARY] [-profile DIR]
+//
+// With -cache-fill N it measures memory instead of load: in each round,
+// each buildguard target is started afresh, filled with N distinct
+// images (see cachefill.go) by reviews of Deployments that run them, and
+// its resident set and live Go heap are read before and after; the
+// do-nothing webhook is not started.
 //
 // Without -buildguard it builds ./cmd/buildguard as `make build` does,
 // into a temporary directory. The exit status is 1 when any run had an
@@ -64,6 +71,7 @@ type config struct {
 	extraArgs   []string
 	profileDir  string
 	keep        bool
+	cacheFill   int
 }
 
 func main() {
@@ -93,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	extra := fs.String("serve-args", "", "space-separated extra flags for buildguard serve (not the -baseline one), e.g. --log-level=debug")
 	fs.StringVar(&c.profileDir, "profile", "", "start buildguard with --debug-listen and save a CPU profile of its first measured run of each shape and concurrency in `dir`")
 	fs.BoolVar(&c.keep, "keep", false, "keep the temporary directory (logs, store, certificates)")
+	fs.IntVar(&c.cacheFill, "cache-fill", 0, "measure memory instead of load: fill each target, started afresh in each round, with `N` distinct images (cache entries) and report its resident set and Go heap per cached image; -profile saves heap profiles")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -121,6 +130,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return c, errors.New("-rounds must be at least 1")
 	case len(c.targets) == 0:
 		return c, errors.New("-targets: name at least one")
+	case c.cacheFill < 0:
+		return c, errors.New("-cache-fill must not be negative")
 	}
 	return c, nil
 }

@@ -20,12 +20,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 
 	"buildguard.dev/buildguard/bench/internal/reviewload"
+	"buildguard.dev/buildguard/internal/benchreview"
 	"buildguard.dev/buildguard/server"
 )
 
@@ -79,14 +81,20 @@ type env struct {
 	cfg      config
 	dir      string
 	registry *httptest.Server
+	// blobs is the registry's blob store, which -cache-fill writes
+	// configs into directly; requests counts what the registry served.
+	blobs    ggcrregistry.BlobHandler
+	requests *registryCounter
+	policy   string // the policy file
+	bin      string // the buildguard binary
 	certFile string
 	keyFile  string
 	client   *http.Client
 	tr       *http.Transport
 	images   []reviewload.Image
-	bodies   map[int]*reviewload.Body // by containers
-	targets  []*target                // buildguard ones first, do-nothing last
-	uids     reviewload.UIDs
+	bodies   map[int]*benchreview.Body // by containers
+	targets  []*target                 // buildguard ones first, do-nothing last
+	uids     benchreview.UIDs
 }
 
 func (e *env) close() {
@@ -105,7 +113,7 @@ func (e *env) close() {
 }
 
 func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) {
-	e := &env{cfg: cfg, bodies: map[int]*reviewload.Body{}}
+	e := &env{cfg: cfg, bodies: map[int]*benchreview.Body{}}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -135,7 +143,9 @@ func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) 
 	}
 	e.client = &http.Client{Transport: e.tr, Timeout: 10 * time.Second}
 
-	e.registry = httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	e.blobs = ggcrregistry.NewInMemoryBlobHandler()
+	e.requests = &registryCounter{inner: ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)), ggcrregistry.WithBlobHandler(e.blobs))}
+	e.registry = httptest.NewServer(e.requests)
 	host := strings.TrimPrefix(e.registry.URL, "http://")
 	n := 1
 	if !cfg.sameImage {
@@ -155,42 +165,32 @@ func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) 
 			return nil, err
 		}
 	}
-	pf := filepath.Join(e.dir, "policy.yaml")
-	if err := os.WriteFile(pf, []byte(reviewload.PolicyYAML), 0o600); err != nil {
+	e.policy = filepath.Join(e.dir, "policy.yaml")
+	if err := os.WriteFile(e.policy, []byte(reviewload.PolicyYAML), 0o600); err != nil {
 		return nil, err
 	}
 
-	bin := cfg.buildguard
-	if bin == "" {
-		bin = filepath.Join(e.dir, "buildguard")
-		fmt.Fprintf(out, "- building %s (as `make build` does)\n", bin)
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", bin, "./cmd/buildguard")
+	e.bin = cfg.buildguard
+	if e.bin == "" {
+		e.bin = filepath.Join(e.dir, "buildguard")
+		fmt.Fprintf(out, "- building %s (as `make build` does)\n", e.bin)
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", e.bin, "./cmd/buildguard")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			return nil, fmt.Errorf("building buildguard: %w", err)
 		}
 	}
-	bins := []struct{ suffix, path string }{{"", bin}}
-	if cfg.baseline != "" {
-		bins = append(bins, struct{ suffix, path string }{"-baseline", cfg.baseline})
+	if cfg.cacheFill > 0 {
+		// Each round starts its own processes (see runCacheFill).
+		return e, nil
 	}
-	for _, name := range cfg.targets {
-		for _, b := range bins {
-			full := "buildguard-" + name + b.suffix
-			args := []string{"serve", "--config", pf, "--tls-cert-file", e.certFile, "--tls-private-key-file", e.keyFile}
-			if name == "sqlite" {
-				args = append(args, "--store-sqlite", filepath.Join(e.dir, full+".db"))
-			}
-			if b.suffix == "" {
-				args = append(args, cfg.extraArgs...)
-			}
-			t, err := e.startBuildguard(ctx, full, b.path, args)
-			if err != nil {
-				return nil, err
-			}
-			e.targets = append(e.targets, t)
+	for _, sp := range e.targetSpecs() {
+		t, err := e.startBuildguard(ctx, sp.name, sp.bin, sp.args)
+		if err != nil {
+			return nil, err
 		}
+		e.targets = append(e.targets, t)
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -202,6 +202,49 @@ func newEnv(ctx context.Context, cfg config, out io.Writer) (_ *env, err error) 
 	}
 	e.targets = append(e.targets, t)
 	return e, nil
+}
+
+// targetSpec is how one buildguard target is started.
+type targetSpec struct {
+	name, bin string
+	args      []string
+}
+
+// targetSpecs are the buildguard targets of -targets, each beside its
+// -baseline twin when there is one.
+func (e *env) targetSpecs() []targetSpec {
+	bins := []struct{ suffix, path string }{{"", e.bin}}
+	if e.cfg.baseline != "" {
+		bins = append(bins, struct{ suffix, path string }{"-baseline", e.cfg.baseline})
+	}
+	var out []targetSpec
+	for _, name := range e.cfg.targets {
+		for _, b := range bins {
+			full := "buildguard-" + name + b.suffix
+			args := []string{"serve", "--config", e.policy, "--tls-cert-file", e.certFile, "--tls-private-key-file", e.keyFile}
+			if name == "sqlite" {
+				args = append(args, "--store-sqlite", filepath.Join(e.dir, full+".db"))
+			}
+			if b.suffix == "" {
+				args = append(args, e.cfg.extraArgs...)
+			}
+			out = append(out, targetSpec{name: full, bin: b.path, args: args})
+		}
+	}
+	return out
+}
+
+// registryCounter counts the manifest and blob GETs a registry serves.
+type registryCounter struct {
+	inner http.Handler
+	gets  atomic.Int64
+}
+
+func (c *registryCounter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet && (strings.Contains(r.URL.Path, "/manifests/") || strings.Contains(r.URL.Path, "/blobs/")) {
+		c.gets.Add(1)
+	}
+	c.inner.ServeHTTP(w, r)
 }
 
 // freePort returns a loopback address nothing listens on at the moment.
@@ -221,7 +264,7 @@ func (e *env) startBuildguard(ctx context.Context, name, bin string, args []stri
 	}
 	args = append(args, "--listen", addr)
 	t := &target{name: name, url: "https://" + addr + "/validate", logFile: filepath.Join(e.dir, name+".log")}
-	if e.cfg.profileDir != "" {
+	if e.cfg.profileDir != "" || e.cfg.cacheFill > 0 {
 		if t.debug, err = freePort(); err != nil {
 			return nil, err
 		}

@@ -12,12 +12,14 @@ import (
 	"strings"
 	"time"
 
+	"buildguard.dev/buildguard/internal/proccpu"
+
 	"buildguard.dev/buildguard/bench/internal/reviewload"
 )
 
 // selfCPU is this process's CPU time, user and system; 0 when unknown.
 func selfCPU() time.Duration {
-	d, _ := reviewload.SelfCPU()
+	d, _ := proccpu.Self()
 	return d
 }
 
@@ -26,10 +28,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err // flag.ErrHelp after -h: reviewload.Main exits 0
 	}
-	fmt.Fprintf(out, "# buildguard serve, as shipped, against a do-nothing webhook\n\n")
+	if cfg.cacheFill > 0 {
+		fmt.Fprintf(out, "# buildguard serve, as shipped: memory per cached image\n\n")
+	} else {
+		fmt.Fprintf(out, "# buildguard serve, as shipped, against a do-nothing webhook\n\n")
+	}
 	fmt.Fprintf(out, "- command: `go run ./bench/shipped %s`\n", strings.Join(args[1:], " "))
 	fmt.Fprintf(out, "- go: %s %s/%s, NumCPU=%d; started %s, load average %s\n", runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(),
 		time.Now().UTC().Format(time.RFC3339), loadAverage())
+	if cfg.cacheFill > 0 {
+		return runCacheFill(ctx, cfg, out)
+	}
 	e, err := newEnv(ctx, cfg, out)
 	if err != nil {
 		return err

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -15,27 +14,12 @@ import (
 	"time"
 
 	"golang.org/x/term"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"buildguard.dev/buildguard/app"
 	"buildguard.dev/buildguard/audit"
-	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/internal/shorten"
 	"buildguard.dev/buildguard/policy"
-	"buildguard.dev/buildguard/policyreport"
-	"buildguard.dev/buildguard/policysource"
-	"buildguard.dev/buildguard/provenance"
-	"buildguard.dev/buildguard/registry"
 )
-
-// policySyncTimeout bounds the wait for ClusterBuildPolicies and
-// BuildPolicyExceptions to be read with --policy-source=crd.
-const policySyncTimeout = 30 * time.Second
 
 // defaultAuditExclusions are the namespaces the webhook configurations of
 // manifests/base do not send to buildguard: a scan leaves them out too
@@ -78,20 +62,14 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 	if fs.NArg() > 0 {
 		return exitError, &usageError{msg: fmt.Sprintf("unexpected arguments %q", fs.Args())}
 	}
-	if *source == "" {
-		*source = "file"
+	o := app.ScanOptions{Kubeconfig: *kubeconfig, Context: *kubeContext, Version: version,
+		PolicySource: *source, PolicyFile: rf.config, Namespaces: splitList(namespaces), ExcludeNamespaces: splitList(*exclude),
+		Concurrency: *concurrency, PolicyReports: *reports, Registry: rf.Registry, Provenance: pvf.Provenance, Store: sf.options()}
+	if err := o.Validate(); err != nil {
+		return exitError, asUsage(err)
 	}
-	switch {
-	case *source != "file" && *source != "crd":
-		return exitError, &usageError{msg: fmt.Sprintf("--policy-source %q: want file or crd", *source)}
-	case *source == "file" && rf.config == "":
-		return exitError, &usageError{msg: "--config is required (or --policy-source=crd)"}
-	case *source == "crd" && rf.config != "":
-		return exitError, &usageError{msg: "--config and --policy-source=crd exclude each other"}
-	case output != "table" && output != "json":
+	if output != "table" && output != "json" {
 		return exitError, &usageError{msg: fmt.Sprintf("--output %q: want table or json", output)}
-	case *concurrency < 1:
-		return exitError, &usageError{msg: fmt.Sprintf("--concurrency %d: want at least 1", *concurrency)}
 	}
 
 	bar := newProgress(stderr, !*noProgress, time.Now)
@@ -100,79 +78,22 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(bar, &slog.HandlerOptions{Level: level}))
-
-	cfg, err := auditKubeConfig(*kubeconfig, *kubeContext)
+	scan, err := app.NewScan(ctx, o, log)
 	if err != nil {
-		return exitError, err
+		return exitError, asUsage(err)
 	}
-	rw, err := policyreport.NewWriter(*reports, cfg, log)
-	if err != nil {
-		return exitError, &usageError{msg: "--policy-reports: " + err.Error() + " or none"}
-	}
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return exitError, err
-	}
-	e := &engine.Engine{
-		Resolver:   rf.Client(nil),
-		Keychains:  &registry.KubernetesKeychains{Client: kube},
-		Namespaces: &namespaceCache{client: kube},
-		Timeout:    rf.Timeout,
-		Log:        log,
-	}
-	e.Verifier = pvf.Verifier(e.Resolver, nil)
-	if v, ok := e.Verifier.(*provenance.Verifier); ok {
-		v.Log = log
-	}
-	switch *source {
-	case "file":
-		p, err := policy.ReadFile(rf.config)
-		if err != nil {
-			return exitError, err
-		}
-		if err := provenance.CheckTrust(p.Trust()); err != nil {
-			return exitError, fmt.Errorf("policy %s: %w", rf.config, err)
-		}
-		e.Policies = engine.PolicyFunc(func() *policy.Policy { return p })
-	case "crd":
-		dyn, err := dynamic.NewForConfig(cfg)
-		if err != nil {
-			return exitError, err
-		}
-		// The scan reads policies; whether they are accepted is the
-		// server's to say: a trust file missing here must not mark a
-		// policy Invalid in the cluster.
-		src := &policysource.CRD{Client: readOnly{dyn}, Log: log,
-			Validate: func(p *policy.Policy) error { return provenance.CheckTrust(p.Trust()) }}
-		sctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		if err := waitSynced(sctx, src.Start(sctx), policySyncTimeout); err != nil {
-			return exitError, fmt.Errorf("reading ClusterBuildPolicies and BuildPolicyExceptions: %w", err)
-		}
-		e.Policies = src
-	}
-	store, err := sf.open(ctx)
-	if err != nil {
-		return exitError, err
-	}
-	s := &audit.Scanner{Client: kube, Evaluator: e, Namespaces: splitList(namespaces), ExcludeNamespaces: splitList(*exclude), Concurrency: *concurrency, Log: log,
-		Policies: e.Policies, NamespaceLabels: e.Namespaces, Progress: bar.update}
-	if store != nil {
-		defer store.Close()
-		e.Evidence = store
-		s.Recorder = store
-	}
-	r, err := s.Scan(ctx)
+	defer scan.Close()
+	r, err := scan.Run(ctx, bar.update)
 	bar.done(r)
 	if err != nil && r == nil {
 		return exitError, err
 	}
 	var reportErr error
-	if rw != nil && err == nil {
-		st, werr := rw.Write(ctx, r)
+	if err == nil {
+		st, written, werr := scan.WriteReports(ctx, r)
 		if werr != nil {
 			reportErr = fmt.Errorf("policy reports: %w", werr)
-		} else {
+		} else if written {
 			fmt.Fprintf(stderr, "audit: policy reports: %d created, %d updated, %d deleted; %d results (%d left out of full reports)\n",
 				st.Created, st.Updated, st.Deleted, st.Results, st.Omitted)
 		}
@@ -181,7 +102,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		if err := json.NewEncoder(stdout).Encode(r); err != nil {
 			return exitError, err
 		}
-	} else if err := writeAuditReport(stdout, r, store != nil); err != nil {
+	} else if err := writeAuditReport(stdout, r, scan.Recorded()); err != nil {
 		return exitError, err
 	}
 	switch {
@@ -195,96 +116,6 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) (int
 		return exitDenied, nil
 	}
 	return exitOK, nil
-}
-
-// auditKubeConfig loads a kubeconfig as kubectl does: --kubeconfig, else
-// $KUBECONFIG, else ~/.kube/config, else the pod's service account.
-func auditKubeConfig(path, kubeContext string) (*rest.Config, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = path
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: kubeContext}).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	cfg.UserAgent = "buildguard-audit/" + version
-	// A scan lists in pages and reads each namespace's labels and pull
-	// secrets once; client-go's default of 5 requests/s would make a
-	// cluster of many namespaces wait on the client, not the server.
-	cfg.QPS, cfg.Burst = 50, 100
-	return cfg, nil
-}
-
-// waitSynced waits until synced reports true, for at most timeout.
-func waitSynced(ctx context.Context, synced func() bool, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for !synced() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not synced: %w", ctx.Err())
-		case <-t.C:
-		}
-	}
-	return nil
-}
-
-// namespaceCache reads each namespace's labels from the API server once
-// per scan.
-type namespaceCache struct {
-	client kubernetes.Interface
-	mu     sync.Mutex
-	labels map[string]map[string]string
-}
-
-func (n *namespaceCache) Labels(ctx context.Context, ns string) (map[string]string, error) {
-	n.mu.Lock()
-	l, ok := n.labels[ns]
-	n.mu.Unlock()
-	if ok {
-		return l, nil
-	}
-	o, err := n.client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.labels == nil {
-		n.labels = map[string]map[string]string{}
-	}
-	n.labels[ns] = o.Labels
-	return o.Labels, nil
-}
-
-// errReadOnly is what a status write through readOnly returns.
-var errReadOnly = errors.New("buildguard audit does not write to the cluster")
-
-// readOnly is a dynamic client that refuses status writes, the only
-// writes policysource.CRD makes.
-type readOnly struct{ dynamic.Interface }
-
-func (r readOnly) Resource(gvr schema.GroupVersionResource) dynamic.NamespaceableResourceInterface {
-	return readOnlyResource{r.Interface.Resource(gvr)}
-}
-
-type readOnlyResource struct {
-	dynamic.NamespaceableResourceInterface
-}
-
-func (r readOnlyResource) Namespace(ns string) dynamic.ResourceInterface {
-	return readOnlyNamespaced{r.NamespaceableResourceInterface.Namespace(ns)}
-}
-
-func (readOnlyResource) UpdateStatus(context.Context, *unstructured.Unstructured, metav1.UpdateOptions) (*unstructured.Unstructured, error) {
-	return nil, errReadOnly
-}
-
-type readOnlyNamespaced struct{ dynamic.ResourceInterface }
-
-func (readOnlyNamespaced) UpdateStatus(context.Context, *unstructured.Unstructured, metav1.UpdateOptions) (*unstructured.Unstructured, error) {
-	return nil, errReadOnly
 }
 
 // progress reports a scan's progress on stderr: a bar redrawn in place

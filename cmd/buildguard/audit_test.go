@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,16 +13,9 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	dynamicfake "k8s.io/client-go/dynamic/fake"
-	"k8s.io/client-go/kubernetes"
 
-	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/audit/audittest"
-	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/internal/clock/clocktest"
 )
 
@@ -50,7 +42,7 @@ func TestAuditUsage(t *testing.T) {
 }
 
 func TestAuditReportTable(t *testing.T) {
-	cs, e := audittest.Cluster(t, func(c kubernetes.Interface) engine.Namespaces { return &namespaceCache{client: c} })
+	cs, e := audittest.Cluster(t)
 	s := &audit.Scanner{Client: cs, Evaluator: e, Clock: clocktest.New(auditNow)}
 	r, err := s.Scan(t.Context())
 	if err != nil {
@@ -151,43 +143,6 @@ func TestAuditProgress(t *testing.T) {
 			t.Errorf("--no-progress wrote %q", b.String())
 		}
 	})
-}
-
-// TestAuditReadOnlyPolicies: the CLI reads ClusterBuildPolicies and
-// BuildPolicyExceptions through a client that refuses to write their
-// status, so a policy it cannot accept here (a trust file missing on a
-// laptop) is not marked Invalid in the cluster.
-func TestAuditReadOnlyPolicies(t *testing.T) {
-	policyObj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "buildguard.dev/v1alpha1", "kind": "ClusterBuildPolicy",
-		"metadata": map[string]any{"name": "default"},
-	}}
-	exceptionObj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "buildguard.dev/v1alpha1", "kind": "BuildPolicyException",
-		"metadata": map[string]any{"name": "hotfix", "namespace": "shop"},
-	}}
-	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
-		v1alpha1.PolicyResource():    "ClusterBuildPolicyList",
-		v1alpha1.ExceptionResource(): "BuildPolicyExceptionList",
-	}, policyObj, exceptionObj)
-	ro := readOnly{dyn}
-	if _, err := ro.Resource(v1alpha1.PolicyResource()).UpdateStatus(t.Context(), policyObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
-		t.Errorf("UpdateStatus of a ClusterBuildPolicy = %v, want errReadOnly", err)
-	}
-	if _, err := ro.Resource(v1alpha1.ExceptionResource()).Namespace("shop").UpdateStatus(t.Context(), exceptionObj, metav1.UpdateOptions{}); !errors.Is(err, errReadOnly) {
-		t.Errorf("UpdateStatus of a BuildPolicyException = %v, want errReadOnly", err)
-	}
-	for _, a := range dyn.Actions() {
-		t.Errorf("a refused write reached the client: %s %s", a.GetVerb(), a.GetResource().Resource)
-	}
-	// Reads go through.
-	l, err := ro.Resource(v1alpha1.PolicyResource()).List(t.Context(), metav1.ListOptions{})
-	if err != nil || len(l.Items) != 1 {
-		t.Errorf("List = %v, %v; want the one policy", l, err)
-	}
-	if _, err := ro.Resource(v1alpha1.ExceptionResource()).Namespace("shop").Get(t.Context(), "hotfix", metav1.GetOptions{}); err != nil {
-		t.Errorf("Get = %v", err)
-	}
 }
 
 // apiServer answers the list and get calls of a scan from objects, as

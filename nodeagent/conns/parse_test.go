@@ -5,9 +5,10 @@ package conns
 import (
 	"bytes"
 	"net/netip"
-	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // A format file as Linux 6.18 prints it.
@@ -166,8 +167,8 @@ func TestCopyFieldAlignment(t *testing.T) {
 			}
 			widths = append(widths, w)
 		}
-		if !reflect.DeepEqual(widths, tc.wantWidths) {
-			t.Errorf("copyField(%+v, %d) widths = %v, want %v", tc.f, tc.evOff, widths, tc.wantWidths)
+		if diff := cmp.Diff(tc.wantWidths, widths); diff != "" {
+			t.Errorf("copyField(%+v, %d) widths (-want +got):\n%s", tc.f, tc.evOff, diff)
 		}
 	}
 }
@@ -268,8 +269,8 @@ func TestParseProcNetTCP(t *testing.T) {
 			if err := parseProcNetTCP(strings.NewReader(tc.in), func(e tcpEntry) { got = append(got, e) }); err != nil {
 				t.Fatalf("parseProcNetTCP: %v", err)
 			}
-			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("parseProcNetTCP =\n%+v\nwant\n%+v", got, tc.want)
+			if diff := cmp.Diff(tc.want, got, addrPorts); diff != "" {
+				t.Errorf("parseProcNetTCP (-want +got):\n%s", diff)
 			}
 		})
 	}

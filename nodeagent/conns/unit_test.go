@@ -10,11 +10,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"reflect"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 // fakeProc builds a procfs tree in a temporary directory.
@@ -144,8 +146,8 @@ func TestProcfsSample(t *testing.T) {
 		{Time: at, PID: 100, PPID: 1, Comm: "wget", Cmdline: "wget -q http://203.0.113.5/", Cgroup: "/system.slice/cron.service", Dst: netip.MustParseAddrPort("203.0.113.5:80")},
 		{Time: at, Dst: netip.MustParseAddrPort("[2001:db8::2]:443")},
 	}
-	if got := sample(); !reflect.DeepEqual(got, want) {
-		t.Fatalf("first sample =\n%s\nwant\n%s", dump(got), dump(want))
+	if diff := cmp.Diff(want, sample(), addrPorts); diff != "" {
+		t.Fatalf("first sample (-want +got):\n%s", diff)
 	}
 	if st := w.Stats(); st != (Stats{Reported: 5, Unenriched: 1}) {
 		t.Errorf("Stats() = %+v, want 5 reported, 1 unenriched", st)
@@ -200,6 +202,9 @@ func TestProcfsNamespaceReadThroughAnotherProcess(t *testing.T) {
 		t.Errorf("sample = %s, want one connection from pid 101", dump(got))
 	}
 }
+
+// addrPorts compares netip.AddrPorts, whose fields cmp cannot see, with ==.
+var addrPorts = cmpopts.EquateComparable(netip.AddrPort{})
 
 func dump(cs []Conn) string {
 	var b strings.Builder
@@ -306,30 +311,30 @@ func TestEnrichFromParent(t *testing.T) {
 
 	got := w.enrich(rawEvent{PID: 4242, PPID: 4241, Comm: "wget", CgroupID: 9, Ktime: 5, Dst: dst}, 5, wall)
 	want := Conn{Time: wall, PID: 4242, PPID: 4241, Comm: "wget", CgroupID: 9, ContainerID: id, Cgroup: "/docker/" + id, Dst: dst}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("enrich of an exited process = %+v, want %+v", got, want)
+	if diff := cmp.Diff(want, got, addrPorts); diff != "" {
+		t.Errorf("enrich of an exited process (-want +got):\n%s", diff)
 	}
 	// The kernel's cgroup name wins over the parent's cgroup.
 	own := strings.Repeat("1e", 32)
 	got = w.enrich(rawEvent{PID: 4242, PPID: 4241, Comm: "wget", CgName: own, Dst: dst}, 0, wall)
 	want = Conn{Time: wall, PID: 4242, PPID: 4241, Comm: "wget", ContainerID: own, Cgroup: own, Dst: dst}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("enrich of an exited process with a cgroup name = %+v, want %+v", got, want)
+	if diff := cmp.Diff(want, got, addrPorts); diff != "" {
+		t.Errorf("enrich of an exited process with a cgroup name (-want +got):\n%s", diff)
 	}
 	// A live process: its own details; the parent from /proc when the
 	// kernel did not give one.
 	got = w.enrich(rawEvent{PID: 4250, Comm: "wget", Dst: dst}, 0, wall)
 	want = Conn{Time: wall, PID: 4250, PPID: 4241, Comm: "wget", Cmdline: "wget -q http://127.0.0.23/x", ContainerID: id, Cgroup: "/docker/" + id, Dst: dst}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("enrich of a live process = %+v, want %+v", got, want)
+	if diff := cmp.Diff(want, got, addrPorts); diff != "" {
+		t.Errorf("enrich of a live process (-want +got):\n%s", diff)
 	}
 	// PID 4250 exited and was reused by a process of another container:
 	// its /proc details are not the connection's; the kernel's cgroup name
 	// and parent are.
 	got = w.enrich(rawEvent{PID: 4250, PPID: 4100, Comm: "curl", CgName: "docker-" + own + ".scope", Dst: dst}, 0, wall)
 	want = Conn{Time: wall, PID: 4250, PPID: 4100, Comm: "curl", ContainerID: own, Cgroup: "docker-" + own + ".scope", Dst: dst}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("enrich of a reused PID = %+v, want %+v", got, want)
+	if diff := cmp.Diff(want, got, addrPorts); diff != "" {
+		t.Errorf("enrich of a reused PID (-want +got):\n%s", diff)
 	}
 	// A thread that named itself is still its process.
 	p.write("4250/task/4251/comm", "worker\n")

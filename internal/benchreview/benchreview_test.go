@@ -1,4 +1,4 @@
-package reviewload
+package benchreview
 
 import (
 	"encoding/json"
@@ -38,12 +38,5 @@ func TestNewBody(t *testing.T) {
 	spec := dep.Spec.Template.Spec
 	if b.Containers != 2 || len(spec.InitContainers) != 1 || len(spec.Containers) != 1 || spec.Containers[0].Image != "127.0.0.1:5000/bench/app-1:v1" {
 		t.Errorf("NewBody: %d containers, pod spec %+v", b.Containers, spec)
-	}
-}
-
-func TestImageByDigest(t *testing.T) {
-	img := Image{Tag: "127.0.0.1:5000/bench/app-1:v1", Digest: "sha256:abc"}
-	if got, want := img.ByDigest(), "127.0.0.1:5000/bench/app-1@sha256:abc"; got != want {
-		t.Errorf("ByDigest() = %q, want %q", got, want)
 	}
 }

@@ -1,14 +1,15 @@
 //go:build unix
 
-package policy
+package proccpu
 
 import (
 	"syscall"
 	"time"
 )
 
-// processCPU returns the user and system CPU time this process has used.
-func processCPU() (time.Duration, bool) {
+// Self returns the user and system CPU time this process has used, and
+// false when it is unknown.
+func Self() (time.Duration, bool) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0, false
