@@ -46,8 +46,12 @@ type Review struct {
 // audiences (none: the API server's own). A token it does not
 // authenticate is an *Error (401) whose Reason is the API server's
 // explanation, "" when it gave none; a review that could not be made is
-// another error.
+// another error. An empty token is refused without asking: the API
+// server would answer 422, which is not the caller's refusal.
 func ReviewToken(ctx context.Context, c kubernetes.Interface, token string, audiences []string) (Review, error) {
+	if token == "" {
+		return Review{}, &Error{Code: 401, Reason: "no bearer token"}
+	}
 	tr, err := c.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: audiences},
 	}, metav1.CreateOptions{})

@@ -81,6 +81,7 @@ func TestReviewToken(t *testing.T) {
 			refused: `token audiences ["buildguard"] is invalid for the target audiences ["https://kubernetes.default.svc"]`},
 		{name: "token of the API server's audience only", token: staticToken, audiences: []string{"buildguard"}, refused: "invalid bearer token"},
 		{name: "not a token", token: "garbage", audiences: []string{"buildguard"}, refused: "invalid bearer token"},
+		{name: "no token", token: "", audiences: []string{"buildguard"}, refused: "no bearer token"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := kubeauth.ReviewToken(t.Context(), e.client, tc.token, tc.audiences)
