@@ -110,7 +110,7 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 		}
 	}
 	a.metrics = webhook.NewMetrics()
-	e := newEngine(o.Registry, o.Provenance, a.kube, a.metrics, log)
+	e := NewEngine(o.Registry, o.Provenance, a.kube, a.metrics, log)
 	a.engine = e
 	if err := a.policies(cfg); err != nil {
 		return nil, err
@@ -158,12 +158,13 @@ func New(ctx context.Context, o Options, log *slog.Logger) (_ *App, err error) {
 	return a, nil
 }
 
-// newEngine is the engine of serve and of a scan, without its policies
-// and namespaces: it looks images up with reg's client and verifies them
-// with prov's verifier, measured by m unless it is nil, with the pull
-// secrets of the pods in kube's cluster, or the docker config file
-// outside a cluster (kube nil).
-func newEngine(reg Registry, prov Provenance, kube kubernetes.Interface, m *webhook.Metrics, log *slog.Logger) *engine.Engine {
+// NewEngine is the engine of serve, of a scan and of `buildguard check`,
+// without its policies, namespaces and evidence: it looks images up with
+// reg's client and verifies them with prov's verifier, measured by m
+// unless it is nil, with the pull secrets of the pods in kube's cluster,
+// or the docker config file outside a cluster (kube nil). A nil log
+// discards.
+func NewEngine(reg Registry, prov Provenance, kube kubernetes.Interface, m *webhook.Metrics, log *slog.Logger) *engine.Engine {
 	var obs registry.Observer
 	var measure prometheus.Registerer
 	if m != nil {

@@ -122,7 +122,7 @@ func NewScan(ctx context.Context, o ScanOptions, log *slog.Logger) (_ *Scan, err
 	if err != nil {
 		return nil, err
 	}
-	e := newEngine(o.Registry, o.Provenance, kube, nil, log)
+	e := NewEngine(o.Registry, o.Provenance, kube, nil, log)
 	e.Namespaces = &namespaceCache{client: kube}
 	if o.PolicySource == SourceCRD {
 		if e.Policies, err = s.clusterPolicies(ctx, cfg, log); err != nil {

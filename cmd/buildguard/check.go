@@ -9,13 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"buildguard.dev/buildguard/app"
 	checkpkg "buildguard.dev/buildguard/check"
 	"buildguard.dev/buildguard/engine"
 	"buildguard.dev/buildguard/manifest"
 	"buildguard.dev/buildguard/policy"
 	"buildguard.dev/buildguard/policysource"
 	"buildguard.dev/buildguard/provenance"
-	"buildguard.dev/buildguard/registry"
 )
 
 // checkResult is one line of `check --output json`; docs/check.md is its
@@ -78,13 +78,8 @@ func check(ctx context.Context, args []string, stdin io.Reader, stdout, stderr i
 	if err := provenance.CheckTrust(p.Trust()); err != nil {
 		return exitError, fmt.Errorf("policy %s: %w", rf.config, err)
 	}
-	e := &engine.Engine{
-		Policies:  engine.PolicyFunc(func() *policy.Policy { return p }),
-		Resolver:  rf.Client(nil),
-		Keychains: registry.StaticKeychain{Auth: registry.DockerConfig()},
-		Timeout:   rf.Timeout,
-	}
-	e.Verifier = pvf.Verifier(e.Resolver, nil)
+	e := app.NewEngine(rf.Registry, pvf.Provenance, nil, nil, nil)
+	e.Policies = engine.PolicyFunc(func() *policy.Policy { return p })
 	if *namespaceMode != "" {
 		e.Namespaces = fixedLabels{engine.ModeLabel: *namespaceMode}
 	}
@@ -172,14 +167,8 @@ func checkManifests(ctx context.Context, files []string, stdin io.Reader, stdout
 	if mc.mode != "" {
 		ns.Override = map[string]string{engine.ModeLabel: mc.mode}
 	}
-	e := &engine.Engine{
-		Policies:   ps.Policies,
-		Resolver:   mc.rf.Client(nil),
-		Keychains:  registry.StaticKeychain{Auth: registry.DockerConfig()},
-		Namespaces: ns,
-		Timeout:    mc.rf.Timeout,
-	}
-	e.Verifier = mc.pvf.Verifier(e.Resolver, nil)
+	e := app.NewEngine(mc.rf.Registry, mc.pvf.Provenance, nil, nil, nil)
+	e.Policies, e.Namespaces = ps.Policies, ns
 	store, err := mc.sf.open(ctx)
 	if err != nil {
 		return exitError, err
