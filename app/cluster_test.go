@@ -27,7 +27,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"buildguard.dev/buildguard/apis/v1alpha1"
 	"buildguard.dev/buildguard/e2e"
@@ -40,20 +39,9 @@ import (
 // client.
 func startCluster(t *testing.T) (string, dynamic.Interface) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts etcd and kube-apiserver")
-	}
+	cp, cfg := e2e.StartTestControlPlane(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	cp, err := e2e.StartControlPlane(ctx, t.TempDir())
-	if err != nil {
-		t.Fatalf("control plane: %v", err)
-	}
-	t.Cleanup(cp.Stop)
-	cfg, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
 	admin, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

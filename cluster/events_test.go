@@ -14,7 +14,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"buildguard.dev/buildguard/cluster"
 	"buildguard.dev/buildguard/e2e"
@@ -29,20 +28,9 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // Events are written one after the other, in the order they were
 // posted: once a marker event posted last is stored, so are the others.
 func TestEvents(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts etcd and kube-apiserver")
-	}
+	_, cfg := e2e.StartTestControlPlane(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	cp, err := e2e.StartControlPlane(ctx, t.TempDir())
-	if err != nil {
-		t.Fatalf("control plane: %v", err)
-	}
-	t.Cleanup(cp.Stop)
-	cfg, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
 	admin, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -21,7 +21,6 @@ import (
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"buildguard.dev/buildguard/audit"
 	"buildguard.dev/buildguard/e2e"
@@ -75,21 +74,9 @@ type testCluster struct {
 
 func startCluster(t *testing.T) *testCluster {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts etcd and kube-apiserver")
-	}
+	_, cfg := e2e.StartTestControlPlane(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	cp, err := e2e.StartControlPlane(ctx, dir)
-	if err != nil {
-		t.Fatalf("control plane: %v", err)
-	}
-	t.Cleanup(cp.Stop)
-	cfg, err := clientcmd.BuildConfigFromFlags("", cp.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg.QPS, cfg.Burst = -1, 0
 	admin, err := dynamic.NewForConfig(cfg)
 	if err != nil {
