@@ -163,14 +163,7 @@ func TestCheckFiles(t *testing.T) {
 // listening. Before the drain it stopped at once, and requests the
 // endpoints still sent it failed.
 func TestDrain(t *testing.T) {
-	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	files, ln := certAndListener(t)
 	const delay = 2 * time.Second
 	clk := clocktest.New(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC))
 	ctx, cancel := context.WithCancel(t.Context())
@@ -246,14 +239,7 @@ func TestDrain(t *testing.T) {
 // the endpoints. A pod force-deleted is killed 2s after SIGTERM, within
 // its drain: it then has few connections left to cut.
 func TestDrainClosesKeptConnections(t *testing.T) {
-	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	files, ln := certAndListener(t)
 	const delay = 5 * time.Second
 	clk := clocktest.New(time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC))
 	ctx, cancel := context.WithCancel(t.Context())
@@ -348,14 +334,7 @@ func (s *endedSource) Start(ctx context.Context) error {
 // context would race its end: taken for the source's failure, it skipped
 // the drain.
 func TestSourceOutlivesDrain(t *testing.T) {
-	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	files, ln := certAndListener(t)
 	src := &endedSource{&certtls.FileCertificateSource{CertPath: files.Cert, KeyPath: files.Key, UpdateInterval: 50 * time.Millisecond}, make(chan struct{})}
 	s := &server.Server{Listener: ln, Certificates: src, DrainDelay: time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") })}
@@ -402,4 +381,19 @@ func TestSourceOutlivesDrain(t *testing.T) {
 	default:
 		t.Error("the certificate source still runs after Run returned")
 	}
+}
+
+// certAndListener returns a certificate for 127.0.0.1 and a loopback
+// listener for a server under test.
+func certAndListener(t *testing.T) (selfsigned.Files, net.Listener) {
+	t.Helper()
+	files, err := selfsigned.Write(t.TempDir(), "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files, ln
 }
