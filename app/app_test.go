@@ -151,12 +151,7 @@ func TestRunStops(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("Run did not return within 30s of its context's end; log:\n%s", logs.String())
 	}
-	for _, addr := range []string{o.Listen, o.Review.Listen} {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			t.Errorf("%s still accepts connections after Run returned", addr)
-		}
-	}
+	notListening(t, o.Listen, o.Review.Listen)
 	st, err := evidence.OpenSQLite(t.Context(), o.Store.SQLite)
 	if err != nil {
 		t.Fatal(err)
@@ -191,12 +186,7 @@ func TestRunEndsWithWebhook(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("Run did not return within 30s of the webhook's failure; log:\n%s", logs.String())
 	}
-	for _, addr := range []string{o.Listen, o.Review.Listen} {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			t.Errorf("%s still accepts connections after Run returned", addr)
-		}
-	}
+	notListening(t, o.Listen, o.Review.Listen)
 }
 
 // TestNewFails: New refuses what it cannot build before anything runs,
@@ -428,4 +418,16 @@ func servedCertificate(addr string) ([]byte, error) {
 	}
 	defer c.Close()
 	return c.ConnectionState().PeerCertificates[0].Raw, nil
+}
+
+// notListening fails t for each of addrs that still accepts connections
+// after Run returned.
+func notListening(t *testing.T, addrs ...string) {
+	t.Helper()
+	for _, addr := range addrs {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s still accepts connections after Run returned", addr)
+		}
+	}
 }
