@@ -240,15 +240,7 @@ func (e *env) testPolicyReports(t *testing.T) {
 // dashboard and alert rules query is there. (The node agent's are
 // checked against a running agent in cmd/buildguard.)
 func (e *env) testMonitoringMetrics(t *testing.T) {
-	d, err := monitoring.Dashboard()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := monitoring.Rules()
-	if err != nil {
-		t.Fatal(err)
-	}
-	used, err := monitoring.Metrics(append(d, r...))
+	used, err := monitoring.Used()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,15 +101,7 @@ func TestMonitoringNodeAgentMetrics(t *testing.T) {
 // usedMetrics is every metric the dashboard and the rules query.
 func usedMetrics(t *testing.T) map[string][]string {
 	t.Helper()
-	d, err := monitoring.Dashboard()
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := monitoring.Rules()
-	if err != nil {
-		t.Fatal(err)
-	}
-	used, err := monitoring.Metrics(append(d, r...))
+	used, err := monitoring.Used()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -116,6 +116,20 @@ func ParseRules(name string, content []byte) ([]Query, error) {
 	return out, nil
 }
 
+// Used returns the metric names the shipped dashboard and alert rules
+// query, and where each is used.
+func Used() (map[string][]string, error) {
+	d, err := Dashboard()
+	if err != nil {
+		return nil, err
+	}
+	r, err := Rules()
+	if err != nil {
+		return nil, err
+	}
+	return Metrics(append(d, r...))
+}
+
 // Metrics returns the metric names each query selects, and where each
 // is used.
 func Metrics(qs []Query) (map[string][]string, error) {
