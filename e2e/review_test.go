@@ -16,11 +16,9 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"buildguard.dev/buildguard/internal/testbrowser"
 	"buildguard.dev/buildguard/internal/testregistry"
 )
-
-// chromiumPath is Debian's chromium, which CI installs.
-const chromiumPath = "/usr/bin/chromium"
 
 // reviewerRBAC binds the manifests' buildguard-reviewer role to the
 // service account "reviewer", and a role that may only list decisions to
@@ -57,27 +55,7 @@ subjects: [{kind: ServiceAccount, name: viewer, namespace: buildguard-system}]
 // serves the webhook's self-managed CA's certificate for "localhost".
 func browser(t *testing.T, ctx context.Context) context.Context {
 	t.Helper()
-	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromiumPath),
-		chromedp.Flag("headless", true),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true),
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
-		chromedp.IgnoreCertErrors,
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	bctx, cancel := chromedp.NewContext(alloc)
-	t.Cleanup(func() { cancel(); cancelAlloc() })
-	// The first Run starts the browser; it lives as long as bctx.
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("starting %s: %v", chromiumPath, err)
-	}
-	return bctx
+	return testbrowser.Start(t, ctx)
 }
 
 // step runs browser actions with a deadline.
@@ -143,8 +121,8 @@ func loaded(cond string) chromedp.Action[chromedp.Void] {
 }
 
 func TestReviewUI(t *testing.T) {
-	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Fatalf("the review UI is tested in a real browser, and %s is missing (install Debian's chromium package): %v", chromiumPath, err)
+	if _, err := os.Stat(testbrowser.ChromiumPath); err != nil {
+		t.Fatalf("the review UI is tested in a real browser, and %s is missing (install Debian's chromium package): %v", testbrowser.ChromiumPath, err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()

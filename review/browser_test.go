@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http/httptest"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,10 +17,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"buildguard.dev/buildguard/evidence"
+	"buildguard.dev/buildguard/internal/testbrowser"
 )
-
-// chromiumPath is Debian's chromium, which scripts/deps.sh installs.
-const chromiumPath = "/usr/bin/chromium"
 
 // The viewport the pages are checked at: a laptop's browser window, where
 // the list once overflowed sideways and its time column wrapped.
@@ -47,9 +44,6 @@ type ui struct {
 // no host name so that the pages can reach nothing but the server.
 func newUI(t *testing.T) *ui {
 	t.Helper()
-	if _, err := os.Stat(chromiumPath); err != nil {
-		t.Fatalf("the review UI is tested in a real browser, and %s is missing (install Debian's chromium package): %v", chromiumPath, err)
-	}
 	f, _ := exceptionsFixture(t)
 	f.addHistory()
 	built := t0.Add(-2 * time.Hour)
@@ -70,28 +64,9 @@ func newUI(t *testing.T) *ui {
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 
-	alloc, cancelAlloc := chromedp.NewExecAllocator(t.Context(),
-		chromedp.ExecPath(chromiumPath),
-		chromedp.Flag("headless", true),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.WindowSize(viewportW, viewportH),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"),
-		// The server's certificate is httptest's own.
-		chromedp.IgnoreCertErrors,
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	bctx, cancel := chromedp.NewContext(alloc)
-	t.Cleanup(func() { cancel(); cancelAlloc() })
-	// The first actions start the browser, which lives as long as bctx:
-	// they run in bctx itself, not in a context with a deadline.
+	bctx := testbrowser.Start(t, t.Context(), chromedp.WindowSize(viewportW, viewportH))
 	if err := chromedp.Do(bctx, chromedp.EmulateViewport(viewportW, viewportH)); err != nil {
-		t.Fatalf("starting %s: %v", chromiumPath, err)
+		t.Fatalf("viewport of %s: %v", testbrowser.ChromiumPath, err)
 	}
 	return &ui{t: t, f: f, base: srv.URL, ctx: bctx}
 }
