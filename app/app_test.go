@@ -99,11 +99,7 @@ func TestRunStops(t *testing.T) {
 	reg := testregistry.New(t)
 	reg.Push(t, "acme/web:1", testregistry.Build(t, testregistry.Image{Created: time.Now().Add(-72 * time.Hour)}))
 	o, files := serverOptions(t, reg)
-	var logs syncbuffer.Buffer
-	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, logs := newApp(t, o)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan error, 1)
@@ -168,11 +164,7 @@ func TestRunStops(t *testing.T) {
 func TestRunEndsWithWebhook(t *testing.T) {
 	reg := testregistry.New(t)
 	o, files := serverOptions(t, reg)
-	var logs syncbuffer.Buffer
-	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, logs := newApp(t, o)
 	if err := os.Remove(files.Cert); err != nil {
 		t.Fatal(err)
 	}
@@ -355,11 +347,7 @@ func TestPrune(t *testing.T) {
 func TestCertificateRotated(t *testing.T) {
 	reg := testregistry.New(t)
 	o, files := serverOptions(t, reg)
-	var logs syncbuffer.Buffer
-	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, logs := newApp(t, o)
 	src, ok := a.webhook.Certificates.(*certtls.FileCertificateSource)
 	if !ok {
 		t.Fatalf("the webhook's certificate source is a %T, want the files'", a.webhook.Certificates)
@@ -430,4 +418,16 @@ func notListening(t *testing.T, addrs ...string) {
 			t.Errorf("%s still accepts connections after Run returned", addr)
 		}
 	}
+}
+
+// newApp returns the App of o, logging as text into the buffer it also
+// returns.
+func newApp(t *testing.T, o Options) (*App, *syncbuffer.Buffer) {
+	t.Helper()
+	logs := new(syncbuffer.Buffer)
+	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, logs
 }

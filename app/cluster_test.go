@@ -186,11 +186,7 @@ func testRunStopsInformers(t *testing.T, kubeconfig string, admin dynamic.Interf
 	o.Listen, o.Kubeconfig = freeAddr(t), kubeconfig
 	o.TLS = TLSOptions{CertFile: files.Cert, KeyFile: files.Key}
 	o.Policy.Source, o.Policy.File = SourceCRD, ""
-	var logs syncbuffer.Buffer
-	a, err := New(t.Context(), o, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, logs := newApp(t, o)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan error, 1)
@@ -202,7 +198,7 @@ func testRunStopsInformers(t *testing.T, kubeconfig string, admin dynamic.Interf
 	pool.AppendCertsFromPEM(mustRead(t, files.CA))
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	defer client.CloseIdleConnections()
-	eventually(t, "ready, with the policy's event handler in progress", &logs, func() error {
+	eventually(t, "ready, with the policy's event handler in progress", logs, func() error {
 		resp, err := client.Get("https://" + o.Listen + "/readyz")
 		if err != nil {
 			return err
