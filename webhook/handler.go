@@ -22,7 +22,6 @@ import (
 	"net/http"
 	"time"
 
-	jsonv1 "github.com/go-json-experiment/json/v1"
 	admissionv1 "k8s.io/api/admission/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -208,40 +207,16 @@ func decodeTwice(body []byte) (decoded, error) {
 	return decoded{typeMeta: rv.TypeMeta, req: rv.Request}, nil
 }
 
-// onceReview is an AdmissionReview whose request's objects decode
-// straight into wireObjects. It has every field of
-// admissionv1.AdmissionReview, with the same types, so that it accepts
-// exactly the bodies DecodeReview accepts.
-type onceReview struct {
-	metav1.TypeMeta
-	Request  *onceRequest                   `json:"request"`
-	Response *admissionv1.AdmissionResponse `json:"response"`
-}
-
-type onceRequest struct {
-	admissionv1.AdmissionRequest
-	// These shadow the embedded request's raw object and old object.
-	Object    *wireObject `json:"object"`
-	OldObject *wireObject `json:"oldObject"`
-}
-
-// decodeOnce decodes the review and the objects it carries in one pass.
-// Decoding a Deployment's review twice, first with the object kept raw,
-// then the raw object, cost more than everything else a cached review
-// does. The pass uses github.com/go-json-experiment/json/v1: the
-// semantics of encoding/json (case-insensitive names, unknown members
-// ignored) on the faster engine of encoding/json/v2, which Go 1.26 ships
-// only behind GOEXPERIMENT=jsonv2; it took 40% of the time of
-// encoding/json on a Deployment's review. Any body that does not decode
-// cleanly this way (a syntax or type error anywhere, a wrong apiVersion
-// or kind, no request or uid) is decoded again the two-pass way with
-// encoding/json, whose errors and responses are the reference: the fast
-// way only serves well-formed reviews. FuzzDecodeOnce compares the two.
+// decodeOnce decodes the review and the objects it carries in one pass,
+// with decodeFast. Decoding a Deployment's review twice, first with the
+// object kept raw, then the raw object, cost more than everything else
+// a cached review does. A body decodeFast does not vouch for is decoded
+// again the two-pass way with encoding/json, whose errors and responses
+// are the reference: the fast way only serves well-formed reviews.
+// FuzzDecodeOnce compares the two.
 func decodeOnce(body []byte) (decoded, error) {
-	var rv onceReview
-	if jsonv1.Unmarshal(body, &rv) == nil && rv.APIVersion == "admission.k8s.io/v1" && rv.Kind == "AdmissionReview" &&
-		rv.Request != nil && rv.Request.UID != "" {
-		return decoded{typeMeta: rv.TypeMeta, req: &rv.Request.AdmissionRequest, once: true, obj: rv.Request.Object, old: rv.Request.OldObject}, nil
+	if d, ok := decodeFast(body); ok {
+		return d, nil
 	}
 	return decodeTwice(body)
 }

@@ -219,16 +219,18 @@ type wireContainer struct {
 	VolumeMounts    []corev1.VolumeMount `json:"volumeMounts"`
 }
 
+type wireVolume struct {
+	Name     string                       `json:"name"`
+	HostPath *corev1.HostPathVolumeSource `json:"hostPath"`
+}
+
 type wirePodSpec struct {
-	InitContainers      []wireContainer `json:"initContainers"`
-	Containers          []wireContainer `json:"containers"`
-	EphemeralContainers []wireContainer `json:"ephemeralContainers"`
-	Volumes             []struct {
-		Name     string                       `json:"name"`
-		HostPath *corev1.HostPathVolumeSource `json:"hostPath"`
-	} `json:"volumes"`
-	ImagePullSecrets   []corev1.LocalObjectReference `json:"imagePullSecrets"`
-	ServiceAccountName string                        `json:"serviceAccountName"`
+	InitContainers      []wireContainer               `json:"initContainers"`
+	Containers          []wireContainer               `json:"containers"`
+	EphemeralContainers []wireContainer               `json:"ephemeralContainers"`
+	Volumes             []wireVolume                  `json:"volumes"`
+	ImagePullSecrets    []corev1.LocalObjectReference `json:"imagePullSecrets"`
+	ServiceAccountName  string                        `json:"serviceAccountName"`
 }
 
 func (w *wirePodSpec) podSpec() *corev1.PodSpec {
