@@ -599,6 +599,9 @@ func decideAll(ps []*policy.Policy, f policy.Facts) policy.Verdict {
 		}
 		return v
 	}
+	if len(ps) == 1 {
+		return policy.Decide(ps[0], f) // as Combine of one verdict is
+	}
 	vs := make([]policy.Verdict, len(ps))
 	for i, p := range ps {
 		vs[i] = policy.Decide(p, f)
