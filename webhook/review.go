@@ -320,15 +320,17 @@ func Warnings(v policy.Verdict) []string {
 			if f.Action == policy.ActionIgnore {
 				continue
 			}
-			w := fmt.Sprintf("%s%s: [%s] %s", prefix, iv.Container, f.Rule, f.Summary)
+			// Concatenated, not formatted: one string, not one per
+			// argument besides.
+			w := prefix + iv.Container + ": [" + string(f.Rule) + "] " + f.Summary
 			if iv.Exception != nil {
-				w = fmt.Sprintf("buildguard: %s: [%s] admitted by exception %s (%s)", iv.Container, f.Rule, iv.Exception.Name, iv.Exception.Reason)
+				w = "buildguard: " + iv.Container + ": [" + string(f.Rule) + "] admitted by exception " + iv.Exception.Name + " (" + iv.Exception.Reason + ")"
 			}
 			add(w)
 		}
 	}
 	for _, f := range v.Findings {
-		add(fmt.Sprintf("%s[%s] %s", prefix, f.Rule, f.Summary))
+		add(prefix + "[" + string(f.Rule) + "] " + f.Summary)
 	}
 	if more > 0 {
 		out = append(out[:MaxWarnings-1], fmt.Sprintf("buildguard: %d more findings not shown", more+1))
