@@ -388,8 +388,15 @@ func (p *Policy) Insecure(registry string) bool {
 // when they have resolved.
 func ForbiddenHost(host string) bool {
 	h := strings.ToLower(host)
-	if ap, err := netip.ParseAddrPort(h); err == nil {
-		return forbidden.Addr(ap.Addr())
+	// Each parser is tried only on what it may accept: a registry named
+	// by DNS, as nearly all are, fails them all, and each failure costs
+	// an error allocated, for every image of every review.
+	// netip.ParseAddrPort splits at the last colon and accepts before it
+	// an IPv6 address in brackets or an IPv4 one.
+	if i := strings.LastIndexByte(h, ':'); i > 0 && (h[0] == '[' || ipv4Literal(h[:i])) {
+		if ap, err := netip.ParseAddrPort(h); err == nil {
+			return forbidden.Addr(ap.Addr())
+		}
 	}
 	if strings.HasPrefix(h, "[") {
 		if i := strings.LastIndexByte(h, ']'); i > 0 {
@@ -400,8 +407,10 @@ func ForbiddenHost(host string) bool {
 	}
 	// A fully qualified name: "169.254.169.254." is 169.254.169.254.
 	h = strings.TrimRight(h, ".")
-	if a, err := netip.ParseAddr(h); err == nil {
-		return forbidden.Addr(a)
+	if strings.IndexByte(h, ':') >= 0 || ipv4Literal(h) {
+		if a, err := netip.ParseAddr(h); err == nil {
+			return forbidden.Addr(a)
+		}
 	}
 	if a, ok := parseInetAton(h); ok {
 		return forbidden.Addr(a)
@@ -413,6 +422,11 @@ func ForbiddenHost(host string) bool {
 // four parts separated by dots, each decimal, octal (leading 0) or hex
 // (leading 0x), the last part filling the bytes the others leave.
 func parseInetAton(s string) (netip.Addr, bool) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' || c == 'x' || c == '.') {
+			return netip.Addr{}, false // no part can parse: spare trying
+		}
+	}
 	parts := strings.Split(s, ".")
 	if len(parts) > 4 {
 		return netip.Addr{}, false
@@ -443,6 +457,18 @@ func parseInetAton(s string) (netip.Addr, bool) {
 		v = v<<bits | n
 	}
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
+}
+
+// ipv4Literal reports whether s is made of what netip.ParseAddr accepts
+// in an IPv4 address, digits and dots, and nothing else: what has more
+// is IPv6 (a colon) or not an address.
+func ipv4Literal(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && c != '.' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // newRepoMemo returns an empty memo of RegistryAllowed's answers (where
