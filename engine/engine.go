@@ -271,8 +271,8 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 			}
 		}
 		// An image in the caches, with nothing more to fetch about it,
-		// is judged without a goroutine, a context or a registry of its
-		// own: that is every image of nearly every review.
+		// is judged without a goroutine or a context of its own: that is
+		// every image of nearly every review.
 		if canCache && !fetchesMore {
 			if img, ok := cr.Cached(im.req); ok {
 				l.done(im, img, nil)
