@@ -222,124 +222,234 @@ func (e *Engine) Evaluate(ctx context.Context, w Workload) (policy.Verdict, erro
 	}
 
 	// Look each distinct allowed image up once, all in parallel.
-	type result struct {
-		img *policy.Image
-		err *policy.ResolveError
-		// prov is the provenance verified per policy name.
-		prov map[string]*policy.Provenance
-		// builds are the builds nodes reported of the image.
-		builds []policy.BuildEvidence
-	}
-	results := map[string]*result{}
-	refs := map[string]name.Reference{}
-	var auth *registry.Auth
-	var lookups []func()
 	maxBytes := e.MaxImageBytes
 	if maxBytes <= 0 {
 		maxBytes = DefaultMaxImageBytes
 	}
-	// Lookups end early once the workload's images hold too much.
-	lctx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	tooLarge := &policy.ResolveError{Kind: policy.ErrTooLarge, Message: fmt.Sprintf(
-		"the images of this workload hold more than %d bytes of build history and run config; buildguard judges no more of them", maxBytes)}
-	var held atomic.Int64
+	l := &lookups{e: e, ctx: ctx, log: log, policies: sel.Policies, maxBytes: maxBytes,
+		verifies: e.Verifier != nil && anyNeedsProvenance(sel.Policies)}
+	if e.Evidence != nil {
+		l.window = buildWindow(sel.Policies)
+	}
 	// fetchesMore is set when an image's lookup goes on to signatures or
 	// node evidence, which may wait for a registry or the store.
-	verifies := e.Verifier != nil && anyNeedsProvenance(sel.Policies)
-	fetchesMore := verifies || e.Evidence != nil && buildWindow(sel.Policies) > 0
+	fetchesMore := l.verifies || l.window > 0
+	cr, canCache := e.Resolver.(cachedResolver)
+	images := make([]image, 0, len(facts.Containers))
+	var ix imageIndex
+	var auth registry.Auth
+	haveAuth := false
+	var pending []*image
 	for _, c := range facts.Containers {
-		if _, seen := results[c.Image]; seen {
+		if ix.find(images, c.Image) >= 0 {
 			continue
 		}
+		images = append(images, image{name: c.Image})
+		// images has room for every container: im stays put.
+		im := &images[len(images)-1]
+		ix.add(images)
 		ref, err := e.refs.parse(c.Image, false)
-		if err == nil {
-			refs[c.Image] = ref
-		}
 		if err != nil || !anyAllows(sel.Policies, ref) {
+			if err == nil {
+				im.ref = ref
+			}
 			continue // never contact a registry no policy allows
 		}
-		if auth == nil {
+		im.ref, im.looked = ref, true
+		if !haveAuth {
 			a, err := e.auth(ctx, w)
-			auth = &a
+			auth, haveAuth = a, true
 			if err != nil {
 				log.Warn("pull credentials unavailable; trying anonymously", "namespace", w.Namespace, "error", err)
 			}
 		}
-		res := &result{}
-		results[c.Image] = res
-		req := registry.Request{Ref: ref, Auth: *auth, Insecure: anyInsecure(sel.Policies, ref)}
-		if req.Insecure {
+		im.req = registry.Request{Ref: ref, Auth: auth, Insecure: anyInsecure(sel.Policies, ref)}
+		if im.req.Insecure {
 			// Re-parse so go-containerregistry speaks plain HTTP to it.
 			if r2, err := e.refs.parse(c.Image, true); err == nil {
-				req.Ref = r2
-			}
-		}
-		image := c.Image
-		done := func(img *policy.Image, err error) {
-			if err == nil && held.Add(registry.ImageBytes(img)) > maxBytes {
-				img, err = nil, tooLarge
-				stop(tooLarge)
-			}
-			if err != nil && context.Cause(lctx) == tooLarge {
-				// Not judged because the others took the room: too
-				// large with them, not a registry failure.
-				err = tooLarge
-			}
-			if err != nil {
-				var re *policy.ResolveError
-				if !errors.As(err, &re) {
-					re = &policy.ResolveError{Kind: policy.ErrUnavailable, Message: err.Error()}
-				}
-				res.err = re
-				log.Info("image lookup failed", "image", image, "reason", string(re.Kind), "error", re.Message)
-				return
-			}
-			res.img = img
-			if verifies {
-				res.prov = e.verify(ctx, req, img, sel.Policies)
-			}
-			if e.Evidence != nil {
-				if w := buildWindow(sel.Policies); w > 0 {
-					res.builds = e.builds(ctx, log, req.Ref, img, w)
-				}
+				im.req.Ref = r2
 			}
 		}
 		// An image in the caches, with nothing more to fetch about it,
-		// is judged without a goroutine of its own: that is every image
-		// of nearly every review.
-		if cr, ok := e.Resolver.(cachedResolver); ok && !fetchesMore {
-			if img, ok := cr.Cached(req); ok {
-				done(img, nil)
+		// is judged without a goroutine or a context of its own: that is
+		// every image of nearly every review.
+		if canCache && !fetchesMore {
+			if img, ok := cr.Cached(im.req); ok {
+				l.done(im, img, nil)
 				continue
 			}
 		}
-		lookups = append(lookups, func() { done(e.Resolver.Resolve(lctx, req)) })
+		pending = append(pending, im)
+	}
+	l.resolve(pending)
+	for i := range facts.Containers {
+		c := &facts.Containers[i]
+		im := &images[ix.find(images, c.Image)]
+		c.Ref = im.ref
+		if im.looked {
+			c.Resolved, c.Err = im.img, im.err
+			c.Provenance = im.prov
+			c.Builds = im.builds
+		}
+	}
+	return decideAll(sel.Policies, facts), nil
+}
+
+// image is one distinct image of a workload, and what was found of it.
+type image struct {
+	name string
+	// ref is nil when the image reference does not parse.
+	ref name.Reference
+	// looked is set when a policy allows the image's registry: it is
+	// looked up, and img or err is set.
+	looked bool
+	req    registry.Request
+	img    *policy.Image
+	err    *policy.ResolveError
+	// prov is the provenance verified per policy name.
+	prov map[string]*policy.Provenance
+	// builds are the builds nodes reported of the image.
+	builds []policy.BuildEvidence
+}
+
+// imageIndex finds an image among the distinct images of a workload:
+// by scanning them while they are few, as they nearly always are, and
+// through a map past that.
+type imageIndex struct {
+	m map[string]int
+}
+
+// maxScannedImages is the most distinct images imageIndex scans.
+const maxScannedImages = 8
+
+func (x *imageIndex) find(images []image, name string) int {
+	if x.m != nil {
+		if i, ok := x.m[name]; ok {
+			return i
+		}
+		return -1
+	}
+	for i := range images {
+		if images[i].name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// add indexes the last of images.
+func (x *imageIndex) add(images []image) {
+	switch {
+	case x.m != nil:
+		x.m[images[len(images)-1].name] = len(images) - 1
+	case len(images) > maxScannedImages:
+		x.m = make(map[string]int, 2*len(images))
+		for i := range images {
+			x.m[images[i].name] = i
+		}
+	}
+}
+
+// lookups gathers the facts of one workload's images: it bounds the
+// memory they hold together (Engine.MaxImageBytes) and ends the lookups
+// still running once they hold too much.
+type lookups struct {
+	e        *Engine
+	ctx      context.Context
+	log      *slog.Logger
+	policies []*policy.Policy
+	verifies bool
+	// window is the widest build window of the policies, when node
+	// evidence is used; zero otherwise.
+	window   time.Duration
+	maxBytes int64
+	held     atomic.Int64
+	// lctx is the context of the lookups that need a registry, and stop
+	// ends them; both are nil until resolve starts such lookups.
+	lctx context.Context
+	stop context.CancelCauseFunc
+
+	tooLargeOnce sync.Once
+	tooLargeErr  *policy.ResolveError
+}
+
+// tooLarge is the error of the images not judged because the workload's
+// images hold too much; made only for a workload that does, it is the
+// cause that ends the lookups.
+func (l *lookups) tooLarge() *policy.ResolveError {
+	l.tooLargeOnce.Do(func() {
+		l.tooLargeErr = &policy.ResolveError{Kind: policy.ErrTooLarge, Message: fmt.Sprintf(
+			"the images of this workload hold more than %d bytes of build history and run config; buildguard judges no more of them", l.maxBytes)}
+	})
+	return l.tooLargeErr
+}
+
+// resolve looks up the images the caches did not hold, all in parallel,
+// and waits for them.
+func (l *lookups) resolve(pending []*image) {
+	if len(pending) == 0 {
+		return
+	}
+	// Lookups end early once the workload's images hold too much; the
+	// cached ones judged before may already have taken the room.
+	var stop context.CancelCauseFunc
+	l.lctx, stop = context.WithCancelCause(l.ctx)
+	defer stop(nil)
+	l.stop = stop
+	if l.held.Load() > l.maxBytes {
+		stop(l.tooLarge())
 	}
 	// The last lookup runs on this goroutine: most workloads have one
 	// image, and a cached lookup costs less than starting a goroutine.
 	var wg sync.WaitGroup
-	for i, f := range lookups {
-		if i == len(lookups)-1 {
-			f()
-			break
-		}
+	for _, im := range pending[:len(pending)-1] {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f()
+			l.lookup(im)
 		}()
 	}
+	l.lookup(pending[len(pending)-1])
 	wg.Wait()
-	for i := range facts.Containers {
-		facts.Containers[i].Ref = refs[facts.Containers[i].Image]
-		if r, ok := results[facts.Containers[i].Image]; ok {
-			facts.Containers[i].Resolved, facts.Containers[i].Err = r.img, r.err
-			facts.Containers[i].Provenance = r.prov
-			facts.Containers[i].Builds = r.builds
+}
+
+// lookup looks im up in its registry.
+func (l *lookups) lookup(im *image) {
+	img, err := l.e.Resolver.Resolve(l.lctx, im.req)
+	l.done(im, img, err)
+}
+
+// done records the lookup of im, and what more the policies need of it.
+func (l *lookups) done(im *image, img *policy.Image, err error) {
+	if err == nil && l.held.Add(registry.ImageBytes(img)) > l.maxBytes {
+		img, err = nil, l.tooLarge()
+		if l.stop != nil {
+			l.stop(l.tooLarge())
 		}
 	}
-	return decideAll(sel.Policies, facts), nil
+	if err != nil && l.lctx != nil {
+		if cause, ok := context.Cause(l.lctx).(*policy.ResolveError); ok && cause == l.tooLarge() {
+			// Not judged because the others took the room: too
+			// large with them, not a registry failure.
+			err = cause
+		}
+	}
+	if err != nil {
+		var re *policy.ResolveError
+		if !errors.As(err, &re) {
+			re = &policy.ResolveError{Kind: policy.ErrUnavailable, Message: err.Error()}
+		}
+		im.err = re
+		l.log.Info("image lookup failed", "image", im.name, "reason", string(re.Kind), "error", re.Message)
+		return
+	}
+	im.img = img
+	if l.verifies {
+		im.prov = l.e.verify(l.ctx, im.req, img, l.policies)
+	}
+	if l.window > 0 {
+		im.builds = l.e.builds(l.ctx, l.log, im.req.Ref, img, l.window)
+	}
 }
 
 // Evidence is where node reports of image builds and connections are
@@ -488,6 +598,9 @@ func decideAll(ps []*policy.Policy, f policy.Facts) policy.Verdict {
 			v.Images = append(v.Images, policy.ImageVerdict{Container: c.Name, ContainerKind: c.Kind, Image: c.Image, Outcome: policy.OutcomeAllow, Findings: []policy.Finding{}, Checks: []string{}})
 		}
 		return v
+	}
+	if len(ps) == 1 {
+		return policy.Decide(ps[0], f) // as Combine of one verdict is
 	}
 	vs := make([]policy.Verdict, len(ps))
 	for i, p := range ps {

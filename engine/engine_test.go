@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -202,6 +203,45 @@ func TestBuildStepsSeeTheConfig(t *testing.T) {
 		}
 		if !found || v.Allowed {
 			t.Errorf("%s: Evaluate = allowed %v, build-step findings %q, want denied with %q", name, v.Allowed, got, want)
+		}
+	}
+}
+
+// TestEachContainerItsImage: every container is judged with its own
+// image's facts, however many containers share an image and however many
+// distinct images there are, cached or not.
+func TestEachContainerItsImage(t *testing.T) {
+	reg := testregistry.New(t)
+	var digests []string
+	for i := range 12 {
+		d := reg.Push(t, fmt.Sprintf("acme/app-%d:v1", i), testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Duration(24+i) * time.Hour)}))
+		digests = append(digests, d.String())
+	}
+	e := newEngine(t, reg.Host+"/acme/*")
+	for _, n := range []int{1, 3, 8, 9, 12} {
+		// Containers i and i+n run the same image, in an order other than
+		// the images'.
+		spec := &corev1.PodSpec{InitContainers: []corev1.Container{{Name: "init", Image: fmt.Sprintf("%s/acme/app-%d:v1", reg.Host, n-1)}}}
+		for i := range 2 * n {
+			spec.Containers = append(spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Image: fmt.Sprintf("%s/acme/app-%d:v1", reg.Host, (i*5)%n)})
+		}
+		for _, pass := range []string{"first", "cached"} {
+			v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: spec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(v.Images) != 2*n+1 {
+				t.Fatalf("%d images, %s: %d verdicts, want %d", n, pass, len(v.Images), 2*n+1)
+			}
+			want := append([]string{digests[n-1]}, make([]string, 2*n)...)
+			for i := range 2 * n {
+				want[i+1] = digests[(i*5)%n]
+			}
+			for i, iv := range v.Images {
+				if iv.Digest != want[i] || iv.Outcome != policy.OutcomeAllow {
+					t.Errorf("%d images, %s: %s (%s) judged %s, outcome %s; want %s, allow", n, pass, iv.Container, iv.Image, iv.Digest, iv.Outcome, want[i])
+				}
+			}
 		}
 	}
 }

@@ -112,3 +112,70 @@ func TestMetadataAddressIsAFinding(t *testing.T) {
 		}
 	}
 }
+
+// TestImagesTooLargeFromTheCaches: the bound holds as well for images
+// judged from the caches, and for a workload of cached and uncached
+// images: once the cached ones take the room, the lookups of the others
+// are ended, and those images are too-large, not a registry failure.
+func TestImagesTooLargeFromTheCaches(t *testing.T) {
+	reg := testregistry.New(t)
+	steps := make([]string, 20)
+	for i := range steps {
+		steps[i] = fmt.Sprintf("RUN /bin/sh -c echo %d %s", i, strings.Repeat("a", 1000))
+	}
+	var spec corev1.PodSpec
+	for i := range 6 {
+		img := testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Duration(i+24) * time.Hour), Steps: steps})
+		reg.Push(t, fmt.Sprintf("acme/big:%d", i), img)
+		spec.Containers = append(spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Image: fmt.Sprintf("%s/acme/big:%d", reg.Host, i)})
+	}
+	one, err := allowEngine(t, reg.Host+"/acme/*").Resolver.Resolve(t.Context(), registry.Request{Ref: reg.Ref(t, "acme/big:0"), Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		// cached is how many of the containers' images, the first ones,
+		// are in the caches.
+		cached int
+		// judged are the containers judged: those the room holds.
+		judged int
+	}{
+		{"all cached", 6, 2},
+		{"the first three cached", 3, 2},
+		{"the first cached", 1, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := allowEngine(t, reg.Host+"/acme/*")
+			first := spec
+			first.Containers = spec.Containers[:tt.cached]
+			if _, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: &first}); err != nil {
+				t.Fatal(err)
+			}
+			e.MaxImageBytes = registry.ImageBytes(one) * 5 / 2
+			reg.Reset()
+			v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: &spec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var judged []string
+			tooLarge := 0
+			for _, iv := range v.Images {
+				if iv.Digest != "" {
+					judged = append(judged, iv.Container)
+				}
+				for _, f := range iv.Findings {
+					switch {
+					case f.Rule == policy.RuleUnresolvableImage && f.Evidence["reason"] == string(policy.ErrTooLarge):
+						tooLarge++
+					case f.Rule == policy.RuleRegistryUnavailable:
+						t.Errorf("%s: %s, want no lookup failure", iv.Container, f.Message)
+					}
+				}
+			}
+			if v.Allowed || len(judged) > tt.judged || tooLarge != 6-len(judged) {
+				t.Errorf("allowed %v, judged %q, %d too large; want denied, at most %d judged, the others too large", v.Allowed, judged, tooLarge, tt.judged)
+			}
+		})
+	}
+}

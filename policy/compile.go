@@ -59,10 +59,10 @@ type Policy struct {
 	exceptions   []exception
 	changes      *changeControl
 	steps        *stepMemo
-	allowed      *repoMemo
+	allowed      *repoMemo[name.Repository]
 	// insecureHosts remembers Insecure's answers as allowed does
 	// RegistryAllowed's.
-	insecureHosts *repoMemo
+	insecureHosts *repoMemo[string]
 	// verifiedAction is the action on steps whose only findings are
 	// verified downloads; "" for the rule's action.
 	verifiedAction Action
@@ -137,7 +137,7 @@ func Compile(s Spec) (*Policy, error) { return CompileNamed("", s) }
 // CompileNamed is Compile for a policy with a name, such as a
 // ClusterBuildPolicy's; findings then say which policy raised them.
 func CompileNamed(name string, s Spec) (*Policy, error) {
-	p := &Policy{name: name, spec: s, mode: s.Mode, failure: s.FailurePolicy, steps: &stepMemo{}, allowed: &repoMemo{}, insecureHosts: &repoMemo{}}
+	p := &Policy{name: name, spec: s, mode: s.Mode, failure: s.FailurePolicy, steps: &stepMemo{}, allowed: newRepoMemo(), insecureHosts: &repoMemo[string]{}}
 	if p.mode == "" {
 		p.mode = ModeEnforce
 	}
@@ -319,7 +319,10 @@ func (p *Policy) Action(rule RuleID) Action {
 // on a link-local or cloud-metadata address is never allowed, whatever
 // registries.allow says.
 func (p *Policy) RegistryAllowed(repo name.Repository) bool {
-	return p.allowed.get(repo.Name(), func(string) bool {
+	// Keyed by the repository itself rather than its name: the name is
+	// a new string each time it is asked for, once per image of every
+	// admission.
+	return p.allowed.get(repo, func(repo name.Repository) bool {
 		if ForbiddenHost(repo.RegistryStr()) {
 			return false
 		}
@@ -337,27 +340,27 @@ const maxMemoRepos = 8192
 // repositories come back with every admission, and matching the globs
 // (regular expressions) and the forbidden addresses cost more than the
 // rest of a cached image's judgement. It only memoizes a pure function.
-type repoMemo struct {
+type repoMemo[K comparable] struct {
 	mu sync.RWMutex
-	m  map[string]bool
+	m  map[K]bool
 }
 
-func (r *repoMemo) get(repo string, f func(string) bool) bool {
+func (r *repoMemo[K]) get(k K, f func(K) bool) bool {
 	if r == nil {
-		return f(repo)
+		return f(k)
 	}
 	r.mu.RLock()
-	ok, found := r.m[repo]
+	ok, found := r.m[k]
 	r.mu.RUnlock()
 	if found {
 		return ok
 	}
-	ok = f(repo)
+	ok = f(k)
 	r.mu.Lock()
 	if r.m == nil || len(r.m) >= maxMemoRepos {
-		r.m = map[string]bool{}
+		r.m = map[K]bool{}
 	}
-	r.m[repo] = ok
+	r.m[k] = ok
 	r.mu.Unlock()
 	return ok
 }
@@ -385,8 +388,15 @@ func (p *Policy) Insecure(registry string) bool {
 // when they have resolved.
 func ForbiddenHost(host string) bool {
 	h := strings.ToLower(host)
-	if ap, err := netip.ParseAddrPort(h); err == nil {
-		return forbidden.Addr(ap.Addr())
+	// Each parser is tried only on what it may accept: a registry named
+	// by DNS, as nearly all are, fails them all, and each failure costs
+	// an error allocated, for every image of every review.
+	// netip.ParseAddrPort splits at the last colon and accepts before it
+	// an IPv6 address in brackets or an IPv4 one.
+	if i := strings.LastIndexByte(h, ':'); i > 0 && (h[0] == '[' || ipv4Literal(h[:i])) {
+		if ap, err := netip.ParseAddrPort(h); err == nil {
+			return forbidden.Addr(ap.Addr())
+		}
 	}
 	if strings.HasPrefix(h, "[") {
 		if i := strings.LastIndexByte(h, ']'); i > 0 {
@@ -397,8 +407,10 @@ func ForbiddenHost(host string) bool {
 	}
 	// A fully qualified name: "169.254.169.254." is 169.254.169.254.
 	h = strings.TrimRight(h, ".")
-	if a, err := netip.ParseAddr(h); err == nil {
-		return forbidden.Addr(a)
+	if strings.IndexByte(h, ':') >= 0 || ipv4Literal(h) {
+		if a, err := netip.ParseAddr(h); err == nil {
+			return forbidden.Addr(a)
+		}
 	}
 	if a, ok := parseInetAton(h); ok {
 		return forbidden.Addr(a)
@@ -410,6 +422,11 @@ func ForbiddenHost(host string) bool {
 // four parts separated by dots, each decimal, octal (leading 0) or hex
 // (leading 0x), the last part filling the bytes the others leave.
 func parseInetAton(s string) (netip.Addr, bool) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' || c == 'x' || c == '.') {
+			return netip.Addr{}, false // no part can parse: spare trying
+		}
+	}
 	parts := strings.Split(s, ".")
 	if len(parts) > 4 {
 		return netip.Addr{}, false
@@ -441,3 +458,19 @@ func parseInetAton(s string) (netip.Addr, bool) {
 	}
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), true
 }
+
+// ipv4Literal reports whether s is made of what netip.ParseAddr accepts
+// in an IPv4 address, digits and dots, and nothing else: what has more
+// is IPv6 (a colon) or not an address.
+func ipv4Literal(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && c != '.' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// newRepoMemo returns an empty memo of RegistryAllowed's answers (where
+// CompileNamed's parameter name hides the package name).
+func newRepoMemo() *repoMemo[name.Repository] { return &repoMemo[name.Repository]{} }

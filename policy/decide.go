@@ -133,6 +133,7 @@ func Decide(p *Policy, f Facts) Verdict {
 	for _, h := range f.HostPaths {
 		hostPaths[h.Volume] = h.Path
 	}
+	v.Images = make([]ImageVerdict, 0, len(f.Containers))
 	for _, c := range f.Containers {
 		iv := p.decideImage(c, f.Now, hostPaths, f.Exceptions)
 		if iv.Outcome.rank() > v.Outcome.rank() {
@@ -238,15 +239,21 @@ func (p *Policy) decideImage(c Container, now time.Time, hostPaths map[string]st
 		iv.Findings = append(iv.Findings, p.buildSteps(c.Resolved)...)
 		iv.Findings = append(iv.Findings, p.nodeFindings(c.Builds, c.Resolved, now)...)
 		iv.Watch = p.connectionWindows(c.Builds, c.Resolved, now)
-		iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved, ref.Context().Name(), now)...)
+		if p.prov.enabled { // spare the repository's name
+			iv.Findings = append(iv.Findings, p.provenanceFindings(c, c.Resolved, ref.Context().Name(), now)...)
+		}
 		iv.Checks = p.checks()
 	}
 
 	if err == nil {
+		// use is declared where it is found: taking its address makes
+		// it an allocation, not to be paid for every image.
 		if use, ok := exceptionFor(p.exceptions, ref, iv.Digest, now); ok {
-			iv.Exception = &use
+			u := use
+			iv.Exception = &u
 		} else if use, ok := exceptionFor(extra.list, ref, iv.Digest, now); ok {
-			iv.Exception = &use
+			u := use
+			iv.Exception = &u
 		}
 	}
 	for _, fd := range iv.Findings {

@@ -58,9 +58,23 @@ func entryBytes[V any](key string) int64 {
 func (c *lru[V]) get(key string, now time.Time) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.use(c.items[key], now)
+}
+
+// getBytes is get of the key held in key, which it does not keep: a
+// lookup needs no string of its own (the compiler looks a map up by
+// string(key) without copying it).
+func (c *lru[V]) getBytes(key []byte, now time.Time) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.use(c.items[string(key)], now)
+}
+
+// use returns the value of e, nil when missing, unless it is expired at
+// now; c.mu is held.
+func (c *lru[V]) use(e *lruEntry[V], now time.Time) (V, bool) {
 	var zero V
-	e, ok := c.items[key]
-	if !ok {
+	if e == nil {
 		return zero, false
 	}
 	if !e.expires.IsZero() && !now.Before(e.expires) {

@@ -233,21 +233,25 @@ func (c *Client) Cached(r Request) (*policy.Image, bool) {
 	if r.Auth.Keychain == nil {
 		r.Auth = Anonymous()
 	}
-	key, tag := "", false
+	// The keys are written to a buffer on the stack, not made strings:
+	// this runs for every image of every review.
+	var buf [256]byte
+	var key []byte
+	tag := false
 	switch ref := r.Ref.(type) {
 	case name.Digest:
-		key = ref.Name()
+		key = appendDigestKey(buf[:0], ref.Context(), ref.DigestStr())
 	default:
 		if c.tagTTL <= 0 {
 			return nil, false
 		}
-		d, ok := c.tags.get(tagKey(r), c.now())
+		d, ok := c.tags.getBytes(appendTagKey(buf[:0], r), c.now())
 		if !ok {
 			return nil, false
 		}
-		key, tag = r.Ref.Context().Name()+"@"+d, true
+		key, tag = appendDigestKey(buf[:0], r.Ref.Context(), d), true
 	}
-	img, ok := c.images.get(key, time.Time{})
+	img, ok := c.images.getBytes(key, time.Time{})
 	if !ok {
 		return nil, false
 	}
@@ -261,12 +265,42 @@ func (c *Client) Cached(r Request) (*policy.Image, bool) {
 // tagKey is the tag cache's key of r: what a tag names may differ by
 // transport and credentials, so a resolution over plain HTTP or with
 // other credentials is not reused.
-func tagKey(r Request) string {
+func tagKey(r Request) string { return string(appendTagKey(nil, r)) }
+
+// appendTagKey appends tagKey(r) to b.
+func appendTagKey(b []byte, r Request) []byte {
+	if t, ok := r.Ref.(name.Tag); ok {
+		b = appendRepoName(b, t.Context())
+		b = append(b, ':')
+		b = append(b, t.TagStr()...)
+	} else {
+		b = append(b, r.Ref.Name()...)
+	}
 	insecure := "false"
 	if r.Insecure {
 		insecure = "true"
 	}
-	return r.Ref.Name() + "\x00" + insecure + "\x00" + r.Auth.Key
+	b = append(b, 0)
+	b = append(b, insecure...)
+	b = append(b, 0)
+	return append(b, r.Auth.Key...)
+}
+
+// appendDigestKey appends the image cache's key of the image at digest in
+// repo: repo.Digest(digest).Name().
+func appendDigestKey(b []byte, repo name.Repository, digest string) []byte {
+	b = appendRepoName(b, repo)
+	b = append(b, '@')
+	return append(b, digest...)
+}
+
+// appendRepoName appends repo.Name() to b.
+func appendRepoName(b []byte, repo name.Repository) []byte {
+	if reg := repo.RegistryStr(); reg != "" {
+		b = append(b, reg...)
+		b = append(b, '/')
+	}
+	return append(b, repo.RepositoryStr()...)
 }
 
 // CachedImages returns the number of images in the cache.

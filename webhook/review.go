@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 
@@ -319,15 +320,17 @@ func Warnings(v policy.Verdict) []string {
 			if f.Action == policy.ActionIgnore {
 				continue
 			}
-			w := fmt.Sprintf("%s%s: [%s] %s", prefix, iv.Container, f.Rule, f.Summary)
+			// Concatenated, not formatted: one string, not one per
+			// argument besides.
+			w := prefix + iv.Container + ": [" + string(f.Rule) + "] " + f.Summary
 			if iv.Exception != nil {
-				w = fmt.Sprintf("buildguard: %s: [%s] admitted by exception %s (%s)", iv.Container, f.Rule, iv.Exception.Name, iv.Exception.Reason)
+				w = "buildguard: " + iv.Container + ": [" + string(f.Rule) + "] admitted by exception " + iv.Exception.Name + " (" + iv.Exception.Reason + ")"
 			}
 			add(w)
 		}
 	}
 	for _, f := range v.Findings {
-		add(fmt.Sprintf("%s[%s] %s", prefix, f.Rule, f.Summary))
+		add(prefix + "[" + string(f.Rule) + "] " + f.Summary)
 	}
 	if more > 0 {
 		out = append(out[:MaxWarnings-1], fmt.Sprintf("buildguard: %d more findings not shown", more+1))
@@ -351,21 +354,17 @@ const (
 // IDs found, and the exceptions used.
 func auditAnnotations(v policy.Verdict) map[string]string {
 	a := map[string]string{AnnotationVerdict: v.Word(), AnnotationMode: string(v.Mode)}
-	digests := map[string]string{}
-	var exceptions []string
-	for _, iv := range v.Images {
-		if iv.Digest != "" {
-			digests[iv.Container] = iv.Digest
-		}
-		if iv.Exception != nil {
-			exceptions = append(exceptions, fmt.Sprintf("%s=%s", iv.Container, iv.Exception.Name))
-		}
-	}
-	if len(digests) > 0 {
-		a[AnnotationDigests] = string(appendStringMap(nil, digests)) // as json.Marshal writes it
+	if d := digestsAnnotation(v.Images); d != "" {
+		a[AnnotationDigests] = d
 	}
 	if rules := v.RuleIDs(policy.ActionWarn); len(rules) > 0 {
 		a[AnnotationRules] = strings.Join(rules, ",")
+	}
+	var exceptions []string
+	for _, iv := range v.Images {
+		if iv.Exception != nil {
+			exceptions = append(exceptions, iv.Container+"="+iv.Exception.Name)
+		}
 	}
 	if len(exceptions) > 0 {
 		a[AnnotationExceptions] = strings.Join(exceptions, ",")
@@ -374,4 +373,38 @@ func auditAnnotations(v policy.Verdict) map[string]string {
 		a[AnnotationChangeID] = v.ChangeID
 	}
 	return a
+}
+
+// digestsAnnotation is the digest of each container's image, as
+// json.Marshal writes the map container → digest (keys sorted, the last
+// image of a container name winning), or "" when no image has a digest.
+// It is written without the map, in a buffer on the stack: this runs for
+// every review.
+func digestsAnnotation(images []policy.ImageVerdict) string {
+	type pair struct{ container, digest string }
+	var small [8]pair
+	pairs := small[:0]
+	for _, iv := range images {
+		if iv.Digest != "" {
+			pairs = append(pairs, pair{iv.Container, iv.Digest})
+		}
+	}
+	if len(pairs) == 0 {
+		return ""
+	}
+	slices.SortStableFunc(pairs, func(a, b pair) int { return strings.Compare(a.container, b.container) })
+	var buf [512]byte
+	b := append(buf[:0], '{')
+	for i, p := range pairs {
+		if i+1 < len(pairs) && pairs[i+1].container == p.container {
+			continue // a map keeps the last
+		}
+		if len(b) > 1 {
+			b = append(b, ',')
+		}
+		b = appendString(b, p.container)
+		b = append(b, ':')
+		b = appendString(b, p.digest)
+	}
+	return string(append(b, '}'))
 }
