@@ -71,7 +71,12 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 		return path + "?" + q.Encode()
 	}
 	busy := fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeout.Milliseconds())
-	w, err := sql.Open("sqlite", pragmas(busy, "foreign_keys(1)", "journal_mode(WAL)", "synchronous(FULL)",
+	// temp_store(MEMORY): a multi-row INSERT (rowsInsert) keeps a
+	// statement journal of the pages it changes, in case a constraint
+	// undoes it; on disk that was two pwrite system calls per page, 7%
+	// of the CPU of serve with a SQLite store under load. It holds a
+	// batch's pages at most, and the commit's durability does not rest on it.
+	w, err := sql.Open("sqlite", pragmas(busy, "foreign_keys(1)", "journal_mode(WAL)", "synchronous(FULL)", "temp_store(MEMORY)",
 		fmt.Sprintf("cache_size(-%d)", sqliteWriterCacheKiB))+"&_txlock=immediate")
 	if err != nil {
 		return fail(err)
