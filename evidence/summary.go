@@ -251,8 +251,12 @@ func summaryQueries(q SummaryQuery, d summaryDialect, out *Summary) []summaryStm
 	// index rows of a decision hold its image references and digests,
 	// lower-cased; a digest is algorithm:hex, which no reference is.
 	stmts = append(stmts, summaryStmt{
+		// verdict <> 'allow', which denials imply, names the condition
+		// of the partial index decision_images_verdict_time (migration
+		// 0004): SQLite uses a partial index only for a query that says
+		// its condition.
 		sql: "SELECT image, " + deny + ", " + wouldDeny + ", max(decision_id) FROM decision_images WHERE " + w +
-			" AND (image LIKE 'sha256:%' OR image LIKE 'sha384:%' OR image LIKE 'sha512:%')" + rank("image"),
+			" AND verdict <> 'allow' AND (image LIKE 'sha256:%' OR image LIKE 'sha384:%' OR image LIKE 'sha512:%')" + rank("image"),
 		args: args,
 		scan: rows(&out.Images, func(r *Ranked) []any { return []any{&r.Name, &r.Deny, &r.WouldDeny, &r.Sample} }),
 	})
