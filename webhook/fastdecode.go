@@ -8,7 +8,6 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 )
 
 // decodeFast decodes an AdmissionReview and the objects it carries in one
@@ -16,7 +15,7 @@ import (
 // encoding/json gives (decodeTwice, the reference). It answers ok only
 // when it can vouch for that: a body that is not valid JSON, a value of
 // the wrong type, a repeated member, a member named in another case or
-// with escapes, a null in a list or a map, invalid UTF-8, a response, or
+// with escapes, a repeated key in a map, invalid UTF-8, a response, or
 // nesting deeper than maxFastDepth, and a review decodeOnce would refuse
 // (wrong apiVersion or kind, no request or uid), are all left to
 // decodeTwice: none of them comes from an API server, and decodeTwice's
@@ -26,38 +25,23 @@ import (
 // cost of an allowed review in the shipped binary (a quarter of its CPU).
 func decodeFast(body []byte) (decoded, bool) {
 	p := &parser{b: body}
-	var rv struct {
-		typeMeta metav1.TypeMeta
-		req      *admissionv1.AdmissionRequest
-		obj, old *wireObject
-	}
-	ok := p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"apiVersion"`:
-			return p.once(0) && p.string(&rv.typeMeta.APIVersion)
-		case `"kind"`:
-			return p.once(1) && p.string(&rv.typeMeta.Kind)
-		case `"request"`:
-			if !p.once(2) {
-				return false
-			}
-			if p.null() {
-				return true
-			}
-			rv.req = &admissionv1.AdmissionRequest{}
-			return p.request(rv.req, &rv.obj, &rv.old)
-		case `"response"`:
-			return p.once(3) && p.null()
-		}
-		return p.unknown(key, "apiVersion", "kind", "request", "response")
-	})
+	var d decoded
+	ok := p.members(
+		member{`"apiVersion"`, func() bool { return p.string(&d.typeMeta.APIVersion) }},
+		member{`"kind"`, func() bool { return p.string(&d.typeMeta.Kind) }},
+		member{`"request"`, func() bool {
+			return ptr(p, &d.req, func(r *admissionv1.AdmissionRequest) bool { return p.request(r, &d) })
+		}},
+		member{`"response"`, p.null},
+	)
 	if !ok || !p.end() {
 		return decoded{}, false
 	}
-	if rv.typeMeta.APIVersion != "admission.k8s.io/v1" || rv.typeMeta.Kind != "AdmissionReview" || rv.req == nil || rv.req.UID == "" {
+	if d.typeMeta.APIVersion != "admission.k8s.io/v1" || d.typeMeta.Kind != "AdmissionReview" || d.req == nil || d.req.UID == "" {
 		return decoded{}, false
 	}
-	return decoded{typeMeta: rv.typeMeta, req: rv.req, once: true, obj: rv.obj, old: rv.old}, true
+	d.once = true
+	return d, true
 }
 
 // maxFastDepth bounds the nesting decodeFast follows; encoding/json's
@@ -65,15 +49,14 @@ func decodeFast(body []byte) (decoded, bool) {
 const maxFastDepth = 512
 
 // parser reads JSON from b at i. Its methods read one value each, after
-// any whitespace, and return false when they cannot vouch for it.
+// any whitespace, and return false when they cannot vouch for it. A
+// null leaves what a method reads into alone, as encoding/json does (it
+// sets a pointer, slice or map to nil, which is what decodeFast finds
+// there: it refuses repeated members).
 type parser struct {
 	b     []byte
 	i     int
 	depth int
-	// seen is a bit per known member of the objects being read, one
-	// word per level of nesting: a member seen twice is refused. The
-	// members decodeFast knows are all less deep than its length.
-	seen [16]uint32
 }
 
 func (p *parser) ws() {
@@ -115,18 +98,67 @@ func (p *parser) literal(lit string) bool {
 // null consumes a null if it comes next.
 func (p *parser) null() bool { return p.literal("null") }
 
-// once marks member bit of the object being read as seen; false if it
-// was already.
-func (p *parser) once(bit uint) bool {
-	if p.depth >= len(p.seen) {
+// member is a member of an object that decodeFast knows: its key,
+// quotes and all, and how to read its value.
+type member struct {
+	key  string
+	read func() bool
+}
+
+// members reads an object whose members are ms: each at most once, any
+// other skipped unless encoding/json would take it for one of ms.
+func (p *parser) members(ms ...member) bool {
+	if p.null() {
+		return true
+	}
+	var seen uint32
+	return p.object(func(key []byte) bool {
+		for i := range ms {
+			if string(key) == ms[i].key {
+				if seen&(1<<i) != 0 {
+					return false
+				}
+				seen |= 1 << i
+				return ms[i].read()
+			}
+		}
+		return p.unknown(key, ms)
+	})
+}
+
+// unknown skips the value of a member none of ms is, unless
+// encoding/json would match its key to one of them without regard to
+// case, or the key is not plain ASCII (which may match one under
+// Unicode's case folding).
+func (p *parser) unknown(key []byte, ms []member) bool {
+	if !plain(key) {
 		return false
 	}
-	s := &p.seen[p.depth]
-	if *s&(1<<bit) != 0 {
+	for i := range ms {
+		if equalFoldASCII(key, ms[i].key) {
+			return false
+		}
+	}
+	return p.skip()
+}
+
+func equalFoldASCII(b []byte, s string) bool {
+	if len(b) != len(s) {
 		return false
 	}
-	*s |= 1 << bit
+	for i := range len(b) {
+		if lowerASCII(b[i]) != lowerASCII(s[i]) {
+			return false
+		}
+	}
 	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // object reads an object, calling member with each key, quotes and
@@ -137,9 +169,6 @@ func (p *parser) object(member func(key []byte) bool) bool {
 	}
 	p.i++
 	p.depth++
-	if p.depth < len(p.seen) {
-		p.seen[p.depth] = 0
-	}
 	if p.peek() == '}' {
 		p.i++
 		p.depth--
@@ -169,8 +198,7 @@ func (p *parser) object(member func(key []byte) bool) bool {
 }
 
 // array reads an array, calling elem with the parser at each element,
-// which elem must consume. A null is not an array: the caller reads it
-// first if it may come.
+// which elem must consume.
 func (p *parser) array(elem func() bool) bool {
 	if p.peek() != '[' || p.depth == maxFastDepth {
 		return false
@@ -261,7 +289,7 @@ func text(s []byte) (string, bool) {
 	return string(out), true
 }
 
-// string reads a string into dst; a null leaves dst alone.
+// string reads a string.
 func (p *parser) string(dst *string) bool {
 	if p.null() {
 		return true
@@ -274,37 +302,6 @@ func (p *parser) string(dst *string) bool {
 	return ok
 }
 
-// boolPtr reads a boolean into a new *dst; a null leaves dst alone.
-func (p *parser) boolPtr(dst **bool) bool {
-	switch {
-	case p.null():
-		return true
-	case p.literal("true"):
-		v := true
-		*dst = &v
-	case p.literal("false"):
-		v := false
-		*dst = &v
-	default:
-		return false
-	}
-	return true
-}
-
-// stringPtr reads a string into a new *dst; a null leaves dst alone.
-func stringPtr[S ~string](p *parser, dst **S) bool {
-	if p.null() {
-		return true
-	}
-	var s string
-	if !p.string(&s) {
-		return false
-	}
-	v := S(s)
-	*dst = &v
-	return true
-}
-
 // typed reads a string into a string type.
 func typed[S ~string](p *parser, dst *S) bool {
 	s := string(*dst)
@@ -313,78 +310,62 @@ func typed[S ~string](p *parser, dst *S) bool {
 	return ok
 }
 
-// strings reads a list of strings; a null leaves dst alone.
-func (p *parser) strings(dst *[]string) bool {
+// boolean reads a boolean.
+func (p *parser) boolean(dst *bool) bool {
+	switch {
+	case p.null():
+	case p.literal("true"):
+		*dst = true
+	case p.literal("false"):
+		*dst = false
+	default:
+		return false
+	}
+	return true
+}
+
+// ptr reads a value with read into a new *dst, unless it is null.
+func ptr[T any](p *parser, dst **T, read func(*T) bool) bool {
 	if p.null() {
 		return true
 	}
-	out := []string{}
-	ok := p.array(func() bool {
-		var s string
-		out = append(out, "")
-		if p.peek() != '"' || !p.string(&s) {
-			return false
-		}
-		out[len(out)-1] = s
+	*dst = new(T)
+	return read(*dst)
+}
+
+// list reads a list, each element with read, into a new slice.
+func list[T any](p *parser, dst *[]T, read func(*T) bool) bool {
+	if p.null() {
 		return true
+	}
+	out := []T{}
+	var zero T
+	ok := p.array(func() bool {
+		out = append(out, zero)
+		return read(&out[len(out)-1])
 	})
 	*dst = out
 	return ok
 }
 
-// stringMap reads an object of strings; a null leaves dst alone.
-func (p *parser) stringMap(dst *map[string]string) bool {
+// dict reads an object, each value with read, into a new map.
+func dict[V any](p *parser, dst *map[string]V, read func(*V) bool) bool {
 	if p.null() {
 		return true
 	}
-	m := map[string]string{}
+	m := map[string]V{}
 	*dst = m
+	var v, zero V // v is on the heap (read may keep it): once per map
 	return p.object(func(key []byte) bool {
 		k, ok := text(key)
-		if _, dup := m[k]; !ok || dup || p.peek() != '"' {
-			return false
+		if _, dup := m[k]; !ok || dup {
+			return false // encoding/json keeps the last of a repeated key
 		}
-		var v string
-		ok = p.string(&v)
+		v = zero
+		ok = read(&v)
 		m[k] = v
 		return ok
 	})
-}
-
-// unknown skips the value of a member no field is named after, unless
-// encoding/json would match the key to one of names, without regard to
-// case, or the key is not plain ASCII (which may match one under
-// Unicode's case folding).
-func (p *parser) unknown(key []byte, names ...string) bool {
-	if !plain(key) {
-		return false
-	}
-	k := key[1 : len(key)-1]
-	for _, n := range names {
-		if equalFoldASCII(k, n) {
-			return false
-		}
-	}
-	return p.skip()
-}
-
-func equalFoldASCII(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range len(b) {
-		if lowerASCII(b[i]) != lowerASCII(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func lowerASCII(c byte) byte {
-	if 'A' <= c && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
 }
 
 // skip reads any value, checking its syntax.
@@ -462,415 +443,165 @@ func (p *parser) raw(dst *[]byte) bool {
 	return true
 }
 
-// request reads an admission request; its objects go to obj and old.
-func (p *parser) request(r *admissionv1.AdmissionRequest, obj, old **wireObject) bool {
-	return p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"uid"`:
-			return p.once(0) && typed(p, &r.UID)
-		case `"kind"`:
-			return p.once(1) && p.gvk(&r.Kind)
-		case `"resource"`:
-			return p.once(2) && p.gvr(&r.Resource)
-		case `"subResource"`:
-			return p.once(3) && p.string(&r.SubResource)
-		case `"requestKind"`:
-			if !p.once(4) {
-				return false
-			}
-			if p.null() {
-				return true
-			}
-			r.RequestKind = &metav1.GroupVersionKind{}
-			return p.gvk(r.RequestKind)
-		case `"requestResource"`:
-			if !p.once(5) {
-				return false
-			}
-			if p.null() {
-				return true
-			}
-			r.RequestResource = &metav1.GroupVersionResource{}
-			return p.gvr(r.RequestResource)
-		case `"requestSubResource"`:
-			return p.once(6) && p.string(&r.RequestSubResource)
-		case `"name"`:
-			return p.once(7) && p.string(&r.Name)
-		case `"namespace"`:
-			return p.once(8) && p.string(&r.Namespace)
-		case `"operation"`:
-			return p.once(9) && typed(p, &r.Operation)
-		case `"userInfo"`:
-			return p.once(10) && p.userInfo(&r.UserInfo)
-		case `"object"`:
-			return p.once(11) && p.wireObject(obj)
-		case `"oldObject"`:
-			return p.once(12) && p.wireObject(old)
-		case `"dryRun"`:
-			return p.once(13) && p.boolPtr(&r.DryRun)
-		case `"options"`:
-			return p.once(14) && p.raw(&r.Options.Raw)
-		}
-		return p.unknown(key, "uid", "kind", "resource", "subResource", "requestKind", "requestResource",
-			"requestSubResource", "name", "namespace", "operation", "userInfo", "object", "oldObject", "dryRun", "options")
-	})
+// The members of the types decodeFast fills. TestDecodeFastKnowsEveryMember
+// checks that they are every member encoding/json knows of those types.
+
+// request reads an admission request, its objects into d.
+func (p *parser) request(r *admissionv1.AdmissionRequest, d *decoded) bool {
+	return p.members(
+		member{`"uid"`, func() bool { return typed(p, &r.UID) }},
+		member{`"kind"`, func() bool { return p.gvk(&r.Kind) }},
+		member{`"resource"`, func() bool { return p.gvr(&r.Resource) }},
+		member{`"subResource"`, func() bool { return p.string(&r.SubResource) }},
+		member{`"requestKind"`, func() bool { return ptr(p, &r.RequestKind, p.gvk) }},
+		member{`"requestResource"`, func() bool { return ptr(p, &r.RequestResource, p.gvr) }},
+		member{`"requestSubResource"`, func() bool { return p.string(&r.RequestSubResource) }},
+		member{`"name"`, func() bool { return p.string(&r.Name) }},
+		member{`"namespace"`, func() bool { return p.string(&r.Namespace) }},
+		member{`"operation"`, func() bool { return typed(p, &r.Operation) }},
+		member{`"userInfo"`, func() bool { return p.userInfo(&r.UserInfo) }},
+		member{`"object"`, func() bool { return ptr(p, &d.obj, p.wireObject) }},
+		member{`"oldObject"`, func() bool { return ptr(p, &d.old, p.wireObject) }},
+		member{`"dryRun"`, func() bool { return ptr(p, &r.DryRun, p.boolean) }},
+		member{`"options"`, func() bool { return p.raw(&r.Options.Raw) }},
+	)
 }
 
 func (p *parser) gvk(k *metav1.GroupVersionKind) bool {
-	if p.null() {
-		return true
-	}
-	return p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"group"`:
-			return p.once(0) && p.string(&k.Group)
-		case `"version"`:
-			return p.once(1) && p.string(&k.Version)
-		case `"kind"`:
-			return p.once(2) && p.string(&k.Kind)
-		}
-		return p.unknown(key, "group", "version", "kind")
-	})
+	return p.members(
+		member{`"group"`, func() bool { return p.string(&k.Group) }},
+		member{`"version"`, func() bool { return p.string(&k.Version) }},
+		member{`"kind"`, func() bool { return p.string(&k.Kind) }},
+	)
 }
 
 func (p *parser) gvr(r *metav1.GroupVersionResource) bool {
-	if p.null() {
-		return true
-	}
-	return p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"group"`:
-			return p.once(0) && p.string(&r.Group)
-		case `"version"`:
-			return p.once(1) && p.string(&r.Version)
-		case `"resource"`:
-			return p.once(2) && p.string(&r.Resource)
-		}
-		return p.unknown(key, "group", "version", "resource")
-	})
+	return p.members(
+		member{`"group"`, func() bool { return p.string(&r.Group) }},
+		member{`"version"`, func() bool { return p.string(&r.Version) }},
+		member{`"resource"`, func() bool { return p.string(&r.Resource) }},
+	)
 }
 
 func (p *parser) userInfo(u *authenticationv1.UserInfo) bool {
-	if p.null() {
-		return true
-	}
-	return p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"username"`:
-			return p.once(0) && p.string(&u.Username)
-		case `"uid"`:
-			return p.once(1) && p.string(&u.UID)
-		case `"groups"`:
-			return p.once(2) && p.strings(&u.Groups)
-		case `"extra"`:
-			if !p.once(3) {
-				return false
-			}
-			if p.null() {
-				return true
-			}
-			u.Extra = map[string]authenticationv1.ExtraValue{}
-			return p.object(func(key []byte) bool {
-				k, ok := text(key)
-				if _, dup := u.Extra[k]; !ok || dup || p.null() {
-					return false
-				}
-				var v []string
-				ok = p.strings(&v)
-				u.Extra[k] = v
-				return ok
-			})
-		}
-		return p.unknown(key, "username", "uid", "groups", "extra")
-	})
+	return p.members(
+		member{`"username"`, func() bool { return p.string(&u.Username) }},
+		member{`"uid"`, func() bool { return p.string(&u.UID) }},
+		member{`"groups"`, func() bool { return list(p, &u.Groups, p.string) }},
+		member{`"extra"`, func() bool {
+			return dict(p, &u.Extra, func(v *authenticationv1.ExtraValue) bool { return list(p, (*[]string)(v), p.string) })
+		}},
+	)
 }
 
-// wireObject reads a Kubernetes object into a new *dst; a null leaves
-// dst alone.
-func (p *parser) wireObject(dst **wireObject) bool {
-	if p.null() {
-		return true
-	}
-	o := &wireObject{}
-	*dst = o
-	return p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"metadata"`:
-			return p.once(0) && p.meta(&o.Metadata)
-		case `"spec"`:
-			if !p.once(1) {
-				return false
-			}
-			if p.null() {
-				return true
-			}
-			return p.object(func(key []byte) bool {
-				switch string(key) {
-				case `"template"`:
-					return p.once(podSpecMembers) && p.template(&o.Spec.Template)
-				case `"jobTemplate"`:
-					if !p.once(podSpecMembers + 1) {
-						return false
-					}
-					if p.null() {
-						return true
-					}
-					o.Spec.JobTemplate = &struct {
-						Spec struct {
-							Template *wireTemplate `json:"template"`
-						} `json:"spec"`
-					}{}
-					return p.object(func(key []byte) bool {
-						if string(key) != `"spec"` {
-							return p.unknown(key, "spec")
-						}
-						if !p.once(0) {
-							return false
-						}
-						if p.null() {
-							return true
-						}
-						return p.object(func(key []byte) bool {
-							if string(key) != `"template"` {
-								return p.unknown(key, "template")
-							}
-							return p.once(0) && p.template(&o.Spec.JobTemplate.Spec.Template)
-						})
+// wireObject reads a Kubernetes object: its metadata, and in its spec a
+// pod's, a template's or a job template's.
+func (p *parser) wireObject(o *wireObject) bool {
+	s := &o.Spec
+	return p.members(
+		member{`"metadata"`, func() bool { return p.meta(&o.Metadata) }},
+		member{`"spec"`, func() bool {
+			return p.podSpec(&s.wirePodSpec,
+				member{`"template"`, func() bool { return ptr(p, &s.Template, p.template) }},
+				member{`"jobTemplate"`, func() bool {
+					return ptr(p, &s.JobTemplate, func(jt *wireJobTemplate) bool {
+						return p.members(member{`"spec"`, func() bool {
+							return p.members(member{`"template"`, func() bool { return ptr(p, &jt.Spec.Template, p.template) }})
+						}})
 					})
-				}
-				if known, ok := p.podSpecMember(key, &o.Spec.wirePodSpec); known {
-					return ok
-				}
-				return p.unknown(key, "initContainers", "containers", "ephemeralContainers", "volumes", "imagePullSecrets",
-					"serviceAccountName", "template", "jobTemplate")
-			})
-		}
-		return p.unknown(key, "metadata", "spec")
-	})
+				}},
+			)
+		}},
+	)
 }
 
-// template reads a pod template into a new *dst; a null leaves dst
-// alone.
-func (p *parser) template(dst **wireTemplate) bool {
-	if p.null() {
-		return true
-	}
-	t := &wireTemplate{}
-	*dst = t
-	return p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"metadata"`:
-			return p.once(0) && p.meta(&t.Metadata)
-		case `"spec"`:
-			if !p.once(1) {
-				return false
-			}
-			if p.null() {
-				return true
-			}
-			return p.object(func(key []byte) bool {
-				if known, ok := p.podSpecMember(key, &t.Spec); known {
-					return ok
-				}
-				return p.unknown(key, "initContainers", "containers", "ephemeralContainers", "volumes", "imagePullSecrets", "serviceAccountName")
-			})
-		}
-		return p.unknown(key, "metadata", "spec")
-	})
+func (p *parser) template(t *wireTemplate) bool {
+	return p.members(
+		member{`"metadata"`, func() bool { return p.meta(&t.Metadata) }},
+		member{`"spec"`, func() bool { return p.podSpec(&t.Spec) }},
+	)
 }
 
-// podSpecMembers is the number of members podSpecMember knows.
-const podSpecMembers = 6
-
-// podSpecMember reads the member key of a pod spec into s; known is
-// false when key is none of wirePodSpec's.
-func (p *parser) podSpecMember(key []byte, s *wirePodSpec) (known, ok bool) {
-	switch string(key) {
-	case `"initContainers"`:
-		return true, p.once(0) && p.containers(&s.InitContainers)
-	case `"containers"`:
-		return true, p.once(1) && p.containers(&s.Containers)
-	case `"ephemeralContainers"`:
-		return true, p.once(2) && p.containers(&s.EphemeralContainers)
-	case `"volumes"`:
-		if !p.once(3) {
-			return true, false
-		}
-		if p.null() {
-			return true, true
-		}
-		s.Volumes = []wireVolume{}
-		return true, p.array(func() bool {
-			s.Volumes = append(s.Volumes, wireVolume{})
-			v := &s.Volumes[len(s.Volumes)-1]
-			return p.object(func(key []byte) bool {
-				switch string(key) {
-				case `"name"`:
-					return p.once(0) && p.string(&v.Name)
-				case `"hostPath"`:
-					if !p.once(1) {
-						return false
-					}
-					if p.null() {
-						return true
-					}
-					v.HostPath = &corev1.HostPathVolumeSource{}
-					return p.object(func(key []byte) bool {
-						switch string(key) {
-						case `"path"`:
-							return p.once(0) && p.string(&v.HostPath.Path)
-						case `"type"`:
-							return p.once(1) && stringPtr(p, &v.HostPath.Type)
-						}
-						return p.unknown(key, "path", "type")
-					})
-				}
-				return p.unknown(key, "name", "hostPath")
+// podSpec reads a pod spec, whose object may have more members.
+func (p *parser) podSpec(s *wirePodSpec, more ...member) bool {
+	// An array, not append, keeps the members and their closures off the
+	// heap.
+	ms := [8]member{
+		{`"initContainers"`, func() bool { return list(p, &s.InitContainers, p.container) }},
+		{`"containers"`, func() bool { return list(p, &s.Containers, p.container) }},
+		{`"ephemeralContainers"`, func() bool { return list(p, &s.EphemeralContainers, p.container) }},
+		{`"volumes"`, func() bool { return list(p, &s.Volumes, p.volume) }},
+		{`"imagePullSecrets"`, func() bool {
+			return list(p, &s.ImagePullSecrets, func(r *corev1.LocalObjectReference) bool {
+				return p.members(member{`"name"`, func() bool { return p.string(&r.Name) }})
 			})
-		})
-	case `"imagePullSecrets"`:
-		if !p.once(4) {
-			return true, false
-		}
-		if p.null() {
-			return true, true
-		}
-		s.ImagePullSecrets = []corev1.LocalObjectReference{}
-		return true, p.array(func() bool {
-			s.ImagePullSecrets = append(s.ImagePullSecrets, corev1.LocalObjectReference{})
-			r := &s.ImagePullSecrets[len(s.ImagePullSecrets)-1]
-			return p.object(func(key []byte) bool {
-				if string(key) != `"name"` {
-					return p.unknown(key, "name")
-				}
-				return p.once(0) && p.string(&r.Name)
-			})
-		})
-	case `"serviceAccountName"`:
-		return true, p.once(5) && p.string(&s.ServiceAccountName)
+		}},
+		{`"serviceAccountName"`, func() bool { return p.string(&s.ServiceAccountName) }},
 	}
-	return false, false
+	n := 6
+	for _, m := range more {
+		ms[n] = m
+		n++
+	}
+	return p.members(ms[:n]...)
 }
 
-// containers reads a list of containers; a null leaves dst alone.
-func (p *parser) containers(dst *[]wireContainer) bool {
-	if p.null() {
-		return true
-	}
-	cs := []wireContainer{}
-	ok := p.array(func() bool {
-		cs = append(cs, wireContainer{})
-		c := &cs[len(cs)-1]
-		return p.object(func(key []byte) bool {
-			switch string(key) {
-			case `"name"`:
-				return p.once(0) && p.string(&c.Name)
-			case `"image"`:
-				return p.once(1) && p.string(&c.Image)
-			case `"imagePullPolicy"`:
-				return p.once(2) && typed(p, &c.ImagePullPolicy)
-			case `"volumeMounts"`:
-				if !p.once(3) {
-					return false
-				}
-				if p.null() {
-					return true
-				}
-				c.VolumeMounts = []corev1.VolumeMount{}
-				return p.array(func() bool {
-					c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{})
-					return p.volumeMount(&c.VolumeMounts[len(c.VolumeMounts)-1])
-				})
-			}
-			return p.unknown(key, "name", "image", "imagePullPolicy", "volumeMounts")
-		})
-	})
-	*dst = cs
-	return ok
+func (p *parser) container(c *wireContainer) bool {
+	return p.members(
+		member{`"name"`, func() bool { return p.string(&c.Name) }},
+		member{`"image"`, func() bool { return p.string(&c.Image) }},
+		member{`"imagePullPolicy"`, func() bool { return typed(p, &c.ImagePullPolicy) }},
+		member{`"volumeMounts"`, func() bool { return list(p, &c.VolumeMounts, p.volumeMount) }},
+	)
 }
 
 func (p *parser) volumeMount(m *corev1.VolumeMount) bool {
-	return p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"name"`:
-			return p.once(0) && p.string(&m.Name)
-		case `"readOnly"`:
-			if !p.once(1) {
-				return false
-			}
-			switch {
-			case p.null():
-			case p.literal("true"):
-				m.ReadOnly = true
-			case p.literal("false"):
-				m.ReadOnly = false
-			default:
-				return false
-			}
-			return true
-		case `"recursiveReadOnly"`:
-			return p.once(2) && stringPtr(p, &m.RecursiveReadOnly)
-		case `"mountPath"`:
-			return p.once(3) && p.string(&m.MountPath)
-		case `"subPath"`:
-			return p.once(4) && p.string(&m.SubPath)
-		case `"mountPropagation"`:
-			return p.once(5) && stringPtr(p, &m.MountPropagation)
-		case `"subPathExpr"`:
-			return p.once(6) && p.string(&m.SubPathExpr)
-		case `"bindMountOptions"`:
-			return p.once(7) && p.strings(&m.BindMountOptions)
-		}
-		return p.unknown(key, "name", "readOnly", "recursiveReadOnly", "mountPath", "subPath", "mountPropagation", "subPathExpr",
-			"bindMountOptions")
-	})
+	return p.members(
+		member{`"name"`, func() bool { return p.string(&m.Name) }},
+		member{`"readOnly"`, func() bool { return p.boolean(&m.ReadOnly) }},
+		member{`"recursiveReadOnly"`, func() bool {
+			return ptr(p, &m.RecursiveReadOnly, func(v *corev1.RecursiveReadOnlyMode) bool { return typed(p, v) })
+		}},
+		member{`"mountPath"`, func() bool { return p.string(&m.MountPath) }},
+		member{`"subPath"`, func() bool { return p.string(&m.SubPath) }},
+		member{`"mountPropagation"`, func() bool {
+			return ptr(p, &m.MountPropagation, func(v *corev1.MountPropagationMode) bool { return typed(p, v) })
+		}},
+		member{`"subPathExpr"`, func() bool { return p.string(&m.SubPathExpr) }},
+		member{`"bindMountOptions"`, func() bool { return list(p, &m.BindMountOptions, p.string) }},
+	)
+}
+
+func (p *parser) volume(v *wireVolume) bool {
+	return p.members(
+		member{`"name"`, func() bool { return p.string(&v.Name) }},
+		member{`"hostPath"`, func() bool {
+			return ptr(p, &v.HostPath, func(h *corev1.HostPathVolumeSource) bool {
+				return p.members(
+					member{`"path"`, func() bool { return p.string(&h.Path) }},
+					member{`"type"`, func() bool { return ptr(p, &h.Type, func(t *corev1.HostPathType) bool { return typed(p, t) }) }},
+				)
+			})
+		}},
+	)
 }
 
 func (p *parser) meta(m *wireMeta) bool {
-	if p.null() {
-		return true
-	}
-	return p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"name"`:
-			return p.once(0) && p.string(&m.Name)
-		case `"labels"`:
-			return p.once(1) && p.stringMap(&m.Labels)
-		case `"annotations"`:
-			return p.once(2) && p.stringMap(&m.Annotations)
-		case `"ownerReferences"`:
-			if !p.once(3) {
-				return false
-			}
-			if p.null() {
-				return true
-			}
-			m.OwnerReferences = []metav1.OwnerReference{}
-			return p.array(func() bool {
-				m.OwnerReferences = append(m.OwnerReferences, metav1.OwnerReference{})
-				return p.ownerReference(&m.OwnerReferences[len(m.OwnerReferences)-1])
-			})
-		}
-		return p.unknown(key, "name", "labels", "annotations", "ownerReferences")
-	})
+	return p.members(
+		member{`"name"`, func() bool { return p.string(&m.Name) }},
+		member{`"labels"`, func() bool { return dict(p, &m.Labels, p.string) }},
+		member{`"annotations"`, func() bool { return dict(p, &m.Annotations, p.string) }},
+		member{`"ownerReferences"`, func() bool { return list(p, &m.OwnerReferences, p.ownerReference) }},
+	)
 }
 
 func (p *parser) ownerReference(r *metav1.OwnerReference) bool {
-	return p.object(func(key []byte) bool {
-		switch string(key) {
-		case `"apiVersion"`:
-			return p.once(0) && p.string(&r.APIVersion)
-		case `"kind"`:
-			return p.once(1) && p.string(&r.Kind)
-		case `"name"`:
-			return p.once(2) && p.string(&r.Name)
-		case `"uid"`:
-			return p.once(3) && typed[types.UID](p, &r.UID)
-		case `"controller"`:
-			return p.once(4) && p.boolPtr(&r.Controller)
-		case `"blockOwnerDeletion"`:
-			return p.once(5) && p.boolPtr(&r.BlockOwnerDeletion)
-		}
-		return p.unknown(key, "apiVersion", "kind", "name", "uid", "controller", "blockOwnerDeletion")
-	})
+	return p.members(
+		member{`"apiVersion"`, func() bool { return p.string(&r.APIVersion) }},
+		member{`"kind"`, func() bool { return p.string(&r.Kind) }},
+		member{`"name"`, func() bool { return p.string(&r.Name) }},
+		member{`"uid"`, func() bool { return typed(p, &r.UID) }},
+		member{`"controller"`, func() bool { return ptr(p, &r.Controller, p.boolean) }},
+		member{`"blockOwnerDeletion"`, func() bool { return ptr(p, &r.BlockOwnerDeletion, p.boolean) }},
+	)
 }

@@ -187,12 +187,14 @@ type wireObject struct {
 	Metadata wireMeta `json:"metadata"`
 	Spec     struct {
 		wirePodSpec
-		Template    *wireTemplate `json:"template"`
-		JobTemplate *struct {
-			Spec struct {
-				Template *wireTemplate `json:"template"`
-			} `json:"spec"`
-		} `json:"jobTemplate"`
+		Template    *wireTemplate    `json:"template"`
+		JobTemplate *wireJobTemplate `json:"jobTemplate"`
+	} `json:"spec"`
+}
+
+type wireJobTemplate struct {
+	Spec struct {
+		Template *wireTemplate `json:"template"`
 	} `json:"spec"`
 }
 
