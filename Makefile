@@ -55,6 +55,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzPatch$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDecodeOnce$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzAppendReview$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./webhook/ -run '^$$' -fuzz '^FuzzDigestsAnnotation$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./registry/ -run '^$$' -fuzz '^FuzzJSONCounter$$' -fuzztime $${FUZZTIME:-30s}
 	for f in FuzzParseAgent FuzzParseFalco FuzzParseTetragon FuzzParseDocker; do \
 	  $(GO) test ./nodereport/ -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
@@ -75,6 +76,7 @@ fuzz: ## Fuzz every parser of untrusted input for FUZZTIME each (default 30s).
 bench: tools ## Benchmarks: buildguard serve as shipped vs a do-nothing webhook (processes of their own), the in-process harness, cache memory, round trips, build-step analysis, decision records, cold provenance verification, the review UI's pages over 100,000 decisions, node reports of a 1,000-node fleet.
 	$(GO) run ./bench/shipped -rounds 3 -duration 5s
 	$(GO) run ./bench -duration 10s -runs 3
+	$(GO) test -run '^$$' -bench 'DecodeReview|ServeHTTP|MetricsReview|Evaluate' -benchmem ./webhook/ ./engine/
 	$(GO) test -run '^$$' -bench . -benchmem ./registry/
 	$(GO) test -run '^$$' -bench 'AnalyzeStep|AnalyzeHistory' -benchmem -count 5 ./policy/
 	$(GO) test -run '^$$' -bench Ingest -benchtime 3s ./ingest/
