@@ -38,16 +38,7 @@ func allowEngine(t *testing.T, allow string) *engine.Engine {
 // cannot turn the bound into a lookup failure that admits.
 func TestImagesTooLargeForOneWorkload(t *testing.T) {
 	reg := testregistry.New(t)
-	steps := make([]string, 20)
-	for i := range steps {
-		steps[i] = fmt.Sprintf("RUN /bin/sh -c echo %d %s", i, strings.Repeat("a", 1000))
-	}
-	var spec corev1.PodSpec
-	for i := range 6 {
-		img := testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Duration(i+24) * time.Hour), Steps: steps})
-		reg.Push(t, fmt.Sprintf("acme/big:%d", i), img)
-		spec.Containers = append(spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Image: fmt.Sprintf("%s/acme/big:%d", reg.Host, i)})
-	}
+	spec := bigImages(t, reg)
 	e := allowEngine(t, reg.Host+"/acme/*")
 	v, err := e.Evaluate(t.Context(), engine.Workload{Namespace: "shop", Kind: "Pod", Spec: &spec})
 	if err != nil {
@@ -119,16 +110,7 @@ func TestMetadataAddressIsAFinding(t *testing.T) {
 // are ended, and those images are too-large, not a registry failure.
 func TestImagesTooLargeFromTheCaches(t *testing.T) {
 	reg := testregistry.New(t)
-	steps := make([]string, 20)
-	for i := range steps {
-		steps[i] = fmt.Sprintf("RUN /bin/sh -c echo %d %s", i, strings.Repeat("a", 1000))
-	}
-	var spec corev1.PodSpec
-	for i := range 6 {
-		img := testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Duration(i+24) * time.Hour), Steps: steps})
-		reg.Push(t, fmt.Sprintf("acme/big:%d", i), img)
-		spec.Containers = append(spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Image: fmt.Sprintf("%s/acme/big:%d", reg.Host, i)})
-	}
+	spec := bigImages(t, reg)
 	one, err := allowEngine(t, reg.Host+"/acme/*").Resolver.Resolve(t.Context(), registry.Request{Ref: reg.Ref(t, "acme/big:0"), Insecure: true})
 	if err != nil {
 		t.Fatal(err)
@@ -178,4 +160,21 @@ func TestImagesTooLargeFromTheCaches(t *testing.T) {
 			}
 		})
 	}
+}
+
+// bigImages pushes six images of 20 steps of 1 KB each to reg, acme/big:0
+// to acme/big:5, and returns a pod spec with a container of each.
+func bigImages(t *testing.T, reg *testregistry.Registry) corev1.PodSpec {
+	t.Helper()
+	steps := make([]string, 20)
+	for i := range steps {
+		steps[i] = fmt.Sprintf("RUN /bin/sh -c echo %d %s", i, strings.Repeat("a", 1000))
+	}
+	var spec corev1.PodSpec
+	for i := range 6 {
+		img := testregistry.Build(t, testregistry.Image{Created: now.Add(-time.Duration(i+24) * time.Hour), Steps: steps})
+		reg.Push(t, fmt.Sprintf("acme/big:%d", i), img)
+		spec.Containers = append(spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Image: fmt.Sprintf("%s/acme/big:%d", reg.Host, i)})
+	}
+	return spec
 }
