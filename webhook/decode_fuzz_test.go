@@ -3,11 +3,14 @@ package webhook
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -87,40 +90,43 @@ func FuzzDecodeOnce(f *testing.F) {
 	for _, s := range onceSeeds {
 		f.Add([]byte(s))
 	}
-	f.Fuzz(func(t *testing.T, body []byte) {
-		if duplicateKeys(body) {
-			// encoding/json merges a repeated object into the first
-			// and replaces a raw one; the API server never repeats a key.
-			t.Skip("repeated key")
-		}
-		once, errOnce := decodeOnce(body)
-		twice, errTwice := decodeTwice(body)
-		if diff := cmp.Diff(errTwice, errOnce); diff != "" {
-			t.Fatalf("decodeOnce(%q) error (-decodeTwice +decodeOnce):\n%s", body, diff)
-		}
-		if errOnce != nil {
-			return
-		}
-		if once.typeMeta != twice.typeMeta {
-			t.Errorf("decodeOnce(%q) typeMeta = %+v, decodeTwice %+v", body, once.typeMeta, twice.typeMeta)
-		}
-		req := *twice.req
-		req.Object.Raw, req.OldObject.Raw = nil, nil
-		if diff := cmp.Diff(req, *once.req, exactly); once.once && diff != "" {
-			t.Errorf("decodeOnce(%q) request (-decodeTwice without its objects +decodeOnce):\n%s", body, diff)
-		}
-		type result struct {
-			W engine.Workload
-			O workloadObject
-			R *admissionv1.AdmissionResponse
-		}
-		var one, two result
-		one.W, one.O, one.R = workloadOf(once)
-		two.W, two.O, two.R = workloadOf(twice)
-		if diff := cmp.Diff(two, one, exactly); diff != "" {
-			t.Errorf("workloadOf(%q) (-two passes +one pass):\n%s", body, diff)
-		}
-	})
+	f.Fuzz(compareDecodings)
+}
+
+// compareDecodings fails t if decodeOnce and decodeTwice disagree on body.
+func compareDecodings(t *testing.T, body []byte) {
+	if duplicateKeys(body) {
+		// encoding/json merges a repeated object into the first
+		// and replaces a raw one; the API server never repeats a key.
+		t.Skip("repeated key")
+	}
+	once, errOnce := decodeOnce(body)
+	twice, errTwice := decodeTwice(body)
+	if diff := cmp.Diff(errTwice, errOnce); diff != "" {
+		t.Fatalf("decodeOnce(%q) error (-decodeTwice +decodeOnce):\n%s", body, diff)
+	}
+	if errOnce != nil {
+		return
+	}
+	if once.typeMeta != twice.typeMeta {
+		t.Errorf("decodeOnce(%q) typeMeta = %+v, decodeTwice %+v", body, once.typeMeta, twice.typeMeta)
+	}
+	req := *twice.req
+	req.Object.Raw, req.OldObject.Raw = nil, nil
+	if diff := cmp.Diff(req, *once.req, exactly); once.once && diff != "" {
+		t.Errorf("decodeOnce(%q) request (-decodeTwice without its objects +decodeOnce):\n%s", body, diff)
+	}
+	type result struct {
+		W engine.Workload
+		O workloadObject
+		R *admissionv1.AdmissionResponse
+	}
+	var one, two result
+	one.W, one.O, one.R = workloadOf(once)
+	two.W, two.O, two.R = workloadOf(twice)
+	if diff := cmp.Diff(two, one, exactly); diff != "" {
+		t.Errorf("workloadOf(%q) (-two passes +one pass):\n%s", body, diff)
+	}
 }
 
 // TestDecodeOncePasses checks which seeds take the one pass: the
@@ -134,6 +140,101 @@ func TestDecodeOncePasses(t *testing.T) {
 		d, _ := decodeOnce([]byte(s))
 		if d.once != once[i] {
 			t.Errorf("decodeOnce(%s) took one pass: %v, want %v", s, d.once, once[i])
+		}
+	}
+}
+
+// TestDecodeOnceMutations compares the two decodings, as FuzzDecodeOnce
+// does, on every seed with each of its values replaced by values of
+// every JSON type, and each of its keys renamed in the ways encoding/json
+// may still match a member by (case, escapes, Unicode folding) or not:
+// every place a type or a name could be misread, without waiting for the
+// fuzzer to find it.
+func TestDecodeOnceMutations(t *testing.T) {
+	values := []string{`null`, `[]`, `{}`, `""`, `"\u00e9"`, `0`, `-1.5e3`, `true`, `[null]`, `{"a":null}`, `{"":1}`}
+	keys := []func(k string) string{
+		strings.ToUpper,
+		func(k string) string { return fmt.Sprintf(`"\u%04x%s`, k[1], k[2:]) },
+		func(k string) string {
+			return strings.NewReplacer("k", "\u212a", "s", "\u017f", "K", "\u212a", "S", "\u017f").Replace(k)
+		},
+		func(k string) string {
+			return strings.NewReplacer("k", "\u212a", "s", "\u017f", "K", "\u212a", "S", "\u017f").Replace(strings.ToUpper(k))
+		},
+		func(k string) string { return k[:len(k)-1] + `x"` },
+		func(k string) string { return k[:len(k)-1] + `\/"` },
+		func(k string) string { return k[:len(k)-1] + "\xff\"" },
+	}
+	n, once := 0, 0
+	try := func(body string) {
+		if duplicateKeys([]byte(body)) {
+			return
+		}
+		n++
+		if d, _ := decodeOnce([]byte(body)); d.once {
+			once++
+		}
+		if compareDecodings(t, []byte(body)); t.Failed() {
+			t.FailNow() // one body is enough to read
+		}
+	}
+	for _, s := range onceSeeds {
+		vs, ks := spans(s)
+		for _, v := range vs {
+			if !json.Valid([]byte(s[v[0]:v[1]])) {
+				t.Fatalf("spans(%s) found a value %s", s, s[v[0]:v[1]])
+			}
+			for _, r := range values {
+				try(s[:v[0]] + r + s[v[1]:])
+			}
+		}
+		for _, k := range ks {
+			for _, rename := range keys {
+				try(s[:k[0]] + rename(s[k[0]:k[1]]) + s[k[1]:])
+			}
+		}
+	}
+	t.Logf("%d mutated reviews, %d took the one pass", n, once)
+	// Most mutations are refused by the one pass; enough must be taken
+	// for the comparison to mean something.
+	if once < n/10 {
+		t.Errorf("%d of %d mutated reviews took the one pass, want at least a tenth", once, n)
+	}
+}
+
+// spans returns where the values and the keys of the JSON document s
+// start and end, as go-json-experiment's jsontext decoder reads them; none
+// for a document it cannot read.
+func spans(s string) (values, keys [][2]int) {
+	dec := jsontext.NewDecoder(strings.NewReader(s), jsontext.AllowDuplicateNames(true), jsontext.AllowInvalidUTF8(true))
+	var open []int
+	for {
+		// The offset is before the whitespace and separators ahead of
+		// the next token.
+		start := int(dec.InputOffset())
+		for start < len(s) && strings.IndexByte(" \t\r\n,:", s[start]) >= 0 {
+			start++
+		}
+		kind, length := dec.StackIndex(dec.StackDepth())
+		key := kind == '{' && length%2 == 0
+		tok, err := dec.ReadToken()
+		if err != nil {
+			if err == io.EOF {
+				return values, keys
+			}
+			return nil, nil
+		}
+		end := int(dec.InputOffset())
+		switch k := tok.Kind(); {
+		case key && k == '"':
+			keys = append(keys, [2]int{start, end})
+		case k == '{' || k == '[':
+			open = append(open, start)
+		case k == '}' || k == ']':
+			values = append(values, [2]int{open[len(open)-1], end})
+			open = open[:len(open)-1]
+		default:
+			values = append(values, [2]int{start, end})
 		}
 	}
 }
