@@ -57,6 +57,25 @@ type parser struct {
 	b     []byte
 	i     int
 	depth int
+	// elems counts list elements: since the start of the object being
+	// read (wireObject), or of the value (tooManyElements).
+	elems int
+}
+
+// MaxListElements bounds the list elements an object may hold, in all
+// its lists at any depth, for the webhook to decode it; an object with
+// more is refused (*DecodeError). A few bytes of JSON ("{}") become a
+// list element of tens to hundreds of bytes: unbounded, a 1 MiB body of
+// empty containers took 257 MB to decode. A pod template holds tens.
+const MaxListElements = 10000
+
+// tooManyElements reports whether the JSON value raw holds more than
+// MaxListElements list elements. It counts as far as raw is valid JSON
+// and nested no deeper than maxFastDepth, where the lists decoded are.
+func tooManyElements(raw []byte) bool {
+	p := &parser{b: raw}
+	p.skip()
+	return p.elems > MaxListElements
 }
 
 func (p *parser) ws() {
@@ -211,7 +230,7 @@ func (p *parser) array(elem func() bool) bool {
 		return true
 	}
 	for {
-		if !elem() {
+		if p.elems++; p.elems > MaxListElements || !elem() {
 			return false
 		}
 		switch p.peek() {
@@ -497,6 +516,7 @@ func (p *parser) userInfo(u *authenticationv1.UserInfo) bool {
 // wireObject reads a Kubernetes object: its metadata, and in its spec a
 // pod's, a template's or a job template's.
 func (p *parser) wireObject(o *wireObject) bool {
+	p.elems = 0 // each object is bounded as decodeWorkload bounds it
 	s := &o.Spec
 	return p.members(
 		member{`"metadata"`, func() bool { return p.meta(&o.Metadata) }},

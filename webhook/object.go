@@ -145,6 +145,9 @@ func DecodeWorkload(gvk schema.GroupVersionKind, raw []byte) (engine.Workload, s
 // the fields buildguard uses: decoding a whole Deployment with the typed
 // API structs cost more than everything else a cached review does.
 func decodeWorkload(gvk schema.GroupVersionKind, raw []byte) (workloadObject, error) {
+	if tooManyElements(raw) {
+		return workloadObject{}, &DecodeError{GVK: gvk, Err: fmt.Errorf("it holds more than %d list elements; buildguard judges no more", MaxListElements)}
+	}
 	var o wireObject
 	if err := json.Unmarshal(raw, &o); err != nil {
 		return workloadObject{}, &DecodeError{GVK: gvk, Err: err}
