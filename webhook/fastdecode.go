@@ -15,8 +15,9 @@ import (
 // encoding/json gives (decodeTwice, the reference). It answers ok only
 // when it can vouch for that: a body that is not valid JSON, a value of
 // the wrong type, a repeated member, a member named in another case or
-// with escapes, a repeated key in a map, invalid UTF-8, a response, or
-// nesting deeper than maxFastDepth, and a review decodeOnce would refuse
+// with escapes, a repeated key in a map, invalid UTF-8, a response,
+// nesting deeper than maxFastDepth, an object with more list elements
+// than MaxListElements (refused by decodeWorkload), and a review decodeOnce would refuse
 // (wrong apiVersion or kind, no request or uid), are all left to
 // decodeTwice: none of them comes from an API server, and decodeTwice's
 // errors are the ones the caller sees. FuzzDecodeOnce compares the two.
