@@ -61,22 +61,9 @@ func TestImagesTooLargeForOneWorkload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	judged, tooLarge := 0, 0
-	for _, iv := range v.Images {
-		if iv.Digest != "" {
-			judged++
-		}
-		for _, f := range iv.Findings {
-			switch {
-			case f.Rule == policy.RuleUnresolvableImage && f.Evidence["reason"] == string(policy.ErrTooLarge):
-				tooLarge++
-			case f.Rule == policy.RuleRegistryUnavailable:
-				t.Errorf("%s: %s, want no lookup failure", iv.Container, f.Message)
-			}
-		}
-	}
-	if v.Allowed || judged > 2 || tooLarge < 4 || judged+tooLarge != 6 {
-		t.Errorf("with a bound: allowed %v, %d judged, %d too large; want denied, at most 2 judged, the others too large", v.Allowed, judged, tooLarge)
+	judged, tooLarge := tooLargeCounts(t, v)
+	if v.Allowed || len(judged) > 2 || tooLarge < 4 || len(judged)+tooLarge != 6 {
+		t.Errorf("with a bound: allowed %v, %d judged, %d too large; want denied, at most 2 judged, the others too large", v.Allowed, len(judged), tooLarge)
 	}
 }
 
@@ -140,21 +127,7 @@ func TestImagesTooLargeFromTheCaches(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var judged []string
-			tooLarge := 0
-			for _, iv := range v.Images {
-				if iv.Digest != "" {
-					judged = append(judged, iv.Container)
-				}
-				for _, f := range iv.Findings {
-					switch {
-					case f.Rule == policy.RuleUnresolvableImage && f.Evidence["reason"] == string(policy.ErrTooLarge):
-						tooLarge++
-					case f.Rule == policy.RuleRegistryUnavailable:
-						t.Errorf("%s: %s, want no lookup failure", iv.Container, f.Message)
-					}
-				}
-			}
+			judged, tooLarge := tooLargeCounts(t, v)
 			if v.Allowed || len(judged) > tt.judged || tooLarge != 6-len(judged) {
 				t.Errorf("allowed %v, judged %q, %d too large; want denied, at most %d judged, the others too large", v.Allowed, judged, tooLarge, tt.judged)
 			}
@@ -177,4 +150,25 @@ func bigImages(t *testing.T, reg *testregistry.Registry) corev1.PodSpec {
 		spec.Containers = append(spec.Containers, corev1.Container{Name: fmt.Sprint("c", i), Image: fmt.Sprintf("%s/acme/big:%d", reg.Host, i)})
 	}
 	return spec
+}
+
+// tooLargeCounts returns the containers of v whose image was judged and
+// how many were too large; a lookup failure fails t: the bound must
+// never show as one.
+func tooLargeCounts(t *testing.T, v policy.Verdict) (judged []string, tooLarge int) {
+	t.Helper()
+	for _, iv := range v.Images {
+		if iv.Digest != "" {
+			judged = append(judged, iv.Container)
+		}
+		for _, f := range iv.Findings {
+			switch {
+			case f.Rule == policy.RuleUnresolvableImage && f.Evidence["reason"] == string(policy.ErrTooLarge):
+				tooLarge++
+			case f.Rule == policy.RuleRegistryUnavailable:
+				t.Errorf("%s: %s, want no lookup failure", iv.Container, f.Message)
+			}
+		}
+	}
+	return judged, tooLarge
 }
