@@ -100,10 +100,7 @@ func TestRunStops(t *testing.T) {
 	reg.Push(t, "acme/web:1", testregistry.Build(t, testregistry.Image{Created: time.Now().Add(-72 * time.Hour)}))
 	o, files := serverOptions(t, reg)
 	a, logs := newApp(t, o)
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	cancel, done := startRun(t, a)
 
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(mustRead(t, files.CA))
@@ -353,9 +350,7 @@ func TestCertificateRotated(t *testing.T) {
 		t.Fatalf("the webhook's certificate source is a %T, want the files'", a.webhook.Certificates)
 	}
 	src.UpdateInterval = 50 * time.Millisecond // not the 10s of serve
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	cancel, done := startRun(t, a)
 	defer func() {
 		cancel()
 		<-done
@@ -422,6 +417,16 @@ func notListening(t *testing.T, addrs ...string) {
 
 // newApp returns the App of o, logging as text into the buffer it also
 // returns.
+// startRun runs a.Run until cancel is called or the test ends; done
+// receives what Run returns.
+func startRun(t *testing.T, a *App) (cancel context.CancelFunc, done chan error) {
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	ch := make(chan error, 1)
+	go func() { ch <- a.Run(ctx) }()
+	return cancel, ch
+}
+
 func newApp(t *testing.T, o Options) (*App, *syncbuffer.Buffer) {
 	t.Helper()
 	logs := new(syncbuffer.Buffer)

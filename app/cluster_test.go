@@ -187,10 +187,7 @@ func testRunStopsInformers(t *testing.T, kubeconfig string, admin dynamic.Interf
 	o.TLS = TLSOptions{CertFile: files.Cert, KeyFile: files.Key}
 	o.Policy.Source, o.Policy.File = SourceCRD, ""
 	a, logs := newApp(t, o)
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	cancel, done := startRun(t, a)
 
 	// Ready once both informers have synced, while the handler of the
 	// policy's event reads the FIFO.
